@@ -1,0 +1,100 @@
+//! Bad input: a one-line error naming the culprit, the documented exit code,
+//! and nothing left running or bound.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::harness::*;
+
+/// Runs panzer to completion; returns (exit code, log).
+fn fails(args: &[&str]) -> (i32, String) {
+    let mut panzer = Panzer::start(args);
+    let status = panzer.wait_exit(PATIENCE);
+    assert!(panzer.monitors().is_empty());
+    (status.code().expect("killed by a signal"), panzer.log())
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (code, log) = fails(&[]);
+    assert_eq!(code, 2);
+    assert!(log.contains("<COMMAND>"), "{log}");
+
+    let (code, log) = fails(&["--count", "0", "sleep"]);
+    assert_eq!(code, 2);
+    assert!(log.contains("--count"), "{log}");
+
+    let (code, log) = fails(&["--frobnicate", "sleep"]);
+    assert_eq!(code, 2);
+    assert!(log.contains("--frobnicate"), "{log}");
+
+    let (code, log) = fails(&["--bind", "nonsense", "sleep"]);
+    assert_eq!(code, 2);
+    assert!(log.contains("invalid address 'nonsense'"), "{log}");
+
+    let (code, log) = fails(&["--graceful-timeout", "soon", "sleep"]);
+    assert_eq!(code, 2);
+    assert!(log.contains("invalid duration 'soon'"), "{log}");
+}
+
+#[test]
+fn a_command_that_cannot_run_is_named() {
+    let (code, log) = fails(&["--bind", "127.0.0.1:0", "./no-such-server"]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        log.trim(),
+        "panzer: cannot run ./no-such-server: no such file or directory"
+    );
+
+    let dir = TestDir::new("not-executable");
+    let script = dir.join("server.sh");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, log) = fails(&["--bind", "127.0.0.1:0", script.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(log.contains("permission denied"), "{log}");
+
+    let (code, log) = fails(&["no-such-command-anywhere"]);
+    assert_eq!(code, 2);
+    assert!(
+        log.contains("cannot run no-such-command-anywhere: command not found in PATH"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_port_in_use_exits_71_naming_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, log) = fails(&["--bind", &addr, "sleep", "--", "100"]);
+    assert_eq!(code, 71);
+    assert_eq!(
+        log.trim(),
+        format!(
+            "panzer: cannot bind {addr}: address already in use (another process listens there)"
+        )
+    );
+}
+
+#[test]
+fn an_unusable_unix_path_exits_71_and_unbinds_what_was_bound() {
+    let dir = TestDir::new("unix");
+    let good = dir.join("good.sock");
+    let bad = dir.join("missing/dir/bad.sock");
+    let (code, log) = fails(&[
+        "--bind",
+        &format!("unix:{}", good.display()),
+        "--bind",
+        &format!("unix:{}", bad.display()),
+        "sleep",
+    ]);
+    assert_eq!(code, 71);
+    assert!(
+        log.contains(&format!(
+            "cannot bind unix:{}: no such file or directory",
+            bad.display()
+        )),
+        "{log}"
+    );
+    assert!(!good.exists(), "the first socket file was left behind");
+}

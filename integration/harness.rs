@@ -1,0 +1,411 @@
+//! The process guard every test uses: runs the real `panzer` binary in a
+//! process group of its own, logs to a per-test file, and on drop (even on
+//! panic) kills main's group and every process it left, then waits for it.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+/// Generous bound for anything that should take a moment: a busy 2-core CI
+/// machine may be slow, but never this slow.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `limit`.
+pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::park_timeout(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Path of a built example (`hello`) or fixture (`probe`, `stubborn`, …).
+pub fn example(name: &str) -> String {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_panzer"));
+    let path = bin.parent().unwrap().join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: plain `cargo test` builds the examples and fixtures, \
+         `cargo test --test integration` alone does not (run `cargo build --examples` first)",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
+/// A scratch directory for one test, removed on drop.
+pub struct TestDir(pub PathBuf);
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "panzer-test-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TestDir(path)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `panzer` and everything it started.
+pub struct Panzer {
+    child: Child,
+    pub pid: Pid,
+    pub dir: TestDir,
+    log: PathBuf,
+    command: String,
+    status: Option<ExitStatus>,
+}
+
+impl Panzer {
+    /// Starts `panzer ARGS…` with `env` added to the environment.
+    pub fn start(args: &[&str]) -> Panzer {
+        Panzer::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Panzer {
+        let name = std::thread::current()
+            .name()
+            .unwrap_or("test")
+            .replace("::", "-");
+        let dir = TestDir::new(&name);
+        let log = dir.join("panzer.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_panzer"));
+        command
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("RUST_LOG")
+            .env("XDG_RUNTIME_DIR", &dir.0)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .process_group(0);
+        let child = command.spawn().expect("cannot start panzer");
+        Panzer {
+            pid: Pid::from_raw(child.id() as i32),
+            child,
+            dir,
+            log,
+            command: format!("panzer {}", args.join(" ")),
+            status: None,
+        }
+    }
+
+    /// Everything logged so far (panzer's and the workers' stderr/stdout).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for a log line containing `needle`; returns the line.
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        self.wait_for_lines(needle, 1).pop().unwrap()
+    }
+
+    /// Waits until `count` log lines contain `needle`; returns them.
+    pub fn wait_for_lines(&self, needle: &str, count: usize) -> Vec<String> {
+        eventually(
+            PATIENCE,
+            &format!("{count} log line(s) with {needle:?}\n{}", self.describe()),
+            || {
+                let lines: Vec<String> = self
+                    .log()
+                    .lines()
+                    .filter(|l| l.contains(needle))
+                    .map(String::from)
+                    .collect();
+                (lines.len() >= count).then_some(lines)
+            },
+        )
+    }
+
+    /// The port of the `index`th `listening on` line.
+    pub fn port(&self, index: usize) -> u16 {
+        let lines = self.wait_for_lines("listening on ", index + 1);
+        let addr = lines[index].rsplit("listening on ").next().unwrap().trim();
+        addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Waits until generation `k` reported ready.
+    pub fn wait_ready(&self, generation: u32) {
+        self.wait_for_line(&format!("generation {generation} ready"));
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        signal::kill(self.pid, signal).unwrap();
+    }
+
+    /// Waits for main to exit; panics after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        if let Some(status) = self.status {
+            return status;
+        }
+        let describe = self.describe();
+        let child = &mut self.child;
+        let status = eventually(limit, &format!("panzer to exit\n{describe}"), || {
+            child.try_wait().unwrap()
+        });
+        self.status = Some(status);
+        status
+    }
+
+    /// Pids of every process below main (monitors, workers, their children).
+    pub fn descendants(&self) -> Vec<Pid> {
+        descendants_of(self.pid)
+    }
+
+    /// Pids of the monitors (main's children running `__monitor`).
+    pub fn monitors(&self) -> Vec<Pid> {
+        let table = process_table();
+        table
+            .iter()
+            .filter(|(_, p)| p.ppid == self.pid && p.cmdline.contains("__monitor"))
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "command: {}\n--- log ---\n{}--- end of log ---",
+            self.command,
+            self.log()
+        )
+    }
+}
+
+impl Drop for Panzer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.describe());
+        }
+        let left = self.descendants();
+        let _ = signal::killpg(self.pid, Signal::SIGKILL);
+        for pid in left {
+            let _ = signal::kill(pid, Signal::SIGKILL);
+        }
+        if self.status.is_none() {
+            let child = &mut self.child;
+            let _ = eventually(PATIENCE, "panzer to die after SIGKILL", || {
+                child.try_wait().ok().flatten()
+            });
+        }
+    }
+}
+
+pub struct ProcInfo {
+    pub ppid: Pid,
+    pub pgid: Pid,
+    pub cmdline: String,
+}
+
+/// Every process on the machine: pid → parent, group, command line.
+pub fn process_table() -> HashMap<Pid, ProcInfo> {
+    let mut table = HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        if fields.len() < 3 || fields[0] == "Z" {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        table.insert(
+            Pid::from_raw(pid),
+            ProcInfo {
+                ppid: Pid::from_raw(fields[1].parse().unwrap_or(0)),
+                pgid: Pid::from_raw(fields[2].parse().unwrap_or(0)),
+                cmdline,
+            },
+        );
+    }
+    table
+}
+
+/// Every live (non-zombie) process below `root`.
+pub fn descendants_of(root: Pid) -> Vec<Pid> {
+    let table = process_table();
+    let mut found: HashSet<Pid> = HashSet::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, info) in &table {
+            if info.ppid == parent && found.insert(*pid) {
+                frontier.push(*pid);
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// Whether `pid` is alive and not a zombie.
+pub fn alive(pid: Pid) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .is_some_and(|i| !stat[i + 2..].starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// One HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Response {
+    /// The value of `key=` in the one-line body (`pid=12 generation=1 worker=0`).
+    pub fn field(&self, key: &str) -> String {
+        self.body
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(String::from))
+            .unwrap_or_else(|| panic!("no {key}= in body {:?}", self.body))
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.field("pid").parse().unwrap())
+    }
+}
+
+/// `GET path` on a fresh connection to 127.0.0.1:`port`, `Connection: close`.
+pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    stream.set_write_timeout(Some(PATIENCE))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
+    read_response(&mut stream)
+}
+
+/// Reads one response (with Content-Length) from `stream`.
+pub fn read_response(stream: &mut impl Read) -> std::io::Result<Response> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed mid-response",
+            ));
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body)?;
+    Ok(Response {
+        status,
+        headers: head,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// Sends requests until `n` distinct worker pids have answered.
+pub fn distinct_pids(port: u16, n: usize) -> HashSet<Pid> {
+    let mut seen = HashSet::new();
+    eventually(PATIENCE, &format!("{n} distinct workers to answer"), || {
+        if let Ok(r) = get(port, "/") {
+            seen.insert(r.pid());
+        }
+        (seen.len() >= n).then(|| seen.clone())
+    })
+}
+
+/// The environment of `pid` as a map.
+pub fn environ(pid: Pid) -> HashMap<String, String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// The fd numbers `pid` has open, sorted.
+pub fn open_fds(pid: Pid) -> Vec<i32> {
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// What fd `fd` of `pid` points at (`socket:[123]`, `/dev/null`, …).
+pub fn fd_target(pid: Pid, fd: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// CPU ticks (utime + stime) that `pid` has used.
+pub fn cpu_ticks(pid: Pid) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(close) = stat.rfind(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0)
+}

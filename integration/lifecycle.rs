@@ -1,0 +1,179 @@
+//! Serving, restarting, stopping: the life of one panzer.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+
+use crate::harness::*;
+
+fn hello(count: &str) -> Panzer {
+    Panzer::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        count,
+        "--ready",
+        "100ms",
+        &example("hello"),
+    ])
+}
+
+#[test]
+fn requests_are_served_by_every_worker() {
+    let panzer = hello("3");
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let pids = distinct_pids(port, 3);
+    let monitors = panzer.monitors();
+    assert_eq!(monitors.len(), 1);
+    let table = process_table();
+    for pid in &pids {
+        assert_eq!(
+            table[pid].ppid, monitors[0],
+            "worker {pid} is not the monitor's child"
+        );
+        assert_eq!(
+            table[pid].pgid, monitors[0],
+            "worker {pid} is not in the generation's group"
+        );
+    }
+    assert_ne!(
+        table[&monitors[0]].pgid, panzer.pid,
+        "the generation shares main's process group"
+    );
+}
+
+#[test]
+fn a_killed_worker_is_replaced_in_the_same_slot() {
+    let panzer = hello("2");
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let first = get(port, "/").unwrap();
+    let (victim, slot) = (first.pid(), first.field("worker"));
+    kill(victim, Signal::SIGKILL).unwrap();
+    panzer.wait_for_line(&format!("worker {slot} (pid {victim}) killed by SIGKILL"));
+    let replacement = eventually(PATIENCE, "a new worker in the same slot", || {
+        get(port, "/")
+            .ok()
+            .filter(|r| r.field("worker") == slot && r.pid() != victim)
+    });
+    assert!(!alive(victim));
+    assert_eq!(replacement.field("generation"), "1");
+}
+
+#[test]
+fn a_crash_loop_backs_off_and_generation_one_failing_exits_1() {
+    let mut panzer = Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "false"]);
+    panzer.wait_for_line("restarting in 100ms");
+    panzer.wait_for_line("restarting in 200ms");
+    panzer.wait_for_line("restarting in 400ms");
+    panzer.wait_for_line("restarting in 800ms");
+    // Waiting out the backoff costs main next to nothing.
+    let ticks = cpu_ticks(panzer.pid);
+    assert!(
+        ticks < 25,
+        "main used {ticks} CPU ticks during the crash loop"
+    );
+    let monitors = panzer.monitors();
+    let status = panzer.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        panzer
+            .log()
+            .contains("panzer: generation 1 never became ready: worker 0 exited 5 times"),
+        "{}",
+        panzer.log()
+    );
+    for pid in monitors {
+        assert!(!alive(pid), "monitor {pid} outlived main");
+    }
+}
+
+#[test]
+fn a_killed_monitor_is_replaced_by_a_new_generation_on_the_same_port() {
+    let panzer = hello("2");
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let old = get(port, "/").unwrap();
+    let monitor = panzer.monitors()[0];
+    kill(monitor, Signal::SIGKILL).unwrap();
+    panzer.wait_for_line("unexpectedly");
+    panzer.wait_ready(2);
+    let new = eventually(PATIENCE, "generation 2 to answer", || {
+        get(port, "/").ok().filter(|r| r.field("generation") == "2")
+    });
+    assert_ne!(new.pid(), old.pid());
+    eventually(PATIENCE, "generation 1's workers to exit", || {
+        (!alive(old.pid())).then_some(())
+    });
+    assert_eq!(panzer.monitors().len(), 1);
+}
+
+#[test]
+fn kill_9_of_main_leaves_no_process_behind() {
+    let mut panzer = hello("2");
+    panzer.wait_ready(1);
+    let tree = panzer.descendants();
+    assert!(
+        tree.len() >= 3,
+        "expected a monitor and 2 workers, got {tree:?}"
+    );
+    panzer.signal(Signal::SIGKILL);
+    panzer.wait_exit(PATIENCE);
+    eventually(PATIENCE, "every process of the tree to die", || {
+        tree.iter().all(|p| !alive(*p)).then_some(())
+    });
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let mut panzer = hello("1");
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    // A first answer proves a worker has accepted this connection.
+    write!(stream, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let worker = read_response(&mut stream).unwrap().pid();
+    write!(stream, "GET /slow?ms=1000 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let tree = panzer.descendants();
+    panzer.signal(Signal::SIGTERM);
+    let slow = read_response(&mut stream).unwrap();
+    assert_eq!(slow.status, 200);
+    assert_eq!(slow.pid(), worker);
+    let status = panzer.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(0), "{}", panzer.log());
+    assert!(panzer.log().contains("stopping gracefully"));
+    for pid in tree {
+        assert!(!alive(pid), "pid {pid} outlived main");
+    }
+}
+
+#[test]
+fn a_worker_that_ignores_sigterm_is_killed_after_the_graceful_timeout() {
+    let mut panzer = Panzer::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        "1",
+        "--ready",
+        "100ms",
+        "--graceful-timeout",
+        "300ms",
+        &example("stubborn"),
+    ]);
+    panzer.wait_ready(1);
+    panzer.signal(Signal::SIGTERM);
+    panzer.wait_for_line("ignoring SIGTERM");
+    let status = panzer.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(0));
+    let log = panzer.log();
+    assert!(
+        log.contains("still running after the graceful timeout: SIGKILL"),
+        "{log}"
+    );
+    assert!(log.contains("killed by SIGKILL"), "{log}");
+    let _ = Duration::ZERO;
+}

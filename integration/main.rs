@@ -1,0 +1,10 @@
+//! Process-level tests: each drives the real `panzer` binary as an operator
+//! would and checks what an operator sees — responses, pids, exit codes and
+//! log lines. Run with plain `cargo test`, which also builds the example
+//! server and the fixtures under integration/fixtures/.
+
+mod harness;
+
+mod bad_input;
+mod lifecycle;
+mod worker_contract;

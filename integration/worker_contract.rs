@@ -1,0 +1,95 @@
+//! What a worker sees: its fds, its environment, its signal state.
+
+use crate::harness::*;
+use nix::unistd::Pid;
+
+/// Worker pids from the monitor's `worker K started: pid N` lines.
+fn started_workers(panzer: &Panzer, count: usize) -> Vec<(u32, Pid)> {
+    panzer
+        .wait_for_lines("started: pid ", count)
+        .iter()
+        .map(|line| {
+            let after = line.split("worker ").nth(1).unwrap();
+            let ordinal = after.split(' ').next().unwrap().parse().unwrap();
+            let pid = line.rsplit("pid ").next().unwrap().trim().parse().unwrap();
+            (ordinal, Pid::from_raw(pid))
+        })
+        .collect()
+}
+
+#[test]
+fn a_worker_gets_exactly_its_sockets_and_the_activation_environment() {
+    let dir = TestDir::new("contract");
+    let unix = format!("unix:{}", dir.join("api.sock").display());
+    // `sleep` is a stock C program: what /proc shows of it is exactly what
+    // panzer handed it.
+    let panzer = Panzer::start(&[
+        "--bind",
+        "web=127.0.0.1:0",
+        "--bind",
+        &unix,
+        "--count",
+        "2",
+        "--ready",
+        "50ms",
+        "sleep",
+        "--",
+        "1000",
+    ]);
+    panzer.wait_ready(1);
+    let workers = started_workers(&panzer, 2);
+    let mut ordinals: Vec<u32> = workers.iter().map(|w| w.0).collect();
+    ordinals.sort();
+    assert_eq!(ordinals, [0, 1]);
+    for (ordinal, pid) in workers {
+        assert_eq!(open_fds(pid), [0, 1, 2, 3, 4], "fds of worker {ordinal}");
+        assert!(
+            fd_target(pid, 3).starts_with("socket:"),
+            "fd 3 is {}",
+            fd_target(pid, 3)
+        );
+        assert!(
+            fd_target(pid, 4).starts_with("socket:"),
+            "fd 4 is {}",
+            fd_target(pid, 4)
+        );
+        let env = environ(pid);
+        assert_eq!(env["LISTEN_FDS"], "2");
+        assert_eq!(env["LISTEN_PID"], pid.to_string());
+        assert_eq!(env["LISTEN_FDNAMES"], "web:unknown");
+        assert_eq!(env["PANZER_GENERATION"], "1");
+        assert_eq!(env["PANZER_WORKER"], ordinal.to_string());
+        assert!(env.contains_key("NOTIFY_SOCKET"));
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(
+            status.contains("SigBlk:\t0000000000000000"),
+            "signal mask not reset:\n{status}"
+        );
+        assert!(
+            status.contains("SigIgn:\t0000000000000000"),
+            "ignored signals not reset:\n{status}"
+        );
+    }
+}
+
+#[test]
+fn fd_3_is_a_listening_socket_a_stock_server_can_accept_on() {
+    let panzer = Panzer::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        "1",
+        "--ready",
+        "50ms",
+        &example("probe"),
+    ]);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let response = get(port, "/").unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.field("generation"), "1");
+    assert_eq!(response.field("worker"), "0");
+    eventually(PATIENCE, "the probe to close its connection", || {
+        (open_fds(response.pid()) == [0, 1, 2, 3]).then_some(())
+    });
+}

@@ -1,0 +1,92 @@
+//! The command line, as clap sees it: flags and their help, no logic.
+//! [`crate::config::Config`] validates and fills in defaults.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::{CliDuration, ReadyMode};
+use crate::sockets::BindSpec;
+
+/// Zero-downtime launcher: binds the listening sockets once, runs COUNT
+/// copies of COMMAND on them, restarts copies that die, swaps in a new
+/// version on SIGUSR1 or SIGHUP without refusing a connection, and stops
+/// gracefully on SIGTERM or SIGINT.
+#[derive(Debug, Parser)]
+#[command(
+    name = "panzer",
+    version,
+    after_help = "Options may stand before or after COMMAND; everything after `--` goes to COMMAND.\n\
+                  Example: panzer --bind 127.0.0.1:8080 --count 4 ./my_server -- --verbose"
+)]
+pub struct Cli {
+    /// Workers per generation (at least 1). Default: the number of CPUs.
+    #[arg(short, long, env = "PANZER_COUNT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: Option<u32>,
+
+    /// Address to listen on, repeatable; workers get the sockets at fd 3, 4, … in
+    /// this order. Forms: 127.0.0.1:8080, [::1]:8080, 0.0.0.0:0 (any free port),
+    /// unix:/path/to.sock; prefix NAME= to name it in LISTEN_FDNAMES.
+    /// In the environment variable, separate addresses with commas.
+    #[arg(
+        short,
+        long,
+        env = "PANZER_BIND",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub bind: Vec<BindSpec>,
+
+    /// Listen backlog of every socket.
+    #[arg(long, env = "PANZER_BACKLOG", default_value_t = 1024, value_name = "N",
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub backlog: i32,
+
+    /// When a worker counts as ready: `notify` (it sends READY=1 to NOTIFY_SOCKET)
+    /// or a duration it must stay alive, such as 1s.
+    #[arg(long, env = "PANZER_READY", default_value = "1s", value_name = "MODE")]
+    pub ready: ReadyMode,
+
+    /// A generation whose workers are not all ready by then has failed.
+    #[arg(
+        long,
+        env = "PANZER_STARTUP_TIMEOUT",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    pub startup_timeout: CliDuration,
+
+    /// After SIGTERM, how long a worker may drain before SIGKILL.
+    #[arg(
+        long,
+        env = "PANZER_GRACEFUL_TIMEOUT",
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
+    pub graceful_timeout: CliDuration,
+
+    /// Control socket path. Default: $XDG_RUNTIME_DIR/panzer-<pid>.sock, else in the temp dir.
+    #[arg(long, env = "PANZER_CONTROL", value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    /// Write main's pid to this file; it is removed on exit.
+    #[arg(long, env = "PANZER_PID_FILE", value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Log less (repeat for even less). RUST_LOG overrides -q and -v.
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+
+    /// Log more (repeat for even more).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// The server to run: a path, or a name looked up in PATH.
+    #[arg(value_name = "COMMAND")]
+    pub command: OsString,
+
+    /// Arguments for COMMAND (after `--`).
+    #[arg(last = true, value_name = "ARG")]
+    pub args: Vec<OsString>,
+}

@@ -1,0 +1,157 @@
+//! The validated configuration main runs with: defaults filled in, values
+//! parsed, nothing left for the event loop to check.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::Cli;
+use crate::error::Error;
+use crate::sockets::BindSpec;
+
+/// When a worker counts as ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyMode {
+    /// When it sends `READY=1` to `NOTIFY_SOCKET`.
+    Notify,
+    /// When it has stayed alive this long.
+    After(Duration),
+}
+
+impl std::str::FromStr for ReadyMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "notify" {
+            return Ok(ReadyMode::Notify);
+        }
+        parse_duration(s).map(ReadyMode::After).map_err(|_| {
+            format!("invalid ready mode '{s}': expected 'notify' or a duration such as 1s")
+        })
+    }
+}
+
+impl std::fmt::Display for ReadyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadyMode::Notify => write!(f, "notify"),
+            ReadyMode::After(d) => write!(f, "{}ms", d.as_millis()),
+        }
+    }
+}
+
+/// Everything main needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub count: u32,
+    pub binds: Vec<BindSpec>,
+    pub backlog: i32,
+    pub ready: ReadyMode,
+    pub startup_timeout: Duration,
+    pub graceful_timeout: Duration,
+    pub control: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub log_level: log::LevelFilter,
+    pub command: OsString,
+    pub args: Vec<OsString>,
+}
+
+impl Config {
+    pub fn from_cli(cli: Cli) -> Result<Config, Error> {
+        let count = match cli.count {
+            Some(n) => n,
+            None => num_cpus::get().max(1) as u32,
+        };
+        if cli.command.is_empty() {
+            return Err(Error::Usage("the command to run is empty".into()));
+        }
+        Ok(Config {
+            count,
+            binds: cli.bind,
+            backlog: cli.backlog,
+            ready: cli.ready,
+            startup_timeout: cli.startup_timeout.0,
+            graceful_timeout: cli.graceful_timeout.0,
+            control: cli.control,
+            pid_file: cli.pid_file,
+            log_level: log_level(cli.quiet, cli.verbose),
+            command: cli.command,
+            args: cli.args,
+        })
+    }
+}
+
+/// `-q` and `-v` (repeatable) around the default `info`.
+pub fn log_level(quiet: u8, verbose: u8) -> log::LevelFilter {
+    use log::LevelFilter::*;
+    let levels = [Off, Error, Warn, Info, Debug, Trace];
+    let index = (3 + verbose as i32 - quiet as i32).clamp(0, 5) as usize;
+    levels[index]
+}
+
+/// A duration as the command line spells it: `250ms`, `10s`, `2m`, `1h`;
+/// a bare number is seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CliDuration(pub Duration);
+
+impl std::str::FromStr for CliDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(CliDuration)
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let bad = || {
+        format!("invalid duration '{s}': expected a number with a unit, such as 250ms, 10s or 2m")
+    };
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !seconds.is_finite() || seconds > 1e9 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_the_docs() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn ready_mode_is_notify_or_a_duration() {
+        assert_eq!("notify".parse(), Ok(ReadyMode::Notify));
+        assert_eq!("1s".parse(), Ok(ReadyMode::After(Duration::from_secs(1))));
+        assert!("soon".parse::<ReadyMode>().is_err());
+    }
+
+    #[test]
+    fn quiet_and_verbose_move_around_info() {
+        assert_eq!(log_level(0, 0), log::LevelFilter::Info);
+        assert_eq!(log_level(1, 0), log::LevelFilter::Warn);
+        assert_eq!(log_level(0, 2), log::LevelFilter::Trace);
+        assert_eq!(log_level(9, 0), log::LevelFilter::Off);
+    }
+}

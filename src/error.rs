@@ -1,0 +1,106 @@
+//! One error type for the whole launcher, and the exit code each maps to.
+//!
+//! Every message names the thing at fault and, where there is one, the fix.
+
+use std::fmt;
+use std::io;
+
+/// Exit status after a graceful stop.
+pub const EXIT_OK: i32 = 0;
+/// Exit status when generation 1 never became ready.
+pub const EXIT_NOT_READY: i32 = 1;
+/// Exit status for a usage error (clap uses it too).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit status when a socket cannot be bound, or another OS resource fails
+/// (`EX_OSERR` from sysexits.h).
+pub const EXIT_OSERR: i32 = 71;
+
+#[derive(Debug)]
+pub enum Error {
+    /// The command line is wrong in a way clap cannot see.
+    Usage(String),
+    /// The command to run cannot be found or executed.
+    Command { command: String, reason: String },
+    /// A `--bind` address cannot be bound.
+    Bind { addr: String, source: io::Error },
+    /// Generation 1 never became ready.
+    NotReady { reason: String },
+    /// Any other system call failed; `what` says what panzer was doing.
+    Os { what: String, source: io::Error },
+}
+
+impl Error {
+    pub fn os(what: impl Into<String>, source: impl Into<io::Error>) -> Error {
+        Error::Os {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The process exit status for this error (see DESIGN.md, "Exit codes").
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) | Error::Command { .. } => EXIT_USAGE,
+            Error::NotReady { .. } => EXIT_NOT_READY,
+            Error::Bind { .. } | Error::Os { .. } => EXIT_OSERR,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Usage(message) => write!(f, "{message}"),
+            Error::Command { command, reason } => write!(f, "cannot run {command}: {reason}"),
+            Error::Bind { addr, source } => {
+                write!(f, "cannot bind {addr}: {}", describe(source))?;
+                match source.raw_os_error() {
+                    Some(libc::EACCES) if !addr.starts_with("unix:") => {
+                        write!(f, " (run as root, or use a port above 1023)")
+                    }
+                    Some(libc::EADDRINUSE) => write!(f, " (another process listens there)"),
+                    Some(libc::EADDRNOTAVAIL) => write!(f, " (no interface has that address)"),
+                    _ => Ok(()),
+                }
+            }
+            Error::NotReady { reason } => write!(f, "generation 1 never became ready: {reason}"),
+            Error::Os { what, source } => write!(f, "{what}: {}", describe(source)),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// An OS error as a short lowercase phrase ("address already in use"),
+/// without Rust's "(os error 98)" suffix.
+pub fn describe(error: &io::Error) -> String {
+    match error.raw_os_error() {
+        Some(errno) => {
+            let text = nix::errno::Errno::from_raw(errno).desc();
+            let mut chars = text.chars();
+            match chars.next() {
+                Some(first) => first.to_lowercase().chain(chars).collect(),
+                None => text.to_string(),
+            }
+        }
+        None => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_errors_name_the_address_and_the_fix() {
+        let e = Error::Bind {
+            addr: "127.0.0.1:80".into(),
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot bind 127.0.0.1:80: permission denied (run as root, or use a port above 1023)"
+        );
+        assert_eq!(e.exit_code(), 71);
+    }
+}

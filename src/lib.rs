@@ -1,0 +1,48 @@
+//! # panzer: theory of operation
+//!
+//! panzer runs N copies of a network server on sockets it binds once, and
+//! replaces them with fresh copies without refusing a connection.
+//!
+//! ```text
+//! panzer (main)               owns the listening sockets, for its whole life
+//!  ├─ monitor, generation 1   keeps N workers alive; reports over a status channel
+//!  │   ├─ worker 0            the user's command, sockets at fd 3…
+//!  │   └─ worker N-1
+//!  └─ monitor, generation 2   only during a hot restart
+//! ```
+//!
+//! - **main** ([`main_process`]) parses the command line, binds the sockets,
+//!   and never runs user code. A hot restart starts generation k+1 beside k;
+//!   when every new worker is ready, k drains. The listening sockets stay
+//!   open in main throughout, so a connection that arrives between
+//!   generations waits in the kernel's backlog instead of being refused.
+//! - **monitor** ([`monitor`]) is `panzer __monitor …`: main execs its own
+//!   binary (`/proc/self/exe`) rather than forking itself, so the monitor
+//!   starts from a clean, small address space, and its configuration is
+//!   plain argv that `ps` shows. It leads a process group that its workers
+//!   join: the group is the generation, and one `killpg` reaches all of it.
+//! - **worker** ([`worker`]) is the user's command, spawned by the code in
+//!   [`sys::spawn`], the only code between `fork` and `exec`.
+//!
+//! Who owns which fd: main owns the sockets (`CLOEXEC`), its signalfd, and
+//! one end of each monitor's status channel ([`status`]). A monitor gets the
+//! other end at fd 3 and the sockets at 4…, takes them over (`CLOEXEC` again)
+//! and owns its `NOTIFY_SOCKET` ([`notify`]). A worker gets exactly 0, 1, 2
+//! and the sockets at 3….
+//!
+//! Lifetimes: main is child subreaper, so descendants whose monitor died come
+//! back to it; monitors get a parent-death signal and also see their status
+//! channel close, and then kill their whole group, so nothing outlives
+//! `kill -9` of main.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod main_process;
+pub mod monitor;
+pub mod notify;
+pub mod sockets;
+pub mod status;
+pub mod sys;
+pub mod worker;

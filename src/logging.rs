@@ -1,0 +1,31 @@
+//! Log lines on stderr: `<time> <LEVEL> panzer[<pid>]: <message>` for main,
+//! `panzer[<pid> gen <k>]` for a monitor. `RUST_LOG` overrides `-q`/`-v`.
+
+use std::io::Write;
+
+/// Installs the logger for this process; `role` is `None` for main and
+/// `Some(k)` for the monitor of generation k.
+pub fn init(level: log::LevelFilter, generation: Option<u32>) {
+    let pid = std::process::id();
+    let tag = match generation {
+        None => format!("panzer[{pid}]"),
+        Some(k) => format!("panzer[{pid} gen {k}]"),
+    };
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level);
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+    }
+    builder
+        .format(move |buf, record| {
+            writeln!(
+                buf,
+                "{} {:<5} {tag}: {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.args()
+            )
+        })
+        .target(env_logger::Target::Stderr)
+        .init();
+}

@@ -1,0 +1,584 @@
+//! Role 1, main: owns the listening sockets for its whole life, runs one
+//! monitor per generation, and turns signals into generation changes.
+//!
+//! Single-threaded: one poll over the signalfd and every monitor's status
+//! channel, with the nearest deadline (startup timeout, kill backstop, orphan
+//! sweep) as its timeout. Idle, it never wakes up. The rules about which
+//! generation starts, serves, drains or is killed live in [`generation`].
+
+pub mod generation;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use crate::config::{CliDuration, Config};
+use crate::error::Error;
+use crate::monitor::{describe_exit, format_duration, MonitorArgs};
+use crate::sockets::{self, Listener};
+use crate::status::{Channel, Order, Received, Report};
+use crate::sys::{self, spawn::ExecPlan};
+use crate::worker;
+use generation::{Action, Generations, State};
+
+/// Signals main handles; everything else keeps its default.
+const SIGNALS: &[Signal] = &[
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+];
+
+/// How long after its own graceful timeout a draining monitor may take
+/// before main kills its whole group.
+const DRAIN_BACKSTOP: Duration = Duration::from_secs(5);
+
+/// What main knows of one worker, from its monitor's reports.
+#[derive(Debug, Clone)]
+pub struct WorkerView {
+    pub pid: i32,
+    pub ready: bool,
+    pub restarts: u32,
+    pub since: Instant,
+}
+
+/// One running monitor.
+struct Monitor {
+    generation: u32,
+    pid: Pid,
+    channel: Channel,
+    /// While starting: when it counts as failed.
+    startup_deadline: Option<Instant>,
+    /// While draining or failed: when main kills its group.
+    kill_deadline: Option<Instant>,
+    workers: BTreeMap<u32, WorkerView>,
+    notify_socket: PathBuf,
+}
+
+/// Processes left behind by a monitor that died unasked: `SIGTERM`ed, and
+/// `SIGKILL`ed at `deadline` if still there.
+struct Orphans {
+    pgid: Pid,
+    deadline: Instant,
+}
+
+struct Main {
+    config: Config,
+    sockets: Vec<Listener>,
+    signals: SignalFd,
+    generations: Generations,
+    monitors: Vec<Monitor>,
+    orphans: Vec<Orphans>,
+    runtime_dir: RuntimeDir,
+    /// Set on stop: when every remaining group is killed.
+    stop_deadline: Option<Instant>,
+    interrupts: u32,
+    exit: Option<i32>,
+    last_failure: Option<String>,
+}
+
+/// Runs main until it stops; returns the exit status.
+pub fn run(config: Config) -> Result<i32, Error> {
+    // Before anything else, so no signal is lost while sockets are bound.
+    let signals =
+        sys::signal_fd(SIGNALS).map_err(|e| Error::os("cannot set up signal handling", e))?;
+    worker::resolve_command(&config.command).map_err(|reason| Error::Command {
+        command: config.command.to_string_lossy().into_owned(),
+        reason,
+    })?;
+    sys::become_subreaper().map_err(|e| Error::os("cannot become child subreaper", e))?;
+    let sockets = sockets::bind_all(&config.binds, config.backlog)?;
+    for listener in &sockets {
+        log::info!("listening on {}", listener.local);
+    }
+    let runtime_dir = RuntimeDir::create()?;
+    let mut main = Main {
+        config,
+        sockets,
+        signals,
+        generations: Generations::new(),
+        monitors: Vec::new(),
+        orphans: Vec::new(),
+        runtime_dir,
+        stop_deadline: None,
+        interrupts: 0,
+        exit: None,
+        last_failure: None,
+    };
+    let boot = main.generations.boot();
+    main.perform(boot);
+    let code = main.run();
+    main.kill_leftovers();
+    if code == crate::error::EXIT_NOT_READY {
+        return Err(Error::NotReady {
+            reason: main.last_failure.unwrap_or_else(|| "unknown".into()),
+        });
+    }
+    log::info!("stopped");
+    Ok(code)
+}
+
+impl Main {
+    fn run(&mut self) -> i32 {
+        loop {
+            if let Some(code) = self.exit {
+                if self.monitors.is_empty() {
+                    return code;
+                }
+            }
+            self.on_timers(Instant::now());
+            let deadline = self.next_deadline();
+            let mut fds: Vec<BorrowedFd<'_>> = vec![self.signals.as_fd()];
+            fds.extend(self.monitors.iter().map(|m| m.channel.fd()));
+            let ready = match sys::wait_readable(&fds, deadline) {
+                Ok(ready) => ready,
+                Err(e) => {
+                    log::error!("poll failed: {e}; stopping everything");
+                    self.kill_everything();
+                    return crate::error::EXIT_OSERR;
+                }
+            };
+            let channels: Vec<u32> = self
+                .monitors
+                .iter()
+                .zip(&ready[1..])
+                .filter(|(_, &r)| r)
+                .map(|(m, _)| m.generation)
+                .collect();
+            drop(fds);
+            for generation in channels {
+                self.on_reports(generation);
+            }
+            if ready[0] {
+                for signal in sys::pending_signals(&self.signals) {
+                    self.on_signal(signal);
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let monitors = self
+            .monitors
+            .iter()
+            .flat_map(|m| [m.startup_deadline, m.kill_deadline]);
+        let orphans = self.orphans.iter().map(|o| Some(o.deadline));
+        monitors
+            .chain(orphans)
+            .chain([self.stop_deadline])
+            .flatten()
+            .min()
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        let overdue: Vec<(u32, usize)> = self
+            .monitors
+            .iter()
+            .filter(|m| m.startup_deadline.is_some_and(|d| d <= now))
+            .map(|m| (m.generation, m.workers.values().filter(|w| w.ready).count()))
+            .collect();
+        for (generation, ready) in overdue {
+            let reason = format!(
+                "not ready within {} ({ready}/{} workers ready)",
+                format_duration(self.config.startup_timeout),
+                self.config.count
+            );
+            self.generation_failed(generation, reason);
+        }
+        for m in &mut self.monitors {
+            if m.kill_deadline.is_some_and(|d| d <= now) {
+                log::warn!(
+                    "generation {} did not stop in time: killing its process group",
+                    m.generation
+                );
+                sys::signal_group(m.pid, Signal::SIGKILL);
+                m.kill_deadline = None;
+            }
+        }
+        if self.stop_deadline.is_some_and(|d| d <= now) {
+            self.stop_deadline = None;
+            self.kill_everything();
+        }
+        self.orphans.retain(|o| {
+            if o.deadline > now {
+                return true;
+            }
+            for pid in sys::own_children_in_group(o.pgid) {
+                log::warn!("pid {pid} of a dead monitor's group is still running: SIGKILL");
+                sys::signal_process(pid, Signal::SIGKILL);
+            }
+            false
+        });
+    }
+
+    fn on_signal(&mut self, signal: Signal) {
+        match signal {
+            Signal::SIGCHLD => self.reap(),
+            Signal::SIGUSR1 | Signal::SIGHUP => {
+                log::info!("{}: reloading", signal.as_str());
+                let actions = self.generations.reload();
+                self.perform(actions);
+            }
+            Signal::SIGINT if self.interrupts > 0 => self.immediate_stop(signal),
+            Signal::SIGTERM | Signal::SIGINT => {
+                if signal == Signal::SIGINT {
+                    self.interrupts += 1;
+                }
+                self.graceful_stop(signal);
+            }
+            Signal::SIGQUIT => self.immediate_stop(signal),
+            Signal::SIGTTIN => self.scale(self.config.count.saturating_add(1)),
+            Signal::SIGTTOU => self.scale(self.config.count.saturating_sub(1).max(1)),
+            _ => {}
+        }
+    }
+
+    fn graceful_stop(&mut self, signal: Signal) {
+        if self.generations.is_stopping() {
+            return;
+        }
+        log::info!(
+            "{}: stopping gracefully (workers have {} to finish)",
+            signal.as_str(),
+            format_duration(self.config.graceful_timeout)
+        );
+        self.stop_deadline = Some(Instant::now() + self.config.graceful_timeout + DRAIN_BACKSTOP);
+        let actions = self.generations.stop();
+        self.perform(actions);
+    }
+
+    fn immediate_stop(&mut self, signal: Signal) {
+        log::warn!("{}: stopping now, killing every worker", signal.as_str());
+        let actions = self.generations.stop();
+        self.perform(actions);
+        self.kill_everything();
+    }
+
+    fn kill_everything(&mut self) {
+        for m in &self.monitors {
+            sys::signal_group(m.pid, Signal::SIGKILL);
+        }
+        for o in &mut self.orphans {
+            o.deadline = Instant::now();
+        }
+        self.exit.get_or_insert(0);
+    }
+
+    fn scale(&mut self, count: u32) {
+        if self.generations.is_stopping() || count == self.config.count {
+            return;
+        }
+        log::info!("scaling from {} to {count} worker(s)", self.config.count);
+        self.config.count = count;
+        let current: Vec<u32> = self
+            .generations
+            .iter()
+            .filter(|(_, s)| matches!(s, State::Starting | State::Ready))
+            .map(|(n, _)| n)
+            .collect();
+        for generation in current {
+            self.order(generation, Order::Scale { count });
+        }
+    }
+
+    /// Reaps every exited child. A monitor is examined while it is still a
+    /// zombie, so its process-group id cannot have been reused when its
+    /// group is signalled.
+    fn reap(&mut self) {
+        while let Some(status) = sys::peek_exited_child() {
+            let Some(pid) = status.pid() else { break };
+            if let Some(index) = self.monitors.iter().position(|m| m.pid == pid) {
+                let monitor = self.monitors.remove(index);
+                self.monitor_exited(monitor, &status);
+            } else {
+                log::debug!("reaped pid {pid}: {}", describe_exit(&status));
+            }
+            sys::reap(pid);
+        }
+    }
+
+    fn monitor_exited(&mut self, monitor: Monitor, status: &WaitStatus) {
+        let generation = monitor.generation;
+        let how = describe_exit(status);
+        match self.generations.state(generation) {
+            Some(State::Starting | State::Ready) => {
+                log::error!(
+                    "monitor of generation {generation} (pid {}) {how} unexpectedly",
+                    monitor.pid
+                );
+                self.last_failure = Some(format!("its monitor {how}"));
+                // Its workers may be serving requests: let them drain.
+                sys::signal_group(monitor.pid, Signal::SIGTERM);
+                self.orphans.push(Orphans {
+                    pgid: monitor.pid,
+                    deadline: Instant::now() + self.config.graceful_timeout,
+                });
+            }
+            _ => {
+                // Drained or failed: nothing of the group may remain.
+                sys::signal_group(monitor.pid, Signal::SIGKILL);
+                log::info!("generation {generation} stopped");
+            }
+        }
+        let _ = std::fs::remove_file(&monitor.notify_socket);
+        let actions = self.generations.exited(generation);
+        self.perform(actions);
+    }
+
+    fn on_reports(&mut self, generation: u32) {
+        let Some(monitor) = self
+            .monitors
+            .iter_mut()
+            .find(|m| m.generation == generation)
+        else {
+            return;
+        };
+        let reports = match monitor.channel.receive::<Report>() {
+            Received::Messages(reports) | Received::Closed(reports) => reports,
+        };
+        for report in reports {
+            self.on_report(generation, report);
+        }
+    }
+
+    fn on_report(&mut self, generation: u32, report: Report) {
+        let Some(monitor) = self
+            .monitors
+            .iter_mut()
+            .find(|m| m.generation == generation)
+        else {
+            return;
+        };
+        match report {
+            Report::WorkerStarted { ordinal, pid } => {
+                let restarts = monitor.workers.get(&ordinal).map_or(0, |w| w.restarts + 1);
+                monitor.workers.insert(
+                    ordinal,
+                    WorkerView {
+                        pid,
+                        ready: false,
+                        restarts,
+                        since: Instant::now(),
+                    },
+                );
+            }
+            Report::WorkerReady { ordinal, pid } => {
+                if let Some(w) = monitor.workers.get_mut(&ordinal).filter(|w| w.pid == pid) {
+                    w.ready = true;
+                }
+            }
+            Report::WorkerExited { ordinal, pid, .. } => {
+                if let Some(w) = monitor.workers.get_mut(&ordinal).filter(|w| w.pid == pid) {
+                    w.ready = false;
+                    w.pid = 0;
+                }
+            }
+            Report::WorkerStatus { .. } => {}
+            Report::GenerationReady {
+                workers,
+                elapsed_ms,
+            } => {
+                monitor.startup_deadline = None;
+                log::info!(
+                    "generation {generation} ready: {workers}/{workers} workers in {elapsed_ms} ms"
+                );
+                let actions = self.generations.ready(generation);
+                self.perform(actions);
+            }
+            Report::GenerationFailed { reason } => self.generation_failed(generation, reason),
+        }
+    }
+
+    fn generation_failed(&mut self, generation: u32, reason: String) {
+        if let Some(m) = self
+            .monitors
+            .iter_mut()
+            .find(|m| m.generation == generation)
+        {
+            m.startup_deadline = None;
+        }
+        if self.generations.state(generation) == Some(State::Starting) {
+            log::error!("generation {generation} failed: {reason}");
+            self.last_failure = Some(reason.clone());
+        }
+        let actions = self.generations.failed(generation, &reason);
+        self.perform(actions);
+    }
+
+    fn perform(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Start(generation) => self.start_generation(generation),
+                Action::Drain(generation) => {
+                    self.order(generation, Order::Drain);
+                    let backstop = Instant::now() + self.config.graceful_timeout + DRAIN_BACKSTOP;
+                    if let Some(m) = self
+                        .monitors
+                        .iter_mut()
+                        .find(|m| m.generation == generation)
+                    {
+                        m.startup_deadline = None;
+                        m.kill_deadline = Some(backstop);
+                    }
+                }
+                Action::Kill(generation) => {
+                    if let Some(m) = self
+                        .monitors
+                        .iter_mut()
+                        .find(|m| m.generation == generation)
+                    {
+                        sys::signal_group(m.pid, Signal::SIGKILL);
+                        m.startup_deadline = None;
+                    }
+                }
+                Action::Reloaded(Ok(generation)) => {
+                    log::info!("reload done: generation {generation} serves")
+                }
+                Action::Reloaded(Err(reason)) => {
+                    let serving = self
+                        .generations
+                        .iter()
+                        .filter(|(_, s)| *s == State::Ready)
+                        .map(|(n, _)| n)
+                        .last();
+                    match serving {
+                        Some(n) => {
+                            log::error!("reload failed: {reason}; generation {n} keeps serving")
+                        }
+                        None => log::error!("reload failed: {reason}"),
+                    }
+                }
+                Action::Exit(code) => {
+                    self.exit.get_or_insert(code);
+                }
+            }
+        }
+    }
+
+    fn order(&mut self, generation: u32, order: Order) {
+        if let Some(m) = self.monitors.iter().find(|m| m.generation == generation) {
+            if let Err(e) = m.channel.send(&order) {
+                log::warn!("cannot reach the monitor of generation {generation}: {e}");
+            }
+        }
+    }
+
+    fn start_generation(&mut self, generation: u32) {
+        let notify_socket = self
+            .runtime_dir
+            .path
+            .join(format!("gen-{generation}.notify"));
+        let args = MonitorArgs {
+            generation,
+            count: self.config.count,
+            ready: self.config.ready,
+            graceful_timeout: CliDuration(self.config.graceful_timeout),
+            sockets: self.sockets.len(),
+            fd_names: sockets::fd_names(self.sockets.iter().map(|l| &l.spec)),
+            notify_socket: notify_socket.clone(),
+            log_level: log::max_level(),
+            argv: std::iter::once(self.config.command.clone())
+                .chain(self.config.args.iter().cloned())
+                .collect(),
+        };
+        match self.spawn_monitor(&args) {
+            Ok((pid, channel)) => {
+                log::info!(
+                    "starting generation {generation}: {} worker(s), monitor pid {pid}",
+                    args.count
+                );
+                let now = Instant::now();
+                self.monitors.push(Monitor {
+                    generation,
+                    pid,
+                    channel,
+                    startup_deadline: Some(now + self.config.startup_timeout),
+                    kill_deadline: None,
+                    workers: BTreeMap::new(),
+                    notify_socket,
+                });
+            }
+            Err(e) => {
+                let reason = format!("cannot start its monitor: {e}");
+                self.generation_failed(generation, reason);
+                // Nothing to wait for: no process was created.
+                let actions = self.generations.exited(generation);
+                self.perform(actions);
+            }
+        }
+    }
+
+    fn spawn_monitor(&self, args: &MonitorArgs) -> Result<(Pid, Channel), String> {
+        let (ours, theirs) = Channel::pair().map_err(|e| e.to_string())?;
+        let mut fds: Vec<RawFd> = vec![theirs.fd().as_raw_fd()];
+        fds.extend(self.sockets.iter().map(|l| l.fd().as_raw_fd()));
+        let mut argv: Vec<OsString> = vec!["panzer".into()];
+        argv.extend(args.to_args());
+        let mut plan = ExecPlan::new("/proc/self/exe".as_ref(), &argv, worker::inherited_env())
+            .map_err(|e| e.to_string())?
+            .with_fds(&fds)
+            .with_new_process_group()
+            .with_parent_death_signal(Signal::SIGTERM);
+        let pid = plan.spawn().map_err(|e| e.to_string())?;
+        Ok((pid, ours))
+    }
+
+    /// Before main exits: nothing it started may outlive it.
+    fn kill_leftovers(&mut self) {
+        for m in &self.monitors {
+            sys::signal_group(m.pid, Signal::SIGKILL);
+        }
+        let me = nix::unistd::getpid();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+            let pid = Pid::from_raw(pid);
+            if sys::parent_and_group(pid).is_some_and(|(parent, _)| parent == me) {
+                sys::signal_process(pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+            }
+        }
+    }
+}
+
+/// A private directory (mode 0700) for the notify sockets; removed on exit.
+struct RuntimeDir {
+    path: PathBuf,
+}
+
+impl RuntimeDir {
+    fn create() -> Result<RuntimeDir, Error> {
+        use std::os::unix::fs::DirBuilderExt;
+        // A unix socket path holds at most 107 bytes: fall back to the temp
+        // dir when $XDG_RUNTIME_DIR is too deep for `…/gen-N.notify`.
+        let name = format!("panzer-{}.d", std::process::id());
+        let path = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(|base| PathBuf::from(base).join(&name))
+            .filter(|p| p.parent().is_some_and(|b| b.is_dir()) && p.as_os_str().len() < 80)
+            .unwrap_or_else(|| std::env::temp_dir().join(&name));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| Error::os(format!("cannot create {}", path.display()), e))?;
+        Ok(RuntimeDir { path })
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

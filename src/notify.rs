@@ -1,0 +1,110 @@
+//! The sd_notify wire format, both directions: workers → monitor (readiness)
+//! and main → systemd. A datagram is newline-separated `KEY=VALUE` lines.
+
+use std::fmt;
+
+/// One `KEY=VALUE` line of an sd_notify datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notify {
+    /// `READY=1`: startup finished.
+    Ready,
+    /// `RELOADING=1` with `MONOTONIC_USEC=`, as systemd's `Type=notify-reload` wants.
+    Reloading { monotonic_usec: u64 },
+    /// `STOPPING=1`.
+    Stopping,
+    /// `STATUS=…`: a line for humans.
+    Status(String),
+    /// `WATCHDOG=1`: still alive.
+    Watchdog,
+    /// `MAINPID=…`.
+    MainPid(u32),
+}
+
+impl fmt::Display for Notify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Notify::Ready => write!(f, "READY=1"),
+            Notify::Reloading { monotonic_usec } => {
+                write!(f, "RELOADING=1\nMONOTONIC_USEC={monotonic_usec}")
+            }
+            Notify::Stopping => write!(f, "STOPPING=1"),
+            Notify::Status(text) => write!(f, "STATUS={}", text.replace('\n', " ")),
+            Notify::Watchdog => write!(f, "WATCHDOG=1"),
+            Notify::MainPid(pid) => write!(f, "MAINPID={pid}"),
+        }
+    }
+}
+
+/// The messages of one datagram that panzer acts on; unknown keys are
+/// skipped. `Err` if the datagram is not text.
+pub fn parse(datagram: &[u8]) -> Result<Vec<Notify>, std::str::Utf8Error> {
+    let text = std::str::from_utf8(datagram)?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            match (key, value) {
+                ("READY", "1") => Some(Notify::Ready),
+                ("STOPPING", "1") => Some(Notify::Stopping),
+                ("WATCHDOG", "1") => Some(Notify::Watchdog),
+                ("STATUS", text) => Some(Notify::Status(text.to_string())),
+                ("MAINPID", pid) => pid.parse().ok().map(Notify::MainPid),
+                _ => None,
+            }
+        })
+        .collect())
+}
+
+/// Sends `messages` as one datagram to the socket named by `NOTIFY_SOCKET`
+/// (a path, or `@name` for the abstract namespace).
+pub fn send_to(target: &str, messages: &[Notify]) -> std::io::Result<()> {
+    use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+    let text: Vec<String> = messages.iter().map(Notify::to_string).collect();
+    let addr = match target.strip_prefix('@') {
+        Some(name) => UnixAddr::new_abstract(name.as_bytes())?,
+        None => UnixAddr::new(target)?,
+    };
+    let sock = socket::socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let bytes = text.join("\n");
+    socket::sendto(
+        std::os::fd::AsRawFd::as_raw_fd(&sock),
+        bytes.as_bytes(),
+        &addr,
+        MsgFlags::MSG_NOSIGNAL,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_keys_and_skips_the_rest() {
+        let got = parse(b"READY=1\nSTATUS=warming up\nFOO=bar\nnonsense\nWATCHDOG=1").unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Notify::Ready,
+                Notify::Status("warming up".into()),
+                Notify::Watchdog
+            ]
+        );
+        assert!(parse(&[0xff, 0xfe]).is_err());
+        assert_eq!(parse(b"READY=0").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn display_is_the_wire_bytes() {
+        assert_eq!(
+            Notify::Reloading { monotonic_usec: 5 }.to_string(),
+            "RELOADING=1\nMONOTONIC_USEC=5"
+        );
+        assert_eq!(Notify::Status("a\nb".into()).to_string(), "STATUS=a b");
+    }
+}

@@ -1,0 +1,127 @@
+//! The listening sockets: bound once by main, kept open for its whole life,
+//! passed to every generation.
+
+mod spec;
+
+pub use spec::{BindAddr, BindSpec};
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::error::Error;
+
+/// A bound, listening socket (`CLOEXEC`: it reaches a child only on purpose).
+#[derive(Debug)]
+pub struct Listener {
+    pub spec: BindSpec,
+    /// The address actually bound, with the real port for `:0`.
+    pub local: String,
+    socket: Socket,
+    /// A unix socket file this process created and removes on drop.
+    created: Option<(PathBuf, u64, u64)>,
+}
+
+impl Listener {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // Remove the socket file only if it is still the one we created.
+        if let Some((path, dev, ino)) = &self.created {
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                if meta.dev() == *dev && meta.ino() == *ino {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
+}
+
+/// Binds every spec in order. On error, everything bound so far is closed
+/// (and unix socket files removed) before returning.
+pub fn bind_all(specs: &[BindSpec], backlog: i32) -> Result<Vec<Listener>, Error> {
+    specs.iter().map(|spec| bind(spec, backlog)).collect()
+}
+
+fn bind(spec: &BindSpec, backlog: i32) -> Result<Listener, Error> {
+    let fail = |source: io::Error| Error::Bind {
+        addr: spec.addr.to_string(),
+        source,
+    };
+    match &spec.addr {
+        BindAddr::Inet(addr) => {
+            // socket2 creates sockets with SOCK_CLOEXEC.
+            let socket =
+                Socket::new(Domain::for_address(*addr), Type::STREAM, None).map_err(fail)?;
+            socket.set_reuse_address(true).map_err(fail)?;
+            if addr.is_ipv6() {
+                // [::]:80 then means IPv6 only, so 0.0.0.0:80 can be bound beside it.
+                socket.set_only_v6(true).map_err(fail)?;
+            }
+            socket.bind(&(*addr).into()).map_err(fail)?;
+            socket.listen(backlog).map_err(fail)?;
+            let local = socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| addr.to_string());
+            Ok(Listener {
+                spec: spec.clone(),
+                local,
+                socket,
+                created: None,
+            })
+        }
+        BindAddr::Unix(path) => {
+            remove_stale_unix_socket(path).map_err(fail)?;
+            let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(fail)?;
+            socket
+                .bind(&SockAddr::unix(path).map_err(fail)?)
+                .map_err(fail)?;
+            let meta = std::fs::symlink_metadata(path).map_err(fail)?;
+            let listener = Listener {
+                spec: spec.clone(),
+                local: spec.addr.to_string(),
+                socket,
+                created: Some((path.clone(), meta.dev(), meta.ino())),
+            };
+            listener.socket.listen(backlog).map_err(fail)?;
+            Ok(listener)
+        }
+    }
+}
+
+/// A socket file nobody listens on is left over from a crash: remove it. A
+/// live one, or a file that is not a socket, is an error.
+fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::from_raw_os_error(libc::EEXIST));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(io::Error::from_raw_os_error(libc::EADDRINUSE)),
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    }
+}
+
+/// The `LISTEN_FDNAMES` value for these specs.
+pub fn fd_names<'a>(specs: impl IntoIterator<Item = &'a BindSpec>) -> String {
+    specs
+        .into_iter()
+        .map(BindSpec::fd_name)
+        .collect::<Vec<_>>()
+        .join(":")
+}

@@ -1,0 +1,161 @@
+//! The one place that talks to the kernel below what `std` offers.
+//!
+//! `unsafe` is allowed here and nowhere else (see `[lints]` in Cargo.toml):
+//! [`spawn`] holds the code that runs between `fork` and `execve`. The rest of
+//! this module wraps the calls both event loops share: blocking signals and
+//! reading them from a signalfd, reaping children, and polling.
+
+#![allow(unsafe_code)]
+
+pub mod spawn;
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// Blocks `signals` for this process and returns a non-blocking signalfd
+/// that reports them. Children reset their mask before exec (see [`spawn`]).
+pub fn signal_fd(signals: &[Signal]) -> io::Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    for &signal in signals {
+        mask.add(signal);
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
+    Ok(SignalFd::with_flags(
+        &mask,
+        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+    )?)
+}
+
+/// Every signal waiting on `fd`, in arrival order (one per kind at most).
+pub fn pending_signals(fd: &SignalFd) -> Vec<Signal> {
+    let mut signals = Vec::new();
+    while let Ok(Some(info)) = fd.read_signal() {
+        if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
+            signals.push(signal);
+        }
+    }
+    signals
+}
+
+/// Makes orphaned descendants re-parent to this process instead of init.
+pub fn become_subreaper() -> io::Result<()> {
+    Ok(nix::sys::prctl::set_child_subreaper(true)?)
+}
+
+/// The next child that has exited, without reaping it: while it is a zombie
+/// its pid (and so its process-group id) cannot be reused, which makes a
+/// `killpg` of its group safe until [`reap`] is called.
+pub fn peek_exited_child() -> Option<WaitStatus> {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match nix::sys::wait::waitid(Id::All, flags) {
+        Ok(WaitStatus::StillAlive) | Err(_) => None,
+        Ok(status) => Some(status),
+    }
+}
+
+/// Collects the exit status of `pid`, which must have exited.
+pub fn reap(pid: Pid) {
+    let _ = nix::sys::wait::waitpid(pid, Some(WaitPidFlag::WNOHANG));
+}
+
+/// Sends `signal` to every process in group `pgid`; a group that no longer
+/// exists is not an error.
+pub fn signal_group(pgid: Pid, signal: Signal) {
+    let _ = nix::sys::signal::killpg(pgid, signal);
+}
+
+/// Sends `signal` to one process; one that is gone is not an error.
+pub fn signal_process(pid: Pid, signal: Signal) {
+    let _ = nix::sys::signal::kill(pid, signal);
+}
+
+/// Waits until one of `fds` is readable or `deadline` passes. Returns, for
+/// each fd, whether it is readable (or hung up).
+pub fn wait_readable(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Result<Vec<bool>> {
+    let mut polled: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+        .collect();
+    let timeout = match deadline {
+        None => PollTimeout::NONE,
+        Some(at) => {
+            // Round up so we never wake a millisecond early and spin.
+            let left = at.saturating_duration_since(Instant::now()) + Duration::from_micros(999);
+            PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                .unwrap_or(PollTimeout::MAX)
+        }
+    };
+    match nix::poll::poll(&mut polled, timeout) {
+        Ok(_) | Err(Errno::EINTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(polled
+        .iter()
+        .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+        .collect())
+}
+
+/// Takes ownership of an fd this process inherited at a known number and
+/// marks it `CLOEXEC`, so it reaches a child only through an [`spawn::ExecPlan`].
+pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    nix::fcntl::fcntl(
+        // SAFETY: `fd` is open (fcntl below fails otherwise, before any use
+        // as an OwnedFd) and borrowed only for this call.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    // SAFETY: the fd is open (checked above) and nothing else in this process
+    // owns it: it was inherited across exec at a number only we know of.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The current value of `CLOCK_MONOTONIC` in microseconds, as systemd's
+/// `MONOTONIC_USEC=` wants it.
+pub fn monotonic_usec() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+        .unwrap_or(0)
+}
+
+/// Resident set size of `pid` in KiB, from `/proc/PID/status`.
+pub fn rss_kib(pid: Pid) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// `(parent pid, process group)` of `pid`, from `/proc/PID/stat`.
+pub fn parent_and_group(pid: Pid) -> Option<(Pid, Pid)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let _state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((Pid::from_raw(ppid), Pid::from_raw(pgrp)))
+}
+
+/// Every process whose parent is this process and whose group is `pgid`.
+pub fn own_children_in_group(pgid: Pid) -> Vec<Pid> {
+    let me = nix::unistd::getpid();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .map(Pid::from_raw)
+        .filter(|&pid| parent_and_group(pid) == Some((me, pgid)))
+        .collect()
+}

@@ -1,0 +1,380 @@
+//! Starting a child process: everything between `fork` and `exec`.
+//!
+//! [`ExecPlan`] is built in the parent, where allocating is fine: the program
+//! path, argv and envp as NUL-terminated byte strings with their pointer
+//! arrays, a fixed-width `LISTEN_PID=` slot, and the list of fds to place.
+//! [`ExecPlan::spawn`] forks; the child then runs [`child`], which only reads
+//! that plan, writes into memory that was allocated before the fork, and calls
+//! async-signal-safe system calls. It never returns: it `execve`s, or writes
+//! its errno to a `CLOEXEC` pipe and `_exit(127)`s.
+//!
+//! Why not `std::process::Command`: it cannot put the child's own pid in its
+//! environment (`LISTEN_PID`), and its fd plumbing only covers stdio.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+/// Width of the `LISTEN_PID` value slot: enough digits for any Linux pid
+/// (`pid_max` is at most 2^22).
+const PID_DIGITS: usize = 10;
+
+/// Highest signal number whose disposition the child resets.
+const MAX_SIGNAL: libc::c_int = 64;
+
+/// The kernel's own `struct sigaction` (x86_64 and aarch64 layout).
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// What a freshly forked child must do before it becomes `program`.
+pub struct ExecPlan {
+    path: CString,
+    argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    env: Vec<Vec<u8>>,
+    env_ptrs: Vec<*const libc::c_char>,
+    /// Index into `env` of the `LISTEN_PID=` entry whose digits the child fills in.
+    listen_pid: Option<usize>,
+    /// `(source, target)`: the child makes `source` available as `target`,
+    /// without `CLOEXEC`. Targets are 3, 4, … in order.
+    fds: Vec<(RawFd, RawFd)>,
+    /// Scratch space for the child's first, collision-free copy of each source.
+    scratch: Vec<RawFd>,
+    new_process_group: bool,
+    parent_death_signal: Option<Signal>,
+}
+
+/// Why a child could not be started.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// `fork` itself failed (out of processes or memory).
+    Fork(io::Error),
+    /// The child could not `execve` the program (errno from the child).
+    Exec(io::Error),
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::Fork(e) => write!(f, "fork failed: {}", crate::error::describe(e)),
+            SpawnError::Exec(e) => write!(f, "{}", crate::error::describe(e)),
+        }
+    }
+}
+
+impl ExecPlan {
+    /// A plan to run `path` with `argv` (argv[0] included) and `env`
+    /// (`KEY=VALUE` entries). Entries with interior NUL bytes are dropped,
+    /// since they cannot be passed to `execve` at all.
+    pub fn new<A, E>(path: &OsStr, argv: A, env: E) -> io::Result<ExecPlan>
+    where
+        A: IntoIterator,
+        A::Item: AsRef<OsStr>,
+        E: IntoIterator,
+        E::Item: AsRef<OsStr>,
+    {
+        let path = CString::new(path.as_bytes()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "program path contains a NUL byte",
+            )
+        })?;
+        let argv: Vec<CString> = argv
+            .into_iter()
+            .map(|a| CString::new(a.as_ref().as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "argument contains a NUL byte")
+            })?;
+        let env = env
+            .into_iter()
+            .filter_map(|e| CString::new(e.as_ref().as_bytes()).ok())
+            .map(CString::into_bytes_with_nul)
+            .collect();
+        Ok(ExecPlan {
+            path,
+            argv,
+            argv_ptrs: Vec::new(),
+            env,
+            env_ptrs: Vec::new(),
+            listen_pid: None,
+            fds: Vec::new(),
+            scratch: Vec::new(),
+            new_process_group: false,
+            parent_death_signal: None,
+        })
+    }
+
+    /// Adds `LISTEN_PID=<the child's own pid>` to the environment.
+    pub fn with_listen_pid(mut self) -> Self {
+        let mut entry = b"LISTEN_PID=".to_vec();
+        entry.resize(entry.len() + PID_DIGITS + 1, 0);
+        self.listen_pid = Some(self.env.len());
+        self.env.push(entry);
+        self
+    }
+
+    /// Passes `fds` to the child as 3, 4, … in order. Every other fd above 2
+    /// is closed in the child.
+    pub fn with_fds(mut self, fds: &[RawFd]) -> Self {
+        self.fds = fds
+            .iter()
+            .enumerate()
+            .map(|(i, &fd)| (fd, 3 + i as RawFd))
+            .collect();
+        self.scratch = vec![-1; fds.len()];
+        self
+    }
+
+    /// Makes the child the leader of a new process group.
+    pub fn with_new_process_group(mut self) -> Self {
+        self.new_process_group = true;
+        self
+    }
+
+    /// Has the kernel send `signal` to the child when this process dies.
+    pub fn with_parent_death_signal(mut self, signal: Signal) -> Self {
+        self.parent_death_signal = Some(signal);
+        self
+    }
+
+    /// Forks and execs the plan; returns the child's pid once `execve` has
+    /// succeeded, or the child's errno if it failed (the child is reaped).
+    pub fn spawn(&mut self) -> Result<Pid, SpawnError> {
+        // Pointer arrays are rebuilt on every spawn: the byte buffers never
+        // move between here and the fork, so the pointers stay valid.
+        self.argv_ptrs.clear();
+        self.argv_ptrs.extend(self.argv.iter().map(|a| a.as_ptr()));
+        self.argv_ptrs.push(std::ptr::null());
+        self.env_ptrs.clear();
+        self.env_ptrs
+            .extend(self.env.iter().map(|e| e.as_ptr().cast::<libc::c_char>()));
+        self.env_ptrs.push(std::ptr::null());
+
+        let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| SpawnError::Fork(e.into()))?;
+        let parent = nix::unistd::getpid().as_raw();
+
+        // SAFETY: main and monitor are single-threaded, so no other thread can
+        // hold a lock the child would need; the child branch only runs
+        // `child`, which performs async-signal-safe calls on memory prepared
+        // above and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(SpawnError::Fork(io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            // SAFETY: we are the freshly forked child; see `child`.
+            unsafe { child(self, err_write.as_raw_fd(), parent) }
+        }
+        drop(err_write);
+        let pid = Pid::from_raw(pid);
+        match read_child_errno(&err_read) {
+            None => Ok(pid),
+            Some(errno) => {
+                // The child has exited (or is about to): reap it so it never
+                // shows up as a worker exit.
+                let _ = nix::sys::wait::waitpid(pid, None);
+                Err(SpawnError::Exec(io::Error::from_raw_os_error(errno)))
+            }
+        }
+    }
+}
+
+fn read_child_errno(pipe: &OwnedFd) -> Option<i32> {
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(pipe, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    (got == buf.len()).then(|| i32::from_ne_bytes(buf))
+}
+
+/// The child between `fork` and `execve`.
+///
+/// # Safety
+///
+/// Must be called only in the child of a `fork` from a single-threaded
+/// process. It allocates nothing, takes no lock, logs nothing, and calls only
+/// async-signal-safe functions (`getpid`, `getppid`, `setpgid`, `prctl`,
+/// `sigaction`, `sigprocmask`, `fcntl`, `dup2`, `close`, `close_range`,
+/// `execve`, `write`, `_exit`).
+unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
+    // The error pipe may sit on a target number: move it above them first.
+    let first_free = 3 + plan.fds.len() as RawFd;
+    let err_fd = match libc::fcntl(err_fd, libc::F_DUPFD_CLOEXEC, first_free) {
+        moved if moved >= 0 => moved,
+        _ => report_and_exit(err_fd),
+    };
+    macro_rules! fail {
+        () => {
+            report_and_exit(err_fd)
+        };
+    }
+
+    if plan.new_process_group && libc::setpgid(0, 0) != 0 {
+        fail!();
+    }
+    if let Some(signal) = plan.parent_death_signal {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) != 0 {
+            fail!();
+        }
+        // The parent may have died before the prctl took effect.
+        if libc::getppid() != parent {
+            libc::_exit(127);
+        }
+    }
+
+    // Ignored signals stay ignored across execve (Rust ignores SIGPIPE, for
+    // one): give the program default dispositions, then an empty mask.
+    let mut default: libc::sigaction = std::mem::zeroed();
+    default.sa_sigaction = libc::SIG_DFL;
+    for signal in 1..=MAX_SIGNAL {
+        if signal != libc::SIGKILL
+            && signal != libc::SIGSTOP
+            && libc::sigaction(signal, &default, std::ptr::null_mut()) != 0
+        {
+            // glibc refuses its two internal real-time signals (32, 33);
+            // the kernel does not, and an inherited "ignore" must not stick.
+            let kernel = KernelSigaction {
+                handler: libc::SIG_DFL,
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+            };
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &kernel,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8,
+            );
+        }
+    }
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+
+    // Place the fds: first copy every source above all targets (so no source
+    // is overwritten by an earlier move), then dup2 each copy into place.
+    // dup2 onto a different number always yields an fd without CLOEXEC.
+    for (i, &(source, _)) in plan.fds.iter().enumerate() {
+        let copy = libc::fcntl(source, libc::F_DUPFD_CLOEXEC, first_free);
+        if copy < 0 {
+            fail!();
+        }
+        plan.scratch[i] = copy;
+    }
+    for (i, &(_, target)) in plan.fds.iter().enumerate() {
+        if libc::dup2(plan.scratch[i], target) < 0 {
+            fail!();
+        }
+    }
+    // Close everything above the passed fds except the error pipe, which is
+    // CLOEXEC and closes itself on a successful execve.
+    close_from(first_free, err_fd);
+
+    if let Some(index) = plan.listen_pid {
+        let entry = &mut plan.env[index];
+        let digits_at = b"LISTEN_PID=".len();
+        write_decimal(&mut entry[digits_at..], libc::getpid() as u32);
+    }
+
+    libc::execve(
+        plan.path.as_ptr(),
+        plan.argv_ptrs.as_ptr(),
+        plan.env_ptrs.as_ptr(),
+    );
+    fail!()
+}
+
+/// Sends errno to the parent through `err_fd` and exits the child.
+///
+/// # Safety
+///
+/// Async-signal-safe; only for the child after fork.
+unsafe fn report_and_exit(err_fd: RawFd) -> ! {
+    let bytes = (*libc::__errno_location()).to_ne_bytes();
+    libc::write(err_fd, bytes.as_ptr().cast(), bytes.len());
+    libc::_exit(127)
+}
+
+/// Closes every fd from `first` upwards except `keep`.
+///
+/// # Safety
+///
+/// Async-signal-safe; only for the child after fork.
+unsafe fn close_from(first: RawFd, keep: RawFd) {
+    let ranges: [(RawFd, RawFd); 2] = if keep >= first {
+        [(first, keep - 1), (keep + 1, RawFd::MAX)]
+    } else {
+        [(first, RawFd::MAX), (0, -1)]
+    };
+    for (low, high) in ranges {
+        if low > high {
+            continue;
+        }
+        let done = libc::syscall(
+            libc::SYS_close_range,
+            low as libc::c_uint,
+            high as libc::c_uint,
+            0,
+        );
+        if done != 0 {
+            // Kernels before 5.9: close one by one up to a sane bound.
+            let top = high.min(65_535);
+            let mut fd = low;
+            while fd <= top {
+                libc::close(fd);
+                fd += 1;
+            }
+        }
+    }
+}
+
+/// Writes `value` as decimal digits followed by NUL into `slot`, which holds
+/// at least `PID_DIGITS + 1` bytes. No allocation.
+fn write_decimal(slot: &mut [u8], mut value: u32) {
+    let mut digits = [0u8; PID_DIGITS];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (value % 10) as u8;
+        n += 1;
+        value /= 10;
+        if value == 0 || n == PID_DIGITS {
+            break;
+        }
+    }
+    for i in 0..n {
+        slot[i] = digits[n - 1 - i];
+    }
+    slot[n] = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_is_written_with_terminator() {
+        let mut slot = [b'x'; PID_DIGITS + 1];
+        write_decimal(&mut slot, 4194304);
+        assert_eq!(&slot[..8], b"4194304\0");
+        write_decimal(&mut slot, 0);
+        assert_eq!(&slot[..2], b"0\0");
+    }
+}
