@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 
@@ -175,5 +174,4 @@ fn a_worker_that_ignores_sigterm_is_killed_after_the_graceful_timeout() {
         "{log}"
     );
     assert!(log.contains("killed by SIGKILL"), "{log}");
-    let _ = Duration::ZERO;
 }

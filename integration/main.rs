@@ -7,4 +7,5 @@ mod harness;
 
 mod bad_input;
 mod lifecycle;
+mod reload;
 mod worker_contract;
