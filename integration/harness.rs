@@ -409,3 +409,59 @@ pub fn cpu_ticks(pid: Pid) -> u64 {
     let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
     fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0)
 }
+
+/// What `panzerctl` printed and how it exited.
+pub struct CtlOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `panzerctl ARGS…` to completion (it bounds its own waits, except
+/// `reload`, which main answers by `--startup-timeout`).
+pub fn panzerctl(args: &[&str]) -> CtlOutput {
+    panzerctl_as(None, args, &[])
+}
+
+impl Panzer {
+    /// Runs `panzerctl ARGS…` in this panzer's environment (its
+    /// `XDG_RUNTIME_DIR`, where the default control socket lives).
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        panzerctl_as(
+            None,
+            args,
+            &[("XDG_RUNTIME_DIR", self.dir.0.to_str().unwrap())],
+        )
+    }
+}
+
+/// Runs `panzerctl` as another uid (through `setpriv`), or as ourselves.
+pub fn panzerctl_as(uid: Option<u32>, args: &[&str], env: &[(&str, &str)]) -> CtlOutput {
+    let exe = env!("CARGO_BIN_EXE_panzerctl");
+    let mut command = match uid {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+                exe.into(),
+            ]);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let output = command
+        .args(args)
+        .env_remove("PANZER_CONTROL")
+        .env_remove("PANZER_PID_FILE")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run panzerctl");
+    CtlOutput {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}

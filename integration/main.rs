@@ -6,6 +6,7 @@
 mod harness;
 
 mod bad_input;
+mod control;
 mod lifecycle;
 mod reload;
 mod worker_contract;

@@ -235,20 +235,21 @@ fn twenty_reload_signals_at_once_make_at_most_two_reloads() {
         panzer.signal(Signal::SIGUSR1);
     }
     panzer.wait_ready(2);
-    // Every generation started must also report ready (none is left pending).
-    eventually(PATIENCE, "every reload to finish", || {
-        let log = panzer.log();
-        let started = log.matches("starting generation").count();
-        let ready = log.matches(" ready: ").count();
-        (started == ready).then_some(())
-    });
-    let generations = panzer.log().matches("starting generation").count() - 1;
-    assert!(
-        (1..=2).contains(&generations),
-        "{generations} reloads for 20 signals"
-    );
-    let last = generations as u32 + 1;
+    // Generation 1 stops at least one loop turn after generation 2 was ready,
+    // so by then the coalesced reload, if any, has started.
+    panzer.wait_for_line("generation 1 stopped");
+    let last = if panzer.log().contains("starting generation 3") {
+        3
+    } else {
+        2
+    };
+    panzer.wait_ready(last);
     panzer.wait_for_line(&format!("generation {} stopped", last - 1));
+    assert!(
+        !panzer.log().contains("starting generation 4"),
+        "{}",
+        panzer.log()
+    );
     in_generation(port, last);
     let tree = panzer.descendants();
     assert_eq!(tree.len(), 3, "one monitor and two workers, got {tree:?}");

@@ -25,6 +25,8 @@ pub enum Error {
     Bind { addr: String, source: io::Error },
     /// Generation 1 never became ready.
     NotReady { reason: String },
+    /// A resource panzer needs is held by another live process.
+    InUse(String),
     /// Any other system call failed; `what` says what panzer was doing.
     Os { what: String, source: io::Error },
 }
@@ -42,7 +44,7 @@ impl Error {
         match self {
             Error::Usage(_) | Error::Command { .. } => EXIT_USAGE,
             Error::NotReady { .. } => EXIT_NOT_READY,
-            Error::Bind { .. } | Error::Os { .. } => EXIT_OSERR,
+            Error::Bind { .. } | Error::InUse(_) | Error::Os { .. } => EXIT_OSERR,
         }
     }
 }
@@ -63,6 +65,7 @@ impl fmt::Display for Error {
                     _ => Ok(()),
                 }
             }
+            Error::InUse(message) => write!(f, "{message}"),
             Error::NotReady { reason } => write!(f, "generation 1 never became ready: {reason}"),
             Error::Os { what, source } => write!(f, "{what}: {}", describe(source)),
         }

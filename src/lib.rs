@@ -37,6 +37,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod logging;
 pub mod main_process;

@@ -50,6 +50,9 @@ pub enum Action {
 struct Entry {
     number: u32,
     state: State,
+    /// Started by a reload request (not generation 1, not a replacement for
+    /// a monitor that died): its outcome is a [`Action::Reloaded`].
+    reload: bool,
 }
 
 /// Every live generation, oldest first.
@@ -71,16 +74,21 @@ impl Generations {
 
     /// Starts generation 1.
     pub fn boot(&mut self) -> Vec<Action> {
-        vec![self.start()]
+        vec![self.start(false)]
     }
 
-    fn start(&mut self) -> Action {
+    fn start(&mut self, reload: bool) -> Action {
         self.last += 1;
         self.entries.push(Entry {
             number: self.last,
             state: State::Starting,
+            reload,
         });
         Action::Start(self.last)
+    }
+
+    fn is_reload(&self, number: u32) -> bool {
+        self.entries.iter().any(|e| e.number == number && e.reload)
     }
 
     pub fn state(&self, number: u32) -> Option<State> {
@@ -119,7 +127,7 @@ impl Generations {
             self.reload_pending = true;
             return Vec::new();
         }
-        vec![self.start()]
+        vec![self.start(true)]
     }
 
     /// Every worker of `number` is ready: it takes over, older ones drain.
@@ -135,7 +143,7 @@ impl Generations {
                 actions.push(Action::Drain(e.number));
             }
         }
-        if number > 1 {
+        if self.is_reload(number) {
             actions.push(Action::Reloaded(Ok(number)));
         }
         if self.stopping {
@@ -143,7 +151,7 @@ impl Generations {
             actions.push(Action::Drain(number));
         } else if self.reload_pending {
             self.reload_pending = false;
-            actions.push(self.start());
+            actions.push(self.start(true));
         }
         actions
     }
@@ -166,12 +174,14 @@ impl Generations {
             self.exit_code = crate::error::EXIT_NOT_READY;
             return actions;
         }
-        actions.push(Action::Reloaded(Err(reason.to_string())));
+        if self.is_reload(number) {
+            actions.push(Action::Reloaded(Err(reason.to_string())));
+        }
         if self.reload_pending || !self.any(State::Ready) {
             // Someone asked again, or nothing serves (the serving monitor died
             // and its replacement failed): try once more.
-            self.reload_pending = false;
-            actions.push(self.start());
+            let reload = std::mem::take(&mut self.reload_pending);
+            actions.push(self.start(reload));
         }
         actions
     }
@@ -191,7 +201,7 @@ impl Generations {
             }
             State::Ready if !self.stopping && !self.successor_on_its_way(number) => {
                 // Died unasked while serving, and nothing newer takes over.
-                actions.push(self.start());
+                actions.push(self.start(false));
             }
             _ => {}
         }
@@ -220,7 +230,9 @@ impl Generations {
         for e in self.entries.iter_mut() {
             match e.state {
                 State::Starting => {
-                    actions.push(Action::Reloaded(Err("panzer is stopping".into())));
+                    if e.reload {
+                        actions.push(Action::Reloaded(Err("panzer is stopping".into())));
+                    }
                     e.state = State::Draining;
                     actions.push(Action::Drain(e.number));
                 }

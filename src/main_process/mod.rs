@@ -7,6 +7,7 @@
 //! generation starts, serves, drains or is killed live in [`generation`].
 
 pub mod generation;
+mod pid_file;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -20,6 +21,11 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::config::{CliDuration, Config};
+use crate::control::server::{ClientId, Server};
+use crate::control::{
+    self, Command, GenerationStatus, ReloadStats, Reply, Request, SocketStatus, Status,
+    WorkerStatus,
+};
 use crate::error::Error;
 use crate::monitor::{describe_exit, format_duration, MonitorArgs};
 use crate::sockets::{self, Listener};
@@ -27,6 +33,7 @@ use crate::status::{Channel, Order, Received, Report};
 use crate::sys::{self, spawn::ExecPlan};
 use crate::worker;
 use generation::{Action, Generations, State};
+use pid_file::PidFile;
 
 /// Signals main handles; everything else keeps its default.
 const SIGNALS: &[Signal] = &[
@@ -77,6 +84,12 @@ struct Main {
     config: Config,
     sockets: Vec<Listener>,
     signals: SignalFd,
+    control: Server,
+    /// Clients waiting for the reload under way, and for the one queued after it.
+    reload_waiters: Vec<ClientId>,
+    queued_reload_waiters: Vec<ClientId>,
+    reloads: ReloadStats,
+    started: Instant,
     generations: Generations,
     monitors: Vec<Monitor>,
     orphans: Vec<Orphans>,
@@ -98,15 +111,28 @@ pub fn run(config: Config) -> Result<i32, Error> {
         reason,
     })?;
     sys::become_subreaper().map_err(|e| Error::os("cannot become child subreaper", e))?;
+    let pid_file = config.pid_file.as_deref().map(PidFile::check).transpose()?;
+    let control_path = config
+        .control
+        .clone()
+        .unwrap_or_else(|| control::default_path(std::process::id()));
+    let control = Server::bind(&control_path)?;
     let sockets = sockets::bind_all(&config.binds, config.backlog)?;
     for listener in &sockets {
         log::info!("listening on {}", listener.local);
     }
+    log::info!("control socket at {}", control.path().display());
     let runtime_dir = RuntimeDir::create()?;
+    let _pid_file = pid_file.map(PidFile::write).transpose()?;
     let mut main = Main {
         config,
         sockets,
         signals,
+        control,
+        reload_waiters: Vec::new(),
+        queued_reload_waiters: Vec::new(),
+        reloads: ReloadStats::default(),
+        started: Instant::now(),
         generations: Generations::new(),
         monitors: Vec::new(),
         orphans: Vec::new(),
@@ -141,6 +167,8 @@ impl Main {
             let deadline = self.next_deadline();
             let mut fds: Vec<BorrowedFd<'_>> = vec![self.signals.as_fd()];
             fds.extend(self.monitors.iter().map(|m| m.channel.fd()));
+            let monitors_end = fds.len();
+            fds.extend(self.control.fds());
             let ready = match sys::wait_readable(&fds, deadline) {
                 Ok(ready) => ready,
                 Err(e) => {
@@ -152,13 +180,16 @@ impl Main {
             let channels: Vec<u32> = self
                 .monitors
                 .iter()
-                .zip(&ready[1..])
+                .zip(&ready[1..monitors_end])
                 .filter(|(_, &r)| r)
                 .map(|(m, _)| m.generation)
                 .collect();
             drop(fds);
             for generation in channels {
                 self.on_reports(generation);
+            }
+            for (client, request) in self.control.on_ready(&ready[monitors_end..]) {
+                self.on_request(client, request);
             }
             if ready[0] {
                 for signal in sys::pending_signals(&self.signals) {
@@ -182,6 +213,7 @@ impl Main {
     }
 
     fn on_timers(&mut self, now: Instant) {
+        self.control.expire(now);
         let overdue: Vec<(u32, usize)> = self
             .monitors
             .iter()
@@ -223,34 +255,136 @@ impl Main {
     }
 
     fn on_signal(&mut self, signal: Signal) {
-        match signal {
-            Signal::SIGCHLD => self.reap(),
-            Signal::SIGUSR1 | Signal::SIGHUP => {
-                log::info!("{}: reloading", signal.as_str());
+        if signal == Signal::SIGCHLD {
+            return self.reap();
+        }
+        let Some(command) = control::signals::command(signal, self.interrupts) else {
+            return;
+        };
+        if signal == Signal::SIGINT {
+            self.interrupts += 1;
+        }
+        log::info!("received {}", signal.as_str());
+        self.execute(command, None);
+    }
+
+    fn on_request(&mut self, client: ClientId, request: Request) {
+        let command = request.command();
+        if command != Command::Status {
+            log::info!("control request: {request:?}");
+        }
+        self.execute(command, Some(client));
+    }
+
+    /// Carries out `command`; `client` (if any) gets the reply.
+    fn execute(&mut self, command: Command, client: Option<ClientId>) {
+        let reply = |main: &mut Main, reply: Reply| {
+            if let Some(client) = client {
+                main.control.reply(client, &reply);
+            }
+        };
+        match command {
+            Command::Status => {
+                let status = self.status();
+                reply(
+                    self,
+                    Reply {
+                        status: Some(status),
+                        ..Reply::ok()
+                    },
+                );
+            }
+            Command::Reload => {
                 let actions = self.generations.reload();
+                if actions.is_empty() {
+                    log::info!("reload queued behind the one under way");
+                }
+                if let Some(client) = client {
+                    self.control.hold(client);
+                    if actions.is_empty() {
+                        self.queued_reload_waiters.push(client);
+                    } else {
+                        self.reload_waiters.push(client);
+                    }
+                }
                 self.perform(actions);
             }
-            Signal::SIGINT if self.interrupts > 0 => self.immediate_stop(signal),
-            Signal::SIGTERM | Signal::SIGINT => {
-                if signal == Signal::SIGINT {
-                    self.interrupts += 1;
-                }
-                self.graceful_stop(signal);
+            Command::Stop => {
+                reply(self, Reply::ok());
+                self.graceful_stop();
             }
-            Signal::SIGQUIT => self.immediate_stop(signal),
-            Signal::SIGTTIN => self.scale(self.config.count.saturating_add(1)),
-            Signal::SIGTTOU => self.scale(self.config.count.saturating_sub(1).max(1)),
-            _ => {}
+            Command::StopNow => {
+                reply(self, Reply::ok());
+                self.immediate_stop();
+            }
+            Command::Scale(count) => {
+                self.scale(count);
+                reply(
+                    self,
+                    Reply {
+                        count: Some(self.config.count),
+                        ..Reply::ok()
+                    },
+                );
+            }
+            Command::ScaleBy(delta) => {
+                let count = self.config.count.saturating_add_signed(delta).max(1);
+                self.scale(count);
+            }
         }
     }
 
-    fn graceful_stop(&mut self, signal: Signal) {
+    fn status(&self) -> Status {
+        let now = Instant::now();
+        let generations = self
+            .generations
+            .iter()
+            .filter_map(|(number, state)| {
+                let monitor = self.monitors.iter().find(|m| m.generation == number)?;
+                let workers = monitor
+                    .workers
+                    .iter()
+                    .filter(|(_, w)| w.pid != 0)
+                    .map(|(&ordinal, w)| WorkerStatus {
+                        ordinal,
+                        pid: w.pid,
+                        ready: w.ready,
+                        restarts: w.restarts,
+                        uptime_s: now.duration_since(w.since).as_secs(),
+                        rss_kib: sys::rss_kib(Pid::from_raw(w.pid)).unwrap_or(0),
+                    })
+                    .collect();
+                Some(GenerationStatus {
+                    generation: number,
+                    monitor_pid: monitor.pid.as_raw(),
+                    state: state.name().to_string(),
+                    workers,
+                })
+            })
+            .collect();
+        Status {
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs(),
+            count: self.config.count,
+            sockets: self
+                .sockets
+                .iter()
+                .map(|l| SocketStatus {
+                    name: l.spec.fd_name().to_string(),
+                    addr: l.local.clone(),
+                })
+                .collect(),
+            generations,
+            reloads: self.reloads.clone(),
+        }
+    }
+
+    fn graceful_stop(&mut self) {
         if self.generations.is_stopping() {
             return;
         }
         log::info!(
-            "{}: stopping gracefully (workers have {} to finish)",
-            signal.as_str(),
+            "stopping gracefully (workers have {} to finish)",
             format_duration(self.config.graceful_timeout)
         );
         self.stop_deadline = Some(Instant::now() + self.config.graceful_timeout + DRAIN_BACKSTOP);
@@ -258,8 +392,8 @@ impl Main {
         self.perform(actions);
     }
 
-    fn immediate_stop(&mut self, signal: Signal) {
-        log::warn!("{}: stopping now, killing every worker", signal.as_str());
+    fn immediate_stop(&mut self) {
+        log::warn!("stopping now, killing every worker");
         let actions = self.generations.stop();
         self.perform(actions);
         self.kill_everything();
@@ -442,28 +576,47 @@ impl Main {
                         m.startup_deadline = None;
                     }
                 }
-                Action::Reloaded(Ok(generation)) => {
-                    log::info!("reload done: generation {generation} serves")
-                }
-                Action::Reloaded(Err(reason)) => {
-                    let serving = self
-                        .generations
-                        .iter()
-                        .filter(|(_, s)| *s == State::Ready)
-                        .map(|(n, _)| n)
-                        .last();
-                    match serving {
-                        Some(n) => {
-                            log::error!("reload failed: {reason}; generation {n} keeps serving")
-                        }
-                        None => log::error!("reload failed: {reason}"),
-                    }
-                }
+                Action::Reloaded(outcome) => self.reloaded(outcome),
                 Action::Exit(code) => {
                     self.exit.get_or_insert(code);
                 }
             }
         }
+    }
+
+    /// A reload has an outcome: log it, count it, answer whoever asked, and
+    /// move the clients of the queued reload up.
+    fn reloaded(&mut self, outcome: Result<u32, String>) {
+        let reply = match &outcome {
+            Ok(generation) => {
+                log::info!("reload done: generation {generation} serves");
+                self.reloads.ok += 1;
+                Reply {
+                    generation: Some(*generation),
+                    ..Reply::ok()
+                }
+            }
+            Err(reason) => {
+                let serving = self
+                    .generations
+                    .iter()
+                    .filter(|(_, s)| *s == State::Ready)
+                    .map(|(n, _)| n)
+                    .last();
+                let message = match serving {
+                    Some(n) => format!("{reason}; generation {n} keeps serving"),
+                    None => reason.clone(),
+                };
+                log::error!("reload failed: {message}");
+                self.reloads.failed += 1;
+                self.reloads.last_error = Some(message.clone());
+                Reply::error(message)
+            }
+        };
+        for client in std::mem::take(&mut self.reload_waiters) {
+            self.control.reply(client, &reply);
+        }
+        self.reload_waiters = std::mem::take(&mut self.queued_reload_waiters);
     }
 
     fn order(&mut self, generation: u32, order: Order) {
@@ -561,13 +714,7 @@ struct RuntimeDir {
 impl RuntimeDir {
     fn create() -> Result<RuntimeDir, Error> {
         use std::os::unix::fs::DirBuilderExt;
-        // A unix socket path holds at most 107 bytes: fall back to the temp
-        // dir when $XDG_RUNTIME_DIR is too deep for `…/gen-N.notify`.
-        let name = format!("panzer-{}.d", std::process::id());
-        let path = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(|base| PathBuf::from(base).join(&name))
-            .filter(|p| p.parent().is_some_and(|b| b.is_dir()) && p.as_os_str().len() < 80)
-            .unwrap_or_else(|| std::env::temp_dir().join(&name));
+        let path = sys::runtime_path(&format!("panzer-{}.d", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::DirBuilder::new()
             .mode(0o700)

@@ -96,6 +96,13 @@ const SIGNALS: &[Signal] = &[
     Signal::SIGQUIT,
 ];
 
+/// A worker whose slot was removed by a scale-down, on its way out.
+struct Retired {
+    pid: i32,
+    ordinal: u32,
+    kill_at: Instant,
+}
+
 struct Monitor {
     args: MonitorArgs,
     status: Channel,
@@ -109,7 +116,7 @@ struct Monitor {
     /// Set once draining: when the remaining workers get `SIGKILL`.
     kill_at: Option<Instant>,
     /// Workers of slots removed by a scale-down, with their `SIGKILL` time.
-    retired: Vec<(i32, Instant)>,
+    retired: Vec<Retired>,
     parent: Pid,
     exit_code: Option<i32>,
 }
@@ -181,7 +188,7 @@ impl Monitor {
             let deadline = [
                 self.pool.next_deadline(),
                 self.kill_at,
-                self.retired.iter().map(|r| r.1).min(),
+                self.retired.iter().map(|r| r.kill_at).min(),
             ]
             .into_iter()
             .flatten()
@@ -342,9 +349,10 @@ impl Monitor {
             let Some(pid) = status.pid() else { continue };
             let how = describe_exit(&status);
             let pid = pid.as_raw();
-            if let Some(index) = self.retired.iter().position(|r| r.0 == pid) {
-                self.retired.swap_remove(index);
-                log::info!("worker (pid {pid}) of a removed slot {how}");
+            if let Some(index) = self.retired.iter().position(|r| r.pid == pid) {
+                let ordinal = self.retired.swap_remove(index).ordinal;
+                log::info!("worker {ordinal} (pid {pid}) {how}; its slot was removed");
+                self.report(Report::WorkerExited { ordinal, pid, how });
                 continue;
             }
             if let Some(exit) = self.pool.exited(pid, Instant::now()) {
@@ -404,9 +412,13 @@ impl Monitor {
             return;
         }
         let kill_at = Instant::now() + self.args.graceful_timeout.0;
-        for pid in self.pool.scale(count, Instant::now()) {
+        for (ordinal, pid) in self.pool.scale(count, Instant::now()) {
             sys::signal_process(Pid::from_raw(pid), Signal::SIGTERM);
-            self.retired.push((pid, kill_at));
+            self.retired.push(Retired {
+                pid,
+                ordinal,
+                kill_at,
+            });
         }
         log::info!("now running {count} worker(s)");
     }
@@ -422,10 +434,11 @@ impl Monitor {
             }
             self.kill_all();
         }
-        for (pid, at) in &mut self.retired {
-            if *at <= now {
-                sys::signal_process(Pid::from_raw(*pid), Signal::SIGKILL);
-                *at = now + Duration::from_secs(3600);
+        for retired in &mut self.retired {
+            if retired.kill_at <= now {
+                sys::signal_process(Pid::from_raw(retired.pid), Signal::SIGKILL);
+                // Killed: only its exit is left to wait for.
+                retired.kill_at = now + Duration::from_secs(3600);
             }
         }
     }

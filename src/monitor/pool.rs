@@ -187,16 +187,18 @@ impl Pool {
         Some(exit)
     }
 
-    /// Sets the number of slots. Returns the pids of workers in removed slots
-    /// (highest ordinals first), which the loop should stop.
-    pub fn scale(&mut self, count: u32, now: Instant) -> Vec<i32> {
+    /// Sets the number of slots. Returns `(ordinal, pid)` of the workers in
+    /// removed slots (highest ordinals first), which the loop should stop.
+    pub fn scale(&mut self, count: u32, now: Instant) -> Vec<(u32, i32)> {
         let mut removed = Vec::new();
         while self.slots.len() as u32 > count {
             if let Some(Slot {
-                worker: Some(w), ..
+                ordinal,
+                worker: Some(w),
+                ..
             }) = self.slots.pop()
             {
-                removed.push(w.pid);
+                removed.push((ordinal, w.pid));
             }
         }
         while (self.slots.len() as u32) < count {
@@ -341,8 +343,8 @@ mod tests {
         for (o, pid) in [(0, 1), (1, 2), (2, 3)] {
             p.started(o, pid, now);
         }
-        assert_eq!(p.scale(1, now), vec![3, 2]);
-        assert_eq!(p.scale(2, now), Vec::<i32>::new());
+        assert_eq!(p.scale(1, now), vec![(2, 3), (1, 2)]);
+        assert_eq!(p.scale(2, now), vec![]);
         assert_eq!(p.due_starts(now), vec![1]);
     }
 }

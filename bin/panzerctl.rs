@@ -1,0 +1,188 @@
+//! `panzerctl`: see and steer a running panzer through its control socket.
+//!
+//! ```text
+//! panzerctl [--control PATH | --pid-file PATH] [--json] status|reload|stop|scale N
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use panzer::config::CliDuration;
+use panzer::control::{self, client, Reply, Request, Status};
+
+/// Control a running panzer: status, reload, stop, scale.
+#[derive(Debug, Parser)]
+#[command(name = "panzerctl", version)]
+struct Cli {
+    /// panzer's control socket (panzer --control). Default: found from --pid-file.
+    #[arg(
+        long,
+        env = "PANZER_CONTROL",
+        value_name = "PATH",
+        conflicts_with = "pid_file"
+    )]
+    control: Option<PathBuf>,
+
+    /// panzer's pid file (panzer --pid-file); the control socket is then the
+    /// default one for that pid, $XDG_RUNTIME_DIR/panzer-<pid>.sock or in the temp dir.
+    #[arg(long, env = "PANZER_PID_FILE", value_name = "PATH")]
+    pid_file: Option<PathBuf>,
+
+    /// Print the reply as JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// How long to wait for a reply (reload waits for its outcome, however long).
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    timeout: CliDuration,
+
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show every generation and worker.
+    Status,
+    /// Hot restart; prints the new generation, or why it failed (exit 1).
+    Reload,
+    /// Stop gracefully.
+    Stop,
+    /// Run N workers per generation from now on.
+    Scale {
+        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        count: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("panzerctl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    let path = socket_path(cli)?;
+    let (request, timeout) = match cli.command {
+        Cmd::Status => (Request::Status, Some(cli.timeout.0)),
+        Cmd::Reload => (Request::Reload, None),
+        Cmd::Stop => (Request::Stop, Some(cli.timeout.0)),
+        Cmd::Scale { count } => (Request::Scale { count }, Some(cli.timeout.0)),
+    };
+    let reply = client::request(&path, &request, timeout)?;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reply).map_err(|e| e.to_string())?
+        );
+    }
+    if !reply.ok {
+        let what = match request {
+            Request::Reload => "reload failed: ",
+            _ => "",
+        };
+        return Err(format!(
+            "{what}{}",
+            reply.error.unwrap_or_else(|| "unknown error".into())
+        ));
+    }
+    if !cli.json {
+        print_human(&request, &reply);
+    }
+    Ok(())
+}
+
+fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
+    if let Some(path) = &cli.control {
+        return Ok(path.clone());
+    }
+    let Some(pid_file) = &cli.pid_file else {
+        return Err("which panzer? give --control PATH or --pid-file PATH".into());
+    };
+    let text = std::fs::read_to_string(pid_file).map_err(|e| {
+        format!(
+            "cannot read pid file {}: {}",
+            pid_file.display(),
+            panzer::error::describe(&e)
+        )
+    })?;
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("pid file {} does not hold a pid", pid_file.display()))?;
+    Ok(control::default_path(pid))
+}
+
+fn print_human(request: &Request, reply: &Reply) {
+    match request {
+        Request::Status => {
+            if let Some(status) = &reply.status {
+                print!("{}", status_table(status));
+            }
+        }
+        Request::Reload => println!(
+            "reloaded: generation {} serves",
+            reply.generation.unwrap_or(0)
+        ),
+        Request::Stop => println!("panzer is stopping"),
+        Request::Scale { .. } => println!(
+            "panzer now runs {} worker(s) per generation",
+            reply.count.unwrap_or(0)
+        ),
+    }
+}
+
+fn status_table(s: &Status) -> String {
+    let mut out = format!(
+        "panzer pid {}, up {}, {} worker(s) per generation\n",
+        s.pid,
+        age(s.uptime_s),
+        s.count
+    );
+    for socket in &s.sockets {
+        out += &format!("socket {} {}\n", socket.name, socket.addr);
+    }
+    out += &format!("reloads: {} ok, {} failed", s.reloads.ok, s.reloads.failed);
+    if let Some(error) = &s.reloads.last_error {
+        out += &format!(" (last error: {error})");
+    }
+    out += "\n";
+    for g in &s.generations {
+        out += &format!(
+            "\ngeneration {}  {}  monitor pid {}\n",
+            g.generation, g.state, g.monitor_pid
+        );
+        out += &format!(
+            "  {:<7} {:<8} {:<6} {:<9} {:<8} {}\n",
+            "WORKER", "PID", "READY", "RESTARTS", "UPTIME", "RSS"
+        );
+        for w in &g.workers {
+            out += &format!(
+                "  {:<7} {:<8} {:<6} {:<9} {:<8} {:.1} MiB\n",
+                w.ordinal,
+                w.pid,
+                if w.ready { "yes" } else { "no" },
+                w.restarts,
+                age(w.uptime_s),
+                w.rss_kib as f64 / 1024.0
+            );
+        }
+    }
+    out
+}
+
+/// `42s`, `5m3s`, `2h10m`.
+fn age(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
+        s => format!("{}h{}m", s / 3600, s % 3600 / 60),
+    }
+}

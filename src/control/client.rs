@@ -1,0 +1,50 @@
+//! The client side of the control socket, for `panzerctl`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Reply, Request};
+use crate::error::describe;
+
+/// Sends one request and reads its reply. `timeout` bounds the wait for the
+/// reply (`None`: as long as main takes, which it bounds itself).
+pub fn request(path: &Path, request: &Request, timeout: Option<Duration>) -> Result<Reply, String> {
+    let mut stream = UnixStream::connect(path).map_err(|e| {
+        format!(
+            "cannot connect to {}: {} (is panzer running? point at it with --control or --pid-file)",
+            path.display(),
+            describe(&e)
+        )
+    })?;
+    stream.set_read_timeout(timeout).map_err(|e| describe(&e))?;
+    let mut line = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    // A refused client is told why and dropped at once: read that reply
+    // even when sending failed.
+    let sent = stream.write_all(&line);
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).map_err(|e| {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            format!(
+                "no reply from {} within {:?}",
+                path.display(),
+                timeout.unwrap_or_default()
+            )
+        } else {
+            format!("cannot read from {}: {}", path.display(), describe(&e))
+        }
+    })?;
+    if reply.is_empty() {
+        return Err(match sent {
+            Err(e) => format!("cannot send to {}: {}", path.display(), describe(&e)),
+            Ok(()) => format!("{} closed the connection without a reply", path.display()),
+        });
+    }
+    serde_json::from_str(&reply)
+        .map_err(|e| format!("malformed reply from {}: {e}", path.display()))
+}

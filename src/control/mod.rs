@@ -1,0 +1,177 @@
+//! One control vocabulary: signals, the control socket and `panzerctl` all
+//! map onto [`Command`], and main executes commands in one place.
+
+pub mod client;
+pub mod server;
+pub mod signals;
+
+use serde::{Deserialize, Serialize};
+
+/// Something an operator asks main to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Report the state of every generation and worker.
+    Status,
+    /// Hot restart: a new generation replaces the current one.
+    Reload,
+    /// Drain every generation, then exit 0.
+    Stop,
+    /// `SIGKILL` everything and exit.
+    StopNow,
+    /// Run this many workers per generation.
+    Scale(u32),
+    /// One worker more (`+1`) or less (`-1`), never below 1.
+    ScaleBy(i32),
+}
+
+/// A request line on the control socket: `{"cmd":"status"}`, …
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Reload,
+    Stop,
+    Scale { count: u32 },
+}
+
+impl Request {
+    pub fn command(&self) -> Command {
+        match *self {
+            Request::Status => Command::Status,
+            Request::Reload => Command::Reload,
+            Request::Stop => Command::Stop,
+            Request::Scale { count } => Command::Scale(count),
+        }
+    }
+
+    /// Parses one request line; the error is what the client is told.
+    pub fn parse(line: &[u8]) -> Result<Request, String> {
+        let request: Request = serde_json::from_slice(line).map_err(|e| {
+            let what = if serde_json::from_slice::<serde_json::Value>(line).is_ok() {
+                "unknown request"
+            } else {
+                "not a JSON object"
+            };
+            format!("{what}: {e}; expected {{\"cmd\":\"status|reload|stop|scale\"}}")
+        })?;
+        if let Request::Scale { count: 0 } = request {
+            return Err("scale: count must be at least 1".into());
+        }
+        Ok(request)
+    }
+}
+
+/// `panzer` status, as the `status` reply carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub uptime_s: u64,
+    pub count: u32,
+    pub sockets: Vec<SocketStatus>,
+    pub generations: Vec<GenerationStatus>,
+    pub reloads: ReloadStats,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SocketStatus {
+    pub name: String,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationStatus {
+    pub generation: u32,
+    pub monitor_pid: i32,
+    pub state: String,
+    pub workers: Vec<WorkerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub ordinal: u32,
+    pub pid: i32,
+    pub ready: bool,
+    pub restarts: u32,
+    pub uptime_s: u64,
+    pub rss_kib: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReloadStats {
+    pub ok: u64,
+    pub failed: u64,
+    pub last_error: Option<String>,
+}
+
+/// A reply line: `{"ok":true,…}` or `{"ok":false,"error":"…"}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+}
+
+impl Reply {
+    pub fn ok() -> Reply {
+        Reply {
+            ok: true,
+            ..Reply::default()
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> Reply {
+        Reply {
+            ok: false,
+            error: Some(message.into()),
+            ..Reply::default()
+        }
+    }
+}
+
+/// The default control socket path for main `pid`:
+/// `$XDG_RUNTIME_DIR/panzer-<pid>.sock`, else in the temp dir (also when the
+/// runtime dir is too deep for a unix socket path).
+pub fn default_path(pid: u32) -> std::path::PathBuf {
+    crate::sys::runtime_path(&format!("panzer-{pid}.sock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_from_the_documented_lines() {
+        assert_eq!(Request::parse(br#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            Request::parse(br#"{"cmd":"scale","count":3}"#),
+            Ok(Request::Scale { count: 3 })
+        );
+        assert!(Request::parse(br#"{"cmd":"scale","count":0}"#)
+            .unwrap_err()
+            .contains("at least 1"));
+        assert!(Request::parse(br#"{"cmd":"explode"}"#)
+            .unwrap_err()
+            .starts_with("unknown request"));
+        assert!(Request::parse(b"garbage")
+            .unwrap_err()
+            .starts_with("not a JSON object"));
+    }
+
+    #[test]
+    fn replies_carry_only_what_they_say() {
+        let text = serde_json::to_string(&Reply {
+            generation: Some(3),
+            ..Reply::ok()
+        })
+        .unwrap();
+        assert_eq!(text, r#"{"ok":true,"generation":3}"#);
+        let text = serde_json::to_string(&Reply::error("no")).unwrap();
+        assert_eq!(text, r#"{"ok":false,"error":"no"}"#);
+    }
+}

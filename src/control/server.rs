@@ -1,0 +1,281 @@
+//! The control socket: a Unix stream socket, mode 0600, one JSON request per
+//! line in, one JSON reply per line out.
+//!
+//! Everything is non-blocking and owned by main's loop: a client that sends
+//! garbage gets an error and is dropped; one that sends an endless line is
+//! cut off at [`MAX_LINE`]; one that connects and says nothing only costs an
+//! fd until [`IDLE_TIMEOUT`]; one that stops reading loses its reply. None of
+//! them can block main or another client.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
+use super::{Reply, Request};
+use crate::error::Error;
+
+/// Longest request line accepted.
+pub const MAX_LINE: usize = 64 * 1024;
+/// How long a client may stay connected without a request in progress.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most clients connected at once; more are turned away.
+pub const MAX_CLIENTS: usize = 64;
+
+/// Identifies a connected client across loop iterations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientId(u64);
+
+struct Client {
+    id: ClientId,
+    stream: UnixStream,
+    buffer: Vec<u8>,
+    idle_deadline: Instant,
+    /// A request of this client awaits its reply (e.g. a reload).
+    waiting: bool,
+    /// The client has shut down its sending side; it may still read replies.
+    eof: bool,
+}
+
+pub struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+    inode: (u64, u64),
+    clients: Vec<Client>,
+    next_id: u64,
+    allowed_uid: u32,
+}
+
+impl Server {
+    /// Binds `path` (mode 0600). A stale socket (nobody listening) is
+    /// replaced; a live one, or a file that is not a socket, is an error.
+    pub fn bind(path: &Path) -> Result<Server, Error> {
+        let in_use = |why: &str| {
+            Error::InUse(format!(
+                "cannot use control socket {}: {why}",
+                path.display()
+            ))
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(in_use("a file that is not a socket is in the way"))
+            }
+            Ok(_) => match UnixStream::connect(path) {
+                Ok(_) => return Err(in_use("a running panzer already listens there")),
+                Err(_) => {
+                    let _ = std::fs::remove_file(path);
+                }
+            },
+            Err(_) => {}
+        }
+        let fail =
+            |e: io::Error| Error::os(format!("cannot bind control socket {}", path.display()), e);
+        let listener = UnixListener::bind(path).map_err(fail)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+        listener.set_nonblocking(true).map_err(fail)?;
+        let meta = std::fs::symlink_metadata(path).map_err(fail)?;
+        Ok(Server {
+            listener,
+            path: path.to_path_buf(),
+            inode: (meta.dev(), meta.ino()),
+            clients: Vec::new(),
+            next_id: 0,
+            allowed_uid: nix::unistd::geteuid().as_raw(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The listener first, then every client still sending: the fds main polls.
+    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        std::iter::once(self.listener.as_fd())
+            .chain(self.sending().map(|c| c.stream.as_fd()))
+            .collect()
+    }
+
+    fn sending(&self) -> impl Iterator<Item = &Client> {
+        self.clients.iter().filter(|c| !c.eof)
+    }
+
+    /// The earliest idle deadline of a client.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.clients
+            .iter()
+            .filter(|c| !c.waiting)
+            .map(|c| c.idle_deadline)
+            .min()
+    }
+
+    /// Drops clients idle past their deadline.
+    pub fn expire(&mut self, now: Instant) {
+        self.clients.retain(|c| c.waiting || c.idle_deadline > now);
+    }
+
+    /// Handles readiness: `ready[0]` for the listener, `ready[1..]` for the
+    /// clients in [`Server::fds`] order. Returns the valid requests read;
+    /// invalid ones are answered and their clients dropped here.
+    pub fn on_ready(&mut self, ready: &[bool]) -> Vec<(ClientId, Request)> {
+        let mut requests = Vec::new();
+        let readable: Vec<ClientId> = self
+            .sending()
+            .zip(ready.iter().skip(1))
+            .filter(|(_, &r)| r)
+            .map(|(c, _)| c.id)
+            .collect();
+        for id in readable {
+            self.read_client(id, &mut requests);
+        }
+        if ready.first() == Some(&true) {
+            self.accept_all();
+        }
+        requests
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            let refuse = |stream: &UnixStream, why: &str| {
+                let _ = stream.set_nonblocking(true);
+                let _ = write_reply(stream, &Reply::error(why));
+            };
+            match getsockopt(&stream, PeerCredentials) {
+                Ok(creds) if creds.uid() == 0 || creds.uid() == self.allowed_uid => {}
+                Ok(creds) => {
+                    log::warn!("control: refused a client with uid {}", creds.uid());
+                    refuse(
+                        &stream,
+                        "permission denied: only panzer's own user or root may control it",
+                    );
+                    continue;
+                }
+                Err(_) => continue,
+            }
+            if self.clients.len() >= MAX_CLIENTS {
+                refuse(&stream, "too many control clients");
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            self.next_id += 1;
+            self.clients.push(Client {
+                id: ClientId(self.next_id),
+                stream,
+                buffer: Vec::new(),
+                idle_deadline: Instant::now() + IDLE_TIMEOUT,
+                waiting: false,
+                eof: false,
+            });
+        }
+    }
+
+    fn read_client(&mut self, id: ClientId, requests: &mut Vec<(ClientId, Request)>) {
+        let Some(client) = self.clients.iter_mut().find(|c| c.id == id) else {
+            return;
+        };
+        let mut chunk = [0u8; 4096];
+        loop {
+            match client.stream.read(&mut chunk) {
+                Ok(0) => {
+                    client.eof = true;
+                    break;
+                }
+                Ok(n) => client.buffer.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    client.eof = true;
+                    break;
+                }
+            }
+            if client.buffer.len() > MAX_LINE {
+                break;
+            }
+        }
+        let before = requests.len();
+        let mut drop_client = false;
+        while let Some(end) = client.buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = client.buffer.drain(..=end).collect();
+            let line = line.trim_ascii();
+            if line.is_empty() {
+                continue;
+            }
+            match Request::parse(line) {
+                Ok(request) => {
+                    client.idle_deadline = Instant::now() + IDLE_TIMEOUT;
+                    requests.push((id, request));
+                }
+                Err(message) => {
+                    let _ = write_reply(&client.stream, &Reply::error(message));
+                    drop_client = true;
+                    break;
+                }
+            }
+        }
+        if client.buffer.len() > MAX_LINE {
+            let _ = write_reply(
+                &client.stream,
+                &Reply::error(format!("request longer than {MAX_LINE} bytes")),
+            );
+            drop_client = true;
+        }
+        // A client that has finished sending stays only to get its replies.
+        if client.eof && !client.waiting && requests.len() == before {
+            drop_client = true;
+        }
+        if drop_client {
+            self.clients.retain(|c| c.id != id);
+        }
+    }
+
+    /// Marks `id` as waiting for a reply that comes later (a reload).
+    pub fn hold(&mut self, id: ClientId) {
+        if let Some(c) = self.clients.iter_mut().find(|c| c.id == id) {
+            c.waiting = true;
+        }
+    }
+
+    /// Sends `reply` to `id`. A client that cannot take it at once is dropped.
+    pub fn reply(&mut self, id: ClientId, reply: &Reply) {
+        let Some(index) = self.clients.iter().position(|c| c.id == id) else {
+            return;
+        };
+        let client = &mut self.clients[index];
+        client.waiting = false;
+        client.idle_deadline = Instant::now() + IDLE_TIMEOUT;
+        if write_reply(&client.stream, reply).is_err() || client.eof {
+            self.clients.remove(index);
+        }
+    }
+}
+
+/// Writes one reply line without blocking; the whole line or an error.
+fn write_reply(mut stream: &UnixStream, reply: &Reply) -> io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(io::Error::other)?;
+    line.push(b'\n');
+    let written = stream.write(&line)?;
+    if written < line.len() {
+        return Err(io::Error::from(io::ErrorKind::WouldBlock));
+    }
+    Ok(())
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.inode {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
