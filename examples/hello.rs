@@ -34,7 +34,8 @@
 //!      connection from now on is answered with `Connection: close`;
 //!   3. leave idle kept-alive connections open for `DRAIN_GRACE_MS` (500)
 //!      before closing them, because closing an idle connection at once races
-//!      with a client that is sending on it right now;
+//!      with a client that is sending on it right now; a connection that has
+//!      not sent its first request yet is not idle: it gets 10 s to send it;
 //!   4. exit 0 once every connection is done.
 //!
 //! # Knobs (environment, for tests)
@@ -73,6 +74,12 @@ const MAX_LINE: u64 = 8 * 1024;
 const MAX_HEADERS: usize = 100;
 /// After deciding to close, how long to wait for the client to close its side.
 const LINGER: Duration = Duration::from_secs(1);
+/// Once draining, how long a connection that has not sent its first request
+/// yet may still take to send it (at least the drain grace). Such a client
+/// connected in order to send one: closing it is a failed request, not the
+/// close of an idle connection, and under load the client (or the thread
+/// serving it) can easily be held up longer than the grace.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     match run() {
@@ -317,10 +324,12 @@ fn accept_pending<S: Stream>(shared: &Arc<Shared>, accept: impl Fn() -> io::Resu
 /// One connection: requests until either side wants to close.
 fn serve<S: Stream>(stream: S, shared: &Shared) {
     let mut reader = BufReader::new(stream);
+    let mut fresh = true; // no request served yet
     loop {
-        if !wait_for_request(&reader, shared) {
+        if !wait_for_request(&reader, shared, fresh) {
             break; // idle when the drain grace ran out
         }
+        fresh = false;
         let request = match read_request(&mut reader) {
             Ok(Some(request)) => request,
             Ok(None) => return, // the client closed the connection
@@ -353,30 +362,42 @@ fn serve<S: Stream>(stream: S, shared: &Shared) {
 
 /// Waits until the next request starts to arrive (or the client closes).
 /// Returns false when the connection should be closed as idle: draining has
-/// started and its grace period is over.
-fn wait_for_request<S: Stream>(reader: &BufReader<S>, shared: &Shared) -> bool {
+/// started, its grace period is over (`FIRST_REQUEST_GRACE` for a `fresh`
+/// connection, which has not sent a request yet), and no request has arrived.
+fn wait_for_request<S: Stream>(reader: &BufReader<S>, shared: &Shared, fresh: bool) -> bool {
     if !reader.buffer().is_empty() {
         return true; // a pipelined request is already here
     }
+    let grace = if fresh {
+        shared.grace.max(FIRST_REQUEST_GRACE)
+    } else {
+        shared.grace
+    };
     loop {
-        let timeout = match shared.drain_started.get() {
-            None => PollTimeout::NONE,
-            Some(started) => match (*started + shared.grace).checked_duration_since(Instant::now())
-            {
-                Some(left) if !left.is_zero() => poll_timeout(left),
-                _ => return false,
+        // Even past the deadline, look once more without waiting: this thread
+        // may only now be running (a loaded machine), and a request that is
+        // already in the socket must be answered, not discarded.
+        let started = shared.drain_started.get();
+        let (timeout, last_look) = match started {
+            None => (PollTimeout::NONE, false),
+            Some(started) => match (*started + grace).checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => (poll_timeout(left), false),
+                _ => (PollTimeout::ZERO, true),
             },
         };
         let mut fds = [
             PollFd::new(reader.get_ref().as_fd(), PollFlags::POLLIN),
             PollFd::new(shared.drain_wake.as_fd(), PollFlags::POLLIN),
         ];
-        // Once draining, the wake pipe is always readable: leave it out.
-        let watched = if shared.draining() { 1 } else { 2 };
+        // Once draining, the wake pipe is always readable: leave it out. The
+        // same snapshot as the timeout: draining may start in between, and an
+        // unbounded poll without the wake pipe would never see it.
+        let watched = if started.is_some() { 1 } else { 2 };
         match poll(&mut fds[..watched], timeout) {
-            Ok(0) => return false, // the grace period is over
             Ok(_) if fired(&fds[0]) => return true,
-            Ok(_) | Err(Errno::EINTR) => continue, // draining started: recompute
+            Ok(0) if last_look => return false, // the grace period is over
+            // Timed out (recompute, then the last look), or draining started.
+            Ok(_) | Err(Errno::EINTR) => continue,
             Err(_) => return false,
         }
     }

@@ -93,6 +93,12 @@ impl Panzer {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Panzer {
+        Panzer::start_via(env!("CARGO_BIN_EXE_panzer"), args, env)
+    }
+
+    /// Starts `program ARGS…`, which must exec panzer in the same process
+    /// (a launcher that sets up fds first, for example).
+    pub fn start_via(program: &str, args: &[&str], env: &[(&str, &str)]) -> Panzer {
         let name = std::thread::current()
             .name()
             .unwrap_or("test")
@@ -100,14 +106,14 @@ impl Panzer {
         let dir = TestDir::new(&name);
         let log = dir.join("panzer.log");
         let out = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_panzer"));
+        let mut command = Command::new(program);
         command
             .args(args)
-            .envs(env.iter().copied())
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .env_remove("RUST_LOG")
             .env("XDG_RUNTIME_DIR", &dir.0)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

@@ -5,8 +5,10 @@
 
 mod harness;
 
+mod activation;
 mod bad_input;
 mod control;
 mod lifecycle;
 mod reload;
+mod systemd;
 mod worker_contract;

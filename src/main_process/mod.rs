@@ -8,6 +8,7 @@
 
 pub mod generation;
 mod pid_file;
+mod systemd;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -34,6 +35,7 @@ use crate::sys::{self, spawn::ExecPlan};
 use crate::worker;
 use generation::{Action, Generations, State};
 use pid_file::PidFile;
+use systemd::Systemd;
 
 /// Signals main handles; everything else keeps its default.
 const SIGNALS: &[Signal] = &[
@@ -90,6 +92,7 @@ struct Main {
     queued_reload_waiters: Vec<ClientId>,
     reloads: ReloadStats,
     started: Instant,
+    systemd: Option<Systemd>,
     generations: Generations,
     monitors: Vec<Monitor>,
     orphans: Vec<Orphans>,
@@ -103,7 +106,9 @@ struct Main {
 
 /// Runs main until it stops; returns the exit status.
 pub fn run(config: Config) -> Result<i32, Error> {
-    // Before anything else, so no signal is lost while sockets are bound.
+    // Inherited sockets first: any fd panzer opens could land on their numbers.
+    let adopted = sockets::adopt_from_env()?;
+    // Then signals, so none is lost while sockets are bound.
     let signals =
         sys::signal_fd(SIGNALS).map_err(|e| Error::os("cannot set up signal handling", e))?;
     worker::resolve_command(&config.command).map_err(|reason| Error::Command {
@@ -117,7 +122,18 @@ pub fn run(config: Config) -> Result<i32, Error> {
         .clone()
         .unwrap_or_else(|| control::default_path(std::process::id()));
     let control = Server::bind(&control_path)?;
-    let sockets = sockets::bind_all(&config.binds, config.backlog)?;
+    let sockets = match adopted {
+        Some(adopted) => {
+            if !config.binds.is_empty() {
+                log::warn!(
+                    "socket activation: using the {} socket(s) passed in, not --bind",
+                    adopted.len()
+                );
+            }
+            adopted
+        }
+        None => sockets::bind_all(&config.binds, config.backlog)?,
+    };
     for listener in &sockets {
         log::info!("listening on {}", listener.local);
     }
@@ -133,6 +149,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
         queued_reload_waiters: Vec::new(),
         reloads: ReloadStats::default(),
         started: Instant::now(),
+        systemd: Systemd::from_env(),
         generations: Generations::new(),
         monitors: Vec::new(),
         orphans: Vec::new(),
@@ -207,13 +224,20 @@ impl Main {
         let orphans = self.orphans.iter().map(|o| Some(o.deadline));
         monitors
             .chain(orphans)
-            .chain([self.stop_deadline])
+            .chain([
+                self.stop_deadline,
+                self.control.next_deadline(),
+                self.systemd.as_ref().and_then(Systemd::next_deadline),
+            ])
             .flatten()
             .min()
     }
 
     fn on_timers(&mut self, now: Instant) {
         self.control.expire(now);
+        if let Some(systemd) = &mut self.systemd {
+            systemd.on_timer(now);
+        }
         let overdue: Vec<(u32, usize)> = self
             .monitors
             .iter()
@@ -298,6 +322,8 @@ impl Main {
                 let actions = self.generations.reload();
                 if actions.is_empty() {
                     log::info!("reload queued behind the one under way");
+                } else if let Some(systemd) = &self.systemd {
+                    systemd.reloading();
                 }
                 if let Some(client) = client {
                     self.control.hold(client);
@@ -388,12 +414,18 @@ impl Main {
             format_duration(self.config.graceful_timeout)
         );
         self.stop_deadline = Some(Instant::now() + self.config.graceful_timeout + DRAIN_BACKSTOP);
+        if let Some(systemd) = &self.systemd {
+            systemd.stopping();
+        }
         let actions = self.generations.stop();
         self.perform(actions);
     }
 
     fn immediate_stop(&mut self) {
         log::warn!("stopping now, killing every worker");
+        if let Some(systemd) = &self.systemd {
+            systemd.stopping();
+        }
         let actions = self.generations.stop();
         self.perform(actions);
         self.kill_everything();
@@ -529,6 +561,11 @@ impl Main {
                 );
                 let actions = self.generations.ready(generation);
                 self.perform(actions);
+                if let Some(systemd) = &mut self.systemd {
+                    systemd.ready(format!(
+                        "generation {generation} serving with {workers} worker(s)"
+                    ));
+                }
             }
             Report::GenerationFailed { reason } => self.generation_failed(generation, reason),
         }
@@ -610,6 +647,9 @@ impl Main {
                 log::error!("reload failed: {message}");
                 self.reloads.failed += 1;
                 self.reloads.last_error = Some(message.clone());
+                if let Some(systemd) = &mut self.systemd {
+                    systemd.ready(format!("reload failed: {message}"));
+                }
                 Reply::error(message)
             }
         };

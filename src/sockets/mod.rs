@@ -125,3 +125,50 @@ pub fn fd_names<'a>(specs: impl IntoIterator<Item = &'a BindSpec>) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+/// Socket activation: the sockets main's own parent passed at fds 3… with
+/// `LISTEN_FDS`/`LISTEN_PID` (systemd, or another panzer-like launcher), or
+/// `None` when there are none for this process. They are adopted as they
+/// are: not re-bound, and their files (unix sockets) are never removed.
+pub fn adopt_from_env() -> Result<Option<Vec<Listener>>, Error> {
+    let for_us =
+        std::env::var("LISTEN_PID").is_ok_and(|pid| pid.trim() == std::process::id().to_string());
+    let count: usize = match std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+    {
+        Some(n) if for_us && n > 0 => n,
+        _ => return Ok(None),
+    };
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let mut names = names.split(':');
+    let mut listeners = Vec::with_capacity(count);
+    for i in 0..count {
+        let fd = 3 + i as std::os::fd::RawFd;
+        let fail = |e: io::Error| Error::os(format!("cannot adopt socket-activated fd {fd}"), e);
+        let socket = Socket::from(crate::sys::adopt_inherited_fd(fd).map_err(fail)?);
+        if !socket.is_listener().map_err(fail)? {
+            return Err(fail(io::Error::other("not a listening socket")));
+        }
+        let local = socket.local_addr().map_err(fail)?;
+        let addr = match (local.as_socket(), local.as_pathname()) {
+            (Some(inet), _) => BindAddr::Inet(inet),
+            (None, Some(path)) => BindAddr::Unix(path.to_path_buf()),
+            (None, None) => return Err(fail(io::Error::other("not an IP or unix path socket"))),
+        };
+        let name = names
+            .next()
+            .filter(|n| !n.is_empty() && *n != "unknown")
+            .map(String::from);
+        listeners.push(Listener {
+            spec: BindSpec {
+                name,
+                addr: addr.clone(),
+            },
+            local: addr.to_string(),
+            socket,
+            created: None,
+        });
+    }
+    Ok(Some(listeners))
+}

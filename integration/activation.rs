@@ -1,0 +1,48 @@
+//! Socket activation of main itself: sockets passed in with `LISTEN_FDS`
+//! are adopted, not bound again.
+
+use std::net::TcpListener;
+
+use crate::harness::*;
+
+/// Execs panzer with a listening socket at fd 3, as systemd would.
+const LAUNCHER: &str = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+# Never dup2 an fd onto itself: that leaves it close-on-exec.
+t = os.dup(s.fileno())
+s.close()
+os.dup2(t, 3)
+os.close(t)
+os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="web")
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+
+#[test]
+fn sockets_passed_by_systemd_are_adopted() {
+    let panzer = Panzer::start_via(
+        "python3",
+        &[
+            "-c",
+            LAUNCHER,
+            env!("CARGO_BIN_EXE_panzer"),
+            "--count",
+            "2",
+            "--ready",
+            "notify",
+            &example("hello"),
+        ],
+        &[],
+    );
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    distinct_pids(port, 2);
+    let worker = get(port, "/").unwrap().pid();
+    let env = environ(worker);
+    assert_eq!(env["LISTEN_FDNAMES"], "web");
+    assert_eq!(env["LISTEN_PID"], worker.to_string());
+    // The port is the one the launcher bound: nobody else can take it.
+    assert!(TcpListener::bind(("127.0.0.1", port)).is_err());
+}
