@@ -175,3 +175,31 @@ fn a_worker_that_ignores_sigterm_is_killed_after_the_graceful_timeout() {
     );
     assert!(log.contains("killed by SIGKILL"), "{log}");
 }
+
+#[test]
+fn a_slow_drain_is_waited_for_not_killed() {
+    let mut panzer = Panzer::start_with_env(
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--count",
+            "2",
+            "--ready",
+            "100ms",
+            "--graceful-timeout",
+            "20s",
+            &example("slow_drain"),
+        ],
+        &[("DRAIN_MS", "700")],
+    );
+    panzer.wait_ready(1);
+    let tree = panzer.descendants();
+    panzer.signal(Signal::SIGTERM);
+    assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0));
+    let log = panzer.log();
+    assert_eq!(log.matches(" draining for 700 ms").count(), 2, "{log}");
+    assert_eq!(log.matches(" exiting").count(), 2, "{log}");
+    assert_eq!(log.matches("exited with status 0").count(), 2, "{log}");
+    assert!(!log.contains("killed by SIGKILL"), "{log}");
+    assert!(tree.iter().all(|p| !alive(*p)));
+}
