@@ -9,6 +9,7 @@ mod activation;
 mod bad_input;
 mod control;
 mod lifecycle;
+mod privileges;
 mod reload;
 mod systemd;
 mod worker_contract;

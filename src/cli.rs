@@ -74,6 +74,15 @@ pub struct Cli {
     #[arg(long, env = "PANZER_PID_FILE", value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
 
+    /// Run monitors and workers as this user (name or uid), after binding.
+    /// Needs root. The group is the user's primary group unless --group is given.
+    #[arg(long, env = "PANZER_USER", value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Run monitors and workers with this group (name or gid), after binding.
+    #[arg(long, env = "PANZER_GROUP", value_name = "GROUP")]
+    pub group: Option<String>,
+
     /// Log less (repeat for even less). RUST_LOG overrides -q and -v.
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,

@@ -51,6 +51,8 @@ pub struct Config {
     pub graceful_timeout: Duration,
     pub control: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
+    /// `(uid, gid)` for monitors and workers (`--user`, `--group`).
+    pub credentials: Option<(u32, u32)>,
     pub log_level: log::LevelFilter,
     pub command: OsString,
     pub args: Vec<OsString>,
@@ -74,11 +76,58 @@ impl Config {
             graceful_timeout: cli.graceful_timeout.0,
             control: cli.control,
             pid_file: cli.pid_file,
+            credentials: credentials(cli.user.as_deref(), cli.group.as_deref())?,
             log_level: log_level(cli.quiet, cli.verbose),
             command: cli.command,
             args: cli.args,
         })
     }
+}
+
+/// Resolves `--user` and `--group` to `(uid, gid)`; `None` when neither is given.
+fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<(u32, u32)>, Error> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    if user.is_none() && group.is_none() {
+        return Ok(None);
+    }
+    let (uid, primary_gid) = match user {
+        Some(name) => {
+            let found = match name.parse::<u32>() {
+                Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+                Err(_) => User::from_name(name),
+            };
+            match (found, name.parse::<u32>()) {
+                (Ok(Some(u)), _) => (u.uid.as_raw(), u.gid.as_raw()),
+                // A bare uid with no passwd entry (containers): its own number as gid.
+                (_, Ok(uid)) => (uid, uid),
+                _ => return Err(Error::Usage(format!("--user {name}: no such user"))),
+            }
+        }
+        None => (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        ),
+    };
+    let gid = match group {
+        Some(name) => {
+            let found = match name.parse::<u32>() {
+                Ok(gid) => Group::from_gid(Gid::from_raw(gid)),
+                Err(_) => Group::from_name(name),
+            };
+            match (found, name.parse::<u32>()) {
+                (Ok(Some(g)), _) => g.gid.as_raw(),
+                (_, Ok(gid)) => gid,
+                _ => return Err(Error::Usage(format!("--group {name}: no such group"))),
+            }
+        }
+        None => primary_gid,
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::Usage(
+            "--user and --group need panzer to run as root".into(),
+        ));
+    }
+    Ok(Some((uid, gid)))
 }
 
 /// `-q` and `-v` (repeatable) around the default `info`.

@@ -138,7 +138,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
         log::info!("listening on {}", listener.local);
     }
     log::info!("control socket at {}", control.path().display());
-    let runtime_dir = RuntimeDir::create()?;
+    let runtime_dir = RuntimeDir::create(config.credentials)?;
     let _pid_file = pid_file.map(PidFile::write).transpose()?;
     let mut main = Main {
         config,
@@ -723,6 +723,9 @@ impl Main {
             .with_fds(&fds)
             .with_new_process_group()
             .with_parent_death_signal(Signal::SIGTERM);
+        if let Some((uid, gid)) = self.config.credentials {
+            plan = plan.with_credentials(uid, gid);
+        }
         let pid = plan.spawn().map_err(|e| e.to_string())?;
         Ok((pid, ours))
     }
@@ -752,14 +755,23 @@ struct RuntimeDir {
 }
 
 impl RuntimeDir {
-    fn create() -> Result<RuntimeDir, Error> {
+    /// Owned by `owner` (uid, gid) when monitors run as another user
+    /// (`--user`): they create their notify sockets in it.
+    fn create(owner: Option<(u32, u32)>) -> Result<RuntimeDir, Error> {
         use std::os::unix::fs::DirBuilderExt;
         let path = sys::runtime_path(&format!("panzer-{}.d", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
+        let fail = |e| Error::os(format!("cannot create {}", path.display()), e);
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
-            .map_err(|e| Error::os(format!("cannot create {}", path.display()), e))?;
+            .map_err(fail)?;
+        if let Some((uid, gid)) = owner {
+            if let Err(e) = std::os::unix::fs::chown(&path, Some(uid), Some(gid)) {
+                let _ = std::fs::remove_dir(&path);
+                return Err(fail(e));
+            }
+        }
         Ok(RuntimeDir { path })
     }
 }

@@ -51,6 +51,8 @@ pub struct ExecPlan {
     scratch: Vec<RawFd>,
     new_process_group: bool,
     parent_death_signal: Option<Signal>,
+    /// `(uid, gid)` to switch to (supplementary groups: just `gid`).
+    credentials: Option<(libc::uid_t, libc::gid_t)>,
 }
 
 /// Why a child could not be started.
@@ -111,6 +113,7 @@ impl ExecPlan {
             scratch: Vec::new(),
             new_process_group: false,
             parent_death_signal: None,
+            credentials: None,
         })
     }
 
@@ -138,6 +141,12 @@ impl ExecPlan {
     /// Makes the child the leader of a new process group.
     pub fn with_new_process_group(mut self) -> Self {
         self.new_process_group = true;
+        self
+    }
+
+    /// Runs the child as `uid`:`gid`, with `gid` as its only group.
+    pub fn with_credentials(mut self, uid: libc::uid_t, gid: libc::gid_t) -> Self {
+        self.credentials = Some((uid, gid));
         self
     }
 
@@ -210,7 +219,8 @@ fn read_child_errno(pipe: &OwnedFd) -> Option<i32> {
 ///
 /// Must be called only in the child of a `fork` from a single-threaded
 /// process. It allocates nothing, takes no lock, logs nothing, and calls only
-/// async-signal-safe functions (`getpid`, `getppid`, `setpgid`, `prctl`,
+/// async-signal-safe functions (`getpid`, `getppid`, `setpgid`, `setgroups`,
+/// `setgid`, `setuid`, `prctl`,
 /// `sigaction`, `sigprocmask`, `fcntl`, `dup2`, `close`, `close_range`,
 /// `execve`, `write`, `_exit`).
 unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
@@ -228,6 +238,12 @@ unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
 
     if plan.new_process_group && libc::setpgid(0, 0) != 0 {
         fail!();
+    }
+    // Credentials before the parent-death signal: changing them clears it.
+    if let Some((uid, gid)) = plan.credentials {
+        if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            fail!();
+        }
     }
     if let Some(signal) = plan.parent_death_signal {
         if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) != 0 {
