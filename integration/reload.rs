@@ -160,6 +160,8 @@ fn in_notify_mode_the_old_generation_drains_only_after_every_new_worker_is_ready
         "generation 2 was up before any request"
     );
     panzer.wait_ready(2);
+    // The old monitor logs its drain after main logged the new generation ready.
+    panzer.wait_for_line("gen 1]: draining");
     let log = panzer.log();
     let ready_at = log.find("generation 2 ready").unwrap();
     let drain_at = log.find("gen 1]: draining").expect("generation 1 drained");

@@ -1,0 +1,1326 @@
+//! `cargo bench --bench reload`: what a hot restart costs, measured on the
+//! real `panzer` binary serving `examples/hello` (release build).
+//!
+//! Scenarios (pass names, or parts of names, after `--` to run a subset):
+//!
+//! * `failures-fresh`: 64 clients, a new connection per request, while main
+//!   gets 50 × `SIGUSR1`. Every connect/read/write error and every non-200
+//!   counts as failed. Target: 0.
+//! * `failures-keepalive`: the same with kept-alive connections; a client
+//!   reconnects when the server answers `Connection: close`. Failures on a
+//!   reused connection and on a new one are counted apart.
+//! * `reload-latency`: idle, ≥ 20 reloads. Signal → `generation K ready` (wall
+//!   time, and the monitor's own `in X ms`); panzer's overhead is the
+//!   difference. Then new generation ready → `generation K-1 stopped`.
+//! * `memory`: VmRSS of main and of the monitor, at start and after reloads.
+//! * `idle-cpu`: CPU ticks of main and monitor over 10 s of idleness.
+//! * `start-64`: panzer start → `generation 1 ready` with 64 workers.
+//!
+//! Timing method: the bench never parses timestamps for wall times. It takes
+//! an `Instant` right before `kill(2)` (or before spawning panzer) and polls
+//! the log file every 250 µs, stamping each new line with the `Instant` it
+//! was read at; so a figure is late by at most one poll period plus a read.
+//!
+//! Process hygiene, as in `integration/harness.rs`: panzer runs in a process
+//! group of its own; on drop (also on panic), and on Ctrl-C or SIGTERM of the
+//! bench, main's group, every descendant and every descendant's group get
+//! `SIGKILL`, and the bench waits (with a deadline) until they are gone.
+//! Ports are 127.0.0.1:0; every wait has a deadline; sleeps only pace the
+//! reloads or make up the idle period being measured.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, SigSet, Signal};
+use nix::unistd::Pid;
+
+/// Workers per generation in every scenario but `start-64`.
+const WORKERS: u32 = 4;
+/// Concurrent load-generating clients.
+const CLIENTS: usize = 64;
+/// Reloads under load.
+const LOADED_RELOADS: u32 = 50;
+/// Least time between two reloads under load.
+const RELOAD_PACE: Duration = Duration::from_millis(200);
+/// Idle reloads measured for latency.
+const IDLE_RELOADS: u32 = 25;
+/// How often the log file is read while waiting for a line.
+const LOG_POLL: Duration = Duration::from_micros(250);
+/// Limit for anything that should take a moment (a line, an exit).
+const PATIENCE: Duration = Duration::from_secs(30);
+/// Connect, read and write timeout of a client request.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// No load thread runs longer than this, whatever happens.
+const LOAD_LIMIT: Duration = Duration::from_secs(120);
+/// The idle period of `idle-cpu`.
+const IDLE_PERIOD: Duration = Duration::from_secs(10);
+
+const REQUEST_CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+const REQUEST_KEEP: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
+
+type Outcome = Result<Vec<String>, String>;
+
+struct Scenario {
+    name: &'static str,
+    run: fn(&Bench) -> Outcome,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "failures-fresh",
+        run: |b| failures(b, false),
+    },
+    Scenario {
+        name: "failures-keepalive",
+        run: |b| failures(b, true),
+    },
+    Scenario {
+        name: "reload-latency",
+        run: reload_latency,
+    },
+    Scenario {
+        name: "memory",
+        run: memory,
+    },
+    Scenario {
+        name: "idle-cpu",
+        run: idle_cpu,
+    },
+    Scenario {
+        name: "start-64",
+        run: start_64,
+    },
+];
+
+fn main() -> ExitCode {
+    guard_against_signals();
+    // cargo passes `--bench`; anything else not starting with `-` filters.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let bench = match Bench::new() {
+        Ok(bench) => bench,
+        Err(e) => {
+            eprintln!("bench reload: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut errors = 0;
+    for scenario in SCENARIOS {
+        if !filters.is_empty() && !filters.iter().any(|f| scenario.name.contains(f.as_str())) {
+            continue;
+        }
+        let outcome = std::panic::catch_unwind(|| (scenario.run)(&bench))
+            .unwrap_or_else(|_| Err("panicked (see above)".to_owned()));
+        match outcome {
+            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Err(e) => {
+                errors += 1;
+                println!(
+                    "{:<26} ERROR: {e} | {}",
+                    scenario.name,
+                    bench.repro(scenario.name, "", "")
+                );
+            }
+        }
+        let _ = io::stdout().flush();
+    }
+    if errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+/// Scenario 1: failed requests while main reloads 50 times under load.
+fn failures(bench: &Bench, keep_alive: bool) -> Outcome {
+    let name = if keep_alive {
+        "failures-keepalive"
+    } else {
+        "failures-fresh"
+    };
+    let count = WORKERS.to_string();
+    let mut panzer = bench.panzer(&["--count", &count, "--ready", "notify"], &[])?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], panzer.port()?));
+    panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
+
+    let stop = AtomicBool::new(false);
+    let served = AtomicU64::new(0);
+    let hard_stop = Instant::now() + LOAD_LIMIT;
+    let (tally, reloads, load_time) = thread::scope(|s| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| s.spawn(|| client(addr, keep_alive, &stop, &served, hard_stop)))
+            .collect();
+        let started = Instant::now();
+        let driven = drive_reloads(&mut panzer, &served);
+        stop.store(true, Ordering::Relaxed);
+        let mut tally = Tally::default();
+        for c in clients {
+            tally.merge(c.join().expect("a client thread panicked"));
+        }
+        (tally, driven, started.elapsed())
+    });
+    let reloads = reloads?;
+
+    let requests = tally.ok + tally.failed_new + tally.failed_reused;
+    let failed = tally.failed_new + tally.failed_reused;
+    let rate = requests as f64 / load_time.as_secs_f64();
+    let reload_ms: Vec<f64> = reloads.iter().map(|r| ms(r.ready - r.signal)).collect();
+    let in_x: Vec<f64> = reloads.iter().map(|r| r.in_ms as f64).collect();
+    let mut figures = if keep_alive {
+        format!(
+            "{failed} failed of {requests} requests: {} on reused kept-alive connections, \
+             {} on new ones; {} connections opened, {} closed by the server",
+            tally.failed_reused, tally.failed_new, tally.connections, tally.server_closes
+        )
+    } else {
+        format!("{failed} failed of {requests} requests")
+    };
+    let _ = write!(
+        figures,
+        " ({:.0} req/s, {CLIENTS} clients, {} reloads, signal→ready median {:.1} ms p99 {:.1} ms \
+         of which `in X ms` median {:.0} p99 {:.0}, last answer from generation {})",
+        rate,
+        reloads.len(),
+        median(&reload_ms),
+        p99(&reload_ms),
+        median(&in_x),
+        p99(&in_x),
+        tally.max_generation,
+    );
+    if tally.max_generation != LOADED_RELOADS + 1 {
+        figures.push_str(" [the newest generation never answered]");
+    }
+    let mut lines = vec![line(
+        name,
+        &figures,
+        "0 failed",
+        failed == 0,
+        &bench.repro(
+            name,
+            &format!("--count {WORKERS} --ready notify"),
+            &format!("{LOADED_RELOADS} × kill -USR1 <main> under {CLIENTS} clients"),
+        ),
+    )];
+    lines.extend(describe_failures(&tally, &reloads));
+    Ok(lines)
+}
+
+/// Scenario 2: how long a reload takes and how much of it is panzer's.
+fn reload_latency(bench: &Bench) -> Outcome {
+    let alone = hello_alone(bench, 20)?;
+    let count = WORKERS.to_string();
+    let mut panzer = bench.panzer(&["--count", &count, "--ready", "notify"], &[])?;
+    panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
+    let mut reloads = Vec::new();
+    for k in 2..=IDLE_RELOADS + 1 {
+        // Let the previous reload's last log lines and exits settle.
+        thread::sleep(Duration::from_millis(30));
+        reloads.push(panzer.reload(k)?);
+    }
+    let wall: Vec<f64> = reloads.iter().map(|r| ms(r.ready - r.signal)).collect();
+    let in_x: Vec<f64> = reloads.iter().map(|r| r.in_ms as f64).collect();
+    let overhead: Vec<f64> = wall.iter().zip(&in_x).map(|(w, x)| w - x).collect();
+    let gone: Vec<f64> = reloads.iter().map(|r| ms(r.stopped - r.ready)).collect();
+    let gone_ts: Vec<f64> = reloads
+        .iter()
+        .filter_map(|r| Some(r.stopped_stamp? - r.ready_stamp?))
+        .collect();
+    let n = reloads.len();
+    let repro = bench.repro(
+        "reload-latency",
+        &format!("--count {WORKERS} --ready notify"),
+        &format!("idle, {n} × kill -USR1 <main>"),
+    );
+    Ok(vec![
+        line(
+            "reload-latency/overhead",
+            &format!(
+                "n={n} signal→ready median {:.1} ms p99 {:.1} ms; monitor's `in X ms` median {:.1} \
+                 p99 {:.1}; panzer overhead median {:.1} ms p99 {:.1} ms; hello alone \
+                 spawn→READY=1 median {:.1} ms p99 {:.1} ms",
+                median(&wall),
+                p99(&wall),
+                median(&in_x),
+                p99(&in_x),
+                median(&overhead),
+                p99(&overhead),
+                median(&alone),
+                p99(&alone),
+            ),
+            "overhead median ≤ 5 ms",
+            median(&overhead) <= 5.0,
+            &repro,
+        ),
+        line(
+            "reload-latency/old-gone",
+            &format!(
+                "n={n} generation K ready → `generation K-1 stopped` median {:.1} ms p99 {:.1} ms \
+                 (by log timestamps: median {:.0} ms p99 {:.0} ms)",
+                median(&gone),
+                p99(&gone),
+                median(&gone_ts),
+                p99(&gone_ts),
+            ),
+            "median ≤ 20 ms",
+            median(&gone) <= 20.0,
+            &repro,
+        ),
+    ])
+}
+
+/// Scenario 3: resident memory of main and of the monitor.
+fn memory(bench: &Bench) -> Outcome {
+    const RELOADS: u32 = 10;
+    let count = WORKERS.to_string();
+    let mut panzer = bench.panzer(&["--count", &count, "--ready", "notify"], &[])?;
+    panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
+    let at_start = [rss(panzer.pid)?, rss(panzer.monitor_of(1)?)?];
+    for k in 2..=RELOADS + 1 {
+        panzer.reload(k)?;
+    }
+    let after = [rss(panzer.pid)?, rss(panzer.monitor_of(RELOADS + 1)?)?];
+    let total = |r: &[Rss; 2]| r[0].total + r[1].total;
+    let worst = total(&at_start).max(total(&after));
+    let describe = |r: &[Rss; 2]| {
+        format!(
+            "main {} + monitor {} = {:.2} MiB",
+            r[0],
+            r[1],
+            mib(total(r))
+        )
+    };
+    Ok(vec![line(
+        "memory",
+        &format!(
+            "VmRSS at start: {}; after {RELOADS} reloads: {}",
+            describe(&at_start),
+            describe(&after)
+        ),
+        "main + monitor ≤ 4 MiB",
+        worst <= 4 * 1024,
+        &bench.repro(
+            "memory",
+            &format!("--count {WORKERS} --ready notify"),
+            "grep VmRSS /proc/<main>/status /proc/<monitor>/status",
+        ),
+    )])
+}
+
+/// Scenario 4: CPU used by main and monitor while nothing happens.
+fn idle_cpu(bench: &Bench) -> Outcome {
+    let count = WORKERS.to_string();
+    let mut panzer = bench.panzer(&["--count", &count, "--ready", "notify"], &[])?;
+    panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
+    let monitor = panzer.monitor_of(1)?;
+    // Settle: the last log lines of startup are being written right now.
+    thread::sleep(Duration::from_millis(100));
+    let workers: Vec<Pid> = children_of(monitor);
+    let before = (
+        cpu_ticks(panzer.pid)?,
+        cpu_ticks(monitor)?,
+        workers
+            .iter()
+            .map(|w| cpu_ticks(*w).unwrap_or(0))
+            .sum::<u64>(),
+    );
+    let deadline = Instant::now() + IDLE_PERIOD;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        thread::sleep(left.min(Duration::from_secs(1)));
+    }
+    let after = (
+        cpu_ticks(panzer.pid)?,
+        cpu_ticks(monitor)?,
+        workers
+            .iter()
+            .map(|w| cpu_ticks(*w).unwrap_or(0))
+            .sum::<u64>(),
+    );
+    let (main, mon, work) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    Ok(vec![line(
+        "idle-cpu",
+        &format!(
+            "over {} s idle: main {main} ticks, monitor {mon} ticks (utime+stime; {} workers: {work} \
+             ticks)",
+            IDLE_PERIOD.as_secs(),
+            workers.len()
+        ),
+        "main + monitor 0 ticks",
+        main + mon == 0,
+        &bench.repro(
+            "idle-cpu",
+            &format!("--count {WORKERS} --ready notify"),
+            "fields 14+15 of /proc/<main>/stat and /proc/<monitor>/stat, 10 s apart",
+        ),
+    )])
+}
+
+/// Scenario 5: start a generation of 64 workers that notify at once.
+fn start_64(bench: &Bench) -> Outcome {
+    const RUNS: usize = 5;
+    let mut wall = Vec::new();
+    let mut in_x = Vec::new();
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        let mut panzer = bench.panzer(&["--count", "64", "--ready", "notify"], &[])?;
+        let (at, text) = panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
+        wall.push(ms(at - started));
+        in_x.push(in_ms(&text)? as f64);
+    }
+    Ok(vec![line(
+        "start-64",
+        &format!(
+            "n={RUNS} panzer start → generation 1 ready median {:.1} ms max {:.1} ms; monitor's `in \
+             X ms` median {:.0} max {:.0}",
+            median(&wall),
+            p99(&wall),
+            median(&in_x),
+            p99(&in_x),
+        ),
+        "median ≤ 100 ms",
+        median(&wall) <= 100.0,
+        &bench.repro("start-64", "--count 64 --ready notify", ""),
+    )])
+}
+
+/// One result line: name, figures, target, verdict, how to reproduce.
+fn line(name: &str, figures: &str, target: &str, pass: bool, repro: &str) -> String {
+    let verdict = if pass { "PASS" } else { "MISS" };
+    format!("{name:<26} {figures} | target: {target} | {verdict} | {repro}")
+}
+
+// ---------------------------------------------------------------------------
+// Reloads
+
+/// When one reload's milestones were seen.
+struct Reload {
+    signal: Instant,
+    ready: Instant,
+    /// The monitor's own `in X ms`.
+    in_ms: u64,
+    stopped: Instant,
+    /// Milliseconds of the day, from the log lines' own timestamps.
+    ready_stamp: Option<f64>,
+    stopped_stamp: Option<f64>,
+}
+
+/// Reloads `LOADED_RELOADS` times, each after the previous one's new
+/// generation is ready and its old one stopped, and at least `RELOAD_PACE`
+/// after the previous signal.
+fn drive_reloads(panzer: &mut Panzer, served: &AtomicU64) -> Result<Vec<Reload>, String> {
+    let warm = Instant::now() + PATIENCE;
+    while served.load(Ordering::Relaxed) < 1000 {
+        if Instant::now() > warm {
+            return Err("the server never answered 1000 requests".to_owned());
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    let mut reloads = Vec::new();
+    for k in 2..=LOADED_RELOADS + 1 {
+        let reload = panzer.reload(k)?;
+        let next = reload.signal + RELOAD_PACE;
+        reloads.push(reload);
+        if let Some(left) = next.checked_duration_since(Instant::now()) {
+            thread::sleep(left); // pacing, not synchronisation
+        }
+    }
+    // Let the clients run a moment on the last generation.
+    thread::sleep(RELOAD_PACE);
+    Ok(reloads)
+}
+
+/// Where the failures fell relative to the reloads.
+fn describe_failures(tally: &Tally, reloads: &[Reload]) -> Vec<String> {
+    let mut lines = Vec::new();
+    if tally.kinds.is_empty() {
+        return lines;
+    }
+    let kinds: Vec<String> = tally
+        .kinds
+        .iter()
+        .map(|(k, n)| format!("{n} × {k}"))
+        .collect();
+    lines.push(format!("    failure kinds: {}", kinds.join(", ")));
+    let mut phases: BTreeMap<&str, u64> = BTreeMap::new();
+    for (at, _, _) in &tally.samples {
+        phases
+            .entry(phase(*at, reloads).1)
+            .and_modify(|n| *n += 1)
+            .or_insert(1);
+    }
+    let phases: Vec<String> = phases.iter().map(|(p, n)| format!("{n} {p}")).collect();
+    lines.push(format!(
+        "    of {} sampled failures (each client's first 20): {}",
+        tally.samples.len(),
+        phases.join(", ")
+    ));
+    let mut samples: Vec<&(Instant, bool, String)> = tally.samples.iter().collect();
+    samples.sort_by_key(|s| s.0);
+    for (at, reused, what) in samples.iter().take(8) {
+        let (offset, phase) = phase(*at, reloads);
+        let conn = if *reused { "reused" } else { "new" };
+        lines.push(format!(
+            "    e.g. {what} on a {conn} connection, {offset} ({phase})"
+        ));
+    }
+    lines
+}
+
+/// Describes `at` as an offset from the latest reload signal before it.
+fn phase(at: Instant, reloads: &[Reload]) -> (String, &'static str) {
+    let Some((i, r)) = reloads
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, r)| r.signal <= at)
+    else {
+        return ("before the first reload".to_owned(), "before any reload");
+    };
+    let offset = format!("{:.1} ms after SIGUSR1 #{}", ms(at - r.signal), i + 1);
+    let phase = if at < r.ready {
+        "while the new generation started"
+    } else if at < r.stopped {
+        "while the old generation drained"
+    } else {
+        "after the old generation stopped"
+    };
+    (offset, phase)
+}
+
+// ---------------------------------------------------------------------------
+// Load
+
+/// What one client saw.
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    /// Failed on a new connection: connecting, or its first request.
+    failed_new: u64,
+    /// Failed on a kept-alive connection that had already served a request.
+    failed_reused: u64,
+    connections: u64,
+    /// Responses that said `Connection: close` to a keep-alive request.
+    server_closes: u64,
+    max_generation: u32,
+    kinds: BTreeMap<String, u64>,
+    /// The first few failures: when, on a reused connection?, what.
+    samples: Vec<(Instant, bool, String)>,
+}
+
+impl Tally {
+    fn fail(&mut self, reused: bool, what: String) {
+        if reused {
+            self.failed_reused += 1;
+        } else {
+            self.failed_new += 1;
+        }
+        if self.samples.len() < 20 {
+            self.samples.push((Instant::now(), reused, what.clone()));
+        }
+        let conn = if reused { "reused" } else { "new" };
+        *self.kinds.entry(format!("{what} ({conn})")).or_insert(0) += 1;
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.failed_new += other.failed_new;
+        self.failed_reused += other.failed_reused;
+        self.connections += other.connections;
+        self.server_closes += other.server_closes;
+        self.max_generation = self.max_generation.max(other.max_generation);
+        for (kind, n) in other.kinds {
+            *self.kinds.entry(kind).or_insert(0) += n;
+        }
+        self.samples.extend(other.samples);
+    }
+}
+
+/// One load-generating client: requests back to back until `stop`.
+fn client(
+    addr: SocketAddr,
+    keep_alive: bool,
+    stop: &AtomicBool,
+    served: &AtomicU64,
+    hard_stop: Instant,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut kept: Option<TcpStream> = None;
+    let mut buf = Vec::with_capacity(512);
+    let request = if keep_alive {
+        REQUEST_KEEP
+    } else {
+        REQUEST_CLOSE
+    };
+    while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
+        let reused = kept.is_some();
+        let mut stream = match kept.take() {
+            Some(stream) => stream,
+            None => match connect(addr) {
+                Ok(stream) => {
+                    tally.connections += 1;
+                    stream
+                }
+                Err(e) => {
+                    tally.fail(false, format!("connect: {}", kind(&e)));
+                    thread::sleep(Duration::from_millis(1)); // no hot loop on a dead port
+                    continue;
+                }
+            },
+        };
+        match exchange(&mut stream, request, &mut buf) {
+            Ok(reply) if reply.status == 200 => {
+                tally.ok += 1;
+                served.fetch_add(1, Ordering::Relaxed);
+                tally.max_generation = tally.max_generation.max(reply.generation);
+                if keep_alive {
+                    if reply.close {
+                        tally.server_closes += 1;
+                    } else {
+                        kept = Some(stream);
+                    }
+                }
+            }
+            Ok(reply) => tally.fail(reused, format!("status {}", reply.status)),
+            Err(what) => tally.fail(reused, what),
+        }
+    }
+    tally
+}
+
+fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+struct Reply {
+    status: u16,
+    close: bool,
+    generation: u32,
+}
+
+/// Sends `request`, reads one response (with Content-Length). The error
+/// names the step that failed and how.
+fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> Result<Reply, String> {
+    stream
+        .write_all(request)
+        .map_err(|e| format!("write: {}", kind(&e)))?;
+    buf.clear();
+    let mut chunk = [0u8; 1024];
+    let mut head_end = None;
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) if buf.is_empty() => return Err("read: EOF before any response byte".into()),
+            Ok(0) => return Err("read: EOF mid-response".into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("read: {}", kind(&e))),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if head_end.is_none() {
+            head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+        }
+        let Some(end) = head_end else { continue };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let length: usize = header(&head, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if buf.len() < end + length {
+            continue;
+        }
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| "read: malformed status line".to_owned())?;
+        let body = String::from_utf8_lossy(&buf[end..end + length]);
+        let generation = body
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("generation="))
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0);
+        return Ok(Reply {
+            status,
+            close: header(&head, "connection").is_some_and(|v| v.contains("close")),
+            generation,
+        });
+    }
+}
+
+/// The value of header `name` in a lowercased response head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == name).then(|| v.trim())
+    })
+}
+
+fn kind(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "timeout".to_owned(),
+        k => format!("{k:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// hello on its own
+
+/// Spawn → `READY=1` of hello without panzer (it binds 127.0.0.1:0 itself),
+/// `runs` times, in milliseconds.
+fn hello_alone(bench: &Bench, runs: usize) -> Result<Vec<f64>, String> {
+    let dir = TempDir::new("hello-alone")?;
+    let path = dir.0.join("notify");
+    let socket = UnixDatagram::bind(&path).map_err(|e| format!("bind {path:?}: {e}"))?;
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let child = Command::new(&bench.hello)
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
+            .env("PORT", "0")
+            .env("NOTIFY_SOCKET", &path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bench.hello.display()))?;
+        let _child = KillOnDrop(child);
+        let deadline = started + PATIENCE;
+        let mut buf = [0u8; 512];
+        loop {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .ok_or("hello alone never sent READY=1")?;
+            socket
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .map_err(|e| e.to_string())?;
+            match socket.recv(&mut buf) {
+                Ok(n) if String::from_utf8_lossy(&buf[..n]).contains("READY=1") => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("notify socket: {e}")),
+            }
+        }
+        times.push(ms(started.elapsed()));
+    }
+    Ok(times)
+}
+
+/// A plain child that is killed and reaped on drop.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let child = &mut self.0;
+        let _ = poll_until(PATIENCE, || child.try_wait().ok().flatten());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The guard around one panzer
+
+struct Bench {
+    panzer: PathBuf,
+    hello: PathBuf,
+}
+
+impl Bench {
+    /// Finds panzer and builds (or finds) the release `hello` example:
+    /// `cargo bench` builds benches and binaries, not examples.
+    fn new() -> Result<Bench, String> {
+        let panzer = PathBuf::from(env!("CARGO_BIN_EXE_panzer"));
+        let hello = panzer
+            .parent()
+            .ok_or("CARGO_BIN_EXE_panzer has no parent directory")?
+            .join("examples")
+            .join("hello");
+        let profile_is_release = panzer
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|d| d == "release");
+        match std::env::var_os("CARGO") {
+            Some(cargo) if profile_is_release => build_hello(&cargo)?,
+            _ if hello.exists() => {}
+            _ => {
+                return Err(format!(
+                    "{} is missing: run `cargo build --release --examples` first (`cargo bench` \
+                     does not build examples)",
+                    hello.display()
+                ))
+            }
+        }
+        if !hello.exists() {
+            return Err(format!(
+                "{} is still missing after building it: run `cargo build --release --examples`",
+                hello.display()
+            ));
+        }
+        // Another build of panzer may be measured instead, e.g. a static one
+        // (see README, "Performance").
+        let panzer = match std::env::var_os("PANZER_BENCH_BIN") {
+            Some(other) => {
+                println!("bench reload: measuring {}", Path::new(&other).display());
+                PathBuf::from(other)
+            }
+            None => panzer,
+        };
+        Ok(Bench { panzer, hello })
+    }
+
+    fn panzer(&self, options: &[&str], env: &[(&str, &str)]) -> Result<Panzer, String> {
+        let hello = self.hello.to_string_lossy();
+        let mut args = vec!["--bind", "127.0.0.1:0"];
+        args.extend_from_slice(options);
+        args.push(&hello);
+        Panzer::start(&self.panzer, &args, env)
+    }
+
+    /// How to rerun a scenario, and roughly what it does by hand: panzer
+    /// with `options`, then `then`.
+    fn repro(&self, filter: &str, options: &str, then: &str) -> String {
+        let here = std::env::current_dir().unwrap_or_default();
+        let short = |p: &Path| {
+            p.strip_prefix(&here)
+                .unwrap_or(p)
+                .to_string_lossy()
+                .into_owned()
+        };
+        let mut repro = format!("repro: cargo bench --bench reload -- {filter}");
+        if !options.is_empty() {
+            let _ = write!(
+                repro,
+                "  # {} --bind 127.0.0.1:0 {options} {}",
+                short(&self.panzer),
+                short(&self.hello)
+            );
+        }
+        if !then.is_empty() {
+            let _ = write!(repro, "; {then}");
+        }
+        repro
+    }
+}
+
+/// `cargo build --release --example hello`, so that the bench measures the
+/// current source. A no-op when it is up to date.
+fn build_hello(cargo: &std::ffi::OsStr) -> Result<(), String> {
+    eprintln!("bench reload: cargo build --release --example hello");
+    let child = Command::new(cargo)
+        .args(["build", "--release", "--example", "hello"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run cargo build: {e}"))?;
+    let mut child = KillOnDrop(child);
+    let status = poll_until(Duration::from_secs(900), || {
+        child.0.try_wait().ok().flatten()
+    })
+    .ok_or("`cargo build --release --example hello` took over 15 minutes")?;
+    if !status.success() {
+        return Err(format!(
+            "`cargo build --release --example hello` failed ({status})"
+        ));
+    }
+    Ok(())
+}
+
+/// A scratch directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Result<TempDir, String> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "panzer-bench-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).map_err(|e| format!("mkdir {path:?}: {e}"))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running panzer and everything below it; all of it is killed on drop.
+struct Panzer {
+    child: Child,
+    pid: Pid,
+    log: LogWatch,
+    command: String,
+    _dir: TempDir,
+}
+
+impl Panzer {
+    fn start(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Panzer, String> {
+        let dir = TempDir::new("run")?;
+        let log_path = dir.0.join("panzer.log");
+        let out = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        // Hold the registry lock across spawn, so that a Ctrl-C in between
+        // still finds this pid.
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("RUST_LOG")
+            .env("XDG_RUNTIME_DIR", &dir.0)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        let pid = Pid::from_raw(child.id() as i32);
+        live.push((pid, dir.0.clone()));
+        drop(live);
+        Ok(Panzer {
+            child,
+            pid,
+            log: LogWatch::open(&log_path)?,
+            command: format!("panzer {}", args.join(" ")),
+            _dir: dir,
+        })
+    }
+
+    /// The port of the first `listening on` line.
+    fn port(&mut self) -> Result<u16, String> {
+        let (_, text) = self.log.wait(0, "listening on ", PATIENCE)?;
+        text.rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| format!("no port in {text:?}"))
+    }
+
+    /// The monitor of generation `k`, from `starting generation k: …, monitor pid P`.
+    fn monitor_of(&mut self, k: u32) -> Result<Pid, String> {
+        let (_, text) = self
+            .log
+            .wait(0, &format!("starting generation {k}:"), PATIENCE)?;
+        text.rsplit("monitor pid ")
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .map(Pid::from_raw)
+            .ok_or_else(|| format!("no monitor pid in {text:?}"))
+    }
+
+    /// Sends `SIGUSR1` and waits for generation `k` to be ready and `k-1`
+    /// to be stopped.
+    fn reload(&mut self, k: u32) -> Result<Reload, String> {
+        self.log.poll();
+        let from = self.log.lines.len();
+        let ready = format!("generation {k} ready:");
+        let failed = format!("generation {k} failed");
+        let signal = Instant::now();
+        signal::kill(self.pid, Signal::SIGUSR1).map_err(|e| format!("kill -USR1: {e}"))?;
+        let (ready_at, ready_line) = self.log.wait_any(from, &[&ready, &failed], PATIENCE)?;
+        if !ready_line.contains(&ready) {
+            return Err(format!("reload to generation {k} failed: {ready_line}"));
+        }
+        let stopped = format!("generation {} stopped", k - 1);
+        let (stopped_at, stopped_line) = self.log.wait(from, &stopped, PATIENCE)?;
+        Ok(Reload {
+            signal,
+            ready: ready_at,
+            in_ms: in_ms(&ready_line)?,
+            stopped: stopped_at,
+            ready_stamp: stamp_ms(&ready_line),
+            stopped_stamp: stamp_ms(&stopped_line),
+        })
+    }
+}
+
+impl Drop for Panzer {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "command: {}\nlog kept in {}; last lines:\n{}",
+                self.command,
+                self.log.keep(),
+                self.log.tail(40)
+            );
+        }
+        kill_tree(self.pid);
+        let child = &mut self.child;
+        if poll_until(PATIENCE, || child.try_wait().ok().flatten()).is_none() {
+            eprintln!("bench reload: panzer (pid {}) survived SIGKILL", self.pid);
+        }
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(p, _)| *p != self.pid);
+    }
+}
+
+/// The panzers running now (main pid, scratch directory), for the signal
+/// thread.
+static LIVE: Mutex<Vec<(Pid, PathBuf)>> = Mutex::new(Vec::new());
+
+/// Ctrl-C or SIGTERM of the bench kills every panzer it started, then exits.
+/// The signals are blocked before any other thread exists, so only this
+/// thread receives them (spawned commands get an empty mask from std).
+fn guard_against_signals() {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGHUP);
+    if mask.thread_block().is_err() {
+        return;
+    }
+    let _ = thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Ok(got) = mask.wait() else { return };
+            let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+            for (pid, dir) in live.iter() {
+                kill_tree(*pid);
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            eprintln!("bench reload: {got}: killed every panzer, exiting");
+            std::process::exit(130);
+        });
+}
+
+/// SIGKILLs `root`, every process below it and every process group they
+/// lead, and waits (with a deadline) until none of them is alive.
+fn kill_tree(root: Pid) {
+    let ours = nix::unistd::getpgrp();
+    let table = process_table();
+    let below = descendants(&table, root);
+    let mut groups: HashSet<Pid> = below
+        .iter()
+        .filter_map(|p| table.get(p))
+        .map(|i| i.1)
+        .collect();
+    groups.insert(root);
+    groups.retain(|g| *g != ours && g.as_raw() > 1);
+    let _ = signal::kill(root, Signal::SIGKILL);
+    for pid in &below {
+        let _ = signal::kill(*pid, Signal::SIGKILL);
+    }
+    for group in &groups {
+        let _ = signal::killpg(*group, Signal::SIGKILL);
+    }
+    // Anything left in those groups (forked meanwhile) goes too.
+    let gone = poll_until(PATIENCE, || {
+        let table = process_table();
+        let left: Vec<Pid> = table
+            .iter()
+            .filter(|(pid, info)| *pid != &root && groups.contains(&info.1))
+            .map(|(pid, _)| *pid)
+            .chain(below.iter().copied().filter(|p| table.contains_key(p)))
+            .collect();
+        for pid in &left {
+            let _ = signal::kill(*pid, Signal::SIGKILL);
+        }
+        left.is_empty().then_some(())
+    });
+    if gone.is_none() {
+        eprintln!("bench reload: processes below panzer {root} survived SIGKILL");
+    }
+}
+
+/// Live (non-zombie) processes: pid → (parent, process group).
+fn process_table() -> HashMap<Pid, (Pid, Pid)> {
+    let mut table = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return table;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Some(fields) = stat_fields(Pid::from_raw(pid)) else {
+            continue;
+        };
+        if fields.first().is_some_and(|s| s == "Z") {
+            continue;
+        }
+        let field =
+            |i: usize| Pid::from_raw(fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0));
+        table.insert(Pid::from_raw(pid), (field(1), field(2)));
+    }
+    table
+}
+
+/// Every process below `root` in `table`.
+fn descendants(table: &HashMap<Pid, (Pid, Pid)>, root: Pid) -> Vec<Pid> {
+    let mut found = HashSet::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, (ppid, _)) in table {
+            if *ppid == parent && found.insert(*pid) {
+                frontier.push(*pid);
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+fn children_of(parent: Pid) -> Vec<Pid> {
+    process_table()
+        .into_iter()
+        .filter(|(_, (ppid, _))| *ppid == parent)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// The fields of /proc/PID/stat after the command name: state, ppid, pgrp, …
+fn stat_fields(pid: Pid) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    Some(
+        stat.get(close + 2..)?
+            .split(' ')
+            .map(String::from)
+            .collect(),
+    )
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: Pid) -> Result<u64, String> {
+    let fields = stat_fields(pid).ok_or_else(|| format!("pid {pid} is gone"))?;
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    // Fields 14 and 15 of stat(5); this slice starts at field 3.
+    Ok(tick(11).ok_or("bad stat")? + tick(12).ok_or("bad stat")?)
+}
+
+/// Resident memory of one process, in KiB.
+struct Rss {
+    total: u64,
+    anon: u64,
+    file: u64,
+    /// Proportional set size: shared pages divided among their sharers.
+    pss: Option<u64>,
+}
+
+impl std::fmt::Display for Rss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} MiB (anon {:.2}, file {:.2}, PSS {})",
+            mib(self.total),
+            mib(self.anon),
+            mib(self.file),
+            self.pss
+                .map_or_else(|| "?".to_owned(), |p| format!("{:.2}", mib(p)))
+        )
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// VmRSS, RssAnon and RssFile from /proc/PID/status; Pss from
+/// /proc/PID/smaps_rollup where the kernel has it.
+fn rss(pid: Pid) -> Result<Rss, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("pid {pid}: {e}"))?;
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| format!("no {name} for pid {pid}"))
+    };
+    Ok(Rss {
+        total: field(&status, "VmRSS:")?,
+        anon: field(&status, "RssAnon:")?,
+        file: field(&status, "RssFile:")?,
+        pss: field(&rollup, "Pss:").ok(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The log, read as it grows
+
+/// panzer's log file, each line stamped with the `Instant` it was read at.
+struct LogWatch {
+    path: PathBuf,
+    file: std::fs::File,
+    partial: Vec<u8>,
+    lines: Vec<(Instant, String)>,
+}
+
+impl LogWatch {
+    fn open(path: &Path) -> Result<LogWatch, String> {
+        Ok(LogWatch {
+            path: path.to_owned(),
+            file: std::fs::File::open(path).map_err(|e| format!("{path:?}: {e}"))?,
+            partial: Vec::new(),
+            lines: Vec::new(),
+        })
+    }
+
+    /// Reads whatever was appended since the last call.
+    fn poll(&mut self) {
+        let now = Instant::now();
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = self.file.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            self.partial.extend_from_slice(&chunk[..n]);
+        }
+        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            let text = String::from_utf8_lossy(&line[..i]).into_owned();
+            self.lines.push((now, text));
+        }
+    }
+
+    /// Waits for a line at index ≥ `from` that contains `needle`.
+    fn wait(
+        &mut self,
+        from: usize,
+        needle: &str,
+        limit: Duration,
+    ) -> Result<(Instant, String), String> {
+        self.wait_any(from, &[needle], limit)
+    }
+
+    /// Waits for a line at index ≥ `from` that contains any of `needles`.
+    fn wait_any(
+        &mut self,
+        from: usize,
+        needles: &[&str],
+        limit: Duration,
+    ) -> Result<(Instant, String), String> {
+        let deadline = Instant::now() + limit;
+        let mut searched = from;
+        loop {
+            self.poll();
+            if let Some(found) = self.lines[searched.min(self.lines.len())..]
+                .iter()
+                .find(|(_, l)| needles.iter().any(|n| l.contains(n)))
+            {
+                return Ok(found.clone());
+            }
+            searched = searched.max(self.lines.len());
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no log line with {needles:?} after {limit:?}; whole log kept in {}; last \
+                     lines:\n{}",
+                    self.keep(),
+                    self.tail(15)
+                ));
+            }
+            thread::sleep(LOG_POLL);
+        }
+    }
+
+    /// Copies the log out of the scratch directory; returns where to.
+    fn keep(&self) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let kept = std::env::temp_dir().join(format!(
+            "panzer-bench-failed-{}-{}.log",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        match std::fs::copy(&self.path, &kept) {
+            Ok(_) => kept.display().to_string(),
+            Err(e) => format!("nowhere ({e})"),
+        }
+    }
+
+    fn tail(&mut self, n: usize) -> String {
+        self.poll();
+        let start = self.lines.len().saturating_sub(n);
+        self.lines[start..]
+            .iter()
+            .map(|(_, l)| format!("    {l}\n"))
+            .collect()
+    }
+}
+
+/// `X` of `generation K ready: N/N workers in X ms`.
+fn in_ms(line: &str) -> Result<u64, String> {
+    line.rsplit(" in ")
+        .next()
+        .and_then(|s| s.trim().strip_suffix("ms"))
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| format!("no `in X ms` in {line:?}"))
+}
+
+/// Milliseconds of the day of a line's RFC 3339 timestamp (`…T12:34:56.789Z`).
+fn stamp_ms(line: &str) -> Option<f64> {
+    let time = line.split_whitespace().next()?.split_once('T')?.1;
+    let time = time.trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(((h * 60.0 + m) * 60.0 + s) * 1000.0)
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+
+/// Polls `check` every millisecond until it returns `Some`, or `None` after `limit`.
+fn poll_until<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn sorted(values: &[f64]) -> Vec<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn median(values: &[f64]) -> f64 {
+    let v = sorted(values);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Nearest-rank 99th percentile (the maximum below 100 samples).
+fn p99(values: &[f64]) -> f64 {
+    let v = sorted(values);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((v.len() as f64) * 0.99).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
