@@ -17,12 +17,7 @@ use panzer::control::{self, client, Reply, Request, Status};
 #[command(name = "panzerctl", version)]
 struct Cli {
     /// panzer's control socket (panzer --control). Default: found from --pid-file.
-    #[arg(
-        long,
-        env = "PANZER_CONTROL",
-        value_name = "PATH",
-        conflicts_with = "pid_file"
-    )]
+    #[arg(long, env = "PANZER_CONTROL", value_name = "PATH", conflicts_with = "pid_file")]
     control: Option<PathBuf>,
 
     /// panzer's pid file (panzer --pid-file); the control socket is then the
@@ -78,20 +73,14 @@ fn run(cli: &Cli) -> Result<(), String> {
     };
     let reply = client::request(&path, &request, timeout)?;
     if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reply).map_err(|e| e.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(&reply).map_err(|e| e.to_string())?);
     }
     if !reply.ok {
         let what = match request {
             Request::Reload => "reload failed: ",
             _ => "",
         };
-        return Err(format!(
-            "{what}{}",
-            reply.error.unwrap_or_else(|| "unknown error".into())
-        ));
+        return Err(format!("{what}{}", reply.error.unwrap_or_else(|| "unknown error".into())));
     }
     if !cli.json {
         print_human(&request, &reply);
@@ -107,16 +96,10 @@ fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
         return Err("which panzer? give --control PATH or --pid-file PATH".into());
     };
     let text = std::fs::read_to_string(pid_file).map_err(|e| {
-        format!(
-            "cannot read pid file {}: {}",
-            pid_file.display(),
-            panzer::error::describe(&e)
-        )
+        format!("cannot read pid file {}: {}", pid_file.display(), panzer::error::describe(&e))
     })?;
-    let pid: u32 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("pid file {} does not hold a pid", pid_file.display()))?;
+    let pid: u32 =
+        text.trim().parse().map_err(|_| format!("pid file {} does not hold a pid", pid_file.display()))?;
     Ok(control::default_path(pid))
 }
 
@@ -127,25 +110,17 @@ fn print_human(request: &Request, reply: &Reply) {
                 print!("{}", status_table(status));
             }
         }
-        Request::Reload => println!(
-            "reloaded: generation {} serves",
-            reply.generation.unwrap_or(0)
-        ),
+        Request::Reload => println!("reloaded: generation {} serves", reply.generation.unwrap_or(0)),
         Request::Stop => println!("panzer is stopping"),
-        Request::Scale { .. } => println!(
-            "panzer now runs {} worker(s) per generation",
-            reply.count.unwrap_or(0)
-        ),
+        Request::Scale { .. } => {
+            println!("panzer now runs {} worker(s) per generation", reply.count.unwrap_or(0))
+        }
     }
 }
 
 fn status_table(s: &Status) -> String {
-    let mut out = format!(
-        "panzer pid {}, up {}, {} worker(s) per generation\n",
-        s.pid,
-        age(s.uptime_s),
-        s.count
-    );
+    let mut out =
+        format!("panzer pid {}, up {}, {} worker(s) per generation\n", s.pid, age(s.uptime_s), s.count);
     for socket in &s.sockets {
         out += &format!("socket {} {}\n", socket.name, socket.addr);
     }
@@ -155,10 +130,7 @@ fn status_table(s: &Status) -> String {
     }
     out += "\n";
     for g in &s.generations {
-        out += &format!(
-            "\ngeneration {}  {}  monitor pid {}\n",
-            g.generation, g.state, g.monitor_pid
-        );
+        out += &format!("\ngeneration {}  {}  monitor pid {}\n", g.generation, g.state, g.monitor_pid);
         out += &format!(
             "  {:<7} {:<8} {:<6} {:<9} {:<8} {}\n",
             "WORKER", "PID", "READY", "RESTARTS", "UPTIME", "RSS"

@@ -135,10 +135,7 @@ fn run() -> io::Result<()> {
         all_done: Condvar::new(),
     });
 
-    eprintln!(
-        "hello: worker {} pid {pid} serving",
-        env_or_dash("PANZER_WORKER")
-    );
+    eprintln!("hello: worker {} pid {pid} serving", env_or_dash("PANZER_WORKER"));
     let _ = sd_notify::notify(false, &[NotifyState::Ready]);
 
     // The accept loop: sleep until a connection or a signal arrives.
@@ -238,10 +235,7 @@ impl Listener {
         }
         let port = env::var("PORT").unwrap_or_else(|_| "8080".to_owned());
         let tcp = TcpListener::bind(("127.0.0.1", port.parse().unwrap_or(8080)))?;
-        eprintln!(
-            "hello: no socket passed (LISTEN_FDS unset), listening on {}",
-            tcp.local_addr()?
-        );
+        eprintln!("hello: no socket passed (LISTEN_FDS unset), listening on {}", tcp.local_addr()?);
         Ok(Listener::Tcp(tcp))
     }
 
@@ -312,9 +306,7 @@ fn accept_pending<S: Stream>(shared: &Arc<Shared>, accept: impl Fn() -> io::Resu
         // The counter goes up before the thread starts, so the drain can
         // never see zero while a connection is on its way to its thread.
         let live = LiveConnection::new(shared);
-        let spawned = thread::Builder::new()
-            .name("connection".into())
-            .spawn(move || serve(stream, &live.0));
+        let spawned = thread::Builder::new().name("connection".into()).spawn(move || serve(stream, &live.0));
         if let Err(e) = spawned {
             eprintln!("hello: pid {}: cannot start a thread: {e}", process::id());
         }
@@ -334,13 +326,7 @@ fn serve<S: Stream>(stream: S, shared: &Shared) {
             Ok(Some(request)) => request,
             Ok(None) => return, // the client closed the connection
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                let _ = respond(
-                    reader.get_mut(),
-                    "400 Bad Request",
-                    "bad request\n",
-                    true,
-                    false,
-                );
+                let _ = respond(reader.get_mut(), "400 Bad Request", "bad request\n", true, false);
                 break;
             }
             Err(_) => return,
@@ -368,11 +354,7 @@ fn wait_for_request<S: Stream>(reader: &BufReader<S>, shared: &Shared, fresh: bo
     if !reader.buffer().is_empty() {
         return true; // a pipelined request is already here
     }
-    let grace = if fresh {
-        shared.grace.max(FIRST_REQUEST_GRACE)
-    } else {
-        shared.grace
-    };
+    let grace = if fresh { shared.grace.max(FIRST_REQUEST_GRACE) } else { shared.grace };
     loop {
         // Even past the deadline, look once more without waiting: this thread
         // may only now be running (a loaded machine), and a request that is
@@ -454,9 +436,7 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
             }
             return Ok(Some(request));
         }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| bad("malformed header"))?;
+        let (name, value) = line.split_once(':').ok_or_else(|| bad("malformed header"))?;
         let value = value.trim();
         if name.eq_ignore_ascii_case("connection") {
             for option in value.split(',').map(str::trim) {
@@ -484,11 +464,7 @@ fn read_line(reader: &mut impl BufRead) -> io::Result<Option<String>> {
         return Ok(None);
     }
     if !line.ends_with('\n') {
-        return Err(if n as u64 == MAX_LINE {
-            bad("line too long")
-        } else {
-            eof()
-        });
+        return Err(if n as u64 == MAX_LINE { bad("line too long") } else { eof() });
     }
     line.pop();
     if line.ends_with('\r') {

@@ -41,10 +41,7 @@ fn usage_errors_exit_2() {
 fn a_command_that_cannot_run_is_named() {
     let (code, log) = fails(&["--bind", "127.0.0.1:0", "./no-such-server"]);
     assert_eq!(code, 2);
-    assert_eq!(
-        log.trim(),
-        "panzer: cannot run ./no-such-server: no such file or directory"
-    );
+    assert_eq!(log.trim(), "panzer: cannot run ./no-such-server: no such file or directory");
 
     let dir = TestDir::new("not-executable");
     let script = dir.join("server.sh");
@@ -56,10 +53,7 @@ fn a_command_that_cannot_run_is_named() {
 
     let (code, log) = fails(&["no-such-command-anywhere"]);
     assert_eq!(code, 2);
-    assert!(
-        log.contains("cannot run no-such-command-anywhere: command not found in PATH"),
-        "{log}"
-    );
+    assert!(log.contains("cannot run no-such-command-anywhere: command not found in PATH"), "{log}");
 }
 
 #[test]
@@ -70,9 +64,7 @@ fn a_port_in_use_exits_71_naming_the_address() {
     assert_eq!(code, 71);
     assert_eq!(
         log.trim(),
-        format!(
-            "panzer: cannot bind {addr}: address already in use (another process listens there)"
-        )
+        format!("panzer: cannot bind {addr}: address already in use (another process listens there)")
     );
 }
 
@@ -89,12 +81,6 @@ fn an_unusable_unix_path_exits_71_and_unbinds_what_was_bound() {
         "sleep",
     ]);
     assert_eq!(code, 71);
-    assert!(
-        log.contains(&format!(
-            "cannot bind unix:{}: no such file or directory",
-            bad.display()
-        )),
-        "{log}"
-    );
+    assert!(log.contains(&format!("cannot bind unix:{}: no such file or directory", bad.display())), "{log}");
     assert!(!good.exists(), "the first socket file was left behind");
 }

@@ -76,39 +76,18 @@ struct Scenario {
 }
 
 const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "failures-fresh",
-        run: |b| failures(b, false),
-    },
-    Scenario {
-        name: "failures-keepalive",
-        run: |b| failures(b, true),
-    },
-    Scenario {
-        name: "reload-latency",
-        run: reload_latency,
-    },
-    Scenario {
-        name: "memory",
-        run: memory,
-    },
-    Scenario {
-        name: "idle-cpu",
-        run: idle_cpu,
-    },
-    Scenario {
-        name: "start-64",
-        run: start_64,
-    },
+    Scenario { name: "failures-fresh", run: |b| failures(b, false) },
+    Scenario { name: "failures-keepalive", run: |b| failures(b, true) },
+    Scenario { name: "reload-latency", run: reload_latency },
+    Scenario { name: "memory", run: memory },
+    Scenario { name: "idle-cpu", run: idle_cpu },
+    Scenario { name: "start-64", run: start_64 },
 ];
 
 fn main() -> ExitCode {
     guard_against_signals();
     // cargo passes `--bench`; anything else not starting with `-` filters.
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let bench = match Bench::new() {
         Ok(bench) => bench,
         Err(e) => {
@@ -127,11 +106,7 @@ fn main() -> ExitCode {
             Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
             Err(e) => {
                 errors += 1;
-                println!(
-                    "{:<26} ERROR: {e} | {}",
-                    scenario.name,
-                    bench.repro(scenario.name, "", "")
-                );
+                println!("{:<26} ERROR: {e} | {}", scenario.name, bench.repro(scenario.name, "", ""));
             }
         }
         let _ = io::stdout().flush();
@@ -148,11 +123,7 @@ fn main() -> ExitCode {
 
 /// Scenario 1: failed requests while main reloads 50 times under load.
 fn failures(bench: &Bench, keep_alive: bool) -> Outcome {
-    let name = if keep_alive {
-        "failures-keepalive"
-    } else {
-        "failures-fresh"
-    };
+    let name = if keep_alive { "failures-keepalive" } else { "failures-fresh" };
     let count = WORKERS.to_string();
     let mut panzer = bench.panzer(&["--count", &count, "--ready", "notify"], &[])?;
     let addr = SocketAddr::from(([127, 0, 0, 1], panzer.port()?));
@@ -162,9 +133,8 @@ fn failures(bench: &Bench, keep_alive: bool) -> Outcome {
     let served = AtomicU64::new(0);
     let hard_stop = Instant::now() + LOAD_LIMIT;
     let (tally, reloads, load_time) = thread::scope(|s| {
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|_| s.spawn(|| client(addr, keep_alive, &stop, &served, hard_stop)))
-            .collect();
+        let clients: Vec<_> =
+            (0..CLIENTS).map(|_| s.spawn(|| client(addr, keep_alive, &stop, &served, hard_stop))).collect();
         let started = Instant::now();
         let driven = drive_reloads(&mut panzer, &served);
         stop.store(true, Ordering::Relaxed);
@@ -236,10 +206,7 @@ fn reload_latency(bench: &Bench) -> Outcome {
     let in_x: Vec<f64> = reloads.iter().map(|r| r.in_ms as f64).collect();
     let overhead: Vec<f64> = wall.iter().zip(&in_x).map(|(w, x)| w - x).collect();
     let gone: Vec<f64> = reloads.iter().map(|r| ms(r.stopped - r.ready)).collect();
-    let gone_ts: Vec<f64> = reloads
-        .iter()
-        .filter_map(|r| Some(r.stopped_stamp? - r.ready_stamp?))
-        .collect();
+    let gone_ts: Vec<f64> = reloads.iter().filter_map(|r| Some(r.stopped_stamp? - r.ready_stamp?)).collect();
     let n = reloads.len();
     let repro = bench.repro(
         "reload-latency",
@@ -296,21 +263,10 @@ fn memory(bench: &Bench) -> Outcome {
     let after = [rss(panzer.pid)?, rss(panzer.monitor_of(RELOADS + 1)?)?];
     let total = |r: &[Rss; 2]| r[0].total + r[1].total;
     let worst = total(&at_start).max(total(&after));
-    let describe = |r: &[Rss; 2]| {
-        format!(
-            "main {} + monitor {} = {:.2} MiB",
-            r[0],
-            r[1],
-            mib(total(r))
-        )
-    };
+    let describe = |r: &[Rss; 2]| format!("main {} + monitor {} = {:.2} MiB", r[0], r[1], mib(total(r)));
     Ok(vec![line(
         "memory",
-        &format!(
-            "VmRSS at start: {}; after {RELOADS} reloads: {}",
-            describe(&at_start),
-            describe(&after)
-        ),
+        &format!("VmRSS at start: {}; after {RELOADS} reloads: {}", describe(&at_start), describe(&after)),
         "main + monitor ≤ 4 MiB",
         worst <= 4 * 1024,
         &bench.repro(
@@ -333,10 +289,7 @@ fn idle_cpu(bench: &Bench) -> Outcome {
     let before = (
         cpu_ticks(panzer.pid)?,
         cpu_ticks(monitor)?,
-        workers
-            .iter()
-            .map(|w| cpu_ticks(*w).unwrap_or(0))
-            .sum::<u64>(),
+        workers.iter().map(|w| cpu_ticks(*w).unwrap_or(0)).sum::<u64>(),
     );
     let deadline = Instant::now() + IDLE_PERIOD;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -345,10 +298,7 @@ fn idle_cpu(bench: &Bench) -> Outcome {
     let after = (
         cpu_ticks(panzer.pid)?,
         cpu_ticks(monitor)?,
-        workers
-            .iter()
-            .map(|w| cpu_ticks(*w).unwrap_or(0))
-            .sum::<u64>(),
+        workers.iter().map(|w| cpu_ticks(*w).unwrap_or(0)).sum::<u64>(),
     );
     let (main, mon, work) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
     Ok(vec![line(
@@ -449,18 +399,11 @@ fn describe_failures(tally: &Tally, reloads: &[Reload]) -> Vec<String> {
     if tally.kinds.is_empty() {
         return lines;
     }
-    let kinds: Vec<String> = tally
-        .kinds
-        .iter()
-        .map(|(k, n)| format!("{n} × {k}"))
-        .collect();
+    let kinds: Vec<String> = tally.kinds.iter().map(|(k, n)| format!("{n} × {k}")).collect();
     lines.push(format!("    failure kinds: {}", kinds.join(", ")));
     let mut phases: BTreeMap<&str, u64> = BTreeMap::new();
     for (at, _, _) in &tally.samples {
-        phases
-            .entry(phase(*at, reloads).1)
-            .and_modify(|n| *n += 1)
-            .or_insert(1);
+        phases.entry(phase(*at, reloads).1).and_modify(|n| *n += 1).or_insert(1);
     }
     let phases: Vec<String> = phases.iter().map(|(p, n)| format!("{n} {p}")).collect();
     lines.push(format!(
@@ -473,21 +416,14 @@ fn describe_failures(tally: &Tally, reloads: &[Reload]) -> Vec<String> {
     for (at, reused, what) in samples.iter().take(8) {
         let (offset, phase) = phase(*at, reloads);
         let conn = if *reused { "reused" } else { "new" };
-        lines.push(format!(
-            "    e.g. {what} on a {conn} connection, {offset} ({phase})"
-        ));
+        lines.push(format!("    e.g. {what} on a {conn} connection, {offset} ({phase})"));
     }
     lines
 }
 
 /// Describes `at` as an offset from the latest reload signal before it.
 fn phase(at: Instant, reloads: &[Reload]) -> (String, &'static str) {
-    let Some((i, r)) = reloads
-        .iter()
-        .enumerate()
-        .rev()
-        .find(|(_, r)| r.signal <= at)
-    else {
+    let Some((i, r)) = reloads.iter().enumerate().rev().find(|(_, r)| r.signal <= at) else {
         return ("before the first reload".to_owned(), "before any reload");
     };
     let offset = format!("{:.1} ms after SIGUSR1 #{}", ms(at - r.signal), i + 1);
@@ -560,11 +496,7 @@ fn client(
     let mut tally = Tally::default();
     let mut kept: Option<TcpStream> = None;
     let mut buf = Vec::with_capacity(512);
-    let request = if keep_alive {
-        REQUEST_KEEP
-    } else {
-        REQUEST_CLOSE
-    };
+    let request = if keep_alive { REQUEST_KEEP } else { REQUEST_CLOSE };
     while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
         let reused = kept.is_some();
         let mut stream = match kept.take() {
@@ -618,9 +550,7 @@ struct Reply {
 /// Sends `request`, reads one response (with Content-Length). The error
 /// names the step that failed and how.
 fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> Result<Reply, String> {
-    stream
-        .write_all(request)
-        .map_err(|e| format!("write: {}", kind(&e)))?;
+    stream.write_all(request).map_err(|e| format!("write: {}", kind(&e)))?;
     buf.clear();
     let mut chunk = [0u8; 1024];
     let mut head_end = None;
@@ -638,9 +568,7 @@ fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> Result
         }
         let Some(end) = head_end else { continue };
         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        let length: usize = header(&head, "content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let length: usize = header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         if buf.len() < end + length {
             continue;
         }
@@ -705,12 +633,9 @@ fn hello_alone(bench: &Bench, runs: usize) -> Result<Vec<f64>, String> {
         let deadline = started + PATIENCE;
         let mut buf = [0u8; 512];
         loop {
-            let left = deadline
-                .checked_duration_since(Instant::now())
-                .ok_or("hello alone never sent READY=1")?;
-            socket
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .map_err(|e| e.to_string())?;
+            let left =
+                deadline.checked_duration_since(Instant::now()).ok_or("hello alone never sent READY=1")?;
+            socket.set_read_timeout(Some(left.max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
             match socket.recv(&mut buf) {
                 Ok(n) if String::from_utf8_lossy(&buf[..n]).contains("READY=1") => break,
                 Ok(_) => {}
@@ -753,10 +678,7 @@ impl Bench {
             .ok_or("CARGO_BIN_EXE_panzer has no parent directory")?
             .join("examples")
             .join("hello");
-        let profile_is_release = panzer
-            .parent()
-            .and_then(Path::file_name)
-            .is_some_and(|d| d == "release");
+        let profile_is_release = panzer.parent().and_then(Path::file_name).is_some_and(|d| d == "release");
         match std::env::var_os("CARGO") {
             Some(cargo) if profile_is_release => build_hello(&cargo)?,
             _ if hello.exists() => {}
@@ -798,12 +720,7 @@ impl Bench {
     /// with `options`, then `then`.
     fn repro(&self, filter: &str, options: &str, then: &str) -> String {
         let here = std::env::current_dir().unwrap_or_default();
-        let short = |p: &Path| {
-            p.strip_prefix(&here)
-                .unwrap_or(p)
-                .to_string_lossy()
-                .into_owned()
-        };
+        let short = |p: &Path| p.strip_prefix(&here).unwrap_or(p).to_string_lossy().into_owned();
         let mut repro = format!("repro: cargo bench --bench reload -- {filter}");
         if !options.is_empty() {
             let _ = write!(
@@ -831,14 +748,10 @@ fn build_hello(cargo: &std::ffi::OsStr) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot run cargo build: {e}"))?;
     let mut child = KillOnDrop(child);
-    let status = poll_until(Duration::from_secs(900), || {
-        child.0.try_wait().ok().flatten()
-    })
-    .ok_or("`cargo build --release --example hello` took over 15 minutes")?;
+    let status = poll_until(Duration::from_secs(900), || child.0.try_wait().ok().flatten())
+        .ok_or("`cargo build --release --example hello` took over 15 minutes")?;
     if !status.success() {
-        return Err(format!(
-            "`cargo build --release --example hello` failed ({status})"
-        ));
+        return Err(format!("`cargo build --release --example hello` failed ({status})"));
     }
     Ok(())
 }
@@ -920,9 +833,7 @@ impl Panzer {
 
     /// The monitor of generation `k`, from `starting generation k: …, monitor pid P`.
     fn monitor_of(&mut self, k: u32) -> Result<Pid, String> {
-        let (_, text) = self
-            .log
-            .wait(0, &format!("starting generation {k}:"), PATIENCE)?;
+        let (_, text) = self.log.wait(0, &format!("starting generation {k}:"), PATIENCE)?;
         text.rsplit("monitor pid ")
             .next()
             .and_then(|p| p.trim().parse().ok())
@@ -971,9 +882,7 @@ impl Drop for Panzer {
         if poll_until(PATIENCE, || child.try_wait().ok().flatten()).is_none() {
             eprintln!("bench reload: panzer (pid {}) survived SIGKILL", self.pid);
         }
-        LIVE.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(p, _)| *p != self.pid);
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|(p, _)| *p != self.pid);
     }
 }
 
@@ -992,18 +901,16 @@ fn guard_against_signals() {
     if mask.thread_block().is_err() {
         return;
     }
-    let _ = thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let Ok(got) = mask.wait() else { return };
-            let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-            for (pid, dir) in live.iter() {
-                kill_tree(*pid);
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            eprintln!("bench reload: {got}: killed every panzer, exiting");
-            std::process::exit(130);
-        });
+    let _ = thread::Builder::new().name("signals".into()).spawn(move || {
+        let Ok(got) = mask.wait() else { return };
+        let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        for (pid, dir) in live.iter() {
+            kill_tree(*pid);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        eprintln!("bench reload: {got}: killed every panzer, exiting");
+        std::process::exit(130);
+    });
 }
 
 /// SIGKILLs `root`, every process below it and every process group they
@@ -1012,11 +919,7 @@ fn kill_tree(root: Pid) {
     let ours = nix::unistd::getpgrp();
     let table = process_table();
     let below = descendants(&table, root);
-    let mut groups: HashSet<Pid> = below
-        .iter()
-        .filter_map(|p| table.get(p))
-        .map(|i| i.1)
-        .collect();
+    let mut groups: HashSet<Pid> = below.iter().filter_map(|p| table.get(p)).map(|i| i.1).collect();
     groups.insert(root);
     groups.retain(|g| *g != ours && g.as_raw() > 1);
     let _ = signal::kill(root, Signal::SIGKILL);
@@ -1061,8 +964,7 @@ fn process_table() -> HashMap<Pid, (Pid, Pid)> {
         if fields.first().is_some_and(|s| s == "Z") {
             continue;
         }
-        let field =
-            |i: usize| Pid::from_raw(fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0));
+        let field = |i: usize| Pid::from_raw(fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0));
         table.insert(Pid::from_raw(pid), (field(1), field(2)));
     }
     table
@@ -1083,23 +985,14 @@ fn descendants(table: &HashMap<Pid, (Pid, Pid)>, root: Pid) -> Vec<Pid> {
 }
 
 fn children_of(parent: Pid) -> Vec<Pid> {
-    process_table()
-        .into_iter()
-        .filter(|(_, (ppid, _))| *ppid == parent)
-        .map(|(pid, _)| pid)
-        .collect()
+    process_table().into_iter().filter(|(_, (ppid, _))| *ppid == parent).map(|(pid, _)| pid).collect()
 }
 
 /// The fields of /proc/PID/stat after the command name: state, ppid, pgrp, …
 fn stat_fields(pid: Pid) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let close = stat.rfind(')')?;
-    Some(
-        stat.get(close + 2..)?
-            .split(' ')
-            .map(String::from)
-            .collect(),
-    )
+    Some(stat.get(close + 2..)?.split(' ').map(String::from).collect())
 }
 
 /// utime + stime of `pid`, in clock ticks.
@@ -1127,8 +1020,7 @@ impl std::fmt::Display for Rss {
             mib(self.total),
             mib(self.anon),
             mib(self.file),
-            self.pss
-                .map_or_else(|| "?".to_owned(), |p| format!("{:.2}", mib(p)))
+            self.pss.map_or_else(|| "?".to_owned(), |p| format!("{:.2}", mib(p)))
         )
     }
 }
@@ -1140,8 +1032,8 @@ fn mib(kib: u64) -> f64 {
 /// VmRSS, RssAnon and RssFile from /proc/PID/status; Pss from
 /// /proc/PID/smaps_rollup where the kernel has it.
 fn rss(pid: Pid) -> Result<Rss, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("pid {pid}: {e}"))?;
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("pid {pid}: {e}"))?;
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     let field = |text: &str, name: &str| {
         text.lines()
@@ -1196,12 +1088,7 @@ impl LogWatch {
     }
 
     /// Waits for a line at index ≥ `from` that contains `needle`.
-    fn wait(
-        &mut self,
-        from: usize,
-        needle: &str,
-        limit: Duration,
-    ) -> Result<(Instant, String), String> {
+    fn wait(&mut self, from: usize, needle: &str, limit: Duration) -> Result<(Instant, String), String> {
         self.wait_any(from, &[needle], limit)
     }
 
@@ -1252,10 +1139,7 @@ impl LogWatch {
     fn tail(&mut self, n: usize) -> String {
         self.poll();
         let start = self.lines.len().saturating_sub(n);
-        self.lines[start..]
-            .iter()
-            .map(|(_, l)| format!("    {l}\n"))
-            .collect()
+        self.lines[start..].iter().map(|(_, l)| format!("    {l}\n")).collect()
     }
 }
 

@@ -30,12 +30,7 @@ fn start(count: &str, command: &str) -> (Panzer, String, String) {
     ]);
     panzer.wait_ready(1);
     let line = panzer.wait_for_line("control socket at ");
-    let control = line
-        .rsplit("control socket at ")
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
+    let control = line.rsplit("control socket at ").next().unwrap().trim().to_string();
     std::mem::forget(dir); // holds only the pid file, which panzer removes
     (panzer, control, pid_file)
 }
@@ -77,24 +72,13 @@ fn status_lists_the_workers_that_serve() {
         assert!(w["rss_kib"].as_u64().unwrap() > 0);
     }
     // The pid file names main, and the human table shows every worker.
-    assert_eq!(
-        std::fs::read_to_string(&pid_file).unwrap().trim(),
-        panzer.pid.to_string()
-    );
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), panzer.pid.to_string());
     let table = panzerctl(&["--control", &control, "status"]);
     assert_eq!(table.code, 0);
     for pid in &served {
-        assert!(
-            table.stdout.contains(&format!(" {pid} ")),
-            "{}",
-            table.stdout
-        );
+        assert!(table.stdout.contains(&format!(" {pid} ")), "{}", table.stdout);
     }
-    assert!(
-        table.stdout.contains("generation 1  ready"),
-        "{}",
-        table.stdout
-    );
+    assert!(table.stdout.contains("generation 1  ready"), "{}", table.stdout);
 }
 
 #[test]
@@ -103,11 +87,7 @@ fn reload_answers_with_the_new_generation_and_rollback_with_the_reason() {
     let script = dir.join("server.sh");
     let deploy = |env: &str| {
         let tmp = dir.join("server.new");
-        std::fs::write(
-            &tmp,
-            format!("#!/bin/sh\n{env} exec {} \"$@\"\n", example("hello")),
-        )
-        .unwrap();
+        std::fs::write(&tmp, format!("#!/bin/sh\n{env} exec {} \"$@\"\n", example("hello"))).unwrap();
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::rename(&tmp, &script).unwrap();
     };
@@ -116,12 +96,7 @@ fn reload_answers_with_the_new_generation_and_rollback_with_the_reason() {
     let port = panzer.port(0);
 
     let out = panzer.ctl(&["--pid-file", &pid_file, "reload"]);
-    assert_eq!(
-        (out.code, out.stdout.trim()),
-        (0, "reloaded: generation 2 serves"),
-        "{}",
-        out.stderr
-    );
+    assert_eq!((out.code, out.stdout.trim()), (0, "reloaded: generation 2 serves"), "{}", out.stderr);
     // Generation 1 may still answer a request or two while it drains.
     let mut serving = HashSet::new();
     let serving = eventually(PATIENCE, "both workers of generation 2", || {
@@ -136,25 +111,14 @@ fn reload_answers_with_the_new_generation_and_rollback_with_the_reason() {
     deploy("FAIL_ON_START=1");
     let out = panzerctl(&["--control", &control, "reload"]);
     assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.starts_with("panzerctl: reload failed: worker"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains("generation 2 keeps serving"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.starts_with("panzerctl: reload failed: worker"), "{}", out.stderr);
+    assert!(out.stderr.contains("generation 2 keeps serving"), "{}", out.stderr);
     for _ in 0..10 {
         let r = get(port, "/").unwrap();
         assert!(serving.contains(&r.pid()), "answered by {:?}", r.body);
     }
     let s = status(&control);
-    assert_eq!(
-        (s["reloads"]["ok"].as_u64(), s["reloads"]["failed"].as_u64()),
-        (Some(1), Some(1))
-    );
+    assert_eq!((s["reloads"]["ok"].as_u64(), s["reloads"]["failed"].as_u64()), (Some(1), Some(1)));
 }
 
 #[test]
@@ -162,29 +126,18 @@ fn scaling_by_control_and_by_signal_changes_the_workers_that_serve() {
     let (panzer, control, _) = start("1", &example("hello"));
     let port = panzer.port(0);
     let out = panzerctl(&["--control", &control, "scale", "3"]);
-    assert_eq!(
-        (out.code, out.stdout.trim()),
-        (0, "panzer now runs 3 worker(s) per generation")
-    );
+    assert_eq!((out.code, out.stdout.trim()), (0, "panzer now runs 3 worker(s) per generation"));
     distinct_pids(port, 3);
     let count_workers = || worker_pids(&status(&control)).len();
-    eventually(PATIENCE, "3 workers in status", || {
-        (count_workers() == 3).then_some(())
-    });
+    eventually(PATIENCE, "3 workers in status", || (count_workers() == 3).then_some(()));
 
     panzer.signal(Signal::SIGTTOU);
-    eventually(PATIENCE, "2 workers after SIGTTOU", || {
-        (count_workers() == 2).then_some(())
-    });
+    eventually(PATIENCE, "2 workers after SIGTTOU", || (count_workers() == 2).then_some(()));
     // One signal at a time: two of a kind sent at once may arrive as one.
     panzer.signal(Signal::SIGTTIN);
-    eventually(PATIENCE, "3 workers after SIGTTIN", || {
-        (count_workers() == 3).then_some(())
-    });
+    eventually(PATIENCE, "3 workers after SIGTTIN", || (count_workers() == 3).then_some(()));
     panzer.signal(Signal::SIGTTIN);
-    eventually(PATIENCE, "4 workers after another SIGTTIN", || {
-        (count_workers() == 4).then_some(())
-    });
+    eventually(PATIENCE, "4 workers after another SIGTTIN", || (count_workers() == 4).then_some(()));
     distinct_pids(port, 4);
     assert_eq!(status(&control)["count"], 4);
 
@@ -203,14 +156,8 @@ fn stop_by_control_drains_and_exits_0() {
     assert_eq!((out.code, out.stdout.trim()), (0, "panzer is stopping"));
     assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0));
     assert!(tree.iter().all(|p| !alive(*p)));
-    assert!(
-        !std::path::Path::new(&control).exists(),
-        "control socket left behind"
-    );
-    assert!(
-        !std::path::Path::new(&pid_file).exists(),
-        "pid file left behind"
-    );
+    assert!(!std::path::Path::new(&control).exists(), "control socket left behind");
+    assert!(!std::path::Path::new(&pid_file).exists(), "pid file left behind");
     let out = panzerctl(&["--control", &control, "status"]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("cannot connect to"), "{}", out.stderr);
@@ -229,16 +176,9 @@ fn bad_clients_never_stop_main_from_answering_others() {
     reader.read_line(&mut reply).unwrap();
     let reply: Value = serde_json::from_str(&reply).unwrap();
     assert_eq!(reply["ok"], false);
-    assert!(reply["error"]
-        .as_str()
-        .unwrap()
-        .contains("not a JSON object"));
+    assert!(reply["error"].as_str().unwrap().contains("not a JSON object"));
     let mut rest = String::new();
-    assert_eq!(
-        reader.read_line(&mut rest).unwrap(),
-        0,
-        "connection not closed"
-    );
+    assert_eq!(reader.read_line(&mut rest).unwrap(), 0, "connection not closed");
     // One sends an unknown command.
     let unknown = UnixStream::connect(&control).unwrap();
     (&unknown).write_all(b"{\"cmd\":\"explode\"}\n").unwrap();
@@ -274,11 +214,7 @@ fn another_user_is_refused() {
     std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = panzerctl_as(Some(65534), &["--control", &control, "status"], &[]);
     assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.contains("only panzer's own user or root"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("only panzer's own user or root"), "{}", out.stderr);
     assert_eq!(panzerctl(&["--control", &control, "status"]).code, 0);
 }
 
@@ -303,12 +239,7 @@ fn stale_control_socket_and_pid_file_are_replaced_live_ones_refused() {
             "1000".into(),
         ]
     };
-    let first = Panzer::start(
-        &args(control, pid_file)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let first = Panzer::start(&args(control, pid_file).iter().map(String::as_str).collect::<Vec<_>>());
     first.wait_for_line("control socket at");
     eventually(PATIENCE, "the pid file", || {
         (std::fs::read_to_string(pid_file).ok()?.trim() == first.pid.to_string()).then_some(())
@@ -316,39 +247,22 @@ fn stale_control_socket_and_pid_file_are_replaced_live_ones_refused() {
 
     let other_pid_file = dir.join("other.pid");
     let mut second = Panzer::start(
-        &args(control, other_pid_file.to_str().unwrap())
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+        &args(control, other_pid_file.to_str().unwrap()).iter().map(String::as_str).collect::<Vec<_>>(),
     );
     assert_eq!(second.wait_exit(PATIENCE).code(), Some(71));
-    assert!(
-        second
-            .log()
-            .contains("a running panzer already listens there"),
-        "{}",
-        second.log()
-    );
+    assert!(second.log().contains("a running panzer already listens there"), "{}", second.log());
 
     let other_control = dir.join("other.sock");
     let mut third = Panzer::start(
-        &args(other_control.to_str().unwrap(), pid_file)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+        &args(other_control.to_str().unwrap(), pid_file).iter().map(String::as_str).collect::<Vec<_>>(),
     );
     assert_eq!(third.wait_exit(PATIENCE).code(), Some(71));
     assert!(
-        third
-            .log()
-            .contains(&format!("names process {}, which is running", first.pid)),
+        third.log().contains(&format!("names process {}, which is running", first.pid)),
         "{}",
         third.log()
     );
     // The refused ones touched nothing of the first.
-    assert_eq!(
-        std::fs::read_to_string(pid_file).unwrap().trim(),
-        first.pid.to_string()
-    );
+    assert_eq!(std::fs::read_to_string(pid_file).unwrap().trim(), first.pid.to_string());
     assert_eq!(panzerctl(&["--control", control, "status"]).code, 0);
 }

@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -99,10 +100,7 @@ impl Panzer {
     /// Starts `program ARGS…`, which must exec panzer in the same process
     /// (a launcher that sets up fds first, for example).
     pub fn start_via(program: &str, args: &[&str], env: &[(&str, &str)]) -> Panzer {
-        let name = std::thread::current()
-            .name()
-            .unwrap_or("test")
-            .replace("::", "-");
+        let name = std::thread::current().name().unwrap_or("test").replace("::", "-");
         let dir = TestDir::new(&name);
         let log = dir.join("panzer.log");
         let out = std::fs::File::create(&log).unwrap();
@@ -141,19 +139,11 @@ impl Panzer {
 
     /// Waits until `count` log lines contain `needle`; returns them.
     pub fn wait_for_lines(&self, needle: &str, count: usize) -> Vec<String> {
-        eventually(
-            PATIENCE,
-            &format!("{count} log line(s) with {needle:?}\n{}", self.describe()),
-            || {
-                let lines: Vec<String> = self
-                    .log()
-                    .lines()
-                    .filter(|l| l.contains(needle))
-                    .map(String::from)
-                    .collect();
-                (lines.len() >= count).then_some(lines)
-            },
-        )
+        eventually(PATIENCE, &format!("{count} log line(s) with {needle:?}\n{}", self.describe()), || {
+            let lines: Vec<String> =
+                self.log().lines().filter(|l| l.contains(needle)).map(String::from).collect();
+            (lines.len() >= count).then_some(lines)
+        })
     }
 
     /// The port of the `index`th `listening on` line.
@@ -179,9 +169,7 @@ impl Panzer {
         }
         let describe = self.describe();
         let child = &mut self.child;
-        let status = eventually(limit, &format!("panzer to exit\n{describe}"), || {
-            child.try_wait().unwrap()
-        });
+        let status = eventually(limit, &format!("panzer to exit\n{describe}"), || child.try_wait().unwrap());
         self.status = Some(status);
         status
     }
@@ -202,11 +190,7 @@ impl Panzer {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "command: {}\n--- log ---\n{}--- end of log ---",
-            self.command,
-            self.log()
-        )
+        format!("command: {}\n--- log ---\n{}--- end of log ---", self.command, self.log())
     }
 }
 
@@ -222,9 +206,7 @@ impl Drop for Panzer {
         }
         if self.status.is_none() {
             let child = &mut self.child;
-            let _ = eventually(PATIENCE, "panzer to die after SIGKILL", || {
-                child.try_wait().ok().flatten()
-            });
+            let _ = eventually(PATIENCE, "panzer to die after SIGKILL", || child.try_wait().ok().flatten());
         }
     }
 }
@@ -239,11 +221,7 @@ pub struct ProcInfo {
 pub fn process_table() -> HashMap<Pid, ProcInfo> {
     let mut table = HashMap::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -288,9 +266,7 @@ pub fn descendants_of(root: Pid) -> Vec<Pid> {
 /// Whether `pid` is alive and not a zombie.
 pub fn alive(pid: Pid) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rfind(')')
-            .is_some_and(|i| !stat[i + 2..].starts_with('Z')),
+        Ok(stat) => stat.rfind(')').is_some_and(|i| !stat[i + 2..].starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -322,10 +298,7 @@ pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(PATIENCE))?;
     stream.set_write_timeout(Some(PATIENCE))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
     read_response(&mut stream)
 }
 
@@ -352,17 +325,12 @@ pub fn read_response(stream: &mut impl Read) -> std::io::Result<Response> {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
         })
         .unwrap_or(0);
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body)?;
-    Ok(Response {
-        status,
-        headers: head,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    Ok(Response { status, headers: head, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
 /// Sends requests until `n` distinct worker pids have answered.
@@ -416,6 +384,29 @@ pub fn cpu_ticks(pid: Pid) -> u64 {
     fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0)
 }
 
+/// A server script whose content a test can swap, as a deploy would.
+pub struct Deploy(pub PathBuf);
+
+impl Deploy {
+    pub fn new(dir: &TestDir) -> Deploy {
+        let deploy = Deploy(dir.join("server.sh"));
+        deploy.set("");
+        deploy
+    }
+
+    /// Installs a server that runs hello with `env` (e.g. `FAIL_ON_START=1`).
+    pub fn set(&self, env: &str) {
+        let tmp = self.0.with_extension("new");
+        std::fs::write(&tmp, format!("#!/bin/sh\n{env} exec {} \"$@\"\n", example("hello"))).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &self.0).unwrap();
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
 /// What `panzerctl` printed and how it exited.
 pub struct CtlOutput {
     pub code: i32,
@@ -433,11 +424,7 @@ impl Panzer {
     /// Runs `panzerctl ARGS…` in this panzer's environment (its
     /// `XDG_RUNTIME_DIR`, where the default control socket lives).
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
-        panzerctl_as(
-            None,
-            args,
-            &[("XDG_RUNTIME_DIR", self.dir.0.to_str().unwrap())],
-        )
+        panzerctl_as(None, args, &[("XDG_RUNTIME_DIR", self.dir.0.to_str().unwrap())])
     }
 }
 
@@ -447,12 +434,7 @@ pub fn panzerctl_as(uid: Option<u32>, args: &[&str], env: &[(&str, &str)]) -> Ct
     let mut command = match uid {
         Some(uid) => {
             let mut c = Command::new("setpriv");
-            c.args([
-                format!("--reuid={uid}"),
-                format!("--regid={uid}"),
-                "--clear-groups".into(),
-                exe.into(),
-            ]);
+            c.args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into(), exe.into()]);
             c
         }
         None => Command::new(exe),

@@ -8,15 +8,7 @@ use nix::sys::signal::{kill, Signal};
 use crate::harness::*;
 
 fn hello(count: &str) -> Panzer {
-    Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        count,
-        "--ready",
-        "100ms",
-        &example("hello"),
-    ])
+    Panzer::start(&["--bind", "127.0.0.1:0", "--count", count, "--ready", "100ms", &example("hello")])
 }
 
 #[test]
@@ -29,19 +21,10 @@ fn requests_are_served_by_every_worker() {
     assert_eq!(monitors.len(), 1);
     let table = process_table();
     for pid in &pids {
-        assert_eq!(
-            table[pid].ppid, monitors[0],
-            "worker {pid} is not the monitor's child"
-        );
-        assert_eq!(
-            table[pid].pgid, monitors[0],
-            "worker {pid} is not in the generation's group"
-        );
+        assert_eq!(table[pid].ppid, monitors[0], "worker {pid} is not the monitor's child");
+        assert_eq!(table[pid].pgid, monitors[0], "worker {pid} is not in the generation's group");
     }
-    assert_ne!(
-        table[&monitors[0]].pgid, panzer.pid,
-        "the generation shares main's process group"
-    );
+    assert_ne!(table[&monitors[0]].pgid, panzer.pid, "the generation shares main's process group");
 }
 
 #[test]
@@ -54,9 +37,7 @@ fn a_killed_worker_is_replaced_in_the_same_slot() {
     kill(victim, Signal::SIGKILL).unwrap();
     panzer.wait_for_line(&format!("worker {slot} (pid {victim}) killed by SIGKILL"));
     let replacement = eventually(PATIENCE, "a new worker in the same slot", || {
-        get(port, "/")
-            .ok()
-            .filter(|r| r.field("worker") == slot && r.pid() != victim)
+        get(port, "/").ok().filter(|r| r.field("worker") == slot && r.pid() != victim)
     });
     assert!(!alive(victim));
     assert_eq!(replacement.field("generation"), "1");
@@ -71,17 +52,12 @@ fn a_crash_loop_backs_off_and_generation_one_failing_exits_1() {
     panzer.wait_for_line("restarting in 800ms");
     // Waiting out the backoff costs main next to nothing.
     let ticks = cpu_ticks(panzer.pid);
-    assert!(
-        ticks < 25,
-        "main used {ticks} CPU ticks during the crash loop"
-    );
+    assert!(ticks < 25, "main used {ticks} CPU ticks during the crash loop");
     let monitors = panzer.monitors();
     let status = panzer.wait_exit(PATIENCE);
     assert_eq!(status.code(), Some(1));
     assert!(
-        panzer
-            .log()
-            .contains("panzer: generation 1 never became ready: worker 0 exited 5 times"),
+        panzer.log().contains("panzer: generation 1 never became ready: worker 0 exited 5 times"),
         "{}",
         panzer.log()
     );
@@ -104,9 +80,7 @@ fn a_killed_monitor_is_replaced_by_a_new_generation_on_the_same_port() {
         get(port, "/").ok().filter(|r| r.field("generation") == "2")
     });
     assert_ne!(new.pid(), old.pid());
-    eventually(PATIENCE, "generation 1's workers to exit", || {
-        (!alive(old.pid())).then_some(())
-    });
+    eventually(PATIENCE, "generation 1's workers to exit", || (!alive(old.pid())).then_some(()));
     assert_eq!(panzer.monitors().len(), 1);
 }
 
@@ -115,10 +89,7 @@ fn kill_9_of_main_leaves_no_process_behind() {
     let mut panzer = hello("2");
     panzer.wait_ready(1);
     let tree = panzer.descendants();
-    assert!(
-        tree.len() >= 3,
-        "expected a monitor and 2 workers, got {tree:?}"
-    );
+    assert!(tree.len() >= 3, "expected a monitor and 2 workers, got {tree:?}");
     panzer.signal(Signal::SIGKILL);
     panzer.wait_exit(PATIENCE);
     eventually(PATIENCE, "every process of the tree to die", || {
@@ -169,10 +140,7 @@ fn a_worker_that_ignores_sigterm_is_killed_after_the_graceful_timeout() {
     let status = panzer.wait_exit(PATIENCE);
     assert_eq!(status.code(), Some(0));
     let log = panzer.log();
-    assert!(
-        log.contains("still running after the graceful timeout: SIGKILL"),
-        "{log}"
-    );
+    assert!(log.contains("still running after the graceful timeout: SIGKILL"), "{log}");
     assert!(log.contains("killed by SIGKILL"), "{log}");
 }
 

@@ -11,5 +11,6 @@ mod control;
 mod lifecycle;
 mod privileges;
 mod reload;
+mod resilience;
 mod systemd;
 mod worker_contract;

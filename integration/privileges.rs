@@ -1,6 +1,8 @@
 //! `--user` / `--group`: monitors and workers drop privileges after main has
 //! bound the sockets; main keeps them.
 
+use std::os::unix::fs::DirBuilderExt;
+
 use nix::unistd::Pid;
 
 use crate::harness::*;
@@ -8,13 +10,7 @@ use crate::harness::*;
 /// The real, effective, saved and filesystem uids (or gids) of `pid`.
 fn ids(pid: Pid, key: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .unwrap()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    status.lines().find_map(|l| l.strip_prefix(key)).unwrap().split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[test]
@@ -23,19 +19,15 @@ fn monitors_and_workers_run_as_the_given_user() {
         eprintln!("skipped: --user needs root");
         return;
     }
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "2",
-        "--ready",
-        "notify",
-        "--user",
-        "65534",
-        "--group",
-        "65534",
-        &example("hello"),
-    ]);
+    // Like a root login's /run/user/0: the other user cannot enter it.
+    let dir = TestDir::new("xdg");
+    let runtime = dir.join("run");
+    std::fs::DirBuilder::new().mode(0o700).create(&runtime).unwrap();
+    let args = "--bind 127.0.0.1:0 --count 2 --ready notify --user 65534 --group 65534";
+    let hello = example("hello");
+    let mut args: Vec<&str> = args.split(' ').collect();
+    args.push(&hello);
+    let panzer = Panzer::start_with_env(&args, &[("XDG_RUNTIME_DIR", runtime.to_str().unwrap())]);
     let port = panzer.port(0);
     // notify mode: the workers reached their monitor's socket as that user.
     panzer.wait_ready(1);
@@ -50,8 +42,5 @@ fn monitors_and_workers_run_as_the_given_user() {
 fn an_unknown_user_is_a_usage_error() {
     let mut panzer = Panzer::start(&["--user", "no-such-user-here", "sleep"]);
     assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(2));
-    assert_eq!(
-        panzer.log().trim(),
-        "panzer: --user no-such-user-here: no such user"
-    );
+    assert_eq!(panzer.log().trim(), "panzer: --user no-such-user-here: no such user");
 }

@@ -3,8 +3,6 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -12,42 +10,8 @@ use nix::sys::signal::{kill, Signal};
 
 use crate::harness::*;
 
-/// A server script whose content a test can swap, as a deploy would.
-struct Deploy(PathBuf);
-
-impl Deploy {
-    fn new(dir: &TestDir) -> Deploy {
-        let deploy = Deploy(dir.join("server.sh"));
-        deploy.set("");
-        deploy
-    }
-
-    /// Installs a server that runs hello with `env` (e.g. `FAIL_ON_START=1`).
-    fn set(&self, env: &str) {
-        let tmp = self.0.with_extension("new");
-        std::fs::write(
-            &tmp,
-            format!("#!/bin/sh\n{env} exec {} \"$@\"\n", example("hello")),
-        )
-        .unwrap();
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::rename(&tmp, &self.0).unwrap();
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
 fn start(deploy: &Deploy, count: &str, extra: &[&str]) -> Panzer {
-    let mut args = vec![
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        count,
-        "--ready",
-        "notify",
-    ];
+    let mut args = vec!["--bind", "127.0.0.1:0", "--count", count, "--ready", "notify"];
     args.extend_from_slice(extra);
     args.push(deploy.path());
     Panzer::start(&args)
@@ -58,15 +22,9 @@ fn pids(port: u16, n: usize) -> Vec<nix::unistd::Pid> {
 }
 
 fn in_generation(port: u16, generation: u32) -> Response {
-    eventually(
-        PATIENCE,
-        &format!("generation {generation} to answer"),
-        || {
-            get(port, "/")
-                .ok()
-                .filter(|r| r.field("generation") == generation.to_string())
-        },
-    )
+    eventually(PATIENCE, &format!("generation {generation} to answer"), || {
+        get(port, "/").ok().filter(|r| r.field("generation") == generation.to_string())
+    })
 }
 
 #[test]
@@ -81,10 +39,7 @@ fn sigusr1_replaces_every_worker_and_sighup_does_too() {
     panzer.wait_ready(2);
     panzer.wait_for_line("generation 1 stopped");
     let new = pids(port, 2);
-    assert!(
-        new.iter().all(|p| !old.contains(p)),
-        "old {old:?} new {new:?}"
-    );
+    assert!(new.iter().all(|p| !old.contains(p)), "old {old:?} new {new:?}");
     for pid in &old {
         assert!(!alive(*pid), "old worker {pid} still running");
     }
@@ -93,10 +48,7 @@ fn sigusr1_replaces_every_worker_and_sighup_does_too() {
     let log = panzer.log();
     for pid in &old {
         assert!(log.contains(&format!("hello: pid {pid} draining")), "{log}");
-        assert!(
-            log.contains(&format!("(pid {pid}) exited with status 0")),
-            "{log}"
-        );
+        assert!(log.contains(&format!("(pid {pid}) exited with status 0")), "{log}");
     }
 
     panzer.signal(Signal::SIGHUP);
@@ -120,13 +72,7 @@ fn a_slow_request_on_the_old_generation_completes_during_a_reload() {
     panzer.wait_ready(2);
     let slow = read_response(&mut stream).unwrap();
     assert_eq!((slow.status, slow.pid()), (200, old));
-    assert!(
-        slow.headers
-            .to_ascii_lowercase()
-            .contains("connection: close"),
-        "{}",
-        slow.headers
-    );
+    assert!(slow.headers.to_ascii_lowercase().contains("connection: close"), "{}", slow.headers);
     panzer.wait_for_line("generation 1 stopped");
     assert!(!alive(old));
 }
@@ -155,10 +101,7 @@ fn in_notify_mode_the_old_generation_drains_only_after_every_new_worker_is_ready
         assert!(old.contains(&r.pid()));
         answered_by_old += 1;
     }
-    assert!(
-        answered_by_old > 0,
-        "generation 2 was up before any request"
-    );
+    assert!(answered_by_old > 0, "generation 2 was up before any request");
     panzer.wait_ready(2);
     // The old monitor logs its drain after main logged the new generation ready.
     panzer.wait_for_line("gen 1]: draining");
@@ -212,18 +155,9 @@ fn a_deploy_that_never_gets_ready_rolls_back_at_the_startup_timeout() {
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let old = pids(port, 2);
-    std::fs::write(
-        &deploy.0,
-        format!("#!/bin/sh\nexec {}\n", example("never_ready")),
-    )
-    .unwrap();
+    std::fs::write(&deploy.0, format!("#!/bin/sh\nexec {}\n", example("never_ready"))).unwrap();
     panzer.signal(Signal::SIGUSR1);
-    assert_rolled_back(
-        &panzer,
-        port,
-        &old,
-        "not ready within 1.0s (0/2 workers ready)",
-    );
+    assert_rolled_back(&panzer, port, &old, "not ready within 1.0s (0/2 workers ready)");
 }
 
 #[test]
@@ -240,18 +174,10 @@ fn twenty_reload_signals_at_once_make_at_most_two_reloads() {
     // Generation 1 stops at least one loop turn after generation 2 was ready,
     // so by then the coalesced reload, if any, has started.
     panzer.wait_for_line("generation 1 stopped");
-    let last = if panzer.log().contains("starting generation 3") {
-        3
-    } else {
-        2
-    };
+    let last = if panzer.log().contains("starting generation 3") { 3 } else { 2 };
     panzer.wait_ready(last);
     panzer.wait_for_line(&format!("generation {} stopped", last - 1));
-    assert!(
-        !panzer.log().contains("starting generation 4"),
-        "{}",
-        panzer.log()
-    );
+    assert!(!panzer.log().contains("starting generation 4"), "{}", panzer.log());
     in_generation(port, last);
     let tree = panzer.descendants();
     assert_eq!(tree.len(), 3, "one monitor and two workers, got {tree:?}");
@@ -285,14 +211,7 @@ fn killing_either_monitor_during_a_reload_leaves_a_serving_generation() {
 
 fn monitor_of(panzer: &Panzer, generation: u32) -> nix::unistd::Pid {
     let line = panzer.wait_for_line(&format!("starting generation {generation}:"));
-    nix::unistd::Pid::from_raw(
-        line.rsplit("monitor pid ")
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap(),
-    )
+    nix::unistd::Pid::from_raw(line.rsplit("monitor pid ").next().unwrap().trim().parse().unwrap())
 }
 
 #[test]
@@ -332,18 +251,12 @@ fn concurrent_clients_see_no_failed_request_across_ten_reloads() {
         panzer.wait_for_line(&format!("generation {} stopped", generation - 1));
     }
     stop.store(true, Ordering::Relaxed);
-    let failures: Vec<String> = clients
-        .into_iter()
-        .flat_map(|c| c.join().unwrap())
-        .collect();
+    let failures: Vec<String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
     assert!(
         failures.is_empty(),
         "{} failed requests: {:?}",
         failures.len(),
         &failures[..failures.len().min(10)]
     );
-    assert!(
-        ok.load(Ordering::Relaxed) > 100,
-        "too few requests to mean anything"
-    );
+    assert!(ok.load(Ordering::Relaxed) > 100, "too few requests to mean anything");
 }

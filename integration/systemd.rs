@@ -60,45 +60,22 @@ impl Drop for FakeSystemd {
 fn readiness_reloads_and_stop_are_announced_to_systemd() {
     let systemd = FakeSystemd::new();
     let mut panzer = Panzer::start_with_env(
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--count",
-            "2",
-            "--ready",
-            "notify",
-            &example("hello"),
-        ],
+        &["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", &example("hello")],
         &[("NOTIFY_SOCKET", systemd.path())],
     );
     let port = panzer.port(0);
     let first = systemd.until("READY=1");
     let ready = first.last().unwrap();
-    assert!(
-        ready.contains(&format!("MAINPID={}", panzer.pid)),
-        "{ready}"
-    );
-    assert!(
-        ready.contains("STATUS=generation 1 serving with 2 worker(s)"),
-        "{ready}"
-    );
+    assert!(ready.contains(&format!("MAINPID={}", panzer.pid)), "{ready}");
+    assert!(ready.contains("STATUS=generation 1 serving with 2 worker(s)"), "{ready}");
     // Workers talk to their monitor, never to systemd.
     let worker = get(port, "/").unwrap().pid();
     assert_ne!(environ(worker)["NOTIFY_SOCKET"], systemd.path());
 
     panzer.signal(Signal::SIGHUP);
     let reload = systemd.until("READY=1");
-    assert!(
-        reload[0].starts_with("RELOADING=1\nMONOTONIC_USEC="),
-        "{reload:?}"
-    );
-    assert!(
-        reload
-            .last()
-            .unwrap()
-            .contains("STATUS=generation 2 serving"),
-        "{reload:?}"
-    );
+    assert!(reload[0].starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reload:?}");
+    assert!(reload.last().unwrap().contains("STATUS=generation 2 serving"), "{reload:?}");
 
     panzer.signal(Signal::SIGTERM);
     systemd.until("STOPPING=1");
@@ -109,19 +86,8 @@ fn readiness_reloads_and_stop_are_announced_to_systemd() {
 fn the_watchdog_is_fed_at_half_its_interval() {
     let systemd = FakeSystemd::new();
     let panzer = Panzer::start_with_env(
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--count",
-            "1",
-            "--ready",
-            "notify",
-            &example("hello"),
-        ],
-        &[
-            ("NOTIFY_SOCKET", systemd.path()),
-            ("WATCHDOG_USEC", "200000"),
-        ],
+        &["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &example("hello")],
+        &[("NOTIFY_SOCKET", systemd.path()), ("WATCHDOG_USEC", "200000")],
     );
     panzer.wait_ready(1);
     systemd.until("WATCHDOG=1");

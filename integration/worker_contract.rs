@@ -43,16 +43,8 @@ fn a_worker_gets_exactly_its_sockets_and_the_activation_environment() {
     assert_eq!(ordinals, [0, 1]);
     for (ordinal, pid) in workers {
         assert_eq!(open_fds(pid), [0, 1, 2, 3, 4], "fds of worker {ordinal}");
-        assert!(
-            fd_target(pid, 3).starts_with("socket:"),
-            "fd 3 is {}",
-            fd_target(pid, 3)
-        );
-        assert!(
-            fd_target(pid, 4).starts_with("socket:"),
-            "fd 4 is {}",
-            fd_target(pid, 4)
-        );
+        assert!(fd_target(pid, 3).starts_with("socket:"), "fd 3 is {}", fd_target(pid, 3));
+        assert!(fd_target(pid, 4).starts_with("socket:"), "fd 4 is {}", fd_target(pid, 4));
         let env = environ(pid);
         assert_eq!(env["LISTEN_FDS"], "2");
         assert_eq!(env["LISTEN_PID"], pid.to_string());
@@ -61,28 +53,15 @@ fn a_worker_gets_exactly_its_sockets_and_the_activation_environment() {
         assert_eq!(env["PANZER_WORKER"], ordinal.to_string());
         assert!(env.contains_key("NOTIFY_SOCKET"));
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        assert!(
-            status.contains("SigBlk:\t0000000000000000"),
-            "signal mask not reset:\n{status}"
-        );
-        assert!(
-            status.contains("SigIgn:\t0000000000000000"),
-            "ignored signals not reset:\n{status}"
-        );
+        assert!(status.contains("SigBlk:\t0000000000000000"), "signal mask not reset:\n{status}");
+        assert!(status.contains("SigIgn:\t0000000000000000"), "ignored signals not reset:\n{status}");
     }
 }
 
 #[test]
 fn fd_3_is_a_listening_socket_a_stock_server_can_accept_on() {
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "1",
-        "--ready",
-        "50ms",
-        &example("probe"),
-    ]);
+    let panzer =
+        Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "50ms", &example("probe")]);
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let response = get(port, "/").unwrap();

@@ -29,13 +29,7 @@ pub struct Cli {
     /// this order. Forms: 127.0.0.1:8080, [::1]:8080, 0.0.0.0:0 (any free port),
     /// unix:/path/to.sock; prefix NAME= to name it in LISTEN_FDNAMES.
     /// In the environment variable, separate addresses with commas.
-    #[arg(
-        short,
-        long,
-        env = "PANZER_BIND",
-        value_name = "ADDR",
-        value_delimiter = ','
-    )]
+    #[arg(short, long, env = "PANZER_BIND", value_name = "ADDR", value_delimiter = ',')]
     pub bind: Vec<BindSpec>,
 
     /// Listen backlog of every socket.
@@ -49,21 +43,11 @@ pub struct Cli {
     pub ready: ReadyMode,
 
     /// A generation whose workers are not all ready by then has failed.
-    #[arg(
-        long,
-        env = "PANZER_STARTUP_TIMEOUT",
-        default_value = "60s",
-        value_name = "DURATION"
-    )]
+    #[arg(long, env = "PANZER_STARTUP_TIMEOUT", default_value = "60s", value_name = "DURATION")]
     pub startup_timeout: CliDuration,
 
     /// After SIGTERM, how long a worker may drain before SIGKILL.
-    #[arg(
-        long,
-        env = "PANZER_GRACEFUL_TIMEOUT",
-        default_value = "30s",
-        value_name = "DURATION"
-    )]
+    #[arg(long, env = "PANZER_GRACEFUL_TIMEOUT", default_value = "30s", value_name = "DURATION")]
     pub graceful_timeout: CliDuration,
 
     /// Control socket path. Default: $XDG_RUNTIME_DIR/panzer-<pid>.sock, else in the temp dir.

@@ -25,9 +25,9 @@ impl std::str::FromStr for ReadyMode {
         if s == "notify" {
             return Ok(ReadyMode::Notify);
         }
-        parse_duration(s).map(ReadyMode::After).map_err(|_| {
-            format!("invalid ready mode '{s}': expected 'notify' or a duration such as 1s")
-        })
+        parse_duration(s)
+            .map(ReadyMode::After)
+            .map_err(|_| format!("invalid ready mode '{s}': expected 'notify' or a duration such as 1s"))
     }
 }
 
@@ -103,10 +103,7 @@ fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<(u32, u
                 _ => return Err(Error::Usage(format!("--user {name}: no such user"))),
             }
         }
-        None => (
-            nix::unistd::geteuid().as_raw(),
-            nix::unistd::getegid().as_raw(),
-        ),
+        None => (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()),
     };
     let gid = match group {
         Some(name) => {
@@ -123,9 +120,7 @@ fn credentials(user: Option<&str>, group: Option<&str>) -> Result<Option<(u32, u
         None => primary_gid,
     };
     if !nix::unistd::geteuid().is_root() {
-        return Err(Error::Usage(
-            "--user and --group need panzer to run as root".into(),
-        ));
+        return Err(Error::Usage("--user and --group need panzer to run as root".into()));
     }
     Ok(Some((uid, gid)))
 }
@@ -152,13 +147,9 @@ impl std::str::FromStr for CliDuration {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let bad = || {
-        format!("invalid duration '{s}': expected a number with a unit, such as 250ms, 10s or 2m")
-    };
+    let bad = || format!("invalid duration '{s}': expected a number with a unit, such as 250ms, 10s or 2m");
     let value: f64 = number.parse().map_err(|_| bad())?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,

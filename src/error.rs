@@ -33,10 +33,7 @@ pub enum Error {
 
 impl Error {
     pub fn os(what: impl Into<String>, source: impl Into<io::Error>) -> Error {
-        Error::Os {
-            what: what.into(),
-            source: source.into(),
-        }
+        Error::Os { what: what.into(), source: source.into() }
     }
 
     /// The process exit status for this error (see DESIGN.md, "Exit codes").
@@ -96,10 +93,8 @@ mod tests {
 
     #[test]
     fn bind_errors_name_the_address_and_the_fix() {
-        let e = Error::Bind {
-            addr: "127.0.0.1:80".into(),
-            source: io::Error::from_raw_os_error(libc::EACCES),
-        };
+        let e =
+            Error::Bind { addr: "127.0.0.1:80".into(), source: io::Error::from_raw_os_error(libc::EACCES) };
         assert_eq!(
             e.to_string(),
             "cannot bind 127.0.0.1:80: permission denied (run as root, or use a port above 1023)"

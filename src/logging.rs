@@ -18,13 +18,7 @@ pub fn init(level: log::LevelFilter, generation: Option<u32>) {
     }
     builder
         .format(move |buf, record| {
-            writeln!(
-                buf,
-                "{} {:<5} {tag}: {}",
-                buf.timestamp_millis(),
-                record.level(),
-                record.args()
-            )
+            writeln!(buf, "{} {:<5} {tag}: {}", buf.timestamp_millis(), record.level(), record.args())
         })
         .target(env_logger::Target::Stderr)
         .init();

@@ -64,18 +64,14 @@ pub fn send_to(target: &str, messages: &[Notify]) -> std::io::Result<()> {
         Some(name) => UnixAddr::new_abstract(name.as_bytes())?,
         None => UnixAddr::new(target)?,
     };
-    let sock = socket::socket(
-        AddressFamily::Unix,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let sock = socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
     let bytes = text.join("\n");
     socket::sendto(
         std::os::fd::AsRawFd::as_raw_fd(&sock),
         bytes.as_bytes(),
         &addr,
-        MsgFlags::MSG_NOSIGNAL,
+        // Never block main on a supervisor that stopped reading.
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
     )?;
     Ok(())
 }
@@ -87,24 +83,14 @@ mod tests {
     #[test]
     fn parses_known_keys_and_skips_the_rest() {
         let got = parse(b"READY=1\nSTATUS=warming up\nFOO=bar\nnonsense\nWATCHDOG=1").unwrap();
-        assert_eq!(
-            got,
-            vec![
-                Notify::Ready,
-                Notify::Status("warming up".into()),
-                Notify::Watchdog
-            ]
-        );
+        assert_eq!(got, vec![Notify::Ready, Notify::Status("warming up".into()), Notify::Watchdog]);
         assert!(parse(&[0xff, 0xfe]).is_err());
         assert_eq!(parse(b"READY=0").unwrap(), vec![]);
     }
 
     #[test]
     fn display_is_the_wire_bytes() {
-        assert_eq!(
-            Notify::Reloading { monotonic_usec: 5 }.to_string(),
-            "RELOADING=1\nMONOTONIC_USEC=5"
-        );
+        assert_eq!(Notify::Reloading { monotonic_usec: 5 }.to_string(), "RELOADING=1\nMONOTONIC_USEC=5");
         assert_eq!(Notify::Status("a\nb".into()).to_string(), "STATUS=a b");
     }
 }

@@ -107,11 +107,7 @@ impl Channel {
         let mut messages = Vec::new();
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
-            match socket::recv(
-                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
-                &mut buf,
-                MsgFlags::MSG_DONTWAIT,
-            ) {
+            match socket::recv(std::os::fd::AsRawFd::as_raw_fd(&self.fd), &mut buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) => return Received::Closed(messages),
                 Ok(n) => match serde_json::from_slice(&buf[..n]) {
                     Ok(message) => messages.push(message),
@@ -137,32 +133,14 @@ mod tests {
     #[test]
     fn messages_cross_the_pair_one_packet_each() {
         let (main, monitor) = Channel::pair().unwrap();
-        monitor
-            .send(&Report::WorkerStarted {
-                ordinal: 1,
-                pid: 42,
-            })
-            .unwrap();
-        monitor
-            .send(&Report::GenerationReady {
-                workers: 2,
-                elapsed_ms: 7,
-            })
-            .unwrap();
-        let Received::Messages(got) = main.receive::<Report>() else {
-            panic!("channel closed")
-        };
+        monitor.send(&Report::WorkerStarted { ordinal: 1, pid: 42 }).unwrap();
+        monitor.send(&Report::GenerationReady { workers: 2, elapsed_ms: 7 }).unwrap();
+        let Received::Messages(got) = main.receive::<Report>() else { panic!("channel closed") };
         assert_eq!(
             got,
             vec![
-                Report::WorkerStarted {
-                    ordinal: 1,
-                    pid: 42
-                },
-                Report::GenerationReady {
-                    workers: 2,
-                    elapsed_ms: 7
-                }
+                Report::WorkerStarted { ordinal: 1, pid: 42 },
+                Report::GenerationReady { workers: 2, elapsed_ms: 7 }
             ]
         );
         drop(monitor);

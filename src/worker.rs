@@ -105,8 +105,7 @@ fn check_executable(path: &Path) -> Result<(), String> {
     if meta.permissions().mode() & 0o111 == 0 {
         return Err("permission denied (not executable)".into());
     }
-    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK)
-        .map_err(|e| crate::error::describe(&e.into()))
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).map_err(|e| crate::error::describe(&e.into()))
 }
 
 #[cfg(test)]
@@ -137,13 +136,7 @@ mod tests {
             resolve_command(OsStr::new("no-such-command-xyz")).unwrap_err(),
             "command not found in PATH"
         );
-        assert_eq!(
-            resolve_command(OsStr::new("./no/such")).unwrap_err(),
-            "no such file or directory"
-        );
-        assert_eq!(
-            resolve_command(OsStr::new("/")).unwrap_err(),
-            "is a directory"
-        );
+        assert_eq!(resolve_command(OsStr::new("./no/such")).unwrap_err(), "no such file or directory");
+        assert_eq!(resolve_command(OsStr::new("/")).unwrap_err(), "is a directory");
     }
 }

@@ -26,15 +26,8 @@ pub fn request(path: &Path, request: &Request, timeout: Option<Duration>) -> Res
     let sent = stream.write_all(&line);
     let mut reply = String::new();
     BufReader::new(&stream).read_line(&mut reply).map_err(|e| {
-        if matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ) {
-            format!(
-                "no reply from {} within {:?}",
-                path.display(),
-                timeout.unwrap_or_default()
-            )
+        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+            format!("no reply from {} within {:?}", path.display(), timeout.unwrap_or_default())
         } else {
             format!("cannot read from {}: {}", path.display(), describe(&e))
         }
@@ -45,6 +38,5 @@ pub fn request(path: &Path, request: &Request, timeout: Option<Duration>) -> Res
             Ok(()) => format!("{} closed the connection without a reply", path.display()),
         });
     }
-    serde_json::from_str(&reply)
-        .map_err(|e| format!("malformed reply from {}: {e}", path.display()))
+    serde_json::from_str(&reply).map_err(|e| format!("malformed reply from {}: {e}", path.display()))
 }

@@ -119,18 +119,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok() -> Reply {
-        Reply {
-            ok: true,
-            ..Reply::default()
-        }
+        Reply { ok: true, ..Reply::default() }
     }
 
     pub fn error(message: impl Into<String>) -> Reply {
-        Reply {
-            ok: false,
-            error: Some(message.into()),
-            ..Reply::default()
-        }
+        Reply { ok: false, error: Some(message.into()), ..Reply::default() }
     }
 }
 
@@ -148,28 +141,15 @@ mod tests {
     #[test]
     fn requests_parse_from_the_documented_lines() {
         assert_eq!(Request::parse(br#"{"cmd":"status"}"#), Ok(Request::Status));
-        assert_eq!(
-            Request::parse(br#"{"cmd":"scale","count":3}"#),
-            Ok(Request::Scale { count: 3 })
-        );
-        assert!(Request::parse(br#"{"cmd":"scale","count":0}"#)
-            .unwrap_err()
-            .contains("at least 1"));
-        assert!(Request::parse(br#"{"cmd":"explode"}"#)
-            .unwrap_err()
-            .starts_with("unknown request"));
-        assert!(Request::parse(b"garbage")
-            .unwrap_err()
-            .starts_with("not a JSON object"));
+        assert_eq!(Request::parse(br#"{"cmd":"scale","count":3}"#), Ok(Request::Scale { count: 3 }));
+        assert!(Request::parse(br#"{"cmd":"scale","count":0}"#).unwrap_err().contains("at least 1"));
+        assert!(Request::parse(br#"{"cmd":"explode"}"#).unwrap_err().starts_with("unknown request"));
+        assert!(Request::parse(b"garbage").unwrap_err().starts_with("not a JSON object"));
     }
 
     #[test]
     fn replies_carry_only_what_they_say() {
-        let text = serde_json::to_string(&Reply {
-            generation: Some(3),
-            ..Reply::ok()
-        })
-        .unwrap();
+        let text = serde_json::to_string(&Reply { generation: Some(3), ..Reply::ok() }).unwrap();
         assert_eq!(text, r#"{"ok":true,"generation":3}"#);
         let text = serde_json::to_string(&Reply::error("no")).unwrap();
         assert_eq!(text, r#"{"ok":false,"error":"no"}"#);

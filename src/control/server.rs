@@ -54,12 +54,7 @@ impl Server {
     /// Binds `path` (mode 0600). A stale socket (nobody listening) is
     /// replaced; a live one, or a file that is not a socket, is an error.
     pub fn bind(path: &Path) -> Result<Server, Error> {
-        let in_use = |why: &str| {
-            Error::InUse(format!(
-                "cannot use control socket {}: {why}",
-                path.display()
-            ))
-        };
+        let in_use = |why: &str| Error::InUse(format!("cannot use control socket {}: {why}", path.display()));
         match std::fs::symlink_metadata(path) {
             Ok(meta) if !meta.file_type().is_socket() => {
                 return Err(in_use("a file that is not a socket is in the way"))
@@ -72,8 +67,7 @@ impl Server {
             },
             Err(_) => {}
         }
-        let fail =
-            |e: io::Error| Error::os(format!("cannot bind control socket {}", path.display()), e);
+        let fail = |e: io::Error| Error::os(format!("cannot bind control socket {}", path.display()), e);
         let listener = UnixListener::bind(path).map_err(fail)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
         listener.set_nonblocking(true).map_err(fail)?;
@@ -94,9 +88,7 @@ impl Server {
 
     /// The listener first, then every client still sending: the fds main polls.
     pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        std::iter::once(self.listener.as_fd())
-            .chain(self.sending().map(|c| c.stream.as_fd()))
-            .collect()
+        std::iter::once(self.listener.as_fd()).chain(self.sending().map(|c| c.stream.as_fd())).collect()
     }
 
     fn sending(&self) -> impl Iterator<Item = &Client> {
@@ -105,11 +97,7 @@ impl Server {
 
     /// The earliest idle deadline of a client.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.clients
-            .iter()
-            .filter(|c| !c.waiting)
-            .map(|c| c.idle_deadline)
-            .min()
+        self.clients.iter().filter(|c| !c.waiting).map(|c| c.idle_deadline).min()
     }
 
     /// Drops clients idle past their deadline.
@@ -122,12 +110,8 @@ impl Server {
     /// invalid ones are answered and their clients dropped here.
     pub fn on_ready(&mut self, ready: &[bool]) -> Vec<(ClientId, Request)> {
         let mut requests = Vec::new();
-        let readable: Vec<ClientId> = self
-            .sending()
-            .zip(ready.iter().skip(1))
-            .filter(|(_, &r)| r)
-            .map(|(c, _)| c.id)
-            .collect();
+        let readable: Vec<ClientId> =
+            self.sending().zip(ready.iter().skip(1)).filter(|(_, &r)| r).map(|(c, _)| c.id).collect();
         for id in readable {
             self.read_client(id, &mut requests);
         }
@@ -152,10 +136,7 @@ impl Server {
                 Ok(creds) if creds.uid() == 0 || creds.uid() == self.allowed_uid => {}
                 Ok(creds) => {
                     log::warn!("control: refused a client with uid {}", creds.uid());
-                    refuse(
-                        &stream,
-                        "permission denied: only panzer's own user or root may control it",
-                    );
+                    refuse(&stream, "permission denied: only panzer's own user or root may control it");
                     continue;
                 }
                 Err(_) => continue,
@@ -223,10 +204,8 @@ impl Server {
             }
         }
         if client.buffer.len() > MAX_LINE {
-            let _ = write_reply(
-                &client.stream,
-                &Reply::error(format!("request longer than {MAX_LINE} bytes")),
-            );
+            let _ =
+                write_reply(&client.stream, &Reply::error(format!("request longer than {MAX_LINE} bytes")));
             drop_client = true;
         }
         // A client that has finished sending stays only to get its replies.

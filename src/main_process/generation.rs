@@ -24,8 +24,8 @@ impl State {
         match self {
             State::Starting => "starting",
             State::Ready => "ready",
-            State::Draining => "draining",
-            State::Failed => "failed",
+            // A failed generation is being stopped: to an operator, it drains.
+            State::Draining | State::Failed => "draining",
         }
     }
 }
@@ -79,23 +79,17 @@ impl Generations {
 
     fn start(&mut self, reload: bool) -> Action {
         self.last += 1;
-        self.entries.push(Entry {
-            number: self.last,
-            state: State::Starting,
-            reload,
-        });
+        self.entries.push(Entry { number: self.last, state: State::Starting, reload });
         Action::Start(self.last)
     }
 
-    fn is_reload(&self, number: u32) -> bool {
+    /// Whether `number` was started by a reload request.
+    pub fn is_reload(&self, number: u32) -> bool {
         self.entries.iter().any(|e| e.number == number && e.reload)
     }
 
     pub fn state(&self, number: u32) -> Option<State> {
-        self.entries
-            .iter()
-            .find(|e| e.number == number)
-            .map(|e| e.state)
+        self.entries.iter().find(|e| e.number == number).map(|e| e.state)
     }
 
     /// Generations with their states, oldest first.
@@ -214,9 +208,7 @@ impl Generations {
 
     /// Whether a generation newer than `number` is starting or serving.
     fn successor_on_its_way(&self, number: u32) -> bool {
-        self.entries
-            .iter()
-            .any(|e| e.number > number && matches!(e.state, State::Starting | State::Ready))
+        self.entries.iter().any(|e| e.number > number && matches!(e.state, State::Starting | State::Ready))
     }
 
     /// `SIGTERM`, `SIGINT` or a control `stop`: drain everything, then exit 0.
@@ -315,12 +307,7 @@ mod tests {
     fn a_starting_monitor_that_dies_rolls_back() {
         let mut g = serving();
         g.reload();
-        assert_eq!(
-            g.exited(2),
-            vec![Reloaded(Err(
-                "its monitor exited before it was ready".into()
-            ))]
-        );
+        assert_eq!(g.exited(2), vec![Reloaded(Err("its monitor exited before it was ready".into()))]);
         assert_eq!(g.state(1), Some(State::Ready));
     }
 
@@ -328,14 +315,7 @@ mod tests {
     fn stop_drains_everything_and_exits_zero_when_all_are_gone() {
         let mut g = serving();
         g.reload();
-        assert_eq!(
-            g.stop(),
-            vec![
-                Drain(1),
-                Reloaded(Err("panzer is stopping".into())),
-                Drain(2)
-            ]
-        );
+        assert_eq!(g.stop(), vec![Drain(1), Reloaded(Err("panzer is stopping".into())), Drain(2)]);
         assert_eq!(g.reload(), vec![Reloaded(Err("panzer is stopping".into()))]);
         assert_eq!(g.exited(1), vec![]);
         assert_eq!(g.exited(2), vec![Exit(0)]);

@@ -7,6 +7,7 @@
 //! generation starts, serves, drains or is killed live in [`generation`].
 
 pub mod generation;
+mod orphans;
 mod pid_file;
 mod systemd;
 
@@ -24,8 +25,7 @@ use nix::unistd::Pid;
 use crate::config::{CliDuration, Config};
 use crate::control::server::{ClientId, Server};
 use crate::control::{
-    self, Command, GenerationStatus, ReloadStats, Reply, Request, SocketStatus, Status,
-    WorkerStatus,
+    self, Command, GenerationStatus, ReloadStats, Reply, Request, SocketStatus, Status, WorkerStatus,
 };
 use crate::error::Error;
 use crate::monitor::{describe_exit, format_duration, MonitorArgs};
@@ -34,6 +34,7 @@ use crate::status::{Channel, Order, Received, Report};
 use crate::sys::{self, spawn::ExecPlan};
 use crate::worker;
 use generation::{Action, Generations, State};
+use orphans::Orphans;
 use pid_file::PidFile;
 use systemd::Systemd;
 
@@ -52,6 +53,14 @@ const SIGNALS: &[Signal] = &[
 /// How long after its own graceful timeout a draining monitor may take
 /// before main kills its whole group.
 const DRAIN_BACKSTOP: Duration = Duration::from_secs(5);
+
+/// At most this long for the workers of a failed generation to finish.
+const FAILED_GRACE: Duration = Duration::from_secs(5);
+
+/// First delay before another replacement generation when the last one
+/// failed; doubles per failure up to the cap.
+const REPLACEMENT_BACKOFF: Duration = Duration::from_millis(100);
+const REPLACEMENT_BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 /// What main knows of one worker, from its monitor's reports.
 #[derive(Debug, Clone)]
@@ -75,13 +84,6 @@ struct Monitor {
     notify_socket: PathBuf,
 }
 
-/// Processes left behind by a monitor that died unasked: `SIGTERM`ed, and
-/// `SIGKILL`ed at `deadline` if still there.
-struct Orphans {
-    pgid: Pid,
-    deadline: Instant,
-}
-
 struct Main {
     config: Config,
     sockets: Vec<Listener>,
@@ -90,12 +92,17 @@ struct Main {
     /// Clients waiting for the reload under way, and for the one queued after it.
     reload_waiters: Vec<ClientId>,
     queued_reload_waiters: Vec<ClientId>,
+    /// Replacement generations (not reloads) that failed in a row: their
+    /// next start waits, so a monitor that cannot start does not spin.
+    replacement_failures: u32,
+    /// Generations whose monitor starts when the delay runs out.
+    delayed_starts: Vec<(u32, Instant)>,
     reloads: ReloadStats,
     started: Instant,
     systemd: Option<Systemd>,
     generations: Generations,
     monitors: Vec<Monitor>,
-    orphans: Vec<Orphans>,
+    orphans: Orphans,
     runtime_dir: RuntimeDir,
     /// Set on stop: when every remaining group is killed.
     stop_deadline: Option<Instant>,
@@ -109,26 +116,19 @@ pub fn run(config: Config) -> Result<i32, Error> {
     // Inherited sockets first: any fd panzer opens could land on their numbers.
     let adopted = sockets::adopt_from_env()?;
     // Then signals, so none is lost while sockets are bound.
-    let signals =
-        sys::signal_fd(SIGNALS).map_err(|e| Error::os("cannot set up signal handling", e))?;
+    let signals = sys::signal_fd(SIGNALS).map_err(|e| Error::os("cannot set up signal handling", e))?;
     worker::resolve_command(&config.command).map_err(|reason| Error::Command {
         command: config.command.to_string_lossy().into_owned(),
         reason,
     })?;
     sys::become_subreaper().map_err(|e| Error::os("cannot become child subreaper", e))?;
     let pid_file = config.pid_file.as_deref().map(PidFile::check).transpose()?;
-    let control_path = config
-        .control
-        .clone()
-        .unwrap_or_else(|| control::default_path(std::process::id()));
+    let control_path = config.control.clone().unwrap_or_else(|| control::default_path(std::process::id()));
     let control = Server::bind(&control_path)?;
     let sockets = match adopted {
         Some(adopted) => {
             if !config.binds.is_empty() {
-                log::warn!(
-                    "socket activation: using the {} socket(s) passed in, not --bind",
-                    adopted.len()
-                );
+                log::warn!("socket activation: using the {} socket(s) passed in, not --bind", adopted.len());
             }
             adopted
         }
@@ -147,12 +147,14 @@ pub fn run(config: Config) -> Result<i32, Error> {
         control,
         reload_waiters: Vec::new(),
         queued_reload_waiters: Vec::new(),
+        replacement_failures: 0,
+        delayed_starts: Vec::new(),
         reloads: ReloadStats::default(),
         started: Instant::now(),
         systemd: Systemd::from_env(),
         generations: Generations::new(),
         monitors: Vec::new(),
-        orphans: Vec::new(),
+        orphans: Orphans::default(),
         runtime_dir,
         stop_deadline: None,
         interrupts: 0,
@@ -164,9 +166,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let code = main.run();
     main.kill_leftovers();
     if code == crate::error::EXIT_NOT_READY {
-        return Err(Error::NotReady {
-            reason: main.last_failure.unwrap_or_else(|| "unknown".into()),
-        });
+        return Err(Error::NotReady { reason: main.last_failure.unwrap_or_else(|| "unknown".into()) });
     }
     log::info!("stopped");
     Ok(code)
@@ -175,12 +175,12 @@ pub fn run(config: Config) -> Result<i32, Error> {
 impl Main {
     fn run(&mut self) -> i32 {
         loop {
+            self.on_timers(Instant::now());
             if let Some(code) = self.exit {
-                if self.monitors.is_empty() {
+                if self.monitors.is_empty() && self.delayed_starts.is_empty() && self.orphans.is_empty() {
                     return code;
                 }
             }
-            self.on_timers(Instant::now());
             let deadline = self.next_deadline();
             let mut fds: Vec<BorrowedFd<'_>> = vec![self.signals.as_fd()];
             fds.extend(self.monitors.iter().map(|m| m.channel.fd()));
@@ -217,14 +217,12 @@ impl Main {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let monitors = self
-            .monitors
-            .iter()
-            .flat_map(|m| [m.startup_deadline, m.kill_deadline]);
-        let orphans = self.orphans.iter().map(|o| Some(o.deadline));
+        let monitors = self.monitors.iter().flat_map(|m| [m.startup_deadline, m.kill_deadline]);
+        let delayed = self.delayed_starts.iter().map(|d| Some(d.1));
         monitors
-            .chain(orphans)
+            .chain(delayed)
             .chain([
+                self.orphans.next_deadline(),
                 self.stop_deadline,
                 self.control.next_deadline(),
                 self.systemd.as_ref().and_then(Systemd::next_deadline),
@@ -254,10 +252,7 @@ impl Main {
         }
         for m in &mut self.monitors {
             if m.kill_deadline.is_some_and(|d| d <= now) {
-                log::warn!(
-                    "generation {} did not stop in time: killing its process group",
-                    m.generation
-                );
+                log::warn!("generation {} did not stop in time: killing its process group", m.generation);
                 sys::signal_group(m.pid, Signal::SIGKILL);
                 m.kill_deadline = None;
             }
@@ -266,16 +261,13 @@ impl Main {
             self.stop_deadline = None;
             self.kill_everything();
         }
-        self.orphans.retain(|o| {
-            if o.deadline > now {
-                return true;
-            }
-            for pid in sys::own_children_in_group(o.pgid) {
-                log::warn!("pid {pid} of a dead monitor's group is still running: SIGKILL");
-                sys::signal_process(pid, Signal::SIGKILL);
-            }
-            false
-        });
+        let monitors = self.monitor_pids();
+        self.orphans.on_timer(now, &monitors);
+        let due: Vec<u32> = self.delayed_starts.iter().filter(|d| d.1 <= now).map(|d| d.0).collect();
+        self.delayed_starts.retain(|d| d.1 > now);
+        for generation in due {
+            self.spawn_generation(generation);
+        }
     }
 
     fn on_signal(&mut self, signal: Signal) {
@@ -310,20 +302,12 @@ impl Main {
         match command {
             Command::Status => {
                 let status = self.status();
-                reply(
-                    self,
-                    Reply {
-                        status: Some(status),
-                        ..Reply::ok()
-                    },
-                );
+                reply(self, Reply { status: Some(status), ..Reply::ok() });
             }
             Command::Reload => {
                 let actions = self.generations.reload();
                 if actions.is_empty() {
                     log::info!("reload queued behind the one under way");
-                } else if let Some(systemd) = &self.systemd {
-                    systemd.reloading();
                 }
                 if let Some(client) = client {
                     self.control.hold(client);
@@ -345,13 +329,7 @@ impl Main {
             }
             Command::Scale(count) => {
                 self.scale(count);
-                reply(
-                    self,
-                    Reply {
-                        count: Some(self.config.count),
-                        ..Reply::ok()
-                    },
-                );
+                reply(self, Reply { count: Some(self.config.count), ..Reply::ok() });
             }
             Command::ScaleBy(delta) => {
                 let count = self.config.count.saturating_add_signed(delta).max(1);
@@ -395,10 +373,7 @@ impl Main {
             sockets: self
                 .sockets
                 .iter()
-                .map(|l| SocketStatus {
-                    name: l.spec.fd_name().to_string(),
-                    addr: l.local.clone(),
-                })
+                .map(|l| SocketStatus { name: l.spec.fd_name().to_string(), addr: l.local.clone() })
                 .collect(),
             generations,
             reloads: self.reloads.clone(),
@@ -419,6 +394,11 @@ impl Main {
         }
         let actions = self.generations.stop();
         self.perform(actions);
+        let monitors = self.monitor_pids();
+        self.orphans.release(self.config.graceful_timeout, &monitors);
+        for client in std::mem::take(&mut self.queued_reload_waiters) {
+            self.control.reply(client, &Reply::error("panzer is stopping"));
+        }
     }
 
     fn immediate_stop(&mut self) {
@@ -435,9 +415,8 @@ impl Main {
         for m in &self.monitors {
             sys::signal_group(m.pid, Signal::SIGKILL);
         }
-        for o in &mut self.orphans {
-            o.deadline = Instant::now();
-        }
+        let monitors = self.monitor_pids();
+        self.orphans.kill_all(&monitors);
         self.exit.get_or_insert(0);
     }
 
@@ -477,23 +456,29 @@ impl Main {
     fn monitor_exited(&mut self, monitor: Monitor, status: &WaitStatus) {
         let generation = monitor.generation;
         let how = describe_exit(status);
+        let others = self.monitor_pids();
         match self.generations.state(generation) {
-            Some(State::Starting | State::Ready) => {
+            Some(State::Starting) => {
                 log::error!(
-                    "monitor of generation {generation} (pid {}) {how} unexpectedly",
+                    "monitor of generation {generation} (pid {}) {how} before it was ready",
                     monitor.pid
                 );
                 self.last_failure = Some(format!("its monitor {how}"));
-                // Its workers may be serving requests: let them drain.
-                sys::signal_group(monitor.pid, Signal::SIGTERM);
-                self.orphans.push(Orphans {
-                    pgid: monitor.pid,
-                    deadline: Instant::now() + self.config.graceful_timeout,
-                });
+                self.orphans.adopt(monitor.pid, Some(self.config.graceful_timeout), &others);
+            }
+            Some(State::Ready) => {
+                log::error!("monitor of generation {generation} (pid {}) {how} unexpectedly", monitor.pid);
+                // Its workers keep serving until a new generation is ready.
+                let terminate = self.generations.is_stopping().then_some(self.config.graceful_timeout);
+                self.orphans.adopt(monitor.pid, terminate, &others);
             }
             _ => {
-                // Drained or failed: nothing of the group may remain.
-                sys::signal_group(monitor.pid, Signal::SIGKILL);
+                // Drained (or failed): processes its workers started may
+                // still be finishing requests; they get until the deadline.
+                let kill_at = monitor
+                    .kill_deadline
+                    .map_or_else(Instant::now, |d| d.checked_sub(DRAIN_BACKSTOP).unwrap_or(d));
+                self.orphans.adopt_terminated(monitor.pid, kill_at, &others);
                 log::info!("generation {generation} stopped");
             }
         }
@@ -502,12 +487,12 @@ impl Main {
         self.perform(actions);
     }
 
+    fn monitor_pids(&self) -> Vec<Pid> {
+        self.monitors.iter().map(|m| m.pid).collect()
+    }
+
     fn on_reports(&mut self, generation: u32) {
-        let Some(monitor) = self
-            .monitors
-            .iter_mut()
-            .find(|m| m.generation == generation)
-        else {
+        let Some(monitor) = self.monitors.iter_mut().find(|m| m.generation == generation) else {
             return;
         };
         let reports = match monitor.channel.receive::<Report>() {
@@ -519,25 +504,15 @@ impl Main {
     }
 
     fn on_report(&mut self, generation: u32, report: Report) {
-        let Some(monitor) = self
-            .monitors
-            .iter_mut()
-            .find(|m| m.generation == generation)
-        else {
+        let Some(monitor) = self.monitors.iter_mut().find(|m| m.generation == generation) else {
             return;
         };
         match report {
             Report::WorkerStarted { ordinal, pid } => {
                 let restarts = monitor.workers.get(&ordinal).map_or(0, |w| w.restarts + 1);
-                monitor.workers.insert(
-                    ordinal,
-                    WorkerView {
-                        pid,
-                        ready: false,
-                        restarts,
-                        since: Instant::now(),
-                    },
-                );
+                monitor
+                    .workers
+                    .insert(ordinal, WorkerView { pid, ready: false, restarts, since: Instant::now() });
             }
             Report::WorkerReady { ordinal, pid } => {
                 if let Some(w) = monitor.workers.get_mut(&ordinal).filter(|w| w.pid == pid) {
@@ -551,20 +526,17 @@ impl Main {
                 }
             }
             Report::WorkerStatus { .. } => {}
-            Report::GenerationReady {
-                workers,
-                elapsed_ms,
-            } => {
+            Report::GenerationReady { workers, elapsed_ms } => {
                 monitor.startup_deadline = None;
-                log::info!(
-                    "generation {generation} ready: {workers}/{workers} workers in {elapsed_ms} ms"
-                );
+                log::info!("generation {generation} ready: {workers}/{workers} workers in {elapsed_ms} ms");
+                self.replacement_failures = 0;
                 let actions = self.generations.ready(generation);
                 self.perform(actions);
+                // What a dead monitor left serving can stop now.
+                let monitors = self.monitor_pids();
+                self.orphans.release(self.config.graceful_timeout, &monitors);
                 if let Some(systemd) = &mut self.systemd {
-                    systemd.ready(format!(
-                        "generation {generation} serving with {workers} worker(s)"
-                    ));
+                    systemd.ready(format!("generation {generation} serving with {workers} worker(s)"));
                 }
             }
             Report::GenerationFailed { reason } => self.generation_failed(generation, reason),
@@ -572,16 +544,15 @@ impl Main {
     }
 
     fn generation_failed(&mut self, generation: u32, reason: String) {
-        if let Some(m) = self
-            .monitors
-            .iter_mut()
-            .find(|m| m.generation == generation)
-        {
+        if let Some(m) = self.monitors.iter_mut().find(|m| m.generation == generation) {
             m.startup_deadline = None;
         }
         if self.generations.state(generation) == Some(State::Starting) {
             log::error!("generation {generation} failed: {reason}");
             self.last_failure = Some(reason.clone());
+            if generation > 1 && !self.generations.is_reload(generation) {
+                self.replacement_failures += 1;
+            }
         }
         let actions = self.generations.failed(generation, &reason);
         self.perform(actions);
@@ -591,27 +562,11 @@ impl Main {
         for action in actions {
             match action {
                 Action::Start(generation) => self.start_generation(generation),
-                Action::Drain(generation) => {
-                    self.order(generation, Order::Drain);
-                    let backstop = Instant::now() + self.config.graceful_timeout + DRAIN_BACKSTOP;
-                    if let Some(m) = self
-                        .monitors
-                        .iter_mut()
-                        .find(|m| m.generation == generation)
-                    {
-                        m.startup_deadline = None;
-                        m.kill_deadline = Some(backstop);
-                    }
-                }
+                Action::Drain(generation) => self.stop_generation(generation, self.config.graceful_timeout),
+                // Stopped like a drain, only sooner: workers of a failed
+                // generation that already accept may be mid-request.
                 Action::Kill(generation) => {
-                    if let Some(m) = self
-                        .monitors
-                        .iter_mut()
-                        .find(|m| m.generation == generation)
-                    {
-                        sys::signal_group(m.pid, Signal::SIGKILL);
-                        m.startup_deadline = None;
-                    }
+                    self.stop_generation(generation, self.config.graceful_timeout.min(FAILED_GRACE))
                 }
                 Action::Reloaded(outcome) => self.reloaded(outcome),
                 Action::Exit(code) => {
@@ -621,25 +576,33 @@ impl Main {
         }
     }
 
-    /// A reload has an outcome: log it, count it, answer whoever asked, and
-    /// move the clients of the queued reload up.
+    /// Tells `generation`'s monitor to drain; its group is killed if it is
+    /// not gone `grace` (plus a backstop) from now.
+    fn stop_generation(&mut self, generation: u32, grace: Duration) {
+        if let Some(index) = self.delayed_starts.iter().position(|d| d.0 == generation) {
+            // Never started: nothing to stop.
+            self.delayed_starts.remove(index);
+            let actions = self.generations.exited(generation);
+            return self.perform(actions);
+        }
+        self.order(generation, Order::Drain);
+        if let Some(m) = self.monitors.iter_mut().find(|m| m.generation == generation) {
+            m.startup_deadline = None;
+            m.kill_deadline = Some(Instant::now() + grace + DRAIN_BACKSTOP);
+        }
+    }
+
+    /// A reload has an outcome: log it, count it, answer whoever asked.
     fn reloaded(&mut self, outcome: Result<u32, String>) {
         let reply = match &outcome {
             Ok(generation) => {
                 log::info!("reload done: generation {generation} serves");
                 self.reloads.ok += 1;
-                Reply {
-                    generation: Some(*generation),
-                    ..Reply::ok()
-                }
+                Reply { generation: Some(*generation), ..Reply::ok() }
             }
             Err(reason) => {
-                let serving = self
-                    .generations
-                    .iter()
-                    .filter(|(_, s)| *s == State::Ready)
-                    .map(|(n, _)| n)
-                    .last();
+                let serving =
+                    self.generations.iter().filter(|(_, s)| *s == State::Ready).map(|(n, _)| n).last();
                 let message = match serving {
                     Some(n) => format!("{reason}; generation {n} keeps serving"),
                     None => reason.clone(),
@@ -656,7 +619,6 @@ impl Main {
         for client in std::mem::take(&mut self.reload_waiters) {
             self.control.reply(client, &reply);
         }
-        self.reload_waiters = std::mem::take(&mut self.queued_reload_waiters);
     }
 
     fn order(&mut self, generation: u32, order: Order) {
@@ -667,11 +629,28 @@ impl Main {
         }
     }
 
+    /// Starts `generation`: at once, or after a delay when replacements
+    /// keep failing. A reload's waiting clients now wait for this one.
     fn start_generation(&mut self, generation: u32) {
-        let notify_socket = self
-            .runtime_dir
-            .path
-            .join(format!("gen-{generation}.notify"));
+        if self.generations.is_reload(generation) {
+            let queued = std::mem::take(&mut self.queued_reload_waiters);
+            self.reload_waiters.extend(queued);
+            if let Some(systemd) = &self.systemd {
+                systemd.reloading();
+            }
+        } else if self.replacement_failures > 0 {
+            let delay = REPLACEMENT_BACKOFF
+                .saturating_mul(1 << (self.replacement_failures - 1).min(10))
+                .min(REPLACEMENT_BACKOFF_CAP);
+            log::warn!("starting generation {generation} in {}", format_duration(delay));
+            self.delayed_starts.push((generation, Instant::now() + delay));
+            return;
+        }
+        self.spawn_generation(generation);
+    }
+
+    fn spawn_generation(&mut self, generation: u32) {
+        let notify_socket = self.runtime_dir.path.join(format!("gen-{generation}.notify"));
         let args = MonitorArgs {
             generation,
             count: self.config.count,
@@ -687,10 +666,7 @@ impl Main {
         };
         match self.spawn_monitor(&args) {
             Ok((pid, channel)) => {
-                log::info!(
-                    "starting generation {generation}: {} worker(s), monitor pid {pid}",
-                    args.count
-                );
+                log::info!("starting generation {generation}: {} worker(s), monitor pid {pid}", args.count);
                 let now = Instant::now();
                 self.monitors.push(Monitor {
                     generation,
@@ -703,7 +679,12 @@ impl Main {
                 });
             }
             Err(e) => {
-                let reason = format!("cannot start its monitor: {e}");
+                let user = match self.config.credentials {
+                    Some((uid, gid)) => format!(" as uid {uid} gid {gid}"),
+                    None => String::new(),
+                };
+                let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+                let reason = format!("cannot start its monitor ({}{user}): {e}", exe.display());
                 self.generation_failed(generation, reason);
                 // Nothing to wait for: no process was created.
                 let actions = self.generations.exited(generation);
@@ -759,13 +740,16 @@ impl RuntimeDir {
     /// (`--user`): they create their notify sockets in it.
     fn create(owner: Option<(u32, u32)>) -> Result<RuntimeDir, Error> {
         use std::os::unix::fs::DirBuilderExt;
-        let path = sys::runtime_path(&format!("panzer-{}.d", std::process::id()));
+        let name = format!("panzer-{}.d", std::process::id());
+        // Monitors running as another user must reach it: $XDG_RUNTIME_DIR
+        // (mode 0700, main's user) would shut them out.
+        let path = match owner {
+            Some(_) => std::env::temp_dir().join(name),
+            None => sys::runtime_path(&name),
+        };
         let _ = std::fs::remove_dir_all(&path);
         let fail = |e| Error::os(format!("cannot create {}", path.display()), e);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(fail)?;
+        std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(fail)?;
         if let Some((uid, gid)) = owner {
             if let Err(e) = std::os::unix::fs::chown(&path, Some(uid), Some(gid)) {
                 let _ = std::fs::remove_dir(&path);

@@ -24,8 +24,7 @@ impl PidFile {
         if let Ok(text) = std::fs::read_to_string(path) {
             if let Ok(pid) = text.trim().parse::<i32>() {
                 let me = std::process::id() as i32;
-                if pid > 0 && pid != me && nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
-                {
+                if pid > 0 && pid != me && nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok() {
                     return Err(Error::InUse(format!(
                         "pid file {} names process {pid}, which is running (another panzer?)",
                         path.display()
@@ -33,9 +32,7 @@ impl PidFile {
                 }
             }
         }
-        Ok(PidFile {
-            path: path.to_path_buf(),
-        })
+        Ok(PidFile { path: path.to_path_buf() })
     }
 
     pub fn write(self) -> Result<WrittenPidFile, Error> {
@@ -48,17 +45,13 @@ impl PidFile {
             let _ = std::fs::remove_file(&tmp);
             fail(e)
         })?;
-        Ok(WrittenPidFile {
-            path: self.path,
-            pid,
-        })
+        Ok(WrittenPidFile { path: self.path, pid })
     }
 }
 
 impl Drop for WrittenPidFile {
     fn drop(&mut self) {
-        let ours =
-            std::fs::read_to_string(&self.path).is_ok_and(|t| t.trim() == self.pid.to_string());
+        let ours = std::fs::read_to_string(&self.path).is_ok_and(|t| t.trim() == self.pid.to_string());
         if ours {
             let _ = std::fs::remove_file(&self.path);
         }

@@ -19,9 +19,7 @@ impl Systemd {
     /// From `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`; `None`
     /// when panzer does not run under a notify-aware supervisor.
     pub fn from_env() -> Option<Systemd> {
-        let socket = std::env::var("NOTIFY_SOCKET")
-            .ok()
-            .filter(|s| !s.is_empty())?;
+        let socket = std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty())?;
         let for_us = std::env::var("WATCHDOG_PID")
             .map(|pid| pid.trim() == std::process::id().to_string())
             .unwrap_or(true);
@@ -30,12 +28,7 @@ impl Systemd {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|&usec| usec > 0 && for_us)
             .map(|usec| Duration::from_micros(usec) / 2);
-        Some(Systemd {
-            socket,
-            watchdog,
-            next_ping: watchdog.map(|d| Instant::now() + d),
-            ready_sent: false,
-        })
+        Some(Systemd { socket, watchdog, next_ping: watchdog.map(|d| Instant::now() + d), ready_sent: false })
     }
 
     fn send(&self, messages: &[Notify]) {
@@ -57,9 +50,7 @@ impl Systemd {
     }
 
     pub fn reloading(&self) {
-        self.send(&[Notify::Reloading {
-            monotonic_usec: crate::sys::monotonic_usec(),
-        }]);
+        self.send(&[Notify::Reloading { monotonic_usec: crate::sys::monotonic_usec() }]);
     }
 
     pub fn stopping(&self) {

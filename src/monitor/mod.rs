@@ -69,11 +69,7 @@ impl MonitorArgs {
             format!("--generation={}", self.generation).into(),
             format!("--count={}", self.count).into(),
             format!("--ready={}", self.ready).into(),
-            format!(
-                "--graceful-timeout={}ms",
-                self.graceful_timeout.0.as_millis()
-            )
-            .into(),
+            format!("--graceful-timeout={}ms", self.graceful_timeout.0.as_millis()).into(),
             format!("--sockets={}", self.sockets).into(),
             format!("--fd-names={}", self.fd_names).into(),
         ];
@@ -88,13 +84,8 @@ impl MonitorArgs {
 }
 
 /// Signals the monitor handles through its signalfd.
-const SIGNALS: &[Signal] = &[
-    Signal::SIGCHLD,
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-];
+const SIGNALS: &[Signal] =
+    &[Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT];
 
 /// A worker whose slot was removed by a scale-down, on its way out.
 struct Retired {
@@ -124,49 +115,61 @@ struct Monitor {
 /// Runs the monitor role; returns the process exit status.
 pub fn run(args: MonitorArgs) -> i32 {
     crate::logging::init(args.log_level, Some(args.generation));
-    match Monitor::new(args) {
+    let status = match sys::adopt_inherited_fd(STATUS_FD).and_then(Channel::from_fd) {
+        Ok(status) => status,
+        Err(e) => {
+            log::error!("no status channel at fd {STATUS_FD}: {e} (the monitor is started by panzer only)");
+            return 1;
+        }
+    };
+    match Monitor::new(args, status) {
         Ok(mut monitor) => monitor.run(),
-        Err(message) => {
-            log::error!("{message}");
+        Err((reason, status)) => {
+            // Tell main why, so the operator (and panzerctl reload) hears it.
+            log::error!("{reason}");
+            let _ = status.send(&Report::GenerationFailed { reason });
             1
         }
     }
 }
 
 impl Monitor {
-    fn new(args: MonitorArgs) -> Result<Monitor, String> {
-        let signals = sys::signal_fd(SIGNALS).map_err(|e| format!("cannot set up signals: {e}"))?;
-        let status = sys::adopt_inherited_fd(STATUS_FD)
-            .and_then(Channel::from_fd)
-            .map_err(|e| format!("no status channel at fd {STATUS_FD}: {e}"))?;
+    fn new(args: MonitorArgs, status: Channel) -> Result<Monitor, (String, Channel)> {
+        match Monitor::prepare(&args) {
+            Ok((sockets, signals, notify, program)) => {
+                let now = Instant::now();
+                Ok(Monitor {
+                    pool: Pool::new(args.count, args.ready, now),
+                    base_env: worker::inherited_env(),
+                    parent: nix::unistd::getppid(),
+                    args,
+                    status,
+                    sockets,
+                    signals,
+                    notify,
+                    program,
+                    started: now,
+                    kill_at: None,
+                    retired: Vec::new(),
+                    exit_code: None,
+                })
+            }
+            Err(reason) => Err((reason, status)),
+        }
+    }
+
+    /// Everything the monitor needs that can fail.
+    fn prepare(args: &MonitorArgs) -> Result<(Vec<OwnedFd>, SignalFd, NotifySocket, PathBuf), String> {
         let sockets = (0..args.sockets)
             .map(|i| sys::adopt_inherited_fd(FIRST_SOCKET_FD + i as RawFd))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("missing listening socket: {e}"))?;
-        let notify = NotifySocket::bind(&args.notify_socket).map_err(|e| {
-            format!(
-                "cannot bind notify socket {}: {e}",
-                args.notify_socket.display()
-            )
-        })?;
+        let notify = NotifySocket::bind(&args.notify_socket)
+            .map_err(|e| format!("cannot bind notify socket {}: {e}", args.notify_socket.display()))?;
         let program = worker::resolve_command(&args.argv[0])
             .map_err(|e| format!("cannot run {}: {e}", args.argv[0].to_string_lossy()))?;
-        let now = Instant::now();
-        Ok(Monitor {
-            pool: Pool::new(args.count, args.ready, now),
-            base_env: worker::inherited_env(),
-            parent: nix::unistd::getppid(),
-            args,
-            status,
-            sockets,
-            signals,
-            notify,
-            program,
-            started: now,
-            kill_at: None,
-            retired: Vec::new(),
-            exit_code: None,
-        })
+        let signals = sys::signal_fd(SIGNALS).map_err(|e| format!("cannot set up signals: {e}"))?;
+        Ok((sockets, signals, notify, program))
     }
 
     fn run(&mut self) -> i32 {
@@ -185,14 +188,11 @@ impl Monitor {
             }
             self.kill_overdue(now);
 
-            let deadline = [
-                self.pool.next_deadline(),
-                self.kill_at,
-                self.retired.iter().map(|r| r.kill_at).min(),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let deadline =
+                [self.pool.next_deadline(), self.kill_at, self.retired.iter().map(|r| r.kill_at).min()]
+                    .into_iter()
+                    .flatten()
+                    .min();
             let ready = match sys::wait_readable(
                 &[self.signals.as_fd(), self.status.fd(), self.notify.fd()],
                 deadline,
@@ -223,18 +223,12 @@ impl Monitor {
                 Ok(pid) => {
                     log::info!("worker {ordinal} started: pid {pid}");
                     self.pool.started(ordinal, pid.as_raw(), now);
-                    self.report(Report::WorkerStarted {
-                        ordinal,
-                        pid: pid.as_raw(),
-                    });
+                    self.report(Report::WorkerStarted { ordinal, pid: pid.as_raw() });
                 }
                 Err(e) => {
-                    log::error!(
-                        "worker {ordinal}: cannot run {}: {e}",
-                        self.program.display()
-                    );
+                    let how = format!("could not run {}: {e}", self.program.display());
                     if let Some(exit) = self.pool.start_failed(ordinal, now) {
-                        self.after_exit(exit, 0, "did not start");
+                        self.after_exit(exit, 0, &how);
                     }
                 }
             }
@@ -250,11 +244,7 @@ impl Monitor {
             &self.args.fd_names,
             self.args.notify_socket.to_str(),
         );
-        let fds: Vec<RawFd> = self
-            .sockets
-            .iter()
-            .map(std::os::fd::AsRawFd::as_raw_fd)
-            .collect();
+        let fds: Vec<RawFd> = self.sockets.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         let mut plan = ExecPlan::new(self.program.as_os_str(), &self.args.argv, env)
             .map_err(sys::spawn::SpawnError::Exec)?
             .with_fds(&fds);
@@ -275,10 +265,7 @@ impl Monitor {
         if self.pool.take_generation_ready() {
             let workers = self.pool.slots().len() as u32;
             let elapsed_ms = self.started.elapsed().as_millis() as u64;
-            self.report(Report::GenerationReady {
-                workers,
-                elapsed_ms,
-            });
+            self.report(Report::GenerationReady { workers, elapsed_ms });
         }
     }
 
@@ -313,21 +300,23 @@ impl Monitor {
     fn on_notify(&mut self) {
         for (pid, result) in self.notify.receive() {
             let Some(ordinal) = self.pool.ordinal_of(pid) else {
-                log::debug!(
-                    "ignoring notify message from pid {pid}, not a worker of this generation"
-                );
+                log::debug!("ignoring notify message from pid {pid}, not a worker of this generation");
                 continue;
             };
             let messages = match result {
                 Ok(messages) => messages,
                 Err(_) => {
-                    log::warn!("worker {ordinal} (pid {pid}) sent a notify message that is not text; dropped");
+                    log::warn!(
+                        "worker {ordinal} (pid {pid}) sent a notify message that is not text; dropped"
+                    );
                     continue;
                 }
             };
             for message in messages {
                 match message {
-                    Notify::Ready => self.worker_ready(pid),
+                    // With --ready DURATION, only time alive counts.
+                    Notify::Ready if self.args.ready == ReadyMode::Notify => self.worker_ready(pid),
+                    Notify::Ready => {}
                     Notify::Status(text) => {
                         log::debug!("worker {ordinal} (pid {pid}) status: {text}");
                         self.report(Report::WorkerStatus { ordinal, text });
@@ -363,20 +352,17 @@ impl Monitor {
 
     fn after_exit(&mut self, exit: pool::Exit, pid: i32, how: &str) {
         let ordinal = exit.ordinal;
-        let uptime = format_duration(exit.uptime);
+        // pid 0: the worker never ran (exec failed).
+        let what = match pid {
+            0 => format!("worker {ordinal} {how}"),
+            _ => format!("worker {ordinal} (pid {pid}) {how} after {}", format_duration(exit.uptime)),
+        };
         match exit.restart_in {
-            Some(delay) => log::warn!(
-                "worker {ordinal} (pid {pid}) {how} after {uptime}; restarting in {}",
-                format_duration(delay)
-            ),
+            Some(delay) => log::warn!("{what}; restarting in {}", format_duration(delay)),
             None if self.pool.is_draining() => log::info!("worker {ordinal} (pid {pid}) {how}"),
-            None => log::warn!("worker {ordinal} (pid {pid}) {how} after {uptime}"),
+            None => log::warn!("{what}"),
         }
-        self.report(Report::WorkerExited {
-            ordinal,
-            pid,
-            how: how.to_string(),
-        });
+        self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
         if exit.generation_failed {
             let reason = format!(
                 "worker {ordinal} exited {} times before it was ready (last: {how})",
@@ -414,11 +400,7 @@ impl Monitor {
         let kill_at = Instant::now() + self.args.graceful_timeout.0;
         for (ordinal, pid) in self.pool.scale(count, Instant::now()) {
             sys::signal_process(Pid::from_raw(pid), Signal::SIGTERM);
-            self.retired.push(Retired {
-                pid,
-                ordinal,
-                kill_at,
-            });
+            self.retired.push(Retired { pid, ordinal, kill_at });
         }
         log::info!("now running {count} worker(s)");
     }
@@ -427,10 +409,7 @@ impl Monitor {
         if self.kill_at.is_some_and(|at| at <= now) {
             self.kill_at = None;
             for w in self.pool.workers() {
-                log::warn!(
-                    "worker (pid {}) still running after the graceful timeout: SIGKILL",
-                    w.pid
-                );
+                log::warn!("worker (pid {}) still running after the graceful timeout: SIGKILL", w.pid);
             }
             self.kill_all();
         }
@@ -478,11 +457,7 @@ pub fn describe_exit(status: &WaitStatus) -> String {
     match status {
         WaitStatus::Exited(_, code) => format!("exited with status {code}"),
         WaitStatus::Signaled(_, signal, core) => {
-            format!(
-                "killed by {}{}",
-                signal.as_str(),
-                if *core { " (core dumped)" } else { "" }
-            )
+            format!("killed by {}{}", signal.as_str(), if *core { " (core dumped)" } else { "" })
         }
         other => format!("changed state: {other:?}"),
     }

@@ -32,10 +32,7 @@ impl NotifySocket {
         let _ = std::fs::remove_file(path);
         socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
         socket::setsockopt(&fd, sockopt::PassCred, &true)?;
-        Ok(NotifySocket {
-            fd,
-            path: path.to_path_buf(),
-        })
+        Ok(NotifySocket { fd, path: path.to_path_buf() })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {

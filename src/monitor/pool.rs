@@ -60,12 +60,7 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(count: u32, ready_mode: ReadyMode, now: Instant) -> Pool {
-        let mut pool = Pool {
-            slots: Vec::new(),
-            ready_mode,
-            generation_ready: false,
-            draining: false,
-        };
+        let mut pool = Pool { slots: Vec::new(), ready_mode, generation_ready: false, draining: false };
         pool.scale(count, now);
         pool
     }
@@ -88,11 +83,7 @@ impl Pool {
 
     pub fn started(&mut self, ordinal: u32, pid: i32, now: Instant) {
         if let Some(slot) = self.slot_mut(ordinal) {
-            slot.worker = Some(Worker {
-                pid,
-                started: now,
-                ready: false,
-            });
+            slot.worker = Some(Worker { pid, started: now, ready: false });
             slot.start_at = None;
         }
     }
@@ -106,10 +97,7 @@ impl Pool {
 
     /// Marks the worker `pid` ready. Returns its ordinal if it was not already.
     pub fn ready(&mut self, pid: i32) -> Option<u32> {
-        let slot = self
-            .slots
-            .iter_mut()
-            .find(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))?;
+        let slot = self.slots.iter_mut().find(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))?;
         let worker = slot.worker.as_mut()?;
         if worker.ready {
             return None;
@@ -123,10 +111,7 @@ impl Pool {
         let ReadyMode::After(after) = self.ready_mode else {
             return Vec::new();
         };
-        self.workers()
-            .filter(|w| !w.ready && w.started + after <= now)
-            .map(|w| w.pid)
-            .collect()
+        self.workers().filter(|w| !w.ready && w.started + after <= now).map(|w| w.pid).collect()
     }
 
     /// True once, the first time every slot has a ready worker.
@@ -134,11 +119,8 @@ impl Pool {
         if self.generation_ready || self.draining {
             return false;
         }
-        let all = !self.slots.is_empty()
-            && self
-                .slots
-                .iter()
-                .all(|s| s.worker.as_ref().is_some_and(|w| w.ready));
+        let all =
+            !self.slots.is_empty() && self.slots.iter().all(|s| s.worker.as_ref().is_some_and(|w| w.ready));
         self.generation_ready = all;
         all
     }
@@ -151,19 +133,11 @@ impl Pool {
     pub fn exited(&mut self, pid: i32, now: Instant) -> Option<Exit> {
         let draining = self.draining;
         let generation_ready = self.generation_ready;
-        let index = self
-            .slots
-            .iter()
-            .position(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))?;
+        let index = self.slots.iter().position(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))?;
         let slot = &mut self.slots[index];
         let worker = slot.worker.take()?;
         let uptime = now.saturating_duration_since(worker.started);
-        let mut exit = Exit {
-            ordinal: slot.ordinal,
-            uptime,
-            restart_in: None,
-            generation_failed: false,
-        };
+        let mut exit = Exit { ordinal: slot.ordinal, uptime, restart_in: None, generation_failed: false };
         if draining {
             return Some(exit);
         }
@@ -192,24 +166,13 @@ impl Pool {
     pub fn scale(&mut self, count: u32, now: Instant) -> Vec<(u32, i32)> {
         let mut removed = Vec::new();
         while self.slots.len() as u32 > count {
-            if let Some(Slot {
-                ordinal,
-                worker: Some(w),
-                ..
-            }) = self.slots.pop()
-            {
+            if let Some(Slot { ordinal, worker: Some(w), .. }) = self.slots.pop() {
                 removed.push((ordinal, w.pid));
             }
         }
         while (self.slots.len() as u32) < count {
             let ordinal = self.slots.len() as u32;
-            self.slots.push(Slot {
-                ordinal,
-                worker: None,
-                restarts: 0,
-                failures: 0,
-                start_at: Some(now),
-            });
+            self.slots.push(Slot { ordinal, worker: None, restarts: 0, failures: 0, start_at: Some(now) });
         }
         removed
     }
@@ -231,25 +194,16 @@ impl Pool {
     }
 
     pub fn ordinal_of(&self, pid: i32) -> Option<u32> {
-        self.slots
-            .iter()
-            .find(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))
-            .map(|s| s.ordinal)
+        self.slots.iter().find(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid)).map(|s| s.ordinal)
     }
 
     /// The earliest moment something is due: a start or a readiness timer.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let starts = self
-            .slots
-            .iter()
-            .filter_map(|s| s.start_at)
-            .filter(|_| !self.draining);
+        let starts = self.slots.iter().filter_map(|s| s.start_at).filter(|_| !self.draining);
         let readies = match self.ready_mode {
-            ReadyMode::After(after) => Some(
-                self.workers()
-                    .filter(|w| !w.ready)
-                    .map(move |w| w.started + after),
-            ),
+            ReadyMode::After(after) => {
+                Some(self.workers().filter(|w| !w.ready).map(move |w| w.started + after))
+            }
             ReadyMode::Notify => None,
         };
         starts.chain(readies.into_iter().flatten()).min()

@@ -51,15 +51,11 @@ pub fn bind_all(specs: &[BindSpec], backlog: i32) -> Result<Vec<Listener>, Error
 }
 
 fn bind(spec: &BindSpec, backlog: i32) -> Result<Listener, Error> {
-    let fail = |source: io::Error| Error::Bind {
-        addr: spec.addr.to_string(),
-        source,
-    };
+    let fail = |source: io::Error| Error::Bind { addr: spec.addr.to_string(), source };
     match &spec.addr {
         BindAddr::Inet(addr) => {
             // socket2 creates sockets with SOCK_CLOEXEC.
-            let socket =
-                Socket::new(Domain::for_address(*addr), Type::STREAM, None).map_err(fail)?;
+            let socket = Socket::new(Domain::for_address(*addr), Type::STREAM, None).map_err(fail)?;
             socket.set_reuse_address(true).map_err(fail)?;
             if addr.is_ipv6() {
                 // [::]:80 then means IPv6 only, so 0.0.0.0:80 can be bound beside it.
@@ -73,19 +69,12 @@ fn bind(spec: &BindSpec, backlog: i32) -> Result<Listener, Error> {
                 .and_then(|a| a.as_socket())
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| addr.to_string());
-            Ok(Listener {
-                spec: spec.clone(),
-                local,
-                socket,
-                created: None,
-            })
+            Ok(Listener { spec: spec.clone(), local, socket, created: None })
         }
         BindAddr::Unix(path) => {
             remove_stale_unix_socket(path).map_err(fail)?;
             let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(fail)?;
-            socket
-                .bind(&SockAddr::unix(path).map_err(fail)?)
-                .map_err(fail)?;
+            socket.bind(&SockAddr::unix(path).map_err(fail)?).map_err(fail)?;
             let meta = std::fs::symlink_metadata(path).map_err(fail)?;
             let listener = Listener {
                 spec: spec.clone(),
@@ -119,11 +108,7 @@ fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
 
 /// The `LISTEN_FDNAMES` value for these specs.
 pub fn fd_names<'a>(specs: impl IntoIterator<Item = &'a BindSpec>) -> String {
-    specs
-        .into_iter()
-        .map(BindSpec::fd_name)
-        .collect::<Vec<_>>()
-        .join(":")
+    specs.into_iter().map(BindSpec::fd_name).collect::<Vec<_>>().join(":")
 }
 
 /// Socket activation: the sockets main's own parent passed at fds 3… with
@@ -131,12 +116,8 @@ pub fn fd_names<'a>(specs: impl IntoIterator<Item = &'a BindSpec>) -> String {
 /// `None` when there are none for this process. They are adopted as they
 /// are: not re-bound, and their files (unix sockets) are never removed.
 pub fn adopt_from_env() -> Result<Option<Vec<Listener>>, Error> {
-    let for_us =
-        std::env::var("LISTEN_PID").is_ok_and(|pid| pid.trim() == std::process::id().to_string());
-    let count: usize = match std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.trim().parse().ok())
-    {
+    let for_us = std::env::var("LISTEN_PID").is_ok_and(|pid| pid.trim() == std::process::id().to_string());
+    let count: usize = match std::env::var("LISTEN_FDS").ok().and_then(|n| n.trim().parse().ok()) {
         Some(n) if for_us && n > 0 => n,
         _ => return Ok(None),
     };
@@ -156,15 +137,9 @@ pub fn adopt_from_env() -> Result<Option<Vec<Listener>>, Error> {
             (None, Some(path)) => BindAddr::Unix(path.to_path_buf()),
             (None, None) => return Err(fail(io::Error::other("not an IP or unix path socket"))),
         };
-        let name = names
-            .next()
-            .filter(|n| !n.is_empty() && *n != "unknown")
-            .map(String::from);
+        let name = names.next().filter(|n| !n.is_empty() && *n != "unknown").map(String::from);
         listeners.push(Listener {
-            spec: BindSpec {
-                name,
-                addr: addr.clone(),
-            },
+            spec: BindSpec { name, addr: addr.clone() },
             local: addr.to_string(),
             socket,
             created: None,

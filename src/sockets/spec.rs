@@ -55,9 +55,7 @@ impl FromStr for BindSpec {
             Some((name, addr)) => {
                 let valid = !name.is_empty()
                     && name.len() <= 255
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
                 if !valid {
                     return Err(format!(
                         "invalid socket name '{name}' in '{s}': use letters, digits, '_', '.' or '-'"

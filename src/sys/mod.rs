@@ -28,10 +28,7 @@ pub fn signal_fd(signals: &[Signal]) -> io::Result<SignalFd> {
         mask.add(signal);
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
-    Ok(SignalFd::with_flags(
-        &mask,
-        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
-    )?)
+    Ok(SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?)
 }
 
 /// Every signal waiting on `fd`, in arrival order (one per kind at most).
@@ -80,27 +77,20 @@ pub fn signal_process(pid: Pid, signal: Signal) {
 /// Waits until one of `fds` is readable or `deadline` passes. Returns, for
 /// each fd, whether it is readable (or hung up).
 pub fn wait_readable(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Result<Vec<bool>> {
-    let mut polled: Vec<PollFd<'_>> = fds
-        .iter()
-        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
-        .collect();
+    let mut polled: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
     let timeout = match deadline {
         None => PollTimeout::NONE,
         Some(at) => {
             // Round up so we never wake a millisecond early and spin.
             let left = at.saturating_duration_since(Instant::now()) + Duration::from_micros(999);
-            PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
-                .unwrap_or(PollTimeout::MAX)
+            PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
         }
     };
     match nix::poll::poll(&mut polled, timeout) {
         Ok(_) | Err(Errno::EINTR) => {}
         Err(e) => return Err(e.into()),
     }
-    Ok(polled
-        .iter()
-        .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
-        .collect())
+    Ok(polled.iter().map(|p| p.revents().is_some_and(|r| !r.is_empty())).collect())
 }
 
 /// Takes ownership of an fd this process inherited at a known number and
@@ -135,19 +125,22 @@ pub fn rss_kib(pid: Pid) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// `(parent pid, process group)` of `pid`, from `/proc/PID/stat`.
+/// `(parent pid, process group)` of `pid`, from `/proc/PID/stat`; `None`
+/// for a zombie or a process that is gone.
 pub fn parent_and_group(pid: Pid) -> Option<(Pid, Pid)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: skip past the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let mut fields = rest.split(' ');
-    let _state = fields.next()?;
+    if fields.next()? == "Z" {
+        return None;
+    }
     let ppid = fields.next()?.parse().ok()?;
     let pgrp = fields.next()?.parse().ok()?;
     Some((Pid::from_raw(ppid), Pid::from_raw(pgrp)))
 }
 
-/// Every process whose parent is this process and whose group is `pgid`.
+/// Every live process whose parent is this process and whose group is `pgid`.
 pub fn own_children_in_group(pgid: Pid) -> Vec<Pid> {
     let me = nix::unistd::getpid();
     let Ok(entries) = std::fs::read_dir("/proc") else {

@@ -84,19 +84,13 @@ impl ExecPlan {
         E: IntoIterator,
         E::Item: AsRef<OsStr>,
     {
-        let path = CString::new(path.as_bytes()).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "program path contains a NUL byte",
-            )
-        })?;
+        let path = CString::new(path.as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "program path contains a NUL byte"))?;
         let argv: Vec<CString> = argv
             .into_iter()
             .map(|a| CString::new(a.as_ref().as_bytes()))
             .collect::<Result<_, _>>()
-            .map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidInput, "argument contains a NUL byte")
-            })?;
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument contains a NUL byte"))?;
         let env = env
             .into_iter()
             .filter_map(|e| CString::new(e.as_ref().as_bytes()).ok())
@@ -129,11 +123,7 @@ impl ExecPlan {
     /// Passes `fds` to the child as 3, 4, … in order. Every other fd above 2
     /// is closed in the child.
     pub fn with_fds(mut self, fds: &[RawFd]) -> Self {
-        self.fds = fds
-            .iter()
-            .enumerate()
-            .map(|(i, &fd)| (fd, 3 + i as RawFd))
-            .collect();
+        self.fds = fds.iter().enumerate().map(|(i, &fd)| (fd, 3 + i as RawFd)).collect();
         self.scratch = vec![-1; fds.len()];
         self
     }
@@ -165,12 +155,11 @@ impl ExecPlan {
         self.argv_ptrs.extend(self.argv.iter().map(|a| a.as_ptr()));
         self.argv_ptrs.push(std::ptr::null());
         self.env_ptrs.clear();
-        self.env_ptrs
-            .extend(self.env.iter().map(|e| e.as_ptr().cast::<libc::c_char>()));
+        self.env_ptrs.extend(self.env.iter().map(|e| e.as_ptr().cast::<libc::c_char>()));
         self.env_ptrs.push(std::ptr::null());
 
-        let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| SpawnError::Fork(e.into()))?;
+        let (err_read, err_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Fork(e.into()))?;
         let parent = nix::unistd::getpid().as_raw();
 
         // SAFETY: main and monitor are single-threaded, so no other thread can
@@ -266,12 +255,7 @@ unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
         {
             // glibc refuses its two internal real-time signals (32, 33);
             // the kernel does not, and an inherited "ignore" must not stick.
-            let kernel = KernelSigaction {
-                handler: libc::SIG_DFL,
-                flags: 0,
-                restorer: 0,
-                mask: 0,
-            };
+            let kernel = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
             libc::syscall(
                 libc::SYS_rt_sigaction,
                 signal,
@@ -310,11 +294,7 @@ unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
         write_decimal(&mut entry[digits_at..], libc::getpid() as u32);
     }
 
-    libc::execve(
-        plan.path.as_ptr(),
-        plan.argv_ptrs.as_ptr(),
-        plan.env_ptrs.as_ptr(),
-    );
+    libc::execve(plan.path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.env_ptrs.as_ptr());
     fail!()
 }
 
@@ -344,12 +324,7 @@ unsafe fn close_from(first: RawFd, keep: RawFd) {
         if low > high {
             continue;
         }
-        let done = libc::syscall(
-            libc::SYS_close_range,
-            low as libc::c_uint,
-            high as libc::c_uint,
-            0,
-        );
+        let done = libc::syscall(libc::SYS_close_range, low as libc::c_uint, high as libc::c_uint, 0);
         if done != 0 {
             // Kernels before 5.9: close one by one up to a sane bound.
             let top = high.min(65_535);

@@ -1,0 +1,117 @@
+//! When things go wrong around a generation: its monitor dies, its server
+//! is a wrapper script, its binary disappears, a reload is asked for while
+//! the first generation is still starting.
+
+use std::io::Write;
+use std::net::TcpStream;
+
+use nix::sys::signal::{kill, Signal};
+
+use crate::harness::*;
+
+fn start(deploy: &Deploy, ready: &str) -> Panzer {
+    Panzer::start(&["--bind", "127.0.0.1:0", "--count", "2", "--ready", ready, deploy.path()])
+}
+
+fn monitor(panzer: &Panzer) -> nix::unistd::Pid {
+    let monitors = panzer.monitors();
+    assert_eq!(monitors.len(), 1, "{monitors:?}");
+    monitors[0]
+}
+
+#[test]
+fn workers_of_a_dead_monitor_serve_until_the_replacement_is_ready() {
+    let dir = TestDir::new("orphans");
+    let deploy = Deploy::new(&dir);
+    let panzer = start(&deploy, "notify");
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let old = distinct_pids(port, 2);
+    deploy.set("READY_DELAY_MS=1000");
+    kill(monitor(&panzer), Signal::SIGKILL).unwrap();
+    panzer.wait_for_line("starting generation 2");
+    // While generation 2 gets ready, the orphaned workers still answer.
+    let r = get(port, "/").unwrap();
+    if !panzer.log().contains("generation 2 ready") {
+        assert_eq!(r.field("generation"), "1");
+        assert!(old.contains(&r.pid()));
+    }
+    panzer.wait_ready(2);
+    eventually(PATIENCE, "the orphans to drain and exit", || old.iter().all(|p| !alive(*p)).then_some(()));
+    for pid in &old {
+        assert!(panzer.log().contains(&format!("hello: pid {pid} draining")), "{}", panzer.log());
+    }
+}
+
+#[test]
+fn a_server_behind_a_wrapper_script_drains_its_in_flight_request() {
+    let dir = TestDir::new("wrapper");
+    let deploy = Deploy::new(&dir);
+    // No `exec`: hello is the wrapper's child, the worker's grandchild
+    // (started so that LISTEN_PID names it, as systemd's convention wants).
+    let wrapper = format!("#!/bin/sh\nsh -c 'LISTEN_PID=$$ exec {}'\n", example("hello"));
+    std::fs::write(&deploy.0, wrapper).unwrap();
+    let panzer = start(&deploy, "300ms");
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(stream, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let server = read_response(&mut stream).unwrap().pid();
+    write!(stream, "GET /slow?ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    panzer.signal(Signal::SIGUSR1);
+    panzer.wait_for_line("generation 1 stopped");
+    let slow = read_response(&mut stream).expect("the in-flight request was cut off");
+    assert_eq!((slow.status, slow.pid()), (200, server));
+    eventually(PATIENCE, "the drained server to exit", || (!alive(server)).then_some(()));
+}
+
+#[test]
+fn a_vanished_binary_is_named_and_replacements_back_off() {
+    let dir = TestDir::new("vanished");
+    let deploy = Deploy::new(&dir);
+    let panzer = start(&deploy, "notify");
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    std::fs::remove_file(&deploy.0).unwrap();
+
+    let out = panzer.ctl(&["--control", &control_path(&panzer), "reload"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(&format!("cannot run {}: no such file or directory", deploy.path())),
+        "{}",
+        out.stderr
+    );
+
+    // The serving monitor dies while no replacement can start: the orphans
+    // keep serving and replacements are retried with a growing delay.
+    kill(monitor(&panzer), Signal::SIGKILL).unwrap();
+    panzer.wait_for_line("in 100ms");
+    panzer.wait_for_line("in 200ms");
+    assert_eq!(get(port, "/").unwrap().field("generation"), "1");
+    deploy.set("");
+    let line = panzer.wait_for_lines(" workers in ", 2).pop().unwrap();
+    let generation: u32 =
+        line.split("generation ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(generation > 2, "{line}");
+    eventually(PATIENCE, "the new generation to answer", || {
+        get(port, "/").ok().filter(|r| r.field("generation") == generation.to_string())
+    });
+    assert!(panzer.log().matches("starting generation").count() < 20, "{}", panzer.log());
+}
+
+#[test]
+fn a_reload_asked_while_generation_one_starts_is_answered() {
+    let dir = TestDir::new("early-reload");
+    let deploy = Deploy::new(&dir);
+    deploy.set("READY_DELAY_MS=800");
+    let panzer = start(&deploy, "notify");
+    panzer.wait_for_line("starting generation 1");
+    let out = panzer.ctl(&["--control", &control_path(&panzer), "reload"]);
+    assert_eq!((out.code, out.stdout.trim()), (0, "reloaded: generation 2 serves"), "{}", out.stderr);
+}
+
+fn control_path(panzer: &Panzer) -> String {
+    let line = panzer.wait_for_line("control socket at ");
+    line.rsplit("control socket at ").next().unwrap().trim().to_string()
+}
