@@ -27,7 +27,7 @@ use crate::control::server::{ClientId, Server};
 use crate::control::{
     self, Command, GenerationStatus, ReloadStats, Reply, Request, SocketStatus, Status, WorkerStatus,
 };
-use crate::error::Error;
+use crate::error::{describe, Error};
 use crate::monitor::{describe_exit, format_duration, MonitorArgs};
 use crate::sockets::{self, Listener};
 use crate::status::{Channel, Order, Received, Report};
@@ -623,8 +623,11 @@ impl Main {
 
     fn order(&mut self, generation: u32, order: Order) {
         if let Some(m) = self.monitors.iter().find(|m| m.generation == generation) {
-            if let Err(e) = m.channel.send(&order) {
-                log::warn!("cannot reach the monitor of generation {generation}: {e}");
+            match m.channel.send(&order) {
+                // The monitor has just exited; its SIGCHLD is on its way.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {}
+                Err(e) => log::warn!("cannot reach the monitor of generation {generation}: {}", describe(&e)),
+                Ok(()) => {}
             }
         }
     }
