@@ -333,6 +333,19 @@ pub fn read_response(stream: &mut impl Read) -> std::io::Result<Response> {
     Ok(Response { status, headers: head, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
+/// A request in flight: a kept-alive connection whose first answer proved a
+/// worker accepted it, now waiting for `GET /slow?ms=MS`. Returns the
+/// connection (read the slow answer with [`read_response`]) and the pid
+/// that serves it.
+pub fn slow_request_in_flight(port: u16, ms: u32) -> (TcpStream, Pid) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(stream, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let server = read_response(&mut stream).unwrap().pid();
+    write!(stream, "GET /slow?ms={ms} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    (stream, server)
+}
+
 /// Sends requests until `n` distinct worker pids have answered.
 pub fn distinct_pids(port: u16, n: usize) -> HashSet<Pid> {
     let mut seen = HashSet::new();

@@ -1,8 +1,5 @@
 //! Serving, restarting, stopping: the life of one panzer.
 
-use std::io::Write;
-use std::net::TcpStream;
-
 use nix::sys::signal::{kill, Signal};
 
 use crate::harness::*;
@@ -102,12 +99,7 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let mut panzer = hello("1");
     let port = panzer.port(0);
     panzer.wait_ready(1);
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    // A first answer proves a worker has accepted this connection.
-    write!(stream, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let worker = read_response(&mut stream).unwrap().pid();
-    write!(stream, "GET /slow?ms=1000 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let (mut stream, worker) = slow_request_in_flight(port, 1000);
     let tree = panzer.descendants();
     panzer.signal(Signal::SIGTERM);
     let slow = read_response(&mut stream).unwrap();

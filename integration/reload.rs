@@ -1,8 +1,6 @@
 //! Hot restart: new workers take over without a refused connection; a bad
 //! deploy rolls back; requests for reloads coalesce.
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -63,11 +61,7 @@ fn a_slow_request_on_the_old_generation_completes_during_a_reload() {
     let panzer = start(&deploy, "1", &[]);
     let port = panzer.port(0);
     panzer.wait_ready(1);
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(stream, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let old = read_response(&mut stream).unwrap().pid();
-    write!(stream, "GET /slow?ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let (mut stream, old) = slow_request_in_flight(port, 1500);
     panzer.signal(Signal::SIGUSR1);
     panzer.wait_ready(2);
     let slow = read_response(&mut stream).unwrap();

@@ -2,9 +2,6 @@
 //! is a wrapper script, its binary disappears, a reload is asked for while
 //! the first generation is still starting.
 
-use std::io::Write;
-use std::net::TcpStream;
-
 use nix::sys::signal::{kill, Signal};
 
 use crate::harness::*;
@@ -54,11 +51,7 @@ fn a_server_behind_a_wrapper_script_drains_its_in_flight_request() {
     let panzer = start(&deploy, "300ms");
     let port = panzer.port(0);
     panzer.wait_ready(1);
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(stream, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let server = read_response(&mut stream).unwrap().pid();
-    write!(stream, "GET /slow?ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let (mut stream, server) = slow_request_in_flight(port, 1500);
     panzer.signal(Signal::SIGUSR1);
     panzer.wait_for_line("generation 1 stopped");
     let slow = read_response(&mut stream).expect("the in-flight request was cut off");

@@ -34,6 +34,15 @@
 //! back to it; monitors get a parent-death signal and also see their status
 //! channel close, and then kill their whole group, so nothing outlives
 //! `kill -9` of main.
+//!
+//! Never signalling a recycled pid: every process panzer signals is its own
+//! unreaped child (a monitor's workers; main's monitors and adopted orphans),
+//! or the process group of a monitor that is alive or still a zombie main has
+//! not reaped yet ([`sys::peek_exited_child`] looks without reaping). Until it
+//! is reaped, a child's pid, and so its group id, cannot be reused. That gives
+//! the guarantee pidfds give, on every kernel, so panzer does not use pidfds.
+//! What a dead monitor left behind is signalled pid by pid, never through the
+//! dead monitor's group id, which a new monitor may have been given.
 
 pub mod cli;
 pub mod config;

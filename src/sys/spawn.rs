@@ -3,7 +3,7 @@
 //! [`ExecPlan`] is built in the parent, where allocating is fine: the program
 //! path, argv and envp as NUL-terminated byte strings with their pointer
 //! arrays, a fixed-width `LISTEN_PID=` slot, and the list of fds to place.
-//! [`ExecPlan::spawn`] forks; the child then runs [`child`], which only reads
+//! [`ExecPlan::spawn`] forks; the child then runs `child`, which only reads
 //! that plan, writes into memory that was allocated before the fork, and calls
 //! async-signal-safe system calls. It never returns: it `execve`s, or writes
 //! its errno to a `CLOEXEC` pipe and `_exit(127)`s.
@@ -74,7 +74,7 @@ impl std::fmt::Display for SpawnError {
 }
 
 impl ExecPlan {
-    /// A plan to run `path` with `argv` (argv[0] included) and `env`
+    /// A plan to run `path` with `argv` (`argv[0]` included) and `env`
     /// (`KEY=VALUE` entries). Entries with interior NUL bytes are dropped,
     /// since they cannot be passed to `execve` at all.
     pub fn new<A, E>(path: &OsStr, argv: A, env: E) -> io::Result<ExecPlan>
