@@ -168,8 +168,8 @@ impl Panzer {
             return status;
         }
         let describe = self.describe();
-        let child = &mut self.child;
-        let status = eventually(limit, &format!("panzer to exit\n{describe}"), || child.try_wait().unwrap());
+        let pid = self.pid;
+        let status = eventually(limit, &format!("panzer to exit\n{describe}"), || exit_status(pid));
         self.status = Some(status);
         status
     }
@@ -199,15 +199,29 @@ impl Drop for Panzer {
         if std::thread::panicking() {
             eprintln!("{}", self.describe());
         }
+        // main is not reaped before this point (see `exit_status`), so its
+        // pid and group id still name this test's processes, never a
+        // recycled one of another test.
         let left = self.descendants();
         let _ = signal::killpg(self.pid, Signal::SIGKILL);
         for pid in left {
             let _ = signal::kill(pid, Signal::SIGKILL);
         }
-        if self.status.is_none() {
-            let child = &mut self.child;
-            let _ = eventually(PATIENCE, "panzer to die after SIGKILL", || child.try_wait().ok().flatten());
-        }
+        let child = &mut self.child;
+        let _ = eventually(PATIENCE, "panzer to die after SIGKILL", || child.try_wait().ok().flatten());
+    }
+}
+
+/// main's exit status once it has exited, without reaping it: a zombie's
+/// pid cannot be reused, so the guard can still signal its group safely.
+fn exit_status(pid: Pid) -> Option<ExitStatus> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    use std::os::unix::process::ExitStatusExt;
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(pid), flags).ok()? {
+        WaitStatus::Exited(_, code) => Some(ExitStatus::from_raw((code & 0xff) << 8)),
+        WaitStatus::Signaled(_, signal, _) => Some(ExitStatus::from_raw(signal as i32)),
+        _ => None,
     }
 }
 
