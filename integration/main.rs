@@ -7,6 +7,7 @@ mod harness;
 
 mod activation;
 mod bad_input;
+mod container;
 mod control;
 mod lifecycle;
 mod privileges;
