@@ -16,7 +16,8 @@ use panzer::control::{self, client, Reply, Request, Status};
 #[derive(Debug, Parser)]
 #[command(name = "panzerctl", version)]
 struct Cli {
-    /// panzer's control socket (panzer --control). Default: found from --pid-file.
+    /// panzer's control socket (panzer --control). Default: from --pid-file, or
+    /// the default socket of the one panzer running.
     #[arg(long, env = "PANZER_CONTROL", value_name = "PATH", conflicts_with = "pid_file")]
     control: Option<PathBuf>,
 
@@ -93,7 +94,7 @@ fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
         return Ok(path.clone());
     }
     let Some(pid_file) = &cli.pid_file else {
-        return Err("which panzer? give --control PATH or --pid-file PATH".into());
+        return control::discover();
     };
     let text = std::fs::read_to_string(pid_file).map_err(|e| {
         format!("cannot read pid file {}: {}", pid_file.display(), panzer::error::describe(&e))

@@ -198,6 +198,26 @@ fn bad_clients_never_stop_main_from_answering_others() {
 }
 
 #[test]
+fn panzerctl_finds_the_one_panzer_running() {
+    // A short runtime dir of its own, so no other test's panzer is in it.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let runtime = TestDir(std::env::temp_dir().join(format!("pzx-{}-{n}", std::process::id())));
+    std::fs::create_dir_all(&runtime.0).unwrap();
+    let xdg = [("XDG_RUNTIME_DIR", runtime.0.to_str().unwrap())];
+    let out = panzerctl_as(None, &["status"], &xdg);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("no running panzer in"), "{}", out.stderr);
+
+    let panzer = Panzer::start_with_env(&["--bind", "127.0.0.1:0", "--count", "1", &example("hello")], &xdg);
+    panzer.wait_for_line("control socket at");
+    let out = panzerctl_as(None, &["--json", "status"], &xdg);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let reply: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(reply["status"]["pid"], panzer.pid.as_raw());
+}
+
+#[test]
 fn another_user_is_refused() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root to run panzerctl under another uid");

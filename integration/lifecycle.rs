@@ -163,3 +163,13 @@ fn a_slow_drain_is_waited_for_not_killed() {
     assert!(!log.contains("killed by SIGKILL"), "{log}");
     assert!(tree.iter().all(|p| !alive(*p)));
 }
+
+#[test]
+fn with_a_ready_duration_only_time_alive_counts_not_an_early_ready_1() {
+    // hello sends READY=1 at once; with --ready 400ms that must not count.
+    let panzer =
+        Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "400ms", &example("hello")]);
+    let line = panzer.wait_for_line("generation 1 ready");
+    let ms: u64 = line.rsplit(" in ").next().unwrap().trim_end_matches(" ms").trim().parse().unwrap();
+    assert!(ms >= 400, "{line}");
+}

@@ -134,6 +134,38 @@ pub fn default_path(pid: u32) -> std::path::PathBuf {
     crate::sys::runtime_path(&format!("panzer-{pid}.sock"))
 }
 
+/// The control socket of the one panzer running with a default control
+/// path, for `panzerctl` without `--control` or `--pid-file`. An error when
+/// there is none, or several (it names them).
+pub fn discover() -> Result<std::path::PathBuf, String> {
+    // Where `default_path` puts sockets (the longest pid decides).
+    let probe = crate::sys::runtime_path("panzer-4194304.sock");
+    let dir = probe.parent().unwrap_or(std::path::Path::new("/"));
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) =
+                name.to_str().and_then(|n| n.strip_prefix("panzer-")?.strip_suffix(".sock")?.parse().ok())
+            else {
+                continue;
+            };
+            let running = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+            if running && !found.contains(&entry.path()) {
+                found.push(entry.path());
+            }
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(format!("no running panzer in {}; give --control PATH or --pid-file PATH", dir.display())),
+        _ => {
+            let list: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
+            Err(format!("several panzers are running ({}); pick one with --control PATH", list.join(", ")))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
