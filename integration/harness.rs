@@ -309,9 +309,11 @@ impl Response {
 
 /// `GET path` on a fresh connection to 127.0.0.1:`port`, `Connection: close`.
 pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(PATIENCE))?;
-    stream.set_write_timeout(Some(PATIENCE))?;
+    request(TcpStream::connect(("127.0.0.1", port))?, path)
+}
+
+/// `GET path` with `Connection: close` on an open connection (TCP or unix).
+pub fn request<S: Read + Write>(mut stream: S, path: &str) -> std::io::Result<Response> {
     write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
     read_response(&mut stream)
 }

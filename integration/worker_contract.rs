@@ -72,3 +72,29 @@ fn fd_3_is_a_listening_socket_a_stock_server_can_accept_on() {
         (open_fds(response.pid()) == [0, 1, 2, 3]).then_some(())
     });
 }
+
+#[test]
+fn ipv6_and_unix_sockets_serve_and_a_stop_removes_the_socket_file() {
+    let dir = TestDir::new("families");
+    let path = dir.join("web.sock");
+    let unix = format!("unix:{}", path.display());
+    // hello serves the first socket (fd 3): one panzer per family.
+    for (bind, connect) in [("[::1]:0", "v6"), (unix.as_str(), "unix")] {
+        let mut panzer =
+            Panzer::start(&["--bind", bind, "--count", "1", "--ready", "notify", &example("hello")]);
+        panzer.wait_ready(1);
+        let response = if connect == "v6" {
+            let line = panzer.wait_for_line("listening on [::1]:");
+            let port: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+            request(std::net::TcpStream::connect(("::1", port)).unwrap(), "/").unwrap()
+        } else {
+            panzer.wait_for_line(&format!("listening on {unix}"));
+            request(std::os::unix::net::UnixStream::connect(&path).unwrap(), "/").unwrap()
+        };
+        assert_eq!(response.status, 200);
+        assert_eq!(response.field("worker"), "0");
+        panzer.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0));
+    }
+    assert!(!path.exists(), "the unix socket file outlived panzer");
+}
