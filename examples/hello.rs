@@ -51,6 +51,16 @@
 //! only through that signalfd. Each connection gets a thread that blocks in
 //! `read` or `poll`. Nothing wakes up on a timer: idle, the process sleeps.
 
+/// Prints one line on stderr with a single write(2): workers share one log
+/// file, and `eprintln!` writes a formatted line piece by piece, so lines
+/// from two processes could interleave.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = io::Write::write_all(&mut io::stderr(), line.as_bytes());
+    }};
+}
+
 use std::env;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -85,7 +95,7 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("hello: pid {}: {err}", process::id());
+            say!("hello: pid {}: {err}", process::id());
             ExitCode::FAILURE
         }
     }
@@ -94,7 +104,7 @@ fn main() -> ExitCode {
 fn run() -> io::Result<()> {
     let pid = process::id();
     if env::var_os("FAIL_ON_START").is_some_and(|v| v == "1") {
-        eprintln!("hello: pid {pid} failing on start (FAIL_ON_START=1)");
+        say!("hello: pid {pid} failing on start (FAIL_ON_START=1)");
         process::exit(1);
     }
 
@@ -116,8 +126,8 @@ fn run() -> io::Result<()> {
     // The readiness delay is a poll on the signalfd, so SIGTERM still ends it.
     let ready_delay = env_millis("READY_DELAY_MS", 0);
     if !ready_delay.is_zero() && wait_for_signal(&signals, ready_delay)? {
-        eprintln!("hello: pid {pid} draining");
-        eprintln!("hello: pid {pid} exiting");
+        say!("hello: pid {pid} draining");
+        say!("hello: pid {pid} exiting");
         return Ok(());
     }
 
@@ -135,7 +145,7 @@ fn run() -> io::Result<()> {
         all_done: Condvar::new(),
     });
 
-    eprintln!("hello: worker {} pid {pid} serving", env_or_dash("PANZER_WORKER"));
+    say!("hello: worker {} pid {pid} serving", env_or_dash("PANZER_WORKER"));
     let _ = sd_notify::notify(false, &[NotifyState::Ready]);
 
     // The accept loop: sleep until a connection or a signal arrives.
@@ -157,7 +167,7 @@ fn run() -> io::Result<()> {
     }
 
     // Drain, step by step (see the crate docs).
-    eprintln!("hello: pid {pid} draining");
+    say!("hello: pid {pid} draining");
     drop(listener); // 1. stop accepting
     let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
     // 2. and 3.: from now on every response closes its connection, and idle
@@ -168,7 +178,7 @@ fn run() -> io::Result<()> {
     // 4. wait for the last connection, then exit.
     let live = shared.live.lock().unwrap_or_else(|e| e.into_inner());
     drop(shared.all_done.wait_while(live, |live| *live > 0));
-    eprintln!("hello: pid {pid} exiting");
+    say!("hello: pid {pid} exiting");
     Ok(())
 }
 
@@ -235,7 +245,7 @@ impl Listener {
         }
         let port = env::var("PORT").unwrap_or_else(|_| "8080".to_owned());
         let tcp = TcpListener::bind(("127.0.0.1", port.parse().unwrap_or(8080)))?;
-        eprintln!("hello: no socket passed (LISTEN_FDS unset), listening on {}", tcp.local_addr()?);
+        say!("hello: no socket passed (LISTEN_FDS unset), listening on {}", tcp.local_addr()?);
         Ok(Listener::Tcp(tcp))
     }
 
@@ -298,7 +308,7 @@ fn accept_pending<S: Stream>(shared: &Arc<Shared>, accept: impl Fn() -> io::Resu
             Err(e) => {
                 // E.g. EMFILE: the connection stays queued and the listener
                 // stays readable; back off instead of spinning on it.
-                eprintln!("hello: pid {}: accept: {e}", process::id());
+                say!("hello: pid {}: accept: {e}", process::id());
                 thread::sleep(Duration::from_millis(100));
                 return;
             }
@@ -308,7 +318,7 @@ fn accept_pending<S: Stream>(shared: &Arc<Shared>, accept: impl Fn() -> io::Resu
         let live = LiveConnection::new(shared);
         let spawned = thread::Builder::new().name("connection".into()).spawn(move || serve(stream, &live.0));
         if let Err(e) = spawned {
-            eprintln!("hello: pid {}: cannot start a thread: {e}", process::id());
+            say!("hello: pid {}: cannot start a thread: {e}", process::id());
         }
     }
 }

@@ -108,3 +108,42 @@ fn control_path(panzer: &Panzer) -> String {
     let line = panzer.wait_for_line("control socket at ");
     line.rsplit("control socket at ").next().unwrap().trim().to_string()
 }
+
+#[test]
+fn a_server_behind_a_wrapper_drains_when_its_monitor_died_and_a_replacement_took_over() {
+    let dir = TestDir::new("wrapper-orphan");
+    let deploy = Deploy::new(&dir);
+    let wrapper = format!("#!/bin/sh\nsh -c 'LISTEN_PID=$$ exec {}'\n", example("hello"));
+    std::fs::write(&deploy.0, wrapper).unwrap();
+    let panzer = Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "300ms", deploy.path()]);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let server = get(port, "/").unwrap().pid();
+    kill(monitor(&panzer), Signal::SIGKILL).unwrap();
+    panzer.wait_ready(2);
+    // The grandchild got SIGTERM with its group, not SIGKILL at a deadline.
+    panzer.wait_for_line(&format!("hello: pid {server} exiting"));
+    assert!(panzer.log().contains(&format!("hello: pid {server} draining")), "{}", panzer.log());
+    assert!(!panzer.log().contains("graceful timeout: SIGKILL"), "{}", panzer.log());
+}
+
+#[test]
+fn a_monitor_killed_before_it_could_drain_still_gets_its_workers_stopped() {
+    let dir = TestDir::new("killed-draining");
+    let deploy = Deploy::new(&dir);
+    let panzer = start(&deploy, "notify");
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let old = distinct_pids(port, 2);
+    let first = monitor(&panzer);
+    // Frozen, it cannot act on the drain order main is about to send.
+    kill(first, Signal::SIGSTOP).unwrap();
+    panzer.signal(Signal::SIGUSR1);
+    panzer.wait_ready(2);
+    kill(first, Signal::SIGKILL).unwrap();
+    panzer.wait_for_line("while stopping");
+    for pid in &old {
+        panzer.wait_for_line(&format!("hello: pid {pid} exiting"));
+    }
+    assert!(!panzer.log().contains("graceful timeout: SIGKILL"), "{}", panzer.log());
+}

@@ -41,8 +41,9 @@
 //! not reaped yet ([`sys::peek_exited_child`] looks without reaping). Until it
 //! is reaped, a child's pid, and so its group id, cannot be reused. That gives
 //! the guarantee pidfds give, on every kernel, so panzer does not use pidfds.
-//! What a dead monitor left behind is signalled pid by pid, never through the
-//! dead monitor's group id, which a new monitor may have been given.
+//! What a dead monitor left behind is signalled through its group only while
+//! a live member of it is main's unreaped child; an emptied group's id may
+//! have gone to a new monitor ([`main_process`]'s `orphans`).
 
 pub mod cli;
 pub mod config;

@@ -34,7 +34,7 @@ use crate::status::{Channel, Order, Received, Report};
 use crate::sys::{self, spawn::ExecPlan};
 use crate::worker;
 use generation::{Action, Generations, State};
-use orphans::Orphans;
+use orphans::{Left, Orphans};
 use pid_file::PidFile;
 use systemd::Systemd;
 
@@ -343,8 +343,16 @@ impl Main {
         let generations = self
             .generations
             .iter()
-            .filter_map(|(number, state)| {
-                let monitor = self.monitors.iter().find(|m| m.generation == number)?;
+            .map(|(number, state)| {
+                // A generation whose start is delayed has no monitor yet.
+                let Some(monitor) = self.monitors.iter().find(|m| m.generation == number) else {
+                    return GenerationStatus {
+                        generation: number,
+                        monitor_pid: 0,
+                        state: state.name().to_string(),
+                        workers: Vec::new(),
+                    };
+                };
                 let workers = monitor
                     .workers
                     .iter()
@@ -358,12 +366,12 @@ impl Main {
                         rss_kib: sys::rss_kib(Pid::from_raw(w.pid)).unwrap_or(0),
                     })
                     .collect();
-                Some(GenerationStatus {
+                GenerationStatus {
                     generation: number,
                     monitor_pid: monitor.pid.as_raw(),
                     state: state.name().to_string(),
                     workers,
-                })
+                }
             })
             .collect();
         Status {
@@ -396,6 +404,11 @@ impl Main {
         self.perform(actions);
         let monitors = self.monitor_pids();
         self.orphans.release(self.config.graceful_timeout, &monitors);
+        self.refuse_queued_reloads();
+    }
+
+    /// No reload will run any more: clients waiting for a queued one hear why.
+    fn refuse_queued_reloads(&mut self) {
         for client in std::mem::take(&mut self.queued_reload_waiters) {
             self.control.reply(client, &Reply::error("panzer is stopping"));
         }
@@ -408,6 +421,7 @@ impl Main {
         }
         let actions = self.generations.stop();
         self.perform(actions);
+        self.refuse_queued_reloads();
         self.kill_everything();
     }
 
@@ -457,31 +471,42 @@ impl Main {
         let generation = monitor.generation;
         let how = describe_exit(status);
         let others = self.monitor_pids();
-        match self.generations.state(generation) {
+        let grace = self.config.graceful_timeout;
+        let left = match self.generations.state(generation) {
             Some(State::Starting) => {
                 log::error!(
                     "monitor of generation {generation} (pid {}) {how} before it was ready",
                     monitor.pid
                 );
                 self.last_failure = Some(format!("its monitor {how}"));
-                self.orphans.adopt(monitor.pid, Some(self.config.graceful_timeout), &others);
+                if generation > 1 && !self.generations.is_reload(generation) {
+                    self.replacement_failures += 1;
+                }
+                Left::Terminate(grace)
             }
             Some(State::Ready) => {
                 log::error!("monitor of generation {generation} (pid {}) {how} unexpectedly", monitor.pid);
                 // Its workers keep serving until a new generation is ready.
-                let terminate = self.generations.is_stopping().then_some(self.config.graceful_timeout);
-                self.orphans.adopt(monitor.pid, terminate, &others);
+                if self.generations.is_stopping() {
+                    Left::Terminate(grace)
+                } else {
+                    Left::Serving
+                }
+            }
+            _ if matches!(status, WaitStatus::Exited(..)) => {
+                // Drained (or failed): it sent SIGTERM; processes its workers
+                // started may still be finishing requests until the deadline.
+                log::info!("generation {generation} stopped");
+                let deadline = monitor.kill_deadline.map(|d| d.checked_sub(DRAIN_BACKSTOP).unwrap_or(d));
+                Left::Terminated(deadline.unwrap_or_else(Instant::now))
             }
             _ => {
-                // Drained (or failed): processes its workers started may
-                // still be finishing requests; they get until the deadline.
-                let kill_at = monitor
-                    .kill_deadline
-                    .map_or_else(Instant::now, |d| d.checked_sub(DRAIN_BACKSTOP).unwrap_or(d));
-                self.orphans.adopt_terminated(monitor.pid, kill_at, &others);
-                log::info!("generation {generation} stopped");
+                // Killed while draining: it may never have told its workers.
+                log::error!("monitor of generation {generation} (pid {}) {how} while stopping", monitor.pid);
+                Left::Terminate(grace)
             }
-        }
+        };
+        self.orphans.adopt(monitor.pid, left, &others);
         let _ = std::fs::remove_file(&monitor.notify_socket);
         let actions = self.generations.exited(generation);
         self.perform(actions);
@@ -529,14 +554,18 @@ impl Main {
             Report::GenerationReady { workers, elapsed_ms } => {
                 monitor.startup_deadline = None;
                 log::info!("generation {generation} ready: {workers}/{workers} workers in {elapsed_ms} ms");
-                self.replacement_failures = 0;
+                // Too late if it already failed (say, at the startup timeout).
+                let takes_over = self.generations.state(generation) == Some(State::Starting);
                 let actions = self.generations.ready(generation);
                 self.perform(actions);
-                // What a dead monitor left serving can stop now.
-                let monitors = self.monitor_pids();
-                self.orphans.release(self.config.graceful_timeout, &monitors);
-                if let Some(systemd) = &mut self.systemd {
-                    systemd.ready(format!("generation {generation} serving with {workers} worker(s)"));
+                if takes_over {
+                    self.replacement_failures = 0;
+                    // What a dead monitor left serving can stop now.
+                    let monitors = self.monitor_pids();
+                    self.orphans.release(self.config.graceful_timeout, &monitors);
+                    if let Some(systemd) = &mut self.systemd {
+                        systemd.ready(format!("generation {generation} serving with {workers} worker(s)"));
+                    }
                 }
             }
             Report::GenerationFailed { reason } => self.generation_failed(generation, reason),
@@ -571,6 +600,7 @@ impl Main {
                 Action::Reloaded(outcome) => self.reloaded(outcome),
                 Action::Exit(code) => {
                     self.exit.get_or_insert(code);
+                    self.refuse_queued_reloads();
                 }
             }
         }
@@ -610,7 +640,7 @@ impl Main {
                 log::error!("reload failed: {message}");
                 self.reloads.failed += 1;
                 self.reloads.last_error = Some(message.clone());
-                if let Some(systemd) = &mut self.systemd {
+                if let Some(systemd) = self.systemd.as_mut().filter(|_| !self.generations.is_stopping()) {
                     systemd.ready(format!("reload failed: {message}"));
                 }
                 Reply::error(message)

@@ -1,7 +1,13 @@
 //! Processes of a generation whose monitor is gone. main is child
-//! subreaper, so they are main's own children now: main signals them one by
-//! one, by pid, never by process group (the group id of a dead monitor may
-//! be reused by a new one). Unreaped, a child's pid cannot be reused either.
+//! subreaper, so the workers are main's own children now, and so are the
+//! processes they started once the workers are gone.
+//!
+//! They are signalled through their process group (the dead monitor's pid),
+//! which also reaches processes that are not main's children (a wrapper
+//! script's server whose wrapper still runs), but only while at least one
+//! live member is main's child: main does not reap it in between, so the
+//! group, and its id, cannot have been reused. An empty group is never
+//! signalled: its id may have gone to a new monitor.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +15,16 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::sys;
+
+/// What to do with what a monitor left behind.
+pub enum Left {
+    /// Its workers serve until [`Orphans::release`].
+    Serving,
+    /// `SIGTERM` now, `SIGKILL` after this grace.
+    Terminate(Duration),
+    /// Already told to stop (the monitor drained them): `SIGKILL` at this time.
+    Terminated(Instant),
+}
 
 /// What is left of one generation.
 struct Group {
@@ -25,28 +41,25 @@ pub struct Orphans {
 }
 
 impl Orphans {
-    /// Takes over what is left of group `pgid`, if anything. `terminate`:
-    /// `Some(grace)` sends `SIGTERM` now and `SIGKILL` after `grace`;
-    /// `None` leaves them serving until [`Orphans::release`]. `exclude`: live
-    /// monitors, which may have been given a recycled pid equal to `pgid`.
-    pub fn adopt(&mut self, pgid: Pid, terminate: Option<Duration>, exclude: &[Pid]) {
+    /// Takes over what is left of group `pgid`, if anything. `exclude`:
+    /// live monitors, one of which may have been given a pid equal to `pgid`
+    /// once that group was empty.
+    pub fn adopt(&mut self, pgid: Pid, now: Left, exclude: &[Pid]) {
         let members = members(pgid, exclude);
         if members.is_empty() {
             return;
         }
-        log::info!("{} process(es) of group {pgid} now belong to main", members.len());
+        log::info!("main takes over pids {members:?} of group {pgid}");
         let mut group = Group { pgid, terminated: false, kill_at: None };
-        if let Some(grace) = terminate {
-            terminate_group(&mut group, grace, exclude);
+        match now {
+            Left::Serving => {}
+            Left::Terminate(grace) => terminate_group(&mut group, grace, exclude),
+            Left::Terminated(kill_at) => {
+                group.terminated = true;
+                group.kill_at = Some(kill_at);
+            }
         }
         self.groups.push(group);
-    }
-
-    /// Takes over a group whose members were already sent `SIGTERM`.
-    pub fn adopt_terminated(&mut self, pgid: Pid, kill_at: Instant, exclude: &[Pid]) {
-        if !members(pgid, exclude).is_empty() {
-            self.groups.push(Group { pgid, terminated: true, kill_at: Some(kill_at) });
-        }
     }
 
     /// Another generation serves now (or panzer stops): orphans that were
@@ -74,12 +87,12 @@ impl Orphans {
         self.groups.retain(|group| {
             let members = members(group.pgid, exclude);
             if group.kill_at.is_some_and(|at| at <= now) {
-                for pid in &members {
+                if !members.is_empty() {
                     log::warn!(
-                        "pid {pid} (group {}) still running after the graceful timeout: SIGKILL",
+                        "group {} (pids {members:?}) still running after the graceful timeout: SIGKILL",
                         group.pgid
                     );
-                    sys::signal_process(*pid, Signal::SIGKILL);
+                    sys::signal_group(group.pgid, Signal::SIGKILL);
                 }
                 return false;
             }
@@ -93,8 +106,8 @@ impl Orphans {
 }
 
 fn terminate_group(group: &mut Group, grace: Duration, exclude: &[Pid]) {
-    for pid in members(group.pgid, exclude) {
-        sys::signal_process(pid, Signal::SIGTERM);
+    if !members(group.pgid, exclude).is_empty() {
+        sys::signal_group(group.pgid, Signal::SIGTERM);
     }
     group.terminated = true;
     group.kill_at = Some(Instant::now() + grace);
