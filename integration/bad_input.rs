@@ -32,6 +32,10 @@ fn usage_errors_exit_2() {
     assert_eq!(code, 2);
     assert!(log.contains("invalid address 'nonsense'"), "{log}");
 
+    let (code, log) = fails(&["--startup-timeout", "0s", "sleep"]);
+    assert_eq!(code, 2);
+    assert!(log.contains("--startup-timeout must be longer than 0"), "{log}");
+
     let (code, log) = fails(&["--graceful-timeout", "soon", "sleep"]);
     assert_eq!(code, 2);
     assert!(log.contains("invalid duration 'soon'"), "{log}");

@@ -67,6 +67,11 @@ impl Config {
         if cli.command.is_empty() {
             return Err(Error::Usage("the command to run is empty".into()));
         }
+        if cli.startup_timeout.0.is_zero() {
+            return Err(Error::Usage(
+                "--startup-timeout must be longer than 0: no generation could ever be ready".into(),
+            ));
+        }
         Ok(Config {
             count,
             binds: cli.bind,
