@@ -254,3 +254,33 @@ fn concurrent_clients_see_no_failed_request_across_ten_reloads() {
     );
     assert!(ok.load(Ordering::Relaxed) > 100, "too few requests to mean anything");
 }
+
+#[test]
+fn reloads_leak_no_fd_in_main_and_no_notify_socket() {
+    let dir = TestDir::new("leaks");
+    let deploy = Deploy::new(&dir);
+    let panzer = start(&deploy, "2", &[]);
+    panzer.wait_ready(1);
+    let fds_before = open_fds(panzer.pid);
+    for generation in 2..=6 {
+        panzer.signal(Signal::SIGUSR1);
+        panzer.wait_ready(generation);
+        panzer.wait_for_line(&format!("generation {} stopped", generation - 1));
+    }
+    // The same number: only the current monitor's channel (its number may
+    // differ) is open, whatever the reloads before.
+    let fds_after = open_fds(panzer.pid);
+    assert_eq!(fds_after.len(), fds_before.len(), "before {fds_before:?}, after {fds_after:?}");
+    // The monitor holds its status channel, its signalfd, its notify socket
+    // and the listening socket: nothing per worker, nothing per reload.
+    let monitor = panzer.monitors()[0];
+    let fds = open_fds(monitor);
+    assert_eq!(fds.len(), 3 + 4, "monitor fds: {fds:?}");
+    // Only the serving generation's notify socket is left.
+    let cmdline = process_table().remove(&monitor).unwrap().cmdline;
+    let notify = cmdline.split(' ').find_map(|a| a.strip_prefix("--notify-socket=")).unwrap();
+    let runtime = std::path::Path::new(notify).parent().unwrap();
+    let left: Vec<String> =
+        std::fs::read_dir(runtime).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(left, ["gen-6.notify"]);
+}
