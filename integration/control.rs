@@ -15,8 +15,6 @@ use crate::harness::*;
 /// panzer running `command` with a pid file and the default control socket;
 /// returns it with the paths of both.
 fn start(count: &str, command: &str) -> (Panzer, String, String) {
-    let dir = TestDir::new("ctl");
-    let pid_file = dir.join("panzer.pid").to_string_lossy().into_owned();
     let panzer = Panzer::start(&[
         "--bind",
         "127.0.0.1:0",
@@ -25,13 +23,13 @@ fn start(count: &str, command: &str) -> (Panzer, String, String) {
         "--ready",
         "notify",
         "--pid-file",
-        &pid_file,
+        "{dir}/panzer.pid",
         command,
     ]);
     panzer.wait_ready(1);
     let line = panzer.wait_for_line("control socket at ");
     let control = line.rsplit("control socket at ").next().unwrap().trim().to_string();
-    std::mem::forget(dir); // holds only the pid file, which panzer removes
+    let pid_file = panzer.dir.join("panzer.pid").to_string_lossy().into_owned();
     (panzer, control, pid_file)
 }
 

@@ -54,10 +54,15 @@ pub fn example(name: &str) -> String {
 pub struct TestDir(pub PathBuf);
 
 impl TestDir {
+    /// Kept short: panzer's runtime files (control socket, notify sockets)
+    /// go into it through `XDG_RUNTIME_DIR`, and unix socket paths are
+    /// limited to 107 bytes; a longer dir would make panzer use /tmp, where a
+    /// panzer killed by a test would leave them behind.
     pub fn new(name: &str) -> TestDir {
         static N: AtomicU32 = AtomicU32::new(0);
+        let short: String = name.rsplit('-').next().unwrap_or(name).chars().take(16).collect();
         let path = std::env::temp_dir().join(format!(
-            "panzer-test-{name}-{}-{}",
+            "pzt-{}-{}-{short}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
@@ -98,7 +103,8 @@ impl Panzer {
     }
 
     /// Starts `program ARGS…`, which must exec panzer in the same process
-    /// (a launcher that sets up fds first, for example).
+    /// (a launcher that sets up fds first, for example). `{dir}` in an
+    /// argument stands for this panzer's own test directory.
     pub fn start_via(program: &str, args: &[&str], env: &[(&str, &str)]) -> Panzer {
         let name = std::thread::current().name().unwrap_or("test").replace("::", "-");
         let dir = TestDir::new(&name);
@@ -106,7 +112,7 @@ impl Panzer {
         let out = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(program);
         command
-            .args(args)
+            .args(args.iter().map(|a| a.replace("{dir}", dir.0.to_str().unwrap())))
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .env_remove("RUST_LOG")

@@ -27,7 +27,7 @@ fn monitors_and_workers_run_as_the_given_user() {
     let hello = example("hello");
     let mut args: Vec<&str> = args.split(' ').collect();
     args.push(&hello);
-    let panzer = Panzer::start_with_env(&args, &[("XDG_RUNTIME_DIR", runtime.to_str().unwrap())]);
+    let mut panzer = Panzer::start_with_env(&args, &[("XDG_RUNTIME_DIR", runtime.to_str().unwrap())]);
     let port = panzer.port(0);
     // notify mode: the workers reached their monitor's socket as that user.
     panzer.wait_ready(1);
@@ -36,6 +36,9 @@ fn monitors_and_workers_run_as_the_given_user() {
     assert_eq!(ids(worker, "Gid:"), "65534 65534 65534 65534");
     assert_eq!(ids(panzer.monitors()[0], "Uid:"), "65534 65534 65534 65534");
     assert_eq!(ids(panzer.pid, "Uid:"), "0 0 0 0");
+    // A graceful stop also removes the notify sockets' dir in the temp dir.
+    panzer.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0));
 }
 
 #[test]
