@@ -78,6 +78,7 @@ fn a_vanished_binary_is_named_and_replacements_back_off() {
 
     // The serving monitor dies while no replacement can start: the orphans
     // keep serving and replacements are retried with a growing delay.
+    panzer.wait_for_line("generation 2 stopped");
     kill(monitor(&panzer), Signal::SIGKILL).unwrap();
     panzer.wait_for_line("in 100ms");
     panzer.wait_for_line("in 200ms");
