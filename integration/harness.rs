@@ -208,7 +208,17 @@ impl Drop for Panzer {
         // main is not reaped before this point (see `exit_status`), so its
         // pid and group id still name this test's processes, never a
         // recycled one of another test.
+        let table = process_table();
         let left = self.descendants();
+        // Generations first, by group: that also reaches a worker forked
+        // after the list was taken, which would otherwise outlive both its
+        // SIGKILLed monitor and main.
+        let own_group = nix::unistd::getpgrp();
+        let groups: HashSet<Pid> =
+            left.iter().filter_map(|p| table.get(p)).map(|p| p.pgid).filter(|g| *g != own_group).collect();
+        for group in groups {
+            let _ = signal::killpg(group, Signal::SIGKILL);
+        }
         let _ = signal::killpg(self.pid, Signal::SIGKILL);
         for pid in left {
             let _ = signal::kill(pid, Signal::SIGKILL);
