@@ -283,8 +283,6 @@ fn idle_cpu(bench: &Bench) -> Outcome {
     let mut panzer = bench.panzer(&["--count", &count, "--ready", "notify"], &[])?;
     panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
     let monitor = panzer.monitor_of(1)?;
-    // Settle: the last log lines of startup are being written right now.
-    thread::sleep(Duration::from_millis(100));
     let workers: Vec<Pid> = children_of(monitor);
     let before = (
         cpu_ticks(panzer.pid)?,

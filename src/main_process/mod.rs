@@ -749,16 +749,9 @@ impl Main {
         for m in &self.monitors {
             sys::signal_group(m.pid, Signal::SIGKILL);
         }
-        let me = nix::unistd::getpid();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-            let pid = Pid::from_raw(pid);
-            if sys::parent_and_group(pid).is_some_and(|(parent, _)| parent == me) {
-                sys::signal_process(pid, Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(pid, None);
-            }
+        // Not reaped: main exits next, and init collects them.
+        for (pid, _) in sys::own_children() {
+            sys::signal_process(pid, Signal::SIGKILL);
         }
     }
 }

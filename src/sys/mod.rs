@@ -140,8 +140,8 @@ pub fn parent_and_group(pid: Pid) -> Option<(Pid, Pid)> {
     Some((Pid::from_raw(ppid), Pid::from_raw(pgrp)))
 }
 
-/// Every live process whose parent is this process and whose group is `pgid`.
-pub fn own_children_in_group(pgid: Pid) -> Vec<Pid> {
+/// Every live child of this process, with its process group.
+pub fn own_children() -> Vec<(Pid, Pid)> {
     let me = nix::unistd::getpid();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -149,8 +149,16 @@ pub fn own_children_in_group(pgid: Pid) -> Vec<Pid> {
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .map(Pid::from_raw)
-        .filter(|&pid| parent_and_group(pid) == Some((me, pgid)))
+        .filter_map(|pid| match parent_and_group(pid) {
+            Some((parent, group)) if parent == me => Some((pid, group)),
+            _ => None,
+        })
         .collect()
+}
+
+/// Every live child of this process whose group is `pgid`.
+pub fn own_children_in_group(pgid: Pid) -> Vec<Pid> {
+    own_children().into_iter().filter(|&(_, group)| group == pgid).map(|(pid, _)| pid).collect()
 }
 
 /// `$XDG_RUNTIME_DIR/name`, or `name` in the temp dir when that variable is
