@@ -46,3 +46,20 @@ fn sockets_passed_by_systemd_are_adopted() {
     // The port is the one the launcher bound: nobody else can take it.
     assert!(TcpListener::bind(("127.0.0.1", port)).is_err());
 }
+
+#[test]
+fn an_absurd_listen_fds_is_a_usage_error_not_an_abort() {
+    let mut panzer = Panzer::start_via(
+        "sh",
+        &[
+            "-c",
+            "LISTEN_PID=$$ LISTEN_FDS=4294967295 exec \"$0\" \"$@\"",
+            env!("CARGO_BIN_EXE_panzer"),
+            "true",
+        ],
+        &[],
+    );
+    let status = panzer.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(2), "{}", panzer.log());
+    assert!(panzer.log().contains("LISTEN_FDS=4294967295: at most 1024 sockets"), "{}", panzer.log());
+}

@@ -106,6 +106,9 @@ fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
     }
 }
 
+/// The most sockets main adopts from `LISTEN_FDS`.
+const MAX_ADOPTED: usize = 1024;
+
 /// The `LISTEN_FDNAMES` value for these specs.
 pub fn fd_names<'a>(specs: impl IntoIterator<Item = &'a BindSpec>) -> String {
     specs.into_iter().map(BindSpec::fd_name).collect::<Vec<_>>().join(":")
@@ -116,12 +119,18 @@ pub fn fd_names<'a>(specs: impl IntoIterator<Item = &'a BindSpec>) -> String {
 /// `None` when there are none for this process. They are adopted as they
 /// are: not re-bound, and their files (unix sockets) are never removed.
 pub fn adopt_from_env() -> Result<Option<Vec<Listener>>, Error> {
-    let for_us = std::env::var("LISTEN_PID").is_ok_and(|pid| pid.trim() == std::process::id().to_string());
-    let count: usize = match std::env::var("LISTEN_FDS").ok().and_then(|n| n.trim().parse().ok()) {
+    use crate::worker::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID};
+    let for_us = std::env::var(LISTEN_PID).is_ok_and(|pid| pid.trim() == std::process::id().to_string());
+    let count: usize = match std::env::var(LISTEN_FDS).ok().and_then(|n| n.trim().parse().ok()) {
+        Some(n) if for_us && n > MAX_ADOPTED => {
+            return Err(Error::Usage(format!(
+                "{LISTEN_FDS}={n}: at most {MAX_ADOPTED} sockets can be passed in"
+            )))
+        }
         Some(n) if for_us && n > 0 => n,
         _ => return Ok(None),
     };
-    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let names = std::env::var(LISTEN_FDNAMES).unwrap_or_default();
     let mut names = names.split(':');
     let mut listeners = Vec::with_capacity(count);
     for i in 0..count {
