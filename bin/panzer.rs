@@ -5,7 +5,8 @@ use clap::Parser;
 
 use panzer::cli::Cli;
 use panzer::config::Config;
-use panzer::monitor::{self, MonitorArgs};
+use panzer::monitor;
+use panzer::protocol::MonitorArgs;
 
 fn main() {
     if std::env::args_os().nth(1).is_some_and(|a| a == "__monitor") {
@@ -24,6 +25,6 @@ fn main() {
 }
 
 fn fail(e: panzer::error::Error) -> ! {
-    eprintln!("panzer: {e}");
+    eprintln!("panzer: {}", e.report());
     std::process::exit(e.exit_code())
 }

@@ -71,7 +71,7 @@ fn a_killed_monitor_is_replaced_by_a_new_generation_on_the_same_port() {
     let old = get(port, "/").unwrap();
     let monitor = panzer.monitors()[0];
     kill(monitor, Signal::SIGKILL).unwrap();
-    panzer.wait_for_line("unexpectedly");
+    panzer.wait_for_line("was killed by SIGKILL");
     panzer.wait_ready(2);
     let new = eventually(PATIENCE, "generation 2 to answer", || {
         get(port, "/").ok().filter(|r| r.field("generation") == "2")

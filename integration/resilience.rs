@@ -76,21 +76,20 @@ fn a_vanished_binary_is_named_and_replacements_back_off() {
         out.stderr
     );
 
-    // The serving monitor dies while no replacement can start: the orphans
-    // keep serving and replacements are retried with a growing delay.
+    // The serving monitor dies while no replacement can start: its workers
+    // drain, replacements are retried with a growing delay, and a
+    // connection made meanwhile waits in the backlog until one serves.
     panzer.wait_for_line("generation 2 stopped");
     kill(monitor(&panzer), Signal::SIGKILL).unwrap();
     panzer.wait_for_line("in 100ms");
     panzer.wait_for_line("in 200ms");
-    assert_eq!(get(port, "/").unwrap().field("generation"), "1");
+    let waiting = std::thread::spawn(move || get(port, "/").map(|r| r.field("generation")));
     deploy.set("");
     let line = panzer.wait_for_lines(" workers in ", 2).pop().unwrap();
     let generation: u32 =
         line.split("generation ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!(generation > 2, "{line}");
-    eventually(PATIENCE, "the new generation to answer", || {
-        get(port, "/").ok().filter(|r| r.field("generation") == generation.to_string())
-    });
+    assert_eq!(waiting.join().unwrap().expect("the waiting request is answered"), generation.to_string());
     assert!(panzer.log().matches("starting generation").count() < 20, "{}", panzer.log());
 }
 

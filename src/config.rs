@@ -150,6 +150,28 @@ impl std::str::FromStr for CliDuration {
     }
 }
 
+/// `250ms`, `1.5s`, `2m`: short, for log lines.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 120_000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{}m", d.as_secs() / 60)
+    }
+}
+
+/// The most workers a generation may have: 4096, or fewer when
+/// `RLIMIT_NPROC` allows fewer processes.
+pub fn max_count() -> u32 {
+    const CEILING: u32 = 4096;
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NPROC) {
+        Ok((soft, _)) if soft != nix::sys::resource::RLIM_INFINITY => soft.min(CEILING as u64) as u32,
+        _ => CEILING,
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());

@@ -47,29 +47,59 @@ impl Error {
 }
 
 impl fmt::Display for Error {
+    /// What panzer was doing; the cause is [`std::error::Error::source`],
+    /// and [`Error::report`] puts the two together.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Usage(message) => write!(f, "{message}"),
             Error::Command { command, reason } => write!(f, "cannot run {command}: {reason}"),
-            Error::Bind { addr, source } => {
-                write!(f, "cannot bind {addr}: {}", describe(source))?;
-                match source.raw_os_error() {
-                    Some(libc::EACCES) if !addr.starts_with("unix:") => {
-                        write!(f, " (run as root, or use a port above 1023)")
-                    }
-                    Some(libc::EADDRINUSE) => write!(f, " (another process listens there)"),
-                    Some(libc::EADDRNOTAVAIL) => write!(f, " (no interface has that address)"),
-                    _ => Ok(()),
-                }
-            }
+            Error::Bind { addr, .. } => write!(f, "cannot bind {addr}"),
             Error::InUse(message) => write!(f, "{message}"),
             Error::NotReady { reason } => write!(f, "generation 1 never became ready: {reason}"),
-            Error::Os { what, source } => write!(f, "{what}: {}", describe(source)),
+            Error::Os { what, .. } => write!(f, "{what}"),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Bind { source, .. } | Error::Os { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// The one line the binary prints: what failed, each cause in turn,
+    /// then the fix where there is one.
+    pub fn report(&self) -> String {
+        let mut line = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(error) = cause {
+            line.push_str(": ");
+            match error.downcast_ref::<io::Error>() {
+                Some(io) => line.push_str(&describe(io)),
+                None => line.push_str(&error.to_string()),
+            }
+            cause = error.source();
+        }
+        if let Some(hint) = self.hint() {
+            line.push_str(&format!(" ({hint})"));
+        }
+        line
+    }
+
+    fn hint(&self) -> Option<&'static str> {
+        let Error::Bind { addr, source } = self else { return None };
+        match source.raw_os_error() {
+            Some(libc::EACCES) if !addr.starts_with("unix:") => Some("run as root, or use a port above 1023"),
+            Some(libc::EADDRINUSE) => Some("another process listens there"),
+            Some(libc::EADDRNOTAVAIL) => Some("no interface has that address"),
+            _ => None,
+        }
+    }
+}
 
 /// An OS error as a short lowercase phrase ("address already in use"),
 /// without Rust's "(os error 98)" suffix.
@@ -96,9 +126,12 @@ mod tests {
         let e =
             Error::Bind { addr: "127.0.0.1:80".into(), source: io::Error::from_raw_os_error(libc::EACCES) };
         assert_eq!(
-            e.to_string(),
+            e.report(),
             "cannot bind 127.0.0.1:80: permission denied (run as root, or use a port above 1023)"
         );
+        let e =
+            Error::os("cannot bind control socket /run/x.sock", io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(e.report(), "cannot bind control socket /run/x.sock: no such file or directory");
         assert_eq!(e.exit_code(), 71);
     }
 }

@@ -53,7 +53,8 @@ pub mod logging;
 pub mod main_process;
 pub mod monitor;
 pub mod notify;
+pub mod protocol;
 pub mod sockets;
-pub mod status;
+
 pub mod sys;
 pub mod worker;

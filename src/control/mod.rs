@@ -69,6 +69,9 @@ pub struct Status {
     pub count: u32,
     pub sockets: Vec<SocketStatus>,
     pub generations: Vec<GenerationStatus>,
+    /// Processes of a generation whose monitor is gone, until they exit.
+    #[serde(default)]
+    pub orphans: Vec<i32>,
     pub reloads: ReloadStats,
 }
 
@@ -94,6 +97,9 @@ pub struct WorkerStatus {
     pub restarts: u32,
     pub uptime_s: u64,
     pub rss_kib: u64,
+    /// How the previous worker of this slot ended, if one did.
+    #[serde(default)]
+    pub last_exit: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -28,7 +28,14 @@ pub const MAX_CLIENTS: usize = 64;
 
 /// Identifies a connected client across loop iterations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientId(u64);
+pub struct ClientId(pub(crate) u64);
+
+/// What a polled fd of the server belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token {
+    Listener,
+    Client(ClientId),
+}
 
 struct Client {
     id: ClientId,
@@ -86,9 +93,11 @@ impl Server {
         &self.path
     }
 
-    /// The listener first, then every client still sending: the fds main polls.
-    pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        std::iter::once(self.listener.as_fd()).chain(self.sending().map(|c| c.stream.as_fd())).collect()
+    /// The listener and every client still sending: the fds main polls.
+    pub fn fds(&self) -> Vec<(Token, BorrowedFd<'_>)> {
+        std::iter::once((Token::Listener, self.listener.as_fd()))
+            .chain(self.sending().map(|c| (Token::Client(c.id), c.stream.as_fd())))
+            .collect()
     }
 
     fn sending(&self) -> impl Iterator<Item = &Client> {
@@ -105,17 +114,17 @@ impl Server {
         self.clients.retain(|c| c.waiting || c.idle_deadline > now);
     }
 
-    /// Handles readiness: `ready[0]` for the listener, `ready[1..]` for the
-    /// clients in [`Server::fds`] order. Returns the valid requests read;
-    /// invalid ones are answered and their clients dropped here.
-    pub fn on_ready(&mut self, ready: &[bool]) -> Vec<(ClientId, Request)> {
+    /// Handles the fds of [`Server::fds`] that polled ready. Returns the
+    /// valid requests read; invalid ones are answered and their clients
+    /// dropped here.
+    pub fn on_ready(&mut self, ready: &[Token]) -> Vec<(ClientId, Request)> {
         let mut requests = Vec::new();
-        let readable: Vec<ClientId> =
-            self.sending().zip(ready.iter().skip(1)).filter(|(_, &r)| r).map(|(c, _)| c.id).collect();
-        for id in readable {
-            self.read_client(id, &mut requests);
+        for token in ready {
+            if let Token::Client(id) = token {
+                self.read_client(*id, &mut requests);
+            }
         }
-        if ready.first() == Some(&true) {
+        if ready.contains(&Token::Listener) {
             self.accept_all();
         }
         requests

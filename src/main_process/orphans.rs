@@ -1,6 +1,10 @@
 //! Processes of a generation whose monitor is gone. main is child
 //! subreaper, so the workers are main's own children now, and so are the
-//! processes they started once the workers are gone.
+//! processes they started once the workers are gone. Workers got their
+//! parent-death signal (the drain signal) when the monitor died; main
+//! signals the whole group too unless the monitor drained it itself, since a
+//! wrapper script's server never had a parent-death signal, and kills what
+//! is left at the deadline.
 //!
 //! They are signalled through their process group (the dead monitor's pid),
 //! which also reaches processes that are not main's children (a wrapper
@@ -8,109 +12,93 @@
 //! live member is main's child: main does not reap it in between, so the
 //! group, and its id, cannot have been reused. An empty group is never
 //! signalled: its id may have gone to a new monitor.
+//!
+//! Membership is read from main's own children list
+//! (`/proc/self/task/*/children`), never from a walk of the whole host's
+//! `/proc`, and only on `SIGCHLD`, at a deadline, or for `status`.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::sys;
 
-/// What to do with what a monitor left behind.
-pub enum Left {
-    /// Its workers serve until [`Orphans::release`].
-    Serving,
-    /// `SIGTERM` now, `SIGKILL` after this grace.
-    Terminate(Duration),
-    /// Already told to stop (the monitor drained them): `SIGKILL` at this time.
-    Terminated(Instant),
-}
-
 /// What is left of one generation.
 struct Group {
     pgid: Pid,
-    /// `SIGTERM` has been sent (or the monitor sent it while draining).
-    terminated: bool,
-    /// When the rest gets `SIGKILL`; set once terminated.
-    kill_at: Option<Instant>,
+    /// When the rest gets `SIGKILL`.
+    kill_at: Instant,
 }
 
 #[derive(Default)]
-pub struct Orphans {
+pub(crate) struct Orphans {
     groups: Vec<Group>,
 }
 
 impl Orphans {
-    /// Takes over what is left of group `pgid`, if anything. `exclude`:
+    /// Takes over what is left of group `pgid`, if anything: sends it the
+    /// drain signal when `terminate`, and `SIGKILL` at `kill_at`. `exclude`:
     /// live monitors, one of which may have been given a pid equal to `pgid`
     /// once that group was empty.
-    pub fn adopt(&mut self, pgid: Pid, now: Left, exclude: &[Pid]) {
+    /// Called while the monitor is an unreaped zombie, which pins its group
+    /// id: the group is signalled even if no member is main's child yet (a
+    /// wrapper's server is re-parented only once the wrapper has exited).
+    pub(crate) fn adopt(&mut self, pgid: Pid, terminate: bool, kill_at: Instant, exclude: &[Pid]) {
+        if terminate {
+            sys::signal_group(pgid, Signal::SIGTERM);
+        }
         let members = members(pgid, exclude);
-        if members.is_empty() {
-            return;
+        if !members.is_empty() {
+            log::info!("main takes over pids {members:?} of group {pgid} until they exit");
         }
-        log::info!("main takes over pids {members:?} of group {pgid}");
-        let mut group = Group { pgid, terminated: false, kill_at: None };
-        match now {
-            Left::Serving => {}
-            Left::Terminate(grace) => terminate_group(&mut group, grace, exclude),
-            Left::Terminated(kill_at) => {
-                group.terminated = true;
-                group.kill_at = Some(kill_at);
-            }
-        }
-        self.groups.push(group);
-    }
-
-    /// Another generation serves now (or panzer stops): orphans that were
-    /// left serving get `SIGTERM`, and `SIGKILL` after `grace`.
-    pub fn release(&mut self, grace: Duration, exclude: &[Pid]) {
-        for group in self.groups.iter_mut().filter(|g| !g.terminated) {
-            terminate_group(group, grace, exclude);
-        }
+        self.groups.push(Group { pgid, kill_at });
     }
 
     /// `SIGKILL` for every orphan, now.
-    pub fn kill_all(&mut self, exclude: &[Pid]) {
+    pub(crate) fn kill_all(&mut self, exclude: &[Pid]) {
+        let now = Instant::now();
         for group in &mut self.groups {
-            group.kill_at = Some(Instant::now());
+            group.kill_at = now;
         }
-        self.on_timer(Instant::now(), exclude);
+        self.on_deadline(now, exclude);
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.groups.iter().filter_map(|g| g.kill_at).min()
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.groups.iter().map(|g| g.kill_at).min()
     }
 
-    /// Kills overdue groups and forgets groups with no member left.
-    pub fn on_timer(&mut self, now: Instant, exclude: &[Pid]) {
+    /// Kills overdue groups.
+    pub(crate) fn on_deadline(&mut self, now: Instant, exclude: &[Pid]) {
         self.groups.retain(|group| {
-            let members = members(group.pgid, exclude);
-            if group.kill_at.is_some_and(|at| at <= now) {
-                if !members.is_empty() {
-                    log::warn!(
-                        "group {} (pids {members:?}) still running after the graceful timeout: SIGKILL",
-                        group.pgid
-                    );
-                    sys::signal_group(group.pgid, Signal::SIGKILL);
-                }
-                return false;
+            if group.kill_at > now {
+                return true;
             }
-            !members.is_empty()
+            let members = members(group.pgid, exclude);
+            if !members.is_empty() {
+                log::warn!(
+                    "group {} (pids {members:?}) still running after the graceful timeout: SIGKILL",
+                    group.pgid
+                );
+                sys::signal_group(group.pgid, Signal::SIGKILL);
+            }
+            false
         });
     }
 
-    pub fn is_empty(&self) -> bool {
+    /// Forgets groups with no member left (after a `SIGCHLD`).
+    pub(crate) fn forget_empty(&mut self, exclude: &[Pid]) {
+        self.groups.retain(|group| !members(group.pgid, exclude).is_empty());
+    }
+
+    /// Every live orphan.
+    pub(crate) fn pids(&self, exclude: &[Pid]) -> Vec<Pid> {
+        self.groups.iter().flat_map(|g| members(g.pgid, exclude)).collect()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }
-}
-
-fn terminate_group(group: &mut Group, grace: Duration, exclude: &[Pid]) {
-    if !members(group.pgid, exclude).is_empty() {
-        sys::signal_group(group.pgid, Signal::SIGTERM);
-    }
-    group.terminated = true;
-    group.kill_at = Some(Instant::now() + grace);
 }
 
 fn members(pgid: Pid, exclude: &[Pid]) -> Vec<Pid> {

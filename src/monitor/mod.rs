@@ -11,81 +11,30 @@ mod notify_socket;
 pub mod pool;
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::config::{CliDuration, ReadyMode};
+use crate::config::{format_duration, ReadyMode};
 use crate::notify::Notify;
-use crate::status::{Channel, Order, Received, Report};
+use crate::protocol::{Channel, MonitorArgs, Order, Received, Report, FIRST_SOCKET_FD, STATUS_FD};
 use crate::sys;
 use crate::sys::spawn::ExecPlan;
 use crate::worker;
 use notify_socket::NotifySocket;
 use pool::Pool;
 
-/// The fd at which a monitor finds its status channel.
-pub const STATUS_FD: RawFd = 3;
-/// The fd of the first listening socket in a monitor.
-pub const FIRST_SOCKET_FD: RawFd = 4;
-
-/// The hidden `panzer __monitor` command line main builds.
-#[derive(Debug, Parser)]
-#[command(name = "panzer __monitor", hide = true)]
-pub struct MonitorArgs {
-    #[arg(long)]
-    pub generation: u32,
-    #[arg(long)]
-    pub count: u32,
-    #[arg(long)]
-    pub ready: ReadyMode,
-    #[arg(long)]
-    pub graceful_timeout: CliDuration,
-    /// How many listening sockets start at fd 4.
-    #[arg(long)]
-    pub sockets: usize,
-    #[arg(long, default_value = "")]
-    pub fd_names: String,
-    #[arg(long)]
-    pub notify_socket: PathBuf,
-    #[arg(long)]
-    pub log_level: log::LevelFilter,
-    /// The command and its arguments.
-    #[arg(last = true, required = true)]
-    pub argv: Vec<OsString>,
-}
-
-impl MonitorArgs {
-    /// The argument list main passes after `__monitor`.
-    pub fn to_args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec![
-            "__monitor".into(),
-            format!("--generation={}", self.generation).into(),
-            format!("--count={}", self.count).into(),
-            format!("--ready={}", self.ready).into(),
-            format!("--graceful-timeout={}ms", self.graceful_timeout.0.as_millis()).into(),
-            format!("--sockets={}", self.sockets).into(),
-            format!("--fd-names={}", self.fd_names).into(),
-        ];
-        let mut notify = OsString::from("--notify-socket=");
-        notify.push(&self.notify_socket);
-        args.push(notify);
-        args.push(format!("--log-level={}", self.log_level).into());
-        args.push("--".into());
-        args.extend(self.argv.iter().cloned());
-        args
-    }
-}
-
 /// Signals the monitor handles through its signalfd.
 const SIGNALS: &[Signal] =
     &[Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT];
+
+/// At most this long for the workers of a generation that failed.
+const FAILED_GRACE: Duration = Duration::from_secs(5);
 
 /// A worker whose slot was removed by a scale-down, on its way out.
 struct Retired {
@@ -96,7 +45,8 @@ struct Retired {
 
 struct Monitor {
     args: MonitorArgs,
-    status: Channel,
+    /// `None` once main is gone.
+    status: Option<Channel>,
     sockets: Vec<OwnedFd>,
     signals: SignalFd,
     notify: NotifySocket,
@@ -114,6 +64,7 @@ struct Monitor {
 
 /// Runs the monitor role; returns the process exit status.
 pub fn run(args: MonitorArgs) -> i32 {
+    sys::set_process_name(c"panzer");
     crate::logging::init(args.log_level, Some(args.generation));
     let status = match sys::adopt_inherited_fd(STATUS_FD).and_then(Channel::from_fd) {
         Ok(status) => status,
@@ -124,11 +75,14 @@ pub fn run(args: MonitorArgs) -> i32 {
     };
     match Monitor::new(args, status) {
         Ok(mut monitor) => monitor.run(),
-        Err((reason, status)) => {
+        Err((reason, mut status)) => {
             // Tell main why, so the operator (and panzerctl reload) hears it.
             log::error!("{reason}");
-            let _ = status.send(&Report::GenerationFailed { reason });
-            1
+            // Exit 0: main has the reason, and no worker was started.
+            match status.send(&Report::GenerationFailed { reason }) {
+                Ok(()) => 0,
+                Err(_) => 1,
+            }
         }
     }
 }
@@ -143,7 +97,7 @@ impl Monitor {
                     base_env: worker::inherited_env(),
                     parent: nix::unistd::getppid(),
                     args,
-                    status,
+                    status: Some(status),
                     sockets,
                     signals,
                     notify,
@@ -168,7 +122,8 @@ impl Monitor {
             .map_err(|e| format!("cannot bind notify socket {}: {e}", args.notify_socket.display()))?;
         let program = worker::resolve_command(&args.argv[0])
             .map_err(|e| format!("cannot run {}: {e}", args.argv[0].to_string_lossy()))?;
-        let signals = sys::signal_fd(SIGNALS).map_err(|e| format!("cannot set up signals: {e}"))?;
+        let signals: Vec<i32> = SIGNALS.iter().map(|&s| s as i32).collect();
+        let signals = sys::signal_fd(&signals).map_err(|e| format!("cannot set up signals: {e}"))?;
         Ok((sockets, signals, notify, program))
     }
 
@@ -193,26 +148,29 @@ impl Monitor {
                     .into_iter()
                     .flatten()
                     .min();
-            let ready = match sys::wait_readable(
-                &[self.signals.as_fd(), self.status.fd(), self.notify.fd()],
-                deadline,
-            ) {
+            let mut fds: Vec<(BorrowedFd<'_>, bool)> =
+                vec![(self.signals.as_fd(), false), (self.notify.fd(), false)];
+            if let Some(status) = &self.status {
+                fds.push((status.fd(), status.wants_write()));
+            }
+            let ready = match sys::poll(&fds, deadline) {
                 Ok(ready) => ready,
                 Err(e) => {
                     log::error!("poll failed: {e}");
-                    self.main_gone();
+                    return 1;
                 }
             };
+            drop(fds);
             if ready[0] {
                 for signal in sys::pending_signals(&self.signals) {
                     self.on_signal(signal);
                 }
             }
             if ready[1] {
-                self.on_orders();
-            }
-            if ready[2] {
                 self.on_notify();
+            }
+            if ready.get(2) == Some(&true) {
+                self.on_status();
             }
         }
     }
@@ -245,11 +203,14 @@ impl Monitor {
             self.args.notify_socket.to_str(),
         );
         let fds: Vec<RawFd> = self.sockets.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+        // The parent-death signal: if this monitor dies, its workers drain
+        // while main starts a replacement, instead of serving unsupervised.
         let mut plan = ExecPlan::new(self.program.as_os_str(), &self.args.argv, env)
             .map_err(sys::spawn::SpawnError::Exec)?
-            .with_fds(&fds);
+            .with_fds(&fds)
+            .with_parent_death_signal(Signal::SIGTERM);
         if !self.sockets.is_empty() {
-            plan = plan.with_listen_pid();
+            plan = plan.with_own_pid_in(worker::LISTEN_PID);
         }
         plan.spawn()
     }
@@ -269,26 +230,32 @@ impl Monitor {
         }
     }
 
-    fn on_signal(&mut self, signal: Signal) {
+    fn on_signal(&mut self, number: i32) {
+        let Ok(signal) = Signal::try_from(number) else { return };
         match signal {
             Signal::SIGCHLD => self.reap(),
-            Signal::SIGQUIT => self.main_gone(),
             _ if nix::unistd::getppid() != self.parent => {
-                // The parent-death signal: main is gone, take the generation with it.
+                // The parent-death signal: main is gone.
                 self.main_gone();
             }
-            _ => self.drain(),
+            // Its own drain signal comes back to it through the group.
+            Signal::SIGTERM if self.pool.is_draining() => {}
+            _ => self.drain(self.args.graceful_timeout.0),
         }
     }
 
-    fn on_orders(&mut self) {
-        let (orders, closed) = match self.status.receive::<Order>() {
+    fn on_status(&mut self) {
+        let Some(status) = &mut self.status else { return };
+        if let Err(e) = status.flush() {
+            log::debug!("cannot reach main: {e}");
+        }
+        let (orders, closed) = match status.receive::<Order>() {
             Received::Messages(orders) => (orders, false),
             Received::Closed(orders) => (orders, true),
         };
         for order in orders {
             match order {
-                Order::Drain => self.drain(),
+                Order::Drain { grace_ms } => self.drain(Duration::from_millis(grace_ms)),
                 Order::Scale { count } => self.scale(count),
             }
         }
@@ -317,10 +284,8 @@ impl Monitor {
                     // With --ready DURATION, only time alive counts.
                     Notify::Ready if self.args.ready == ReadyMode::Notify => self.worker_ready(pid),
                     Notify::Ready => {}
-                    Notify::Status(text) => {
-                        log::debug!("worker {ordinal} (pid {pid}) status: {text}");
-                        self.report(Report::WorkerStatus { ordinal, text });
-                    }
+                    // Worker text stays here: it never travels to main.
+                    Notify::Status(text) => log::debug!("worker {ordinal} (pid {pid}) status: {text}"),
                     Notify::Stopping => log::debug!("worker {ordinal} (pid {pid}) is stopping"),
                     Notify::Watchdog | Notify::MainPid(_) | Notify::Reloading { .. } => {}
                 }
@@ -336,7 +301,7 @@ impl Monitor {
                 Ok(status) => status,
             };
             let Some(pid) = status.pid() else { continue };
-            let how = describe_exit(&status);
+            let how = sys::describe_exit(&status);
             let pid = pid.as_raw();
             if let Some(index) = self.retired.iter().position(|r| r.pid == pid) {
                 let ordinal = self.retired.swap_remove(index).ordinal;
@@ -370,26 +335,27 @@ impl Monitor {
             );
             log::error!("generation {} failed: {reason}", self.args.generation);
             self.report(Report::GenerationFailed { reason });
-            self.pool.drain();
-            self.kill_all();
-            self.exit_code = Some(1);
+            // Drained like any other: its ready workers may be serving.
+            self.drain(self.args.graceful_timeout.0.min(FAILED_GRACE));
         }
     }
 
     /// Stop the generation: `SIGTERM` to the whole process group (this
-    /// monitor included, which ignores it), `SIGKILL` after the graceful timeout.
-    fn drain(&mut self) {
+    /// monitor included, which ignores it), `SIGKILL` after `grace`.
+    fn drain(&mut self, grace: Duration) {
         if self.pool.is_draining() {
+            // A shorter grace (a failed generation) still applies.
+            let sooner = Instant::now() + grace;
+            if self.kill_at.is_some_and(|at| sooner < at) {
+                self.kill_at = Some(sooner);
+            }
             return;
         }
         let workers = self.pool.workers().count();
-        log::info!(
-            "draining {workers} worker(s); SIGKILL in {}",
-            format_duration(self.args.graceful_timeout.0)
-        );
+        log::info!("draining {workers} worker(s); SIGKILL in {}", format_duration(grace));
         self.pool.drain();
         sys::signal_group(nix::unistd::getpgrp(), Signal::SIGTERM);
-        self.kill_at = Some(Instant::now() + self.args.graceful_timeout.0);
+        self.kill_at = Some(Instant::now() + grace);
         self.exit_code.get_or_insert(0);
     }
 
@@ -428,18 +394,24 @@ impl Monitor {
         }
     }
 
-    /// main has died: nothing may outlive it. `SIGKILL` the whole process
-    /// group, this monitor included.
-    fn main_gone(&mut self) -> ! {
+    /// main has died: nothing may outlive it. The workers drain (within the
+    /// graceful timeout) and this monitor exits after them; its copies of
+    /// the listening sockets close at once, so the port is free as soon as
+    /// the workers have closed theirs.
+    fn main_gone(&mut self) {
+        if self.status.take().is_some() {
+            log::warn!("main is gone: draining this generation");
+        }
+        self.sockets.clear();
         self.notify.remove_file();
-        sys::signal_group(nix::unistd::getpgrp(), Signal::SIGKILL);
-        std::process::exit(1)
+        self.drain(self.args.graceful_timeout.0);
     }
 
     fn report(&mut self, report: Report) {
-        if let Err(e) = self.status.send(&report) {
-            if e.raw_os_error() == Some(libc::EPIPE) || e.raw_os_error() == Some(libc::ECONNRESET) {
-                self.main_gone();
+        let Some(status) = &mut self.status else { return };
+        if let Err(e) = status.send(&report) {
+            if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) {
+                return self.main_gone();
             }
             log::warn!("cannot report to main: {e}");
         }
@@ -449,28 +421,5 @@ impl Monitor {
 impl Drop for Monitor {
     fn drop(&mut self) {
         self.notify.remove_file();
-    }
-}
-
-/// "exited with status 1", "killed by SIGKILL".
-pub fn describe_exit(status: &WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
-        WaitStatus::Signaled(_, signal, core) => {
-            format!("killed by {}{}", signal.as_str(), if *core { " (core dumped)" } else { "" })
-        }
-        other => format!("changed state: {other:?}"),
-    }
-}
-
-/// `250ms`, `1.5s`, `2m`: short, for log lines.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 120_000 {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        format!("{}m", d.as_secs() / 60)
     }
 }

@@ -20,26 +20,65 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-/// Blocks `signals` for this process and returns a non-blocking signalfd
-/// that reports them. Children reset their mask before exec (see [`spawn`]).
-pub fn signal_fd(signals: &[Signal]) -> io::Result<SignalFd> {
-    let mut mask = SigSet::empty();
+/// Blocks `signals` (numbers, real-time ones included) for this process and
+/// returns a non-blocking signalfd that reports them. Children reset their
+/// mask before exec (see [`spawn`]).
+pub fn signal_fd(signals: &[libc::c_int]) -> io::Result<SignalFd> {
+    // SAFETY: `sigemptyset` initialises the set before any other use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
     for &signal in signals {
-        mask.add(signal);
+        // SAFETY: as above; an invalid number is reported, not undefined.
+        if unsafe { libc::sigaddset(&mut set, signal) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
+    // SAFETY: `set` was initialised by sigemptyset/sigaddset above.
+    let mask = unsafe { SigSet::from_sigset_t_unchecked(set) };
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
     Ok(SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?)
 }
 
-/// Every signal waiting on `fd`, in arrival order (one per kind at most).
-pub fn pending_signals(fd: &SignalFd) -> Vec<Signal> {
+/// The real-time signals a process may be sent (`SIGRTMIN` … `SIGRTMAX`,
+/// without the ones the C library keeps for itself).
+pub fn realtime_signals() -> std::ops::RangeInclusive<libc::c_int> {
+    libc::SIGRTMIN()..=libc::SIGRTMAX()
+}
+
+/// `SIGTERM`, or `SIGRTMIN+3` for a real-time signal.
+pub fn signal_name(number: libc::c_int) -> String {
+    match Signal::try_from(number) {
+        Ok(signal) => signal.as_str().to_string(),
+        Err(_) if realtime_signals().contains(&number) => format!("SIGRTMIN+{}", number - libc::SIGRTMIN()),
+        Err(_) => format!("signal {number}"),
+    }
+}
+
+/// Every signal waiting on `fd`, by number, in arrival order (one per kind at most).
+pub fn pending_signals(fd: &SignalFd) -> Vec<libc::c_int> {
     let mut signals = Vec::new();
     while let Ok(Some(info)) = fd.read_signal() {
-        if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
-            signals.push(signal);
-        }
+        signals.push(info.ssi_signo as libc::c_int);
     }
     signals
+}
+
+/// Names this process `name` as `ps -C`, `pgrep -x`, `top` and `ss -p` show
+/// it (a process exec'd through `/proc/self/exe` is called `exe` otherwise).
+pub fn set_process_name(name: &std::ffi::CStr) {
+    let _ = nix::sys::prctl::set_name(name);
+}
+
+/// "exited with status 1", "killed by SIGKILL".
+pub fn describe_exit(status: &WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
+        WaitStatus::Signaled(_, signal, core) => {
+            format!("killed by {}{}", signal.as_str(), if *core { " (core dumped)" } else { "" })
+        }
+        other => format!("changed state: {other:?}"),
+    }
 }
 
 /// Makes orphaned descendants re-parent to this process instead of init.
@@ -74,10 +113,17 @@ pub fn signal_process(pid: Pid, signal: Signal) {
     let _ = nix::sys::signal::kill(pid, signal);
 }
 
-/// Waits until one of `fds` is readable or `deadline` passes. Returns, for
-/// each fd, whether it is readable (or hung up).
-pub fn wait_readable(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Result<Vec<bool>> {
-    let mut polled: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
+/// Waits until one of `fds` is readable (or, where its flag says so,
+/// writable) or `deadline` passes. Returns, for each fd, whether it is ready
+/// (or hung up).
+pub fn poll(fds: &[(BorrowedFd<'_>, bool)], deadline: Option<Instant>) -> io::Result<Vec<bool>> {
+    let mut polled: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|&(fd, write)| {
+            let flags = if write { PollFlags::POLLIN | PollFlags::POLLOUT } else { PollFlags::POLLIN };
+            PollFd::new(fd, flags)
+        })
+        .collect();
     let timeout = match deadline {
         None => PollTimeout::NONE,
         Some(at) => {
@@ -140,20 +186,42 @@ pub fn parent_and_group(pid: Pid) -> Option<(Pid, Pid)> {
     Some((Pid::from_raw(ppid), Pid::from_raw(pgrp)))
 }
 
-/// Every live child of this process, with its process group.
+/// Every live child of this process, with its process group: from the
+/// kernel's list of this process's children, not a walk of all of `/proc`.
 pub fn own_children() -> Vec<(Pid, Pid)> {
     let me = nix::unistd::getpid();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
+    // A child that exits between the two reads hands its own children to
+    // this process first: read again to see them.
+    for _ in 0..2 {
+        let mut exited = false;
+        let mut found = Vec::new();
+        for pid in children_list() {
+            match parent_and_group(pid) {
+                Some((parent, group)) if parent == me => found.push((pid, group)),
+                _ => exited = true,
+            }
+        }
+        if !exited {
+            return found;
+        }
+    }
+    children_list()
+        .into_iter()
+        .filter_map(|pid| parent_and_group(pid).map(|(_, group)| (pid, group)))
+        .collect()
+}
+
+/// The kernel's list of this process's children (all threads).
+fn children_list() -> Vec<Pid> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .map(Pid::from_raw)
-        .filter_map(|pid| match parent_and_group(pid) {
-            Some((parent, group)) if parent == me => Some((pid, group)),
-            _ => None,
-        })
-        .collect()
+    let mut children = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else { continue };
+        children.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).map(Pid::from_raw));
+    }
+    children
 }
 
 /// Every live child of this process whose group is `pgid`.

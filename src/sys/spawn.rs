@@ -44,6 +44,8 @@ pub struct ExecPlan {
     env_ptrs: Vec<*const libc::c_char>,
     /// Index into `env` of the `LISTEN_PID=` entry whose digits the child fills in.
     listen_pid: Option<usize>,
+    /// Where the digits start in that entry.
+    pid_digits_at: usize,
     /// `(source, target)`: the child makes `source` available as `target`,
     /// without `CLOEXEC`. Targets are 3, 4, … in order.
     fds: Vec<(RawFd, RawFd)>,
@@ -103,6 +105,7 @@ impl ExecPlan {
             env,
             env_ptrs: Vec::new(),
             listen_pid: None,
+            pid_digits_at: 0,
             fds: Vec::new(),
             scratch: Vec::new(),
             new_process_group: false,
@@ -111,9 +114,11 @@ impl ExecPlan {
         })
     }
 
-    /// Adds `LISTEN_PID=<the child's own pid>` to the environment.
-    pub fn with_listen_pid(mut self) -> Self {
-        let mut entry = b"LISTEN_PID=".to_vec();
+    /// Adds `KEY=<the child's own pid>` to the environment (`LISTEN_PID`).
+    pub fn with_own_pid_in(mut self, key: &str) -> Self {
+        let mut entry = key.as_bytes().to_vec();
+        entry.push(b'=');
+        self.pid_digits_at = entry.len();
         entry.resize(entry.len() + PID_DIGITS + 1, 0);
         self.listen_pid = Some(self.env.len());
         self.env.push(entry);
@@ -290,8 +295,7 @@ unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
 
     if let Some(index) = plan.listen_pid {
         let entry = &mut plan.env[index];
-        let digits_at = b"LISTEN_PID=".len();
-        write_decimal(&mut entry[digits_at..], libc::getpid() as u32);
+        write_decimal(&mut entry[plan.pid_digits_at..], libc::getpid() as u32);
     }
 
     libc::execve(plan.path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.env_ptrs.as_ptr());

@@ -1,0 +1,1112 @@
+//! main's policy as one pure state machine: [`Event`]s in, [`Effect`]s out.
+//!
+//! Everything main decides lives here: which generation starts, serves,
+//! drains or has failed; the startup, drain and stop deadlines; the backoff
+//! before a replacement generation; the reload tickets that carry each
+//! reload request to its one answer; stop escalation. The loop in
+//! [`super`] turns signals, control requests, monitor reports, monitor exits
+//! and the clock into events, and performs the effects (spawn, order, kill a
+//! group, reply, notify systemd, exit). No processes, no syscalls, and the
+//! time is passed in, so every race is a unit test below.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::config::format_duration;
+use crate::control::server::ClientId;
+use crate::control::{Command, ReloadStats, Reply};
+use crate::protocol::{Order, Report};
+
+/// How long after its grace a draining monitor may take before main kills
+/// its whole group.
+pub const DRAIN_BACKSTOP: Duration = Duration::from_secs(5);
+/// At most this long for the workers of a failed generation to finish.
+pub const FAILED_GRACE: Duration = Duration::from_secs(5);
+/// First delay before another replacement generation when the last one
+/// failed; doubles per failure up to the cap.
+pub const REPLACEMENT_BACKOFF: Duration = Duration::from_millis(100);
+pub const REPLACEMENT_BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// While a generation starts, its progress is logged this often.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// The settings the policy needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub count: u32,
+    pub max_count: u32,
+    pub startup_timeout: Duration,
+    pub graceful_timeout: Duration,
+}
+
+/// What a generation is doing, as main sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for its replacement backoff; no monitor yet.
+    Delayed(Instant),
+    /// Its workers are starting; the previous generation still serves.
+    Starting,
+    /// All its workers became ready; it serves.
+    Ready,
+    /// Told to drain; it exits when its workers are gone.
+    Draining,
+    /// Failed to become ready; drained with [`FAILED_GRACE`].
+    Failed,
+}
+
+impl State {
+    /// The word `status` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Delayed(_) | State::Starting => "starting",
+            State::Ready => "ready",
+            // A failed generation is being stopped: to an operator, it drains.
+            State::Draining | State::Failed => "draining",
+        }
+    }
+}
+
+/// Why a generation exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cause {
+    /// Generation 1.
+    Boot,
+    /// A reload: these clients (none for a signal) wait for its outcome.
+    Reload(Vec<ClientId>),
+    /// Nothing serves any more (a monitor died): it takes over.
+    Replacement,
+}
+
+/// How a monitor ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal killed it (named, `SIGKILL`).
+    Killed(String),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Exited(code) => write!(f, "exited with status {code}"),
+            Ended::Killed(signal) => write!(f, "was killed by {signal}"),
+        }
+    }
+}
+
+/// What main knows of one worker, from its monitor's reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerView {
+    /// 0 while the slot has no process.
+    pub pid: i32,
+    pub ready: bool,
+    pub restarts: u32,
+    pub since: Instant,
+    pub last_exit: Option<String>,
+}
+
+/// One generation.
+#[derive(Debug)]
+pub struct Generation {
+    pub number: u32,
+    pub state: State,
+    cause: Cause,
+    /// Workers it was started with (slots 0…count-1).
+    count: u32,
+    started: Instant,
+    startup_deadline: Option<Instant>,
+    kill_deadline: Option<Instant>,
+    next_progress: Option<Instant>,
+    pub workers: BTreeMap<u32, WorkerView>,
+}
+
+/// Something that happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// main is up: start generation 1.
+    Boot,
+    /// A command from a signal (`from: None`) or a control client. `Status`
+    /// is a query the loop answers itself.
+    Command { command: Command, from: Option<ClientId> },
+    /// The monitor of `generation` could not be started at all.
+    SpawnFailed { generation: u32, reason: String },
+    /// A message from the monitor of `generation`.
+    Report { generation: u32, report: Report },
+    /// The monitor of `generation` is gone (seen before it is reaped).
+    MonitorExited { generation: u32, ended: Ended },
+    /// Time passed: deadlines may be due.
+    Tick,
+}
+
+/// Something the loop must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Spawn the monitor of `generation` with `count` workers.
+    Spawn { generation: u32, count: u32 },
+    /// Send `order` to the monitor of `generation`.
+    Order { generation: u32, order: Order },
+    /// `SIGKILL` the process group of `generation`.
+    KillGroup(u32),
+    /// What the monitor of `generation` left behind is now main's: signal
+    /// it with the drain signal unless the monitor already did
+    /// (`terminate`), and `SIGKILL` what is left at `kill_at`.
+    Orphans { generation: u32, terminate: bool, kill_at: Instant },
+    /// `SIGKILL` every orphan now.
+    KillOrphans,
+    /// Answer a control client.
+    Reply { to: ClientId, reply: Reply },
+    /// Tell systemd (when main runs under it).
+    Systemd(Note),
+    /// Exit main with this status once every orphan is gone.
+    Exit(i32),
+}
+
+/// What systemd hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    Ready(String),
+    Reloading,
+    Stopping,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Graceful,
+    Now,
+}
+
+/// main's whole policy.
+#[derive(Debug)]
+pub struct Policy {
+    settings: Settings,
+    generations: Vec<Generation>,
+    last: u32,
+    /// A reload asked for while one was under way, with its waiting clients.
+    queued_reload: Option<Vec<ClientId>>,
+    stopping: Option<Stop>,
+    stop_deadline: Option<Instant>,
+    exit_code: i32,
+    exited: bool,
+    /// Some generation has served: a failing one is no longer fatal.
+    served: bool,
+    /// Replacement generations that failed in a row: the next waits.
+    replacement_failures: u32,
+    /// Why the last generation failed (the exit message when it was the first).
+    pub last_failure: Option<String>,
+    pub reloads: ReloadStats,
+}
+
+impl Policy {
+    pub fn new(settings: Settings) -> Policy {
+        Policy {
+            settings,
+            generations: Vec::new(),
+            last: 0,
+            queued_reload: None,
+            stopping: None,
+            stop_deadline: None,
+            exit_code: 0,
+            exited: false,
+            served: false,
+            replacement_failures: 0,
+            last_failure: None,
+            reloads: ReloadStats::default(),
+        }
+    }
+
+    /// Workers per generation now.
+    pub fn count(&self) -> u32 {
+        self.settings.count
+    }
+
+    /// Every generation, oldest first.
+    pub fn generations(&self) -> &[Generation] {
+        &self.generations
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_some()
+    }
+
+    /// The earliest deadline: when the loop must send [`Event::Tick`].
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let generations = self.generations.iter().flat_map(|g| {
+            let delayed = match g.state {
+                State::Delayed(at) => Some(at),
+                _ => None,
+            };
+            [delayed, g.startup_deadline, g.kill_deadline, g.next_progress]
+        });
+        generations.chain([self.stop_deadline]).flatten().min()
+    }
+
+    /// Takes one event at time `now`; returns what to do, in order.
+    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Effect> {
+        let mut out = Vec::new();
+        match event {
+            Event::Boot => self.start(now, Cause::Boot, &mut out),
+            Event::Command { command, from } => self.command(now, command, from, &mut out),
+            Event::SpawnFailed { generation, reason } => {
+                self.failed(now, generation, &reason, &mut out);
+                // No process was created: nothing to wait for.
+                out.retain(|e| !matches!(e, Effect::Order { generation: g, .. } if *g == generation));
+                self.remove(generation);
+            }
+            Event::Report { generation, report } => self.report(now, generation, report, &mut out),
+            Event::MonitorExited { generation, ended } => {
+                self.monitor_exited(now, generation, ended, &mut out)
+            }
+            Event::Tick => self.tick(now, &mut out),
+        }
+        if self.stopping.is_some() && self.generations.is_empty() && !self.exited {
+            self.exited = true;
+            out.push(Effect::Exit(self.exit_code));
+        }
+        out
+    }
+
+    fn find(&mut self, number: u32) -> Option<&mut Generation> {
+        self.generations.iter_mut().find(|g| g.number == number)
+    }
+
+    fn state(&self, number: u32) -> Option<State> {
+        self.generations.iter().find(|g| g.number == number).map(|g| g.state)
+    }
+
+    fn any(&self, f: impl Fn(State) -> bool) -> bool {
+        self.generations.iter().any(|g| f(g.state))
+    }
+
+    /// A new generation: spawned now, or after the replacement backoff.
+    fn start(&mut self, now: Instant, cause: Cause, out: &mut Vec<Effect>) {
+        self.last += 1;
+        let number = self.last;
+        let count = self.settings.count;
+        let state = if cause == Cause::Replacement && self.replacement_failures > 0 {
+            let delay = REPLACEMENT_BACKOFF
+                .saturating_mul(1 << (self.replacement_failures - 1).min(10))
+                .min(REPLACEMENT_BACKOFF_CAP);
+            log::warn!("starting generation {number} in {}", format_duration(delay));
+            State::Delayed(now + delay)
+        } else {
+            State::Starting
+        };
+        if matches!(cause, Cause::Reload(_)) {
+            out.push(Effect::Systemd(Note::Reloading));
+        }
+        self.generations.push(Generation {
+            number,
+            state,
+            cause,
+            count,
+            started: now,
+            startup_deadline: None,
+            kill_deadline: None,
+            next_progress: None,
+            workers: BTreeMap::new(),
+        });
+        if state == State::Starting {
+            self.spawn(now, number, out);
+        }
+    }
+
+    fn spawn(&mut self, now: Instant, number: u32, out: &mut Vec<Effect>) {
+        let timeout = self.settings.startup_timeout;
+        let Some(g) = self.find(number) else { return };
+        g.state = State::Starting;
+        g.started = now;
+        g.startup_deadline = Some(now + timeout);
+        g.next_progress = Some(now + PROGRESS_EVERY);
+        let count = g.count;
+        out.push(Effect::Spawn { generation: number, count });
+    }
+
+    fn command(&mut self, now: Instant, command: Command, from: Option<ClientId>, out: &mut Vec<Effect>) {
+        let reply = |out: &mut Vec<Effect>, reply: Reply| {
+            if let Some(to) = from {
+                out.push(Effect::Reply { to, reply });
+            }
+        };
+        match command {
+            Command::Status => {}
+            Command::Reload => self.reload(now, from, out),
+            Command::Stop => {
+                reply(out, Reply::ok());
+                self.stop(now, Stop::Graceful, out);
+            }
+            Command::StopNow => {
+                reply(out, Reply::ok());
+                self.stop(now, Stop::Now, out);
+            }
+            Command::Scale(count) => match self.scale(count, out) {
+                Ok(count) => reply(out, Reply { count: Some(count), ..Reply::ok() }),
+                Err(e) => reply(out, Reply::error(e)),
+            },
+            Command::ScaleBy(delta) => {
+                let count = self.settings.count.saturating_add_signed(delta).max(1);
+                if let Err(e) = self.scale(count, out) {
+                    log::warn!("{e}");
+                }
+            }
+        }
+    }
+
+    /// `SIGUSR1`, `SIGHUP` or a control request. Requests during a reload
+    /// coalesce into one more after it.
+    fn reload(&mut self, now: Instant, from: Option<ClientId>, out: &mut Vec<Effect>) {
+        if self.stopping.is_some() {
+            log::info!("reload refused: panzer is stopping");
+            if let Some(to) = from {
+                out.push(Effect::Reply { to, reply: Reply::error("panzer is stopping") });
+            }
+            return;
+        }
+        if self.any(|s| matches!(s, State::Starting | State::Delayed(_))) {
+            log::info!("reload queued behind the one under way");
+            self.queued_reload.get_or_insert_with(Vec::new).extend(from);
+            return;
+        }
+        self.start(now, Cause::Reload(from.into_iter().collect()), out);
+    }
+
+    fn scale(&mut self, count: u32, out: &mut Vec<Effect>) -> Result<u32, String> {
+        if count == 0 || count > self.settings.max_count {
+            return Err(format!(
+                "scale {count}: the count must be between 1 and {}",
+                self.settings.max_count
+            ));
+        }
+        if self.stopping.is_some() || count == self.settings.count {
+            return Ok(self.settings.count);
+        }
+        log::info!("scaling from {} to {count} worker(s)", self.settings.count);
+        self.settings.count = count;
+        for g in &mut self.generations {
+            match g.state {
+                State::Starting | State::Ready => {
+                    g.count = count;
+                    out.push(Effect::Order { generation: g.number, order: Order::Scale { count } });
+                }
+                State::Delayed(_) => g.count = count,
+                State::Draining | State::Failed => {}
+            }
+        }
+        Ok(count)
+    }
+
+    /// Tells `number` to drain within `grace`; its group is killed if it is
+    /// not gone a backstop later.
+    fn drain(&mut self, now: Instant, number: u32, state: State, grace: Duration, out: &mut Vec<Effect>) {
+        let Some(g) = self.find(number) else { return };
+        g.state = state;
+        g.startup_deadline = None;
+        g.next_progress = None;
+        g.kill_deadline = Some(now + grace + DRAIN_BACKSTOP);
+        out.push(Effect::Order { generation: number, order: Order::drain(grace) });
+    }
+
+    fn report(&mut self, now: Instant, number: u32, report: Report, out: &mut Vec<Effect>) {
+        let Some(g) = self.find(number) else { return };
+        match report {
+            Report::WorkerStarted { ordinal, pid } => {
+                let (restarts, last_exit) =
+                    g.workers.get(&ordinal).map_or((0, None), |w| (w.restarts + 1, w.last_exit.clone()));
+                g.workers.insert(ordinal, WorkerView { pid, ready: false, restarts, since: now, last_exit });
+            }
+            Report::WorkerReady { ordinal, pid } => {
+                if let Some(w) = g.workers.get_mut(&ordinal).filter(|w| w.pid == pid) {
+                    w.ready = true;
+                }
+            }
+            Report::WorkerExited { ordinal, pid, how } => {
+                if let Some(w) = g.workers.get_mut(&ordinal).filter(|w| w.pid == pid) {
+                    w.ready = false;
+                    w.pid = 0;
+                    w.last_exit = Some(how);
+                }
+            }
+            Report::GenerationReady { workers, elapsed_ms } => {
+                log::info!("generation {number} ready: {workers}/{workers} workers in {elapsed_ms} ms");
+                self.ready(now, number, workers, out);
+            }
+            Report::GenerationFailed { reason } => self.failed(now, number, &reason, out),
+        }
+    }
+
+    /// Every worker of `number` is ready: it takes over, older ones drain.
+    fn ready(&mut self, now: Instant, number: u32, workers: u32, out: &mut Vec<Effect>) {
+        // Too late if it already failed (at the startup timeout, say).
+        if self.state(number) != Some(State::Starting) {
+            return;
+        }
+        let grace = self.settings.graceful_timeout;
+        if let Some(g) = self.find(number) {
+            g.state = State::Ready;
+            g.startup_deadline = None;
+            g.next_progress = None;
+        }
+        self.served = true;
+        self.replacement_failures = 0;
+        let older: Vec<u32> = self
+            .generations
+            .iter()
+            .filter(|g| g.number < number && matches!(g.state, State::Ready | State::Starting))
+            .map(|g| g.number)
+            .collect();
+        for old in older {
+            self.drain(now, old, State::Draining, grace, out);
+        }
+        // An older one still waiting for its backoff will never be needed.
+        let delayed: Vec<u32> = self
+            .generations
+            .iter()
+            .filter(|g| g.number < number && matches!(g.state, State::Delayed(_)))
+            .map(|g| g.number)
+            .collect();
+        for old in delayed {
+            self.remove(old);
+        }
+        let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
+        if let Some(Cause::Reload(clients)) = cause {
+            log::info!("reload done: generation {number} serves");
+            self.reloads.ok += 1;
+            for to in clients {
+                out.push(Effect::Reply { to, reply: Reply { generation: Some(number), ..Reply::ok() } });
+            }
+        }
+        if self.stopping.is_some() {
+            self.drain(now, number, State::Draining, grace, out);
+            return;
+        }
+        out.push(Effect::Systemd(Note::Ready(format!(
+            "generation {number} serving with {workers} worker(s)"
+        ))));
+        if let Some(clients) = self.queued_reload.take() {
+            self.start(now, Cause::Reload(clients), out);
+        }
+    }
+
+    /// `number` cannot become ready (startup timeout, workers crashing, its
+    /// monitor could not start): it drains, whatever serves keeps serving.
+    fn failed(&mut self, now: Instant, number: u32, reason: &str, out: &mut Vec<Effect>) {
+        if self.state(number) != Some(State::Starting) {
+            return;
+        }
+        log::error!("generation {number} failed: {reason}");
+        self.last_failure = Some(reason.to_string());
+        let grace = self.settings.graceful_timeout.min(FAILED_GRACE);
+        self.drain(now, number, State::Failed, grace, out);
+        let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
+        self.after_failure(now, cause, reason, out);
+    }
+
+    /// What follows a generation that did not come up: the reload's answer,
+    /// then another try if something asked for one or nothing serves.
+    fn after_failure(&mut self, now: Instant, cause: Option<Cause>, reason: &str, out: &mut Vec<Effect>) {
+        if self.stopping.is_some() {
+            return;
+        }
+        if !self.served {
+            // Nothing ever served, and the application itself failed: give up.
+            self.exit_code = crate::error::EXIT_NOT_READY;
+            self.stop(now, Stop::Graceful, out);
+            return;
+        }
+        let serving =
+            self.generations.iter().filter(|g| g.state == State::Ready).map(|g| g.number).next_back();
+        if let Some(Cause::Reload(clients)) = cause {
+            let message = match serving {
+                Some(n) => format!("{reason}; generation {n} keeps serving"),
+                None => reason.to_string(),
+            };
+            log::error!("reload failed: {message}");
+            self.reloads.failed += 1;
+            self.reloads.last_error = Some(message.clone());
+            out.push(Effect::Systemd(Note::Ready(format!("reload failed: {message}"))));
+            for to in clients {
+                out.push(Effect::Reply { to, reply: Reply::error(message.clone()) });
+            }
+        } else if cause == Some(Cause::Replacement) {
+            self.replacement_failures += 1;
+        }
+        if let Some(clients) = self.queued_reload.take() {
+            self.start(now, Cause::Reload(clients), out);
+        } else if serving.is_none() && !self.any(|s| matches!(s, State::Starting | State::Delayed(_))) {
+            self.start(now, Cause::Replacement, out);
+        }
+    }
+
+    fn monitor_exited(&mut self, now: Instant, number: u32, ended: Ended, out: &mut Vec<Effect>) {
+        let Some(state) = self.state(number) else { return };
+        let grace = self.settings.graceful_timeout;
+        // A monitor that drained exited 0 after signalling its workers; any
+        // other end left them (or their children) to main.
+        let drained = matches!(state, State::Draining | State::Failed) && ended == Ended::Exited(0);
+        let kill_at = match self.generations.iter().find(|g| g.number == number).and_then(|g| g.kill_deadline)
+        {
+            Some(deadline) if drained => deadline.checked_sub(DRAIN_BACKSTOP).unwrap_or(deadline),
+            _ => now + grace,
+        };
+        out.push(Effect::Orphans { generation: number, terminate: !drained, kill_at });
+        match state {
+            State::Starting => {
+                log::error!("the monitor of generation {number} {ended} before it was ready");
+                let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
+                self.remove(number);
+                match ended {
+                    // Killed from outside: not the application failing.
+                    Ended::Killed(_) => self.killed_while_starting(now, cause, &ended, out),
+                    _ => {
+                        let reason = format!("its monitor {ended} before it was ready");
+                        self.last_failure = Some(reason.clone());
+                        self.after_failure(now, cause, &reason, out);
+                    }
+                }
+            }
+            State::Ready => {
+                self.remove(number);
+                if self.stopping.is_some() {
+                    log::warn!("the monitor of generation {number} {ended} while stopping");
+                } else {
+                    log::error!(
+                        "the monitor of generation {number} {ended}; its workers drain while a new generation starts"
+                    );
+                    if !self.any(|s| matches!(s, State::Starting | State::Ready | State::Delayed(_))) {
+                        self.start(now, Cause::Replacement, out);
+                    }
+                }
+            }
+            State::Draining | State::Failed => {
+                if drained {
+                    log::info!("generation {number} stopped");
+                } else {
+                    log::warn!("the monitor of generation {number} {ended} while stopping");
+                }
+                self.remove(number);
+            }
+            State::Delayed(_) => self.remove(number),
+        }
+    }
+
+    /// A starting monitor was killed by a signal: a reload fails with that
+    /// reason; generation 1 (or a replacement) is started again.
+    fn killed_while_starting(
+        &mut self,
+        now: Instant,
+        cause: Option<Cause>,
+        ended: &Ended,
+        out: &mut Vec<Effect>,
+    ) {
+        if self.stopping.is_some() {
+            return;
+        }
+        match cause {
+            Some(Cause::Reload(_)) => {
+                let reason = format!("its monitor {ended} before it was ready");
+                self.after_failure(now, cause, &reason, out);
+            }
+            _ => {
+                self.replacement_failures += 1;
+                if !self.any(|s| matches!(s, State::Starting | State::Ready | State::Delayed(_))) {
+                    self.start(now, Cause::Replacement, out);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, number: u32) {
+        self.generations.retain(|g| g.number != number);
+    }
+
+    /// `SIGTERM`, `SIGINT`, a control `stop` (graceful), or `SIGQUIT`, a
+    /// second `SIGINT` (now).
+    fn stop(&mut self, now: Instant, how: Stop, out: &mut Vec<Effect>) {
+        let already = self.stopping;
+        if already == Some(Stop::Now) || (already.is_some() && how == Stop::Graceful) {
+            return;
+        }
+        self.stopping = Some(how);
+        if already.is_none() {
+            let grace = self.settings.graceful_timeout;
+            match how {
+                Stop::Graceful if self.exit_code == 0 => {
+                    log::info!("stopping gracefully (workers have {} to finish)", format_duration(grace))
+                }
+                Stop::Graceful => {}
+                Stop::Now => log::warn!("stopping now, killing every worker"),
+            }
+            self.stop_deadline = Some(now + grace + DRAIN_BACKSTOP);
+            out.push(Effect::Systemd(Note::Stopping));
+            let mut cancelled: Vec<ClientId> = self.queued_reload.take().unwrap_or_default();
+            let numbers: Vec<(u32, State)> = self.generations.iter().map(|g| (g.number, g.state)).collect();
+            for (number, state) in numbers {
+                match state {
+                    State::Delayed(_) => self.remove(number),
+                    State::Starting | State::Ready => {
+                        if let Some(Cause::Reload(clients)) =
+                            self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement))
+                        {
+                            cancelled.extend(clients);
+                        }
+                        self.drain(now, number, State::Draining, grace, out);
+                    }
+                    State::Draining | State::Failed => {}
+                }
+            }
+            if !cancelled.is_empty() {
+                log::info!("a reload waiting to run was cancelled: panzer is stopping");
+            }
+            for to in cancelled {
+                out.push(Effect::Reply { to, reply: Reply::error("reload cancelled: panzer is stopping") });
+            }
+        }
+        if how == Stop::Now {
+            self.kill_everything(out);
+        }
+    }
+
+    fn kill_everything(&mut self, out: &mut Vec<Effect>) {
+        for g in &mut self.generations {
+            g.kill_deadline = None;
+            out.push(Effect::KillGroup(g.number));
+        }
+        out.push(Effect::KillOrphans);
+        self.stop_deadline = None;
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
+        let snapshot: Vec<(u32, State, bool, bool, bool)> = self
+            .generations
+            .iter()
+            .map(|g| (g.number, g.state, due(g.kill_deadline), due(g.startup_deadline), due(g.next_progress)))
+            .collect();
+        for (number, state, kill, startup, report_progress) in snapshot {
+            if let State::Delayed(at) = state {
+                if at <= now {
+                    self.spawn(now, number, out);
+                }
+                continue;
+            }
+            if kill {
+                if let Some(g) = self.find(number) {
+                    g.kill_deadline = None;
+                }
+                log::warn!("generation {number} did not stop in time: killing its process group");
+                out.push(Effect::KillGroup(number));
+            }
+            if startup {
+                let (ready, count) = self
+                    .find(number)
+                    .map(|g| (g.workers.values().filter(|w| w.ready).count(), g.count))
+                    .unwrap_or_default();
+                let reason = format!(
+                    "not ready within {} ({ready}/{count} workers ready)",
+                    format_duration(self.settings.startup_timeout)
+                );
+                self.failed(now, number, &reason, out);
+            } else if report_progress {
+                if let Some(g) = self.find(number) {
+                    g.next_progress = Some(now + PROGRESS_EVERY);
+                    log::info!("{}", progress(g, now));
+                }
+            }
+        }
+        if due(self.stop_deadline) {
+            log::warn!("workers still running after the graceful timeout: killing them");
+            self.kill_everything(out);
+        }
+    }
+}
+
+/// `generation 3 starting: 3/4 ready after 10 s; worker 2 not ready`.
+fn progress(g: &Generation, now: Instant) -> String {
+    let ready: Vec<u32> = g.workers.iter().filter(|(_, w)| w.ready).map(|(o, _)| *o).collect();
+    let waiting: Vec<String> = (0..g.count).filter(|o| !ready.contains(o)).map(|o| o.to_string()).collect();
+    let after = now.saturating_duration_since(g.started).as_secs();
+    let mut line =
+        format!("generation {} starting: {}/{} ready after {after} s", g.number, ready.len(), g.count);
+    match waiting.len() {
+        0 => {}
+        1 => line.push_str(&format!("; worker {} not ready", waiting[0])),
+        _ if waiting.len() <= 8 => line.push_str(&format!("; workers {} not ready", waiting.join(", "))),
+        n => line.push_str(&format!("; {n} workers not ready")),
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Effect::{Exit, KillGroup, KillOrphans, Orphans, Spawn, Systemd};
+
+    const GRACE: Duration = Duration::from_secs(30);
+
+    fn settings() -> Settings {
+        Settings {
+            count: 2,
+            max_count: 64,
+            startup_timeout: Duration::from_secs(60),
+            graceful_timeout: GRACE,
+        }
+    }
+
+    struct World {
+        policy: Policy,
+        now: Instant,
+    }
+
+    impl World {
+        fn new() -> World {
+            World { policy: Policy::new(settings()), now: Instant::now() }
+        }
+
+        fn serving() -> World {
+            let mut w = World::new();
+            assert_eq!(w.on(Event::Boot), vec![Spawn { generation: 1, count: 2 }]);
+            w.ready(1);
+            w
+        }
+
+        fn on(&mut self, event: Event) -> Vec<Effect> {
+            self.policy.handle(self.now, event)
+        }
+
+        fn later(&mut self, by: Duration) -> Vec<Effect> {
+            self.now += by;
+            self.on(Event::Tick)
+        }
+
+        fn ready(&mut self, generation: u32) -> Vec<Effect> {
+            self.on(Event::Report {
+                generation,
+                report: Report::GenerationReady { workers: 2, elapsed_ms: 1 },
+            })
+        }
+
+        fn failed(&mut self, generation: u32, reason: &str) -> Vec<Effect> {
+            self.on(Event::Report { generation, report: Report::GenerationFailed { reason: reason.into() } })
+        }
+
+        fn exited(&mut self, generation: u32, ended: Ended) -> Vec<Effect> {
+            self.on(Event::MonitorExited { generation, ended })
+        }
+
+        fn reload(&mut self, client: u64) -> Vec<Effect> {
+            self.on(Event::Command { command: Command::Reload, from: Some(ClientId(client)) })
+        }
+
+        fn states(&self) -> Vec<(u32, State)> {
+            self.policy.generations().iter().map(|g| (g.number, g.state)).collect()
+        }
+    }
+
+    fn drain(generation: u32, grace: Duration) -> Effect {
+        Effect::Order { generation, order: crate::protocol::Order::drain(grace) }
+    }
+
+    fn ok(client: u64, generation: u32) -> Effect {
+        Effect::Reply { to: ClientId(client), reply: Reply { generation: Some(generation), ..Reply::ok() } }
+    }
+
+    fn spawns(effects: &[Effect]) -> Vec<u32> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Spawn { generation, .. } => Some(*generation),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn replies(effects: &[Effect]) -> Vec<(u64, bool, String)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Reply { to, reply } => {
+                    Some((to.0, reply.ok, reply.error.clone().unwrap_or_default()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn killed() -> Ended {
+        Ended::Killed("SIGKILL".into())
+    }
+
+    #[test]
+    fn a_reload_starts_the_next_generation_then_drains_the_previous_when_it_is_ready() {
+        let mut w = World::serving();
+        assert_eq!(w.reload(7), vec![Systemd(Note::Reloading), Spawn { generation: 2, count: 2 }]);
+        assert_eq!(w.states(), vec![(1, State::Ready), (2, State::Starting)]);
+        let effects = w.ready(2);
+        assert_eq!(
+            effects,
+            vec![
+                drain(1, GRACE),
+                ok(7, 2),
+                Systemd(Note::Ready("generation 2 serving with 2 worker(s)".into()))
+            ]
+        );
+        assert_eq!(w.exited(1, Ended::Exited(0)).len(), 1, "only the orphans of a drained monitor");
+        assert_eq!(w.states(), vec![(2, State::Ready)]);
+        assert_eq!(w.policy.reloads.ok, 1);
+    }
+
+    #[test]
+    fn reloads_during_a_reload_coalesce_into_one_more_that_answers_every_waiting_client() {
+        let mut w = World::serving();
+        w.reload(1);
+        for client in 2..20 {
+            assert_eq!(w.reload(client), vec![]);
+        }
+        let effects = w.ready(2);
+        assert_eq!(spawns(&effects), vec![3]);
+        assert_eq!(replies(&effects), vec![(1, true, String::new())]);
+        let effects = w.ready(3);
+        assert_eq!(replies(&effects).len(), 18, "every queued client hears about generation 3");
+        assert!(replies(&effects).iter().all(|r| r.1));
+    }
+
+    #[test]
+    fn a_failed_reload_drains_the_new_generation_within_five_seconds_and_keeps_the_old_one() {
+        let mut w = World::serving();
+        w.reload(1);
+        let effects = w.failed(2, "worker 1 exited 5 times before it was ready");
+        assert_eq!(effects[0], drain(2, FAILED_GRACE), "drained, never SIGKILLed at once");
+        assert_eq!(
+            replies(&effects),
+            vec![(
+                1,
+                false,
+                "worker 1 exited 5 times before it was ready; generation 1 keeps serving".into()
+            )]
+        );
+        assert_eq!(w.states(), vec![(1, State::Ready), (2, State::Failed)]);
+        assert!(!effects.iter().any(|e| matches!(e, KillGroup(_))));
+        // Its workers get FAILED_GRACE; the group is killed a backstop later.
+        assert_eq!(w.later(FAILED_GRACE), vec![]);
+        assert_eq!(w.later(DRAIN_BACKSTOP), vec![KillGroup(2)]);
+    }
+
+    #[test]
+    fn the_startup_timeout_fails_a_reload_and_a_late_ready_changes_nothing() {
+        let mut w = World::serving();
+        w.reload(1);
+        let effects = w.later(Duration::from_secs(60));
+        assert_eq!(
+            replies(&effects)[0].2,
+            "not ready within 60.0s (0/2 workers ready); generation 1 keeps serving"
+        );
+        assert_eq!(w.ready(2), vec![], "a late READY after the failure");
+        assert_eq!(w.states(), vec![(1, State::Ready), (2, State::Failed)]);
+    }
+
+    #[test]
+    fn a_starting_generation_logs_progress_every_five_seconds_until_the_timeout() {
+        let mut w = World::serving();
+        w.reload(1);
+        w.on(Event::Report { generation: 2, report: Report::WorkerStarted { ordinal: 0, pid: 10 } });
+        w.on(Event::Report { generation: 2, report: Report::WorkerReady { ordinal: 0, pid: 10 } });
+        let g = &w.policy.generations()[1];
+        assert_eq!(
+            progress(g, w.now + Duration::from_secs(10)),
+            "generation 2 starting: 1/2 ready after 10 s; worker 1 not ready"
+        );
+        let deadline = w.policy.next_deadline().unwrap();
+        assert_eq!(deadline, w.now + PROGRESS_EVERY);
+    }
+
+    #[test]
+    fn generation_one_failing_ends_main_with_status_one() {
+        let mut w = World::new();
+        w.on(Event::Boot);
+        let effects = w.failed(1, "workers keep crashing");
+        assert_eq!(effects[0], drain(1, FAILED_GRACE));
+        assert!(w.policy.is_stopping());
+        assert_eq!(w.exited(1, Ended::Exited(1)).last(), Some(&Exit(1)));
+        assert_eq!(w.policy.last_failure.as_deref(), Some("workers keep crashing"));
+    }
+
+    #[test]
+    fn a_monitor_killed_while_generation_one_starts_is_replaced_with_backoff_not_fatal() {
+        let mut w = World::new();
+        w.on(Event::Boot);
+        let effects = w.exited(1, killed());
+        assert!(!w.policy.is_stopping());
+        assert!(effects.contains(&Orphans { generation: 1, terminate: true, kill_at: w.now + GRACE }));
+        assert!(spawns(&effects).is_empty(), "the replacement waits for its backoff");
+        assert_eq!(w.later(REPLACEMENT_BACKOFF), vec![Spawn { generation: 2, count: 2 }]);
+        w.ready(2);
+        assert_eq!(w.states(), vec![(2, State::Ready)]);
+        // Its replacement crashing for real is the application failing: exit 1.
+        let mut w = World::new();
+        w.on(Event::Boot);
+        w.exited(1, killed());
+        w.later(REPLACEMENT_BACKOFF);
+        w.failed(2, "worker 0 exited 5 times before it was ready");
+        assert_eq!(w.exited(2, Ended::Exited(1)).last(), Some(&Exit(1)));
+    }
+
+    #[test]
+    fn a_serving_monitor_that_dies_has_its_workers_drained_while_a_replacement_starts_at_once() {
+        let mut w = World::serving();
+        let effects = w.exited(1, killed());
+        assert_eq!(
+            effects,
+            vec![
+                Orphans { generation: 1, terminate: true, kill_at: w.now + GRACE },
+                Spawn { generation: 2, count: 2 }
+            ]
+        );
+        assert_eq!(w.ready(2)[0], Systemd(Note::Ready("generation 2 serving with 2 worker(s)".into())));
+    }
+
+    #[test]
+    fn replacements_that_keep_failing_back_off_up_to_the_cap() {
+        let mut w = World::serving();
+        w.exited(1, killed());
+        let mut delays = Vec::new();
+        for generation in 2..12 {
+            let effects = w.failed(generation, "crash");
+            assert!(spawns(&effects).is_empty());
+            let State::Delayed(at) = w.states().last().unwrap().1 else { panic!("{:?}", w.states()) };
+            delays.push(at - w.now);
+            w.exited(generation, Ended::Exited(1));
+            w.now = at;
+            assert_eq!(spawns(&w.on(Event::Tick)), vec![generation + 1]);
+        }
+        assert_eq!(delays[0], REPLACEMENT_BACKOFF);
+        assert_eq!(delays[1], REPLACEMENT_BACKOFF * 2);
+        assert_eq!(*delays.last().unwrap(), REPLACEMENT_BACKOFF_CAP);
+    }
+
+    #[test]
+    fn a_reload_during_a_delayed_replacement_waits_for_it() {
+        let mut w = World::serving();
+        w.exited(1, killed());
+        w.failed(2, "crash");
+        w.exited(2, Ended::Exited(1));
+        assert!(matches!(w.states()[0].1, State::Delayed(_)));
+        assert_eq!(w.reload(5), vec![], "queued behind the delayed replacement");
+        let effects = w.later(REPLACEMENT_BACKOFF);
+        assert_eq!(spawns(&effects), vec![3]);
+        let effects = w.ready(3);
+        assert_eq!(spawns(&effects), vec![4], "then the reload runs");
+        assert_eq!(replies(&w.ready(4)), vec![(5, true, String::new())]);
+    }
+
+    #[test]
+    fn a_stop_during_backoff_exits_without_starting_anything() {
+        let mut w = World::serving();
+        w.exited(1, killed());
+        w.failed(2, "crash");
+        w.exited(2, Ended::Exited(1));
+        let effects = w.on(Event::Command { command: Command::Stop, from: Some(ClientId(1)) });
+        assert_eq!(effects.last(), Some(&Exit(0)));
+        assert!(spawns(&effects).is_empty());
+        assert_eq!(w.later(REPLACEMENT_BACKOFF_CAP), vec![]);
+    }
+
+    #[test]
+    fn a_monitor_killed_mid_drain_leaves_its_workers_to_be_terminated_by_main() {
+        let mut w = World::serving();
+        w.reload(1);
+        w.ready(2);
+        let effects = w.exited(1, killed());
+        assert_eq!(effects, vec![Orphans { generation: 1, terminate: true, kill_at: w.now + GRACE }]);
+        // A monitor that drained and exited 0 had signalled them itself.
+        let mut w = World::serving();
+        w.reload(1);
+        w.ready(2);
+        w.now += Duration::from_secs(1);
+        let effects = w.exited(1, Ended::Exited(0));
+        let kill_at = w.now - Duration::from_secs(1) + GRACE;
+        assert_eq!(effects, vec![Orphans { generation: 1, terminate: false, kill_at }]);
+    }
+
+    #[test]
+    fn a_killed_reload_monitor_fails_the_reload_and_the_old_generation_serves() {
+        let mut w = World::serving();
+        w.reload(3);
+        let effects = w.exited(2, killed());
+        assert_eq!(
+            replies(&effects),
+            vec![(
+                3,
+                false,
+                "its monitor was killed by SIGKILL before it was ready; generation 1 keeps serving".into()
+            )]
+        );
+        assert_eq!(w.states(), vec![(1, State::Ready)]);
+    }
+
+    #[test]
+    fn stop_drains_everything_answers_waiting_reloads_and_exits_zero_when_all_are_gone() {
+        let mut w = World::serving();
+        w.reload(1);
+        w.reload(2);
+        let effects = w.on(Event::Command { command: Command::Stop, from: None });
+        assert!(effects.contains(&drain(1, GRACE)) && effects.contains(&drain(2, GRACE)));
+        let answers = replies(&effects);
+        assert_eq!(answers.len(), 2);
+        assert!(answers.iter().all(|(_, ok, e)| !ok && e.contains("stopping")));
+        assert_eq!(replies(&w.reload(3)), vec![(3, false, "panzer is stopping".into())]);
+        w.exited(1, Ended::Exited(0));
+        assert_eq!(w.exited(2, Ended::Exited(0)).last(), Some(&Exit(0)));
+    }
+
+    #[test]
+    fn a_stop_escalates_to_sigkill_after_the_graceful_timeout_and_a_backstop() {
+        let mut w = World::serving();
+        w.on(Event::Command { command: Command::Stop, from: None });
+        w.later(GRACE);
+        let effects = w.later(DRAIN_BACKSTOP);
+        assert!(effects.contains(&KillGroup(1)) && effects.contains(&KillOrphans));
+    }
+
+    #[test]
+    fn stop_now_kills_every_group_at_once() {
+        let mut w = World::serving();
+        w.reload(1);
+        let effects = w.on(Event::Command { command: Command::StopNow, from: None });
+        assert!(
+            effects.contains(&KillGroup(1))
+                && effects.contains(&KillGroup(2))
+                && effects.contains(&KillOrphans)
+        );
+    }
+
+    #[test]
+    fn scale_has_a_ceiling_and_reaches_every_live_generation() {
+        let mut w = World::serving();
+        let effects = w.on(Event::Command { command: Command::Scale(100), from: Some(ClientId(1)) });
+        assert_eq!(
+            replies(&effects),
+            vec![(1, false, "scale 100: the count must be between 1 and 64".into())]
+        );
+        w.reload(2);
+        let effects = w.on(Event::Command { command: Command::Scale(5), from: None });
+        assert_eq!(
+            effects,
+            vec![
+                Effect::Order { generation: 1, order: Order::Scale { count: 5 } },
+                Effect::Order { generation: 2, order: Order::Scale { count: 5 } }
+            ]
+        );
+        assert_eq!(w.on(Event::Command { command: Command::ScaleBy(-9), from: None }).len(), 2);
+        assert_eq!(w.policy.count(), 1);
+    }
+
+    #[test]
+    fn a_monitor_that_cannot_be_spawned_fails_its_reload_without_waiting() {
+        let mut w = World::serving();
+        w.reload(4);
+        let effects = w
+            .on(Event::SpawnFailed { generation: 2, reason: "cannot start its monitor: fork failed".into() });
+        assert_eq!(replies(&effects)[0].0, 4);
+        assert!(!effects.iter().any(|e| matches!(e, Effect::Order { .. })));
+        assert_eq!(w.states(), vec![(1, State::Ready)]);
+    }
+}

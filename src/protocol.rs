@@ -1,0 +1,313 @@
+//! The protocol between main and a monitor: how a monitor is started (its
+//! command line and fd layout) and what the two say over the status channel.
+//! Both roles import it, and library mode speaks it from the user's own
+//! binary; neither role imports the other.
+//!
+//! **Start.** main runs `panzer __monitor [`MonitorArgs`]` in a process group of
+//! its own, with the monitor's end of the status channel at fd
+//! [`STATUS_FD`] and the listening sockets at [`FIRST_SOCKET_FD`]….
+//!
+//! **Channel.** A `SOCK_SEQPACKET` socketpair: each message is one packet
+//! holding one JSON object, so framing is the kernel's job and a message is
+//! never split. monitor → main: [`Report`] (worker started / ready / exited,
+//! generation ready / failed). main → monitor: [`Order`] (drain, scale).
+//!
+//! The channel is lossless: a message that cannot be sent now waits in the
+//! sender's outbox and goes out when the socket is writable (the loops poll
+//! for that while [`Channel::wants_write`]). The outbox is bounded by what
+//! the messages are, never by dropping: orders coalesce (a newer scale
+//! replaces a queued one, a second drain adds nothing), and reports come
+//! from process events that restart backoff already paces. Nothing a worker
+//! sends (`STATUS=` text, say) travels on it.
+//!
+//! When main dies the monitor sees end-of-file (and its parent-death
+//! signal); when the monitor dies main sees it through `SIGCHLD`.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use nix::errno::Errno;
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::config::{CliDuration, ReadyMode};
+
+/// The fd at which a monitor finds its end of the status channel.
+pub const STATUS_FD: RawFd = 3;
+/// The fd of the first listening socket in a monitor.
+pub const FIRST_SOCKET_FD: RawFd = 4;
+
+/// The hidden `panzer __monitor` command line main builds.
+#[derive(Debug, Parser)]
+#[command(name = "panzer __monitor", hide = true)]
+pub struct MonitorArgs {
+    #[arg(long)]
+    pub generation: u32,
+    #[arg(long)]
+    pub count: u32,
+    #[arg(long)]
+    pub ready: ReadyMode,
+    #[arg(long)]
+    pub graceful_timeout: CliDuration,
+    /// How many listening sockets start at [`FIRST_SOCKET_FD`].
+    #[arg(long)]
+    pub sockets: usize,
+    #[arg(long, default_value = "")]
+    pub fd_names: String,
+    #[arg(long)]
+    pub notify_socket: PathBuf,
+    #[arg(long)]
+    pub log_level: log::LevelFilter,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub argv: Vec<OsString>,
+}
+
+impl MonitorArgs {
+    /// The argument list main passes, `__monitor` first.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "__monitor".into(),
+            format!("--generation={}", self.generation).into(),
+            format!("--count={}", self.count).into(),
+            format!("--ready={}", self.ready).into(),
+            format!("--graceful-timeout={}ms", self.graceful_timeout.0.as_millis()).into(),
+            format!("--sockets={}", self.sockets).into(),
+            format!("--fd-names={}", self.fd_names).into(),
+        ];
+        let mut notify = OsString::from("--notify-socket=");
+        notify.push(&self.notify_socket);
+        args.push(notify);
+        args.push(format!("--log-level={}", self.log_level).into());
+        args.push("--".into());
+        args.extend(self.argv.iter().cloned());
+        args
+    }
+}
+
+/// Largest message either side sends.
+const MAX_MESSAGE: usize = 16 * 1024;
+
+/// What a monitor tells main.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Report {
+    /// A worker process was started in slot `ordinal`.
+    WorkerStarted { ordinal: u32, pid: i32 },
+    /// The worker in slot `ordinal` became ready (`--ready`).
+    WorkerReady { ordinal: u32, pid: i32 },
+    /// The worker in slot `ordinal` exited; `how` is human-readable.
+    WorkerExited { ordinal: u32, pid: i32, how: String },
+    /// Every slot has had a ready worker: the generation can take over.
+    GenerationReady { workers: u32, elapsed_ms: u64 },
+    /// The generation cannot become ready; the monitor drains it.
+    GenerationFailed { reason: String },
+}
+
+/// What main tells a monitor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Order {
+    /// Stop the generation: the drain signal to the workers, `SIGKILL` to
+    /// what is left after `grace_ms`, then exit.
+    Drain { grace_ms: u64 },
+    /// Run `count` workers from now on.
+    Scale { count: u32 },
+}
+
+impl Order {
+    pub fn drain(grace: Duration) -> Order {
+        Order::Drain { grace_ms: grace.as_millis().min(u64::MAX as u128) as u64 }
+    }
+}
+
+/// One end of a status channel.
+#[derive(Debug)]
+pub struct Channel {
+    fd: OwnedFd,
+    /// Encoded messages the socket could not take yet, oldest first.
+    outbox: VecDeque<Vec<u8>>,
+}
+
+/// What a read from the channel produced.
+pub enum Received<T> {
+    Messages(Vec<T>),
+    /// The other side is gone (after any messages already queued).
+    Closed(Vec<T>),
+}
+
+impl Channel {
+    /// A connected pair, both ends `CLOEXEC` and non-blocking.
+    pub fn pair() -> io::Result<(Channel, Channel)> {
+        let (a, b) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )?;
+        Ok((Channel::new(a), Channel::new(b)))
+    }
+
+    fn new(fd: OwnedFd) -> Channel {
+        Channel { fd, outbox: VecDeque::new() }
+    }
+
+    /// Wraps an inherited end (the monitor's fd 3), made non-blocking.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Channel> {
+        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        Ok(Channel::new(fd))
+    }
+
+    /// Queues `message` and sends what the socket takes now. Never blocks
+    /// and never drops: the rest goes out from [`Channel::flush`]. An error
+    /// means the peer is gone (`EPIPE`, `ECONNRESET`) or the socket broke.
+    pub fn send<T: Serialize>(&mut self, message: &T) -> io::Result<()> {
+        let bytes = serde_json::to_vec(message).map_err(io::Error::other)?;
+        self.outbox.push_back(bytes);
+        self.flush()
+    }
+
+    /// Queues an order, coalesced with those still waiting: a newer scale
+    /// replaces a queued one; a drain already queued is not queued twice.
+    pub fn send_order(&mut self, order: &Order) -> io::Result<()> {
+        let queued: Vec<Order> =
+            self.outbox.iter().filter_map(|bytes| serde_json::from_slice(bytes).ok()).collect();
+        let same_kind = |o: &Order| std::mem::discriminant(o) == std::mem::discriminant(order);
+        if let Some(index) = queued.iter().position(same_kind) {
+            if matches!(order, Order::Scale { .. }) {
+                self.outbox[index] = serde_json::to_vec(order).map_err(io::Error::other)?;
+            }
+            return self.flush();
+        }
+        self.send(order)
+    }
+
+    /// Sends queued messages until the socket is full or the queue empty.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while let Some(bytes) = self.outbox.front() {
+            match socket::send(self.fd.as_raw_fd(), bytes, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL) {
+                Ok(_) => {
+                    self.outbox.pop_front();
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether messages wait for the socket to become writable.
+    pub fn wants_write(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// Every message waiting now. Malformed packets are logged and skipped.
+    pub fn receive<T: DeserializeOwned>(&self) -> Received<T> {
+        let mut messages = Vec::new();
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            match socket::recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return Received::Closed(messages),
+                Ok(n) => match serde_json::from_slice(&buf[..n]) {
+                    Ok(message) => messages.push(message),
+                    Err(e) => log::warn!("ignoring malformed status message: {e}"),
+                },
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Received::Messages(messages),
+                Err(_) => return Received::Closed(messages),
+            }
+        }
+    }
+
+    /// The underlying fd, to poll or to pass to a child.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_cross_the_pair_one_packet_each() {
+        let (main, mut monitor) = Channel::pair().unwrap();
+        monitor.send(&Report::WorkerStarted { ordinal: 1, pid: 42 }).unwrap();
+        monitor.send(&Report::GenerationReady { workers: 2, elapsed_ms: 7 }).unwrap();
+        let Received::Messages(got) = main.receive::<Report>() else { panic!("channel closed") };
+        assert_eq!(
+            got,
+            vec![
+                Report::WorkerStarted { ordinal: 1, pid: 42 },
+                Report::GenerationReady { workers: 2, elapsed_ms: 7 }
+            ]
+        );
+        drop(monitor);
+        assert!(matches!(main.receive::<Report>(), Received::Closed(v) if v.is_empty()));
+    }
+
+    #[test]
+    fn a_full_socket_queues_messages_instead_of_dropping_them() {
+        let (main, mut monitor) = Channel::pair().unwrap();
+        let sent = 20_000;
+        for pid in 0..sent {
+            monitor.send(&Report::WorkerStarted { ordinal: 0, pid }).unwrap();
+        }
+        assert!(monitor.wants_write(), "the socket buffer should have filled up");
+        let mut got = Vec::new();
+        while got.len() < sent as usize {
+            let Received::Messages(batch) = main.receive::<Report>() else { panic!("channel closed") };
+            got.extend(batch);
+            monitor.flush().unwrap();
+        }
+        assert!(!monitor.wants_write());
+        let pids: Vec<i32> = got
+            .iter()
+            .map(|r| match r {
+                Report::WorkerStarted { pid, .. } => *pid,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(pids, (0..sent).collect::<Vec<_>>(), "every message, in order");
+    }
+
+    #[test]
+    fn queued_orders_coalesce() {
+        let (monitor, mut main) = Channel::pair().unwrap();
+        // Fill the socket so that orders stay queued.
+        while !main.wants_write() {
+            main.send(&Order::Scale { count: 1 }).unwrap();
+        }
+        let before = main.outbox.len();
+        main.send_order(&Order::Scale { count: 7 }).unwrap();
+        main.send_order(&Order::drain(Duration::from_secs(1))).unwrap();
+        main.send_order(&Order::drain(Duration::from_secs(2))).unwrap();
+        assert_eq!(main.outbox.len(), before + 1, "one drain added, the scale replaced in place");
+        let mut last = Vec::new();
+        loop {
+            let Received::Messages(batch) = monitor.receive::<Order>() else { panic!("closed") };
+            last.extend(batch);
+            main.flush().unwrap();
+            if !main.wants_write() {
+                let Received::Messages(batch) = monitor.receive::<Order>() else { panic!("closed") };
+                last.extend(batch);
+                break;
+            }
+        }
+        assert_eq!(last.last(), Some(&Order::Drain { grace_ms: 1000 }));
+    }
+
+    #[test]
+    fn wire_format_is_tagged_json() {
+        let text = serde_json::to_string(&Order::Scale { count: 3 }).unwrap();
+        assert_eq!(text, r#"{"msg":"scale","count":3}"#);
+    }
+}
