@@ -21,6 +21,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::config::{format_duration, ReadyMode};
+use crate::error::Error;
 use crate::notify::Notify;
 use crate::protocol::{Channel, MonitorArgs, Order, Received, Report, FIRST_SOCKET_FD, STATUS_FD};
 use crate::sys;
@@ -108,22 +109,22 @@ impl Monitor {
                     exit_code: None,
                 })
             }
-            Err(reason) => Err((reason, status)),
+            Err(error) => Err((error.report(), status)),
         }
     }
 
     /// Everything the monitor needs that can fail.
-    fn prepare(args: &MonitorArgs) -> Result<(Vec<OwnedFd>, SignalFd, NotifySocket, PathBuf), String> {
+    fn prepare(args: &MonitorArgs) -> Result<(Vec<OwnedFd>, SignalFd, NotifySocket, PathBuf), Error> {
         let sockets = (0..args.sockets)
             .map(|i| sys::adopt_inherited_fd(FIRST_SOCKET_FD + i as RawFd))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("missing listening socket: {e}"))?;
+            .map_err(|e| Error::os("missing listening socket", e))?;
         let notify = NotifySocket::bind(&args.notify_socket)
-            .map_err(|e| format!("cannot bind notify socket {}: {e}", args.notify_socket.display()))?;
+            .map_err(|e| Error::os(format!("cannot bind notify socket {}", args.notify_socket.display()), e))?;
         let program = worker::resolve_command(&args.argv[0])
-            .map_err(|e| format!("cannot run {}: {e}", args.argv[0].to_string_lossy()))?;
+            .map_err(|reason| Error::Command { command: args.argv[0].to_string_lossy().into_owned(), reason })?;
         let signals: Vec<i32> = SIGNALS.iter().map(|&s| s as i32).collect();
-        let signals = sys::signal_fd(&signals).map_err(|e| format!("cannot set up signals: {e}"))?;
+        let signals = sys::signal_fd(&signals).map_err(|e| Error::os("cannot set up signals", e))?;
         Ok((sockets, signals, notify, program))
     }
 
