@@ -5,8 +5,6 @@
 use std::fmt;
 use std::io;
 
-/// Exit status after a graceful stop.
-pub const EXIT_OK: i32 = 0;
 /// Exit status when generation 1 never became ready.
 pub const EXIT_NOT_READY: i32 = 1;
 /// Exit status for a usage error (clap uses it too).

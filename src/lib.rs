@@ -52,9 +52,9 @@ pub mod error;
 pub mod logging;
 pub mod main_process;
 pub mod monitor;
-pub mod notify;
+pub(crate) mod notify;
 pub mod protocol;
-pub mod sockets;
+pub(crate) mod sockets;
 
-pub mod sys;
-pub mod worker;
+pub(crate) mod sys;
+pub(crate) mod worker;

@@ -10,7 +10,7 @@
 
 mod orphans;
 mod pid_file;
-pub mod policy;
+pub(crate) mod policy;
 mod systemd;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -282,7 +282,7 @@ impl Main {
 
     fn on_signal(&mut self, number: i32) {
         let Ok(signal) = Signal::try_from(number) else {
-            return log::warn!("ignoring signal {} (real-time signal {number})", sys::signal_name(number));
+            return log::warn!("ignoring {} (signal {number})", sys::signal_name(number));
         };
         if signal == Signal::SIGCHLD {
             return self.reap();

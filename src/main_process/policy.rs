@@ -224,7 +224,8 @@ impl Policy {
         &self.generations
     }
 
-    pub fn is_stopping(&self) -> bool {
+    #[cfg(test)]
+    fn is_stopping(&self) -> bool {
         self.stopping.is_some()
     }
 

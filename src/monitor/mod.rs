@@ -8,7 +8,7 @@
 //! notify socket, with the next start or readiness timer as its timeout.
 
 mod notify_socket;
-pub mod pool;
+pub(crate) mod pool;
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
@@ -119,10 +119,13 @@ impl Monitor {
             .map(|i| sys::adopt_inherited_fd(FIRST_SOCKET_FD + i as RawFd))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Error::os("missing listening socket", e))?;
-        let notify = NotifySocket::bind(&args.notify_socket)
-            .map_err(|e| Error::os(format!("cannot bind notify socket {}", args.notify_socket.display()), e))?;
-        let program = worker::resolve_command(&args.argv[0])
-            .map_err(|reason| Error::Command { command: args.argv[0].to_string_lossy().into_owned(), reason })?;
+        let notify = NotifySocket::bind(&args.notify_socket).map_err(|e| {
+            Error::os(format!("cannot bind notify socket {}", args.notify_socket.display()), e)
+        })?;
+        let program = worker::resolve_command(&args.argv[0]).map_err(|reason| Error::Command {
+            command: args.argv[0].to_string_lossy().into_owned(),
+            reason,
+        })?;
         let signals: Vec<i32> = SIGNALS.iter().map(|&s| s as i32).collect();
         let signals = sys::signal_fd(&signals).map_err(|e| Error::os("cannot set up signals", e))?;
         Ok((sockets, signals, notify, program))

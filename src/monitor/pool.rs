@@ -125,10 +125,6 @@ impl Pool {
         all
     }
 
-    pub fn is_generation_ready(&self) -> bool {
-        self.generation_ready
-    }
-
     /// The worker `pid` exited. `None` if it is not one of ours.
     pub fn exited(&mut self, pid: i32, now: Instant) -> Option<Exit> {
         let draining = self.draining;
