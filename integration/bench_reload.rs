@@ -1,5 +1,5 @@
 //! `cargo bench --bench reload`: what a hot restart costs, measured on the
-//! real `panzer` binary serving `examples/hello` (release build).
+//! real `panzer` binary serving the `server` test fixture (release build).
 //!
 //! Scenarios (pass names, or parts of names, after `--` to run a subset):
 //!
@@ -192,7 +192,7 @@ fn failures(bench: &Bench, keep_alive: bool) -> Outcome {
 
 /// Scenario 2: how long a reload takes and how much of it is panzer's.
 fn reload_latency(bench: &Bench) -> Outcome {
-    let alone = hello_alone(bench, 20)?;
+    let alone = server_alone(bench, 20)?;
     let count = WORKERS.to_string();
     let mut panzer = bench.panzer(&["--count", &count, "--ready", "notify"], &[])?;
     panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
@@ -218,7 +218,7 @@ fn reload_latency(bench: &Bench) -> Outcome {
             "reload-latency/overhead",
             &format!(
                 "n={n} signal→ready median {:.1} ms p99 {:.1} ms; monitor's `in X ms` median {:.1} \
-                 p99 {:.1}; panzer overhead median {:.1} ms p99 {:.1} ms; hello alone \
+                 p99 {:.1}; panzer overhead median {:.1} ms p99 {:.1} ms; server alone \
                  spawn→READY=1 median {:.1} ms p99 {:.1} ms",
                 median(&wall),
                 p99(&wall),
@@ -605,18 +605,18 @@ fn kind(e: &io::Error) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// hello on its own
+// server on its own
 
-/// Spawn → `READY=1` of hello without panzer (it binds 127.0.0.1:0 itself),
+/// Spawn → `READY=1` of server without panzer (it binds 127.0.0.1:0 itself),
 /// `runs` times, in milliseconds.
-fn hello_alone(bench: &Bench, runs: usize) -> Result<Vec<f64>, String> {
-    let dir = TempDir::new("hello-alone")?;
+fn server_alone(bench: &Bench, runs: usize) -> Result<Vec<f64>, String> {
+    let dir = TempDir::new("server-alone")?;
     let path = dir.0.join("notify");
     let socket = UnixDatagram::bind(&path).map_err(|e| format!("bind {path:?}: {e}"))?;
     let mut times = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
-        let child = Command::new(&bench.hello)
+        let child = Command::new(&bench.server)
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDNAMES")
@@ -626,13 +626,13 @@ fn hello_alone(bench: &Bench, runs: usize) -> Result<Vec<f64>, String> {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bench.hello.display()))?;
+            .map_err(|e| format!("cannot start {}: {e}", bench.server.display()))?;
         let _child = KillOnDrop(child);
         let deadline = started + PATIENCE;
         let mut buf = [0u8; 512];
         loop {
             let left =
-                deadline.checked_duration_since(Instant::now()).ok_or("hello alone never sent READY=1")?;
+                deadline.checked_duration_since(Instant::now()).ok_or("server alone never sent READY=1")?;
             socket.set_read_timeout(Some(left.max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
             match socket.recv(&mut buf) {
                 Ok(n) if String::from_utf8_lossy(&buf[..n]).contains("READY=1") => break,
@@ -663,35 +663,35 @@ impl Drop for KillOnDrop {
 
 struct Bench {
     panzer: PathBuf,
-    hello: PathBuf,
+    server: PathBuf,
 }
 
 impl Bench {
-    /// Finds panzer and builds (or finds) the release `hello` example:
+    /// Finds panzer and builds (or finds) the release `server` example:
     /// `cargo bench` builds benches and binaries, not examples.
     fn new() -> Result<Bench, String> {
         let panzer = PathBuf::from(env!("CARGO_BIN_EXE_panzer"));
-        let hello = panzer
+        let server = panzer
             .parent()
             .ok_or("CARGO_BIN_EXE_panzer has no parent directory")?
             .join("examples")
-            .join("hello");
+            .join("server");
         let profile_is_release = panzer.parent().and_then(Path::file_name).is_some_and(|d| d == "release");
         match std::env::var_os("CARGO") {
-            Some(cargo) if profile_is_release => build_hello(&cargo)?,
-            _ if hello.exists() => {}
+            Some(cargo) if profile_is_release => build_server(&cargo)?,
+            _ if server.exists() => {}
             _ => {
                 return Err(format!(
                     "{} is missing: run `cargo build --release --examples` first (`cargo bench` \
                      does not build examples)",
-                    hello.display()
+                    server.display()
                 ))
             }
         }
-        if !hello.exists() {
+        if !server.exists() {
             return Err(format!(
                 "{} is still missing after building it: run `cargo build --release --examples`",
-                hello.display()
+                server.display()
             ));
         }
         // Another build of panzer may be measured instead, e.g. a static one
@@ -703,14 +703,14 @@ impl Bench {
             }
             None => panzer,
         };
-        Ok(Bench { panzer, hello })
+        Ok(Bench { panzer, server })
     }
 
     fn panzer(&self, options: &[&str], env: &[(&str, &str)]) -> Result<Panzer, String> {
-        let hello = self.hello.to_string_lossy();
+        let server = self.server.to_string_lossy();
         let mut args = vec!["--bind", "127.0.0.1:0"];
         args.extend_from_slice(options);
-        args.push(&hello);
+        args.push(&server);
         Panzer::start(&self.panzer, &args, env)
     }
 
@@ -725,7 +725,7 @@ impl Bench {
                 repro,
                 "  # {} --bind 127.0.0.1:0 {options} {}",
                 short(&self.panzer),
-                short(&self.hello)
+                short(&self.server)
             );
         }
         if !then.is_empty() {
@@ -735,21 +735,21 @@ impl Bench {
     }
 }
 
-/// `cargo build --release --example hello`, so that the bench measures the
+/// `cargo build --release --example server`, so that the bench measures the
 /// current source. A no-op when it is up to date.
-fn build_hello(cargo: &std::ffi::OsStr) -> Result<(), String> {
-    eprintln!("bench reload: cargo build --release --example hello");
+fn build_server(cargo: &std::ffi::OsStr) -> Result<(), String> {
+    eprintln!("bench reload: cargo build --release --example server");
     let child = Command::new(cargo)
-        .args(["build", "--release", "--example", "hello"])
+        .args(["build", "--release", "--example", "server"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot run cargo build: {e}"))?;
     let mut child = KillOnDrop(child);
     let status = poll_until(Duration::from_secs(900), || child.0.try_wait().ok().flatten())
-        .ok_or("`cargo build --release --example hello` took over 15 minutes")?;
+        .ok_or("`cargo build --release --example server` took over 15 minutes")?;
     if !status.success() {
-        return Err(format!("`cargo build --release --example hello` failed ({status})"));
+        return Err(format!("`cargo build --release --example server` failed ({status})"));
     }
     Ok(())
 }

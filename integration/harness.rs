@@ -37,7 +37,7 @@ pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Opt
     }
 }
 
-/// Path of a built example (`hello`) or fixture (`probe`, `stubborn`, …).
+/// Path of a built example (`hello`) or fixture (`server`, `probe`, `stubborn`, …).
 pub fn example(name: &str) -> String {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_panzer"));
     let path = bin.parent().unwrap().join("examples").join(name);
@@ -439,10 +439,10 @@ impl Deploy {
         deploy
     }
 
-    /// Installs a server that runs hello with `env` (e.g. `FAIL_ON_START=1`).
+    /// Installs a server that runs the `server` fixture with `env` (e.g. `FAIL_ON_START=1`).
     pub fn set(&self, env: &str) {
         let tmp = self.0.with_extension("new");
-        std::fs::write(&tmp, format!("#!/bin/sh\n{env} exec {} \"$@\"\n", example("hello"))).unwrap();
+        std::fs::write(&tmp, format!("#!/bin/sh\n{env} exec {} \"$@\"\n", example("server"))).unwrap();
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::rename(&tmp, &self.0).unwrap();
     }

@@ -5,7 +5,7 @@ use nix::sys::signal::{kill, Signal};
 use crate::harness::*;
 
 fn hello(count: &str) -> Panzer {
-    Panzer::start(&["--bind", "127.0.0.1:0", "--count", count, "--ready", "100ms", &example("hello")])
+    Panzer::start(&["--bind", "127.0.0.1:0", "--count", count, "--ready", "100ms", &example("server")])
 }
 
 #[test]
@@ -168,7 +168,7 @@ fn a_slow_drain_is_waited_for_not_killed() {
 fn with_a_ready_duration_only_time_alive_counts_not_an_early_ready_1() {
     // hello sends READY=1 at once; with --ready 400ms that must not count.
     let panzer =
-        Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "400ms", &example("hello")]);
+        Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "400ms", &example("server")]);
     let line = panzer.wait_for_line("generation 1 ready");
     let ms: u64 = line.rsplit(" in ").next().unwrap().trim_end_matches(" ms").trim().parse().unwrap();
     assert!(ms >= 400, "{line}");

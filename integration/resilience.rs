@@ -46,7 +46,7 @@ fn a_server_behind_a_wrapper_script_drains_its_in_flight_request() {
     let deploy = Deploy::new(&dir);
     // No `exec`: hello is the wrapper's child, the worker's grandchild
     // (started so that LISTEN_PID names it, as systemd's convention wants).
-    let wrapper = format!("#!/bin/sh\nsh -c 'LISTEN_PID=$$ exec {}'\n", example("hello"));
+    let wrapper = format!("#!/bin/sh\nsh -c 'LISTEN_PID=$$ exec {}'\n", example("server"));
     std::fs::write(&deploy.0, wrapper).unwrap();
     let panzer = start(&deploy, "300ms");
     let port = panzer.port(0);
@@ -114,7 +114,7 @@ fn control_path(panzer: &Panzer) -> String {
 fn a_server_behind_a_wrapper_drains_when_its_monitor_died_and_a_replacement_took_over() {
     let dir = TestDir::new("wrapper-orphan");
     let deploy = Deploy::new(&dir);
-    let wrapper = format!("#!/bin/sh\nsh -c 'LISTEN_PID=$$ exec {}'\n", example("hello"));
+    let wrapper = format!("#!/bin/sh\nsh -c 'LISTEN_PID=$$ exec {}'\n", example("server"));
     std::fs::write(&deploy.0, wrapper).unwrap();
     let panzer = Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "300ms", deploy.path()]);
     let port = panzer.port(0);
