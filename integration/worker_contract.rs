@@ -78,7 +78,7 @@ fn ipv6_and_unix_sockets_serve_and_a_stop_removes_the_socket_file() {
     let dir = TestDir::new("families");
     let path = dir.join("web.sock");
     let unix = format!("unix:{}", path.display());
-    // hello serves the first socket (fd 3): one panzer per family.
+    // The server serves the first socket (fd 3): one panzer per family.
     for (bind, connect) in [("[::1]:0", "v6"), (unix.as_str(), "unix")] {
         let mut panzer =
             Panzer::start(&["--bind", bind, "--count", "1", "--ready", "notify", &example("server")]);
