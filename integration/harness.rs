@@ -471,6 +471,16 @@ impl Panzer {
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
         panzerctl_as(None, args, &[("XDG_RUNTIME_DIR", self.dir.0.to_str().unwrap())])
     }
+
+    /// Runs `panzerctl --pid-file {dir}/panzer.pid ARGS…`, for a panzer
+    /// started with `--pid-file {dir}/panzer.pid`, once that file exists.
+    pub fn ctl_by_pid_file(&self, args: &[&str]) -> CtlOutput {
+        let pid_file = self.dir.join("panzer.pid");
+        eventually(PATIENCE, "the pid file", || pid_file.exists().then_some(()));
+        let mut all = vec!["--pid-file", pid_file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.ctl(&all)
+    }
 }
 
 /// Runs `panzerctl` as another uid (through `setpriv`), or as ourselves.
