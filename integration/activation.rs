@@ -32,7 +32,7 @@ fn sockets_passed_by_systemd_are_adopted() {
             "2",
             "--ready",
             "notify",
-            &example("hello"),
+            &example("server"),
         ],
         &[],
     );

@@ -1,5 +1,5 @@
 //! `cargo bench --bench reload`: what a hot restart costs, measured on the
-//! real `panzer` binary serving `examples/hello` (release build).
+//! real `panzer` binary serving the `server` test fixture (release build).
 //!
 //! Scenarios (pass names, or parts of names, after `--` to run a subset):
 //!
@@ -21,28 +21,31 @@
 //! the log file every 250 µs, stamping each new line with the `Instant` it
 //! was read at; so a figure is late by at most one poll period plus a read.
 //!
-//! Process hygiene, as in `integration/harness.rs`: panzer runs in a process
-//! group of its own; on drop (also on panic), and on Ctrl-C or SIGTERM of the
-//! bench, main's group, every descendant and every descendant's group get
-//! `SIGKILL`, and the bench waits (with a deadline) until they are gone.
-//! Ports are 127.0.0.1:0; every wait has a deadline; sleeps only pace the
-//! reloads or make up the idle period being measured.
+//! Process hygiene is the tests' own (`integration/harness.rs`, included
+//! below): panzer runs in a process group of its own; on drop (also on
+//! panic), and on Ctrl-C or SIGTERM of the bench, main's group, every
+//! descendant and every descendant's group get `SIGKILL`. Ports are
+//! 127.0.0.1:0; every wait has a deadline; sleeps only pace the reloads or
+//! make up the idle period being measured.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+#[path = "harness.rs"]
+mod harness;
+
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, SigSet, Signal};
 use nix::unistd::Pid;
+
+use harness::{children_of, cpu_ticks, kill_every_panzer, read_response, within, LogWatch, Panzer, TestDir};
 
 /// Workers per generation in every scenario but `start-64`.
 const WORKERS: u32 = 4;
@@ -54,8 +57,6 @@ const LOADED_RELOADS: u32 = 50;
 const RELOAD_PACE: Duration = Duration::from_millis(200);
 /// Idle reloads measured for latency.
 const IDLE_RELOADS: u32 = 25;
-/// How often the log file is read while waiting for a line.
-const LOG_POLL: Duration = Duration::from_micros(250);
 /// Limit for anything that should take a moment (a line, an exit).
 const PATIENCE: Duration = Duration::from_secs(30);
 /// Connect, read and write timeout of a client request.
@@ -126,7 +127,7 @@ fn failures(bench: &Bench, keep_alive: bool) -> Outcome {
     let name = if keep_alive { "failures-keepalive" } else { "failures-fresh" };
     let count = WORKERS.to_string();
     let mut panzer = bench.panzer(&["--count", &count, "--ready", "notify"], &[])?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], panzer.port()?));
+    let port = panzer.port()?;
     panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
 
     let stop = AtomicBool::new(false);
@@ -134,7 +135,7 @@ fn failures(bench: &Bench, keep_alive: bool) -> Outcome {
     let hard_stop = Instant::now() + LOAD_LIMIT;
     let (tally, reloads, load_time) = thread::scope(|s| {
         let clients: Vec<_> =
-            (0..CLIENTS).map(|_| s.spawn(|| client(addr, keep_alive, &stop, &served, hard_stop))).collect();
+            (0..CLIENTS).map(|_| s.spawn(|| client(port, keep_alive, &stop, &served, hard_stop))).collect();
         let started = Instant::now();
         let driven = drive_reloads(&mut panzer, &served);
         stop.store(true, Ordering::Relaxed);
@@ -192,7 +193,7 @@ fn failures(bench: &Bench, keep_alive: bool) -> Outcome {
 
 /// Scenario 2: how long a reload takes and how much of it is panzer's.
 fn reload_latency(bench: &Bench) -> Outcome {
-    let alone = hello_alone(bench, 20)?;
+    let alone = server_alone(bench, 20)?;
     let count = WORKERS.to_string();
     let mut panzer = bench.panzer(&["--count", &count, "--ready", "notify"], &[])?;
     panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
@@ -218,7 +219,7 @@ fn reload_latency(bench: &Bench) -> Outcome {
             "reload-latency/overhead",
             &format!(
                 "n={n} signal→ready median {:.1} ms p99 {:.1} ms; monitor's `in X ms` median {:.1} \
-                 p99 {:.1}; panzer overhead median {:.1} ms p99 {:.1} ms; hello alone \
+                 p99 {:.1}; panzer overhead median {:.1} ms p99 {:.1} ms; server alone \
                  spawn→READY=1 median {:.1} ms p99 {:.1} ms",
                 median(&wall),
                 p99(&wall),
@@ -284,20 +285,14 @@ fn idle_cpu(bench: &Bench) -> Outcome {
     panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
     let monitor = panzer.monitor_of(1)?;
     let workers: Vec<Pid> = children_of(monitor);
-    let before = (
-        cpu_ticks(panzer.pid)?,
-        cpu_ticks(monitor)?,
-        workers.iter().map(|w| cpu_ticks(*w).unwrap_or(0)).sum::<u64>(),
-    );
+    let before =
+        (cpu_ticks(panzer.pid), cpu_ticks(monitor), workers.iter().map(|w| cpu_ticks(*w)).sum::<u64>());
     let deadline = Instant::now() + IDLE_PERIOD;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         thread::sleep(left.min(Duration::from_secs(1)));
     }
-    let after = (
-        cpu_ticks(panzer.pid)?,
-        cpu_ticks(monitor)?,
-        workers.iter().map(|w| cpu_ticks(*w).unwrap_or(0)).sum::<u64>(),
-    );
+    let after =
+        (cpu_ticks(panzer.pid), cpu_ticks(monitor), workers.iter().map(|w| cpu_ticks(*w)).sum::<u64>());
     let (main, mon, work) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
     Ok(vec![line(
         "idle-cpu",
@@ -369,7 +364,7 @@ struct Reload {
 /// Reloads `LOADED_RELOADS` times, each after the previous one's new
 /// generation is ready and its old one stopped, and at least `RELOAD_PACE`
 /// after the previous signal.
-fn drive_reloads(panzer: &mut Panzer, served: &AtomicU64) -> Result<Vec<Reload>, String> {
+fn drive_reloads(panzer: &mut Measured, served: &AtomicU64) -> Result<Vec<Reload>, String> {
     let warm = Instant::now() + PATIENCE;
     while served.load(Ordering::Relaxed) < 1000 {
         if Instant::now() > warm {
@@ -484,22 +479,15 @@ impl Tally {
 }
 
 /// One load-generating client: requests back to back until `stop`.
-fn client(
-    addr: SocketAddr,
-    keep_alive: bool,
-    stop: &AtomicBool,
-    served: &AtomicU64,
-    hard_stop: Instant,
-) -> Tally {
+fn client(port: u16, keep_alive: bool, stop: &AtomicBool, served: &AtomicU64, hard_stop: Instant) -> Tally {
     let mut tally = Tally::default();
     let mut kept: Option<TcpStream> = None;
-    let mut buf = Vec::with_capacity(512);
     let request = if keep_alive { REQUEST_KEEP } else { REQUEST_CLOSE };
     while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
         let reused = kept.is_some();
         let mut stream = match kept.take() {
             Some(stream) => stream,
-            None => match connect(addr) {
+            None => match connect(port) {
                 Ok(stream) => {
                     tally.connections += 1;
                     stream
@@ -511,7 +499,7 @@ fn client(
                 }
             },
         };
-        match exchange(&mut stream, request, &mut buf) {
+        match exchange(&mut stream, request) {
             Ok(reply) if reply.status == 200 => {
                 tally.ok += 1;
                 served.fetch_add(1, Ordering::Relaxed);
@@ -531,11 +519,10 @@ fn client(
     tally
 }
 
-fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+fn connect(port: u16) -> io::Result<TcpStream> {
+    let stream = harness::connect(port)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    stream.set_nodelay(true)?;
     Ok(stream)
 }
 
@@ -545,78 +532,39 @@ struct Reply {
     generation: u32,
 }
 
-/// Sends `request`, reads one response (with Content-Length). The error
-/// names the step that failed and how.
-fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> Result<Reply, String> {
+/// Sends `request`, reads one response. The error names the step that
+/// failed and how.
+fn exchange(stream: &mut TcpStream, request: &[u8]) -> Result<Reply, String> {
     stream.write_all(request).map_err(|e| format!("write: {}", kind(&e)))?;
-    buf.clear();
-    let mut chunk = [0u8; 1024];
-    let mut head_end = None;
-    loop {
-        let n = match stream.read(&mut chunk) {
-            Ok(0) if buf.is_empty() => return Err("read: EOF before any response byte".into()),
-            Ok(0) => return Err("read: EOF mid-response".into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("read: {}", kind(&e))),
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        if head_end.is_none() {
-            head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-        }
-        let Some(end) = head_end else { continue };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        let length: usize = header(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-        if buf.len() < end + length {
-            continue;
-        }
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| "read: malformed status line".to_owned())?;
-        let body = String::from_utf8_lossy(&buf[end..end + length]);
-        let generation = body
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("generation="))
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(0);
-        return Ok(Reply {
-            status,
-            close: header(&head, "connection").is_some_and(|v| v.contains("close")),
-            generation,
-        });
-    }
-}
-
-/// The value of header `name` in a lowercased response head.
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k.trim() == name).then(|| v.trim())
+    let response = read_response(stream).map_err(|e| format!("read: {}", kind(&e)))?;
+    Ok(Reply {
+        status: response.status,
+        close: response.closes(),
+        generation: response.find("generation").and_then(|g| g.parse().ok()).unwrap_or(0),
     })
 }
 
 fn kind(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "timeout".to_owned(),
+        io::ErrorKind::UnexpectedEof => e.to_string(),
         k => format!("{k:?}"),
     }
 }
 
 // ---------------------------------------------------------------------------
-// hello on its own
+// server on its own
 
-/// Spawn → `READY=1` of hello without panzer (it binds 127.0.0.1:0 itself),
+/// Spawn → `READY=1` of server without panzer (it binds 127.0.0.1:0 itself),
 /// `runs` times, in milliseconds.
-fn hello_alone(bench: &Bench, runs: usize) -> Result<Vec<f64>, String> {
-    let dir = TempDir::new("hello-alone")?;
+fn server_alone(bench: &Bench, runs: usize) -> Result<Vec<f64>, String> {
+    let dir = TestDir::new("server-alone");
     let path = dir.0.join("notify");
     let socket = UnixDatagram::bind(&path).map_err(|e| format!("bind {path:?}: {e}"))?;
     let mut times = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
-        let child = Command::new(&bench.hello)
+        let child = Command::new(&bench.server)
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDNAMES")
@@ -626,13 +574,13 @@ fn hello_alone(bench: &Bench, runs: usize) -> Result<Vec<f64>, String> {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bench.hello.display()))?;
+            .map_err(|e| format!("cannot start {}: {e}", bench.server.display()))?;
         let _child = KillOnDrop(child);
         let deadline = started + PATIENCE;
         let mut buf = [0u8; 512];
         loop {
             let left =
-                deadline.checked_duration_since(Instant::now()).ok_or("hello alone never sent READY=1")?;
+                deadline.checked_duration_since(Instant::now()).ok_or("server alone never sent READY=1")?;
             socket.set_read_timeout(Some(left.max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
             match socket.recv(&mut buf) {
                 Ok(n) if String::from_utf8_lossy(&buf[..n]).contains("READY=1") => break,
@@ -654,7 +602,7 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let child = &mut self.0;
-        let _ = poll_until(PATIENCE, || child.try_wait().ok().flatten());
+        let _ = within(PATIENCE, || child.try_wait().ok().flatten());
     }
 }
 
@@ -663,35 +611,35 @@ impl Drop for KillOnDrop {
 
 struct Bench {
     panzer: PathBuf,
-    hello: PathBuf,
+    server: PathBuf,
 }
 
 impl Bench {
-    /// Finds panzer and builds (or finds) the release `hello` example:
+    /// Finds panzer and builds (or finds) the release `server` example:
     /// `cargo bench` builds benches and binaries, not examples.
     fn new() -> Result<Bench, String> {
         let panzer = PathBuf::from(env!("CARGO_BIN_EXE_panzer"));
-        let hello = panzer
+        let server = panzer
             .parent()
             .ok_or("CARGO_BIN_EXE_panzer has no parent directory")?
             .join("examples")
-            .join("hello");
+            .join("server");
         let profile_is_release = panzer.parent().and_then(Path::file_name).is_some_and(|d| d == "release");
         match std::env::var_os("CARGO") {
-            Some(cargo) if profile_is_release => build_hello(&cargo)?,
-            _ if hello.exists() => {}
+            Some(cargo) if profile_is_release => build_server(&cargo)?,
+            _ if server.exists() => {}
             _ => {
                 return Err(format!(
                     "{} is missing: run `cargo build --release --examples` first (`cargo bench` \
                      does not build examples)",
-                    hello.display()
+                    server.display()
                 ))
             }
         }
-        if !hello.exists() {
+        if !server.exists() {
             return Err(format!(
                 "{} is still missing after building it: run `cargo build --release --examples`",
-                hello.display()
+                server.display()
             ));
         }
         // Another build of panzer may be measured instead, e.g. a static one
@@ -703,15 +651,17 @@ impl Bench {
             }
             None => panzer,
         };
-        Ok(Bench { panzer, hello })
+        Ok(Bench { panzer, server })
     }
 
-    fn panzer(&self, options: &[&str], env: &[(&str, &str)]) -> Result<Panzer, String> {
-        let hello = self.hello.to_string_lossy();
+    fn panzer(&self, options: &[&str], env: &[(&str, &str)]) -> Result<Measured, String> {
+        let server = self.server.to_string_lossy();
         let mut args = vec!["--bind", "127.0.0.1:0"];
         args.extend_from_slice(options);
-        args.push(&hello);
-        Panzer::start(&self.panzer, &args, env)
+        args.push(&server);
+        let guard = Panzer::start_via(&self.panzer.to_string_lossy(), &args, env);
+        let log = guard.watch_log();
+        Ok(Measured { guard, log })
     }
 
     /// How to rerun a scenario, and roughly what it does by hand: panzer
@@ -725,7 +675,7 @@ impl Bench {
                 repro,
                 "  # {} --bind 127.0.0.1:0 {options} {}",
                 short(&self.panzer),
-                short(&self.hello)
+                short(&self.server)
             );
         }
         if !then.is_empty() {
@@ -735,91 +685,41 @@ impl Bench {
     }
 }
 
-/// `cargo build --release --example hello`, so that the bench measures the
+/// `cargo build --release --example server`, so that the bench measures the
 /// current source. A no-op when it is up to date.
-fn build_hello(cargo: &std::ffi::OsStr) -> Result<(), String> {
-    eprintln!("bench reload: cargo build --release --example hello");
+fn build_server(cargo: &std::ffi::OsStr) -> Result<(), String> {
+    eprintln!("bench reload: cargo build --release --example server");
     let child = Command::new(cargo)
-        .args(["build", "--release", "--example", "hello"])
+        .args(["build", "--release", "--example", "server"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot run cargo build: {e}"))?;
     let mut child = KillOnDrop(child);
-    let status = poll_until(Duration::from_secs(900), || child.0.try_wait().ok().flatten())
-        .ok_or("`cargo build --release --example hello` took over 15 minutes")?;
+    let status = within(Duration::from_secs(900), || child.0.try_wait().ok().flatten())
+        .ok_or("`cargo build --release --example server` took over 15 minutes")?;
     if !status.success() {
-        return Err(format!("`cargo build --release --example hello` failed ({status})"));
+        return Err(format!("`cargo build --release --example server` failed ({status})"));
     }
     Ok(())
 }
 
-/// A scratch directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Result<TempDir, String> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "panzer-bench-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).map_err(|e| format!("mkdir {path:?}: {e}"))?;
-        Ok(TempDir(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running panzer and everything below it; all of it is killed on drop.
-struct Panzer {
-    child: Child,
-    pid: Pid,
+/// One panzer being measured: the tests' guard, which kills it and
+/// everything below it on drop, and its log read as it grows.
+struct Measured {
+    guard: Panzer,
     log: LogWatch,
-    command: String,
-    _dir: TempDir,
 }
 
-impl Panzer {
-    fn start(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Panzer, String> {
-        let dir = TempDir::new("run")?;
-        let log_path = dir.0.join("panzer.log");
-        let out = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        // Hold the registry lock across spawn, so that a Ctrl-C in between
-        // still finds this pid.
-        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-        let child = Command::new(program)
-            .args(args)
-            .envs(env.iter().copied())
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .env_remove("RUST_LOG")
-            .env("XDG_RUNTIME_DIR", &dir.0)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
-        let pid = Pid::from_raw(child.id() as i32);
-        live.push((pid, dir.0.clone()));
-        drop(live);
-        Ok(Panzer {
-            child,
-            pid,
-            log: LogWatch::open(&log_path)?,
-            command: format!("panzer {}", args.join(" ")),
-            _dir: dir,
-        })
-    }
+impl std::ops::Deref for Measured {
+    type Target = Panzer;
 
+    fn deref(&self) -> &Panzer {
+        &self.guard
+    }
+}
+
+impl Measured {
     /// The port of the first `listening on` line.
     fn port(&mut self) -> Result<u16, String> {
         let (_, text) = self.log.wait(0, "listening on ", PATIENCE)?;
@@ -865,29 +765,6 @@ impl Panzer {
     }
 }
 
-impl Drop for Panzer {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            eprintln!(
-                "command: {}\nlog kept in {}; last lines:\n{}",
-                self.command,
-                self.log.keep(),
-                self.log.tail(40)
-            );
-        }
-        kill_tree(self.pid);
-        let child = &mut self.child;
-        if poll_until(PATIENCE, || child.try_wait().ok().flatten()).is_none() {
-            eprintln!("bench reload: panzer (pid {}) survived SIGKILL", self.pid);
-        }
-        LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|(p, _)| *p != self.pid);
-    }
-}
-
-/// The panzers running now (main pid, scratch directory), for the signal
-/// thread.
-static LIVE: Mutex<Vec<(Pid, PathBuf)>> = Mutex::new(Vec::new());
-
 /// Ctrl-C or SIGTERM of the bench kills every panzer it started, then exits.
 /// The signals are blocked before any other thread exists, so only this
 /// thread receives them (spawned commands get an empty mask from std).
@@ -901,104 +778,10 @@ fn guard_against_signals() {
     }
     let _ = thread::Builder::new().name("signals".into()).spawn(move || {
         let Ok(got) = mask.wait() else { return };
-        let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-        for (pid, dir) in live.iter() {
-            kill_tree(*pid);
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        kill_every_panzer();
         eprintln!("bench reload: {got}: killed every panzer, exiting");
         std::process::exit(130);
     });
-}
-
-/// SIGKILLs `root`, every process below it and every process group they
-/// lead, and waits (with a deadline) until none of them is alive.
-fn kill_tree(root: Pid) {
-    let ours = nix::unistd::getpgrp();
-    let table = process_table();
-    let below = descendants(&table, root);
-    let mut groups: HashSet<Pid> = below.iter().filter_map(|p| table.get(p)).map(|i| i.1).collect();
-    groups.insert(root);
-    groups.retain(|g| *g != ours && g.as_raw() > 1);
-    let _ = signal::kill(root, Signal::SIGKILL);
-    for pid in &below {
-        let _ = signal::kill(*pid, Signal::SIGKILL);
-    }
-    for group in &groups {
-        let _ = signal::killpg(*group, Signal::SIGKILL);
-    }
-    // Anything left in those groups (forked meanwhile) goes too.
-    let gone = poll_until(PATIENCE, || {
-        let table = process_table();
-        let left: Vec<Pid> = table
-            .iter()
-            .filter(|(pid, info)| *pid != &root && groups.contains(&info.1))
-            .map(|(pid, _)| *pid)
-            .chain(below.iter().copied().filter(|p| table.contains_key(p)))
-            .collect();
-        for pid in &left {
-            let _ = signal::kill(*pid, Signal::SIGKILL);
-        }
-        left.is_empty().then_some(())
-    });
-    if gone.is_none() {
-        eprintln!("bench reload: processes below panzer {root} survived SIGKILL");
-    }
-}
-
-/// Live (non-zombie) processes: pid → (parent, process group).
-fn process_table() -> HashMap<Pid, (Pid, Pid)> {
-    let mut table = HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return table;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let Some(fields) = stat_fields(Pid::from_raw(pid)) else {
-            continue;
-        };
-        if fields.first().is_some_and(|s| s == "Z") {
-            continue;
-        }
-        let field = |i: usize| Pid::from_raw(fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0));
-        table.insert(Pid::from_raw(pid), (field(1), field(2)));
-    }
-    table
-}
-
-/// Every process below `root` in `table`.
-fn descendants(table: &HashMap<Pid, (Pid, Pid)>, root: Pid) -> Vec<Pid> {
-    let mut found = HashSet::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for (pid, (ppid, _)) in table {
-            if *ppid == parent && found.insert(*pid) {
-                frontier.push(*pid);
-            }
-        }
-    }
-    found.into_iter().collect()
-}
-
-fn children_of(parent: Pid) -> Vec<Pid> {
-    process_table().into_iter().filter(|(_, (ppid, _))| *ppid == parent).map(|(pid, _)| pid).collect()
-}
-
-/// The fields of /proc/PID/stat after the command name: state, ppid, pgrp, …
-fn stat_fields(pid: Pid) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let close = stat.rfind(')')?;
-    Some(stat.get(close + 2..)?.split(' ').map(String::from).collect())
-}
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: Pid) -> Result<u64, String> {
-    let fields = stat_fields(pid).ok_or_else(|| format!("pid {pid} is gone"))?;
-    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    // Fields 14 and 15 of stat(5); this slice starts at field 3.
-    Ok(tick(11).ok_or("bad stat")? + tick(12).ok_or("bad stat")?)
 }
 
 /// Resident memory of one process, in KiB.
@@ -1048,98 +831,7 @@ fn rss(pid: Pid) -> Result<Rss, String> {
 }
 
 // ---------------------------------------------------------------------------
-// The log, read as it grows
-
-/// panzer's log file, each line stamped with the `Instant` it was read at.
-struct LogWatch {
-    path: PathBuf,
-    file: std::fs::File,
-    partial: Vec<u8>,
-    lines: Vec<(Instant, String)>,
-}
-
-impl LogWatch {
-    fn open(path: &Path) -> Result<LogWatch, String> {
-        Ok(LogWatch {
-            path: path.to_owned(),
-            file: std::fs::File::open(path).map_err(|e| format!("{path:?}: {e}"))?,
-            partial: Vec::new(),
-            lines: Vec::new(),
-        })
-    }
-
-    /// Reads whatever was appended since the last call.
-    fn poll(&mut self) {
-        let now = Instant::now();
-        let mut chunk = [0u8; 8192];
-        while let Ok(n) = self.file.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            self.partial.extend_from_slice(&chunk[..n]);
-        }
-        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=i).collect();
-            let text = String::from_utf8_lossy(&line[..i]).into_owned();
-            self.lines.push((now, text));
-        }
-    }
-
-    /// Waits for a line at index ≥ `from` that contains `needle`.
-    fn wait(&mut self, from: usize, needle: &str, limit: Duration) -> Result<(Instant, String), String> {
-        self.wait_any(from, &[needle], limit)
-    }
-
-    /// Waits for a line at index ≥ `from` that contains any of `needles`.
-    fn wait_any(
-        &mut self,
-        from: usize,
-        needles: &[&str],
-        limit: Duration,
-    ) -> Result<(Instant, String), String> {
-        let deadline = Instant::now() + limit;
-        let mut searched = from;
-        loop {
-            self.poll();
-            if let Some(found) = self.lines[searched.min(self.lines.len())..]
-                .iter()
-                .find(|(_, l)| needles.iter().any(|n| l.contains(n)))
-            {
-                return Ok(found.clone());
-            }
-            searched = searched.max(self.lines.len());
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "no log line with {needles:?} after {limit:?}; whole log kept in {}; last \
-                     lines:\n{}",
-                    self.keep(),
-                    self.tail(15)
-                ));
-            }
-            thread::sleep(LOG_POLL);
-        }
-    }
-
-    /// Copies the log out of the scratch directory; returns where to.
-    fn keep(&self) -> String {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let kept = std::env::temp_dir().join(format!(
-            "panzer-bench-failed-{}-{}.log",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        match std::fs::copy(&self.path, &kept) {
-            Ok(_) => kept.display().to_string(),
-            Err(e) => format!("nowhere ({e})"),
-        }
-    }
-
-    fn tail(&mut self, n: usize) -> String {
-        self.poll();
-        let start = self.lines.len().saturating_sub(n);
-        self.lines[start..].iter().map(|(_, l)| format!("    {l}\n")).collect()
-    }
-}
+// Log lines
 
 /// `X` of `generation K ready: N/N workers in X ms`.
 fn in_ms(line: &str) -> Result<u64, String> {
@@ -1163,20 +855,6 @@ fn stamp_ms(line: &str) -> Option<f64> {
 
 // ---------------------------------------------------------------------------
 // Small helpers
-
-/// Polls `check` every millisecond until it returns `Some`, or `None` after `limit`.
-fn poll_until<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return Some(value);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3

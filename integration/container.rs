@@ -15,7 +15,7 @@ fn as_pid_1_sigterm_is_a_graceful_stop() {
     }
     // The worker leaves a background child behind that exits at once: a
     // zombie for PID 1 to reap.
-    let server = format!("(true &); exec {}", example("hello"));
+    let server = format!("(true &); exec {}", example("server"));
     let mut panzer = Panzer::start_via(
         "unshare",
         &[

@@ -54,7 +54,7 @@ fn worker_pids(status: &Value) -> HashSet<Pid> {
 
 #[test]
 fn status_lists_the_workers_that_serve() {
-    let (panzer, control, pid_file) = start("3", &example("hello"));
+    let (panzer, control, pid_file) = start("3", &example("server"));
     let port = panzer.port(0);
     let served = distinct_pids(port, 3);
     let s = status(&control);
@@ -85,7 +85,7 @@ fn reload_answers_with_the_new_generation_and_rollback_with_the_reason() {
     let script = dir.join("server.sh");
     let deploy = |env: &str| {
         let tmp = dir.join("server.new");
-        std::fs::write(&tmp, format!("#!/bin/sh\n{env} exec {} \"$@\"\n", example("hello"))).unwrap();
+        std::fs::write(&tmp, format!("#!/bin/sh\n{env} exec {} \"$@\"\n", example("server"))).unwrap();
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::rename(&tmp, &script).unwrap();
     };
@@ -121,7 +121,7 @@ fn reload_answers_with_the_new_generation_and_rollback_with_the_reason() {
 
 #[test]
 fn scaling_by_control_and_by_signal_changes_the_workers_that_serve() {
-    let (panzer, control, _) = start("1", &example("hello"));
+    let (panzer, control, _) = start("1", &example("server"));
     let port = panzer.port(0);
     let out = panzerctl(&["--control", &control, "scale", "3"]);
     assert_eq!((out.code, out.stdout.trim()), (0, "panzer now runs 3 worker(s) per generation"));
@@ -148,7 +148,7 @@ fn scaling_by_control_and_by_signal_changes_the_workers_that_serve() {
 
 #[test]
 fn stop_by_control_drains_and_exits_0() {
-    let (mut panzer, control, pid_file) = start("2", &example("hello"));
+    let (mut panzer, control, pid_file) = start("2", &example("server"));
     let tree = panzer.descendants();
     let out = panzerctl(&["--control", &control, "stop"]);
     assert_eq!((out.code, out.stdout.trim()), (0, "panzer is stopping"));
@@ -163,7 +163,7 @@ fn stop_by_control_drains_and_exits_0() {
 
 #[test]
 fn bad_clients_never_stop_main_from_answering_others() {
-    let (panzer, control, _) = start("1", &example("hello"));
+    let (panzer, control, _) = start("1", &example("server"));
     // One connects and says nothing.
     let _silent = UnixStream::connect(&control).unwrap();
     // One sends garbage: an error, then the connection is closed.
@@ -207,7 +207,7 @@ fn panzerctl_finds_the_one_panzer_running() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("no running panzer in"), "{}", out.stderr);
 
-    let panzer = Panzer::start_with_env(&["--bind", "127.0.0.1:0", "--count", "1", &example("hello")], &xdg);
+    let panzer = Panzer::start_with_env(&["--bind", "127.0.0.1:0", "--count", "1", &example("server")], &xdg);
     panzer.wait_for_line("control socket at");
     let out = panzerctl_as(None, &["--json", "status"], &xdg);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -221,7 +221,7 @@ fn another_user_is_refused() {
         eprintln!("skipped: needs root to run panzerctl under another uid");
         return;
     }
-    let (_panzer, control, _) = start("1", &example("hello"));
+    let (_panzer, control, _) = start("1", &example("server"));
     let mode = std::fs::metadata(&control).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     // The socket's mode keeps uid 65534 out…

@@ -1,6 +1,10 @@
-//! The process guard every test uses: runs the real `panzer` binary in a
+//! Support shared by the process tests (`integration/main.rs`) and the
+//! reload bench (`integration/bench_reload.rs`, which includes this file with
+//! `#[path]`): the process guard, which runs the real `panzer` binary in a
 //! process group of its own, logs to a per-test file, and on drop (even on
-//! panic) kills main's group and every process it left, then waits for it.
+//! panic) kills main's group and every process it left, then waits for it;
+//! the scratch directory; the /proc table; a small HTTP client; the log,
+//! read as it grows.
 
 #![allow(dead_code)]
 
@@ -9,9 +13,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
@@ -22,22 +27,28 @@ use nix::unistd::Pid;
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `limit`.
-pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn eventually<T>(limit: Duration, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    within(limit, check).unwrap_or_else(|| panic!("timed out after {limit:?} waiting for {what}"))
+}
+
+/// Polls `check` until it returns `Some`, or gives up with `None` after
+/// `limit` (for where a panic would not do, e.g. a drop).
+pub fn within<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;
     let mut pause = Duration::from_millis(2);
     loop {
         if let Some(value) = check() {
-            return value;
+            return Some(value);
         }
         if Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting for {what}");
+            return None;
         }
         std::thread::park_timeout(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
-/// Path of a built example (`hello`) or fixture (`probe`, `stubborn`, …).
+/// Path of a built example (`hello`) or fixture (`server`, `probe`, `stubborn`, …).
 pub fn example(name: &str) -> String {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_panzer"));
     let path = bin.parent().unwrap().join("examples").join(name);
@@ -122,7 +133,12 @@ impl Panzer {
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .process_group(0);
-        let child = command.spawn().expect("cannot start panzer");
+        // Registered under the lock across the spawn, so that
+        // `kill_every_panzer` (a bench's Ctrl-C) cannot miss it.
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        live.push((Pid::from_raw(child.id() as i32), dir.0.clone()));
+        drop(live);
         Panzer {
             pid: Pid::from_raw(child.id() as i32),
             child,
@@ -136,6 +152,11 @@ impl Panzer {
     /// Everything logged so far (panzer's and the workers' stderr/stdout).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log, read as it grows, each line stamped with when it was read.
+    pub fn watch_log(&self) -> LogWatch {
+        LogWatch::open(&self.log)
     }
 
     /// Waits for a log line containing `needle`; returns the line.
@@ -208,23 +229,46 @@ impl Drop for Panzer {
         // main is not reaped before this point (see `exit_status`), so its
         // pid and group id still name this test's processes, never a
         // recycled one of another test.
-        let table = process_table();
-        let left = self.descendants();
-        // Generations first, by group: that also reaches a worker forked
-        // after the list was taken, which would otherwise outlive both its
-        // SIGKILLed monitor and main.
-        let own_group = nix::unistd::getpgrp();
-        let groups: HashSet<Pid> =
-            left.iter().filter_map(|p| table.get(p)).map(|p| p.pgid).filter(|g| *g != own_group).collect();
-        for group in groups {
-            let _ = signal::killpg(group, Signal::SIGKILL);
-        }
-        let _ = signal::killpg(self.pid, Signal::SIGKILL);
-        for pid in left {
-            let _ = signal::kill(pid, Signal::SIGKILL);
-        }
+        kill_tree(self.pid);
         let child = &mut self.child;
         let _ = eventually(PATIENCE, "panzer to die after SIGKILL", || child.try_wait().ok().flatten());
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|(pid, _)| *pid != self.pid);
+    }
+}
+
+/// The panzers running now (main's pid, scratch directory).
+static LIVE: Mutex<Vec<(Pid, PathBuf)>> = Mutex::new(Vec::new());
+
+/// `SIGKILL` for `root`, every process below it, and their process groups
+/// (generations first, by group: that also reaches a worker forked after the
+/// list was taken, which would otherwise outlive both its SIGKILLed monitor
+/// and main). Never this process's own group.
+pub fn kill_tree(root: Pid) {
+    let table = process_table();
+    let left = descendants_of(root);
+    let own_group = nix::unistd::getpgrp();
+    let groups: HashSet<Pid> =
+        left.iter().filter_map(|p| table.get(p)).map(|p| p.pgid).filter(|g| *g != own_group).collect();
+    for group in groups {
+        let _ = signal::killpg(group, Signal::SIGKILL);
+    }
+    if root != own_group {
+        let _ = signal::killpg(root, Signal::SIGKILL);
+    }
+    let _ = signal::kill(root, Signal::SIGKILL);
+    for pid in left {
+        let _ = signal::kill(pid, Signal::SIGKILL);
+    }
+}
+
+/// Kills every panzer still running and removes its scratch directory: for
+/// a signal handler of a program about to exit (the bench's Ctrl-C). The
+/// guards' own drops never run after it.
+pub fn kill_every_panzer() {
+    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    for (pid, dir) in live.iter() {
+        kill_tree(*pid);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
@@ -293,6 +337,11 @@ pub fn descendants_of(root: Pid) -> Vec<Pid> {
     found.into_iter().collect()
 }
 
+/// The live children of `parent`.
+pub fn children_of(parent: Pid) -> Vec<Pid> {
+    process_table().into_iter().filter(|(_, p)| p.ppid == parent).map(|(pid, _)| pid).collect()
+}
+
 /// Whether `pid` is alive and not a zombie.
 pub fn alive(pid: Pid) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -312,20 +361,37 @@ pub struct Response {
 impl Response {
     /// The value of `key=` in the one-line body (`pid=12 generation=1 worker=0`).
     pub fn field(&self, key: &str) -> String {
-        self.body
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(String::from))
-            .unwrap_or_else(|| panic!("no {key}= in body {:?}", self.body))
+        self.find(key).unwrap_or_else(|| panic!("no {key}= in body {:?}", self.body))
+    }
+
+    /// The value of `key=` in the body, if there is one.
+    pub fn find(&self, key: &str) -> Option<String> {
+        self.body.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(String::from))
     }
 
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.field("pid").parse().unwrap())
     }
+
+    /// Whether the server said `Connection: close`.
+    pub fn closes(&self) -> bool {
+        header(&self.headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// A connection to 127.0.0.1:`port`; connecting, reads and writes time out after
+/// [`PATIENCE`], so a hung server fails a test instead of hanging it.
+pub fn connect(port: u16) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&(std::net::Ipv4Addr::LOCALHOST, port).into(), PATIENCE)?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    stream.set_write_timeout(Some(PATIENCE))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// `GET path` on a fresh connection to 127.0.0.1:`port`, `Connection: close`.
 pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
-    request(TcpStream::connect(("127.0.0.1", port))?, path)
+    request(connect(port)?, path)
 }
 
 /// `GET path` with `Connection: close` on an open connection (TCP or unix).
@@ -334,35 +400,50 @@ pub fn request<S: Read + Write>(mut stream: S, path: &str) -> std::io::Result<Re
     read_response(&mut stream)
 }
 
-/// Reads one response (with Content-Length) from `stream`.
+/// Reads one response (with Content-Length) from `stream`. An end of stream
+/// is an `UnexpectedEof` error that says whether any byte had come.
 pub fn read_response(stream: &mut impl Read) -> std::io::Result<Response> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed mid-response",
-            ));
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
+    let mut head_end = None;
+    loop {
+        // The server sends nothing unasked, so a read never takes bytes of
+        // a later response.
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => {
+                let what = if buf.is_empty() { "EOF before any response byte" } else { "EOF mid-response" };
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if head_end.is_none() {
+            head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
         }
-        buf.push(byte[0]);
+        let Some(end) = head_end else { continue };
+        let headers = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let length: usize = header(&headers, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if buf.len() < end + length {
+            continue;
+        }
+        let status = headers
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line in {headers:?}")))?;
+        let body = String::from_utf8_lossy(&buf[end..end + length]).into_owned();
+        return Ok(Response { status, headers, body });
     }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body)?;
-    Ok(Response { status, headers: head, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+/// The value of header `name` (any case) in a response head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
 }
 
 /// A request in flight: a kept-alive connection whose first answer proved a
@@ -370,8 +451,7 @@ pub fn read_response(stream: &mut impl Read) -> std::io::Result<Response> {
 /// connection (read the slow answer with [`read_response`]) and the pid
 /// that serves it.
 pub fn slow_request_in_flight(port: u16, ms: u32) -> (TcpStream, Pid) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut stream = connect(port).unwrap();
     write!(stream, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let server = read_response(&mut stream).unwrap().pid();
     write!(stream, "GET /slow?ms={ms} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
@@ -439,10 +519,10 @@ impl Deploy {
         deploy
     }
 
-    /// Installs a server that runs hello with `env` (e.g. `FAIL_ON_START=1`).
+    /// Installs a server that runs the `server` fixture with `env` (e.g. `FAIL_ON_START=1`).
     pub fn set(&self, env: &str) {
         let tmp = self.0.with_extension("new");
-        std::fs::write(&tmp, format!("#!/bin/sh\n{env} exec {} \"$@\"\n", example("hello"))).unwrap();
+        std::fs::write(&tmp, format!("#!/bin/sh\n{env} exec {} \"$@\"\n", example("server"))).unwrap();
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::rename(&tmp, &self.0).unwrap();
     }
@@ -471,6 +551,16 @@ impl Panzer {
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
         panzerctl_as(None, args, &[("XDG_RUNTIME_DIR", self.dir.0.to_str().unwrap())])
     }
+
+    /// Runs `panzerctl --pid-file {dir}/panzer.pid ARGS…`, for a panzer
+    /// started with `--pid-file {dir}/panzer.pid`, once that file exists.
+    pub fn ctl_by_pid_file(&self, args: &[&str]) -> CtlOutput {
+        let pid_file = self.dir.join("panzer.pid");
+        eventually(PATIENCE, "the pid file", || pid_file.exists().then_some(()));
+        let mut all = vec!["--pid-file", pid_file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.ctl(&all)
+    }
 }
 
 /// Runs `panzerctl` as another uid (through `setpriv`), or as ourselves.
@@ -496,5 +586,103 @@ pub fn panzerctl_as(uid: Option<u32>, args: &[&str], env: &[(&str, &str)]) -> Ct
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A log file read as it grows, each line stamped with the `Instant` it was
+/// read at: a line is seen at most one poll period (250 µs) plus a read
+/// after it was written, which is what the bench's wall times rest on.
+pub struct LogWatch {
+    path: PathBuf,
+    file: std::fs::File,
+    partial: Vec<u8>,
+    /// Every complete line read so far, with when it was read.
+    pub lines: Vec<(Instant, String)>,
+}
+
+impl LogWatch {
+    /// How often the file is read while waiting for a line.
+    const POLL: Duration = Duration::from_micros(250);
+
+    pub fn open(path: &Path) -> LogWatch {
+        LogWatch {
+            path: path.to_owned(),
+            file: std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+            partial: Vec::new(),
+            lines: Vec::new(),
+        }
+    }
+
+    /// Reads whatever was appended since the last call.
+    pub fn poll(&mut self) {
+        let now = Instant::now();
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = self.file.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            self.partial.extend_from_slice(&chunk[..n]);
+        }
+        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            let text = String::from_utf8_lossy(&line[..i]).into_owned();
+            self.lines.push((now, text));
+        }
+    }
+
+    /// Waits for a line at index ≥ `from` that contains `needle`.
+    pub fn wait(&mut self, from: usize, needle: &str, limit: Duration) -> Result<(Instant, String), String> {
+        self.wait_any(from, &[needle], limit)
+    }
+
+    /// Waits for a line at index ≥ `from` that contains any of `needles`.
+    pub fn wait_any(
+        &mut self,
+        from: usize,
+        needles: &[&str],
+        limit: Duration,
+    ) -> Result<(Instant, String), String> {
+        let deadline = Instant::now() + limit;
+        let mut searched = from;
+        loop {
+            self.poll();
+            if let Some(found) = self.lines[searched.min(self.lines.len())..]
+                .iter()
+                .find(|(_, l)| needles.iter().any(|n| l.contains(n)))
+            {
+                return Ok(found.clone());
+            }
+            searched = searched.max(self.lines.len());
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no log line with {needles:?} after {limit:?}; whole log kept in {}; last \
+                     lines:\n{}",
+                    self.keep(),
+                    self.tail(15)
+                ));
+            }
+            std::thread::park_timeout(Self::POLL);
+        }
+    }
+
+    /// Copies the log out of the scratch directory; returns where to.
+    pub fn keep(&self) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let kept = std::env::temp_dir().join(format!(
+            "panzer-failed-{}-{}.log",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        match std::fs::copy(&self.path, &kept) {
+            Ok(_) => kept.display().to_string(),
+            Err(e) => format!("nowhere ({e})"),
+        }
+    }
+
+    /// The last `n` lines, indented.
+    pub fn tail(&mut self, n: usize) -> String {
+        self.poll();
+        let start = self.lines.len().saturating_sub(n);
+        self.lines[start..].iter().map(|(_, l)| format!("    {l}\n")).collect()
     }
 }

@@ -4,13 +4,13 @@ use nix::sys::signal::{kill, Signal};
 
 use crate::harness::*;
 
-fn hello(count: &str) -> Panzer {
-    Panzer::start(&["--bind", "127.0.0.1:0", "--count", count, "--ready", "100ms", &example("hello")])
+fn server(count: &str) -> Panzer {
+    Panzer::start(&["--bind", "127.0.0.1:0", "--count", count, "--ready", "100ms", &example("server")])
 }
 
 #[test]
 fn requests_are_served_by_every_worker() {
-    let panzer = hello("3");
+    let panzer = server("3");
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let pids = distinct_pids(port, 3);
@@ -26,7 +26,7 @@ fn requests_are_served_by_every_worker() {
 
 #[test]
 fn a_killed_worker_is_replaced_in_the_same_slot() {
-    let panzer = hello("2");
+    let panzer = server("2");
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let first = get(port, "/").unwrap();
@@ -65,7 +65,7 @@ fn a_crash_loop_backs_off_and_generation_one_failing_exits_1() {
 
 #[test]
 fn a_killed_monitor_is_replaced_by_a_new_generation_on_the_same_port() {
-    let panzer = hello("2");
+    let panzer = server("2");
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let old = get(port, "/").unwrap();
@@ -83,7 +83,7 @@ fn a_killed_monitor_is_replaced_by_a_new_generation_on_the_same_port() {
 
 #[test]
 fn kill_9_of_main_leaves_no_process_behind() {
-    let mut panzer = hello("2");
+    let mut panzer = server("2");
     panzer.wait_ready(1);
     let tree = panzer.descendants();
     assert!(tree.len() >= 3, "expected a monitor and 2 workers, got {tree:?}");
@@ -96,7 +96,7 @@ fn kill_9_of_main_leaves_no_process_behind() {
 
 #[test]
 fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
-    let mut panzer = hello("1");
+    let mut panzer = server("1");
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let (mut stream, worker) = slow_request_in_flight(port, 1000);
@@ -166,9 +166,9 @@ fn a_slow_drain_is_waited_for_not_killed() {
 
 #[test]
 fn with_a_ready_duration_only_time_alive_counts_not_an_early_ready_1() {
-    // hello sends READY=1 at once; with --ready 400ms that must not count.
+    // the server sends READY=1 at once; with --ready 400ms that must not count.
     let panzer =
-        Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "400ms", &example("hello")]);
+        Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "400ms", &example("server")]);
     let line = panzer.wait_for_line("generation 1 ready");
     let ms: u64 = line.rsplit(" in ").next().unwrap().trim_end_matches(" ms").trim().parse().unwrap();
     assert!(ms >= 400, "{line}");

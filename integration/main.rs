@@ -1,7 +1,7 @@
 //! Process-level tests: each drives the real `panzer` binary as an operator
 //! would and checks what an operator sees — responses, pids, exit codes and
 //! log lines. Run with plain `cargo test`, which also builds the example
-//! server and the fixtures under integration/fixtures/.
+//! server (`examples/hello.rs`) and the fixtures under integration/fixtures/.
 
 mod harness;
 
@@ -9,6 +9,7 @@ mod activation;
 mod bad_input;
 mod container;
 mod control;
+mod example;
 mod lifecycle;
 mod privileges;
 mod reload;

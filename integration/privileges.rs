@@ -24,9 +24,9 @@ fn monitors_and_workers_run_as_the_given_user() {
     let runtime = dir.join("run");
     std::fs::DirBuilder::new().mode(0o700).create(&runtime).unwrap();
     let args = "--bind 127.0.0.1:0 --count 2 --ready notify --user 65534 --group 65534";
-    let hello = example("hello");
+    let server = example("server");
     let mut args: Vec<&str> = args.split(' ').collect();
-    args.push(&hello);
+    args.push(&server);
     let mut panzer = Panzer::start_with_env(&args, &[("XDG_RUNTIME_DIR", runtime.to_str().unwrap())]);
     let port = panzer.port(0);
     // notify mode: the workers reached their monitor's socket as that user.

@@ -42,10 +42,10 @@ fn sigusr1_replaces_every_worker_and_sighup_does_too() {
         assert!(!alive(*pid), "old worker {pid} still running");
     }
     assert_eq!(get(port, "/").unwrap().field("generation"), "2");
-    // The old workers drained on SIGTERM (hello logs it), not SIGKILL.
+    // The old workers drained on SIGTERM (the server logs it), not SIGKILL.
     let log = panzer.log();
     for pid in &old {
-        assert!(log.contains(&format!("hello: pid {pid} draining")), "{log}");
+        assert!(log.contains(&format!("server: pid {pid} draining")), "{log}");
         assert!(log.contains(&format!("(pid {pid}) exited with status 0")), "{log}");
     }
 

@@ -36,7 +36,7 @@ fn workers_of_a_dead_monitor_serve_until_the_replacement_is_ready() {
     panzer.wait_ready(2);
     eventually(PATIENCE, "the orphans to drain and exit", || old.iter().all(|p| !alive(*p)).then_some(()));
     for pid in &old {
-        assert!(panzer.log().contains(&format!("hello: pid {pid} draining")), "{}", panzer.log());
+        assert!(panzer.log().contains(&format!("server: pid {pid} draining")), "{}", panzer.log());
     }
 }
 
@@ -44,9 +44,9 @@ fn workers_of_a_dead_monitor_serve_until_the_replacement_is_ready() {
 fn a_server_behind_a_wrapper_script_drains_its_in_flight_request() {
     let dir = TestDir::new("wrapper");
     let deploy = Deploy::new(&dir);
-    // No `exec`: hello is the wrapper's child, the worker's grandchild
+    // No `exec`: the server is the wrapper's child, the worker's grandchild
     // (started so that LISTEN_PID names it, as systemd's convention wants).
-    let wrapper = format!("#!/bin/sh\nsh -c 'LISTEN_PID=$$ exec {}'\n", example("hello"));
+    let wrapper = format!("#!/bin/sh\nsh -c 'LISTEN_PID=$$ exec {}'\n", example("server"));
     std::fs::write(&deploy.0, wrapper).unwrap();
     let panzer = start(&deploy, "300ms");
     let port = panzer.port(0);
@@ -113,7 +113,7 @@ fn control_path(panzer: &Panzer) -> String {
 fn a_server_behind_a_wrapper_drains_when_its_monitor_died_and_a_replacement_took_over() {
     let dir = TestDir::new("wrapper-orphan");
     let deploy = Deploy::new(&dir);
-    let wrapper = format!("#!/bin/sh\nsh -c 'LISTEN_PID=$$ exec {}'\n", example("hello"));
+    let wrapper = format!("#!/bin/sh\nsh -c 'LISTEN_PID=$$ exec {}'\n", example("server"));
     std::fs::write(&deploy.0, wrapper).unwrap();
     let panzer = Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "300ms", deploy.path()]);
     let port = panzer.port(0);
@@ -122,8 +122,8 @@ fn a_server_behind_a_wrapper_drains_when_its_monitor_died_and_a_replacement_took
     kill(monitor(&panzer), Signal::SIGKILL).unwrap();
     panzer.wait_ready(2);
     // The grandchild got SIGTERM with its group, not SIGKILL at a deadline.
-    panzer.wait_for_line(&format!("hello: pid {server} exiting"));
-    assert!(panzer.log().contains(&format!("hello: pid {server} draining")), "{}", panzer.log());
+    panzer.wait_for_line(&format!("server: pid {server} exiting"));
+    assert!(panzer.log().contains(&format!("server: pid {server} draining")), "{}", panzer.log());
     assert!(!panzer.log().contains("graceful timeout: SIGKILL"), "{}", panzer.log());
 }
 
@@ -143,7 +143,7 @@ fn a_monitor_killed_before_it_could_drain_still_gets_its_workers_stopped() {
     kill(first, Signal::SIGKILL).unwrap();
     panzer.wait_for_line("while stopping");
     for pid in &old {
-        panzer.wait_for_line(&format!("hello: pid {pid} exiting"));
+        panzer.wait_for_line(&format!("server: pid {pid} exiting"));
     }
     assert!(!panzer.log().contains("graceful timeout: SIGKILL"), "{}", panzer.log());
 }

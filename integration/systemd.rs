@@ -60,7 +60,7 @@ impl Drop for FakeSystemd {
 fn readiness_reloads_and_stop_are_announced_to_systemd() {
     let systemd = FakeSystemd::new();
     let mut panzer = Panzer::start_with_env(
-        &["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", &example("hello")],
+        &["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", &example("server")],
         &[("NOTIFY_SOCKET", systemd.path())],
     );
     let port = panzer.port(0);
@@ -86,7 +86,7 @@ fn readiness_reloads_and_stop_are_announced_to_systemd() {
 fn the_watchdog_is_fed_at_half_its_interval() {
     let systemd = FakeSystemd::new();
     let panzer = Panzer::start_with_env(
-        &["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &example("hello")],
+        &["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &example("server")],
         &[("NOTIFY_SOCKET", systemd.path()), ("WATCHDOG_USEC", "200000")],
     );
     panzer.wait_ready(1);

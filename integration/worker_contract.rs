@@ -78,10 +78,10 @@ fn ipv6_and_unix_sockets_serve_and_a_stop_removes_the_socket_file() {
     let dir = TestDir::new("families");
     let path = dir.join("web.sock");
     let unix = format!("unix:{}", path.display());
-    // hello serves the first socket (fd 3): one panzer per family.
+    // The server serves the first socket (fd 3): one panzer per family.
     for (bind, connect) in [("[::1]:0", "v6"), (unix.as_str(), "unix")] {
         let mut panzer =
-            Panzer::start(&["--bind", bind, "--count", "1", "--ready", "notify", &example("hello")]);
+            Panzer::start(&["--bind", bind, "--count", "1", "--ready", "notify", &example("server")]);
         panzer.wait_ready(1);
         let response = if connect == "v6" {
             let line = panzer.wait_for_line("listening on [::1]:");
