@@ -348,6 +348,10 @@ impl Main {
             let generation = self.monitors.iter().find(|(_, m)| m.pid == pid).map(|(&g, _)| g);
             match generation {
                 Some(generation) => {
+                    // What it said before it exited comes first (say, why
+                    // it failed), even when SIGCHLD is read before the
+                    // channel in this turn of the loop.
+                    self.on_channel(generation);
                     let ended = match status {
                         WaitStatus::Signaled(_, signal, _) => Ended::Killed(signal.as_str().to_string()),
                         WaitStatus::Exited(_, code) => Ended::Exited(code),
