@@ -50,7 +50,8 @@ pub struct Cli {
     #[arg(long, env = "PANZER_GRACEFUL_TIMEOUT", default_value = "30s", value_name = "DURATION")]
     pub graceful_timeout: CliDuration,
 
-    /// Control socket path. Default: $XDG_RUNTIME_DIR/panzer-<pid>.sock, else in the temp dir.
+    /// Control socket path. Default: <pid>.sock in a private directory (mode 0700):
+    /// $XDG_RUNTIME_DIR/panzer, else /run/panzer for root, else $TMPDIR/panzer-<uid>.
     #[arg(long, env = "PANZER_CONTROL", value_name = "PATH")]
     pub control: Option<PathBuf>,
 

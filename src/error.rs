@@ -29,6 +29,9 @@ pub enum Error {
     InUse(String),
     /// Any other system call failed; `what` says what panzer was doing.
     Os { what: String, source: io::Error },
+    /// A file or directory panzer would use is not safe: another user could
+    /// replace, redirect or read it. The message names it and the fix.
+    Unsafe(String),
 }
 
 impl Error {
@@ -41,7 +44,7 @@ impl Error {
         match self {
             Error::Usage(_) | Error::Command { .. } => EXIT_USAGE,
             Error::NotReady { .. } => EXIT_NOT_READY,
-            Error::Bind { .. } | Error::InUse(_) | Error::Os { .. } => EXIT_OSERR,
+            Error::Bind { .. } | Error::InUse(_) | Error::Os { .. } | Error::Unsafe(_) => EXIT_OSERR,
         }
     }
 }
@@ -62,7 +65,7 @@ impl fmt::Display for Error {
                     _ => Ok(()),
                 }
             }
-            Error::InUse(message) => write!(f, "{message}"),
+            Error::InUse(message) | Error::Unsafe(message) => write!(f, "{message}"),
             Error::NotReady { reason } => write!(f, "generation 1 never became ready: {reason}"),
             Error::Os { what, source } => write!(f, "{what}: {}", describe(source)),
         }

@@ -53,6 +53,7 @@ pub mod logging;
 pub mod main_process;
 pub mod monitor;
 pub mod notify;
+pub mod runtime_dir;
 pub mod sockets;
 pub mod status;
 pub mod sys;

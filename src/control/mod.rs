@@ -128,34 +128,31 @@ impl Reply {
 }
 
 /// The default control socket path for main `pid`:
-/// `$XDG_RUNTIME_DIR/panzer-<pid>.sock`, else in the temp dir (also when the
-/// runtime dir is too deep for a unix socket path).
+/// `<private dir>/<pid>.sock`, the private dir being
+/// `$XDG_RUNTIME_DIR/panzer`, else `/run/panzer` for root, else
+/// `$TMPDIR/panzer-<uid>` (see [`crate::runtime_dir`]).
 pub fn default_path(pid: u32) -> std::path::PathBuf {
-    crate::sys::runtime_path(&format!("panzer-{pid}.sock"))
+    crate::runtime_dir::default_control_path(pid)
 }
 
 /// The control socket of the one panzer running with a default control
 /// path, for `panzerctl` without `--control` or `--pid-file`. An error when
 /// there is none, or several (it names them).
 pub fn discover() -> Result<std::path::PathBuf, String> {
-    // Where `default_path` puts sockets (the longest pid decides).
-    let probe = crate::sys::runtime_path("panzer-4194304.sock");
-    let dir = probe.parent().unwrap_or(std::path::Path::new("/"));
+    let dir = crate::runtime_dir::private_dir();
     let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
+    if let Ok(entries) = std::fs::read_dir(&dir) {
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(pid) =
-                name.to_str().and_then(|n| n.strip_prefix("panzer-")?.strip_suffix(".sock")?.parse().ok())
-            else {
+            let Some(pid) = name.to_str().and_then(|n| n.strip_suffix(".sock")?.parse().ok()) else {
                 continue;
             };
-            let running = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-            if running && !found.contains(&entry.path()) {
+            if crate::runtime_dir::pid_is_running(pid) {
                 found.push(entry.path());
             }
         }
     }
+    found.sort();
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => Err(format!("no running panzer in {}; give --control PATH or --pid-file PATH", dir.display())),

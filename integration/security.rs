@@ -1,0 +1,188 @@
+//! Hostile local users and bad input: panzer, usually root, never writes
+//! through a file another user planted, never uses a path another user can
+//! squat on, takes only the control requests it documents, and refuses
+//! counts it could never run — each with one line naming the culprit.
+//!
+//! Tests that need root act as uid 65534 through `setpriv`; without root
+//! they say why and return.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::Signal;
+
+use crate::harness::*;
+
+const NOBODY: u32 = 65534;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The next `n` pids the kernel will hand out (give or take what other
+/// tests start meanwhile), wrapping at `pid_max` as the kernel does.
+fn next_pids(n: u32) -> Vec<u32> {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap().trim().parse::<u32>().unwrap();
+    let last = read("/proc/sys/kernel/ns_last_pid");
+    let max = read("/proc/sys/kernel/pid_max");
+    (1..=n).map(|i| if last + i < max { last + i } else { 300 + (last + i - max) }).collect()
+}
+
+/// A directory anyone may create files in, like /tmp (mode 1777).
+fn sticky_dir(path: &Path) {
+    std::fs::create_dir_all(path).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o1777)).unwrap();
+}
+
+/// Hands `path` (not what it points at) to uid 65534.
+fn give_to_nobody(path: &Path) {
+    std::os::unix::fs::lchown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+}
+
+/// Runs panzer to completion within `PATIENCE`; returns (exit code, log).
+fn fails(panzer: &mut Panzer) -> (i32, String) {
+    let status = panzer.wait_exit(PATIENCE);
+    assert!(panzer.monitors().is_empty(), "a monitor was left running");
+    (status.code().expect("panzer was killed by a signal"), panzer.log())
+}
+
+/// The control socket path main logged.
+fn control_path(panzer: &Panzer) -> PathBuf {
+    let line = panzer.wait_for_line("control socket at ");
+    PathBuf::from(line.rsplit("control socket at ").next().unwrap().trim())
+}
+
+#[test]
+fn files_planted_for_the_next_pids_do_not_block_the_default_control_socket() {
+    if !is_root() {
+        eprintln!("skipped: needs root to plant files as another user");
+        return;
+    }
+    let dir = TestDir::new("squatpids");
+    let tmp = dir.join("tmp");
+    sticky_dir(&tmp);
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    // uid 65534 fills the temp dir with the old per-pid names: files,
+    // symlinks to a victim, and the private dir of root's uid.
+    for (i, pid) in next_pids(3000).into_iter().enumerate() {
+        for name in [format!("panzer-{pid}.sock"), format!("panzer-{pid}.d")] {
+            let path = tmp.join(name);
+            if i % 2 == 0 {
+                std::fs::write(&path, "").unwrap();
+            } else {
+                std::os::unix::fs::symlink(&victim, &path).unwrap();
+            }
+            give_to_nobody(&path);
+        }
+    }
+    let squat = tmp.join("panzer-0");
+    std::fs::create_dir(&squat).unwrap();
+    std::fs::set_permissions(&squat, std::fs::Permissions::from_mode(0o777)).unwrap();
+    give_to_nobody(&squat);
+    let env = [("XDG_RUNTIME_DIR", ""), ("TMPDIR", tmp.to_str().unwrap())];
+    let mut panzer = Panzer::start_with_env(
+        &["--bind", "127.0.0.1:0", "--count", "1", "--pid-file", "{dir}/panzer.pid", "sleep", "--", "1000"],
+        &env,
+    );
+    let control = control_path(&panzer);
+    // root's private dir, which no other user can create or enter.
+    assert_eq!(control, PathBuf::from(format!("/run/panzer/{}.sock", panzer.pid)));
+    let meta = std::fs::symlink_metadata("/run/panzer").unwrap();
+    assert!(meta.is_dir());
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o700));
+    let pid_file = panzer.dir.join("panzer.pid");
+    let pid_file = pid_file.to_str().unwrap();
+    eventually(PATIENCE, "the pid file", || std::path::Path::new(pid_file).exists().then_some(()));
+    let out = panzerctl_as(None, &["--pid-file", pid_file, "status"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Nothing planted was touched.
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert_eq!(std::fs::read_dir(&squat).unwrap().count(), 0);
+    assert_eq!(std::fs::symlink_metadata(&squat).unwrap().uid(), NOBODY);
+    panzer.signal(Signal::SIGTERM);
+    assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0));
+    assert!(!control.exists(), "control socket left behind");
+}
+
+#[test]
+fn a_squatted_private_dir_is_refused_never_followed() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run panzer as one user and squat as another");
+        return;
+    }
+    let dir = TestDir::new("squatdir");
+    // uid 65534's own directory, where a squatter's symlink would lead it.
+    let lure = dir.join("lure");
+    std::fs::create_dir(&lure).unwrap();
+    give_to_nobody(&lure);
+    type Squat = fn(&Path, &Path);
+    let squats: [(&str, Squat); 4] = [
+        ("belongs to uid 0", |path, _| std::fs::create_dir(path).unwrap()),
+        ("mode 0777", |path, _| {
+            std::fs::create_dir(path).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+            give_to_nobody(path);
+        }),
+        ("symlink", |path, lure| std::os::unix::fs::symlink(lure, path).unwrap()),
+        ("a file", |path, _| std::fs::write(path, "").unwrap()),
+    ];
+    for (what, squat) in squats {
+        let tmp = dir.join(&what.replace(' ', "-"));
+        sticky_dir(&tmp);
+        let private = tmp.join(format!("panzer-{NOBODY}"));
+        squat(&private, &lure);
+        let panzer = env!("CARGO_BIN_EXE_panzer");
+        let mut panzer = Panzer::start_via(
+            "setpriv",
+            &[
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                panzer,
+                "--bind",
+                "127.0.0.1:0",
+                "sleep",
+                "--",
+                "1000",
+            ],
+            &[("XDG_RUNTIME_DIR", ""), ("TMPDIR", tmp.to_str().unwrap())],
+        );
+        let (code, log) = fails(&mut panzer);
+        assert_eq!(code, 71, "{what}: {log}");
+        assert_eq!(log.trim().lines().count(), 1, "{what}: {log}");
+        assert!(log.contains(&format!("{}", private.display())), "{what}: {log}");
+        assert!(log.contains("remove it"), "{what}: {log}");
+        assert_eq!(std::fs::read_dir(&lure).unwrap().count(), 0, "{what}: panzer followed the symlink");
+    }
+}
+
+#[test]
+fn leftovers_of_a_killed_panzer_are_removed_by_the_next_one() {
+    let runtime = TestDir::new("leftovers");
+    let env = [("XDG_RUNTIME_DIR", runtime.0.to_str().unwrap())];
+    let args = ["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", "{hello}"];
+    let hello = example("hello");
+    let args: Vec<&str> = args.iter().map(|a| if *a == "{hello}" { hello.as_str() } else { a }).collect();
+    let mut first = Panzer::start_with_env(&args, &env);
+    first.wait_ready(1);
+    let private = runtime.join("panzer");
+    let socket = private.join(format!("{}.sock", first.pid));
+    let notify_dir = private.join(format!("{}.d", first.pid));
+    assert_eq!(control_path(&first), socket);
+    assert!(notify_dir.is_dir(), "no notify dir at {}", notify_dir.display());
+    // An entry of a live process stays.
+    let alive = private.join(format!("{}.sock", std::process::id()));
+    std::fs::write(&alive, "").unwrap();
+    first.signal(Signal::SIGKILL);
+    first.wait_exit(PATIENCE);
+    drop(first); // reaps it: its pid is free now
+    assert!(socket.exists() && notify_dir.exists(), "kill -9 left nothing behind?");
+
+    let second = Panzer::start_with_env(&args, &env);
+    second.wait_for_line("control socket at ");
+    assert!(!socket.exists(), "the dead panzer's control socket is still there");
+    assert!(!notify_dir.exists(), "the dead panzer's notify dir is still there");
+    assert!(alive.exists(), "an entry of a live pid was removed");
+    assert!(private.join(format!("{}.sock", second.pid)).exists());
+}
