@@ -53,6 +53,69 @@ fn control_path(panzer: &Panzer) -> PathBuf {
 }
 
 #[test]
+fn the_pid_file_is_never_written_through_a_planted_symlink() {
+    if !is_root() {
+        eprintln!("skipped: needs root to plant files as another user");
+        return;
+    }
+    let dir = TestDir::new("pidlink");
+    let shared = dir.join("shared");
+    sticky_dir(&shared);
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let pid_file = shared.join("app.pid");
+    // uid 65534 guesses the temporary names panzer might use next.
+    for pid in next_pids(4000) {
+        let link = shared.join(format!("app.pid.{pid}.tmp"));
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        give_to_nobody(&link);
+    }
+    let mut panzer = Panzer::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "sleep",
+        "--",
+        "1000",
+    ]);
+    panzer.wait_for_line("control socket at ");
+    eventually(PATIENCE, "the pid file", || {
+        (std::fs::read_to_string(&pid_file).ok()?.trim() == panzer.pid.to_string()).then_some(())
+    });
+    assert!(std::fs::symlink_metadata(&pid_file).unwrap().is_file(), "the pid file is not a plain file");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n", "the victim was overwritten");
+    panzer.signal(Signal::SIGTERM);
+    assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0));
+    assert!(!pid_file.exists(), "pid file left behind");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+}
+
+#[test]
+fn a_pid_file_in_a_directory_anyone_may_write_is_refused() {
+    let dir = TestDir::new("pidopen");
+    let open = dir.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let pid_file = open.join("app.pid");
+    let mut panzer = Panzer::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "sleep",
+        "--",
+        "1000",
+    ]);
+    let (code, log) = fails(&mut panzer);
+    assert_eq!(code, 2, "{log}");
+    assert_eq!(log.trim().lines().count(), 1, "{log}");
+    assert!(log.starts_with(&format!("panzer: --pid-file {}: ", pid_file.display())), "{log}");
+    assert!(log.contains("writable by other users"), "{log}");
+    assert!(!pid_file.exists());
+}
+
+#[test]
 fn files_planted_for_the_next_pids_do_not_block_the_default_control_socket() {
     if !is_root() {
         eprintln!("skipped: needs root to plant files as another user");

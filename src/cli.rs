@@ -55,7 +55,8 @@ pub struct Cli {
     #[arg(long, env = "PANZER_CONTROL", value_name = "PATH")]
     pub control: Option<PathBuf>,
 
-    /// Write main's pid to this file; it is removed on exit.
+    /// Write main's pid to this file; it is removed on exit. Its directory must
+    /// not be writable by other users, unless sticky (as /tmp is).
     #[arg(long, env = "PANZER_PID_FILE", value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
 
