@@ -10,6 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
+use serde_json::Value;
 
 use crate::harness::*;
 
@@ -248,4 +249,48 @@ fn leftovers_of_a_killed_panzer_are_removed_by_the_next_one() {
     assert!(!notify_dir.exists(), "the dead panzer's notify dir is still there");
     assert!(alive.exists(), "an entry of a live pid was removed");
     assert!(private.join(format!("{}.sock", second.pid)).exists());
+}
+
+#[test]
+fn counts_above_the_ceiling_are_usage_errors() {
+    let mut panzer =
+        Panzer::start(&["--count", "4294967295", "--bind", "127.0.0.1:0", "sleep", "--", "1000"]);
+    let (code, log) = fails(&mut panzer);
+    assert_eq!(code, 2, "{log}");
+    assert_eq!(log.trim().lines().count(), 1, "{log}");
+    assert!(log.contains("--count 4294967295: at most "), "{log}");
+    assert!(panzer.descendants().is_empty());
+
+    let mut panzer = Panzer::start_with_env(
+        &["--bind", "127.0.0.1:0", "sleep", "--", "1000"],
+        &[("PANZER_COUNT", "5000")],
+    );
+    let (code, log) = fails(&mut panzer);
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("5000: at most "), "{log}");
+}
+
+#[test]
+fn scale_above_the_ceiling_is_refused() {
+    let panzer = Panzer::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        "1",
+        "--ready",
+        "notify",
+        "--control",
+        "{dir}/ctl.sock",
+        &example("hello"),
+    ]);
+    panzer.wait_ready(1);
+    let control = panzer.dir.join("ctl.sock");
+    let control = control.to_str().unwrap();
+    let out = panzerctl(&["--control", control, "scale", "100000"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains("100000") && out.stderr.contains("at most"), "{}", out.stderr);
+    let out = panzerctl(&["--control", control, "--json", "status"]);
+    let reply: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(reply["status"]["count"], 1);
+    assert_eq!(panzer.descendants().len(), 2, "monitor and one worker");
 }

@@ -21,7 +21,8 @@ use crate::sockets::BindSpec;
                   Example: panzer --bind 127.0.0.1:8080 --count 4 ./my_server -- --verbose"
 )]
 pub struct Cli {
-    /// Workers per generation (at least 1). Default: the number of CPUs.
+    /// Workers per generation (at least 1, at most 4096 or what RLIMIT_NPROC
+    /// allows). Default: the number of CPUs.
     #[arg(short, long, env = "PANZER_COUNT", value_parser = clap::value_parser!(u32).range(1..))]
     pub count: Option<u32>,
 

@@ -54,8 +54,11 @@ impl Request {
             };
             format!("{what}: {e}; expected {{\"cmd\":\"status|reload|stop|scale\"}}")
         })?;
-        if let Request::Scale { count: 0 } = request {
-            return Err("scale: count must be at least 1".into());
+        if let Request::Scale { count } = request {
+            if count == 0 {
+                return Err("scale: count must be at least 1".into());
+            }
+            crate::config::check_count(&format!("scale {count}"), count.into())?;
         }
         Ok(request)
     }
@@ -174,6 +177,15 @@ mod tests {
         assert!(Request::parse(br#"{"cmd":"scale","count":0}"#).unwrap_err().contains("at least 1"));
         assert!(Request::parse(br#"{"cmd":"explode"}"#).unwrap_err().starts_with("unknown request"));
         assert!(Request::parse(b"garbage").unwrap_err().starts_with("not a JSON object"));
+    }
+
+    #[test]
+    fn scale_is_held_to_the_count_ceiling() {
+        let max = crate::config::max_count();
+        let at_most = format!(r#"{{"cmd":"scale","count":{max}}}"#);
+        assert_eq!(Request::parse(at_most.as_bytes()), Ok(Request::Scale { count: max }));
+        let err = Request::parse(br#"{"cmd":"scale","count":100000}"#).unwrap_err();
+        assert!(err.starts_with(&format!("scale 100000: at most {max} workers")), "{err}");
     }
 
     #[test]
