@@ -6,7 +6,9 @@
 //! Tests that need root act as uid 65534 through `setpriv`; without root
 //! they say why and return.
 
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
@@ -51,6 +53,16 @@ fn fails(panzer: &mut Panzer) -> (i32, String) {
 fn control_path(panzer: &Panzer) -> PathBuf {
     let line = panzer.wait_for_line("control socket at ");
     PathBuf::from(line.rsplit("control socket at ").next().unwrap().trim())
+}
+
+/// Sends one request line over `stream` and returns the parsed reply.
+fn ask(control: &Path, line: &str) -> Value {
+    let stream = UnixStream::connect(control).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    (&stream).write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("bad reply {reply:?}: {e}"))
 }
 
 #[test]
@@ -249,6 +261,47 @@ fn leftovers_of_a_killed_panzer_are_removed_by_the_next_one() {
     assert!(!notify_dir.exists(), "the dead panzer's notify dir is still there");
     assert!(alive.exists(), "an entry of a live pid was removed");
     assert!(private.join(format!("{}.sock", second.pid)).exists());
+}
+
+#[test]
+fn unknown_fields_and_commands_are_refused_and_do_nothing() {
+    let mut panzer = Panzer::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        "1",
+        "--ready",
+        "notify",
+        "--control",
+        "{dir}/ctl.sock",
+        &example("hello"),
+    ]);
+    panzer.wait_ready(1);
+    let control = panzer.dir.join("ctl.sock");
+    for (line, culprit) in [
+        (r#"{"cmd":"reload","dry_run":true}"#, "dry_run"),
+        (r#"{"cmd":"stop","now":true}"#, "now"),
+        (r#"{"cmd":"status","verbose":1}"#, "verbose"),
+        (r#"{"cmd":"scale","count":2,"by":1}"#, "by"),
+        (r#"{"cmd":"explode"}"#, "explode"),
+        (r#"{"count":2}"#, "cmd"),
+        (r#"{"cmd":"stop","cmd":"stop"}"#, "cmd"),
+    ] {
+        let reply = ask(&control, line);
+        assert_eq!(reply["ok"], false, "{line} → {reply}");
+        let error = reply["error"].as_str().unwrap();
+        assert!(error.contains(culprit), "{line} → {error}");
+    }
+    // Nothing happened: the same generation serves, no reload or stop ran.
+    let reply = ask(&control, r#"{"cmd":"status"}"#);
+    assert_eq!(reply["ok"], true);
+    assert_eq!(reply["status"]["generations"].as_array().unwrap().len(), 1, "{reply}");
+    assert_eq!(reply["status"]["count"], 1);
+    let log = panzer.log();
+    assert!(!log.contains("generation 2"), "{log}");
+    assert!(!log.contains("stopping"), "{log}");
+    panzer.signal(Signal::SIGTERM);
+    assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0));
 }
 
 #[test]
