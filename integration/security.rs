@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -346,4 +347,28 @@ fn scale_above_the_ceiling_is_refused() {
     let reply: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(reply["status"]["count"], 1);
     assert_eq!(panzer.descendants().len(), 2, "monitor and one worker");
+}
+
+#[test]
+fn idle_clients_never_lock_out_the_operator() {
+    let panzer = Panzer::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        "1",
+        "--control",
+        "{dir}/ctl.sock",
+        "sleep",
+        "--",
+        "1000",
+    ]);
+    panzer.wait_for_line("control socket at ");
+    let control = panzer.dir.join("ctl.sock");
+    let idle: Vec<UnixStream> = (0..100).map(|_| UnixStream::connect(&control).unwrap()).collect();
+    // Well inside the 30 s idle timeout that would otherwise free a place.
+    eventually(Duration::from_secs(5), "panzerctl status to succeed", || {
+        let out = panzerctl(&["--control", control.to_str().unwrap(), "status"]);
+        (out.code == 0).then_some(())
+    });
+    drop(idle);
 }
