@@ -372,3 +372,44 @@ fn idle_clients_never_lock_out_the_operator() {
     });
     drop(idle);
 }
+
+#[test]
+fn a_flood_of_bad_notify_messages_logs_a_handful_of_lines() {
+    if std::process::Command::new("python3").arg("-c").arg("").status().map_or(true, |s| !s.success()) {
+        eprintln!("skipped: needs python3 for a worker that floods its notify socket");
+        return;
+    }
+    // The worker itself sends (the monitor goes by the sender's pid): a burst
+    // of non-text datagrams, one more a second later, an over-long STATUS=
+    // that turns into a much longer JSON report, then READY=1.
+    let script = r#"
+import os, socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.connect(os.environ["NOTIFY_SOCKET"])
+for _ in range(10000):
+    s.send(b"\xff\xfe")
+time.sleep(1.2)
+s.send(b"\xff")
+s.send(b"STATUS=" + b"\x01" * 4000)
+s.send(b"READY=1")
+time.sleep(1000)
+"#;
+    let panzer = Panzer::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        "1",
+        "--ready",
+        "notify",
+        "python3",
+        "--",
+        "-c",
+        script,
+    ]);
+    panzer.wait_ready(1);
+    let log = panzer.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("not text")).collect();
+    assert!((1..=3).contains(&warnings.len()), "{} warnings:\n{}", warnings.len(), warnings.join("\n"));
+    assert!(warnings.iter().any(|l| l.contains("more suppressed)")), "{}", warnings.join("\n"));
+    assert!(!log.contains("malformed"), "{log}");
+}

@@ -49,6 +49,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;
+pub(crate) mod log_limit;
 pub mod logging;
 pub mod main_process;
 pub mod monitor;

@@ -35,6 +35,20 @@ impl fmt::Display for Notify {
     }
 }
 
+/// Longest `STATUS=` text kept; the rest is cut off (at a character
+/// boundary), so a worker's status always fits a report to main.
+pub const MAX_STATUS: usize = 512;
+
+/// The longest prefix of `text` of at most `max` bytes that ends at a
+/// character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// The messages of one datagram that panzer acts on; unknown keys are
 /// skipped. `Err` if the datagram is not text.
 pub fn parse(datagram: &[u8]) -> Result<Vec<Notify>, std::str::Utf8Error> {
@@ -47,7 +61,7 @@ pub fn parse(datagram: &[u8]) -> Result<Vec<Notify>, std::str::Utf8Error> {
                 ("READY", "1") => Some(Notify::Ready),
                 ("STOPPING", "1") => Some(Notify::Stopping),
                 ("WATCHDOG", "1") => Some(Notify::Watchdog),
-                ("STATUS", text) => Some(Notify::Status(text.to_string())),
+                ("STATUS", text) => Some(Notify::Status(truncate(text, MAX_STATUS).to_string())),
                 ("MAINPID", pid) => pid.parse().ok().map(Notify::MainPid),
                 _ => None,
             }
@@ -86,6 +100,17 @@ mod tests {
         assert_eq!(got, vec![Notify::Ready, Notify::Status("warming up".into()), Notify::Watchdog]);
         assert!(parse(&[0xff, 0xfe]).is_err());
         assert_eq!(parse(b"READY=0").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_long_status_is_cut_at_a_character_boundary() {
+        let long = format!("STATUS={}", "é".repeat(1000));
+        let Notify::Status(text) = &parse(long.as_bytes()).unwrap()[0] else { panic!("not a status") };
+        assert_eq!(text.len(), MAX_STATUS);
+        assert!(text.chars().all(|c| c == 'é'));
+        let odd = format!("STATUS=a{}", "é".repeat(1000));
+        let Notify::Status(text) = &parse(odd.as_bytes()).unwrap()[0] else { panic!("not a status") };
+        assert_eq!(text.len(), MAX_STATUS - 1);
     }
 
     #[test]
