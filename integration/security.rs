@@ -413,3 +413,168 @@ time.sleep(1000)
     assert!(warnings.iter().any(|l| l.contains("more suppressed)")), "{}", warnings.join("\n"));
     assert!(!log.contains("malformed"), "{log}");
 }
+
+/// A tiny deterministic generator (xorshift64*), so a failure reproduces.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// `base` with one to three random edits: drop, duplicate, swap, replace
+/// with an odd token, insert one, or flip characters of one argument.
+fn mutate(base: &[String], rng: &mut Rng) -> Vec<String> {
+    const ODD: &[&str] = &[
+        "",
+        "-",
+        "--",
+        "-c",
+        "-b",
+        "-q",
+        "-vvvvvv",
+        "0",
+        "-1",
+        "4097",
+        "4294967295",
+        "4294967296",
+        "99999999999999999999999",
+        "1e308",
+        "NaN",
+        "inf",
+        "1.5.5s",
+        ".s",
+        "999999999999999h",
+        "0.0000000001ms",
+        "unix:",
+        "unix:/",
+        "unix:\u{1}",
+        "[::1]:",
+        "[::1]:99999",
+        "0.0.0.0:-1",
+        "a=b=c",
+        "=127.0.0.1:0",
+        "é=127.0.0.1:0",
+        "🦀",
+        "--count=",
+        "--bind=",
+        "--ready=",
+        "--ready=notify",
+        "--user",
+        "--group",
+        "--control",
+        "--pid-file",
+        "--backlog",
+        "--backlog=0",
+        "--startup-timeout",
+        "--graceful-timeout=0",
+        "--frobnicate",
+        "__monitor",
+    ];
+    let mut argv = base.to_vec();
+    for _ in 0..1 + rng.below(3) {
+        let i = rng.below(argv.len().max(1));
+        match rng.below(6) {
+            0 if !argv.is_empty() => {
+                argv.remove(i);
+            }
+            1 if !argv.is_empty() => argv.insert(i, argv[i].clone()),
+            2 if argv.len() > 1 => {
+                let j = rng.below(argv.len());
+                argv.swap(i, j);
+            }
+            3 if !argv.is_empty() => argv[i] = ODD[rng.below(ODD.len())].to_string(),
+            4 => argv.insert(i.min(argv.len()), ODD[rng.below(ODD.len())].to_string()),
+            _ if !argv.is_empty() => {
+                let mut chars: Vec<char> = argv[i].chars().collect();
+                for _ in 0..1 + rng.below(3) {
+                    let c = char::from(b' ' + rng.below(95) as u8);
+                    match chars.len() {
+                        0 => chars.push(c),
+                        n => chars[rng.below(n)] = c,
+                    }
+                }
+                argv[i] = chars.into_iter().collect();
+            }
+            _ => argv.push(ODD[rng.below(ODD.len())].to_string()),
+        }
+    }
+    argv
+}
+
+#[test]
+fn mutated_command_lines_never_crash_panzer() {
+    // Every run starts in its own directory, so a mutation that turns an
+    // argument into --pid-file or --control writes nothing elsewhere.
+    let base: Vec<String> = [
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        "2",
+        "--ready",
+        "notify",
+        "--startup-timeout",
+        "50ms",
+        "--graceful-timeout",
+        "100ms",
+        "--pid-file",
+        "app.pid",
+        "sleep",
+        "--",
+        "1000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let panzer = env!("CARGO_BIN_EXE_panzer");
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut started = 0;
+    for run in 0..300 {
+        let argv = mutate(&base, &mut rng);
+        let mut args: Vec<&str> = vec!["-c", "cd \"$0\" && exec \"$@\"", "{dir}", panzer];
+        args.extend(argv.iter().map(String::as_str));
+        let panzer = Panzer::start_via("sh", &args, &[]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let status = loop {
+            if let Some(status) = exit_of(&panzer) {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::park_timeout(Duration::from_millis(5));
+        };
+        let log = panzer.log();
+        match status {
+            // Still running (a mutation that starts): the guard kills it.
+            None => started += 1,
+            Some(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(status.signal(), None, "run {run}: panzer {argv:?} died by a signal\n{log}");
+                assert_ne!(status.code(), Some(101), "run {run}: panzer {argv:?} panicked\n{log}");
+            }
+        }
+        assert!(!log.contains("panicked at"), "run {run}: panzer {argv:?} panicked\n{log}");
+    }
+    eprintln!("{started} of 300 mutated command lines kept running until killed");
+}
+
+/// panzer's exit status if it has exited, without blocking.
+fn exit_of(panzer: &Panzer) -> Option<std::process::ExitStatus> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    use std::os::unix::process::ExitStatusExt;
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(panzer.pid), flags).ok()? {
+        WaitStatus::Exited(_, code) => Some(std::process::ExitStatus::from_raw((code & 0xff) << 8)),
+        WaitStatus::Signaled(_, signal, _) => Some(std::process::ExitStatus::from_raw(signal as i32)),
+        _ => None,
+    }
+}

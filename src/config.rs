@@ -243,4 +243,21 @@ mod tests {
         assert_eq!(log_level(0, 2), log::LevelFilter::Trace);
         assert_eq!(log_level(9, 0), log::LevelFilter::Off);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_a_duration_or_a_clear_error(s in proptest::prelude::any::<String>()) {
+            if let Err(e) = parse_duration(&s) {
+                proptest::prop_assert!(e.starts_with("invalid duration"), "{e}");
+            }
+        }
+
+        #[test]
+        fn duration_like_text_never_panics(s in " ?[0-9.]{0,30}(ms|s|m|h|x|µs|)? ?") {
+            match parse_duration(&s) {
+                Ok(d) => proptest::prop_assert!(d <= Duration::from_secs(1_000_000_000)),
+                Err(e) => proptest::prop_assert!(e.starts_with("invalid duration"), "{e}"),
+            }
+        }
+    }
 }

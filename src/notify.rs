@@ -118,4 +118,25 @@ mod tests {
         assert_eq!(Notify::Reloading { monotonic_usec: 5 }.to_string(), "RELOADING=1\nMONOTONIC_USEC=5");
         assert_eq!(Notify::Status("a\nb".into()).to_string(), "STATUS=a b");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_datagram_parses_or_is_refused_as_not_text(
+            datagram in proptest::collection::vec(proptest::num::u8::ANY, 0..4096)
+        ) {
+            if let Ok(messages) = parse(&datagram) {
+                for message in messages {
+                    if let Notify::Status(text) = message {
+                        proptest::prop_assert!(text.len() <= MAX_STATUS && !text.contains('\n'));
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn text_datagrams_never_panic(text in "((READY|STATUS|WATCHDOG|MAINPID|STOPPING|X)=[^\n]{0,700}\n?){0,6}") {
+            let messages = parse(text.as_bytes()).unwrap();
+            proptest::prop_assert!(messages.len() <= 6);
+        }
+    }
 }

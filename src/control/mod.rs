@@ -305,6 +305,45 @@ mod tests {
         assert!(err.len() < 300, "{err}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_line_parses_or_gets_a_one_line_error(line in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            if let Err(e) = Request::parse(&line) {
+                proptest::prop_assert!(!e.is_empty() && !e.contains('\n'), "{e:?}");
+            }
+        }
+
+        #[test]
+        fn any_object_is_accepted_only_with_the_documented_fields(
+            fields in proptest::collection::vec(
+                (
+                    proptest::prop_oneof!["cmd", "count", "dry_run", "now", ".{0,8}"],
+                    proptest::prop_oneof![
+                        "\"(status|reload|stop|scale|explode|)\"",
+                        "-?[0-9]{1,12}",
+                        "true|null|\\[\\]|\\{\\}|1e400|0.5",
+                    ],
+                ),
+                0..4,
+            )
+        ) {
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("{}:{v}", serde_json::to_string(k).unwrap())).collect();
+            let line = format!("{{{}}}", body.join(","));
+            match Request::parse(line.as_bytes()) {
+                Ok(request) => {
+                    let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+                    let expected: &[&str] = match request {
+                        Request::Scale { .. } => &["cmd", "count"],
+                        _ => &["cmd"],
+                    };
+                    proptest::prop_assert_eq!(keys.len(), expected.len(), "{}", line);
+                    proptest::prop_assert!(keys.iter().all(|k| expected.contains(k)), "{}", line);
+                }
+                Err(e) => proptest::prop_assert!(!e.is_empty() && !e.contains('\n'), "{e:?}"),
+            }
+        }
+    }
+
     #[test]
     fn replies_carry_only_what_they_say() {
         let text = serde_json::to_string(&Reply { generation: Some(3), ..Reply::ok() }).unwrap();
