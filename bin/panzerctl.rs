@@ -22,7 +22,8 @@ struct Cli {
     control: Option<PathBuf>,
 
     /// panzer's pid file (panzer --pid-file); the control socket is then the
-    /// default one for that pid, $XDG_RUNTIME_DIR/panzer-<pid>.sock or in the temp dir.
+    /// default one for that pid: <pid>.sock in $XDG_RUNTIME_DIR/panzer, else
+    /// /run/panzer for root, else $TMPDIR/panzer-<uid>.
     #[arg(long, env = "PANZER_PID_FILE", value_name = "PATH")]
     pid_file: Option<PathBuf>,
 

@@ -228,7 +228,10 @@ fn another_user_is_refused() {
     let out = panzerctl_as(Some(65534), &["--control", &control, "status"], &[]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
-    // …and so does the peer-credential check when the mode is opened up.
+    // …and so does the peer-credential check when the mode is opened up
+    // (the socket's and its private directory's).
+    let private = std::path::Path::new(&control).parent().unwrap();
+    std::fs::set_permissions(private, std::fs::Permissions::from_mode(0o711)).unwrap();
     std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = panzerctl_as(Some(65534), &["--control", &control, "status"], &[]);
     assert_eq!(out.code, 1);

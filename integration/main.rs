@@ -14,5 +14,6 @@ mod lifecycle;
 mod privileges;
 mod reload;
 mod resilience;
+mod security;
 mod systemd;
 mod worker_contract;

@@ -21,7 +21,8 @@ use crate::sockets::BindSpec;
                   Example: panzer --bind 127.0.0.1:8080 --count 4 ./my_server -- --verbose"
 )]
 pub struct Cli {
-    /// Workers per generation (at least 1). Default: the number of CPUs.
+    /// Workers per generation (at least 1, at most 4096 or what RLIMIT_NPROC
+    /// allows). Default: the number of CPUs.
     #[arg(short, long, env = "PANZER_COUNT", value_parser = clap::value_parser!(u32).range(1..))]
     pub count: Option<u32>,
 
@@ -50,11 +51,13 @@ pub struct Cli {
     #[arg(long, env = "PANZER_GRACEFUL_TIMEOUT", default_value = "30s", value_name = "DURATION")]
     pub graceful_timeout: CliDuration,
 
-    /// Control socket path. Default: $XDG_RUNTIME_DIR/panzer-<pid>.sock, else in the temp dir.
+    /// Control socket path. Default: <pid>.sock in a private directory (mode 0700):
+    /// $XDG_RUNTIME_DIR/panzer, else /run/panzer for root, else $TMPDIR/panzer-<uid>.
     #[arg(long, env = "PANZER_CONTROL", value_name = "PATH")]
     pub control: Option<PathBuf>,
 
-    /// Write main's pid to this file; it is removed on exit.
+    /// Write main's pid to this file; it is removed on exit. Its directory must
+    /// not be writable by other users, unless sticky (as /tmp is).
     #[arg(long, env = "PANZER_PID_FILE", value_name = "PATH")]
     pub pid_file: Option<PathBuf>,
 

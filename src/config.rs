@@ -61,8 +61,8 @@ pub struct Config {
 impl Config {
     pub fn from_cli(cli: Cli) -> Result<Config, Error> {
         let count = match cli.count {
-            Some(n) => n,
-            None => num_cpus::get().max(1) as u32,
+            Some(n) => check_count(&format!("--count {n}"), n.into()).map_err(Error::Usage)?,
+            None => (num_cpus::get().max(1) as u32).min(max_count()),
         };
         if cli.command.is_empty() {
             return Err(Error::Usage("the command to run is empty".into()));
@@ -87,6 +87,41 @@ impl Config {
             args: cli.args,
         })
     }
+}
+
+/// Most workers per generation, whatever the limits allow.
+pub const COUNT_CEILING: u32 = 4096;
+
+/// The most workers per generation panzer runs: [`COUNT_CEILING`], or the
+/// soft `RLIMIT_NPROC` when that is lower (unlimited counts as the
+/// ceiling). `--count`, `PANZER_COUNT`, `scale` and `SIGTTIN` are held to it,
+/// so a large number is refused up front instead of tried.
+pub fn max_count() -> u32 {
+    nproc_limit().map_or(COUNT_CEILING, |limit| limit.clamp(1, COUNT_CEILING))
+}
+
+/// The soft `RLIMIT_NPROC` below the ceiling, if any.
+fn nproc_limit() -> Option<u32> {
+    use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
+    match getrlimit(Resource::RLIMIT_NPROC) {
+        Ok((soft, _)) if soft != RLIM_INFINITY && soft < u64::from(COUNT_CEILING) => Some(soft as u32),
+        _ => None,
+    }
+}
+
+/// `count` if it is at most [`max_count`]; otherwise an error naming `what`
+/// (`--count 5000`, `scale 5000`) and the ceiling.
+pub fn check_count(what: &str, count: u64) -> Result<u32, String> {
+    let max = max_count();
+    if count <= u64::from(max) {
+        return Ok(count as u32);
+    }
+    Err(match nproc_limit() {
+        Some(limit) => format!(
+            "{what}: at most {max} workers (RLIMIT_NPROC allows {limit} processes; raise it with ulimit -u)"
+        ),
+        None => format!("{what}: at most {max} workers"),
+    })
 }
 
 /// Resolves `--user` and `--group` to `(uid, gid)`; `None` when neither is given.
@@ -162,16 +197,6 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-/// The most workers a generation may have: 4096, or fewer when
-/// `RLIMIT_NPROC` allows fewer processes.
-pub fn max_count() -> u32 {
-    const CEILING: u32 = 4096;
-    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NPROC) {
-        Ok((soft, _)) if soft != nix::sys::resource::RLIM_INFINITY => soft.min(CEILING as u64) as u32,
-        _ => CEILING,
-    }
-}
-
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
@@ -215,10 +240,36 @@ mod tests {
     }
 
     #[test]
+    fn counts_above_the_ceiling_are_refused_naming_both() {
+        assert!(max_count() >= 1 && max_count() <= COUNT_CEILING);
+        assert_eq!(check_count("--count 1", 1), Ok(1));
+        assert_eq!(check_count("--count 4096", max_count().into()), Ok(max_count()));
+        let err = check_count("--count 4294967295", u32::MAX.into()).unwrap_err();
+        assert!(err.starts_with(&format!("--count 4294967295: at most {} workers", max_count())), "{err}");
+    }
+
+    #[test]
     fn quiet_and_verbose_move_around_info() {
         assert_eq!(log_level(0, 0), log::LevelFilter::Info);
         assert_eq!(log_level(1, 0), log::LevelFilter::Warn);
         assert_eq!(log_level(0, 2), log::LevelFilter::Trace);
         assert_eq!(log_level(9, 0), log::LevelFilter::Off);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_a_duration_or_a_clear_error(s in proptest::prelude::any::<String>()) {
+            if let Err(e) = parse_duration(&s) {
+                proptest::prop_assert!(e.starts_with("invalid duration"), "{e}");
+            }
+        }
+
+        #[test]
+        fn duration_like_text_never_panics(s in " ?[0-9.]{0,30}(ms|s|m|h|x|µs|)? ?") {
+            match parse_duration(&s) {
+                Ok(d) => proptest::prop_assert!(d <= Duration::from_secs(1_000_000_000)),
+                Err(e) => proptest::prop_assert!(e.starts_with("invalid duration"), "{e}"),
+            }
+        }
     }
 }

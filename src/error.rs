@@ -27,6 +27,9 @@ pub enum Error {
     InUse(String),
     /// Any other system call failed; `what` says what panzer was doing.
     Os { what: String, source: io::Error },
+    /// A file or directory panzer would use is not safe: another user could
+    /// replace, redirect or read it. The message names it and the fix.
+    Unsafe(String),
 }
 
 impl Error {
@@ -39,7 +42,7 @@ impl Error {
         match self {
             Error::Usage(_) | Error::Command { .. } => EXIT_USAGE,
             Error::NotReady { .. } => EXIT_NOT_READY,
-            Error::Bind { .. } | Error::InUse(_) | Error::Os { .. } => EXIT_OSERR,
+            Error::Bind { .. } | Error::InUse(_) | Error::Os { .. } | Error::Unsafe(_) => EXIT_OSERR,
         }
     }
 }
@@ -52,7 +55,7 @@ impl fmt::Display for Error {
             Error::Usage(message) => write!(f, "{message}"),
             Error::Command { command, reason } => write!(f, "cannot run {command}: {reason}"),
             Error::Bind { addr, .. } => write!(f, "cannot bind {addr}"),
-            Error::InUse(message) => write!(f, "{message}"),
+            Error::InUse(message) | Error::Unsafe(message) => write!(f, "{message}"),
             Error::NotReady { reason } => write!(f, "generation 1 never became ready: {reason}"),
             Error::Os { what, .. } => write!(f, "{what}"),
         }

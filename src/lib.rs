@@ -49,12 +49,13 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;
+pub(crate) mod log_limit;
 pub mod logging;
 pub mod main_process;
 pub mod monitor;
 pub(crate) mod notify;
 pub mod protocol;
+pub(crate) mod runtime_dir;
 pub(crate) mod sockets;
-
 pub(crate) mod sys;
 pub(crate) mod worker;

@@ -35,6 +35,20 @@ impl fmt::Display for Notify {
     }
 }
 
+/// Longest `STATUS=` text kept; the rest is cut off (at a character
+/// boundary), so a worker's status always fits a report to main.
+pub const MAX_STATUS: usize = 512;
+
+/// The longest prefix of `text` of at most `max` bytes that ends at a
+/// character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// The messages of one datagram that panzer acts on; unknown keys are
 /// skipped. `Err` if the datagram is not text.
 pub fn parse(datagram: &[u8]) -> Result<Vec<Notify>, std::str::Utf8Error> {
@@ -47,7 +61,7 @@ pub fn parse(datagram: &[u8]) -> Result<Vec<Notify>, std::str::Utf8Error> {
                 ("READY", "1") => Some(Notify::Ready),
                 ("STOPPING", "1") => Some(Notify::Stopping),
                 ("WATCHDOG", "1") => Some(Notify::Watchdog),
-                ("STATUS", text) => Some(Notify::Status(text.to_string())),
+                ("STATUS", text) => Some(Notify::Status(truncate(text, MAX_STATUS).to_string())),
                 ("MAINPID", pid) => pid.parse().ok().map(Notify::MainPid),
                 _ => None,
             }
@@ -89,8 +103,40 @@ mod tests {
     }
 
     #[test]
+    fn a_long_status_is_cut_at_a_character_boundary() {
+        let long = format!("STATUS={}", "é".repeat(1000));
+        let Notify::Status(text) = &parse(long.as_bytes()).unwrap()[0] else { panic!("not a status") };
+        assert_eq!(text.len(), MAX_STATUS);
+        assert!(text.chars().all(|c| c == 'é'));
+        let odd = format!("STATUS=a{}", "é".repeat(1000));
+        let Notify::Status(text) = &parse(odd.as_bytes()).unwrap()[0] else { panic!("not a status") };
+        assert_eq!(text.len(), MAX_STATUS - 1);
+    }
+
+    #[test]
     fn display_is_the_wire_bytes() {
         assert_eq!(Notify::Reloading { monotonic_usec: 5 }.to_string(), "RELOADING=1\nMONOTONIC_USEC=5");
         assert_eq!(Notify::Status("a\nb".into()).to_string(), "STATUS=a b");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_datagram_parses_or_is_refused_as_not_text(
+            datagram in proptest::collection::vec(proptest::num::u8::ANY, 0..4096)
+        ) {
+            if let Ok(messages) = parse(&datagram) {
+                for message in messages {
+                    if let Notify::Status(text) = message {
+                        proptest::prop_assert!(text.len() <= MAX_STATUS && !text.contains('\n'));
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn text_datagrams_never_panic(text in "((READY|STATUS|WATCHDOG|MAINPID|STOPPING|X)=[^\n]{0,700}\n?){0,6}") {
+            let messages = parse(text.as_bytes()).unwrap();
+            proptest::prop_assert!(messages.len() <= 6);
+        }
     }
 }

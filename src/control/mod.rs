@@ -45,19 +45,108 @@ impl Request {
     }
 
     /// Parses one request line; the error is what the client is told.
+    ///
+    /// Strict: a field the command does not take, a field given twice, or an
+    /// unknown `cmd` is an error naming it, never ignored (serde's
+    /// `deny_unknown_fields` does not reach the unit variants of a tagged enum).
     pub fn parse(line: &[u8]) -> Result<Request, String> {
-        let request: Request = serde_json::from_slice(line).map_err(|e| {
+        const EXPECTED: &str = r#"expected {"cmd":"status|reload|stop|scale"}"#;
+        let Fields(fields) = serde_json::from_slice(line).map_err(|e| {
             let what = if serde_json::from_slice::<serde_json::Value>(line).is_ok() {
                 "unknown request"
             } else {
                 "not a JSON object"
             };
-            format!("{what}: {e}; expected {{\"cmd\":\"status|reload|stop|scale\"}}")
+            format!("{what}: {e}; {EXPECTED}")
         })?;
-        if let Request::Scale { count: 0 } = request {
-            return Err("scale: count must be at least 1".into());
+        let mut seen: Vec<&str> = Vec::new();
+        for (key, _) in &fields {
+            if seen.contains(&key.as_str()) {
+                return Err(format!("unknown request: field {} is given twice", quote(key)));
+            }
+            seen.push(key);
         }
-        Ok(request)
+        let cmd = match fields.iter().find(|(key, _)| key == "cmd").map(|(_, value)| value) {
+            Some(serde_json::Value::String(cmd)) => cmd.clone(),
+            Some(other) => {
+                return Err(format!(
+                    "unknown request: \"cmd\" must be a string, not {}; {EXPECTED}",
+                    quote(&other.to_string())
+                ))
+            }
+            None => return Err(format!("unknown request: no \"cmd\" field; {EXPECTED}")),
+        };
+        let takes: &[&str] = match cmd.as_str() {
+            "status" | "reload" | "stop" => &[],
+            "scale" => &["count"],
+            _ => return Err(format!("unknown request: unknown cmd {}; {EXPECTED}", quote(&cmd))),
+        };
+        if let Some((field, _)) =
+            fields.iter().find(|(key, _)| key != "cmd" && !takes.contains(&key.as_str()))
+        {
+            let takes = match takes {
+                [] => "no other field".to_string(),
+                _ => format!(
+                    "only {}",
+                    takes.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            return Err(format!(
+                "unknown request: unknown field {} for \"{cmd}\", which takes {takes}",
+                quote(field)
+            ));
+        }
+        Ok(match cmd.as_str() {
+            "status" => Request::Status,
+            "reload" => Request::Reload,
+            "stop" => Request::Stop,
+            _ => {
+                let count = fields.iter().find(|(key, _)| key == "count").map(|(_, value)| value);
+                let count = match count {
+                    Some(serde_json::Value::Number(n)) => n.as_u64().ok_or_else(|| n.to_string()),
+                    Some(other) => Err(other.to_string()),
+                    None => return Err("scale: the \"count\" field is missing".into()),
+                };
+                match count {
+                    Ok(0) => return Err("scale: count must be at least 1".into()),
+                    Ok(n) => Request::Scale { count: crate::config::check_count(&format!("scale {n}"), n)? },
+                    Err(v) => return Err(format!("scale: count must be a whole number, not {}", quote(&v))),
+                }
+            }
+        })
+    }
+}
+
+/// A JSON object's fields in order, duplicates kept, so that none is
+/// silently dropped.
+struct Fields(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Fields, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(field) = map.next_entry()? {
+                    fields.push(field);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+/// `s` quoted for an error message: escaped, and cut short when long.
+fn quote(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{:?}…", &s[..end]),
+        None => format!("{s:?}"),
     }
 }
 
@@ -134,34 +223,31 @@ impl Reply {
 }
 
 /// The default control socket path for main `pid`:
-/// `$XDG_RUNTIME_DIR/panzer-<pid>.sock`, else in the temp dir (also when the
-/// runtime dir is too deep for a unix socket path).
+/// `<private dir>/<pid>.sock`, the private dir being
+/// `$XDG_RUNTIME_DIR/panzer`, else `/run/panzer` for root, else
+/// `$TMPDIR/panzer-<uid>` (see [`crate::runtime_dir`]).
 pub fn default_path(pid: u32) -> std::path::PathBuf {
-    crate::sys::runtime_path(&format!("panzer-{pid}.sock"))
+    crate::runtime_dir::default_control_path(pid)
 }
 
 /// The control socket of the one panzer running with a default control
 /// path, for `panzerctl` without `--control` or `--pid-file`. An error when
 /// there is none, or several (it names them).
 pub fn discover() -> Result<std::path::PathBuf, String> {
-    // Where `default_path` puts sockets (the longest pid decides).
-    let probe = crate::sys::runtime_path("panzer-4194304.sock");
-    let dir = probe.parent().unwrap_or(std::path::Path::new("/"));
+    let dir = crate::runtime_dir::private_dir();
     let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
+    if let Ok(entries) = std::fs::read_dir(&dir) {
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(pid) =
-                name.to_str().and_then(|n| n.strip_prefix("panzer-")?.strip_suffix(".sock")?.parse().ok())
-            else {
+            let Some(pid) = name.to_str().and_then(|n| n.strip_suffix(".sock")?.parse().ok()) else {
                 continue;
             };
-            let running = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-            if running && !found.contains(&entry.path()) {
+            if crate::runtime_dir::pid_is_running(pid) {
                 found.push(entry.path());
             }
         }
     }
+    found.sort();
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => Err(format!("no running panzer in {}; give --control PATH or --pid-file PATH", dir.display())),
@@ -183,6 +269,85 @@ mod tests {
         assert!(Request::parse(br#"{"cmd":"scale","count":0}"#).unwrap_err().contains("at least 1"));
         assert!(Request::parse(br#"{"cmd":"explode"}"#).unwrap_err().starts_with("unknown request"));
         assert!(Request::parse(b"garbage").unwrap_err().starts_with("not a JSON object"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_for_every_command_naming_the_field() {
+        for (line, culprit) in [
+            (r#"{"cmd":"reload","dry_run":true}"#, "\"dry_run\""),
+            (r#"{"cmd":"stop","now":true}"#, "\"now\""),
+            (r#"{"cmd":"status","x":null}"#, "\"x\""),
+            (r#"{"cmd":"scale","count":2,"by":1}"#, "\"by\""),
+            (r#"{"cmd":"stop","cmd":"reload"}"#, "\"cmd\" is given twice"),
+            (r#"{"cmd":7}"#, "must be a string"),
+            (r#"{"count":2}"#, "no \"cmd\""),
+        ] {
+            let err = Request::parse(line.as_bytes()).unwrap_err();
+            assert!(err.starts_with("unknown request: ") && err.contains(culprit), "{line}: {err}");
+        }
+        let err = Request::parse(br#"{"cmd":"stop","now":true}"#).unwrap_err();
+        assert_eq!(err, r#"unknown request: unknown field "now" for "stop", which takes no other field"#);
+    }
+
+    #[test]
+    fn scale_is_held_to_the_count_ceiling() {
+        let max = crate::config::max_count();
+        let at_most = format!(r#"{{"cmd":"scale","count":{max}}}"#);
+        assert_eq!(Request::parse(at_most.as_bytes()), Ok(Request::Scale { count: max }));
+        let err = Request::parse(br#"{"cmd":"scale","count":100000}"#).unwrap_err();
+        assert!(err.starts_with(&format!("scale 100000: at most {max} workers")), "{err}");
+        let err = Request::parse(br#"{"cmd":"scale","count":4294967296}"#).unwrap_err();
+        assert!(err.starts_with("scale 4294967296: at most"), "{err}");
+        let err = Request::parse(br#"{"cmd":"scale","count":-1}"#).unwrap_err();
+        assert_eq!(err, "scale: count must be a whole number, not \"-1\"");
+        let err = Request::parse(br#"{"cmd":"scale"}"#).unwrap_err();
+        assert!(err.contains("\"count\" field is missing"), "{err}");
+    }
+
+    #[test]
+    fn long_names_are_cut_short_in_errors() {
+        let line = format!(r#"{{"cmd":"{}"}}"#, "x".repeat(100_000));
+        let err = Request::parse(line.as_bytes()).unwrap_err();
+        assert!(err.len() < 300, "{err}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_line_parses_or_gets_a_one_line_error(line in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            if let Err(e) = Request::parse(&line) {
+                proptest::prop_assert!(!e.is_empty() && !e.contains('\n'), "{e:?}");
+            }
+        }
+
+        #[test]
+        fn any_object_is_accepted_only_with_the_documented_fields(
+            fields in proptest::collection::vec(
+                (
+                    proptest::prop_oneof!["cmd", "count", "dry_run", "now", ".{0,8}"],
+                    proptest::prop_oneof![
+                        "\"(status|reload|stop|scale|explode|)\"",
+                        "-?[0-9]{1,12}",
+                        "true|null|\\[\\]|\\{\\}|1e400|0.5",
+                    ],
+                ),
+                0..4,
+            )
+        ) {
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("{}:{v}", serde_json::to_string(k).unwrap())).collect();
+            let line = format!("{{{}}}", body.join(","));
+            match Request::parse(line.as_bytes()) {
+                Ok(request) => {
+                    let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+                    let expected: &[&str] = match request {
+                        Request::Scale { .. } => &["cmd", "count"],
+                        _ => &["cmd"],
+                    };
+                    proptest::prop_assert_eq!(keys.len(), expected.len(), "{}", line);
+                    proptest::prop_assert!(keys.iter().all(|k| expected.contains(k)), "{}", line);
+                }
+                Err(e) => proptest::prop_assert!(!e.is_empty() && !e.contains('\n'), "{e:?}"),
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Everything is non-blocking and owned by main's loop: a client that sends
 //! garbage gets an error and is dropped; one that sends an endless line is
 //! cut off at [`MAX_LINE`]; one that connects and says nothing only costs an
-//! fd until [`IDLE_TIMEOUT`]; one that stops reading loses its reply. None of
+//! fd until [`IDLE_TIMEOUT`], or until [`MAX_CLIENTS`] others come and it is
+//! the one idle the longest; one that stops reading loses its reply. None of
 //! them can block main or another client.
 
 use std::io::{self, Read, Write};
@@ -23,7 +24,8 @@ use crate::error::Error;
 pub const MAX_LINE: usize = 64 * 1024;
 /// How long a client may stay connected without a request in progress.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most clients connected at once; more are turned away.
+/// Most clients connected at once; past it the one idle the longest is
+/// dropped, so idle clients never lock out the operator.
 pub const MAX_CLIENTS: usize = 64;
 
 /// Identifies a connected client across loop iterations.
@@ -150,8 +152,8 @@ impl Server {
                 }
                 Err(_) => continue,
             }
-            if self.clients.len() >= MAX_CLIENTS {
-                refuse(&stream, "too many control clients");
+            if self.clients.len() >= MAX_CLIENTS && !self.drop_oldest_idle() {
+                refuse(&stream, "too many control clients, all waiting for a reply");
                 continue;
             }
             if stream.set_nonblocking(true).is_err() {
@@ -167,6 +169,22 @@ impl Server {
                 eof: false,
             });
         }
+    }
+
+    /// Makes room for a new client: drops the one idle the longest (a
+    /// client waiting for a reply is never dropped). False if all wait.
+    fn drop_oldest_idle(&mut self) -> bool {
+        let oldest =
+            self.clients.iter().enumerate().filter(|(_, c)| !c.waiting).min_by_key(|(_, c)| c.idle_deadline);
+        let Some((index, _)) = oldest else {
+            return false;
+        };
+        let client = self.clients.remove(index);
+        let _ = write_reply(
+            &client.stream,
+            &Reply::error("dropped: too many control clients, and this one was idle"),
+        );
+        true
     }
 
     fn read_client(&mut self, id: ClientId, requests: &mut Vec<(ClientId, Request)>) {

@@ -29,6 +29,7 @@ use crate::control::server::{self, ClientId, Server};
 use crate::control::{self, Command, GenerationStatus, Reply, Request, SocketStatus, Status, WorkerStatus};
 use crate::error::{describe, Error};
 use crate::protocol::{Channel, MonitorArgs, Order, Received, Report};
+use crate::runtime_dir::{self, RuntimeDir};
 use crate::sockets::{self, Listener};
 use crate::sys::{self, spawn::ExecPlan};
 use crate::worker;
@@ -108,7 +109,10 @@ pub fn run(config: Config) -> Result<i32, Error> {
     })?;
     sys::become_subreaper().map_err(|e| Error::os("cannot become child subreaper", e))?;
     let pid_file = config.pid_file.as_deref().map(PidFile::check).transpose()?;
-    let control_path = config.control.clone().unwrap_or_else(|| control::default_path(std::process::id()));
+    let control_path = match config.control.clone() {
+        Some(path) => path,
+        None => runtime_dir::control_socket_path(std::process::id())?,
+    };
     let control = Server::bind(&control_path)?;
     let sockets = match adopted {
         Some(adopted) => {
@@ -375,7 +379,7 @@ impl Main {
     }
 
     fn spawn_generation(&mut self, generation: u32, count: u32) -> Option<Event> {
-        let notify_socket = self.runtime_dir.path.join(format!("gen-{generation}.notify"));
+        let notify_socket = self.runtime_dir.path().join(format!("gen-{generation}.notify"));
         let args = MonitorArgs {
             generation,
             count,
@@ -479,41 +483,5 @@ impl Main {
         for (pid, _) in sys::own_children() {
             sys::signal_process(pid, Signal::SIGKILL);
         }
-    }
-}
-
-/// A private directory (mode 0700) for the notify sockets; removed on exit.
-struct RuntimeDir {
-    path: PathBuf,
-}
-
-impl RuntimeDir {
-    /// Owned by `owner` (uid, gid) when monitors run as another user
-    /// (`--user`): they create their notify sockets in it.
-    fn create(owner: Option<(u32, u32)>) -> Result<RuntimeDir, Error> {
-        use std::os::unix::fs::DirBuilderExt;
-        let name = format!("panzer-{}.d", std::process::id());
-        // Monitors running as another user must reach it: $XDG_RUNTIME_DIR
-        // (mode 0700, main's user) would shut them out.
-        let path = match owner {
-            Some(_) => std::env::temp_dir().join(name),
-            None => sys::runtime_path(&name),
-        };
-        let _ = std::fs::remove_dir_all(&path);
-        let fail = |e| Error::os(format!("cannot create {}", path.display()), e);
-        std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(fail)?;
-        if let Some((uid, gid)) = owner {
-            if let Err(e) = std::os::unix::fs::chown(&path, Some(uid), Some(gid)) {
-                let _ = std::fs::remove_dir(&path);
-                return Err(fail(e));
-            }
-        }
-        Ok(RuntimeDir { path })
-    }
-}
-
-impl Drop for RuntimeDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }

@@ -1,12 +1,20 @@
 //! `--pid-file`: main's pid, written atomically once main is up, removed on
 //! exit. A file naming a live process stops panzer from starting; a stale
 //! one is replaced.
+//!
+//! panzer usually runs as root, so the file is never written through a
+//! path another user controls: its directory must not be writable by others
+//! (unless sticky, as /tmp is), and the pid is written to a new file with an
+//! unpredictable name (`O_EXCL | O_NOFOLLOW`), then renamed into place.
 
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
 
 use crate::error::Error;
+use crate::runtime_dir::random_hex;
 
 /// A pid file path checked to be free, not yet written.
 pub struct PidFile {
@@ -21,15 +29,14 @@ pub struct WrittenPidFile {
 
 impl PidFile {
     pub fn check(path: &Path) -> Result<PidFile, Error> {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if let Ok(pid) = text.trim().parse::<i32>() {
-                let me = std::process::id() as i32;
-                if pid > 0 && pid != me && nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok() {
-                    return Err(Error::InUse(format!(
-                        "pid file {} names process {pid}, which is running (another panzer?)",
-                        path.display()
-                    )));
-                }
+        check_directory(path)?;
+        if let Some(pid) = read_pid(path) {
+            let me = std::process::id() as i32;
+            if pid > 0 && pid != me && nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok() {
+                return Err(Error::InUse(format!(
+                    "pid file {} names process {pid}, which is running (another panzer?)",
+                    path.display()
+                )));
             }
         }
         Ok(PidFile { path: path.to_path_buf() })
@@ -37,23 +44,124 @@ impl PidFile {
 
     pub fn write(self) -> Result<WrittenPidFile, Error> {
         let pid = std::process::id();
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(format!(".{pid}.tmp"));
         let fail = |e| Error::os(format!("cannot write pid file {}", self.path.display()), e);
-        std::fs::write(&tmp, format!("{pid}\n")).map_err(fail)?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| {
+        let (tmp, mut file) = create_temp(&self.path).map_err(fail)?;
+        let written = file.write_all(format!("{pid}\n").as_bytes()).and_then(|()| {
+            drop(file);
+            std::fs::rename(&tmp, &self.path)
+        });
+        if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
-            fail(e)
-        })?;
+            return Err(fail(e));
+        }
         Ok(WrittenPidFile { path: self.path, pid })
     }
 }
 
 impl Drop for WrittenPidFile {
     fn drop(&mut self) {
-        let ours = std::fs::read_to_string(&self.path).is_ok_and(|t| t.trim() == self.pid.to_string());
-        if ours {
+        if read_pid(&self.path) == Some(self.pid as i32) {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// The directory of `path` must not let another user replace the file:
+/// not writable by group or others, unless it has the sticky bit.
+fn check_directory(path: &Path) -> Result<(), Error> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        Error::Usage(format!(
+            "--pid-file {}: cannot use its directory {}: {}",
+            path.display(),
+            dir.display(),
+            crate::error::describe(&e)
+        ))
+    })?;
+    let mode = meta.mode();
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(Error::Usage(format!(
+            "--pid-file {}: its directory {} is writable by other users (mode {:04o}) and not sticky, \
+             so any of them could replace the file; use a directory only panzer's user may write, such as /run",
+            path.display(),
+            dir.display(),
+            mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// The pid in the file at `path`, read without following a symlink.
+fn read_pid(path: &Path) -> Option<i32> {
+    let mut file = std::fs::File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+    let mut text = String::new();
+    Read::take(&mut file, 64).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+/// A new file beside `path` with an unpredictable name, created with
+/// `O_EXCL | O_NOFOLLOW`: never one that existed, never through a symlink.
+fn create_temp(path: &Path) -> io::Result<(PathBuf, std::fs::File)> {
+    let name = path.file_name().ok_or_else(|| io::Error::other("the path names no file"))?;
+    let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
+    for _ in 0..16 {
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{}.tmp", random_hex()));
+        let tmp = path.with_file_name(tmp_name);
+        let created = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp);
+        match created {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("panzer-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn writes_the_pid_and_leaves_no_temporary_file() {
+        let dir = scratch("pid-write");
+        let path = dir.join("app.pid");
+        let written = PidFile::check(&path).unwrap().write().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n", std::process::id()));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        drop(written);
+        assert!(!path.exists());
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_directory_others_may_write_is_refused_unless_sticky() {
+        let dir = scratch("pid-open");
+        let path = dir.join("app.pid");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = PidFile::check(&path).err().unwrap();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("writable by other users (mode 0777)"), "{err}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(PidFile::check(&path).is_ok());
+        std::fs::remove_dir(&dir).unwrap();
     }
 }

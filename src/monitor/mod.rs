@@ -61,6 +61,8 @@ struct Monitor {
     retired: Vec<Retired>,
     parent: Pid,
     exit_code: Option<i32>,
+    /// Warnings a worker can trigger at will: one line per second per slot.
+    notify_warnings: crate::log_limit::LogLimit<u32>,
 }
 
 /// Runs the monitor role; returns the process exit status.
@@ -107,6 +109,7 @@ impl Monitor {
                     kill_at: None,
                     retired: Vec::new(),
                     exit_code: None,
+                    notify_warnings: crate::log_limit::LogLimit::new(Duration::from_secs(1)),
                 })
             }
             Err(error) => Err((error.report(), status)),
@@ -277,9 +280,10 @@ impl Monitor {
             let messages = match result {
                 Ok(messages) => messages,
                 Err(_) => {
-                    log::warn!(
-                        "worker {ordinal} (pid {pid}) sent a notify message that is not text; dropped"
-                    );
+                    if let Some(n) = self.notify_warnings.check(&ordinal, Instant::now()) {
+                        let more = crate::log_limit::suppressed(n);
+                        log::warn!("worker {ordinal} (pid {pid}) sent a notify message that is not text; dropped{more}");
+                    }
                     continue;
                 }
             };

@@ -104,4 +104,22 @@ mod tests {
         assert!("a:b=127.0.0.1:1".parse::<BindSpec>().is_err());
         assert!("127.0.0.1".parse::<BindSpec>().is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_gets_an_error_naming_the_problem(s in proptest::prelude::any::<String>()) {
+            match s.parse::<BindSpec>() {
+                // What parses prints back as something that parses the same.
+                Ok(spec) => proptest::prop_assert_eq!(spec.to_string().parse::<BindSpec>(), Ok(spec)),
+                Err(e) => proptest::prop_assert!(e.starts_with("invalid "), "{e}"),
+            }
+        }
+
+        #[test]
+        fn address_like_text_never_panics(s in "([a-z_.-]{0,4}=)?(unix:|\\[)?[0-9a-f:.\\]%]{0,24}") {
+            if let Err(e) = s.parse::<BindSpec>() {
+                proptest::prop_assert!(e.starts_with("invalid "), "{e}");
+            }
+        }
+    }
 }

@@ -228,14 +228,3 @@ fn children_list() -> Vec<Pid> {
 pub fn own_children_in_group(pgid: Pid) -> Vec<Pid> {
     own_children().into_iter().filter(|&(_, group)| group == pgid).map(|(pid, _)| pid).collect()
 }
-
-/// `$XDG_RUNTIME_DIR/name`, or `name` in the temp dir when that variable is
-/// unset, not a directory, or so deep that a unix socket path below
-/// `name` (at most 107 bytes) might not fit.
-pub fn runtime_path(name: &str) -> std::path::PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR")
-        .map(std::path::PathBuf::from)
-        .filter(|dir| dir.is_dir() && dir.as_os_str().len() + name.len() < 80)
-        .unwrap_or_else(std::env::temp_dir)
-        .join(name)
-}
