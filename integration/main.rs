@@ -11,6 +11,7 @@ mod container;
 mod control;
 mod example;
 mod lifecycle;
+mod orphans;
 mod privileges;
 mod reload;
 mod resilience;
