@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use panzer::config::CliDuration;
 use panzer::control::{self, client, Reply, Request, Status};
+use panzer::units::CliDuration;
 
 /// Control a running panzer: status, reload, stop, scale.
 #[derive(Debug, Parser)]

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::{CliDuration, ReadyMode};
 use crate::sockets::BindSpec;
+use crate::units::{CliDuration, ReadyMode};
 
 /// Zero-downtime launcher: binds the listening sockets once, runs COUNT
 /// copies of COMMAND on them, restarts copies that die, swaps in a new

@@ -58,4 +58,5 @@ pub mod protocol;
 pub(crate) mod runtime_dir;
 pub(crate) mod sockets;
 pub(crate) mod sys;
+pub mod units;
 pub(crate) mod worker;

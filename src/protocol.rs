@@ -35,7 +35,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::config::{CliDuration, ReadyMode};
+use crate::units::{CliDuration, ReadyMode};
 
 /// The fd at which a monitor finds its end of the status channel.
 pub const STATUS_FD: RawFd = 3;

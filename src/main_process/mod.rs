@@ -24,7 +24,7 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
-use crate::config::{CliDuration, Config};
+use crate::config::Config;
 use crate::control::server::{self, ClientId, Server};
 use crate::control::{self, Command, GenerationStatus, Reply, Request, SocketStatus, Status, WorkerStatus};
 use crate::error::{describe, Error};
@@ -32,6 +32,7 @@ use crate::protocol::{Channel, MonitorArgs, Order, Received, Report};
 use crate::runtime_dir::{self, RuntimeDir};
 use crate::sockets::{self, Listener};
 use crate::sys::{self, spawn::ExecPlan};
+use crate::units::CliDuration;
 use crate::worker;
 use orphans::Orphans;
 use pid_file::PidFile;

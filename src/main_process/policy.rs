@@ -12,10 +12,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::config::format_duration;
 use crate::control::server::ClientId;
 use crate::control::{Command, ReloadStats, Reply};
 use crate::protocol::{Order, Report};
+use crate::units::format_duration;
 
 /// How long after its grace a draining monitor may take before main kills
 /// its whole group.

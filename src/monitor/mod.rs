@@ -20,12 +20,12 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::config::{format_duration, ReadyMode};
 use crate::error::Error;
 use crate::notify::Notify;
 use crate::protocol::{Channel, MonitorArgs, Order, Received, Report, FIRST_SOCKET_FD, STATUS_FD};
 use crate::sys;
 use crate::sys::spawn::ExecPlan;
+use crate::units::{format_duration, ReadyMode};
 use crate::worker;
 use notify_socket::NotifySocket;
 use pool::Pool;

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::ReadyMode;
+use crate::units::ReadyMode;
 
 /// First restart delay after a quick exit; doubles per consecutive one.
 pub const BACKOFF_START: Duration = Duration::from_millis(100);
