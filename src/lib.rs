@@ -16,6 +16,8 @@
 //!   when every new worker is ready, k drains. The listening sockets stay
 //!   open in main throughout, so a connection that arrives between
 //!   generations waits in the kernel's backlog instead of being refused.
+//!   Every decision of main is made by one pure state machine
+//!   (`main_process::policy`); the loop around it only polls and acts.
 //! - **monitor** ([`monitor`]) is `panzer __monitor …`: main execs its own
 //!   binary (`/proc/self/exe`) rather than forking itself, so the monitor
 //!   starts from a clean, small address space, and its configuration is
@@ -25,14 +27,22 @@
 //!   [`sys::spawn`], the only code between `fork` and `exec`.
 //!
 //! Who owns which fd: main owns the sockets (`CLOEXEC`), its signalfd, and
-//! one end of each monitor's status channel ([`status`]). A monitor gets the
+//! one end of each monitor's status channel ([`protocol`], which both roles
+//! import and neither role imports the other). A monitor gets the
 //! other end at fd 3 and the sockets at 4…, takes them over (`CLOEXEC` again)
 //! and owns its `NOTIFY_SOCKET` ([`notify`]). A worker gets exactly 0, 1, 2
 //! and the sockets at 3….
 //!
-//! Lifetimes: main is child subreaper, so descendants whose monitor died come
-//! back to it; monitors get a parent-death signal and also see their status
-//! channel close, and then kill their whole group, so nothing outlives
+//! Lifetimes: nothing outlives panzer, whichever process is killed first.
+//! main is child subreaper, so descendants whose monitor died come back to
+//! it. Workers get their monitor's death as a parent-death signal (the drain
+//! signal) and drain while main starts a replacement; main sends the same
+//! signal to the rest of the dead monitor's group (a wrapper's server) and
+//! `SIGKILL` after the graceful timeout. Monitors get main's death as a
+//! parent-death signal (and see their status channel close): they drain
+//! their workers and close their copies of the sockets. A parent-death
+//! signal fires again at each re-parenting, so a worker whose monitor and
+//! main both died still hears it. Only a worker that ignores it outlives
 //! `kill -9` of main.
 //!
 //! Never signalling a recycled pid: every process panzer signals is its own
