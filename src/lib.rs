@@ -23,14 +23,14 @@
 //!   starts from a clean, small address space, and its configuration is
 //!   plain argv that `ps` shows. It leads a process group that its workers
 //!   join: the group is the generation, and one `killpg` reaches all of it.
-//! - **worker** ([`worker`]) is the user's command, spawned by the code in
-//!   [`sys::spawn`], the only code between `fork` and `exec`.
+//! - **worker** (`worker`) is the user's command, spawned by the code in
+//!   `sys::spawn`, the only code between `fork` and `exec`.
 //!
 //! Who owns which fd: main owns the sockets (`CLOEXEC`), its signalfd, and
 //! one end of each monitor's status channel ([`protocol`], which both roles
 //! import and neither role imports the other). A monitor gets the
 //! other end at fd 3 and the sockets at 4…, takes them over (`CLOEXEC` again)
-//! and owns its `NOTIFY_SOCKET` ([`notify`]). A worker gets exactly 0, 1, 2
+//! and owns its `NOTIFY_SOCKET` (`notify`). A worker gets exactly 0, 1, 2
 //! and the sockets at 3….
 //!
 //! Lifetimes: nothing outlives panzer, whichever process is killed first.
@@ -48,7 +48,7 @@
 //! Never signalling a recycled pid: every process panzer signals is its own
 //! unreaped child (a monitor's workers; main's monitors and adopted orphans),
 //! or the process group of a monitor that is alive or still a zombie main has
-//! not reaped yet ([`sys::peek_exited_child`] looks without reaping). Until it
+//! not reaped yet (`sys::peek_exited_child` looks without reaping). Until it
 //! is reaped, a child's pid, and so its group id, cannot be reused. That gives
 //! the guarantee pidfds give, on every kernel, so panzer does not use pidfds.
 //! What a dead monitor left behind is signalled through its group only while
