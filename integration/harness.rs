@@ -189,6 +189,11 @@ impl Panzer {
         signal::kill(self.pid, signal).unwrap();
     }
 
+    /// main's exit status, if it has exited (without waiting).
+    pub fn exited(&self) -> Option<ExitStatus> {
+        self.status.or_else(|| exit_status(self.pid))
+    }
+
     /// Waits for main to exit; panics after `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         if let Some(status) = self.status {
@@ -278,10 +283,18 @@ fn exit_status(pid: Pid) -> Option<ExitStatus> {
     use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
     use std::os::unix::process::ExitStatusExt;
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-    match waitid(Id::Pid(pid), flags).ok()? {
-        WaitStatus::Exited(_, code) => Some(ExitStatus::from_raw((code & 0xff) << 8)),
-        WaitStatus::Signaled(_, signal, _) => Some(ExitStatus::from_raw(signal as i32)),
-        _ => None,
+    match waitid(Id::Pid(pid), flags) {
+        Ok(WaitStatus::Exited(_, code)) => Some(ExitStatus::from_raw((code & 0xff) << 8)),
+        Ok(WaitStatus::Signaled(_, signal, _)) => Some(ExitStatus::from_raw(signal as i32)),
+        Ok(_) => None,
+        // A signal nix has no name for (a realtime one) killed it: the
+        // zombie's wait status is the last field of its /proc stat.
+        Err(_) => {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+            let status = (fields.first() == Some(&"Z")).then(|| fields.last()?.trim().parse().ok())??;
+            Some(ExitStatus::from_raw(status))
+        }
     }
 }
 
@@ -555,11 +568,78 @@ impl Panzer {
     /// Runs `panzerctl --pid-file {dir}/panzer.pid ARGS…`, for a panzer
     /// started with `--pid-file {dir}/panzer.pid`, once that file exists.
     pub fn ctl_by_pid_file(&self, args: &[&str]) -> CtlOutput {
-        let pid_file = self.dir.join("panzer.pid");
-        eventually(PATIENCE, "the pid file", || pid_file.exists().then_some(()));
-        let mut all = vec!["--pid-file", pid_file.to_str().unwrap()];
+        let pid_file = self.pid_file();
+        let mut all = vec!["--pid-file", &pid_file];
         all.extend_from_slice(args);
         self.ctl(&all)
+    }
+
+    /// Starts `panzerctl --pid-file {dir}/panzer.pid ARGS…` (see
+    /// [`Panzer::ctl_by_pid_file`]) and returns without waiting for it.
+    pub fn ctl_start(&self, args: &[&str]) -> CtlRun {
+        let child = Command::new(env!("CARGO_BIN_EXE_panzerctl"))
+            .arg("--pid-file")
+            .arg(self.pid_file())
+            .args(args)
+            .env_remove("PANZER_CONTROL")
+            .env_remove("PANZER_PID_FILE")
+            .env("XDG_RUNTIME_DIR", &self.dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run panzerctl");
+        CtlRun { child, what: format!("panzerctl {}", args.join(" ")) }
+    }
+
+    fn pid_file(&self) -> String {
+        let pid_file = self.dir.join("panzer.pid");
+        eventually(PATIENCE, "the pid file", || pid_file.exists().then_some(()));
+        pid_file.to_string_lossy().into_owned()
+    }
+}
+
+/// A `panzerctl` started with [`Panzer::ctl_start`]; killed on drop.
+pub struct CtlRun {
+    child: Child,
+    what: String,
+}
+
+impl CtlRun {
+    /// Whether it has exited.
+    pub fn finished(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// What it printed and how it exited, or `None` if it is still running
+    /// after `limit` (it is killed then).
+    pub fn wait(mut self, limit: Duration) -> Option<CtlOutput> {
+        let child = &mut self.child;
+        let status = within(limit, || child.try_wait().ok().flatten())?;
+        fn read(pipe: Option<impl Read>) -> String {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        }
+        let stdout = read(self.child.stdout.take());
+        let stderr = read(self.child.stderr.take());
+        Some(CtlOutput { code: status.code().unwrap_or(-1), stdout, stderr })
+    }
+
+    /// [`CtlRun::wait`], panicking after `limit`.
+    pub fn answer(self, limit: Duration) -> CtlOutput {
+        let what = self.what.clone();
+        self.wait(limit).unwrap_or_else(|| panic!("`{what}` got no answer within {limit:?}"))
+    }
+}
+
+impl Drop for CtlRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let child = &mut self.child;
+        let _ = within(PATIENCE, || child.try_wait().ok().flatten());
     }
 }
 

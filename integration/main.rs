@@ -10,6 +10,7 @@ mod bad_input;
 mod container;
 mod control;
 mod example;
+mod faults;
 mod lifecycle;
 mod orphans;
 mod privileges;

@@ -2,6 +2,9 @@
 //! is a wrapper script, its binary disappears, a reload is asked for while
 //! the first generation is still starting.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use nix::sys::signal::{kill, Signal};
 
 use crate::harness::*;
@@ -17,27 +20,62 @@ fn monitor(panzer: &Panzer) -> nix::unistd::Pid {
 }
 
 #[test]
-fn workers_of_a_dead_monitor_serve_until_the_replacement_is_ready() {
+fn workers_of_a_killed_monitor_drain_at_once_and_no_connection_fails_while_a_replacement_starts() {
     let dir = TestDir::new("orphans");
     let deploy = Deploy::new(&dir);
     let panzer = start(&deploy, "notify");
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let old = distinct_pids(port, 2);
-    deploy.set("READY_DELAY_MS=1000");
+    // The replacement takes 3 s to get ready; meanwhile connections wait
+    // in the backlog of the socket main keeps open.
+    deploy.set("READY_DELAY_MS=3000");
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut answers, mut failures) = (Vec::new(), Vec::new());
+                // Bounded: at most 5 000 requests per client.
+                for _ in 0..5_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match get(port, "/") {
+                        Ok(r) if r.status == 200 => answers.push(r.field("generation")),
+                        Ok(r) => failures.push(format!("status {}", r.status)),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                (answers, failures)
+            })
+        })
+        .collect();
+
     kill(monitor(&panzer), Signal::SIGKILL).unwrap();
-    panzer.wait_for_line("starting generation 2");
-    // While generation 2 gets ready, the orphaned workers still answer.
-    let r = get(port, "/").unwrap();
-    if !panzer.log().contains("generation 2 ready") {
-        assert_eq!(r.field("generation"), "1");
-        assert!(old.contains(&r.pid()));
-    }
-    panzer.wait_ready(2);
-    eventually(PATIENCE, "the orphans to drain and exit", || old.iter().all(|p| !alive(*p)).then_some(()));
+    // Their monitor's death is the drain signal: the old workers go at
+    // once, not when the replacement is ready.
+    eventually(PATIENCE, "the old workers to drain and exit", || {
+        old.iter().all(|p| !alive(*p)).then_some(())
+    });
+    assert!(!panzer.log().contains("generation 2 ready"), "the old workers outlived the replacement's start");
     for pid in &old {
         assert!(panzer.log().contains(&format!("server: pid {pid} draining")), "{}", panzer.log());
     }
+    panzer.wait_ready(2);
+    eventually(PATIENCE, "generation 2 to answer", || {
+        get(port, "/").ok().filter(|r| r.field("generation") == "2")
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (answers, failures): (Vec<_>, Vec<_>) = clients.into_iter().map(|c| c.join().unwrap()).unzip();
+    let failures: Vec<String> = failures.concat();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(answers.concat().iter().any(|g| g == "2"), "no client was answered by generation 2");
 }
 
 #[test]
@@ -66,6 +104,7 @@ fn a_vanished_binary_is_named_and_replacements_back_off() {
     let panzer = start(&deploy, "notify");
     let port = panzer.port(0);
     panzer.wait_ready(1);
+    let old = distinct_pids(port, 2);
     std::fs::remove_file(&deploy.0).unwrap();
 
     let out = panzer.ctl(&["--control", &control_path(&panzer), "reload"]);
@@ -77,19 +116,24 @@ fn a_vanished_binary_is_named_and_replacements_back_off() {
     );
 
     // The serving monitor dies while no replacement can start: its workers
-    // drain, replacements are retried with a growing delay, and a
-    // connection made meanwhile waits in the backlog until one serves.
+    // drain (their monitor's death is the drain signal), replacements are
+    // retried with a growing delay, and a connection waits in the backlog
+    // until one serves.
     panzer.wait_for_line("generation 2 stopped");
     kill(monitor(&panzer), Signal::SIGKILL).unwrap();
     panzer.wait_for_line("in 100ms");
     panzer.wait_for_line("in 200ms");
-    let waiting = std::thread::spawn(move || get(port, "/").map(|r| r.field("generation")));
+    eventually(PATIENCE, "the old workers to drain and exit", || {
+        old.iter().all(|p| !alive(*p)).then_some(())
+    });
+    let waiting = std::thread::spawn(move || get(port, "/"));
     deploy.set("");
     let line = panzer.wait_for_lines(" workers in ", 2).pop().unwrap();
     let generation: u32 =
         line.split("generation ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!(generation > 2, "{line}");
-    assert_eq!(waiting.join().unwrap().expect("the waiting request is answered"), generation.to_string());
+    let answer = waiting.join().unwrap().expect("the connection waiting in the backlog failed");
+    assert_eq!(answer.field("generation"), generation.to_string());
     assert!(panzer.log().matches("starting generation").count() < 20, "{}", panzer.log());
 }
 
