@@ -339,7 +339,7 @@ fn the_status_channel_never_drops_a_message() {
             "{dir}/panzer.pid",
             &example("server"),
         ],
-        &[("STATUS_FLOOD", "1")],
+        &[("STATUS_FLOOD", "4")],
     );
     let port = panzer.port(0);
     panzer.wait_ready(1);
