@@ -578,3 +578,55 @@ fn exit_of(panzer: &Panzer) -> Option<std::process::ExitStatus> {
         _ => None,
     }
 }
+
+#[test]
+fn another_user_hammering_an_open_control_socket_cannot_flood_the_log() {
+    if !is_root() {
+        eprintln!("skipped: needs root to connect as another uid");
+        return;
+    }
+    // An operator opened the socket up (--control in a shared directory,
+    // mode changed): other users reach the peer check, which refuses them.
+    let dir = TestDir::new("ctl-flood");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let control = dir.join("ctl.sock");
+    let panzer = Panzer::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--control",
+        control.to_str().unwrap(),
+        "--count",
+        "1",
+        "sleep",
+        "--",
+        "1000",
+    ]);
+    panzer.wait_for_line("control socket at ");
+    std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // The system python: a per-user one (pyenv under /root) is out of reach for uid 65534.
+    let python = "/usr/bin/python3";
+    if !Path::new(python).exists() {
+        eprintln!("skipped: needs {python}");
+        return;
+    }
+    let script = format!(
+        "import socket\nfor _ in range(500):\n    s = socket.socket(socket.AF_UNIX)\n    s.connect({:?})\n    s.recv(4096)\n    s.close()\nprint('done')",
+        control.to_str().unwrap()
+    );
+    let out = std::process::Command::new("setpriv")
+        .args([&format!("--reuid={NOBODY}"), &format!("--regid={NOBODY}"), "--clear-groups", python, "-c"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "done",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every refusal was answered; main still serves its own user.
+    let reply = ask(&control, r#"{"cmd":"status"}"#);
+    assert_eq!(reply["ok"], true, "{reply}");
+    let warnings = panzer.log().lines().filter(|l| l.contains("refused a client with uid")).count();
+    assert!((1..=5).contains(&warnings), "{warnings} warning lines for 500 refusals:\n{}", panzer.log());
+}

@@ -19,6 +19,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::{Reply, Request};
 use crate::error::Error;
+use crate::log_limit::{suppressed, LogLimit};
 
 /// Longest request line accepted.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -57,6 +58,8 @@ pub struct Server {
     clients: Vec<Client>,
     next_id: u64,
     allowed_uid: u32,
+    /// Refused clients are logged at most once a second per uid.
+    refusals: LogLimit<u32>,
 }
 
 impl Server {
@@ -88,6 +91,7 @@ impl Server {
             clients: Vec::new(),
             next_id: 0,
             allowed_uid: nix::unistd::geteuid().as_raw(),
+            refusals: LogLimit::new(Duration::from_secs(1)),
         })
     }
 
@@ -146,7 +150,9 @@ impl Server {
             match getsockopt(&stream, PeerCredentials) {
                 Ok(creds) if creds.uid() == 0 || creds.uid() == self.allowed_uid => {}
                 Ok(creds) => {
-                    log::warn!("control: refused a client with uid {}", creds.uid());
+                    if let Some(n) = self.refusals.check(&creds.uid(), Instant::now()) {
+                        log::warn!("control: refused a client with uid {}{}", creds.uid(), suppressed(n));
+                    }
                     refuse(&stream, "permission denied: only panzer's own user or root may control it");
                     continue;
                 }
