@@ -98,3 +98,39 @@ fn ipv6_and_unix_sockets_serve_and_a_stop_removes_the_socket_file() {
     }
     assert!(!path.exists(), "the unix socket file outlived panzer");
 }
+
+#[test]
+fn a_worker_sees_its_sockets_the_einhorn_and_server_starter_way_too() {
+    let dir = TestDir::new("conventions");
+    let path = dir.join("api.sock");
+    let unix = format!("unix:{}", path.display());
+    let panzer = Panzer::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--bind",
+        &unix,
+        "--count",
+        "2",
+        "--ready",
+        "50ms",
+        "sleep",
+        "--",
+        "1000",
+    ]);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    for (ordinal, pid) in started_workers(&panzer, 2) {
+        let env = environ(pid);
+        let var = |key: &str| {
+            env.get(key).map(String::as_str).unwrap_or_else(|| panic!("worker {ordinal}: no {key}"))
+        };
+        // einhorn: a count and one variable per fd number.
+        assert_eq!(var("EINHORN_FD_COUNT"), "2");
+        assert_eq!(var("EINHORN_FD_0"), "3");
+        assert_eq!(var("EINHORN_FD_1"), "4");
+        // Server::Starter: `addr=fd` joined by `;`, TCP with the real port,
+        // a unix socket as its path.
+        assert_eq!(var("SERVER_STARTER_PORT"), format!("127.0.0.1:{port}=3;{}=4", path.display()));
+        assert_eq!(var("SERVER_STARTER_GENERATION"), "1");
+    }
+}

@@ -5,6 +5,7 @@ mod spec;
 
 pub use spec::{BindAddr, BindSpec};
 
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -28,6 +29,15 @@ pub struct Listener {
 impl Listener {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.socket.as_fd()
+    }
+
+    /// The address as Server::Starter writes it: `IP:PORT` with the real
+    /// port (`[IPv6]:PORT`), or a unix socket's path.
+    pub fn address(&self) -> OsString {
+        match &self.spec.addr {
+            BindAddr::Inet(_) => self.local.clone().into(),
+            BindAddr::Unix(path) => path.clone().into_os_string(),
+        }
     }
 }
 
