@@ -89,4 +89,12 @@ pub struct Cli {
     /// Arguments for COMMAND (after `--`).
     #[arg(last = true, value_name = "ARG")]
     pub args: Vec<OsString>,
+
+    /// Leave Nagle's algorithm on for TCP sockets. By default panzer sets
+    /// TCP_NODELAY on the TCP sockets it binds, and every connection accepted
+    /// from them inherits it, so a response written in pieces is not held back
+    /// for the client's delayed ACK (about 40 ms). Sockets passed in by
+    /// systemd are left as they are (see NoDelay= in systemd.socket).
+    #[arg(long, env = "PANZER_NO_NODELAY", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_nodelay: bool,
 }

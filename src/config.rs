@@ -26,6 +26,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     pub command: OsString,
     pub args: Vec<OsString>,
+    /// Whether TCP sockets panzer binds get `TCP_NODELAY` (`--no-nodelay`).
+    pub nodelay: bool,
 }
 
 impl Config {
@@ -64,6 +66,7 @@ impl Config {
             log_level: log_level(cli.quiet, cli.verbose),
             command,
             args,
+            nodelay: !cli.no_nodelay,
         })
     }
 }

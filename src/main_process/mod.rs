@@ -122,7 +122,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
             }
             adopted
         }
-        None => sockets::bind_all(&config.binds, config.backlog)?,
+        None => sockets::bind_all(&config.binds, config.backlog, config.nodelay)?,
     };
     for listener in &sockets {
         log::info!("listening on {}", listener.local);
