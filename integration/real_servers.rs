@@ -30,7 +30,7 @@ fn script(name: &str) -> String {
     scripts().join(name).to_string_lossy().into_owned()
 }
 
-/// Whether `program ARGS…` runs and exits 0; `None` says why not.
+/// Whether `program ARGS…` runs and exits 0; the error says why not.
 fn available(program: &str, args: &[&str]) -> Result<(), String> {
     match Command::new(program).args(args).output() {
         Ok(out) if out.status.success() => Ok(()),
