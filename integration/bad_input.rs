@@ -88,3 +88,10 @@ fn an_unusable_unix_path_exits_71_and_unbinds_what_was_bound() {
     assert!(log.contains(&format!("cannot bind unix:{}: no such file or directory", bad.display())), "{log}");
     assert!(!good.exists(), "the first socket file was left behind");
 }
+
+#[test]
+fn a_double_dash_with_nothing_after_it_is_a_usage_error() {
+    let (code, log) = fails(&["--count", "1", "--"]);
+    assert_eq!(code, 2);
+    assert!(log.contains("<COMMAND>"), "{log}");
+}

@@ -173,3 +173,25 @@ fn with_a_ready_duration_only_time_alive_counts_not_an_early_ready_1() {
     let ms: u64 = line.rsplit(" in ").next().unwrap().trim_end_matches(" ms").trim().parse().unwrap();
     assert!(ms >= 400, "{line}");
 }
+
+#[test]
+fn the_command_may_follow_the_double_dash_as_einhorn_and_start_server_users_write_it() {
+    // `panzer [OPTIONS] -- COMMAND [ARGS]`: the first word after `--` is
+    // the command, and everything after it goes to the command, options
+    // that look like panzer's included.
+    let script = r#"echo "args: $*"; exec sleep 1000"#;
+    let mut panzer =
+        Panzer::start(&["--count", "2", "--ready", "50ms", "--", "sh", "-c", script, "sh", "--count", "3"]);
+    panzer.wait_ready(1);
+    assert_eq!(panzer.wait_for_lines("args: --count 3", 2).len(), 2);
+    assert!(panzer.log().contains("ready: 2/2 workers"), "{}", panzer.log());
+    panzer.signal(Signal::SIGTERM);
+    assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0));
+
+    // The other form keeps working: options after COMMAND are panzer's.
+    let panzer =
+        Panzer::start(&["sh", "--count", "2", "--ready", "50ms", "--", "-c", script, "sh", "--port", "1"]);
+    panzer.wait_ready(1);
+    assert_eq!(panzer.wait_for_lines("args: --port 1", 2).len(), 2);
+    assert!(panzer.log().contains("ready: 2/2 workers"), "{}", panzer.log());
+}

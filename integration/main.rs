@@ -14,6 +14,7 @@ mod faults;
 mod lifecycle;
 mod orphans;
 mod privileges;
+mod real_servers;
 mod reload;
 mod resilience;
 mod security;

@@ -98,3 +98,66 @@ fn ipv6_and_unix_sockets_serve_and_a_stop_removes_the_socket_file() {
     }
     assert!(!path.exists(), "the unix socket file outlived panzer");
 }
+
+#[test]
+fn a_worker_sees_its_sockets_the_einhorn_and_server_starter_way_too() {
+    let dir = TestDir::new("conventions");
+    let path = dir.join("api.sock");
+    let unix = format!("unix:{}", path.display());
+    let panzer = Panzer::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--bind",
+        &unix,
+        "--count",
+        "2",
+        "--ready",
+        "50ms",
+        "sleep",
+        "--",
+        "1000",
+    ]);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    for (ordinal, pid) in started_workers(&panzer, 2) {
+        let env = environ(pid);
+        let var = |key: &str| {
+            env.get(key).map(String::as_str).unwrap_or_else(|| panic!("worker {ordinal}: no {key}"))
+        };
+        // einhorn: a count and one variable per fd number.
+        assert_eq!(var("EINHORN_FD_COUNT"), "2");
+        assert_eq!(var("EINHORN_FD_0"), "3");
+        assert_eq!(var("EINHORN_FD_1"), "4");
+        // Server::Starter: `addr=fd` joined by `;`, TCP with the real port,
+        // a unix socket as its path.
+        assert_eq!(var("SERVER_STARTER_PORT"), format!("127.0.0.1:{port}=3;{}=4", path.display()));
+        assert_eq!(var("SERVER_STARTER_GENERATION"), "1");
+    }
+}
+
+/// What the `nodelay` fixture reports for a connection it accepted from
+/// panzer's socket, for a panzer started with `extra` options and `env`.
+fn accepted_nodelay(bind: &str, extra: &[&str], env: &[(&str, &str)]) -> String {
+    let mut args = vec!["--bind", bind, "--count", "1", "--ready", "notify"];
+    args.extend_from_slice(extra);
+    let nodelay = example("nodelay");
+    args.push(&nodelay);
+    let panzer = Panzer::start_with_env(&args, env);
+    panzer.wait_ready(1);
+    let line = panzer.wait_for_line("listening on ");
+    let addr = line.rsplit("listening on ").next().unwrap().trim();
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    request(stream, "/").unwrap().field("nodelay")
+}
+
+#[test]
+fn accepted_tcp_connections_have_tcp_nodelay_unless_told_otherwise() {
+    // Without it, a server that writes a response in two pieces (head, then
+    // body) waits for the client's delayed ACK before the second: about
+    // 40 ms per keep-alive request.
+    assert_eq!(accepted_nodelay("127.0.0.1:0", &[], &[]), "true");
+    assert_eq!(accepted_nodelay("[::1]:0", &[], &[]), "true");
+    assert_eq!(accepted_nodelay("127.0.0.1:0", &["--no-nodelay"], &[]), "false");
+    assert_eq!(accepted_nodelay("127.0.0.1:0", &[], &[("PANZER_NO_NODELAY", "1")]), "false");
+}

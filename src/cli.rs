@@ -18,7 +18,10 @@ use crate::units::{CliDuration, ReadyMode};
     name = "panzer",
     version,
     after_help = "Options may stand before or after COMMAND; everything after `--` goes to COMMAND.\n\
-                  Example: panzer --bind 127.0.0.1:8080 --count 4 ./my_server -- --verbose"
+                  Without COMMAND before `--`, the first word after it is COMMAND (as with einhorn\n\
+                  and start_server).\n\
+                  Examples: panzer --bind 127.0.0.1:8080 --count 4 ./my_server -- --verbose\n\
+                  \x20         panzer --bind 127.0.0.1:8080 --count 4 -- ./my_server --verbose"
 )]
 pub struct Cli {
     /// Workers per generation (at least 1, at most 4096 or what RLIMIT_NPROC
@@ -78,11 +81,20 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
-    /// The server to run: a path, or a name looked up in PATH.
-    #[arg(value_name = "COMMAND")]
-    pub command: OsString,
+    /// The server to run: a path, or a name looked up in PATH. It may also
+    /// come first after `--` (`panzer [OPTIONS] -- COMMAND [ARG]...`).
+    #[arg(value_name = "COMMAND", required_unless_present = "args")]
+    pub command: Option<OsString>,
 
     /// Arguments for COMMAND (after `--`).
     #[arg(last = true, value_name = "ARG")]
     pub args: Vec<OsString>,
+
+    /// Leave Nagle's algorithm on for TCP sockets. By default panzer sets
+    /// TCP_NODELAY on the TCP sockets it binds, and every connection accepted
+    /// from them inherits it, so a response written in pieces is not held back
+    /// for the client's delayed ACK (about 40 ms). Sockets passed in by
+    /// systemd are left as they are (see NoDelay= in systemd.socket).
+    #[arg(long, env = "PANZER_NO_NODELAY", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_nodelay: bool,
 }

@@ -26,6 +26,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     pub command: OsString,
     pub args: Vec<OsString>,
+    /// Whether TCP sockets panzer binds get `TCP_NODELAY` (`--no-nodelay`).
+    pub nodelay: bool,
 }
 
 impl Config {
@@ -34,7 +36,16 @@ impl Config {
             Some(n) => check_count(&format!("--count {n}"), n.into()).map_err(Error::Usage)?,
             None => (std::thread::available_parallelism().map_or(1, |n| n.get()) as u32).min(max_count()),
         };
-        if cli.command.is_empty() {
+        // `panzer [OPTIONS] -- COMMAND [ARGS]`: the command is the first word after `--`.
+        let (command, args) = match cli.command {
+            Some(command) => (command, cli.args),
+            None => {
+                let mut args = cli.args.into_iter();
+                let command = args.next().ok_or_else(|| Error::Usage("no <COMMAND> to run".into()))?;
+                (command, args.collect())
+            }
+        };
+        if command.is_empty() {
             return Err(Error::Usage("the command to run is empty".into()));
         }
         if cli.startup_timeout.0.is_zero() {
@@ -53,8 +64,9 @@ impl Config {
             pid_file: cli.pid_file,
             credentials: credentials(cli.user.as_deref(), cli.group.as_deref())?,
             log_level: log_level(cli.quiet, cli.verbose),
-            command: cli.command,
-            args: cli.args,
+            command,
+            args,
+            nodelay: !cli.no_nodelay,
         })
     }
 }
@@ -154,6 +166,27 @@ mod tests {
         assert_eq!(check_count("--count 4096", max_count().into()), Ok(max_count()));
         let err = check_count("--count 4294967295", u32::MAX.into()).unwrap_err();
         assert!(err.starts_with(&format!("--count 4294967295: at most {} workers", max_count())), "{err}");
+    }
+
+    fn command_of(argv: &[&str]) -> (OsString, Vec<OsString>) {
+        use clap::Parser;
+        let config = Config::from_cli(Cli::try_parse_from(argv).unwrap()).unwrap();
+        (config.command, config.args)
+    }
+
+    #[test]
+    fn the_command_stands_before_the_double_dash_or_first_after_it() {
+        let expected = (OsString::from("./srv"), vec![OsString::from("--port"), OsString::from("1")]);
+        assert_eq!(command_of(&["panzer", "./srv", "--count", "2", "--", "--port", "1"]), expected);
+        assert_eq!(command_of(&["panzer", "--count", "2", "--", "./srv", "--port", "1"]), expected);
+        assert_eq!(command_of(&["panzer", "--", "./srv"]), (OsString::from("./srv"), vec![]));
+    }
+
+    #[test]
+    fn no_command_anywhere_is_a_usage_error() {
+        use clap::Parser;
+        assert!(Cli::try_parse_from(["panzer", "--count", "2"]).is_err());
+        assert!(Cli::try_parse_from(["panzer", "--count", "2", "--"]).is_err());
     }
 
     #[test]

@@ -66,6 +66,11 @@ pub struct MonitorArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub argv: Vec<OsString>,
+    /// Each socket's bound address, in order (`127.0.0.1:8080` with the
+    /// real port, `[::1]:8080`, or a unix socket's path), for workers'
+    /// `SERVER_STARTER_PORT`.
+    #[arg(long = "address")]
+    pub addresses: Vec<OsString>,
 }
 
 impl MonitorArgs {
@@ -84,6 +89,11 @@ impl MonitorArgs {
         notify.push(&self.notify_socket);
         args.push(notify);
         args.push(format!("--log-level={}", self.log_level).into());
+        for address in &self.addresses {
+            let mut arg = OsString::from("--address=");
+            arg.push(address);
+            args.push(arg);
+        }
         args.push("--".into());
         args.extend(self.argv.iter().cloned());
         args
@@ -303,6 +313,20 @@ mod tests {
             }
         }
         assert_eq!(last.last(), Some(&Order::Drain { grace_ms: 1000 }));
+    }
+
+    #[test]
+    fn monitor_args_read_back_what_main_writes() {
+        let args = MonitorArgs::parse_from(
+            ["__monitor", "--generation=1", "--count=1", "--ready=notify", "--graceful-timeout=1s"]
+                .into_iter()
+                .chain(["--sockets=2", "--notify-socket=/n", "--log-level=info"])
+                .chain(["--address=127.0.0.1:80", "--address=/run/a;b.sock", "--", "srv", "--address=x"]),
+        );
+        assert_eq!(args.addresses, ["127.0.0.1:80", "/run/a;b.sock"]);
+        assert_eq!(args.argv, ["srv", "--address=x"]);
+        let again = MonitorArgs::parse_from(args.to_args());
+        assert_eq!((again.addresses, again.argv), (args.addresses, args.argv));
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //!   `listen({fd: 3})` and Go's activation libraries work unchanged);
 //! - `NOTIFY_SOCKET`: its monitor's datagram socket (sd_notify);
 //! - `PANZER_GENERATION=1, 2, …` and `PANZER_WORKER=0 … N-1`;
+//! - the same sockets in einhorn's convention (`EINHORN_FD_COUNT=k`,
+//!   `EINHORN_FD_0=3`, …) and Server::Starter's (`SERVER_STARTER_PORT=
+//!   127.0.0.1:8080=3;/run/app.sock=4`, `SERVER_STARTER_GENERATION`), so apps
+//!   written for those launchers start unchanged;
 //! - default signal dispositions and an empty signal mask.
 //!
 //! On `SIGTERM` it should stop accepting, finish in-flight requests, and exit;
@@ -22,6 +26,11 @@ pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 pub const GENERATION: &str = "PANZER_GENERATION";
 pub const WORKER: &str = "PANZER_WORKER";
+pub const EINHORN_FD_COUNT: &str = "EINHORN_FD_COUNT";
+/// Followed by the socket's index: `EINHORN_FD_0`, `EINHORN_FD_1`, …
+pub const EINHORN_FD_PREFIX: &str = "EINHORN_FD_";
+pub const SERVER_STARTER_PORT: &str = "SERVER_STARTER_PORT";
+pub const SERVER_STARTER_GENERATION: &str = "SERVER_STARTER_GENERATION";
 
 /// Variables a worker must never inherit from panzer's own environment:
 /// they describe panzer's parent (systemd), not the worker.
@@ -34,18 +43,27 @@ const NOT_INHERITED: &[&str] = &[
     WORKER,
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
+    SERVER_STARTER_PORT,
+    SERVER_STARTER_GENERATION,
 ];
+
+/// Prefixes of variables a worker never inherits, for the same reason.
+const NOT_INHERITED_PREFIXES: &[&str] = &[EINHORN_FD_PREFIX];
+
+fn inherited(key: &OsStr) -> bool {
+    !NOT_INHERITED.iter().any(|n| key == OsStr::new(n))
+        && !NOT_INHERITED_PREFIXES.iter().any(|p| key.as_bytes().starts_with(p.as_bytes()))
+}
 
 /// This process's environment without the variables above, as `KEY=VALUE`.
 pub fn inherited_env() -> Vec<OsString> {
-    std::env::vars_os()
-        .filter(|(key, _)| !NOT_INHERITED.iter().any(|n| key == OsStr::new(n)))
-        .map(|(key, value)| join(&key, &value))
-        .collect()
+    std::env::vars_os().filter(|(key, _)| inherited(key)).map(|(key, value)| join(&key, &value)).collect()
 }
 
 /// The environment of worker `ordinal` of `generation` (without
 /// `LISTEN_PID`, which the spawn code fills in with the worker's own pid).
+/// `addresses` are the sockets' addresses as Server::Starter writes them
+/// (`127.0.0.1:8080`, `[::1]:8080`, a unix socket's path), one per socket.
 pub fn env(
     base: &[OsString],
     generation: u32,
@@ -53,11 +71,18 @@ pub fn env(
     sockets: usize,
     fd_names: &str,
     notify_socket: Option<&str>,
+    addresses: &[OsString],
 ) -> Vec<OsString> {
     let mut env = base.to_vec();
     if sockets > 0 {
         env.push(format!("{LISTEN_FDS}={sockets}").into());
         env.push(format!("{LISTEN_FDNAMES}={fd_names}").into());
+        env.push(format!("{EINHORN_FD_COUNT}={sockets}").into());
+        env.extend((0..sockets).map(|i| format!("{EINHORN_FD_PREFIX}{i}={}", FIRST_FD + i as i32).into()));
+        if addresses.len() == sockets {
+            env.push(server_starter_port(addresses));
+            env.push(format!("{SERVER_STARTER_GENERATION}={generation}").into());
+        }
     }
     if let Some(path) = notify_socket {
         env.push(format!("{NOTIFY_SOCKET}={path}").into());
@@ -65,6 +90,22 @@ pub fn env(
     env.push(format!("{GENERATION}={generation}").into());
     env.push(format!("{WORKER}={ordinal}").into());
     env
+}
+
+/// The fd of the first socket a worker gets.
+const FIRST_FD: i32 = 3;
+
+/// `SERVER_STARTER_PORT=addr=fd;addr=fd…`, the sockets in order from fd 3.
+fn server_starter_port(addresses: &[OsString]) -> OsString {
+    let mut value = Vec::new();
+    for (i, addr) in addresses.iter().enumerate() {
+        if i > 0 {
+            value.push(b';');
+        }
+        value.extend_from_slice(addr.as_bytes());
+        value.extend_from_slice(format!("={}", FIRST_FD + i as i32).as_bytes());
+    }
+    join(OsStr::new(SERVER_STARTER_PORT), OsStr::from_bytes(&value))
 }
 
 fn join(key: &OsStr, value: &OsStr) -> OsString {
@@ -114,7 +155,8 @@ mod tests {
 
     #[test]
     fn env_carries_the_socket_activation_block_and_identity() {
-        let env = env(&["HOME=/root".into()], 3, 1, 2, "web:unknown", Some("@n"));
+        let addresses = ["127.0.0.1:8080".into(), "/run/app.sock".into()];
+        let env = env(&["HOME=/root".into()], 3, 1, 2, "web:unknown", Some("@n"), &addresses);
         let env: Vec<_> = env.iter().map(|e| e.to_str().unwrap()).collect();
         assert_eq!(
             env,
@@ -122,11 +164,39 @@ mod tests {
                 "HOME=/root",
                 "LISTEN_FDS=2",
                 "LISTEN_FDNAMES=web:unknown",
+                "EINHORN_FD_COUNT=2",
+                "EINHORN_FD_0=3",
+                "EINHORN_FD_1=4",
+                "SERVER_STARTER_PORT=127.0.0.1:8080=3;/run/app.sock=4",
+                "SERVER_STARTER_GENERATION=3",
                 "NOTIFY_SOCKET=@n",
                 "PANZER_GENERATION=3",
                 "PANZER_WORKER=1"
             ]
         );
+    }
+
+    #[test]
+    fn ipv6_addresses_keep_their_brackets_for_server_starter() {
+        let addresses = ["[::1]:8080".into()];
+        let env = env(&[], 1, 0, 1, "unknown", None, &addresses);
+        assert!(env.contains(&"SERVER_STARTER_PORT=[::1]:8080=3".into()), "{env:?}");
+    }
+
+    #[test]
+    fn without_sockets_no_launcher_variables_are_set() {
+        let env = env(&[], 1, 0, 0, "", None, &[]);
+        let env: Vec<_> = env.iter().map(|e| e.to_str().unwrap()).collect();
+        assert_eq!(env, ["PANZER_GENERATION=1", "PANZER_WORKER=0"]);
+    }
+
+    #[test]
+    fn launcher_variables_of_panzers_own_parent_are_not_inherited() {
+        for key in ["EINHORN_FD_COUNT", "EINHORN_FD_0", "SERVER_STARTER_PORT", "LISTEN_FDS"] {
+            assert!(!inherited(OsStr::new(key)), "{key}");
+        }
+        assert!(inherited(OsStr::new("EINHORN_MASTER_PID")));
+        assert!(inherited(OsStr::new("HOME")));
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
             }
             adopted
         }
-        None => sockets::bind_all(&config.binds, config.backlog)?,
+        None => sockets::bind_all(&config.binds, config.backlog, config.nodelay)?,
     };
     for listener in &sockets {
         log::info!("listening on {}", listener.local);
@@ -393,6 +393,7 @@ impl Main {
             argv: std::iter::once(self.config.command.clone())
                 .chain(self.config.args.iter().cloned())
                 .collect(),
+            addresses: self.sockets.iter().map(sockets::Listener::address).collect(),
         };
         match self.spawn_monitor(&args) {
             Ok((pid, channel)) => {

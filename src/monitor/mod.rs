@@ -208,6 +208,7 @@ impl Monitor {
             self.sockets.len(),
             &self.args.fd_names,
             self.args.notify_socket.to_str(),
+            &self.args.addresses,
         );
         let fds: Vec<RawFd> = self.sockets.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         // The parent-death signal: if this monitor dies, its workers drain

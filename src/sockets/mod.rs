@@ -5,6 +5,7 @@ mod spec;
 
 pub use spec::{BindAddr, BindSpec};
 
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -29,6 +30,15 @@ impl Listener {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.socket.as_fd()
     }
+
+    /// The address as Server::Starter writes it: `IP:PORT` with the real
+    /// port (`[IPv6]:PORT`), or a unix socket's path.
+    pub fn address(&self) -> OsString {
+        match &self.spec.addr {
+            BindAddr::Inet(_) => self.local.clone().into(),
+            BindAddr::Unix(path) => path.clone().into_os_string(),
+        }
+    }
 }
 
 impl Drop for Listener {
@@ -45,18 +55,24 @@ impl Drop for Listener {
 }
 
 /// Binds every spec in order. On error, everything bound so far is closed
-/// (and unix socket files removed) before returning.
-pub fn bind_all(specs: &[BindSpec], backlog: i32) -> Result<Vec<Listener>, Error> {
-    specs.iter().map(|spec| bind(spec, backlog)).collect()
+/// (and unix socket files removed) before returning. With `nodelay`, TCP
+/// sockets get `TCP_NODELAY`, which Linux copies to every connection
+/// accepted from them: a server that writes a response in two pieces is
+/// then not held back by Nagle's algorithm until the client's delayed ACK.
+pub fn bind_all(specs: &[BindSpec], backlog: i32, nodelay: bool) -> Result<Vec<Listener>, Error> {
+    specs.iter().map(|spec| bind(spec, backlog, nodelay)).collect()
 }
 
-fn bind(spec: &BindSpec, backlog: i32) -> Result<Listener, Error> {
+fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Listener, Error> {
     let fail = |source: io::Error| Error::Bind { addr: spec.addr.to_string(), source };
     match &spec.addr {
         BindAddr::Inet(addr) => {
             // socket2 creates sockets with SOCK_CLOEXEC.
             let socket = Socket::new(Domain::for_address(*addr), Type::STREAM, None).map_err(fail)?;
             socket.set_reuse_address(true).map_err(fail)?;
+            if nodelay {
+                socket.set_nodelay(true).map_err(fail)?;
+            }
             if addr.is_ipv6() {
                 // [::]:80 then means IPv6 only, so 0.0.0.0:80 can be bound beside it.
                 socket.set_only_v6(true).map_err(fail)?;

@@ -1,0 +1,237 @@
+//! Real servers, unchanged (issue #10): stock third-party servers and apps
+//! written for other launchers run as panzer's workers. Each test starts
+//! one with two workers and checks what a user sees: two distinct pids
+//! answer, a reload under a load of fresh connections refuses none, and a
+//! stop exits 0 with nothing left running.
+//!
+//! The servers come from `.ci/run` (gunicorn and uvicorn from PyPI, Go from
+//! apt; Node and Python are on the machine); the scripts they run live in
+//! `integration/fixtures/real/`. A test whose tool is missing says so and
+//! passes without running.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::harness::*;
+
+/// The fixture scripts' directory.
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures/real")
+}
+
+fn script(name: &str) -> String {
+    scripts().join(name).to_string_lossy().into_owned()
+}
+
+/// Whether `program ARGS…` runs and exits 0; the error says why not.
+fn available(program: &str, args: &[&str]) -> Result<(), String> {
+    match Command::new(program).args(args).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => {
+            Err(format!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)))
+        }
+        Err(e) => Err(format!("{program}: {e}")),
+    }
+}
+
+/// Prints why a test does not run (`.ci/run` installs what it needs).
+fn skip(test: &str, reason: &str) {
+    eprintln!("SKIPPED {test}: {reason} (bash .ci/run installs it)");
+}
+
+/// The Go server, built once per test run from its source.
+fn go_server() -> Result<String, String> {
+    static BUILT: OnceLock<Result<String, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            available("go", &["version"])?;
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go_server");
+            let built = Command::new("go")
+                .arg("build")
+                .arg("-o")
+                .arg(&out)
+                .arg(scripts().join("go_server.go"))
+                .output()
+                .map_err(|e| format!("go build: {e}"))?;
+            if !built.status.success() {
+                return Err(format!("go build failed: {}", String::from_utf8_lossy(&built.stderr)));
+            }
+            Ok(out.to_string_lossy().into_owned())
+        })
+        .clone()
+}
+
+/// Clients that each send `GET /` on fresh connections, back to back,
+/// until stopped (at most `MAX` each, never past `LIMIT`), counting the
+/// connections refused or otherwise not made, and the requests that failed
+/// once connected.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU32>,
+    connect_errors: Arc<Mutex<Vec<String>>>,
+    failed: Arc<Mutex<Vec<String>>>,
+    clients: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    const MAX: u32 = 3_000;
+    const LIMIT: Duration = Duration::from_secs(60);
+
+    fn start(port: u16, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU32::new(0));
+        let connect_errors = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, ok) = (stop.clone(), ok.clone());
+                let (connect_errors, failed) = (connect_errors.clone(), failed.clone());
+                thread::spawn(move || {
+                    let until = Instant::now() + Load::LIMIT;
+                    for _ in 0..Load::MAX {
+                        if stop.load(Ordering::Relaxed) || Instant::now() > until {
+                            break;
+                        }
+                        let stream = match connect(port) {
+                            Ok(stream) => stream,
+                            Err(e) => {
+                                connect_errors.lock().unwrap().push(e.to_string());
+                                continue;
+                            }
+                        };
+                        match request(stream, "/") {
+                            Ok(r) if r.status == 200 && r.find("pid").is_some() => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => failed.lock().unwrap().push(format!("status {}: {}", r.status, r.body)),
+                            Err(e) => failed.lock().unwrap().push(e.to_string()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, connect_errors, failed, clients }
+    }
+
+    /// Waits until `n` more requests were answered.
+    fn wait_for(&self, n: u32) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        eventually(PATIENCE, &format!("{n} more answers"), || {
+            (self.ok.load(Ordering::Relaxed) >= target).then_some(())
+        });
+    }
+
+    /// Stops the clients: (answered, connect errors, failed requests).
+    fn finish(self) -> (u32, Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            client.join().unwrap();
+        }
+        let connect_errors = self.connect_errors.lock().unwrap().clone();
+        let failed = self.failed.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), connect_errors, failed)
+    }
+}
+
+/// Runs `command` as panzer's workers (`--ready ready`, two workers) and
+/// checks the whole life: serve, reload under load, stop.
+fn serves_reloads_and_stops(ready: &str, command: &[&str], env: &[(&str, &str)]) {
+    let mut args =
+        vec!["--bind", "127.0.0.1:0", "--count", "2", "--ready", ready, "--graceful-timeout", "10s", "--"];
+    args.extend_from_slice(command);
+    let mut panzer = Panzer::start_with_env(&args, env);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let first = distinct_pids(port, 2);
+
+    let load = Load::start(port, 4);
+    load.wait_for(20);
+    panzer.signal(Signal::SIGUSR1);
+    panzer.wait_ready(2);
+    // The old generation is gone, and the new one has served the load.
+    eventually(PATIENCE, "generation 1's workers to exit", || first.iter().all(|p| !alive(*p)).then_some(()));
+    load.wait_for(20);
+    let (answered, connect_errors, failed) = load.finish();
+    assert!(
+        connect_errors.is_empty(),
+        "{} of {} connections were not made around the reload, e.g. {:?}",
+        connect_errors.len(),
+        answered as usize + connect_errors.len() + failed.len(),
+        &connect_errors[..connect_errors.len().min(3)]
+    );
+    eprintln!(
+        "{}: {answered} answered, 0 refused, {} failed after connecting around the reload {:?}",
+        command.join(" "),
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let second = distinct_pids(port, 2);
+    assert!(second.is_disjoint(&first), "generation 1's workers {first:?} still answer: {second:?}");
+
+    let tree = panzer.descendants();
+    panzer.signal(Signal::SIGTERM);
+    assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0), "panzer's exit after SIGTERM");
+    let left: Vec<Pid> = tree.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "still running after panzer exited: {left:?}");
+}
+
+#[test]
+fn gunicorn_reads_listen_fds_and_notifies_ready() {
+    // gunicorn's arbiter takes the LISTEN_FDS sockets and sends READY=1
+    // itself; each panzer worker is an arbiter with one sync worker.
+    if let Err(why) = available("gunicorn", &["--version"]) {
+        return skip("gunicorn", &why);
+    }
+    let dir = scripts();
+    let dir = dir.to_str().unwrap();
+    serves_reloads_and_stops("notify", &["gunicorn", "--chdir", dir, "--workers", "1", "wsgi_app:app"], &[]);
+}
+
+#[test]
+fn uvicorn_serves_fd_3() {
+    if let Err(why) = available("uvicorn", &["--version"]) {
+        return skip("uvicorn", &why);
+    }
+    let dir = scripts();
+    let dir = dir.to_str().unwrap();
+    serves_reloads_and_stops("1s", &["uvicorn", "--fd", "3", "--app-dir", dir, "asgi_app:app"], &[]);
+}
+
+#[test]
+fn node_listens_on_fd_3() {
+    if let Err(why) = available("node", &["--version"]) {
+        return skip("node", &why);
+    }
+    serves_reloads_and_stops("1s", &["node", &script("node_server.js")], &[]);
+}
+
+#[test]
+fn a_go_file_listener_serves_and_notifies_ready() {
+    let server = match go_server() {
+        Ok(server) => server,
+        Err(why) => return skip("go", &why),
+    };
+    serves_reloads_and_stops("notify", &[&server], &[]);
+}
+
+#[test]
+fn pythons_socketserver_serves_fd_3() {
+    serves_reloads_and_stops("notify", &["python3", &script("socketserver_app.py")], &[]);
+}
+
+#[test]
+fn an_einhorn_app_finds_its_socket() {
+    serves_reloads_and_stops("1s", &["python3", &script("einhorn_app.py")], &[]);
+}
+
+#[test]
+fn a_server_starter_app_finds_its_socket() {
+    serves_reloads_and_stops("1s", &["python3", &script("starter_app.py")], &[]);
+}
