@@ -196,6 +196,10 @@ pub struct ReloadStats {
     pub ok: u64,
     pub failed: u64,
     pub last_error: Option<String>,
+    /// How long the last reload took, from the start of its generation to
+    /// its outcome (ready, or failed), in milliseconds.
+    #[serde(default)]
+    pub last_duration_ms: Option<u64>,
 }
 
 /// A reply line: `{"ok":true,…}` or `{"ok":false,"error":"…"}`.
