@@ -2,6 +2,7 @@
 //! map onto [`Command`], and main executes commands in one place.
 
 pub mod client;
+pub mod metrics;
 pub mod server;
 pub mod signals;
 
