@@ -5,6 +5,7 @@ pub mod client;
 pub mod metrics;
 pub mod server;
 pub mod signals;
+pub mod top;
 
 use serde::{Deserialize, Serialize};
 
