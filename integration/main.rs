@@ -20,5 +20,6 @@ mod reload;
 mod resilience;
 mod security;
 mod systemd;
+mod tag_output;
 mod top;
 mod worker_contract;

@@ -85,4 +85,11 @@ pub struct Cli {
     /// Arguments for COMMAND (after `--`).
     #[arg(last = true, value_name = "ARG")]
     pub args: Vec<OsString>,
+
+    /// Prefix every line a worker writes to stdout or stderr with
+    /// `g<generation> w<ordinal> `. Lines stay whole and never interleave;
+    /// a line longer than 4 KiB is cut, marked with `…`. Default: off, and
+    /// workers inherit panzer's stdout and stderr untouched.
+    #[arg(long, env = "PANZER_TAG_OUTPUT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub tag_output: bool,
 }

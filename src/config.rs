@@ -26,6 +26,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     pub command: OsString,
     pub args: Vec<OsString>,
+    /// `--tag-output`: workers' lines prefixed by their monitor.
+    pub tag_output: bool,
 }
 
 impl Config {
@@ -55,6 +57,7 @@ impl Config {
             log_level: log_level(cli.quiet, cli.verbose),
             command: cli.command,
             args: cli.args,
+            tag_output: cli.tag_output,
         })
     }
 }

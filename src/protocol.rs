@@ -66,6 +66,9 @@ pub struct MonitorArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub argv: Vec<OsString>,
+    /// Give each worker pipes for stdout and stderr and prefix its lines.
+    #[arg(long)]
+    pub tag_output: bool,
 }
 
 impl MonitorArgs {
@@ -84,6 +87,9 @@ impl MonitorArgs {
         notify.push(&self.notify_socket);
         args.push(notify);
         args.push(format!("--log-level={}", self.log_level).into());
+        if self.tag_output {
+            args.push("--tag-output".into());
+        }
         args.push("--".into());
         args.extend(self.argv.iter().cloned());
         args

@@ -393,6 +393,7 @@ impl Main {
             argv: std::iter::once(self.config.command.clone())
                 .chain(self.config.args.iter().cloned())
                 .collect(),
+            tag_output: self.config.tag_output,
         };
         match self.spawn_monitor(&args) {
             Ok((pid, channel)) => {
