@@ -9,6 +9,7 @@ mod activation;
 mod bad_input;
 mod container;
 mod control;
+mod deploy;
 mod docs;
 mod example;
 mod faults;
