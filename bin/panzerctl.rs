@@ -1,18 +1,23 @@
 //! `panzerctl`: see and steer a running panzer through its control socket.
 //!
 //! ```text
-//! panzerctl [--control PATH | --pid-file PATH] [--json] status|reload|stop|scale N
+//! panzerctl [--control PATH | --pid-file PATH] [--json] status|reload|stop|scale N|metrics|top
+//! panzerctl completions bash|zsh|fish|elvish|powershell [panzer|panzerctl]
+//! panzerctl man [panzer|panzerctl]
 //! ```
+
+#[path = "panzerctl/docs.rs"]
+mod docs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use panzer::control::{self, client, Reply, Request, Status};
+use panzer::control::{self, client, metrics, top, Reply, Request, Status};
 use panzer::units::CliDuration;
 
-/// Control a running panzer: status, reload, stop, scale.
+/// Control a running panzer: status, reload, stop, scale, metrics, top.
 #[derive(Debug, Parser)]
 #[command(name = "panzerctl", version)]
 struct Cli {
@@ -52,6 +57,37 @@ enum Cmd {
         #[arg(value_parser = clap::value_parser!(u32).range(1..))]
         count: u32,
     },
+    /// Print the status in Prometheus text format.
+    ///
+    /// For node_exporter's textfile collector, or a scrape.
+    Metrics,
+    /// A live view that refreshes in place; quit with q or Ctrl-C.
+    ///
+    /// Shows each generation, one row per worker (pid, ready, restarts,
+    /// uptime, RSS), and the reloads seen while it runs.
+    Top {
+        /// How often to refresh.
+        #[arg(long, default_value = "1s", value_name = "DURATION")]
+        interval: CliDuration,
+    },
+    /// Print a shell completion script for panzer or panzerctl to stdout.
+    ///
+    /// For example: panzerctl completions bash panzer > /etc/bash_completion.d/panzer
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+        /// The program to complete.
+        #[arg(value_enum, default_value_t = docs::Program::Panzerctl)]
+        program: docs::Program,
+    },
+    /// Print the man page of panzer or panzerctl (roff) to stdout.
+    ///
+    /// For example: panzerctl man panzer > /usr/local/share/man/man1/panzer.1
+    Man {
+        /// The program whose page to print.
+        #[arg(value_enum, default_value_t = docs::Program::Panzerctl)]
+        program: docs::Program,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,14 +102,26 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), String> {
+    // These need no panzer.
+    match cli.command {
+        Cmd::Completions { shell, program } => return docs::completions(shell, program),
+        Cmd::Man { program } => return docs::man(program),
+        _ => {}
+    }
     let path = socket_path(cli)?;
     let (request, timeout) = match cli.command {
-        Cmd::Status => (Request::Status, Some(cli.timeout.0)),
+        Cmd::Status | Cmd::Metrics => (Request::Status, Some(cli.timeout.0)),
         Cmd::Reload => (Request::Reload, None),
         Cmd::Stop => (Request::Stop, Some(cli.timeout.0)),
         Cmd::Scale { count } => (Request::Scale { count }, Some(cli.timeout.0)),
+        Cmd::Top { interval } => return top::run(&path, interval.0, cli.timeout.0),
+        Cmd::Completions { .. } | Cmd::Man { .. } => unreachable!("handled above"),
     };
     let reply = client::request(&path, &request, timeout)?;
+    if let (Cmd::Metrics, Some(status)) = (&cli.command, &reply.status) {
+        print!("{}", metrics::render(status));
+        return Ok(());
+    }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&reply).map_err(|e| e.to_string())?);
     }
@@ -152,11 +200,4 @@ fn status_table(s: &Status) -> String {
     out
 }
 
-/// `42s`, `5m3s`, `2h10m`.
-fn age(seconds: u64) -> String {
-    match seconds {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
-        s => format!("{}h{}m", s / 3600, s % 3600 / 60),
-    }
-}
+use top::age;

@@ -10,13 +10,13 @@ use nix::sys::signal::Signal;
 use crate::harness::*;
 
 /// A stand-in for systemd's notify socket.
-struct FakeSystemd {
+pub(crate) struct FakeSystemd {
     socket: UnixDatagram,
     path: PathBuf,
 }
 
 impl FakeSystemd {
-    fn new() -> FakeSystemd {
+    pub(crate) fn new() -> FakeSystemd {
         // Short path: unix socket paths hold at most 107 bytes.
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
@@ -27,12 +27,12 @@ impl FakeSystemd {
         FakeSystemd { socket, path }
     }
 
-    fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         self.path.to_str().unwrap()
     }
 
     /// The next datagram that contains `needle`; earlier ones are returned too.
-    fn until(&self, needle: &str) -> Vec<String> {
+    pub(crate) fn until(&self, needle: &str) -> Vec<String> {
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
         loop {

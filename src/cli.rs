@@ -97,4 +97,11 @@ pub struct Cli {
     /// systemd are left as they are (see NoDelay= in systemd.socket).
     #[arg(long, env = "PANZER_NO_NODELAY", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_nodelay: bool,
+
+    /// Prefix every line a worker writes to stdout or stderr with
+    /// `g<generation> w<ordinal> `. Lines stay whole and never interleave;
+    /// a line longer than 4 KiB is cut, marked with `…`. Default: off, and
+    /// workers inherit panzer's stdout and stderr untouched.
+    #[arg(long, env = "PANZER_TAG_OUTPUT", value_parser = clap::builder::BoolishValueParser::new())]
+    pub tag_output: bool,
 }

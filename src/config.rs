@@ -28,6 +28,8 @@ pub struct Config {
     pub args: Vec<OsString>,
     /// Whether TCP sockets panzer binds get `TCP_NODELAY` (`--no-nodelay`).
     pub nodelay: bool,
+    /// `--tag-output`: workers' lines prefixed by their monitor.
+    pub tag_output: bool,
 }
 
 impl Config {
@@ -67,6 +69,7 @@ impl Config {
             command,
             args,
             nodelay: !cli.no_nodelay,
+            tag_output: cli.tag_output,
         })
     }
 }

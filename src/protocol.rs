@@ -71,6 +71,9 @@ pub struct MonitorArgs {
     /// `SERVER_STARTER_PORT`.
     #[arg(long = "address")]
     pub addresses: Vec<OsString>,
+    /// Give each worker pipes for stdout and stderr and prefix its lines.
+    #[arg(long)]
+    pub tag_output: bool,
 }
 
 impl MonitorArgs {
@@ -93,6 +96,9 @@ impl MonitorArgs {
             let mut arg = OsString::from("--address=");
             arg.push(address);
             args.push(arg);
+        }
+        if self.tag_output {
+            args.push("--tag-output".into());
         }
         args.push("--".into());
         args.extend(self.argv.iter().cloned());

@@ -2,8 +2,10 @@
 //! map onto [`Command`], and main executes commands in one place.
 
 pub mod client;
+pub mod metrics;
 pub mod server;
 pub mod signals;
+pub mod top;
 
 use serde::{Deserialize, Serialize};
 
@@ -196,6 +198,10 @@ pub struct ReloadStats {
     pub ok: u64,
     pub failed: u64,
     pub last_error: Option<String>,
+    /// How long the last reload took, from the start of its generation to
+    /// its outcome (ready, or failed), in milliseconds.
+    #[serde(default)]
+    pub last_duration_ms: Option<u64>,
 }
 
 /// A reply line: `{"ok":true,…}` or `{"ok":false,"error":"…"}`.

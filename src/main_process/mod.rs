@@ -394,6 +394,7 @@ impl Main {
                 .chain(self.config.args.iter().cloned())
                 .collect(),
             addresses: self.sockets.iter().map(sockets::Listener::address).collect(),
+            tag_output: self.config.tag_output,
         };
         match self.spawn_monitor(&args) {
             Ok((pid, channel)) => {

@@ -467,10 +467,12 @@ impl Policy {
         for old in delayed {
             self.remove(old);
         }
+        let started = self.find(number).map(|g| g.started);
         let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
         if let Some(Cause::Reload(clients)) = cause {
             log::info!("reload done: generation {number} serves");
             self.reloads.ok += 1;
+            self.reloads.last_duration_ms = started.map(|at| millis(now.saturating_duration_since(at)));
             for to in clients {
                 out.push(Effect::Reply { to, reply: Reply { generation: Some(number), ..Reply::ok() } });
             }
@@ -497,13 +499,22 @@ impl Policy {
         self.last_failure = Some(reason.to_string());
         let grace = self.settings.graceful_timeout.min(FAILED_GRACE);
         self.drain(now, number, State::Failed, grace, out);
+        let started = self.find(number).map(|g| g.started);
         let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
-        self.after_failure(now, cause, reason, out);
+        self.after_failure(now, cause, started, reason, out);
     }
 
     /// What follows a generation that did not come up: the reload's answer,
     /// then another try if something asked for one or nothing serves.
-    fn after_failure(&mut self, now: Instant, cause: Option<Cause>, reason: &str, out: &mut Vec<Effect>) {
+    /// `started`: when that generation started, for the reload's duration.
+    fn after_failure(
+        &mut self,
+        now: Instant,
+        cause: Option<Cause>,
+        started: Option<Instant>,
+        reason: &str,
+        out: &mut Vec<Effect>,
+    ) {
         if self.stopping.is_some() {
             return;
         }
@@ -523,6 +534,7 @@ impl Policy {
             log::error!("reload failed: {message}");
             self.reloads.failed += 1;
             self.reloads.last_error = Some(message.clone());
+            self.reloads.last_duration_ms = started.map(|at| millis(now.saturating_duration_since(at)));
             out.push(Effect::Systemd(Note::Ready(format!("reload failed: {message}"))));
             for to in clients {
                 out.push(Effect::Reply { to, reply: Reply::error(message.clone()) });
@@ -552,15 +564,16 @@ impl Policy {
         match state {
             State::Starting => {
                 log::error!("the monitor of generation {number} {ended} before it was ready");
+                let started = self.find(number).map(|g| g.started);
                 let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
                 self.remove(number);
                 match ended {
                     // Killed from outside: not the application failing.
-                    Ended::Killed(_) => self.killed_while_starting(now, cause, &ended, out),
+                    Ended::Killed(_) => self.killed_while_starting(now, cause, started, &ended, out),
                     _ => {
                         let reason = format!("its monitor {ended} before it was ready");
                         self.last_failure = Some(reason.clone());
-                        self.after_failure(now, cause, &reason, out);
+                        self.after_failure(now, cause, started, &reason, out);
                     }
                 }
             }
@@ -595,6 +608,7 @@ impl Policy {
         &mut self,
         now: Instant,
         cause: Option<Cause>,
+        started: Option<Instant>,
         ended: &Ended,
         out: &mut Vec<Effect>,
     ) {
@@ -604,7 +618,7 @@ impl Policy {
         match cause {
             Some(Cause::Reload(_)) => {
                 let reason = format!("its monitor {ended} before it was ready");
-                self.after_failure(now, cause, &reason, out);
+                self.after_failure(now, cause, started, &reason, out);
             }
             _ => {
                 self.replacement_failures += 1;
@@ -718,6 +732,11 @@ impl Policy {
             self.kill_everything(out);
         }
     }
+}
+
+/// Whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
 /// `generation 3 starting: 3/4 ready after 10 s; worker 2 not ready`.
@@ -1098,6 +1117,36 @@ mod tests {
         );
         assert_eq!(w.on(Event::Command { command: Command::ScaleBy(-9), from: None }).len(), 2);
         assert_eq!(w.policy.count(), 1);
+    }
+
+    #[test]
+    fn each_reload_outcome_records_how_long_it_took_from_its_start() {
+        let mut w = World::serving();
+        assert_eq!(w.policy.reloads.last_duration_ms, None, "generation 1 is no reload");
+        w.reload(1);
+        w.now += Duration::from_millis(250);
+        w.ready(2);
+        assert_eq!(w.policy.reloads.last_duration_ms, Some(250));
+        // A failed one: the startup timeout, counted from its own start.
+        w.now += Duration::from_secs(3);
+        w.reload(2);
+        w.later(Duration::from_secs(60));
+        assert_eq!((w.policy.reloads.failed, w.policy.reloads.last_duration_ms), (1, Some(60_000)));
+        // A queued reload starts when the one before it is done, not when it was asked for.
+        w.reload(3);
+        w.now += Duration::from_millis(10);
+        w.reload(4);
+        w.now += Duration::from_millis(90);
+        w.ready(4);
+        assert_eq!(w.policy.reloads.last_duration_ms, Some(100));
+        w.now += Duration::from_millis(40);
+        w.ready(5);
+        assert_eq!(w.policy.reloads.last_duration_ms, Some(40));
+        // A reload whose monitor is killed while it starts fails, with its time.
+        w.reload(5);
+        w.now += Duration::from_millis(7);
+        w.exited(6, killed());
+        assert_eq!((w.policy.reloads.failed, w.policy.reloads.last_duration_ms), (2, Some(7)));
     }
 
     #[test]

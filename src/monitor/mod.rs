@@ -8,10 +8,11 @@
 //! notify socket, with the next start or readiness timer as its timeout.
 
 mod notify_socket;
+mod output;
 pub(crate) mod pool;
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,8 @@ struct Monitor {
     exit_code: Option<i32>,
     /// Warnings a worker can trigger at will: one line per second per slot.
     notify_warnings: crate::log_limit::LogLimit<u32>,
+    /// With `--tag-output`: the workers' stdout and stderr pipes.
+    output: Option<output::TaggedOutput>,
 }
 
 /// Runs the monitor role; returns the process exit status.
@@ -99,6 +102,7 @@ impl Monitor {
                     pool: Pool::new(args.count, args.ready, now),
                     base_env: worker::inherited_env(),
                     parent: nix::unistd::getppid(),
+                    output: args.tag_output.then(|| output::TaggedOutput::new(args.generation)),
                     args,
                     status: Some(status),
                     sockets,
@@ -145,6 +149,9 @@ impl Monitor {
             self.check_generation_ready();
             if let Some(code) = self.exit_code {
                 if self.pool.workers().next().is_none() && self.retired.is_empty() {
+                    if let Some(output) = &mut self.output {
+                        output.finish();
+                    }
                     return code;
                 }
             }
@@ -157,9 +164,14 @@ impl Monitor {
                     .min();
             let mut fds: Vec<(BorrowedFd<'_>, bool)> =
                 vec![(self.signals.as_fd(), false), (self.notify.fd(), false)];
+            let has_status = self.status.is_some();
             if let Some(status) = &self.status {
                 fds.push((status.fd(), status.wants_write()));
             }
+            let first_output = fds.len();
+            let outputs = self.output.as_ref().map(|o| o.fds()).unwrap_or_default();
+            let output_tokens: Vec<output::Token> = outputs.iter().map(|&(token, _, _)| token).collect();
+            fds.extend(outputs.into_iter().map(|(_, fd, write)| (fd, write)));
             let ready = match sys::poll(&fds, deadline) {
                 Ok(ready) => ready,
                 Err(e) => {
@@ -176,8 +188,17 @@ impl Monitor {
             if ready[1] {
                 self.on_notify();
             }
-            if ready.get(2) == Some(&true) {
+            if has_status && ready[2] {
                 self.on_status();
+            }
+            if let Some(output) = &mut self.output {
+                let ready: Vec<output::Token> = output_tokens
+                    .into_iter()
+                    .zip(&ready[first_output..])
+                    .filter(|(_, r)| **r)
+                    .map(|(t, _)| t)
+                    .collect();
+                output.on_ready(&ready);
             }
         }
     }
@@ -200,7 +221,7 @@ impl Monitor {
         }
     }
 
-    fn spawn_worker(&self, ordinal: u32) -> Result<Pid, sys::spawn::SpawnError> {
+    fn spawn_worker(&mut self, ordinal: u32) -> Result<Pid, sys::spawn::SpawnError> {
         let env = worker::env(
             &self.base_env,
             self.args.generation,
@@ -220,7 +241,12 @@ impl Monitor {
         if !self.sockets.is_empty() {
             plan = plan.with_own_pid_in(worker::LISTEN_PID);
         }
-        plan.spawn()
+        let Some(output) = &mut self.output else { return plan.spawn() };
+        let ends = output::TaggedOutput::pipes().map_err(sys::spawn::SpawnError::Fork)?;
+        let pid = plan.with_stdout_stderr(ends.stdout.as_raw_fd(), ends.stderr.as_raw_fd()).spawn()?;
+        // The write ends close here: the worker has its own copies.
+        output.started(pid.as_raw(), ordinal, ends);
+        Ok(pid)
     }
 
     fn worker_ready(&mut self, pid: i32) {
@@ -312,6 +338,9 @@ impl Monitor {
             let Some(pid) = status.pid() else { continue };
             let how = sys::describe_exit(&status);
             let pid = pid.as_raw();
+            if let Some(output) = &mut self.output {
+                output.worker_exited(pid);
+            }
             if let Some(index) = self.retired.iter().position(|r| r.pid == pid) {
                 let ordinal = self.retired.swap_remove(index).ordinal;
                 log::info!("worker {ordinal} (pid {pid}) {how}; its slot was removed");

@@ -224,6 +224,16 @@ fn children_list() -> Vec<Pid> {
     children
 }
 
+/// `(columns, rows)` of the terminal on `fd`, if it is one.
+pub fn terminal_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
+    use std::os::fd::AsRawFd;
+    let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the valid, writable
+    // struct passed; `fd` is borrowed, so it is open for the call.
+    let done = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut size) };
+    (done == 0 && size.ws_col > 0 && size.ws_row > 0).then_some((size.ws_col, size.ws_row))
+}
+
 /// Every live child of this process whose group is `pgid`.
 pub fn own_children_in_group(pgid: Pid) -> Vec<Pid> {
     own_children().into_iter().filter(|&(_, group)| group == pgid).map(|(pid, _)| pid).collect()

@@ -47,7 +47,8 @@ pub struct ExecPlan {
     /// Where the digits start in that entry.
     pid_digits_at: usize,
     /// `(source, target)`: the child makes `source` available as `target`,
-    /// without `CLOEXEC`. Targets are 3, 4, … in order.
+    /// without `CLOEXEC`. Targets are 3, 4, … in order, then 1 and 2 when
+    /// stdout and stderr are replaced.
     fds: Vec<(RawFd, RawFd)>,
     /// Scratch space for the child's first, collision-free copy of each source.
     scratch: Vec<RawFd>,
@@ -128,8 +129,18 @@ impl ExecPlan {
     /// Passes `fds` to the child as 3, 4, … in order. Every other fd above 2
     /// is closed in the child.
     pub fn with_fds(mut self, fds: &[RawFd]) -> Self {
-        self.fds = fds.iter().enumerate().map(|(i, &fd)| (fd, 3 + i as RawFd)).collect();
-        self.scratch = vec![-1; fds.len()];
+        self.fds.retain(|&(_, target)| target < 3);
+        self.fds.extend(fds.iter().enumerate().map(|(i, &fd)| (fd, 3 + i as RawFd)));
+        self.scratch = vec![-1; self.fds.len()];
+        self
+    }
+
+    /// Gives the child `stdout` as its fd 1 and `stderr` as its fd 2
+    /// instead of this process's own.
+    pub fn with_stdout_stderr(mut self, stdout: RawFd, stderr: RawFd) -> Self {
+        self.fds.retain(|&(_, target)| target > 2);
+        self.fds.extend([(stdout, 1), (stderr, 2)]);
+        self.scratch = vec![-1; self.fds.len()];
         self
     }
 
@@ -219,7 +230,7 @@ fn read_child_errno(pipe: &OwnedFd) -> Option<i32> {
 /// `execve`, `write`, `_exit`).
 unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
     // The error pipe may sit on a target number: move it above them first.
-    let first_free = 3 + plan.fds.len() as RawFd;
+    let first_free = plan.fds.iter().fold(3, |top, &(_, target)| top.max(target + 1));
     let err_fd = match libc::fcntl(err_fd, libc::F_DUPFD_CLOEXEC, first_free) {
         moved if moved >= 0 => moved,
         _ => report_and_exit(err_fd),
@@ -276,7 +287,8 @@ unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
 
     // Place the fds: first copy every source above all targets (so no source
     // is overwritten by an earlier move), then dup2 each copy into place.
-    // dup2 onto a different number always yields an fd without CLOEXEC.
+    // dup2 onto a different number always yields an fd without CLOEXEC, and
+    // every copy is at `first_free` or above, so never on its target.
     for (i, &(source, _)) in plan.fds.iter().enumerate() {
         let copy = libc::fcntl(source, libc::F_DUPFD_CLOEXEC, first_free);
         if copy < 0 {
