@@ -3,13 +3,10 @@
 //! of notify messages, stray signals, an operator's stop in the middle of a
 //! reload. Each test states what an operator may rely on.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -176,69 +173,6 @@ fn start(deploy: &Deploy, count: &str, extra: &[&str]) -> Panzer {
     args.extend_from_slice(extra);
     args.push(deploy.path());
     Panzer::start(&args)
-}
-
-/// Clients that each send `GET path` on fresh connections, back to back,
-/// until stopped (at most `MAX` requests each, and never past `LIMIT`).
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU32>,
-    /// Answers by generation.
-    generations: Arc<Mutex<BTreeMap<String, u32>>>,
-    clients: Vec<thread::JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    const MAX: u32 = 5_000;
-    const LIMIT: Duration = Duration::from_secs(120);
-
-    fn start(port: u16, clients: usize, path: &'static str) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU32::new(0));
-        let generations = Arc::new(Mutex::new(BTreeMap::new()));
-        let clients = (0..clients)
-            .map(|_| {
-                let (stop, ok, generations) = (stop.clone(), ok.clone(), generations.clone());
-                thread::spawn(move || {
-                    let until = Instant::now() + Load::LIMIT;
-                    let mut failures = Vec::new();
-                    for _ in 0..Load::MAX {
-                        if stop.load(Ordering::Relaxed) || Instant::now() > until {
-                            break;
-                        }
-                        match get(port, path) {
-                            Ok(r) if r.status == 200 => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                                let generation = r.find("generation").unwrap_or_default();
-                                *generations.lock().unwrap().entry(generation).or_insert(0) += 1;
-                            }
-                            Ok(r) => failures.push(format!("status {}", r.status)),
-                            Err(e) => failures.push(e.to_string()),
-                        }
-                    }
-                    failures
-                })
-            })
-            .collect();
-        Load { stop, ok, generations, clients }
-    }
-
-    /// Waits until `n` more requests were answered.
-    fn wait_for(&self, n: u32) {
-        let target = self.ok.load(Ordering::Relaxed) + n;
-        eventually(PATIENCE, &format!("{n} more answers"), || {
-            (self.ok.load(Ordering::Relaxed) >= target).then_some(())
-        });
-    }
-
-    /// Stops the clients; returns every failure they saw, and how many
-    /// answers each generation gave.
-    fn finish(self) -> (Vec<String>, BTreeMap<String, u32>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let failures = self.clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
-        let generations = self.generations.lock().unwrap().clone();
-        (failures, generations)
-    }
 }
 
 /// Waits until only one monitor is left: the failed generation is gone.

@@ -766,3 +766,66 @@ impl LogWatch {
         self.lines[start..].iter().map(|(_, l)| format!("    {l}\n")).collect()
     }
 }
+
+/// Clients that each send `GET path` on fresh connections, back to back,
+/// until stopped (at most `MAX` requests each, and never past `LIMIT`).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// Answers by generation.
+    generations: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>>,
+    clients: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    pub const MAX: u32 = 5_000;
+    pub const LIMIT: Duration = Duration::from_secs(120);
+
+    pub fn start(port: u16, clients: usize, path: &'static str) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let generations = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, ok, generations) = (stop.clone(), ok.clone(), generations.clone());
+                std::thread::spawn(move || {
+                    let until = Instant::now() + Load::LIMIT;
+                    let mut failures = Vec::new();
+                    for _ in 0..Load::MAX {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() > until {
+                            break;
+                        }
+                        match get(port, path) {
+                            Ok(r) if r.status == 200 => {
+                                ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let generation = r.find("generation").unwrap_or_default();
+                                *generations.lock().unwrap().entry(generation).or_insert(0) += 1;
+                            }
+                            Ok(r) => failures.push(format!("status {}", r.status)),
+                            Err(e) => failures.push(e.to_string()),
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Load { stop, ok, generations, clients }
+    }
+
+    /// Waits until `n` more requests were answered.
+    pub fn wait_for(&self, n: u32) {
+        let target = self.ok.load(std::sync::atomic::Ordering::Relaxed) + n;
+        eventually(PATIENCE, &format!("{n} more answers"), || {
+            (self.ok.load(std::sync::atomic::Ordering::Relaxed) >= target).then_some(())
+        });
+    }
+
+    /// Stops the clients; returns every failure they saw, and how many
+    /// answers each generation gave.
+    pub fn finish(self) -> (Vec<String>, std::collections::BTreeMap<String, u32>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let failures = self.clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+        let generations = self.generations.lock().unwrap().clone();
+        (failures, generations)
+    }
+}

@@ -20,6 +20,7 @@ mod privileges;
 mod real_servers;
 mod reload;
 mod resilience;
+mod rolling;
 mod security;
 mod systemd;
 mod tag_output;

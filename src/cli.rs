@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::sockets::BindSpec;
-use crate::units::{CliDuration, ReadyMode};
+use crate::units::{CliDuration, ReadyMode, ReloadStrategy};
 
 /// Zero-downtime launcher: binds the listening sockets once, runs COUNT
 /// copies of COMMAND on them, restarts copies that die, swaps in a new
@@ -104,4 +104,20 @@ pub struct Cli {
     /// workers inherit panzer's stdout and stderr untouched.
     #[arg(long, env = "PANZER_TAG_OUTPUT", value_parser = clap::builder::BoolishValueParser::new())]
     pub tag_output: bool,
+
+    /// How a reload replaces the serving workers: `all` starts N new ones,
+    /// then drains the N old ones once every new one is ready (room for 2N
+    /// workers); `rolling[:K]` (K defaults to 1) keeps at most K workers
+    /// above the count: K new ones start, and once they are ready K old ones
+    /// drain, and so on. A failure stops the roll and gives the old
+    /// generation back its full count.
+    #[arg(long, env = "PANZER_RELOAD_STRATEGY", default_value = "all", value_name = "STRATEGY")]
+    pub reload_strategy: ReloadStrategy,
+
+    /// On reload, start one new worker first: it serves beside the old
+    /// generation for DURATION and the reload goes on only if it stayed
+    /// ready all that time; otherwise the reload fails and is rolled back.
+    /// Default: off.
+    #[arg(long, env = "PANZER_CANARY", value_name = "DURATION")]
+    pub canary: Option<CliDuration>,
 }

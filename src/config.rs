@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::cli::Cli;
 use crate::error::Error;
 use crate::sockets::BindSpec;
-use crate::units::ReadyMode;
+use crate::units::{ReadyMode, ReloadStrategy};
 
 /// Everything main needs, validated.
 #[derive(Debug, Clone)]
@@ -30,6 +30,10 @@ pub struct Config {
     pub nodelay: bool,
     /// `--tag-output`: workers' lines prefixed by their monitor.
     pub tag_output: bool,
+    /// `--reload-strategy`.
+    pub reload_strategy: ReloadStrategy,
+    /// `--canary`.
+    pub canary: Option<Duration>,
 }
 
 impl Config {
@@ -70,6 +74,8 @@ impl Config {
             args,
             nodelay: !cli.no_nodelay,
             tag_output: cli.tag_output,
+            reload_strategy: cli.reload_strategy,
+            canary: cli.canary.map(|c| c.0),
         })
     }
 }

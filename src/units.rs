@@ -35,6 +35,47 @@ impl std::fmt::Display for ReadyMode {
     }
 }
 
+/// How a reload replaces the serving generation (`--reload-strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadStrategy {
+    /// Start N new workers, then drain the N old ones: room for 2N.
+    All,
+    /// At most K workers above the count at any time: K new ones start,
+    /// and once they are ready K old ones drain, and so on.
+    Rolling(u32),
+}
+
+/// The largest K of `rolling:K`: more is the same as `all`.
+const MAX_ROLLING: u32 = 4096;
+
+impl std::str::FromStr for ReloadStrategy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("invalid reload strategy '{s}': expected 'all', 'rolling' or 'rolling:K' (K from 1 to {MAX_ROLLING})")
+        };
+        match s.split_once(':') {
+            None if s == "all" => Ok(ReloadStrategy::All),
+            None if s == "rolling" => Ok(ReloadStrategy::Rolling(1)),
+            Some(("rolling", k)) => match k.parse::<u32>() {
+                Ok(k) if (1..=MAX_ROLLING).contains(&k) => Ok(ReloadStrategy::Rolling(k)),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for ReloadStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadStrategy::All => write!(f, "all"),
+            ReloadStrategy::Rolling(k) => write!(f, "rolling:{k}"),
+        }
+    }
+}
+
 /// A duration as the command line spells it: `250ms`, `10s`, `2m`, `1h`;
 /// a bare number is seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +122,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reload_strategies_read_all_rolling_and_rolling_k() {
+        assert_eq!("all".parse(), Ok(ReloadStrategy::All));
+        assert_eq!("rolling".parse(), Ok(ReloadStrategy::Rolling(1)));
+        assert_eq!("rolling:3".parse(), Ok(ReloadStrategy::Rolling(3)));
+        for bad in ["rolling:0", "rolling:", "rolling:x", "rolling:99999", "some", "all:2", ""] {
+            let e = bad.parse::<ReloadStrategy>().unwrap_err();
+            assert!(e.starts_with("invalid reload strategy"), "{bad}: {e}");
+        }
+        assert_eq!(ReloadStrategy::Rolling(2).to_string(), "rolling:2");
+    }
 
     #[test]
     fn durations_read_like_the_docs() {

@@ -135,6 +135,8 @@ pub fn run(config: Config) -> Result<i32, Error> {
         max_count: crate::config::max_count(),
         startup_timeout: config.startup_timeout,
         graceful_timeout: config.graceful_timeout,
+        strategy: config.reload_strategy,
+        canary: config.canary,
     };
     let mut main = Main {
         config,

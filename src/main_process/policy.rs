@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::control::server::ClientId;
 use crate::control::{Command, ReloadStats, Reply};
 use crate::protocol::{Order, Report};
-use crate::units::format_duration;
+use crate::units::{format_duration, ReloadStrategy};
 
 /// How long after its grace a draining monitor may take before main kills
 /// its whole group.
@@ -36,6 +36,10 @@ pub struct Settings {
     pub max_count: u32,
     pub startup_timeout: Duration,
     pub graceful_timeout: Duration,
+    /// `--reload-strategy`.
+    pub strategy: ReloadStrategy,
+    /// `--canary`: how long one new worker serves alone before the rest.
+    pub canary: Option<Duration>,
 }
 
 /// What a generation is doing, as main sees it.
@@ -94,6 +98,26 @@ impl std::fmt::Display for Ended {
     }
 }
 
+/// A reload that replaces the serving generation a few workers at a time
+/// (`--reload-strategy rolling:K`) or after a canary (`--canary D`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Roll {
+    /// The generation being replaced (gone if its monitor died meanwhile).
+    old: Option<u32>,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// One new worker runs; once it is ready, it must stay so until then.
+    Canary(Option<Instant>),
+    /// The new generation runs `count` slots; waiting for all to be ready.
+    Surge,
+    /// The old generation was scaled down; waiting for its retired
+    /// workers to be gone, so no more than K extra are ever alive.
+    Retire,
+}
+
 /// What main knows of one worker, from its monitor's reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerView {
@@ -117,7 +141,19 @@ pub struct Generation {
     startup_deadline: Option<Instant>,
     kill_deadline: Option<Instant>,
     next_progress: Option<Instant>,
+    /// Set while a staged reload (rolling, canary) is under way.
+    roll: Option<Roll>,
     pub workers: BTreeMap<u32, WorkerView>,
+}
+
+impl Generation {
+    fn ready_workers(&self) -> u32 {
+        self.workers.values().filter(|w| w.ready && w.pid != 0).count() as u32
+    }
+
+    fn alive_workers(&self) -> u32 {
+        self.workers.values().filter(|w| w.pid != 0).count() as u32
+    }
 }
 
 /// Something that happened.
@@ -236,7 +272,11 @@ impl Policy {
                 State::Delayed(at) => Some(at),
                 _ => None,
             };
-            [delayed, g.startup_deadline, g.kill_deadline, g.next_progress]
+            let soak = match g.roll {
+                Some(Roll { phase: Phase::Canary(until), .. }) => until,
+                _ => None,
+            };
+            [delayed, g.startup_deadline, g.kill_deadline, g.next_progress, soak]
         });
         generations.chain([self.stop_deadline]).flatten().min()
     }
@@ -258,6 +298,11 @@ impl Policy {
                 self.monitor_exited(now, generation, ended, &mut out)
             }
             Event::Tick => self.tick(now, &mut out),
+        }
+        let rolling: Vec<u32> =
+            self.generations.iter().filter(|g| g.roll.is_some()).map(|g| g.number).collect();
+        for number in rolling {
+            self.advance(now, number, &mut out);
         }
         if self.stopping.is_some() && self.generations.is_empty() && !self.exited {
             self.exited = true;
@@ -282,7 +327,27 @@ impl Policy {
     fn start(&mut self, now: Instant, cause: Cause, out: &mut Vec<Effect>) {
         self.last += 1;
         let number = self.last;
-        let count = self.settings.count;
+        let mut count = self.settings.count;
+        let serving =
+            self.generations.iter().filter(|g| g.state == State::Ready).map(|g| g.number).next_back();
+        let staged = matches!(cause, Cause::Reload(_))
+            && serving.is_some()
+            && (self.settings.canary.is_some()
+                || matches!(self.settings.strategy, ReloadStrategy::Rolling(_)));
+        let roll = staged.then(|| {
+            let phase = match (self.settings.canary, self.settings.strategy) {
+                (Some(_), _) => {
+                    count = 1;
+                    Phase::Canary(None)
+                }
+                (None, ReloadStrategy::Rolling(k)) => {
+                    count = count.min(k);
+                    Phase::Surge
+                }
+                (None, ReloadStrategy::All) => Phase::Surge,
+            };
+            Roll { old: serving, phase }
+        });
         let state = if cause == Cause::Replacement && self.replacement_failures > 0 {
             let delay = REPLACEMENT_BACKOFF
                 .saturating_mul(1 << (self.replacement_failures - 1).min(10))
@@ -304,6 +369,7 @@ impl Policy {
             startup_deadline: None,
             kill_deadline: None,
             next_progress: None,
+            roll,
             workers: BTreeMap::new(),
         });
         if state == State::Starting {
@@ -382,7 +448,18 @@ impl Policy {
         }
         log::info!("scaling from {} to {count} worker(s)", self.settings.count);
         self.settings.count = count;
+        let in_roll: Vec<u32> = self
+            .generations
+            .iter()
+            .filter_map(|g| g.roll.map(|r| (g.number, r.old)))
+            .flat_map(|(n, o)| [Some(n), o])
+            .flatten()
+            .collect();
         for g in &mut self.generations {
+            if in_roll.contains(&g.number) {
+                // The roll under way takes the new count at its next step.
+                continue;
+            }
             match g.state {
                 State::Starting | State::Ready => {
                     g.count = count;
@@ -420,15 +497,23 @@ impl Policy {
                 }
             }
             Report::WorkerExited { ordinal, pid, how } => {
-                if let Some(w) = g.workers.get_mut(&ordinal).filter(|w| w.pid == pid) {
-                    w.ready = false;
-                    w.pid = 0;
-                    w.last_exit = Some(how);
+                let Some(w) = g.workers.get_mut(&ordinal).filter(|w| w.pid == pid) else { return };
+                w.ready = false;
+                w.pid = 0;
+                w.last_exit = Some(how.clone());
+                if matches!(g.roll, Some(Roll { phase: Phase::Canary(Some(_)), .. })) {
+                    let reason = format!("the canary (worker {ordinal}, pid {pid}) {how} during its soak");
+                    self.failed(now, number, &reason, out);
                 }
             }
             Report::GenerationReady { workers, elapsed_ms } => {
-                log::info!("generation {number} ready: {workers}/{workers} workers in {elapsed_ms} ms");
-                self.ready(now, number, workers, out);
+                // A staged reload goes on from its worker counts (below).
+                if g.roll.is_some() {
+                    log::info!("generation {number}: {workers}/{workers} workers of this step ready in {elapsed_ms} ms");
+                } else {
+                    log::info!("generation {number} ready: {workers}/{workers} workers in {elapsed_ms} ms");
+                    self.ready(now, number, workers, out);
+                }
             }
             Report::GenerationFailed { reason } => self.failed(now, number, &reason, out),
         }
@@ -441,10 +526,17 @@ impl Policy {
             return;
         }
         let grace = self.settings.graceful_timeout;
+        let count = self.settings.count;
         if let Some(g) = self.find(number) {
             g.state = State::Ready;
             g.startup_deadline = None;
             g.next_progress = None;
+            g.roll = None;
+            if g.count != count {
+                // Scaled while it started.
+                g.count = count;
+                out.push(Effect::Order { generation: number, order: Order::Scale { count } });
+            }
         }
         self.served = true;
         self.replacement_failures = 0;
@@ -489,6 +581,93 @@ impl Policy {
         }
     }
 
+    /// Moves a staged reload on as far as its workers allow: a canary that
+    /// stayed ready for its soak, a batch of new workers all ready (then
+    /// as many old ones retire), retired workers gone (then the next batch
+    /// starts). Never more than K workers above the count are alive.
+    fn advance(&mut self, now: Instant, number: u32, out: &mut Vec<Effect>) {
+        let n = self.settings.count;
+        loop {
+            let Some(g) = self.generations.iter().find(|g| g.number == number) else { return };
+            let Some(roll) = g.roll.filter(|_| g.state == State::Starting) else { return };
+            let (ready, count) = (g.ready_workers(), g.count);
+            let old = roll
+                .old
+                .and_then(|o| self.generations.iter().find(|g| g.number == o && g.state == State::Ready));
+            let old = old.map(|o| (o.number, o.count, o.alive_workers()));
+            let (phase, grow_to) = match roll.phase {
+                Phase::Canary(None) if ready >= 1 => {
+                    let soak = self.settings.canary.unwrap_or_default();
+                    log::info!(
+                        "generation {number}: the canary is ready; it serves alone for {}",
+                        format_duration(soak)
+                    );
+                    (Phase::Canary(Some(now + soak)), None)
+                }
+                Phase::Canary(Some(until)) if until <= now && ready >= 1 => {
+                    log::info!("generation {number}: the canary stayed ready; the reload goes on");
+                    self.after_batch(number, count, old.map(|o| o.0), out)
+                }
+                Phase::Surge if ready >= count && count >= n => {
+                    let took = now.saturating_duration_since(g.started);
+                    log::info!("generation {number} ready: {n}/{n} workers in {} ms", millis(took));
+                    return self.ready(now, number, n, out);
+                }
+                Phase::Surge if ready >= count => self.after_batch(number, count, old.map(|o| o.0), out),
+                Phase::Retire if old.map_or(true, |(_, target, alive)| alive <= target) => {
+                    let k = match self.settings.strategy {
+                        ReloadStrategy::Rolling(k) => k,
+                        ReloadStrategy::All => n,
+                    };
+                    (Phase::Surge, Some(n.min(count + k)))
+                }
+                _ => return,
+            };
+            let timeout = self.settings.startup_timeout;
+            let Some(g) = self.find(number) else { return };
+            g.roll = Some(Roll { phase, ..roll });
+            if let Some(target) = grow_to.filter(|&t| t > g.count) {
+                log::info!("generation {number}: starting {} more worker(s)", target - g.count);
+                g.count = target;
+                // Each step gets the whole startup timeout.
+                g.startup_deadline = Some(now + timeout);
+                out.push(Effect::Order { generation: number, order: Order::Scale { count: target } });
+            }
+        }
+    }
+
+    /// A batch of new workers (or the canary) is ready: with a rolling
+    /// strategy as many old workers retire; otherwise the new generation
+    /// grows to the full count. Returns the next phase, and the count the
+    /// new generation grows to now, if it does.
+    fn after_batch(
+        &mut self,
+        number: u32,
+        count: u32,
+        old: Option<u32>,
+        out: &mut Vec<Effect>,
+    ) -> (Phase, Option<u32>) {
+        let n = self.settings.count;
+        let target = n.saturating_sub(count);
+        match (self.settings.strategy, old) {
+            (ReloadStrategy::Rolling(_), Some(old)) if target > 0 => {
+                if let Some(g) = self.find(old).filter(|g| g.count != target) {
+                    log::info!(
+                        "generation {old}: retiring {} worker(s) for the new ones",
+                        g.count.saturating_sub(target)
+                    );
+                    g.count = target;
+                    out.push(Effect::Order { generation: old, order: Order::Scale { count: target } });
+                }
+                (Phase::Retire, None)
+            }
+            _ => {
+                let _ = number;
+                (Phase::Surge, Some(n))
+            }
+        }
+    }
+
     /// `number` cannot become ready (startup timeout, workers crashing, its
     /// monitor could not start): it drains, whatever serves keeps serving.
     fn failed(&mut self, now: Instant, number: u32, reason: &str, out: &mut Vec<Effect>) {
@@ -497,6 +676,17 @@ impl Policy {
         }
         log::error!("generation {number} failed: {reason}");
         self.last_failure = Some(reason.to_string());
+        // A staged reload gives the old generation back its full count.
+        let count = self.settings.count;
+        let old = self.find(number).and_then(|g| g.roll.take()).and_then(|r| r.old);
+        if let Some(old) =
+            old.and_then(|o| self.find(o)).filter(|o| o.state == State::Ready && o.count != count)
+        {
+            old.count = count;
+            let order = Order::Scale { count };
+            log::info!("generation {} goes back to {count} worker(s)", old.number);
+            out.push(Effect::Order { generation: old.number, order });
+        }
         let grace = self.settings.graceful_timeout.min(FAILED_GRACE);
         self.drain(now, number, State::Failed, grace, out);
         let started = self.find(number).map(|g| g.started);
@@ -768,6 +958,8 @@ mod tests {
             max_count: 64,
             startup_timeout: Duration::from_secs(60),
             graceful_timeout: GRACE,
+            strategy: ReloadStrategy::All,
+            canary: None,
         }
     }
 
@@ -778,7 +970,36 @@ mod tests {
 
     impl World {
         fn new() -> World {
-            World { policy: Policy::new(settings()), now: Instant::now() }
+            World::with(settings())
+        }
+
+        fn with(settings: Settings) -> World {
+            World { policy: Policy::new(settings), now: Instant::now() }
+        }
+
+        /// Generation 1 serving with `count` workers, pids 100….
+        fn serving_with(settings: Settings) -> World {
+            let mut w = World::with(settings);
+            w.on(Event::Boot);
+            for ordinal in 0..settings.count {
+                w.worker_ready(1, ordinal, 100 + ordinal as i32);
+            }
+            w.ready(1);
+            w
+        }
+
+        fn worker_ready(&mut self, generation: u32, ordinal: u32, pid: i32) -> Vec<Effect> {
+            self.on(Event::Report { generation, report: Report::WorkerStarted { ordinal, pid } });
+            self.on(Event::Report { generation, report: Report::WorkerReady { ordinal, pid } })
+        }
+
+        fn worker_exited(&mut self, generation: u32, ordinal: u32, pid: i32) -> Vec<Effect> {
+            let how = "exited with status 0".to_string();
+            self.on(Event::Report { generation, report: Report::WorkerExited { ordinal, pid, how } })
+        }
+
+        fn alive(&self) -> u32 {
+            self.policy.generations().iter().map(Generation::alive_workers).sum()
         }
 
         fn serving() -> World {
@@ -1158,5 +1379,111 @@ mod tests {
         assert_eq!(replies(&effects)[0].0, 4);
         assert!(!effects.iter().any(|e| matches!(e, Effect::Order { .. })));
         assert_eq!(w.states(), vec![(1, State::Ready)]);
+    }
+
+    fn scale(generation: u32, count: u32) -> Effect {
+        Effect::Order { generation, order: Order::Scale { count } }
+    }
+
+    #[test]
+    fn a_rolling_reload_replaces_k_workers_at_a_time_and_never_has_more_than_k_extra_alive() {
+        let mut w =
+            World::serving_with(Settings { count: 4, strategy: ReloadStrategy::Rolling(1), ..settings() });
+        assert_eq!(spawns(&w.reload(1)), vec![2]);
+        assert_eq!(w.policy.generations()[1].count, 1, "one new worker first");
+        let mut old_alive: Vec<(u32, i32)> = (0..4).map(|o| (o, 100 + o as i32)).collect();
+        for step in 0..4u32 {
+            let effects = w.worker_ready(2, step, 200 + step as i32);
+            assert!(w.alive() <= 5, "step {step}: {} alive", w.alive());
+            if step == 3 {
+                assert!(effects.contains(&drain(1, GRACE)), "the last old worker goes with the takeover");
+                assert_eq!(replies(&effects), vec![(1, true, String::new())]);
+                break;
+            }
+            assert_eq!(effects, vec![scale(1, 3 - step)], "step {step}: one old worker retires");
+            // Nothing new starts until the retired one is gone.
+            let (ordinal, pid) = old_alive.pop().unwrap();
+            let effects = w.worker_exited(1, ordinal, pid);
+            assert_eq!(effects, vec![scale(2, step + 2)], "step {step}: then one more new worker");
+            assert!(w.alive() <= 5);
+        }
+        assert_eq!(w.states(), vec![(1, State::Draining), (2, State::Ready)]);
+    }
+
+    #[test]
+    fn a_rolling_reload_that_fails_gives_the_old_generation_its_full_count_back() {
+        let mut w =
+            World::serving_with(Settings { count: 4, strategy: ReloadStrategy::Rolling(2), ..settings() });
+        w.reload(1);
+        w.worker_ready(2, 0, 200);
+        assert_eq!(w.worker_ready(2, 1, 201), vec![scale(1, 2)]);
+        w.worker_exited(1, 3, 103);
+        assert_eq!(w.worker_exited(1, 2, 102), vec![scale(2, 4)]);
+        // Workers 2 and 3 of the new build never get ready.
+        let effects = w.later(Duration::from_secs(60));
+        assert!(effects.contains(&scale(1, 4)), "{effects:?}");
+        assert!(effects.contains(&drain(2, FAILED_GRACE)), "{effects:?}");
+        assert!(!replies(&effects)[0].1);
+        assert_eq!(w.states(), vec![(1, State::Ready), (2, State::Failed)]);
+        assert_eq!(w.policy.generations()[0].count, 4);
+    }
+
+    #[test]
+    fn a_canary_that_exits_during_its_soak_rolls_the_reload_back() {
+        let soak = Duration::from_secs(3);
+        let mut w = World::serving_with(Settings { canary: Some(soak), ..settings() });
+        w.reload(1);
+        assert_eq!(w.policy.generations()[1].count, 1, "the canary alone");
+        w.worker_ready(2, 0, 200);
+        assert_eq!(w.policy.next_deadline(), Some(w.now + soak));
+        w.now += Duration::from_secs(1);
+        let effects = w.worker_exited(2, 0, 200);
+        assert!(effects.contains(&drain(2, FAILED_GRACE)));
+        let answer = &replies(&effects)[0];
+        assert!(!answer.1 && answer.2.contains("the canary (worker 0, pid 200) exited"), "{answer:?}");
+        assert_eq!(w.states(), vec![(1, State::Ready), (2, State::Failed)]);
+    }
+
+    #[test]
+    fn a_canary_that_stays_ready_for_its_soak_lets_the_reload_go_on() {
+        let soak = Duration::from_secs(3);
+        let mut w = World::serving_with(Settings { canary: Some(soak), ..settings() });
+        w.reload(1);
+        w.worker_ready(2, 0, 200);
+        assert_eq!(w.later(Duration::from_secs(1)), vec![]);
+        assert_eq!(w.later(Duration::from_secs(2)), vec![scale(2, 2)]);
+        let effects = w.worker_ready(2, 1, 201);
+        assert_eq!(effects[0], drain(1, GRACE));
+        assert_eq!(replies(&effects), vec![(1, true, String::new())]);
+    }
+
+    #[test]
+    fn a_canary_with_a_rolling_strategy_retires_one_old_worker_after_its_soak() {
+        let mut w = World::serving_with(Settings {
+            count: 3,
+            canary: Some(Duration::from_secs(1)),
+            strategy: ReloadStrategy::Rolling(2),
+            ..settings()
+        });
+        w.reload(1);
+        w.worker_ready(2, 0, 200);
+        assert_eq!(w.later(Duration::from_secs(1)), vec![scale(1, 2)]);
+        assert_eq!(w.worker_exited(1, 2, 102), vec![scale(2, 3)]);
+        assert!(w.alive() <= 5);
+    }
+
+    #[test]
+    fn a_scale_during_a_roll_applies_when_the_new_generation_takes_over() {
+        let mut w =
+            World::serving_with(Settings { count: 2, strategy: ReloadStrategy::Rolling(1), ..settings() });
+        w.reload(1);
+        let effects = w.on(Event::Command { command: Command::Scale(3), from: None });
+        assert_eq!(effects, vec![], "the roll's generations are left to it");
+        // Three wanted now: the old two stay while a second new one starts.
+        assert_eq!(w.worker_ready(2, 0, 200), vec![scale(2, 2)]);
+        assert_eq!(w.worker_ready(2, 1, 201), vec![scale(1, 1)]);
+        assert_eq!(w.worker_exited(1, 1, 101), vec![scale(2, 3)]);
+        let effects = w.worker_ready(2, 2, 202);
+        assert_eq!(effects[0], drain(1, GRACE));
     }
 }
