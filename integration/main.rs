@@ -21,6 +21,7 @@ mod real_servers;
 mod reload;
 mod resilience;
 mod security;
+mod supervision;
 mod systemd;
 mod tag_output;
 mod top;

@@ -28,11 +28,11 @@ use crate::config::Config;
 use crate::control::server::{self, ClientId, Server};
 use crate::control::{self, Command, GenerationStatus, Reply, Request, SocketStatus, Status, WorkerStatus};
 use crate::error::{describe, Error};
-use crate::protocol::{Channel, MonitorArgs, Order, Received, Report};
+use crate::protocol::{Channel, FromMonitor, MonitorArgs, Order, Received, Report, Tally};
 use crate::runtime_dir::{self, RuntimeDir};
 use crate::sockets::{self, Listener};
 use crate::sys::{self, spawn::ExecPlan};
-use crate::units::CliDuration;
+use crate::units::{CliDuration, CliSignal, CliSize};
 use crate::worker;
 use orphans::Orphans;
 use pid_file::PidFile;
@@ -94,6 +94,9 @@ struct Main {
     started: Instant,
     interrupts: u32,
     exit: Option<i32>,
+    /// Workers replaced by supervision, by generation and slot (from the
+    /// monitors' [`Tally`]s; the policy never sees them).
+    replacements: BTreeMap<(u32, u32), u32>,
 }
 
 /// Runs main until it stops; returns the exit status.
@@ -136,6 +139,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
         startup_timeout: config.startup_timeout,
         graceful_timeout: config.graceful_timeout,
     };
+    let orphans = Orphans::new(config.drain_signal);
     let mut main = Main {
         config,
         policy: Policy::new(settings),
@@ -143,12 +147,13 @@ pub fn run(config: Config) -> Result<i32, Error> {
         sockets,
         signals,
         control,
-        orphans: Orphans::default(),
+        orphans,
         systemd: Systemd::from_env(),
         runtime_dir,
         started: Instant::now(),
         interrupts: 0,
         exit: None,
+        replacements: BTreeMap::new(),
     };
     main.dispatch(Event::Boot);
     let code = main.run();
@@ -326,11 +331,25 @@ impl Main {
         if let Err(e) = monitor.channel.flush() {
             log::debug!("cannot reach the monitor of generation {generation}: {}", describe(&e));
         }
-        let reports = match monitor.channel.receive::<Report>() {
-            Received::Messages(reports) | Received::Closed(reports) => reports,
+        let messages = match monitor.channel.receive::<FromMonitor>() {
+            Received::Messages(messages) | Received::Closed(messages) => messages,
         };
-        for report in reports {
-            self.dispatch(Event::Report { generation, report });
+        for message in messages {
+            match message {
+                FromMonitor::Report(report) => self.dispatch(Event::Report { generation, report }),
+                FromMonitor::Tally(Tally::WorkerReplaced { ordinal, new_pid, replacements, .. }) => {
+                    self.replacements.insert((generation, ordinal), replacements);
+                    // The successor takes the slot over, ready: both
+                    // events in this one turn, so that status never shows
+                    // the slot without a ready worker.
+                    let pid = new_pid;
+                    self.dispatch(Event::Report {
+                        generation,
+                        report: Report::WorkerStarted { ordinal, pid },
+                    });
+                    self.dispatch(Event::Report { generation, report: Report::WorkerReady { ordinal, pid } });
+                }
+            }
         }
     }
 
@@ -366,6 +385,7 @@ impl Main {
                     if let Some(monitor) = self.monitors.remove(&generation) {
                         let _ = std::fs::remove_file(&monitor.notify_socket);
                     }
+                    self.replacements.retain(|&(g, _), _| g != generation);
                 }
                 None => log::debug!("reaped pid {pid}: {}", sys::describe_exit(&status)),
             }
@@ -395,6 +415,11 @@ impl Main {
                 .collect(),
             addresses: self.sockets.iter().map(sockets::Listener::address).collect(),
             tag_output: self.config.tag_output,
+            drain_signal: CliSignal(self.config.drain_signal),
+            health_timeout: self.config.health_timeout.map(CliDuration),
+            max_rss: self.config.max_rss.map(CliSize),
+            max_age: self.config.max_age.map(CliDuration),
+            startup_timeout: Some(CliDuration(self.config.startup_timeout)),
         };
         match self.spawn_monitor(&args) {
             Ok((pid, channel)) => {
@@ -444,11 +469,18 @@ impl Main {
                     .workers
                     .iter()
                     .filter(|(_, w)| w.pid != 0)
-                    .map(|(&ordinal, w)| WorkerStatus {
+                    .map(|(&ordinal, w)| {
+                        let replaced = self.replacements.get(&(g.number, ordinal)).copied().unwrap_or(0);
+                        (ordinal, w, replaced)
+                    })
+                    .map(|(ordinal, w, replaced)| WorkerStatus {
                         ordinal,
                         pid: w.pid,
                         ready: w.ready,
-                        restarts: w.restarts,
+                        // The policy counts each successor's start as a
+                        // restart; a replacement is not a crash.
+                        restarts: w.restarts.saturating_sub(replaced),
+                        replaced,
                         uptime_s: now.duration_since(w.since).as_secs(),
                         rss_kib: sys::rss_kib(Pid::from_raw(w.pid)).unwrap_or(0),
                         last_exit: w.last_exit.clone(),
