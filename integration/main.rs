@@ -22,6 +22,7 @@ mod reload;
 mod resilience;
 mod rolling;
 mod security;
+mod supervision;
 mod systemd;
 mod tag_output;
 mod top;

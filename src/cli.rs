@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::sockets::BindSpec;
-use crate::units::{CliDuration, ReadyMode, ReloadStrategy};
+use crate::units::{CliDuration, CliSignal, CliSize, ReadyMode, ReloadStrategy};
 
 /// Zero-downtime launcher: binds the listening sockets once, runs COUNT
 /// copies of COMMAND on them, restarts copies that die, swaps in a new
@@ -120,4 +120,32 @@ pub struct Cli {
     /// Default: off.
     #[arg(long, env = "PANZER_CANARY", value_name = "DURATION")]
     pub canary: Option<CliDuration>,
+
+    /// The signal a worker gets when it should drain: on a reload, a stop,
+    /// a scale-down, a replacement (--health-timeout, --max-rss, --max-age),
+    /// and as its parent-death signal when its monitor dies. A name (TERM,
+    /// SIGTERM, QUIT, USR2, INT) or a number; KILL and STOP cannot be caught
+    /// and are refused. SIGKILL still follows after --graceful-timeout.
+    #[arg(long, env = "PANZER_DRAIN_SIGNAL", default_value = "TERM", value_name = "SIG")]
+    pub drain_signal: CliSignal,
+
+    /// Replace a ready worker that has sent WATCHDOG=1 at least once and then
+    /// stays silent longer than this (workers see WATCHDOG_USEC and
+    /// WATCHDOG_PID, as under systemd). The replacement starts first; the
+    /// silent worker gets the drain signal once it is ready. Default: off.
+    #[arg(long, env = "PANZER_HEALTH_TIMEOUT", value_name = "DURATION")]
+    pub health_timeout: Option<CliDuration>,
+
+    /// Replace a worker whose resident memory, with that of every process
+    /// it started, exceeds SIZE (900K, 512M, 2G), checked every second. The
+    /// replacement starts first; the old worker drains once it is ready.
+    /// Default: off.
+    #[arg(long, env = "PANZER_MAX_RSS", value_name = "SIZE")]
+    pub max_rss: Option<CliSize>,
+
+    /// Replace each worker after it has run about this long (±10 %), one
+    /// slot at a time; the replacement starts first, the old worker drains
+    /// once it is ready. Default: off.
+    #[arg(long, env = "PANZER_MAX_AGE", value_name = "DURATION")]
+    pub max_age: Option<CliDuration>,
 }

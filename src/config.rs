@@ -34,6 +34,14 @@ pub struct Config {
     pub reload_strategy: ReloadStrategy,
     /// `--canary`.
     pub canary: Option<Duration>,
+    /// `--drain-signal`: what a worker gets to drain.
+    pub drain_signal: nix::sys::signal::Signal,
+    /// `--health-timeout`: longest silence after a `WATCHDOG=1`.
+    pub health_timeout: Option<Duration>,
+    /// `--max-rss`, in bytes.
+    pub max_rss: Option<u64>,
+    /// `--max-age`: how long a worker runs before it is replaced.
+    pub max_age: Option<Duration>,
 }
 
 impl Config {
@@ -76,7 +84,22 @@ impl Config {
             tag_output: cli.tag_output,
             reload_strategy: cli.reload_strategy,
             canary: cli.canary.map(|c| c.0),
+            drain_signal: cli.drain_signal.0,
+            health_timeout: positive("--health-timeout", cli.health_timeout)?,
+            max_rss: cli.max_rss.map(|size| size.0),
+            max_age: positive("--max-age", cli.max_age)?,
         })
+    }
+}
+
+/// An optional duration that must not be zero: a zero health timeout or
+/// age would replace every worker as soon as it started.
+fn positive(flag: &str, value: Option<crate::units::CliDuration>) -> Result<Option<Duration>, Error> {
+    match value {
+        Some(d) if d.0.is_zero() => {
+            Err(Error::Usage(format!("{flag} must be longer than 0 (leave it out to turn it off)")))
+        }
+        other => Ok(other.map(|d| d.0)),
     }
 }
 
@@ -204,5 +227,34 @@ mod tests {
         assert_eq!(log_level(1, 0), log::LevelFilter::Warn);
         assert_eq!(log_level(0, 2), log::LevelFilter::Trace);
         assert_eq!(log_level(9, 0), log::LevelFilter::Off);
+    }
+
+    #[test]
+    fn supervision_options_are_off_by_default_and_term_drains() {
+        let config =
+            Config::from_cli(<Cli as clap::Parser>::try_parse_from(["panzer", "./srv"]).unwrap()).unwrap();
+        assert_eq!(config.drain_signal, nix::sys::signal::Signal::SIGTERM);
+        assert_eq!((config.health_timeout, config.max_rss, config.max_age), (None, None, None));
+    }
+
+    #[test]
+    fn supervision_options_read_signals_sizes_and_durations() {
+        let argv = ["panzer", "--drain-signal", "USR2", "--health-timeout", "3s", "--max-rss", "512M"];
+        let argv = argv.into_iter().chain(["--max-age", "1h", "./srv"]);
+        let config = Config::from_cli(<Cli as clap::Parser>::try_parse_from(argv).unwrap()).unwrap();
+        assert_eq!(config.drain_signal, nix::sys::signal::Signal::SIGUSR2);
+        assert_eq!(config.health_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(config.max_rss, Some(512 << 20));
+        assert_eq!(config.max_age, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn a_kill_drain_signal_or_a_zero_max_age_is_a_usage_error() {
+        use clap::Parser;
+        let err = Cli::try_parse_from(["panzer", "--drain-signal", "KILL", "./srv"]).unwrap_err();
+        assert!(err.to_string().contains("SIGKILL cannot be a drain signal"), "{err}");
+        let cli = Cli::try_parse_from(["panzer", "--max-age", "0s", "./srv"]).unwrap();
+        let Err(Error::Usage(message)) = Config::from_cli(cli) else { panic!("accepted --max-age 0s") };
+        assert!(message.starts_with("--max-age must be longer than 0"), "{message}");
     }
 }

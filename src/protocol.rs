@@ -35,7 +35,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::units::{CliDuration, ReadyMode};
+use crate::units::{CliDuration, CliSignal, CliSize, ReadyMode};
 
 /// The fd at which a monitor finds its end of the status channel.
 pub const STATUS_FD: RawFd = 3;
@@ -74,6 +74,23 @@ pub struct MonitorArgs {
     /// Give each worker pipes for stdout and stderr and prefix its lines.
     #[arg(long)]
     pub tag_output: bool,
+    /// What a worker gets to drain (`--drain-signal`).
+    #[arg(long, default_value = "TERM")]
+    pub drain_signal: CliSignal,
+    /// `--health-timeout`: replace a worker silent this long after `WATCHDOG=1`.
+    #[arg(long)]
+    pub health_timeout: Option<CliDuration>,
+    /// `--max-rss`, in bytes: replace a worker (with its children) above it.
+    #[arg(long)]
+    pub max_rss: Option<CliSize>,
+    /// `--max-age`: replace each worker after about this long.
+    #[arg(long)]
+    pub max_age: Option<CliDuration>,
+    /// `--startup-timeout`: a restarted or replacing worker not ready by
+    /// then is stopped and started again (the generation's own first start
+    /// is main's to time).
+    #[arg(long)]
+    pub startup_timeout: Option<CliDuration>,
 }
 
 impl MonitorArgs {
@@ -100,6 +117,13 @@ impl MonitorArgs {
         if self.tag_output {
             args.push("--tag-output".into());
         }
+        args.push(format!("--drain-signal={}", self.drain_signal).into());
+        let millis =
+            |flag: &str, d: &Option<CliDuration>| d.map(|d| format!("--{flag}={}ms", d.0.as_millis()));
+        args.extend(millis("health-timeout", &self.health_timeout).map(OsString::from));
+        args.extend(self.max_rss.map(|size| OsString::from(format!("--max-rss={size}"))));
+        args.extend(millis("max-age", &self.max_age).map(OsString::from));
+        args.extend(millis("startup-timeout", &self.startup_timeout).map(OsString::from));
         args.push("--".into());
         args.extend(self.argv.iter().cloned());
         args
@@ -123,6 +147,14 @@ pub enum Report {
     GenerationReady { workers: u32, elapsed_ms: u64 },
     /// The generation cannot become ready; the monitor drains it.
     GenerationFailed { reason: String },
+    /// Supervision (`--health-timeout`, `--max-rss`, `--max-age`) replaced
+    /// the worker `old_pid` of slot `ordinal` by `new_pid`, which is ready;
+    /// `old_pid` drains now. This is the first main hears of `new_pid`, in
+    /// one message so that the slot never shows without a ready worker (the
+    /// old worker's `WorkerExited` follows; its pid no longer matches the
+    /// slot). `reason`: `health`, `rss` or `age`; `replacements`: how many
+    /// times this slot has been replaced so far.
+    WorkerReplaced { ordinal: u32, old_pid: i32, new_pid: i32, reason: String, replacements: u32 },
 }
 
 /// What main tells a monitor.
@@ -333,6 +365,33 @@ mod tests {
         assert_eq!(args.argv, ["srv", "--address=x"]);
         let again = MonitorArgs::parse_from(args.to_args());
         assert_eq!((again.addresses, again.argv), (args.addresses, args.argv));
+    }
+
+    #[test]
+    fn supervision_settings_reach_the_monitor() {
+        let args = MonitorArgs::parse_from([
+            "__monitor",
+            "--generation=1",
+            "--count=1",
+            "--ready=notify",
+            "--graceful-timeout=1s",
+            "--sockets=0",
+            "--notify-socket=/n",
+            "--log-level=info",
+            "--drain-signal=USR2",
+            "--health-timeout=1500ms",
+            "--max-rss=1048576",
+            "--max-age=2s",
+            "--startup-timeout=5s",
+            "--",
+            "srv",
+        ]);
+        let again = MonitorArgs::parse_from(args.to_args());
+        assert_eq!(again.drain_signal.0, nix::sys::signal::Signal::SIGUSR2);
+        assert_eq!(again.health_timeout, Some(CliDuration(Duration::from_millis(1500))));
+        assert_eq!(again.max_rss, Some(CliSize(1 << 20)));
+        assert_eq!(again.max_age, Some(CliDuration(Duration::from_secs(2))));
+        assert_eq!(again.startup_timeout, Some(CliDuration(Duration::from_secs(5))));
     }
 
     #[test]

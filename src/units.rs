@@ -1,5 +1,5 @@
-//! The value grammar of the command line: durations (`250ms`, `10s`, `2m`)
-//! and the `--ready` mode. Pure parsing and printing, shared by the flags
+//! The value grammar of the command line: durations (`250ms`, `10s`, `2m`),
+//! the `--ready` mode, sizes (`512M`, `2G`) and signal names (`TERM`, `USR2`). Pure parsing and printing, shared by the flags
 //! ([`crate::cli`]), the validated config, the monitor's argv and the logs.
 
 use std::time::Duration;
@@ -119,6 +119,113 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// A size as the command line spells it: `900K`, `512M`, `2G`, `1T`
+/// (powers of 1024; `KiB`, `MB` and the like read the same), or a bare
+/// number of bytes. At least 1 byte and at most [`SIZE_CEILING`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CliSize(pub u64);
+
+/// The largest size accepted: 64 TiB, more memory than any host has.
+pub const SIZE_CEILING: u64 = 64 << 40;
+
+impl std::str::FromStr for CliSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_size(s).map(CliSize)
+    }
+}
+
+impl std::fmt::Display for CliSize {
+    /// Bytes, so that the monitor's argv reads back exactly.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let bad = || format!("invalid size '{s}': expected a number with a unit, such as 900K, 512M or 2G");
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit.strip_suffix("IB").or_else(|| unit.strip_suffix('B')).unwrap_or(&unit);
+    let scale: u64 = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bytes = value * scale as f64;
+    if !bytes.is_finite() || bytes > SIZE_CEILING as f64 {
+        return Err(format!("invalid size '{s}': at most 64T"));
+    }
+    if bytes < 1.0 {
+        return Err(format!("invalid size '{s}': must be at least 1 byte"));
+    }
+    Ok(bytes as u64)
+}
+
+/// `512.0 MiB`, `2.0 GiB`: for log lines.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
+}
+
+/// A signal as the command line names it: `TERM`, `SIGTERM`, `term` or
+/// `15`. `KILL` and `STOP` cannot be caught, and `CHLD` is the monitor's
+/// own, so none of them can ask a worker to drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CliSignal(pub nix::sys::signal::Signal);
+
+impl std::str::FromStr for CliSignal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        use nix::sys::signal::Signal;
+        let text = s.trim();
+        let signal = match text.parse::<i32>() {
+            Ok(number) => Signal::try_from(number).ok(),
+            Err(_) => {
+                let upper = text.to_ascii_uppercase();
+                let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+                name.parse::<Signal>().ok()
+            }
+        };
+        let Some(signal) = signal else {
+            return Err(format!(
+                "invalid signal '{s}': expected a name such as TERM, QUIT, USR2 or INT, or a number"
+            ));
+        };
+        match signal {
+            Signal::SIGKILL | Signal::SIGSTOP => Err(format!(
+                "{} cannot be a drain signal: a process can neither catch nor ignore it (panzer sends SIGKILL \
+                 itself after --graceful-timeout)",
+                signal.as_str()
+            )),
+            Signal::SIGCHLD => Err("SIGCHLD cannot be a drain signal: it is how the monitor learns a worker exited".into()),
+            _ => Ok(CliSignal(signal)),
+        }
+    }
+}
+
+impl std::fmt::Display for CliSignal {
+    /// The bare name (`TERM`), which parses back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.as_str().trim_start_matches("SIG"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +240,68 @@ mod tests {
             assert!(e.starts_with("invalid reload strategy"), "{bad}: {e}");
         }
         assert_eq!(ReloadStrategy::Rolling(2).to_string(), "rolling:2");
+    }
+
+    #[test]
+    fn sizes_read_like_the_docs() {
+        assert_eq!(parse_size("900K"), Ok(900 * 1024));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("512mb"), Ok(512 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12X").unwrap_err().starts_with("invalid size '12X'"));
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn sizes_have_a_floor_and_a_ceiling() {
+        assert_eq!(parse_size("64T"), Ok(SIZE_CEILING));
+        assert_eq!(parse_size("65T").unwrap_err(), "invalid size '65T': at most 64T");
+        assert!(parse_size("99999999999999999999999G").is_err());
+        assert_eq!(parse_size("0M").unwrap_err(), "invalid size '0M': must be at least 1 byte");
+    }
+
+    #[test]
+    fn sizes_print_for_people_and_read_back_exactly() {
+        assert_eq!(format_size(512 << 20), "512.0 MiB");
+        assert_eq!(format_size(1536), "1.5 KiB");
+        assert_eq!(format_size(10), "10 B");
+        let size: CliSize = "900K".parse().unwrap();
+        assert_eq!(size.to_string().parse::<CliSize>(), Ok(size));
+    }
+
+    #[test]
+    fn signals_read_by_name_with_or_without_sig_or_by_number() {
+        use nix::sys::signal::Signal;
+        for text in ["TERM", "SIGTERM", "term", "15"] {
+            assert_eq!(text.parse(), Ok(CliSignal(Signal::SIGTERM)), "{text}");
+        }
+        assert_eq!("USR2".parse(), Ok(CliSignal(Signal::SIGUSR2)));
+        assert_eq!("QUIT".parse(), Ok(CliSignal(Signal::SIGQUIT)));
+        assert_eq!("INT".parse(), Ok(CliSignal(Signal::SIGINT)));
+        assert_eq!(CliSignal(Signal::SIGUSR2).to_string(), "USR2");
+    }
+
+    #[test]
+    fn signals_that_cannot_ask_for_a_drain_are_refused_with_the_reason() {
+        assert!("KILL".parse::<CliSignal>().unwrap_err().contains("can neither catch nor ignore"));
+        assert!("9".parse::<CliSignal>().unwrap_err().contains("SIGKILL cannot be a drain signal"));
+        assert!("SIGSTOP".parse::<CliSignal>().unwrap_err().contains("SIGSTOP cannot be a drain signal"));
+        assert!("CHLD".parse::<CliSignal>().is_err());
+        assert!("BOGUS".parse::<CliSignal>().unwrap_err().starts_with("invalid signal 'BOGUS'"));
+        assert!("0".parse::<CliSignal>().is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_a_size_or_a_clear_error(s in proptest::prelude::any::<String>()) {
+            if let Err(e) = parse_size(&s) {
+                proptest::prop_assert!(e.starts_with("invalid size"), "{e}");
+            }
+        }
     }
 
     #[test]

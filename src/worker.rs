@@ -11,10 +11,12 @@
 //!   `EINHORN_FD_0=3`, …) and Server::Starter's (`SERVER_STARTER_PORT=
 //!   127.0.0.1:8080=3;/run/app.sock=4`, `SERVER_STARTER_GENERATION`), so apps
 //!   written for those launchers start unchanged;
+//! - with `--health-timeout`: `WATCHDOG_USEC` (the timeout) and
+//!   `WATCHDOG_PID` (its own pid), so `sd_watchdog_enabled()` says yes;
 //! - default signal dispositions and an empty signal mask.
 //!
-//! On `SIGTERM` it should stop accepting, finish in-flight requests, and exit;
-//! `SIGKILL` follows after `--graceful-timeout`.
+//! On `SIGTERM` (or `--drain-signal`) it should stop accepting, finish
+//! in-flight requests, and exit; `SIGKILL` follows after `--graceful-timeout`.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -31,6 +33,10 @@ pub const EINHORN_FD_COUNT: &str = "EINHORN_FD_COUNT";
 pub const EINHORN_FD_PREFIX: &str = "EINHORN_FD_";
 pub const SERVER_STARTER_PORT: &str = "SERVER_STARTER_PORT";
 pub const SERVER_STARTER_GENERATION: &str = "SERVER_STARTER_GENERATION";
+/// With `--health-timeout`: the timeout in microseconds, as systemd sets it.
+pub const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
+/// With `--health-timeout`: the worker's own pid (filled in by the spawn code).
+pub const WATCHDOG_PID: &str = "WATCHDOG_PID";
 
 /// Variables a worker must never inherit from panzer's own environment:
 /// they describe panzer's parent (systemd), not the worker.
@@ -41,8 +47,8 @@ const NOT_INHERITED: &[&str] = &[
     NOTIFY_SOCKET,
     GENERATION,
     WORKER,
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
+    WATCHDOG_USEC,
+    WATCHDOG_PID,
     SERVER_STARTER_PORT,
     SERVER_STARTER_GENERATION,
 ];

@@ -61,6 +61,19 @@ pub fn render(status: &Status) -> String {
             w.restarts,
         );
     }
+    out.family(
+        "panzer_worker_replacements_total",
+        "counter",
+        "Times the worker in this slot was replaced by supervision (health, memory, age), in this generation.",
+    );
+    for (generation, w) in workers() {
+        let slot = w.ordinal.to_string();
+        out.sample(
+            "panzer_worker_replacements_total",
+            &[("generation", &generation), ("slot", &slot)],
+            w.replaced,
+        );
+    }
     out.family("panzer_worker_ready", "gauge", "1 when the worker in this slot is ready, else 0.");
     for (generation, w) in workers() {
         let slot = w.ordinal.to_string();
@@ -158,6 +171,7 @@ mod tests {
             uptime_s: 7,
             rss_kib: 2048,
             last_exit: None,
+            replaced: 0,
         };
         Status {
             pid: 1,

@@ -191,6 +191,10 @@ pub struct WorkerStatus {
     /// How the previous worker of this slot ended, if one did.
     #[serde(default)]
     pub last_exit: Option<String>,
+    /// Times this slot's worker was replaced by supervision
+    /// (`--health-timeout`, `--max-rss`, `--max-age`); not in `restarts`.
+    #[serde(default)]
+    pub replaced: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -321,6 +321,7 @@ mod tests {
                     uptime_s: 3,
                     rss_kib: 1536,
                     last_exit: Some("exited with status 1".into()),
+                    replaced: 0,
                 }],
             }],
             orphans: vec![],

@@ -32,7 +32,7 @@ use crate::protocol::{Channel, MonitorArgs, Order, Received, Report};
 use crate::runtime_dir::{self, RuntimeDir};
 use crate::sockets::{self, Listener};
 use crate::sys::{self, spawn::ExecPlan};
-use crate::units::CliDuration;
+use crate::units::{CliDuration, CliSignal, CliSize};
 use crate::worker;
 use orphans::Orphans;
 use pid_file::PidFile;
@@ -138,6 +138,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
         strategy: config.reload_strategy,
         canary: config.canary,
     };
+    let orphans = Orphans::new(config.drain_signal);
     let mut main = Main {
         config,
         policy: Policy::new(settings),
@@ -145,7 +146,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
         sockets,
         signals,
         control,
-        orphans: Orphans::default(),
+        orphans,
         systemd: Systemd::from_env(),
         runtime_dir,
         started: Instant::now(),
@@ -397,6 +398,11 @@ impl Main {
                 .collect(),
             addresses: self.sockets.iter().map(sockets::Listener::address).collect(),
             tag_output: self.config.tag_output,
+            drain_signal: CliSignal(self.config.drain_signal),
+            health_timeout: self.config.health_timeout.map(CliDuration),
+            max_rss: self.config.max_rss.map(CliSize),
+            max_age: self.config.max_age.map(CliDuration),
+            startup_timeout: Some(CliDuration(self.config.startup_timeout)),
         };
         match self.spawn_monitor(&args) {
             Ok((pid, channel)) => {
@@ -451,6 +457,7 @@ impl Main {
                         pid: w.pid,
                         ready: w.ready,
                         restarts: w.restarts,
+                        replaced: w.replaced,
                         uptime_s: now.duration_since(w.since).as_secs(),
                         rss_kib: sys::rss_kib(Pid::from_raw(w.pid)).unwrap_or(0),
                         last_exit: w.last_exit.clone(),

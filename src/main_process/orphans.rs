@@ -31,12 +31,17 @@ struct Group {
     kill_at: Instant,
 }
 
-#[derive(Default)]
 pub(crate) struct Orphans {
     groups: Vec<Group>,
+    /// `--drain-signal`: what the rest of a dead monitor's group gets.
+    drain_signal: Signal,
 }
 
 impl Orphans {
+    pub(crate) fn new(drain_signal: Signal) -> Orphans {
+        Orphans { groups: Vec::new(), drain_signal }
+    }
+
     /// Takes over what is left of group `pgid`, if anything: sends it the
     /// drain signal when `terminate`, and `SIGKILL` at `kill_at`. `exclude`:
     /// live monitors, one of which may have been given a pid equal to `pgid`
@@ -46,7 +51,7 @@ impl Orphans {
     /// wrapper's server is re-parented only once the wrapper has exited).
     pub(crate) fn adopt(&mut self, pgid: Pid, terminate: bool, kill_at: Instant, exclude: &[Pid]) {
         if terminate {
-            sys::signal_group(pgid, Signal::SIGTERM);
+            sys::signal_group(pgid, self.drain_signal);
         }
         let members = members(pgid, exclude);
         if !members.is_empty() {

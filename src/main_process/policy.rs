@@ -127,6 +127,8 @@ pub struct WorkerView {
     pub restarts: u32,
     pub since: Instant,
     pub last_exit: Option<String>,
+    /// Times supervision replaced this slot's worker (not crashes).
+    pub replaced: u32,
 }
 
 /// One generation.
@@ -487,9 +489,14 @@ impl Policy {
         let Some(g) = self.find(number) else { return };
         match report {
             Report::WorkerStarted { ordinal, pid } => {
-                let (restarts, last_exit) =
-                    g.workers.get(&ordinal).map_or((0, None), |w| (w.restarts + 1, w.last_exit.clone()));
-                g.workers.insert(ordinal, WorkerView { pid, ready: false, restarts, since: now, last_exit });
+                let (restarts, last_exit, replaced) = g
+                    .workers
+                    .get(&ordinal)
+                    .map_or((0, None, 0), |w| (w.restarts + 1, w.last_exit.clone(), w.replaced));
+                g.workers.insert(
+                    ordinal,
+                    WorkerView { pid, ready: false, restarts, since: now, last_exit, replaced },
+                );
             }
             Report::WorkerReady { ordinal, pid } => {
                 if let Some(w) = g.workers.get_mut(&ordinal).filter(|w| w.pid == pid) {
@@ -516,6 +523,22 @@ impl Policy {
                 }
             }
             Report::GenerationFailed { reason } => self.failed(now, number, &reason, out),
+            Report::WorkerReplaced { ordinal, new_pid, replacements, .. } => {
+                // The successor takes the slot over, ready: never a moment
+                // without a ready worker, and no restart (nothing crashed).
+                let w = g.workers.entry(ordinal).or_insert_with(|| WorkerView {
+                    pid: 0,
+                    ready: false,
+                    restarts: 0,
+                    since: now,
+                    last_exit: None,
+                    replaced: 0,
+                });
+                w.pid = new_pid;
+                w.ready = true;
+                w.since = now;
+                w.replaced = replacements;
+            }
         }
     }
 
@@ -1485,5 +1508,23 @@ mod tests {
         assert_eq!(w.worker_exited(1, 1, 101), vec![scale(2, 3)]);
         let effects = w.worker_ready(2, 2, 202);
         assert_eq!(effects[0], drain(1, GRACE));
+    }
+
+    #[test]
+    fn a_worker_replaced_by_supervision_keeps_its_slot_ready_and_counts_no_restart() {
+        let mut w = World::serving_with(settings());
+        let report = Report::WorkerReplaced {
+            ordinal: 1,
+            old_pid: 101,
+            new_pid: 201,
+            reason: "age".into(),
+            replacements: 1,
+        };
+        assert_eq!(w.on(Event::Report { generation: 1, report }), vec![]);
+        let slot = &w.policy.generations()[0].workers[&1];
+        assert_eq!((slot.pid, slot.ready, slot.restarts, slot.replaced), (201, true, 0, 1));
+        // The old worker's exit, later, no longer matches the slot.
+        w.worker_exited(1, 1, 101);
+        assert_eq!(w.policy.generations()[0].workers[&1].pid, 201);
     }
 }

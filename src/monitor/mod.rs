@@ -5,7 +5,13 @@
 //! own, with the status channel at fd 3 and the listening sockets at fds 4…;
 //! the workers it forks stay in that group, so the group is the generation.
 //! One single-threaded loop polls the signalfd, the status channel and the
-//! notify socket, with the next start or readiness timer as its timeout.
+//! notify socket, with the pool's next deadline (a start, a readiness
+//! timer, a health or age limit, a kill) or the memory check as its timeout.
+//!
+//! Supervision (`--health-timeout`, `--max-rss`, `--max-age`) replaces a
+//! worker surge-first (see [`pool`]). main hears of a successor only once it
+//! is ready, in one `Report::WorkerReplaced` message, so its view of a slot
+//! goes from one ready worker to the next, never through a slot without one.
 
 mod notify_socket;
 mod output;
@@ -29,7 +35,7 @@ use crate::sys::spawn::ExecPlan;
 use crate::units::{format_duration, ReadyMode};
 use crate::worker;
 use notify_socket::NotifySocket;
-use pool::Pool;
+use pool::{Limits, Pool, Reason, Role};
 
 /// Signals the monitor handles through its signalfd.
 const SIGNALS: &[Signal] =
@@ -38,12 +44,14 @@ const SIGNALS: &[Signal] =
 /// At most this long for the workers of a generation that failed.
 const FAILED_GRACE: Duration = Duration::from_secs(5);
 
-/// A worker whose slot was removed by a scale-down, on its way out.
-struct Retired {
-    pid: i32,
-    ordinal: u32,
-    kill_at: Instant,
-}
+/// How often workers' memory is measured with `--max-rss`.
+const RSS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most parent links followed to attribute a notify message to a worker.
+const MAX_ANCESTRY: usize = 64;
+
+/// How often a message from one pid that no worker owns is logged.
+const STRANGER_INTERVAL: Duration = Duration::from_secs(60);
 
 struct Monitor {
     args: MonitorArgs,
@@ -58,14 +66,16 @@ struct Monitor {
     started: Instant,
     /// Set once draining: when the remaining workers get `SIGKILL`.
     kill_at: Option<Instant>,
-    /// Workers of slots removed by a scale-down, with their `SIGKILL` time.
-    retired: Vec<Retired>,
+    /// With `--max-rss`: when memory is measured next.
+    rss_at: Option<Instant>,
     parent: Pid,
     exit_code: Option<i32>,
     /// Warnings a worker can trigger at will: one line per second per slot.
     notify_warnings: crate::log_limit::LogLimit<u32>,
     /// With `--tag-output`: the workers' stdout and stderr pipes.
     output: Option<output::TaggedOutput>,
+    /// Notify messages from pids no worker owns: one line per pid a minute.
+    strangers: crate::log_limit::LogLimit<i32>,
 }
 
 /// Runs the monitor role; returns the process exit status.
@@ -98,8 +108,15 @@ impl Monitor {
         match Monitor::prepare(&args) {
             Ok((sockets, signals, notify, program)) => {
                 let now = Instant::now();
+                let limits = Limits {
+                    health_timeout: args.health_timeout.map(|d| d.0),
+                    max_age: args.max_age.map(|d| d.0),
+                    startup_timeout: args.startup_timeout.map(|d| d.0),
+                    graceful: args.graceful_timeout.0,
+                };
                 Ok(Monitor {
-                    pool: Pool::new(args.count, args.ready, now),
+                    pool: Pool::new(args.count, args.ready, now).with_limits(limits),
+                    rss_at: args.max_rss.map(|_| now + RSS_INTERVAL),
                     base_env: worker::inherited_env(),
                     parent: nix::unistd::getppid(),
                     output: args.tag_output.then(|| output::TaggedOutput::new(args.generation)),
@@ -111,9 +128,9 @@ impl Monitor {
                     program,
                     started: now,
                     kill_at: None,
-                    retired: Vec::new(),
                     exit_code: None,
                     notify_warnings: crate::log_limit::LogLimit::new(Duration::from_secs(1)),
+                    strangers: crate::log_limit::LogLimit::new(STRANGER_INTERVAL),
                 })
             }
             Err(error) => Err((error.report(), status)),
@@ -133,7 +150,9 @@ impl Monitor {
             command: args.argv[0].to_string_lossy().into_owned(),
             reason,
         })?;
-        let signals: Vec<i32> = SIGNALS.iter().map(|&s| s as i32).collect();
+        // The drain signal too: the monitor sends it to its own group, and
+        // must never die of it (`USR2`'s default action ends a process).
+        let signals: Vec<i32> = SIGNALS.iter().chain([&args.drain_signal.0]).map(|&s| s as i32).collect();
         let signals = sys::signal_fd(&signals).map_err(|e| Error::os("cannot set up signals", e))?;
         Ok((sockets, signals, notify, program))
     }
@@ -142,13 +161,14 @@ impl Monitor {
         log::debug!("monitor started for {} workers", self.args.count);
         loop {
             let now = Instant::now();
+            self.supervise(now);
             self.start_due(now);
             for pid in self.pool.due_ready(now) {
                 self.worker_ready(pid);
             }
             self.check_generation_ready();
             if let Some(code) = self.exit_code {
-                if self.pool.workers().next().is_none() && self.retired.is_empty() {
+                if self.pool.is_empty() {
                     if let Some(output) = &mut self.output {
                         output.finish();
                     }
@@ -157,11 +177,7 @@ impl Monitor {
             }
             self.kill_overdue(now);
 
-            let deadline =
-                [self.pool.next_deadline(), self.kill_at, self.retired.iter().map(|r| r.kill_at).min()]
-                    .into_iter()
-                    .flatten()
-                    .min();
+            let deadline = [self.pool.next_deadline(), self.kill_at, self.rss_at].into_iter().flatten().min();
             let mut fds: Vec<(BorrowedFd<'_>, bool)> =
                 vec![(self.signals.as_fd(), false), (self.notify.fd(), false)];
             let has_status = self.status.is_some();
@@ -203,13 +219,75 @@ impl Monitor {
         }
     }
 
+    /// Replacements, stalled starts and overdue kills the pool finds due,
+    /// and the memory check when its time has come.
+    fn supervise(&mut self, now: Instant) {
+        if self.rss_at.is_some_and(|at| at <= now) {
+            self.check_memory(now);
+        }
+        for replacement in self.pool.check(now) {
+            let pool::Replacement { ordinal, pid, reason } = replacement;
+            log::warn!("worker {ordinal} (pid {pid}) {reason}: replacing it");
+        }
+        for (ordinal, pid) in self.pool.stalled(now) {
+            let timeout = self.args.startup_timeout.map_or(Duration::ZERO, |d| d.0);
+            log::warn!(
+                "worker {ordinal} (pid {pid}) not ready {} after it started (--startup-timeout): \
+                 stopping it with {}",
+                format_duration(timeout),
+                self.drain_signal().as_str()
+            );
+            sys::signal_process(Pid::from_raw(pid), self.drain_signal());
+        }
+        for pid in self.pool.due_kills(now) {
+            log::warn!("pid {pid} still running after the graceful timeout: SIGKILL");
+            sys::signal_process(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+
+    /// `--max-rss`: each serving worker's memory, with its descendants'.
+    fn check_memory(&mut self, now: Instant) {
+        self.rss_at = Some(now + RSS_INTERVAL);
+        let Some(limit) = self.args.max_rss.map(|size| size.0) else { return };
+        let serving: Vec<i32> = self
+            .pool
+            .slots()
+            .iter()
+            .filter(|s| s.replacing.is_none())
+            .filter_map(|s| s.worker.as_ref().filter(|w| w.ready).map(|w| w.pid))
+            .collect();
+        for pid in serving {
+            let Some(kib) = sys::tree_rss_kib(Pid::from_raw(pid)) else { continue };
+            let bytes = kib.saturating_mul(1024);
+            if bytes <= limit {
+                continue;
+            }
+            let reason = Reason::Memory { bytes, limit };
+            let ordinal = self.pool.ordinal_of(pid).unwrap_or_default();
+            let line = format!("worker {ordinal} (pid {pid}) {reason}: replacing it");
+            if self.pool.replace(pid, reason, now) {
+                log::warn!("{line}");
+            }
+        }
+    }
+
+    fn drain_signal(&self) -> Signal {
+        self.args.drain_signal.0
+    }
+
     fn start_due(&mut self, now: Instant) {
         for ordinal in self.pool.due_starts(now) {
             match self.spawn_worker(ordinal) {
                 Ok(pid) => {
-                    log::info!("worker {ordinal} started: pid {pid}");
-                    self.pool.started(ordinal, pid.as_raw(), now);
-                    self.report(Report::WorkerStarted { ordinal, pid: pid.as_raw() });
+                    let pid = pid.as_raw();
+                    self.pool.started(ordinal, pid, now);
+                    if self.pool.is_successor(pid) {
+                        // main hears of it once it is ready and takes over.
+                        log::info!("worker {ordinal} replacement started: pid {pid}");
+                    } else {
+                        log::info!("worker {ordinal} started: pid {pid}");
+                        self.report(Report::WorkerStarted { ordinal, pid });
+                    }
                 }
                 Err(e) => {
                     let how = format!("could not run {}: {e}", self.program.display());
@@ -222,7 +300,7 @@ impl Monitor {
     }
 
     fn spawn_worker(&mut self, ordinal: u32) -> Result<Pid, sys::spawn::SpawnError> {
-        let env = worker::env(
+        let mut env = worker::env(
             &self.base_env,
             self.args.generation,
             ordinal,
@@ -231,15 +309,21 @@ impl Monitor {
             self.args.notify_socket.to_str(),
             &self.args.addresses,
         );
+        if let Some(timeout) = self.args.health_timeout {
+            env.push(format!("{}={}", worker::WATCHDOG_USEC, timeout.0.as_micros()).into());
+        }
         let fds: Vec<RawFd> = self.sockets.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         // The parent-death signal: if this monitor dies, its workers drain
         // while main starts a replacement, instead of serving unsupervised.
         let mut plan = ExecPlan::new(self.program.as_os_str(), &self.args.argv, env)
             .map_err(sys::spawn::SpawnError::Exec)?
             .with_fds(&fds)
-            .with_parent_death_signal(Signal::SIGTERM);
+            .with_parent_death_signal(self.drain_signal());
         if !self.sockets.is_empty() {
             plan = plan.with_own_pid_in(worker::LISTEN_PID);
+        }
+        if self.args.health_timeout.is_some() {
+            plan = plan.with_own_pid_in(worker::WATCHDOG_PID);
         }
         let Some(output) = &mut self.output else { return plan.spawn() };
         let ends = output::TaggedOutput::pipes().map_err(sys::spawn::SpawnError::Fork)?;
@@ -250,9 +334,30 @@ impl Monitor {
     }
 
     fn worker_ready(&mut self, pid: i32) {
-        if let Some(ordinal) = self.pool.ready(pid) {
-            log::debug!("worker {ordinal} (pid {pid}) ready");
-            self.report(Report::WorkerReady { ordinal, pid });
+        match self.pool.ready(pid, Instant::now()) {
+            None => {}
+            Some((ordinal, None)) => {
+                log::debug!("worker {ordinal} (pid {pid}) ready");
+                self.report(Report::WorkerReady { ordinal, pid });
+            }
+            Some((ordinal, Some(replaced))) => {
+                let old = replaced.old_pid;
+                let signal = self.drain_signal();
+                log::info!("worker {ordinal}: pid {pid} ready, replacing pid {old} ({})", signal.as_str());
+                sys::signal_process(Pid::from_raw(old), signal);
+                // One message, so that main never sees the slot without a
+                // ready worker: it stands for `WorkerStarted` and
+                // `WorkerReady` of the successor.
+                let reason = replaced.reason.kind().to_string();
+                let replacements = replaced.replacements;
+                self.report(Report::WorkerReplaced {
+                    ordinal,
+                    old_pid: old,
+                    new_pid: pid,
+                    reason,
+                    replacements,
+                });
+            }
         }
     }
 
@@ -273,7 +378,9 @@ impl Monitor {
                 self.main_gone();
             }
             // Its own drain signal comes back to it through the group.
-            Signal::SIGTERM if self.pool.is_draining() => {}
+            s if s == self.drain_signal() && self.pool.is_draining() => {}
+            // Blocked only so that the group's drain cannot end the monitor.
+            s if !SIGNALS.contains(&s) => log::debug!("ignoring {}", s.as_str()),
             _ => self.drain(self.args.graceful_timeout.0),
         }
     }
@@ -299,9 +406,16 @@ impl Monitor {
     }
 
     fn on_notify(&mut self) {
-        for (pid, result) in self.notify.receive() {
-            let Some(ordinal) = self.pool.ordinal_of(pid) else {
-                log::debug!("ignoring notify message from pid {pid}, not a worker of this generation");
+        for (sender, result) in self.notify.receive() {
+            let Some((ordinal, pid)) = self.attribute(sender) else {
+                if let Some(n) = self.strangers.check(&sender, Instant::now()) {
+                    let more = crate::log_limit::suppressed(n);
+                    log::info!(
+                        "ignoring notify message from pid {sender}: neither a worker of generation {} \
+                         nor a descendant of one{more}",
+                        self.args.generation
+                    );
+                }
                 continue;
             };
             let messages = match result {
@@ -322,10 +436,31 @@ impl Monitor {
                     // Worker text stays here: it never travels to main.
                     Notify::Status(text) => log::debug!("worker {ordinal} (pid {pid}) status: {text}"),
                     Notify::Stopping => log::debug!("worker {ordinal} (pid {pid}) is stopping"),
-                    Notify::Watchdog | Notify::MainPid(_) | Notify::Reloading { .. } => {}
+                    Notify::Watchdog => self.pool.watchdog(pid, Instant::now()),
+                    Notify::MainPid(_) | Notify::Reloading { .. } => {}
                 }
             }
         }
+    }
+
+    /// The worker a notify message from `sender` counts for: `sender`
+    /// itself, or the nearest worker above it (its parent chain in
+    /// `/proc`, at most [`MAX_ANCESTRY`] links), as systemd's
+    /// `NotifyAccess=all` within the worker's subtree. `(ordinal, worker pid)`.
+    fn attribute(&self, sender: i32) -> Option<(u32, i32)> {
+        let me = nix::unistd::getpid();
+        let mut pid = Pid::from_raw(sender);
+        for _ in 0..MAX_ANCESTRY {
+            if let Some(ordinal) = self.pool.ordinal_of(pid.as_raw()) {
+                return Some((ordinal, pid.as_raw()));
+            }
+            let (parent, _) = sys::parent_and_group(pid)?;
+            if parent == me || parent.as_raw() <= 1 {
+                return None;
+            }
+            pid = parent;
+        }
+        None
     }
 
     /// Reaps every exited child; one `SIGCHLD` may stand for many.
@@ -341,12 +476,6 @@ impl Monitor {
             if let Some(output) = &mut self.output {
                 output.worker_exited(pid);
             }
-            if let Some(index) = self.retired.iter().position(|r| r.pid == pid) {
-                let ordinal = self.retired.swap_remove(index).ordinal;
-                log::info!("worker {ordinal} (pid {pid}) {how}; its slot was removed");
-                self.report(Report::WorkerExited { ordinal, pid, how });
-                continue;
-            }
             if let Some(exit) = self.pool.exited(pid, Instant::now()) {
                 self.after_exit(exit, pid, &how);
             }
@@ -355,6 +484,35 @@ impl Monitor {
 
     fn after_exit(&mut self, exit: pool::Exit, pid: i32, how: &str) {
         let ordinal = exit.ordinal;
+        match exit.role {
+            Role::Retired { replaced_by: None } => {
+                log::info!("worker {ordinal} (pid {pid}) {how}; its slot was removed");
+                return self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
+            }
+            Role::Retired { replaced_by: Some(successor) } => {
+                log::info!("worker {ordinal} (pid {pid}) {how}; replaced by pid {successor}");
+                // main already knows the slot as the successor's: it ignores this.
+                return self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
+            }
+            Role::Successor => {
+                let again = match exit.restart_in {
+                    Some(delay) => format!("; trying again in {}", format_duration(delay)),
+                    None => String::new(),
+                };
+                // main never heard of it: nothing to report.
+                return log::warn!(
+                    "worker {ordinal} replacement (pid {pid}) {how} before it was ready{again}"
+                );
+            }
+            Role::Serving { successor: Some(successor) } => {
+                log::warn!(
+                    "worker {ordinal} (pid {pid}) {how}; its replacement, pid {successor}, takes over"
+                );
+                self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
+                return self.report(Report::WorkerStarted { ordinal, pid: successor });
+            }
+            Role::Serving { successor: None } => {}
+        }
         // pid 0: the worker never ran (exec failed).
         let what = match pid {
             0 => format!("worker {ordinal} {how}"),
@@ -378,8 +536,8 @@ impl Monitor {
         }
     }
 
-    /// Stop the generation: `SIGTERM` to the whole process group (this
-    /// monitor included, which ignores it), `SIGKILL` after `grace`.
+    /// Stop the generation: the drain signal to the whole process group
+    /// (this monitor included, which ignores it), `SIGKILL` after `grace`.
     fn drain(&mut self, grace: Duration) {
         if self.pool.is_draining() {
             // A shorter grace (a failed generation) still applies.
@@ -392,7 +550,7 @@ impl Monitor {
         let workers = self.pool.workers().count();
         log::info!("draining {workers} worker(s); SIGKILL in {}", format_duration(grace));
         self.pool.drain();
-        sys::signal_group(nix::unistd::getpgrp(), Signal::SIGTERM);
+        sys::signal_group(nix::unistd::getpgrp(), self.drain_signal());
         self.kill_at = Some(Instant::now() + grace);
         self.exit_code.get_or_insert(0);
     }
@@ -401,10 +559,8 @@ impl Monitor {
         if self.pool.is_draining() || count == 0 {
             return;
         }
-        let kill_at = Instant::now() + self.args.graceful_timeout.0;
-        for (ordinal, pid) in self.pool.scale(count, Instant::now()) {
-            sys::signal_process(Pid::from_raw(pid), Signal::SIGTERM);
-            self.retired.push(Retired { pid, ordinal, kill_at });
+        for (_, pid) in self.pool.scale(count, Instant::now()) {
+            sys::signal_process(Pid::from_raw(pid), self.drain_signal());
         }
         log::info!("now running {count} worker(s)");
     }
@@ -417,18 +573,12 @@ impl Monitor {
             }
             self.kill_all();
         }
-        for retired in &mut self.retired {
-            if retired.kill_at <= now {
-                sys::signal_process(Pid::from_raw(retired.pid), Signal::SIGKILL);
-                // Killed: only its exit is left to wait for.
-                retired.kill_at = now + Duration::from_secs(3600);
-            }
-        }
     }
 
     fn kill_all(&self) {
-        for w in self.pool.workers() {
-            sys::signal_process(Pid::from_raw(w.pid), Signal::SIGKILL);
+        let retiring = self.pool.retiring().iter().map(|r| r.pid);
+        for pid in self.pool.workers().map(|w| w.pid).chain(retiring) {
+            sys::signal_process(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 

@@ -171,6 +171,41 @@ pub fn rss_kib(pid: Pid) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Most processes [`tree_rss_kib`] visits: a worker that forks without end
+/// cannot make the monitor's timer walk without end.
+const MAX_TREE: usize = 4096;
+
+/// Resident set size of `pid` and every process below it, in KiB, found
+/// through the kernel's children lists (`/proc/PID/task/*/children`), never
+/// a walk of all of `/proc`. `None` if `pid` itself is gone.
+pub fn tree_rss_kib(pid: Pid) -> Option<u64> {
+    let mut total = rss_kib(pid)?;
+    let mut frontier = children_of(pid);
+    let mut seen = 1;
+    while let Some(child) = frontier.pop() {
+        seen += 1;
+        if seen > MAX_TREE {
+            break;
+        }
+        total += rss_kib(child).unwrap_or(0);
+        frontier.extend(children_of(child));
+    }
+    Some(total)
+}
+
+/// The kernel's list of `pid`'s children (all its threads').
+fn children_of(pid: Pid) -> Vec<Pid> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut children = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else { continue };
+        children.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).map(Pid::from_raw));
+    }
+    children
+}
+
 /// `(parent pid, process group)` of `pid`, from `/proc/PID/stat`; `None`
 /// for a zombie or a process that is gone.
 pub fn parent_and_group(pid: Pid) -> Option<(Pid, Pid)> {
@@ -213,15 +248,7 @@ pub fn own_children() -> Vec<(Pid, Pid)> {
 
 /// The kernel's list of this process's children (all threads).
 fn children_list() -> Vec<Pid> {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    let mut children = Vec::new();
-    for task in tasks.flatten() {
-        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else { continue };
-        children.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).map(Pid::from_raw));
-    }
-    children
+    children_of(nix::unistd::getpid())
 }
 
 /// `(columns, rows)` of the terminal on `fd`, if it is one.

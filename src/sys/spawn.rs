@@ -42,10 +42,10 @@ pub struct ExecPlan {
     argv_ptrs: Vec<*const libc::c_char>,
     env: Vec<Vec<u8>>,
     env_ptrs: Vec<*const libc::c_char>,
-    /// Index into `env` of the `LISTEN_PID=` entry whose digits the child fills in.
-    listen_pid: Option<usize>,
-    /// Where the digits start in that entry.
-    pid_digits_at: usize,
+    /// `(index into env, where the digits start)` of each `KEY=` entry
+    /// whose value the child fills in with its own pid (`LISTEN_PID`,
+    /// `WATCHDOG_PID`).
+    own_pid: Vec<(usize, usize)>,
     /// `(source, target)`: the child makes `source` available as `target`,
     /// without `CLOEXEC`. Targets are 3, 4, … in order, then 1 and 2 when
     /// stdout and stderr are replaced.
@@ -105,8 +105,7 @@ impl ExecPlan {
             argv_ptrs: Vec::new(),
             env,
             env_ptrs: Vec::new(),
-            listen_pid: None,
-            pid_digits_at: 0,
+            own_pid: Vec::new(),
             fds: Vec::new(),
             scratch: Vec::new(),
             new_process_group: false,
@@ -115,13 +114,14 @@ impl ExecPlan {
         })
     }
 
-    /// Adds `KEY=<the child's own pid>` to the environment (`LISTEN_PID`).
+    /// Adds `KEY=<the child's own pid>` to the environment (`LISTEN_PID`,
+    /// `WATCHDOG_PID`); may be called for several keys.
     pub fn with_own_pid_in(mut self, key: &str) -> Self {
         let mut entry = key.as_bytes().to_vec();
         entry.push(b'=');
-        self.pid_digits_at = entry.len();
+        let digits_at = entry.len();
         entry.resize(entry.len() + PID_DIGITS + 1, 0);
-        self.listen_pid = Some(self.env.len());
+        self.own_pid.push((self.env.len(), digits_at));
         self.env.push(entry);
         self
     }
@@ -305,9 +305,11 @@ unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
     // CLOEXEC and closes itself on a successful execve.
     close_from(first_free, err_fd);
 
-    if let Some(index) = plan.listen_pid {
-        let entry = &mut plan.env[index];
-        write_decimal(&mut entry[plan.pid_digits_at..], libc::getpid() as u32);
+    // Reads the slot list built before the fork; writes only into entries
+    // allocated then.
+    let pid = libc::getpid() as u32;
+    for &(index, digits_at) in &plan.own_pid {
+        write_decimal(&mut plan.env[index][digits_at..], pid);
     }
 
     libc::execve(plan.path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.env_ptrs.as_ptr());
