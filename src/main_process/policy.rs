@@ -523,6 +523,17 @@ impl Policy {
                 }
             }
             Report::GenerationFailed { reason } => self.failed(now, number, &reason, out),
+            Report::WorkerReplaced { ordinal, old_pid, reason, .. }
+                if matches!(g.roll, Some(Roll { phase: Phase::Canary(Some(_)), .. })) =>
+            {
+                let why = match reason.as_str() {
+                    "health" => "went silent after WATCHDOG=1",
+                    "rss" => "outgrew --max-rss",
+                    _ => "had to be replaced",
+                };
+                let reason = format!("the canary (worker {ordinal}, pid {old_pid}) {why} during its soak");
+                self.failed(now, number, &reason, out);
+            }
             Report::WorkerReplaced { ordinal, new_pid, replacements, .. } => {
                 // The successor takes the slot over, ready: never a moment
                 // without a ready worker, and no restart (nothing crashed).
@@ -1526,5 +1537,23 @@ mod tests {
         // The old worker's exit, later, no longer matches the slot.
         w.worker_exited(1, 1, 101);
         assert_eq!(w.policy.generations()[0].workers[&1].pid, 201);
+    }
+
+    #[test]
+    fn a_canary_replaced_as_unhealthy_during_its_soak_rolls_the_reload_back() {
+        let mut w = World::serving_with(Settings { canary: Some(Duration::from_secs(3)), ..settings() });
+        w.reload(1);
+        w.worker_ready(2, 0, 200);
+        let report = Report::WorkerReplaced {
+            ordinal: 0,
+            old_pid: 200,
+            new_pid: 201,
+            reason: "health".into(),
+            replacements: 1,
+        };
+        let effects = w.on(Event::Report { generation: 2, report });
+        let answer = &replies(&effects)[0];
+        assert!(!answer.1 && answer.2.contains("went silent after WATCHDOG=1 during its soak"), "{answer:?}");
+        assert_eq!(w.states(), vec![(1, State::Ready), (2, State::Failed)]);
     }
 }
