@@ -20,8 +20,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
-use nix::sys::signalfd::SignalFd;
-use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::config::Config;
@@ -63,7 +61,20 @@ const STRAY: &[Signal] = &[
     Signal::SIGSTKFLT,
     Signal::SIGXCPU,
     Signal::SIGXFSZ,
+    // Sent with kill(2), not raised by a fault (a real fault still ends main:
+    // the kernel forces those through).
+    Signal::SIGILL,
+    Signal::SIGTRAP,
+    Signal::SIGABRT,
+    Signal::SIGFPE,
+    Signal::SIGSYS,
+    Signal::SIGSEGV,
+    Signal::SIGBUS,
 ];
+
+/// The C library's own two signals below `SIGRTMIN`: nothing in
+/// single-threaded main uses them, so a stray one is only logged.
+const LIBC_RESERVED: [i32; 2] = [32, 33];
 
 /// What a poll result belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +88,9 @@ enum Token {
 struct Monitor {
     pid: Pid,
     channel: Channel,
+    /// Its end of the channel is closed: nothing more to read until it is
+    /// reaped (polling a closed channel would wake main at once, forever).
+    closed: bool,
     notify_socket: PathBuf,
 }
 
@@ -86,7 +100,7 @@ struct Main {
     /// By generation.
     monitors: BTreeMap<u32, Monitor>,
     sockets: Vec<Listener>,
-    signals: SignalFd,
+    signals: sys::SignalFd,
     control: Server,
     orphans: Orphans,
     systemd: Option<Systemd>,
@@ -103,6 +117,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
     // Then signals, so none is lost while sockets are bound.
     let mut signals: Vec<i32> = HANDLED.iter().chain(STRAY).map(|&s| s as i32).collect();
     signals.extend(sys::realtime_signals());
+    signals.extend(LIBC_RESERVED);
     let signals = sys::signal_fd(&signals).map_err(|e| Error::os("cannot set up signal handling", e))?;
     worker::resolve_command(&config.command).map_err(|reason| Error::Command {
         command: config.command.to_string_lossy().into_owned(),
@@ -212,7 +227,7 @@ impl Main {
         .min();
         let mut tokens = vec![Token::Signals];
         let mut fds: Vec<(BorrowedFd<'_>, bool)> = vec![(self.signals.as_fd(), false)];
-        for (&generation, monitor) in &self.monitors {
+        for (&generation, monitor) in self.monitors.iter().filter(|(_, m)| !m.closed) {
             tokens.push(Token::Monitor(generation));
             fds.push((monitor.channel.fd(), monitor.channel.wants_write()));
         }
@@ -290,7 +305,10 @@ impl Main {
 
     fn on_signal(&mut self, number: i32) {
         let Ok(signal) = Signal::try_from(number) else {
-            return log::warn!("ignoring {} (signal {number})", sys::signal_name(number));
+            return match sys::signal_name(number) {
+                name if name.starts_with("signal") => log::warn!("ignoring {name}"),
+                name => log::warn!("ignoring {name} (signal {number})"),
+            };
         };
         if signal == Signal::SIGCHLD {
             return self.reap();
@@ -330,7 +348,11 @@ impl Main {
             log::debug!("cannot reach the monitor of generation {generation}: {}", describe(&e));
         }
         let reports = match monitor.channel.receive::<Report>() {
-            Received::Messages(reports) | Received::Closed(reports) => reports,
+            Received::Messages(reports) => reports,
+            Received::Closed(reports) => {
+                monitor.closed = true;
+                reports
+            }
         };
         for report in reports {
             self.dispatch(Event::Report { generation, report });
@@ -351,8 +373,7 @@ impl Main {
     /// zombie, so its process-group id cannot have been reused when its
     /// group is signalled.
     fn reap(&mut self) {
-        while let Some(status) = sys::peek_exited_child() {
-            let Some(pid) = status.pid() else { break };
+        while let Some((pid, exit)) = sys::peek_exited_child() {
             let generation = self.monitors.iter().find(|(_, m)| m.pid == pid).map(|(&g, _)| g);
             match generation {
                 Some(generation) => {
@@ -360,17 +381,16 @@ impl Main {
                     // it failed), even when SIGCHLD is read before the
                     // channel in this turn of the loop.
                     self.on_channel(generation);
-                    let ended = match status {
-                        WaitStatus::Signaled(_, signal, _) => Ended::Killed(signal.as_str().to_string()),
-                        WaitStatus::Exited(_, code) => Ended::Exited(code),
-                        _ => Ended::Exited(-1),
+                    let ended = match exit {
+                        sys::ChildExit::Killed { signal, .. } => Ended::Killed(sys::signal_name(signal)),
+                        sys::ChildExit::Exited(code) => Ended::Exited(code),
                     };
                     self.dispatch(Event::MonitorExited { generation, ended });
                     if let Some(monitor) = self.monitors.remove(&generation) {
                         let _ = std::fs::remove_file(&monitor.notify_socket);
                     }
                 }
-                None => log::debug!("reaped pid {pid}: {}", sys::describe_exit(&status)),
+                None => log::debug!("reaped pid {pid}: {exit}"),
             }
             sys::reap(pid);
         }
@@ -407,7 +427,7 @@ impl Main {
         match self.spawn_monitor(&args) {
             Ok((pid, channel)) => {
                 log::info!("starting generation {generation}: {count} worker(s), monitor pid {pid}");
-                self.monitors.insert(generation, Monitor { pid, channel, notify_socket });
+                self.monitors.insert(generation, Monitor { pid, channel, closed: false, notify_socket });
                 None
             }
             Err(e) => {

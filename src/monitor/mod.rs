@@ -23,8 +23,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::sys::signalfd::SignalFd;
-use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::error::Error;
@@ -58,7 +56,7 @@ struct Monitor {
     /// `None` once main is gone.
     status: Option<Channel>,
     sockets: Vec<OwnedFd>,
-    signals: SignalFd,
+    signals: sys::SignalFd,
     notify: NotifySocket,
     pool: Pool,
     base_env: Vec<OsString>,
@@ -138,7 +136,7 @@ impl Monitor {
     }
 
     /// Everything the monitor needs that can fail.
-    fn prepare(args: &MonitorArgs) -> Result<(Vec<OwnedFd>, SignalFd, NotifySocket, PathBuf), Error> {
+    fn prepare(args: &MonitorArgs) -> Result<(Vec<OwnedFd>, sys::SignalFd, NotifySocket, PathBuf), Error> {
         let sockets = (0..args.sockets)
             .map(|i| sys::adopt_inherited_fd(FIRST_SOCKET_FD + i as RawFd))
             .collect::<Result<Vec<_>, _>>()
@@ -465,13 +463,8 @@ impl Monitor {
 
     /// Reaps every exited child; one `SIGCHLD` may stand for many.
     fn reap(&mut self) {
-        loop {
-            let status = match nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(status) => status,
-            };
-            let Some(pid) = status.pid() else { continue };
-            let how = sys::describe_exit(&status);
+        while let Some((pid, exit)) = sys::reap_next_child() {
+            let how = exit.to_string();
             let pid = pid.as_raw();
             if let Some(output) = &mut self.output {
                 output.worker_exited(pid);

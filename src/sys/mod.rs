@@ -15,29 +15,52 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitPidFlag;
 use nix::unistd::Pid;
 
-/// Blocks `signals` (numbers, real-time ones included) for this process and
-/// returns a non-blocking signalfd that reports them. Children reset their
-/// mask before exec (see [`spawn`]).
-pub fn signal_fd(signals: &[libc::c_int]) -> io::Result<SignalFd> {
-    // SAFETY: `sigemptyset` initialises the set before any other use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, writable sigset_t.
-    unsafe { libc::sigemptyset(&mut set) };
-    for &signal in signals {
-        // SAFETY: as above; an invalid number is reported, not undefined.
-        if unsafe { libc::sigaddset(&mut set, signal) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+/// A non-blocking signalfd (see [`signal_fd`]).
+pub struct SignalFd(OwnedFd);
+
+impl std::os::fd::AsFd for SignalFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
     }
-    // SAFETY: `set` was initialised by sigemptyset/sigaddset above.
-    let mask = unsafe { SigSet::from_sigset_t_unchecked(set) };
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)?;
-    Ok(SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?)
+}
+
+/// Blocks `signals` (numbers from 1 to 64: real-time ones, and the two the C
+/// library keeps for itself, included) for this process and returns a
+/// non-blocking signalfd that reports them. The mask is set with the raw
+/// system calls because the C library's wrappers refuse signals 32 and 33,
+/// which a single-threaded process never uses. Children reset their mask
+/// before exec (see [`spawn`]).
+pub fn signal_fd(signals: &[libc::c_int]) -> io::Result<SignalFd> {
+    // The kernel's sigset: bit n-1 for signal n, in the first 64 bits.
+    let mut words = [0 as libc::c_ulong; 16];
+    for &signal in signals {
+        if !(1..=64).contains(&signal) || signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let bit = (signal - 1) as usize;
+        words[bit / libc::c_ulong::BITS as usize] |= 1 << (bit % libc::c_ulong::BITS as usize);
+    }
+    // SAFETY: on Linux `sigset_t` is exactly this array of words (1024 bits).
+    let set: libc::sigset_t = unsafe { std::mem::transmute::<[libc::c_ulong; 16], libc::sigset_t>(words) };
+    // SAFETY: `set` is a valid sigset; the kernel reads 8 bytes of it.
+    let done = unsafe {
+        libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_BLOCK, &set as *const libc::sigset_t, std::ptr::null_mut::<libc::sigset_t>(), 8)
+    };
+    if done != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above; signalfd(2) returns a new fd or -1.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` was just returned by signalfd(2) and is owned by nobody else.
+    Ok(SignalFd(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// The real-time signals a process may be sent (`SIGRTMIN` … `SIGRTMAX`,
@@ -57,11 +80,19 @@ pub fn signal_name(number: libc::c_int) -> String {
 
 /// Every signal waiting on `fd`, by number, in arrival order (one per kind at most).
 pub fn pending_signals(fd: &SignalFd) -> Vec<libc::c_int> {
+    use std::os::fd::AsRawFd;
     let mut signals = Vec::new();
-    while let Ok(Some(info)) = fd.read_signal() {
+    loop {
+        // SAFETY: an all-zero signalfd_siginfo is a valid value.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: `info` is writable for `size` bytes.
+        let n = unsafe { libc::read(fd.0.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        if n != size as isize {
+            return signals;
+        }
         signals.push(info.ssi_signo as libc::c_int);
     }
-    signals
 }
 
 /// Names this process `name` as `ps -C`, `pgrep -x`, `top` and `ss -p` show
@@ -70,14 +101,22 @@ pub fn set_process_name(name: &std::ffi::CStr) {
     let _ = nix::sys::prctl::set_name(name);
 }
 
-/// "exited with status 1", "killed by SIGKILL".
-pub fn describe_exit(status: &WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
-        WaitStatus::Signaled(_, signal, core) => {
-            format!("killed by {}{}", signal.as_str(), if *core { " (core dumped)" } else { "" })
+/// How a child ended, whatever the signal (real-time ones included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildExit {
+    Exited(i32),
+    Killed { signal: libc::c_int, core: bool },
+}
+
+impl std::fmt::Display for ChildExit {
+    /// "exited with status 1", "killed by SIGKILL", "killed by SIGRTMIN+6".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            ChildExit::Exited(code) => write!(f, "exited with status {code}"),
+            ChildExit::Killed { signal, core } => {
+                write!(f, "killed by {}{}", signal_name(signal), if core { " (core dumped)" } else { "" })
+            }
         }
-        other => format!("changed state: {other:?}"),
     }
 }
 
@@ -88,18 +127,57 @@ pub fn become_subreaper() -> io::Result<()> {
 
 /// The next child that has exited, without reaping it: while it is a zombie
 /// its pid (and so its process-group id) cannot be reused, which makes a
-/// `killpg` of its group safe until [`reap`] is called.
-pub fn peek_exited_child() -> Option<WaitStatus> {
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-    match nix::sys::wait::waitid(Id::All, flags) {
-        Ok(WaitStatus::StillAlive) | Err(_) => None,
-        Ok(status) => Some(status),
+/// `killpg` of its group safe until [`reap`] is called. Raw `waitid(2)`, so
+/// that any signal, real-time ones included, is reported as it is.
+pub fn peek_exited_child() -> Option<(Pid, ChildExit)> {
+    // SAFETY: an all-zero siginfo_t is a valid value to be filled in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: `info` is a valid, writable siginfo_t.
+    if unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) } != 0 {
+        return None;
     }
+    // SAFETY: waitid filled in a SIGCHLD siginfo (or left si_pid 0: none exited).
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return None;
+    }
+    let exit = match info.si_code {
+        libc::CLD_EXITED => ChildExit::Exited(status),
+        code => ChildExit::Killed { signal: status, core: code == libc::CLD_DUMPED },
+    };
+    Some((Pid::from_raw(pid), exit))
 }
 
 /// Collects the exit status of `pid`, which must have exited.
 pub fn reap(pid: Pid) {
     let _ = nix::sys::wait::waitpid(pid, Some(WaitPidFlag::WNOHANG));
+}
+
+/// Reaps the next child that has exited, if any (raw `waitpid(2)`, so that
+/// any signal, real-time ones included, is reported as it is).
+pub fn reap_next_child() -> Option<(Pid, ChildExit)> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: `status` is a valid, writable int.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if pid <= 0 {
+            return None;
+        }
+        let exit = if libc::WIFEXITED(status) {
+            ChildExit::Exited(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            ChildExit::Killed { signal: libc::WTERMSIG(status), core: libc::WCOREDUMP(status) }
+        } else {
+            // Stopped or continued: not an exit; waitpid without WUNTRACED
+            // does not report those.
+            continue;
+        };
+        return Some((Pid::from_raw(pid), exit));
+    }
 }
 
 /// Sends `signal` to every process in group `pgid`; a group that no longer
