@@ -130,6 +130,56 @@ fn nothing_outlives(kills: Kills) {
 }
 
 #[test]
+fn nothing_outlives_kill_9_of_main_while_its_monitor_starts_many_workers() {
+    // The monitor hears of main's death (its report fails) in the middle of
+    // starting 30 workers: it must stop starting them, not go on with
+    // workers that get no sockets and nobody to stop them.
+    let mut panzer = Panzer::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        "2",
+        "--ready",
+        "notify",
+        "--graceful-timeout",
+        "60s",
+        &example("server"),
+        "--",
+        "{dir}",
+    ]);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let monitor = panzer.monitors()[0];
+    let sweep = Sweep(panzer.dir.0.clone());
+    let groups: HashSet<Pid> = [panzer.pid, monitor].into_iter().collect();
+    let control = panzer.wait_for_line("control socket at ");
+    let control = control.rsplit("control socket at ").next().unwrap().trim().to_string();
+    let mut stream = std::os::unix::net::UnixStream::connect(&control).unwrap();
+    stream.write_all(b"{\"cmd\":\"scale\",\"count\":30}\n").unwrap();
+    eventually(PATIENCE, "the monitor to start scaling", || {
+        panzer.log().contains("now running 30").then_some(())
+    });
+    kill(panzer.pid, Signal::SIGKILL).unwrap();
+    panzer.wait_exit(PATIENCE);
+    let deadline = Duration::from_secs(10);
+    let gone = within(deadline, || leftovers(&sweep.0, &groups).is_empty().then_some(()));
+    if gone.is_none() {
+        let left = leftovers(&sweep.0, &groups);
+        panic!(
+            "{} process(es) outlived kill -9 of main by {deadline:?}: {left:#?}\n{}",
+            left.len(),
+            panzer.log()
+        );
+    }
+    assert!(
+        !panzer.log().contains("server: listening on 127.0.0.1:8080"),
+        "a worker got no sockets:\n{}",
+        panzer.log()
+    );
+    assert!(within(deadline, || TcpListener::bind(("127.0.0.1", port)).ok()).is_some());
+}
+
+#[test]
 fn nothing_outlives_kill_9_of_the_monitor_then_main() {
     nothing_outlives(Kills::MonitorThenMain(Duration::ZERO));
 }
@@ -352,7 +402,8 @@ fn a_monitor_killed_by_a_real_time_signal_is_reaped_and_replaced() {
 
 #[test]
 fn a_worker_killed_by_a_real_time_signal_is_restarted_in_its_slot() {
-    let panzer = Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &example("server")]);
+    let panzer =
+        Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &example("server")]);
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let old = get(port, "/").unwrap().pid();

@@ -275,6 +275,14 @@ impl Monitor {
 
     fn start_due(&mut self, now: Instant) {
         for ordinal in self.pool.due_starts(now) {
+            // main may die while a batch starts (its parent-death signal
+            // waits in the signalfd meanwhile): not one worker more then.
+            if self.status.is_some() && nix::unistd::getppid() != self.parent {
+                self.main_gone();
+            }
+            if self.pool.is_draining() {
+                break;
+            }
             match self.spawn_worker(ordinal) {
                 Ok(pid) => {
                     let pid = pid.as_raw();

@@ -48,7 +48,13 @@ pub fn signal_fd(signals: &[libc::c_int]) -> io::Result<SignalFd> {
     let set: libc::sigset_t = unsafe { std::mem::transmute::<[libc::c_ulong; 16], libc::sigset_t>(words) };
     // SAFETY: `set` is a valid sigset; the kernel reads 8 bytes of it.
     let done = unsafe {
-        libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_BLOCK, &set as *const libc::sigset_t, std::ptr::null_mut::<libc::sigset_t>(), 8)
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            &set as *const libc::sigset_t,
+            std::ptr::null_mut::<libc::sigset_t>(),
+            8,
+        )
     };
     if done != 0 {
         return Err(io::Error::last_os_error());
@@ -87,7 +93,8 @@ pub fn pending_signals(fd: &SignalFd) -> Vec<libc::c_int> {
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
         // SAFETY: `info` is writable for `size` bytes.
-        let n = unsafe { libc::read(fd.0.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        let n =
+            unsafe { libc::read(fd.0.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
         if n != size as isize {
             return signals;
         }
