@@ -416,6 +416,29 @@ fn a_worker_killed_by_a_real_time_signal_is_restarted_in_its_slot() {
 }
 
 #[test]
+fn a_monitor_stopped_by_a_stray_sigterm_during_generation_1_s_start_is_replaced() {
+    for signal in [Signal::SIGTERM, Signal::SIGHUP] {
+        let mut panzer = Panzer::start_with_env(
+            &["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", &example("server")],
+            &[("READY_DELAY_MS", "2000")],
+        );
+        let port = panzer.port(0);
+        let monitor = eventually(PATIENCE, "the first monitor", || panzer.monitors().first().copied());
+        assert!(!panzer.log().contains("generation 1 ready"), "generation 1 was ready before the signal");
+        kill(monitor, signal).unwrap();
+        let answer = eventually(PATIENCE, "a later generation to answer", || {
+            if let Some(status) = panzer.exited() {
+                panic!("{signal}: panzer exited ({status}) instead of replacing the monitor\n{}", panzer.log());
+            }
+            get(port, "/").ok()
+        });
+        assert_ne!(answer.field("generation"), "1", "{answer:?}");
+        panzer.signal(Signal::SIGTERM);
+        assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0), "{}", panzer.log());
+    }
+}
+
+#[test]
 fn monitors_are_named_panzer() {
     let panzer =
         Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &example("server")]);

@@ -26,6 +26,9 @@ pub const FAILED_GRACE: Duration = Duration::from_secs(5);
 /// failed; doubles per failure up to the cap.
 pub const REPLACEMENT_BACKOFF: Duration = Duration::from_millis(100);
 pub const REPLACEMENT_BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Monitors of generation 1 (or its replacements) that may be lost in a row
+/// before anything served, before main gives up with exit status 1.
+pub const MAX_LOST_MONITORS: u32 = 5;
 /// While a generation starts, its progress is logged this often.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -791,15 +794,11 @@ impl Policy {
                 let started = self.find(number).map(|g| g.started);
                 let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
                 self.remove(number);
-                match ended {
-                    // Killed from outside: not the application failing.
-                    Ended::Killed(_) => self.killed_while_starting(now, cause, started, &ended, out),
-                    _ => {
-                        let reason = format!("its monitor {ended} before it was ready");
-                        self.last_failure = Some(reason.clone());
-                        self.after_failure(now, cause, started, &reason, out);
-                    }
-                }
+                // A monitor that gives up on its workers says so first
+                // (GenerationFailed: the state is Failed then). One that
+                // just went away (killed, stopped by a stray SIGTERM) is not
+                // the application failing: it is started again.
+                self.killed_while_starting(now, cause, started, &ended, out);
             }
             State::Ready => {
                 self.remove(number);
@@ -846,6 +845,17 @@ impl Policy {
             }
             _ => {
                 self.replacement_failures += 1;
+                if !self.served && self.replacement_failures >= MAX_LOST_MONITORS {
+                    // Something keeps ending the monitor itself: say so and
+                    // stop, rather than retry forever with nothing serving.
+                    let reason = format!(
+                        "its monitor {ended} before it was ready, {MAX_LOST_MONITORS} times in a row"
+                    );
+                    log::error!("generation {} never became ready: {reason}", self.last);
+                    self.last_failure = Some(reason);
+                    self.exit_code = crate::error::EXIT_NOT_READY;
+                    return self.stop(now, Stop::Graceful, out);
+                }
                 if !self.any(|s| matches!(s, State::Starting | State::Ready | State::Delayed(_))) {
                     self.start(now, Cause::Replacement, out);
                 }
@@ -1555,5 +1565,29 @@ mod tests {
         let answer = &replies(&effects)[0];
         assert!(!answer.1 && answer.2.contains("went silent after WATCHDOG=1 during its soak"), "{answer:?}");
         assert_eq!(w.states(), vec![(1, State::Ready), (2, State::Failed)]);
+    }
+
+    #[test]
+    fn a_monitor_that_exits_on_its_own_while_generation_one_starts_is_replaced_too() {
+        let mut w = World::new();
+        w.on(Event::Boot);
+        // A stray SIGTERM made it drain and exit 0, without GenerationFailed.
+        w.exited(1, Ended::Exited(0));
+        assert!(!w.policy.is_stopping());
+        assert_eq!(w.later(REPLACEMENT_BACKOFF), vec![Spawn { generation: 2, count: 2 }]);
+    }
+
+    #[test]
+    fn monitors_lost_five_times_in_a_row_before_anything_served_end_main_with_status_one() {
+        let mut w = World::new();
+        w.on(Event::Boot);
+        for generation in 1..MAX_LOST_MONITORS {
+            w.exited(generation, killed());
+            w.later(REPLACEMENT_BACKOFF_CAP);
+            assert!(!w.policy.is_stopping(), "gave up after {generation}");
+        }
+        let effects = w.exited(MAX_LOST_MONITORS, killed());
+        assert_eq!(effects.last(), Some(&Exit(1)));
+        assert!(w.policy.last_failure.as_deref().unwrap().contains("5 times in a row"));
     }
 }
