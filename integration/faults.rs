@@ -428,7 +428,10 @@ fn a_monitor_stopped_by_a_stray_sigterm_during_generation_1_s_start_is_replaced(
         kill(monitor, signal).unwrap();
         let answer = eventually(PATIENCE, "a later generation to answer", || {
             if let Some(status) = panzer.exited() {
-                panic!("{signal}: panzer exited ({status}) instead of replacing the monitor\n{}", panzer.log());
+                panic!(
+                    "{signal}: panzer exited ({status}) instead of replacing the monitor\n{}",
+                    panzer.log()
+                );
             }
             get(port, "/").ok()
         });

@@ -106,6 +106,66 @@ fn the_pid_file_is_never_written_through_a_planted_symlink() {
 }
 
 #[test]
+fn a_fifo_planted_as_the_pid_file_is_refused_at_once_not_waited_on() {
+    if !is_root() {
+        eprintln!("skipped: needs root to plant files as another user");
+        return;
+    }
+    let dir = TestDir::new("pidfifo");
+    let shared = dir.join("shared");
+    sticky_dir(&shared);
+    let pid_file = shared.join("app.pid");
+    nix::unistd::mkfifo(&pid_file, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    give_to_nobody(&pid_file);
+    let mut panzer = Panzer::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "sleep",
+        "--",
+        "1000",
+    ]);
+    let (code, log) = fails(&mut panzer);
+    assert_ne!(code, 0, "{log}");
+    assert!(log.contains("is not a regular file"), "{log}");
+    assert_eq!(log.lines().count(), 1, "one line: {log}");
+}
+
+#[test]
+fn a_pid_file_another_user_filled_with_a_running_pid_does_not_block_the_start() {
+    if !is_root() {
+        eprintln!("skipped: needs root to plant files as another user");
+        return;
+    }
+    let dir = TestDir::new("pidsquat");
+    let shared = dir.join("shared");
+    sticky_dir(&shared);
+    let pid_file = shared.join("app.pid");
+    // pid 1 runs, and so does this test: neither is a panzer.
+    std::fs::write(&pid_file, "1\n").unwrap();
+    give_to_nobody(&pid_file);
+    let mut panzer = Panzer::start(&[
+        "--bind",
+        "127.0.0.1:0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "sleep",
+        "--",
+        "1000",
+    ]);
+    eventually(PATIENCE, "the pid file to name panzer", || {
+        if let Some(status) = panzer.exited() {
+            panic!("panzer exited ({status}):\n{}", panzer.log());
+        }
+        (std::fs::read_to_string(&pid_file).ok()?.trim() == panzer.pid.to_string()).then_some(())
+    });
+    assert!(panzer.log().contains("not a panzer"), "{}", panzer.log());
+    panzer.signal(Signal::SIGTERM);
+    assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0));
+}
+
+#[test]
 fn a_pid_file_in_a_directory_anyone_may_write_is_refused() {
     let dir = TestDir::new("pidopen");
     let open = dir.join("open");

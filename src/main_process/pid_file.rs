@@ -30,13 +30,25 @@ pub struct WrittenPidFile {
 impl PidFile {
     pub fn check(path: &Path) -> Result<PidFile, Error> {
         check_directory(path)?;
-        if let Some(pid) = read_pid(path) {
+        let existing = read_existing(path)
+            .map_err(|why| Error::Usage(format!("--pid-file {}: {why}", path.display())))?;
+        if let Some((pid, owner)) = existing {
             let me = std::process::id() as i32;
-            if pid > 0 && pid != me && nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok() {
+            let trusted = owner == 0 || owner == nix::unistd::geteuid().as_raw();
+            let running = pid > 0 && pid != me && nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok();
+            if running && trusted && is_panzer(pid) {
                 return Err(Error::InUse(format!(
-                    "pid file {} names process {pid}, which is running (another panzer?)",
+                    "pid file {} names process {pid}, which is running (another panzer)",
                     path.display()
                 )));
+            }
+            if running {
+                // Only a file of ours naming a running panzer stops the
+                // start: anyone may write a pid into a sticky directory.
+                log::warn!(
+                    "pid file {} names process {pid}, which is not a panzer of ours: replacing it",
+                    path.display()
+                );
             }
         }
         Ok(PidFile { path: path.to_path_buf() })
@@ -96,10 +108,40 @@ fn check_directory(path: &Path) -> Result<(), Error> {
 
 /// The pid in the file at `path`, read without following a symlink.
 fn read_pid(path: &Path) -> Option<i32> {
-    let mut file = std::fs::File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+    read_existing(path).ok().flatten().map(|(pid, _)| pid)
+}
+
+/// The pid in the file at `path` and the file's owner, if it is a regular
+/// file holding a pid; an error if something else sits there. Never blocks
+/// (a FIFO planted there would) and never follows a symlink.
+fn read_existing(path: &Path) -> Result<Option<(i32, u32)>, String> {
+    let opened = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        // A symlink (ELOOP) is replaced by the rename, never followed.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(e) => return Err(crate::error::describe(&e)),
+    };
+    let meta = file.metadata().map_err(|e| crate::error::describe(&e))?;
+    if !meta.file_type().is_file() {
+        return Err("is not a regular file; remove it or choose another path".into());
+    }
     let mut text = String::new();
-    Read::take(&mut file, 64).read_to_string(&mut text).ok()?;
-    text.trim().parse().ok()
+    Read::take(&mut file, 64).read_to_string(&mut text).map_err(|e| crate::error::describe(&e))?;
+    Ok(text.trim().parse().ok().map(|pid| (pid, meta.uid())))
+}
+
+/// Whether `pid` runs the same program as this process (a panzer).
+fn is_panzer(pid: i32) -> bool {
+    let name = |path: String| std::fs::read_to_string(path).map(|n| n.trim_end().to_string()).ok();
+    match (name(format!("/proc/{pid}/comm")), name("/proc/self/comm".into())) {
+        (Some(theirs), Some(ours)) => theirs == ours,
+        _ => false,
+    }
 }
 
 /// A new file beside `path` with an unpredictable name, created with
