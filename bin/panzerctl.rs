@@ -150,7 +150,7 @@ fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
     })?;
     let pid: u32 =
         text.trim().parse().map_err(|_| format!("pid file {} does not hold a pid", pid_file.display()))?;
-    Ok(control::default_path(pid))
+    control::trusted_default_path(pid)
 }
 
 fn print_human(request: &Request, reply: &Reply) {

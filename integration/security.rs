@@ -690,3 +690,53 @@ fn another_user_hammering_an_open_control_socket_cannot_flood_the_log() {
     let warnings = panzer.log().lines().filter(|l| l.contains("refused a client with uid")).count();
     assert!((1..=5).contains(&warnings), "{warnings} warning lines for 500 refusals:\n{}", panzer.log());
 }
+
+#[test]
+fn panzerctl_never_trusts_a_runtime_directory_another_user_planted() {
+    if !is_root() || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("skipped: needs root and /usr/bin/python3 to serve a socket as another user");
+        return;
+    }
+    // Without XDG_RUNTIME_DIR, a non-root panzerctl (uid 1000 here) looks in
+    // $TMPDIR/panzer-<uid>; TMPDIR points at a sticky directory where uid
+    // 65534 planted panzer-1000/<pid>.sock, served by a fake panzer that
+    // answers every request with ok.
+    let dir = TestDir::new("ctlsquat");
+    let shared = dir.join("shared");
+    sticky_dir(&shared);
+    let planted = shared.join("panzer-1000");
+    std::fs::create_dir(&planted).unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o777)).unwrap();
+    give_to_nobody(&planted);
+    let socket = planted.join(format!("{}.sock", std::process::id()));
+    let fake = format!(
+        "import socket, os\ns = socket.socket(socket.AF_UNIX)\ns.bind({:?})\nos.chmod({:?}, 0o777)\ns.listen(8)\nprint('up', flush=True)\nwhile True:\n    c, _ = s.accept()\n    c.recv(4096)\n    c.sendall(b'{{\"ok\":true,\"generation\":999}}\\n')\n    c.close()\n",
+        socket.to_str().unwrap(),
+        socket.to_str().unwrap()
+    );
+    let mut server = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(&fake)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut up).unwrap();
+    assert_eq!(up.trim(), "up");
+    let out = panzerctl_as(
+        Some(1000),
+        &["reload"],
+        &[("TMPDIR", shared.to_str().unwrap()), ("XDG_RUNTIME_DIR", "")],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_ne!(out.code, 0, "panzerctl believed a planted socket: {}", out.stdout);
+    assert!(!out.stdout.contains("generation 999"), "{}", out.stdout);
+    assert!(out.stderr.contains(planted.to_str().unwrap()), "the error names the directory: {}", out.stderr);
+}

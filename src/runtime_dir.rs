@@ -51,12 +51,6 @@ pub fn private_dir() -> PathBuf {
     }
 }
 
-/// The default control socket of main `pid`: `<private dir>/<pid>.sock`.
-/// A path only, for `panzerctl --pid-file`.
-pub fn default_control_path(pid: u32) -> PathBuf {
-    private_dir().join(format!("{pid}.sock"))
-}
-
 /// The default control socket for this main: makes sure the private dir is
 /// safe (creating it if need be), removes what dead panzers left in it, and
 /// returns `<private dir>/<pid>.sock`.

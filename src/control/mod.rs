@@ -232,19 +232,11 @@ impl Reply {
     }
 }
 
-/// The default control socket path for main `pid`:
-/// `<private dir>/<pid>.sock`, the private dir being
-/// `$XDG_RUNTIME_DIR/panzer`, else `/run/panzer` for root, else
-/// `$TMPDIR/panzer-<uid>` (see [`crate::runtime_dir`]).
-pub fn default_path(pid: u32) -> std::path::PathBuf {
-    crate::runtime_dir::default_control_path(pid)
-}
-
 /// The control socket of the one panzer running with a default control
 /// path, for `panzerctl` without `--control` or `--pid-file`. An error when
 /// there is none, or several (it names them).
 pub fn discover() -> Result<std::path::PathBuf, String> {
-    let dir = crate::runtime_dir::private_dir();
+    let dir = trusted_private_dir()?;
     let mut found = Vec::new();
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for entry in entries.flatten() {
@@ -266,6 +258,34 @@ pub fn discover() -> Result<std::path::PathBuf, String> {
             Err(format!("several panzers are running ({}); pick one with --control PATH", list.join(", ")))
         }
     }
+}
+
+/// This user's private runtime directory, where default control sockets
+/// live, if it is safe to trust: a real directory (not a symlink), owned by
+/// this user, with no access for anyone else. Another user may have planted
+/// one in a shared temp dir, with a fake panzer's socket in it.
+pub fn trusted_private_dir() -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = crate::runtime_dir::private_dir();
+    let me = nix::unistd::geteuid().as_raw();
+    match std::fs::symlink_metadata(&dir) {
+        Err(_) => Ok(dir),
+        Ok(meta) if meta.is_dir() && meta.uid() == me && meta.permissions().mode() & 0o077 == 0 => Ok(dir),
+        Ok(meta) => Err(format!(
+            "{} is not a private directory of yours (owner uid {}, mode {:o}): not looking for panzers there; \
+             give --control PATH",
+            dir.display(),
+            meta.uid(),
+            meta.permissions().mode() & 0o7777
+        )),
+    }
+}
+
+/// The default control socket of main `pid` (`<private dir>/<pid>.sock`,
+/// the private dir being `$XDG_RUNTIME_DIR/panzer`, else `/run/panzer` for
+/// root, else `$TMPDIR/panzer-<uid>`), in [`trusted_private_dir`].
+pub fn trusted_default_path(pid: u32) -> Result<std::path::PathBuf, String> {
+    Ok(trusted_private_dir()?.join(format!("{pid}.sock")))
 }
 
 #[cfg(test)]
