@@ -148,6 +148,11 @@ fn top_shows_every_worker_live_and_gives_the_terminal_back_on_q_and_ctrl_c() {
         assert!(words[0] == "ok" && ["ms", "s"].contains(&words[2]) && words[4] == "ago", "{screen}");
 
         tmux.keys(&[quit]);
+        // Typed before top has exited, the next line would go to top (raw
+        // mode), not to the shell: wait for the shell to be in front again.
+        eventually(PATIENCE, &format!("top to exit on {quit}"), || {
+            (tmux.pane("pane_current_command") != "panzerctl").then_some(())
+        });
         let code = tmux.type_line("echo top-exit=$?", "top-exit=");
         let screen = tmux.screen();
         assert_eq!(code, "0", "{quit}: top did not exit 0:\n{screen}");
