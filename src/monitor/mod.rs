@@ -7,6 +7,7 @@
 //! One single-threaded loop polls the signalfd, the status channel and the
 //! notify socket, with the next start or readiness timer as its timeout.
 
+mod accepting;
 mod notify_socket;
 mod output;
 pub(crate) mod pool;
@@ -26,8 +27,9 @@ use crate::notify::Notify;
 use crate::protocol::{Channel, MonitorArgs, Order, Received, Report, FIRST_SOCKET_FD, STATUS_FD};
 use crate::sys;
 use crate::sys::spawn::ExecPlan;
-use crate::units::{format_duration, ReadyMode};
+use crate::units::format_duration;
 use crate::worker;
+use accepting::{Readiness, Reason};
 use notify_socket::NotifySocket;
 use pool::Pool;
 
@@ -66,6 +68,8 @@ struct Monitor {
     notify_warnings: crate::log_limit::LogLimit<u32>,
     /// With `--tag-output`: the workers' stdout and stderr pipes.
     output: Option<output::TaggedOutput>,
+    /// `--ready accepting`/`auto`: looks at starting workers; why each is ready.
+    readiness: Readiness,
 }
 
 /// Runs the monitor role; returns the process exit status.
@@ -99,6 +103,7 @@ impl Monitor {
             Ok((sockets, signals, notify, program)) => {
                 let now = Instant::now();
                 Ok(Monitor {
+                    readiness: Readiness::new(args.ready, Readiness::socket_inodes(&sockets)),
                     pool: Pool::new(args.count, args.ready, now),
                     base_env: worker::inherited_env(),
                     parent: nix::unistd::getppid(),
@@ -144,8 +149,9 @@ impl Monitor {
             let now = Instant::now();
             self.start_due(now);
             for pid in self.pool.due_ready(now) {
-                self.worker_ready(pid);
+                self.worker_ready(pid, Reason::Alive(self.args.ready_after()));
             }
+            self.look_at_starting(now);
             self.check_generation_ready();
             if let Some(code) = self.exit_code {
                 if self.pool.workers().next().is_none() && self.retired.is_empty() {
@@ -157,11 +163,15 @@ impl Monitor {
             }
             self.kill_overdue(now);
 
-            let deadline =
-                [self.pool.next_deadline(), self.kill_at, self.retired.iter().map(|r| r.kill_at).min()]
-                    .into_iter()
-                    .flatten()
-                    .min();
+            let deadline = [
+                self.pool.next_deadline(),
+                self.kill_at,
+                self.retired.iter().map(|r| r.kill_at).min(),
+                self.readiness.next_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let mut fds: Vec<(BorrowedFd<'_>, bool)> =
                 vec![(self.signals.as_fd(), false), (self.notify.fd(), false)];
             let has_status = self.status.is_some();
@@ -249,10 +259,36 @@ impl Monitor {
         Ok(pid)
     }
 
-    fn worker_ready(&mut self, pid: i32) {
+    fn worker_ready(&mut self, pid: i32, reason: Reason) {
         if let Some(ordinal) = self.pool.ready(pid) {
-            log::debug!("worker {ordinal} (pid {pid}) ready");
+            log::debug!("worker {ordinal} (pid {pid}) ready ({reason})");
+            self.readiness.ready(ordinal, reason);
             self.report(Report::WorkerReady { ordinal, pid });
+        }
+    }
+
+    /// `--ready accepting`/`auto`: looks at the starting workers that are due.
+    fn look_at_starting(&mut self, now: Instant) {
+        if self.pool.is_draining() {
+            return;
+        }
+        let starting: Vec<(i32, Instant)> =
+            self.pool.workers().filter(|w| !w.ready && w.pid != 0).map(|w| (w.pid, w.started)).collect();
+        for pid in self.readiness.due(&starting, now) {
+            let seen = accepting::look(pid, self.readiness.inodes());
+            if let accepting::Seen::Hidden(why) = &seen {
+                if self.readiness.first_hidden() {
+                    log::warn!(
+                        "cannot see whether workers accept ({why}); a worker hidden so is ready \
+                         after {} alive",
+                        format_duration(accepting::ALIVE_FALLBACK)
+                    );
+                }
+            }
+            let started = starting.iter().find(|(p, _)| *p == pid).map_or(now, |(_, s)| *s);
+            if let Some(reason) = self.readiness.seen(pid, started, now, &seen) {
+                self.worker_ready(pid, reason);
+            }
         }
     }
 
@@ -260,6 +296,9 @@ impl Monitor {
         if self.pool.take_generation_ready() {
             let workers = self.pool.slots().len() as u32;
             let elapsed_ms = self.started.elapsed().as_millis() as u64;
+            // What decided; main's `generation K ready: …` line follows.
+            let why = self.readiness.summary(self.pool.slots().iter().map(|s| s.ordinal));
+            log::info!("{workers}/{workers} workers ready in {elapsed_ms} ms ({why})");
             self.report(Report::GenerationReady { workers, elapsed_ms });
         }
     }
@@ -316,8 +355,8 @@ impl Monitor {
             };
             for message in messages {
                 match message {
-                    // With --ready DURATION, only time alive counts.
-                    Notify::Ready if self.args.ready == ReadyMode::Notify => self.worker_ready(pid),
+                    // With --ready DURATION or accepting, READY=1 does not count.
+                    Notify::Ready if self.readiness.counts_notify() => self.worker_ready(pid, Reason::Notify),
                     Notify::Ready => {}
                     // Worker text stays here: it never travels to main.
                     Notify::Status(text) => log::debug!("worker {ordinal} (pid {pid}) status: {text}"),

@@ -200,7 +200,8 @@ impl Pool {
             ReadyMode::After(after) => {
                 Some(self.workers().filter(|w| !w.ready).map(move |w| w.started + after))
             }
-            ReadyMode::Notify => None,
+            // The other modes wait for a message or a look (accepting.rs).
+            _ => None,
         };
         starts.chain(readies.into_iter().flatten()).min()
     }
