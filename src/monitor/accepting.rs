@@ -11,8 +11,9 @@
 //! - a thread is blocked in `poll`/`ppoll` or `select`/`pselect6` with
 //!   the socket among its read fds (the set is read from `/proc/PID/mem`).
 //!
-//! Workers are looked at only while they start, every 5 ms at first and
-//! backing off to every 50 ms; the walk reads the worker's own subtree
+//! Workers are looked at only while they start, and less as they age: every
+//! millisecond for the first 5 ms (a fast server is accepting by then), every
+//! 5 ms at 25 ms, every 50 ms from 250 ms; the walk reads the worker's own subtree
 //! (`/proc/PID/task/*/children`), never all of `/proc`.
 //!
 //! The parsing is pure and tested on sample text; [`look`] is the thin
@@ -31,8 +32,10 @@ use crate::units::ReadyMode;
 /// With `auto`, how long a worker whose accepting cannot be seen must stay
 /// alive to count as ready (and with `accepting`, where `/proc` hides it).
 pub(crate) const ALIVE_FALLBACK: Duration = Duration::from_secs(1);
+/// The first look at a new worker: a fast server is already accepting.
+const FIRST_LOOK: Duration = Duration::from_millis(1);
 /// Shortest and longest time between two looks at a starting worker.
-const FIRST_PERIOD: Duration = Duration::from_millis(5);
+const FIRST_PERIOD: Duration = Duration::from_millis(1);
 const LAST_PERIOD: Duration = Duration::from_millis(50);
 /// Most processes of one worker's tree looked at, and most fds read from
 /// one `poll` or `select` set: a bound on what one look costs.
@@ -116,7 +119,7 @@ impl Readiness {
         self.next.retain(|pid, _| starting.iter().any(|(p, _)| p == pid));
         let mut due = Vec::new();
         for &(pid, started) in starting {
-            let at = *self.next.entry(pid).or_insert(started + FIRST_PERIOD);
+            let at = *self.next.entry(pid).or_insert(started + FIRST_LOOK);
             if at <= now {
                 due.push(pid);
             }
@@ -139,7 +142,7 @@ impl Readiness {
             self.next.remove(&pid);
         } else {
             // Back off with age, and look again right at the fallback time.
-            let mut at = now + (alive / 10).clamp(FIRST_PERIOD, LAST_PERIOD);
+            let mut at = now + (alive / 5).clamp(FIRST_PERIOD, LAST_PERIOD);
             if alive < ALIVE_FALLBACK {
                 at = at.min(started + ALIVE_FALLBACK);
             }
@@ -442,10 +445,12 @@ mod tests {
     fn a_starting_worker_is_looked_at_often_then_less() {
         let (mut r, t0) = readiness("auto");
         assert!(r.due(&[(10, t0)], t0).is_empty());
-        assert_eq!(r.next_deadline(), Some(t0 + 5 * MS));
-        assert_eq!(r.due(&[(10, t0)], t0 + 5 * MS), vec![10]);
-        assert_eq!(r.seen(10, t0, t0 + 5 * MS, &Seen::NotYet), None);
-        assert_eq!(r.next_deadline(), Some(t0 + 10 * MS));
+        assert_eq!(r.next_deadline(), Some(t0 + MS));
+        assert_eq!(r.due(&[(10, t0)], t0 + MS), vec![10]);
+        assert_eq!(r.seen(10, t0, t0 + MS, &Seen::NotYet), None);
+        assert_eq!(r.next_deadline(), Some(t0 + 2 * MS), "every millisecond at first");
+        r.seen(10, t0, t0 + 25 * MS, &Seen::NotYet);
+        assert_eq!(r.next_deadline(), Some(t0 + 30 * MS), "every 5 ms at 25 ms");
         r.seen(10, t0, t0 + 2000 * MS, &Seen::NotYet);
         assert_eq!(r.next_deadline(), Some(t0 + 2050 * MS), "at most every 50 ms");
         assert!(r.due(&[], t0 + 3000 * MS).is_empty());
@@ -464,7 +469,7 @@ mod tests {
     fn auto_falls_back_to_alive_only_for_a_worker_it_cannot_watch() {
         let (mut r, t0) = readiness("auto");
         assert_eq!(r.seen(10, t0, t0 + 900 * MS, &Seen::Blind), None);
-        assert_eq!(r.next_deadline(), Some(t0 + 950 * MS));
+        assert_eq!(r.next_deadline(), Some(t0 + 950 * MS), "every 50 ms from 250 ms");
         r.seen(10, t0, t0 + 980 * MS, &Seen::Blind);
         assert_eq!(r.next_deadline(), Some(t0 + 1000 * MS), "looked at again right at 1 s");
         assert_eq!(r.seen(10, t0, t0 + 1000 * MS, &Seen::Blind), Some(Reason::Alive(ALIVE_FALLBACK)));
