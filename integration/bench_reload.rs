@@ -12,6 +12,10 @@
 //! * `reload-latency`: idle, ≥ 20 reloads. Signal → `generation K ready` (wall
 //!   time, and the monitor's own `in X ms`); panzer's overhead is the
 //!   difference. Then new generation ready → `generation K-1 stopped`.
+//! * `reload-auto`: the same idle reloads with the default `--ready auto` and
+//!   a server that never sends `READY=1` (`NO_NOTIFY=1`): panzer must see it
+//!   accept. Target: the monitor's `in X ms` within 5 ms of the server's own
+//!   start-up (spawn → `READY=1` when run alone).
 //! * `memory`: VmRSS of main and of the monitor, at start and after reloads.
 //! * `idle-cpu`: CPU ticks of main and monitor over 10 s of idleness.
 //! * `start-64`: panzer start → `generation 1 ready` with 64 workers.
@@ -87,6 +91,7 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: "failures-fresh", run: |b| failures(b, false) },
     Scenario { name: "failures-keepalive", run: |b| failures(b, true) },
     Scenario { name: "reload-latency", run: reload_latency },
+    Scenario { name: "reload-auto", run: reload_auto },
     Scenario { name: "memory", run: memory },
     Scenario { name: "idle-cpu", run: idle_cpu },
     Scenario { name: "start-64", run: start_64 },
@@ -346,6 +351,52 @@ fn reload_latency(bench: &Bench) -> Outcome {
             &repro,
         ),
     ])
+}
+
+/// Scenario: idle reloads with `--ready auto` of a server that never
+/// notifies, so each new worker is seen accepting.
+fn reload_auto(bench: &Bench) -> Outcome {
+    let alone = server_alone(bench, 20)?;
+    let count = WORKERS.to_string();
+    let mut panzer = bench.panzer(&["--count", &count, "--ready", "auto"], &[("NO_NOTIFY", "1")])?;
+    panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
+    let mut reloads = Vec::new();
+    for k in 2..=IDLE_RELOADS + 1 {
+        // Let the previous reload's last log lines and exits settle.
+        thread::sleep(Duration::from_millis(30));
+        reloads.push(panzer.reload(k)?);
+    }
+    panzer.log.poll();
+    let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
+    for (_, text) in panzer.log.lines.iter().filter(|(_, l)| l.contains(" workers ready in ")) {
+        let reason = text.rsplit('(').next().unwrap_or("").trim_end_matches(')');
+        *reasons.entry(reason.to_owned()).or_default() += 1;
+    }
+    let wall: Vec<f64> = reloads.iter().map(|r| ms(r.ready - r.signal)).collect();
+    let in_x: Vec<f64> = reloads.iter().map(|r| r.in_ms as f64).collect();
+    let n = reloads.len();
+    let repro = bench.repro(
+        "reload-auto",
+        &format!("--count {WORKERS} --ready auto (NO_NOTIFY=1)"),
+        &format!("idle, {n} × kill -USR1 <main>"),
+    );
+    let margin = median(&in_x) - median(&alone);
+    Ok(vec![line(
+        "reload-auto",
+        &format!(
+            "n={n} signal→ready median {:.1} ms p99 {:.1} ms; monitor's `in X ms` median {:.1} p99 \
+             {:.1}; server alone spawn→READY=1 median {:.1} ms, so panzer saw it accept {margin:.1} ms \
+             after its start-up; decided by {reasons:?}",
+            median(&wall),
+            p99(&wall),
+            median(&in_x),
+            p99(&in_x),
+            median(&alone),
+        ),
+        "`in X ms` median ≤ start-up + 5 ms",
+        margin <= 5.0,
+        &repro,
+    )])
 }
 
 /// Scenario 3: resident memory of main and of the monitor.

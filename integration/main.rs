@@ -17,6 +17,7 @@ mod lifecycle;
 mod metrics;
 mod orphans;
 mod privileges;
+mod ready;
 mod real_servers;
 mod reload;
 mod resilience;

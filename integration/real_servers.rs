@@ -26,12 +26,12 @@ fn scripts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures/real")
 }
 
-fn script(name: &str) -> String {
+pub(crate) fn script(name: &str) -> String {
     scripts().join(name).to_string_lossy().into_owned()
 }
 
 /// Whether `program ARGS…` runs and exits 0; the error says why not.
-fn available(program: &str, args: &[&str]) -> Result<(), String> {
+pub(crate) fn available(program: &str, args: &[&str]) -> Result<(), String> {
     match Command::new(program).args(args).output() {
         Ok(out) if out.status.success() => Ok(()),
         Ok(out) => {
@@ -42,12 +42,12 @@ fn available(program: &str, args: &[&str]) -> Result<(), String> {
 }
 
 /// Prints why a test does not run (`.ci/run` installs what it needs).
-fn skip(test: &str, reason: &str) {
+pub(crate) fn skip(test: &str, reason: &str) {
     eprintln!("SKIPPED {test}: {reason} (bash .ci/run installs it)");
 }
 
 /// The Go server, built once per test run from its source.
-fn go_server() -> Result<String, String> {
+pub(crate) fn go_server() -> Result<String, String> {
     static BUILT: OnceLock<Result<String, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {

@@ -41,9 +41,13 @@ pub struct Cli {
           value_parser = clap::value_parser!(i32).range(1..))]
     pub backlog: i32,
 
-    /// When a worker counts as ready: `notify` (it sends READY=1 to NOTIFY_SOCKET)
-    /// or a duration it must stay alive, such as 1s.
-    #[arg(long, env = "PANZER_READY", default_value = "1s", value_name = "MODE")]
+    /// When a worker counts as ready: `notify` (it, or a process it started, sends
+    /// READY=1 to NOTIFY_SOCKET); `accepting` (it, or a process it started, is seen
+    /// waiting for connections on its socket: epoll, accept, poll or select, read
+    /// from /proc); a duration it must stay alive, such as 1s; `auto` (the default):
+    /// READY=1 or accepting, whichever comes first, and alive 1s only for a worker
+    /// whose accepting cannot be seen.
+    #[arg(long, env = "PANZER_READY", default_value = "auto", value_name = "MODE")]
     pub ready: ReadyMode,
 
     /// A generation whose workers are not all ready by then has failed.

@@ -94,6 +94,14 @@ pub struct MonitorArgs {
 }
 
 impl MonitorArgs {
+    /// The time alive of `--ready DURATION` (zero for the other modes).
+    pub fn ready_after(&self) -> Duration {
+        match self.ready {
+            ReadyMode::After(after) => after,
+            _ => Duration::ZERO,
+        }
+    }
+
     /// The argument list main passes, `__monitor` first.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![

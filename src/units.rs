@@ -9,20 +9,30 @@ use std::time::Duration;
 pub enum ReadyMode {
     /// When it sends `READY=1` to `NOTIFY_SOCKET`.
     Notify,
+    /// When it is seen accepting on a listening socket (read from `/proc`).
+    Accepting,
     /// When it has stayed alive this long.
     After(Duration),
+    /// `READY=1` or accepting, whichever comes first; alive 1 s for a
+    /// worker whose accepting cannot be seen. The default.
+    Auto,
 }
 
 impl std::str::FromStr for ReadyMode {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        if s == "notify" {
-            return Ok(ReadyMode::Notify);
+        match s {
+            "notify" => return Ok(ReadyMode::Notify),
+            "accepting" => return Ok(ReadyMode::Accepting),
+            "auto" => return Ok(ReadyMode::Auto),
+            _ => {}
         }
-        parse_duration(s)
-            .map(ReadyMode::After)
-            .map_err(|_| format!("invalid ready mode '{s}': expected 'notify' or a duration such as 1s"))
+        parse_duration(s).map(ReadyMode::After).map_err(|_| {
+            format!(
+                "invalid ready mode '{s}': expected 'auto', 'notify', 'accepting' or a duration such as 1s"
+            )
+        })
     }
 }
 
@@ -30,6 +40,8 @@ impl std::fmt::Display for ReadyMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReadyMode::Notify => write!(f, "notify"),
+            ReadyMode::Accepting => write!(f, "accepting"),
+            ReadyMode::Auto => write!(f, "auto"),
             ReadyMode::After(d) => write!(f, "{}ms", d.as_millis()),
         }
     }
@@ -317,8 +329,13 @@ mod tests {
     }
 
     #[test]
-    fn ready_mode_is_notify_or_a_duration() {
+    fn ready_mode_is_auto_notify_accepting_or_a_duration() {
         assert_eq!("notify".parse(), Ok(ReadyMode::Notify));
+        assert_eq!("accepting".parse(), Ok(ReadyMode::Accepting));
+        assert_eq!("auto".parse(), Ok(ReadyMode::Auto));
+        for mode in ["auto", "notify", "accepting", "250ms"] {
+            assert_eq!(mode.parse::<ReadyMode>().unwrap().to_string(), mode, "read back by the monitor");
+        }
         assert_eq!("1s".parse(), Ok(ReadyMode::After(Duration::from_secs(1))));
         assert!("soon".parse::<ReadyMode>().is_err());
     }

@@ -13,6 +13,7 @@
 //! is ready, in one `Report::WorkerReplaced` message, so its view of a slot
 //! goes from one ready worker to the next, never through a slot without one.
 
+mod accepting;
 mod notify_socket;
 mod output;
 pub(crate) mod pool;
@@ -30,8 +31,9 @@ use crate::notify::Notify;
 use crate::protocol::{Channel, MonitorArgs, Order, Received, Report, FIRST_SOCKET_FD, STATUS_FD};
 use crate::sys;
 use crate::sys::spawn::ExecPlan;
-use crate::units::{format_duration, ReadyMode};
+use crate::units::format_duration;
 use crate::worker;
+use accepting::Readiness;
 use notify_socket::NotifySocket;
 use pool::{Limits, Pool, Reason, Role};
 
@@ -72,6 +74,8 @@ struct Monitor {
     notify_warnings: crate::log_limit::LogLimit<u32>,
     /// With `--tag-output`: the workers' stdout and stderr pipes.
     output: Option<output::TaggedOutput>,
+    /// `--ready accepting`/`auto`: looks at starting workers; why each is ready.
+    readiness: Readiness,
     /// Notify messages from pids no worker owns: one line per pid a minute.
     strangers: crate::log_limit::LogLimit<i32>,
 }
@@ -113,6 +117,7 @@ impl Monitor {
                     graceful: args.graceful_timeout.0,
                 };
                 Ok(Monitor {
+                    readiness: Readiness::new(args.ready, Readiness::socket_inodes(&sockets)),
                     pool: Pool::new(args.count, args.ready, now).with_limits(limits),
                     rss_at: args.max_rss.map(|_| now + RSS_INTERVAL),
                     base_env: worker::inherited_env(),
@@ -162,8 +167,9 @@ impl Monitor {
             self.supervise(now);
             self.start_due(now);
             for pid in self.pool.due_ready(now) {
-                self.worker_ready(pid);
+                self.worker_ready(pid, accepting::Reason::Alive(self.args.ready_after()));
             }
+            self.look_at_starting(now);
             self.check_generation_ready();
             if let Some(code) = self.exit_code {
                 if self.pool.is_empty() {
@@ -175,7 +181,11 @@ impl Monitor {
             }
             self.kill_overdue(now);
 
-            let deadline = [self.pool.next_deadline(), self.kill_at, self.rss_at].into_iter().flatten().min();
+            let deadline =
+                [self.pool.next_deadline(), self.kill_at, self.rss_at, self.readiness.next_deadline()]
+                    .into_iter()
+                    .flatten()
+                    .min();
             let mut fds: Vec<(BorrowedFd<'_>, bool)> =
                 vec![(self.signals.as_fd(), false), (self.notify.fd(), false)];
             let has_status = self.status.is_some();
@@ -339,11 +349,12 @@ impl Monitor {
         Ok(pid)
     }
 
-    fn worker_ready(&mut self, pid: i32) {
+    fn worker_ready(&mut self, pid: i32, reason: accepting::Reason) {
         match self.pool.ready(pid, Instant::now()) {
             None => {}
             Some((ordinal, None)) => {
-                log::debug!("worker {ordinal} (pid {pid}) ready");
+                log::debug!("worker {ordinal} (pid {pid}) ready ({reason})");
+                self.readiness.ready(ordinal, reason);
                 self.report(Report::WorkerReady { ordinal, pid });
             }
             Some((ordinal, Some(replaced))) => {
@@ -367,10 +378,38 @@ impl Monitor {
         }
     }
 
+    /// `--ready accepting`/`auto`: looks at the starting workers that are due.
+    fn look_at_starting(&mut self, now: Instant) {
+        if self.pool.is_draining() {
+            return;
+        }
+        let starting: Vec<(i32, Instant)> =
+            self.pool.workers().filter(|w| !w.ready && w.pid != 0).map(|w| (w.pid, w.started)).collect();
+        for pid in self.readiness.due(&starting, now) {
+            let seen = accepting::look(pid, self.readiness.inodes());
+            if let accepting::Seen::Hidden(why) = &seen {
+                if self.readiness.first_hidden() {
+                    log::warn!(
+                        "cannot see whether workers accept ({why}); a worker hidden so is ready \
+                         after {} alive",
+                        format_duration(accepting::ALIVE_FALLBACK)
+                    );
+                }
+            }
+            let started = starting.iter().find(|(p, _)| *p == pid).map_or(now, |(_, s)| *s);
+            if let Some(reason) = self.readiness.seen(pid, started, now, &seen) {
+                self.worker_ready(pid, reason);
+            }
+        }
+    }
+
     fn check_generation_ready(&mut self) {
         if self.pool.take_generation_ready() {
             let workers = self.pool.slots().len() as u32;
             let elapsed_ms = self.started.elapsed().as_millis() as u64;
+            // What decided; main's `generation K ready: …` line follows.
+            let why = self.readiness.summary(self.pool.slots().iter().map(|s| s.ordinal));
+            log::info!("{workers}/{workers} workers ready in {elapsed_ms} ms ({why})");
             self.report(Report::GenerationReady { workers, elapsed_ms });
         }
     }
@@ -436,8 +475,10 @@ impl Monitor {
             };
             for message in messages {
                 match message {
-                    // With --ready DURATION, only time alive counts.
-                    Notify::Ready if self.args.ready == ReadyMode::Notify => self.worker_ready(pid),
+                    // With --ready DURATION or accepting, READY=1 does not count.
+                    Notify::Ready if self.readiness.counts_notify() => {
+                        self.worker_ready(pid, accepting::Reason::Notify)
+                    }
                     Notify::Ready => {}
                     // Worker text stays here: it never travels to main.
                     Notify::Status(text) => log::debug!("worker {ordinal} (pid {pid}) status: {text}"),
