@@ -983,10 +983,11 @@ fn rss(pid: Pid) -> Result<Rss, String> {
 
 /// `X` of `generation K ready: N/N workers in X ms`.
 fn in_ms(line: &str) -> Result<u64, String> {
-    line.rsplit(" in ")
-        .next()
-        .and_then(|s| s.trim().strip_suffix("ms"))
-        .and_then(|s| s.trim().parse().ok())
+    // `generation 3 ready: 4/4 workers in 212 ms (accepting)`
+    line.split(" workers in ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
         .ok_or_else(|| format!("no `in X ms` in {line:?}"))
 }
 

@@ -2,16 +2,16 @@
 //! sends `READY=1` is ready once panzer sees it accept on its socket, never
 //! before; `auto`, the default, takes `READY=1` or accepting, whichever
 //! comes first, and falls back to 1 s alive only for a worker whose
-//! accepting cannot be seen. The monitor logs what decided.
+//! accepting cannot be seen. main's `generation K ready` line says what decided.
 
 use crate::harness::*;
 use crate::real_servers::{available, go_server, script, skip};
 
-/// The monitor's line for generation `k`: `2/2 workers ready in 12 ms (accepting)`.
+/// main's line for generation `k`: `generation 1 ready: 2/2 workers in 12 ms (accepting)`.
 fn reason_line(panzer: &Panzer, k: u32) -> String {
-    let tag = format!("gen {k}]: ");
+    let tag = format!("generation {k} ready: ");
     eventually(PATIENCE, &format!("generation {k}'s readiness line\n{}", panzer.log()), || {
-        panzer.log().lines().find(|l| l.contains(&tag) && l.contains(" workers ready in ")).map(String::from)
+        panzer.log().lines().find(|l| l.contains(&tag)).map(String::from)
     })
 }
 

@@ -152,7 +152,13 @@ pub enum Report {
     /// The worker in slot `ordinal` exited; `how` is human-readable.
     WorkerExited { ordinal: u32, pid: i32, how: String },
     /// Every slot has had a ready worker: the generation can take over.
-    GenerationReady { workers: u32, elapsed_ms: u64 },
+    /// `how`: what decided (`accepting`, `notify`, `alive 1s`, or a mix).
+    GenerationReady {
+        workers: u32,
+        elapsed_ms: u64,
+        #[serde(default)]
+        how: String,
+    },
     /// The generation cannot become ready; the monitor drains it.
     GenerationFailed { reason: String },
     /// Supervision (`--health-timeout`, `--max-rss`, `--max-age`) replaced
@@ -297,13 +303,15 @@ mod tests {
     fn messages_cross_the_pair_one_packet_each() {
         let (main, mut monitor) = Channel::pair().unwrap();
         monitor.send(&Report::WorkerStarted { ordinal: 1, pid: 42 }).unwrap();
-        monitor.send(&Report::GenerationReady { workers: 2, elapsed_ms: 7 }).unwrap();
+        monitor
+            .send(&Report::GenerationReady { workers: 2, elapsed_ms: 7, how: "accepting".into() })
+            .unwrap();
         let Received::Messages(got) = main.receive::<Report>() else { panic!("channel closed") };
         assert_eq!(
             got,
             vec![
                 Report::WorkerStarted { ordinal: 1, pid: 42 },
-                Report::GenerationReady { workers: 2, elapsed_ms: 7 }
+                Report::GenerationReady { workers: 2, elapsed_ms: 7, how: "accepting".into() }
             ]
         );
         drop(monitor);

@@ -516,12 +516,15 @@ impl Policy {
                     self.failed(now, number, &reason, out);
                 }
             }
-            Report::GenerationReady { workers, elapsed_ms } => {
+            Report::GenerationReady { workers, elapsed_ms, how } => {
+                let how = if how.is_empty() { String::new() } else { format!(" ({how})") };
                 // A staged reload goes on from its worker counts (below).
                 if g.roll.is_some() {
-                    log::info!("generation {number}: {workers}/{workers} workers of this step ready in {elapsed_ms} ms");
+                    log::info!("generation {number}: {workers}/{workers} workers of this step ready in {elapsed_ms} ms{how}");
                 } else {
-                    log::info!("generation {number} ready: {workers}/{workers} workers in {elapsed_ms} ms");
+                    log::info!(
+                        "generation {number} ready: {workers}/{workers} workers in {elapsed_ms} ms{how}"
+                    );
                     self.ready(now, number, workers, out);
                 }
             }
@@ -1065,7 +1068,7 @@ mod tests {
         fn ready(&mut self, generation: u32) -> Vec<Effect> {
             self.on(Event::Report {
                 generation,
-                report: Report::GenerationReady { workers: 2, elapsed_ms: 1 },
+                report: Report::GenerationReady { workers: 2, elapsed_ms: 1, how: String::new() },
             })
         }
 

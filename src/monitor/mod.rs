@@ -407,10 +407,9 @@ impl Monitor {
         if self.pool.take_generation_ready() {
             let workers = self.pool.slots().len() as u32;
             let elapsed_ms = self.started.elapsed().as_millis() as u64;
-            // What decided; main's `generation K ready: …` line follows.
-            let why = self.readiness.summary(self.pool.slots().iter().map(|s| s.ordinal));
-            log::info!("{workers}/{workers} workers ready in {elapsed_ms} ms ({why})");
-            self.report(Report::GenerationReady { workers, elapsed_ms });
+            // What decided: main's `generation K ready: …` line says it.
+            let how = self.readiness.summary(self.pool.slots().iter().map(|s| s.ordinal));
+            self.report(Report::GenerationReady { workers, elapsed_ms, how });
         }
     }
 
