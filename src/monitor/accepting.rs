@@ -88,12 +88,23 @@ pub(crate) struct Readiness {
     next: HashMap<i32, Instant>,
     /// Why each slot's current worker is ready.
     reasons: HashMap<u32, Reason>,
+    /// Starting workers once seen waiting on something else: observable,
+    /// so a later blind look (caught running) never makes them ready by
+    /// time alive.
+    observed: std::collections::HashSet<i32>,
     told_hidden: bool,
 }
 
 impl Readiness {
     pub(crate) fn new(mode: ReadyMode, inodes: Vec<u64>) -> Readiness {
-        Readiness { mode, inodes, next: HashMap::new(), reasons: HashMap::new(), told_hidden: false }
+        Readiness {
+            mode,
+            inodes,
+            next: HashMap::new(),
+            reasons: HashMap::new(),
+            observed: std::collections::HashSet::new(),
+            told_hidden: false,
+        }
     }
 
     /// The inodes of the listening sockets the monitor holds.
@@ -117,6 +128,7 @@ impl Readiness {
             return Vec::new();
         }
         self.next.retain(|pid, _| starting.iter().any(|(p, _)| p == pid));
+        self.observed.retain(|pid| starting.iter().any(|(p, _)| p == pid));
         let mut due = Vec::new();
         for &(pid, started) in starting {
             let at = *self.next.entry(pid).or_insert(started + FIRST_LOOK);
@@ -131,15 +143,21 @@ impl Readiness {
     /// if that makes it ready. Schedules the next look otherwise.
     pub(crate) fn seen(&mut self, pid: i32, started: Instant, now: Instant, seen: &Seen) -> Option<Reason> {
         let alive = now.saturating_duration_since(started);
+        if *seen == Seen::NotYet {
+            self.observed.insert(pid);
+        }
+        let blind = *seen == Seen::Blind && !self.observed.contains(&pid);
         let ready = match (seen, self.mode) {
             (Seen::Accepting, _) => Some(Reason::Accepting),
-            (Seen::Blind, ReadyMode::Auto) | (Seen::Hidden(_), _) if alive >= ALIVE_FALLBACK => {
+            (Seen::Blind, ReadyMode::Auto) if blind && alive >= ALIVE_FALLBACK => {
                 Some(Reason::Alive(ALIVE_FALLBACK))
             }
+            (Seen::Hidden(_), _) if alive >= ALIVE_FALLBACK => Some(Reason::Alive(ALIVE_FALLBACK)),
             _ => None,
         };
         if ready.is_some() {
             self.next.remove(&pid);
+            self.observed.remove(&pid);
         } else {
             // Back off with age, and look again right at the fallback time.
             let mut at = now + (alive / 5).clamp(FIRST_PERIOD, LAST_PERIOD);
@@ -513,5 +531,15 @@ mod tests {
         r.ready(3, Reason::Alive(ALIVE_FALLBACK));
         assert_eq!(r.summary(0..4), "2 accepting, 1 alive 1s, 1 notify");
         assert_eq!(Reason::Alive(Duration::from_millis(250)).to_string(), "alive 250ms");
+    }
+
+    #[test]
+    fn a_worker_once_seen_waiting_is_never_ready_by_time_after_a_look_that_caught_it_running() {
+        let t0 = Instant::now();
+        let mut r = Readiness::new(ReadyMode::Auto, vec![7]);
+        assert_eq!(r.seen(10, t0, t0 + 5 * MS, &Seen::NotYet), None);
+        // At the fallback time it happens to be on the CPU: no wait to read.
+        assert_eq!(r.seen(10, t0, t0 + 1000 * MS, &Seen::Blind), None);
+        assert_eq!(r.seen(10, t0, t0 + 1500 * MS, &Seen::Accepting), Some(Reason::Accepting));
     }
 }
