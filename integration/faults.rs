@@ -207,24 +207,6 @@ fn nothing_outlives_kill_9_of_main_1_s_after_the_monitor() {
 // ---------------------------------------------------------------------------
 // A failed reload
 
-/// panzer serving `deploy` with `count` workers, `--ready notify`, a pid
-/// file for `panzerctl`, and `extra` options.
-fn start(deploy: &Deploy, count: &str, extra: &[&str]) -> Panzer {
-    let mut args = vec![
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        count,
-        "--ready",
-        "notify",
-        "--pid-file",
-        "{dir}/panzer.pid",
-    ];
-    args.extend_from_slice(extra);
-    args.push(deploy.path());
-    Panzer::start(&args)
-}
-
 /// Waits until only one monitor is left: the failed generation is gone.
 fn failed_generation_gone(panzer: &Panzer) {
     eventually(PATIENCE, "the failed generation's monitor to exit", || {
@@ -236,7 +218,7 @@ fn failed_generation_gone(panzer: &Panzer) {
 fn a_failed_reload_never_kills_serving_workers() {
     let dir = TestDir::new("failed-reload");
     let deploy = Deploy::new(&dir);
-    let panzer = start(&deploy, "4", &[]);
+    let panzer = start_deploy(&deploy, "4", &[]);
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let old = distinct_pids(port, 4);
@@ -273,7 +255,7 @@ fn a_failed_reload_never_kills_serving_workers() {
 fn the_drain_of_a_failed_generation_waits_for_its_request_in_flight() {
     let dir = TestDir::new("failed-inflight");
     let deploy = Deploy::new(&dir);
-    let panzer = start(&deploy, "2", &[]);
+    let panzer = start_deploy(&deploy, "2", &[]);
     let port = panzer.port(0);
     panzer.wait_ready(1);
 
@@ -347,7 +329,7 @@ fn the_status_channel_never_drops_a_message() {
 fn a_waiting_reload_logs_its_progress() {
     let dir = TestDir::new("progress");
     let deploy = Deploy::new(&dir);
-    let panzer = start(&deploy, "2", &[]);
+    let panzer = start_deploy(&deploy, "2", &[]);
     panzer.wait_ready(1);
     deploy.set("READY_DELAY_MS=12000");
     panzer.signal(Signal::SIGUSR1);
@@ -579,7 +561,7 @@ fn names_signal(line: &str, name: &str) -> bool {
 fn an_operators_stop_that_cancels_a_queued_reload_is_not_an_error() {
     let dir = TestDir::new("stop-queued");
     let deploy = Deploy::new(&dir);
-    let mut panzer = start(&deploy, "2", &[]);
+    let mut panzer = start_deploy(&deploy, "2", &[]);
     panzer.wait_ready(1);
     deploy.set("READY_DELAY_MS=60000");
     let first = panzer.ctl_start(&["reload"]);

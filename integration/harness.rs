@@ -829,3 +829,21 @@ impl Load {
         (failures, generations)
     }
 }
+
+/// panzer serving `deploy` with `count` workers, `--ready notify`, a pid
+/// file for `panzerctl`, and `extra` options.
+pub fn start_deploy(deploy: &Deploy, count: &str, extra: &[&str]) -> Panzer {
+    let mut args = vec![
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        count,
+        "--ready",
+        "notify",
+        "--pid-file",
+        "{dir}/panzer.pid",
+    ];
+    args.extend_from_slice(extra);
+    args.push(deploy.path());
+    Panzer::start(&args)
+}

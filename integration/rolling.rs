@@ -7,22 +7,6 @@ use std::sync::Arc;
 
 use crate::harness::*;
 
-fn start(deploy: &Deploy, count: &str, extra: &[&str]) -> Panzer {
-    let mut args = vec![
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        count,
-        "--ready",
-        "notify",
-        "--pid-file",
-        "{dir}/panzer.pid",
-    ];
-    args.extend_from_slice(extra);
-    args.push(deploy.path());
-    Panzer::start(&args)
-}
-
 /// How many workers (processes running the server fixture) are alive
 /// below main right now.
 fn workers_alive(panzer: &Panzer) -> usize {
@@ -73,7 +57,7 @@ impl PeakWatch {
 fn a_rolling_reload_never_runs_more_than_one_extra_worker_and_fails_no_request() {
     let dir = TestDir::new("rolling");
     let deploy = Deploy::new(&dir);
-    let panzer = start(&deploy, "3", &["--reload-strategy", "rolling:1"]);
+    let panzer = start_deploy(&deploy, "3", &["--reload-strategy", "rolling:1"]);
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let old = distinct_pids(port, 3);
@@ -106,7 +90,7 @@ fn a_rolling_reload_that_fails_midway_gives_the_old_generation_all_its_workers_b
     // Each step gets the startup timeout; worker 1 of the new build never
     // starts, so the second step times out after the first one retired an
     // old worker.
-    let panzer = start(&deploy, "3", &["--reload-strategy", "rolling:1", "--startup-timeout", "3s"]);
+    let panzer = start_deploy(&deploy, "3", &["--reload-strategy", "rolling:1", "--startup-timeout", "3s"]);
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let old = distinct_pids(port, 3);
@@ -131,7 +115,7 @@ fn a_rolling_reload_that_fails_midway_gives_the_old_generation_all_its_workers_b
 fn a_canary_that_crashes_during_its_soak_rolls_the_reload_back() {
     let dir = TestDir::new("canary-crash");
     let deploy = Deploy::new(&dir);
-    let panzer = start(&deploy, "2", &["--canary", "3s"]);
+    let panzer = start_deploy(&deploy, "2", &["--canary", "3s"]);
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let old = distinct_pids(port, 2);
@@ -154,7 +138,7 @@ fn a_canary_that_crashes_during_its_soak_rolls_the_reload_back() {
 fn a_canary_that_stays_ready_lets_the_reload_go_on() {
     let dir = TestDir::new("canary-ok");
     let deploy = Deploy::new(&dir);
-    let panzer = start(&deploy, "2", &["--canary", "500ms"]);
+    let panzer = start_deploy(&deploy, "2", &["--canary", "500ms"]);
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let old = distinct_pids(port, 2);
