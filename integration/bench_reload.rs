@@ -368,7 +368,8 @@ fn reload_auto(bench: &Bench) -> Outcome {
     }
     panzer.log.poll();
     let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
-    for (_, text) in panzer.log.lines.iter().filter(|(_, l)| l.contains(" workers ready in ")) {
+    // main's `generation K ready: N/N workers in X ms (accepting)`.
+    for (_, text) in panzer.log.lines.iter().filter(|(_, l)| l.contains(" ready: ") && l.ends_with(')')) {
         let reason = text.rsplit('(').next().unwrap_or("").trim_end_matches(')');
         *reasons.entry(reason.to_owned()).or_default() += 1;
     }
