@@ -124,7 +124,7 @@ fn a_canary_that_crashes_during_its_soak_rolls_the_reload_back() {
     assert_ne!(out.code, 0, "the reload succeeded: {}", out.stdout);
     assert!(out.stderr.contains("the canary (worker 0"), "{}", out.stderr);
     assert!(out.stderr.contains("during its soak"), "{}", out.stderr);
-    panzer.wait_for_line("the canary is ready; it serves alone for 3.0s");
+    panzer.wait_for_line("the canary is ready; it serves beside the old generation for 3.0s");
     // Only one new worker ever ran: the canary.
     assert!(
         !panzer.log().contains("worker 1 started: pid")

@@ -26,6 +26,9 @@ pub const FAILED_GRACE: Duration = Duration::from_secs(5);
 /// failed; doubles per failure up to the cap.
 pub const REPLACEMENT_BACKOFF: Duration = Duration::from_millis(100);
 pub const REPLACEMENT_BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Exits before ready, in a row in one slot, that fail a staged reload (as
+/// the monitor fails a generation that was never ready).
+pub const MAX_UNREADY_EXITS: u32 = 5;
 /// Monitors of generation 1 (or its replacements) that may be lost in a row
 /// before anything served, before main gives up with exit status 1.
 pub const MAX_LOST_MONITORS: u32 = 5;
@@ -41,7 +44,7 @@ pub struct Settings {
     pub graceful_timeout: Duration,
     /// `--reload-strategy`.
     pub strategy: ReloadStrategy,
-    /// `--canary`: how long one new worker serves alone before the rest.
+    /// `--canary`: how long one new worker serves beside the old generation before the rest.
     pub canary: Option<Duration>,
 }
 
@@ -132,6 +135,8 @@ pub struct WorkerView {
     pub last_exit: Option<String>,
     /// Times supervision replaced this slot's worker (not crashes).
     pub replaced: u32,
+    /// Workers of this slot that exited before they were ready, in a row.
+    pub unready_exits: u32,
 }
 
 /// One generation.
@@ -492,27 +497,45 @@ impl Policy {
         let Some(g) = self.find(number) else { return };
         match report {
             Report::WorkerStarted { ordinal, pid } => {
-                let (restarts, last_exit, replaced) = g
-                    .workers
-                    .get(&ordinal)
-                    .map_or((0, None, 0), |w| (w.restarts + 1, w.last_exit.clone(), w.replaced));
-                g.workers.insert(
-                    ordinal,
-                    WorkerView { pid, ready: false, restarts, since: now, last_exit, replaced },
-                );
+                let (restarts, last_exit, replaced, unready_exits) =
+                    g.workers.get(&ordinal).map_or((0, None, 0, 0), |w| {
+                        (w.restarts + 1, w.last_exit.clone(), w.replaced, w.unready_exits)
+                    });
+                let view = WorkerView {
+                    pid,
+                    ready: false,
+                    restarts,
+                    since: now,
+                    last_exit,
+                    replaced,
+                    unready_exits,
+                };
+                g.workers.insert(ordinal, view);
             }
             Report::WorkerReady { ordinal, pid } => {
                 if let Some(w) = g.workers.get_mut(&ordinal).filter(|w| w.pid == pid) {
                     w.ready = true;
+                    w.unready_exits = 0;
                 }
             }
             Report::WorkerExited { ordinal, pid, how } => {
                 let Some(w) = g.workers.get_mut(&ordinal).filter(|w| w.pid == pid) else { return };
+                if !w.ready {
+                    w.unready_exits += 1;
+                }
                 w.ready = false;
                 w.pid = 0;
                 w.last_exit = Some(how.clone());
+                let unready_exits = w.unready_exits;
                 if matches!(g.roll, Some(Roll { phase: Phase::Canary(Some(_)), .. })) {
                     let reason = format!("the canary (worker {ordinal}, pid {pid}) {how} during its soak");
+                    self.failed(now, number, &reason, out);
+                } else if g.roll.is_some() && unready_exits >= MAX_UNREADY_EXITS {
+                    // The monitor judges crash loops only until its first
+                    // step was ready; a later step's are judged here.
+                    let reason = format!(
+                        "worker {ordinal} exited {unready_exits} times before it was ready (last: {how})"
+                    );
                     self.failed(now, number, &reason, out);
                 }
             }
@@ -550,6 +573,7 @@ impl Policy {
                     since: now,
                     last_exit: None,
                     replaced: 0,
+                    unready_exits: 0,
                 });
                 w.pid = new_pid;
                 w.ready = true;
@@ -639,7 +663,7 @@ impl Policy {
                 Phase::Canary(None) if ready >= 1 => {
                     let soak = self.settings.canary.unwrap_or_default();
                     log::info!(
-                        "generation {number}: the canary is ready; it serves alone for {}",
+                        "generation {number}: the canary is ready; it serves beside the old generation for {}",
                         format_duration(soak)
                     );
                     (Phase::Canary(Some(now + soak)), None)
@@ -691,7 +715,8 @@ impl Policy {
         let target = n.saturating_sub(count);
         match (self.settings.strategy, old) {
             (ReloadStrategy::Rolling(_), Some(old)) if target > 0 => {
-                if let Some(g) = self.find(old).filter(|g| g.count != target) {
+                // Only ever fewer: a scale-up meanwhile waits for the takeover.
+                if let Some(g) = self.find(old).filter(|g| g.count > target) {
                     log::info!(
                         "generation {old}: retiring {} worker(s) for the new ones",
                         g.count.saturating_sub(target)
@@ -716,7 +741,17 @@ impl Policy {
         }
         log::error!("generation {number} failed: {reason}");
         self.last_failure = Some(reason.to_string());
-        // A staged reload gives the old generation back its full count.
+        self.restore_old(number, out);
+        let grace = self.settings.graceful_timeout.min(FAILED_GRACE);
+        self.drain(now, number, State::Failed, grace, out);
+        let started = self.find(number).map(|g| g.started);
+        let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
+        self.after_failure(now, cause, started, reason, out);
+    }
+
+    /// A staged reload that stops gives the old generation back its full
+    /// count (the retired slots start again from COMMAND as it is now).
+    fn restore_old(&mut self, number: u32, out: &mut Vec<Effect>) {
         let count = self.settings.count;
         let old = self.find(number).and_then(|g| g.roll.take()).and_then(|r| r.old);
         if let Some(old) =
@@ -727,11 +762,6 @@ impl Policy {
             log::info!("generation {} goes back to {count} worker(s)", old.number);
             out.push(Effect::Order { generation: old.number, order });
         }
-        let grace = self.settings.graceful_timeout.min(FAILED_GRACE);
-        self.drain(now, number, State::Failed, grace, out);
-        let started = self.find(number).map(|g| g.started);
-        let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
-        self.after_failure(now, cause, started, reason, out);
     }
 
     /// What follows a generation that did not come up: the reload's answer,
@@ -794,6 +824,7 @@ impl Policy {
         match state {
             State::Starting => {
                 log::error!("the monitor of generation {number} {ended} before it was ready");
+                self.restore_old(number, out);
                 let started = self.find(number).map(|g| g.started);
                 let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
                 self.remove(number);
@@ -1592,5 +1623,54 @@ mod tests {
         let effects = w.exited(MAX_LOST_MONITORS, killed());
         assert_eq!(effects.last(), Some(&Exit(1)));
         assert!(w.policy.last_failure.as_deref().unwrap().contains("5 times in a row"));
+    }
+
+    #[test]
+    fn a_rolling_reload_whose_new_monitor_dies_midway_gives_the_old_generation_its_count_back() {
+        let mut w =
+            World::serving_with(Settings { count: 4, strategy: ReloadStrategy::Rolling(1), ..settings() });
+        w.reload(1);
+        assert_eq!(w.worker_ready(2, 0, 200), vec![scale(1, 3)]);
+        let effects = w.exited(2, killed());
+        assert!(effects.contains(&scale(1, 4)), "{effects:?}");
+        assert!(!replies(&effects)[0].1);
+        assert_eq!(w.policy.generations()[0].count, 4);
+    }
+
+    #[test]
+    fn a_crash_loop_in_a_later_step_of_a_roll_fails_it_without_waiting_for_the_timeout() {
+        let mut w =
+            World::serving_with(Settings { count: 3, strategy: ReloadStrategy::Rolling(1), ..settings() });
+        w.reload(1);
+        w.worker_ready(2, 0, 200);
+        w.worker_exited(1, 2, 102);
+        // Step 2: slot 1 of the new build keeps crashing before it is ready.
+        for attempt in 0..MAX_UNREADY_EXITS as i32 {
+            let pid = 300 + attempt;
+            w.on(Event::Report { generation: 2, report: Report::WorkerStarted { ordinal: 1, pid } });
+            let effects = w.worker_exited(2, 1, pid);
+            if attempt + 1 < MAX_UNREADY_EXITS as i32 {
+                assert!(replies(&effects).is_empty(), "attempt {attempt}: {effects:?}");
+            } else {
+                assert!(effects.contains(&scale(1, 3)), "{effects:?}");
+                let answer = &replies(&effects)[0];
+                assert!(
+                    !answer.1 && answer.2.contains("worker 1 exited 5 times before it was ready"),
+                    "{answer:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_scale_up_during_a_roll_never_grows_the_old_generation() {
+        let mut w =
+            World::serving_with(Settings { count: 3, strategy: ReloadStrategy::Rolling(1), ..settings() });
+        w.reload(1);
+        w.on(Event::Command { command: Command::Scale(5), from: None });
+        // After the first new worker, 5 - 1 = 4 would be more than the old 3.
+        let effects = w.worker_ready(2, 0, 200);
+        assert!(!effects.contains(&scale(1, 4)), "{effects:?}");
+        assert_eq!(w.policy.generations()[0].count, 3);
     }
 }

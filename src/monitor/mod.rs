@@ -452,9 +452,13 @@ impl Monitor {
     fn on_notify(&mut self) {
         for (sender, result) in self.notify.receive() {
             let Some((ordinal, pid)) = self.attribute(sender) else {
+                // While draining, a worker that just exited may still be
+                // heard from (STOPPING=1): not worth an info line.
+                let level = if self.pool.is_draining() { log::Level::Debug } else { log::Level::Info };
                 if let Some(n) = self.strangers.check(&sender, Instant::now()) {
                     let more = crate::log_limit::suppressed(n);
-                    log::info!(
+                    log::log!(
+                        level,
                         "ignoring notify message from pid {sender}: neither a worker of generation {} \
                          nor a descendant of one{more}",
                         self.args.generation
