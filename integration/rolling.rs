@@ -87,17 +87,17 @@ fn a_rolling_reload_never_runs_more_than_one_extra_worker_and_fails_no_request()
 fn a_rolling_reload_that_fails_midway_gives_the_old_generation_all_its_workers_back() {
     let dir = TestDir::new("rolling-fail");
     let deploy = Deploy::new(&dir);
-    // Each step gets the startup timeout; worker 1 of the new build never
-    // starts, so the second step times out after the first one retired an
-    // old worker.
-    let panzer = start_deploy(&deploy, "3", &["--reload-strategy", "rolling:1", "--startup-timeout", "3s"]);
+    // Worker 1 of the new build never starts: the first step (worker 0)
+    // succeeds and retires one old worker, the second crash-loops. That
+    // fails the roll at once, not at the (default, 60 s) startup timeout.
+    let panzer = start_deploy(&deploy, "3", &["--reload-strategy", "rolling:1"]);
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let old = distinct_pids(port, 3);
     deploy.set("CRASH_WORKER=1");
     let out = panzer.ctl_by_pid_file(&["reload"]);
     assert_ne!(out.code, 0, "the reload succeeded: {}", out.stdout);
-    assert!(out.stderr.contains("not ready within 3.0s"), "{}", out.stderr);
+    assert!(out.stderr.contains("worker 1 exited 5 times before it was ready"), "{}", out.stderr);
     assert!(out.stderr.contains("generation 1 keeps serving"), "{}", out.stderr);
     panzer.wait_for_line("retiring 1 worker(s)");
     panzer.wait_for_line("generation 1 goes back to 3 worker(s)");
@@ -109,6 +109,32 @@ fn a_rolling_reload_that_fails_midway_gives_the_old_generation_all_its_workers_b
         answers.iter().all(|r| r.field("generation") == "1").then_some(pids)
     });
     assert!(old.iter().filter(|p| alive(**p)).count() >= 2);
+}
+
+#[test]
+fn a_rolling_reload_whose_new_monitor_is_killed_gives_the_old_generation_its_count_back() {
+    let dir = TestDir::new("rolling-kill");
+    let deploy = Deploy::new(&dir);
+    let panzer = start_deploy(&deploy, "3", &["--reload-strategy", "rolling:1"]);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    // Each new worker takes a while, so the roll is midway when the kill comes.
+    deploy.set("READY_DELAY_MS=400");
+    let reload = panzer.ctl_start(&["reload"]);
+    panzer.wait_for_line("retiring 1 worker(s)");
+    let new_monitor = eventually(PATIENCE, "the new monitor", || {
+        let table = process_table();
+        panzer
+            .monitors()
+            .into_iter()
+            .find(|p| table.get(p).is_some_and(|i| i.cmdline.contains("--generation=2")))
+    });
+    nix::sys::signal::kill(new_monitor, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let out = reload.answer(PATIENCE);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    panzer.wait_for_line("generation 1 goes back to 3 worker(s)");
+    let pids = distinct_pids(port, 3);
+    assert_eq!(pids.len(), 3);
 }
 
 #[test]
