@@ -213,6 +213,9 @@ pub(crate) fn look(pid: i32, inodes: &[u64]) -> Seen {
         return Seen::Hidden("the workers have no listening socket".into());
     }
     let mut seen = Seen::Blind;
+    // A process whose wait could not be read: unless another accepts, the
+    // worker counts as hidden (1 s alive), never as visibly waiting.
+    let mut hidden = None;
     let mut tree = vec![pid];
     let mut i = 0;
     while i < tree.len() && tree.len() <= MAX_TREE {
@@ -220,7 +223,8 @@ pub(crate) fn look(pid: i32, inodes: &[u64]) -> Seen {
         i += 1;
         match look_at_process(p, inodes, &mut tree) {
             Ok(Seen::Accepting) => return Seen::Accepting,
-            Ok(Seen::NotYet) => seen = Seen::NotYet,
+            Ok(Seen::NotYet) if hidden.is_none() => seen = Seen::NotYet,
+            Ok(found @ Seen::Hidden(_)) => hidden = Some(found),
             Ok(_) => {}
             // Gone meanwhile: its parent's next look tells.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -230,7 +234,7 @@ pub(crate) fn look(pid: i32, inodes: &[u64]) -> Seen {
             Err(_) => {}
         }
     }
-    seen
+    hidden.unwrap_or(seen)
 }
 
 /// One process: its fds, epoll registrations and its threads' blocking
@@ -269,17 +273,27 @@ fn look_at_process(pid: i32, inodes: &[u64], tree: &mut Vec<i32>) -> io::Result<
         if socket_fds.is_empty() {
             continue;
         }
+        // Reading a poll or select set needs /proc/PID/mem, which a
+        // hardened kernel (Yama ptrace_scope 2 or 3) refuses: then this
+        // worker is hidden, not "visibly waiting", so it cannot hang a
+        // reload until the startup timeout.
+        let hidden = || Seen::Hidden(format!("/proc/{pid}/mem cannot be read"));
         let accepting = match wait {
             Wait::Accept => socket_fds.contains(&(args[0] as i32)),
             Wait::Poll => {
                 let len = args[1].min(MAX_POLL_FDS) * 8;
-                read_memory(&mut mem, pid, args[0], len).is_some_and(|b| polls_for_input(&b, &socket_fds))
+                match read_memory(&mut mem, pid, args[0], len) {
+                    Some(bytes) => polls_for_input(&bytes, &socket_fds),
+                    None => return Ok(hidden()),
+                }
             }
+            Wait::Select if args[1] == 0 => false,
             Wait::Select => {
                 let len = args[0].min(MAX_POLL_FDS).div_ceil(64) * 8;
-                args[1] != 0
-                    && read_memory(&mut mem, pid, args[1], len)
-                        .is_some_and(|b| socket_fds.iter().any(|&fd| fd_set_has(&b, fd)))
+                match read_memory(&mut mem, pid, args[1], len) {
+                    Some(bytes) => socket_fds.iter().any(|&fd| fd_set_has(&bytes, fd)),
+                    None => return Ok(hidden()),
+                }
             }
         };
         if accepting {
