@@ -565,6 +565,14 @@ impl Panzer {
         panzerctl_as(None, args, &[("XDG_RUNTIME_DIR", self.dir.0.to_str().unwrap())])
     }
 
+    /// `panzerctl status --json`'s status object.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.ctl(&["--json", "status"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let reply: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        reply["status"].clone()
+    }
+
     /// Runs `panzerctl --pid-file {dir}/panzer.pid ARGS…`, for a panzer
     /// started with `--pid-file {dir}/panzer.pid`, once that file exists.
     pub fn ctl_by_pid_file(&self, args: &[&str]) -> CtlOutput {

@@ -6,13 +6,6 @@ use serde_json::Value;
 
 use crate::harness::*;
 
-fn status(panzer: &Panzer) -> Value {
-    let out = panzer.ctl(&["--json", "status"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let reply: Value = serde_json::from_str(&out.stdout).unwrap();
-    reply["status"].clone()
-}
-
 #[test]
 fn status_lists_the_workers_of_a_dead_monitor_as_orphans_until_they_are_killed() {
     // stubborn ignores SIGTERM, so it outlives its monitor until SIGKILL.
@@ -34,7 +27,7 @@ fn status_lists_the_workers_of_a_dead_monitor_as_orphans_until_they_are_killed()
     kill(monitor, Signal::SIGKILL).unwrap();
     panzer.wait_ready(2);
     let listed = eventually(PATIENCE, "status to list the orphan", || {
-        let status = status(&panzer);
+        let status = panzer.status();
         let orphans: Vec<i64> = status["orphans"].as_array()?.iter().filter_map(Value::as_i64).collect();
         orphans.contains(&(old.as_raw() as i64)).then_some(status)
     });
@@ -49,7 +42,7 @@ fn status_lists_the_workers_of_a_dead_monitor_as_orphans_until_they_are_killed()
     // After the graceful timeout main kills it, and the list empties.
     eventually(PATIENCE, "the orphan to be killed", || (!alive(old)).then_some(()));
     eventually(PATIENCE, "status to list no orphan", || {
-        status(&panzer)["orphans"].as_array()?.is_empty().then_some(())
+        panzer.status()["orphans"].as_array()?.is_empty().then_some(())
     });
     assert!(panzer.log().contains("still running after the graceful timeout: SIGKILL"), "{}", panzer.log());
 }

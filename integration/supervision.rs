@@ -68,14 +68,6 @@ impl Drop for Load {
     }
 }
 
-/// `panzerctl status --json`'s status object.
-fn status(panzer: &Panzer) -> Value {
-    let out = panzer.ctl(&["--json", "status"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let reply: Value = serde_json::from_str(&out.stdout).unwrap();
-    reply["status"].clone()
-}
-
 /// Ready workers of generation 1, as status shows them.
 fn ready_workers(status: &Value) -> usize {
     status["generations"]
@@ -200,7 +192,7 @@ fn a_worker_that_stops_sending_watchdog_is_replaced_and_status_never_shows_fewer
     let mut fewest = usize::MAX;
     let mut polls = 0;
     let silent = eventually(PATIENCE, "the silent worker to be replaced", || {
-        let ready = ready_workers(&status(&panzer));
+        let ready = ready_workers(&panzer.status());
         fewest = fewest.min(ready);
         polls += 1;
         let log = panzer.log();
@@ -214,7 +206,7 @@ fn a_worker_that_stops_sending_watchdog_is_replaced_and_status_never_shows_fewer
     assert_successor_served_first(&panzer, old, new, "SIGTERM");
     assert_eq!(fewest, 2, "status showed {fewest} ready worker(s) during the replacement");
 
-    let status = status(&panzer);
+    let status = panzer.status();
     let slot = &status["generations"][0]["workers"][ordinal as usize];
     assert_eq!((slot["pid"].as_i64(), slot["ready"].as_bool()), (Some(new as i64), Some(true)), "{slot}");
     assert_eq!((slot["replaced"].as_u64(), slot["restarts"].as_u64()), (Some(1), Some(0)), "{slot}");

@@ -458,11 +458,12 @@ impl Policy {
         }
         log::info!("scaling from {} to {count} worker(s)", self.settings.count);
         self.settings.count = count;
+        // A staged reload's two generations: the new one and the one it replaces.
         let in_roll: Vec<u32> = self
             .generations
             .iter()
-            .filter_map(|g| g.roll.map(|r| (g.number, r.old)))
-            .flat_map(|(n, o)| [Some(n), o])
+            .filter_map(|g| g.roll.map(|roll| [Some(g.number), roll.old]))
+            .flatten()
             .flatten()
             .collect();
         for g in &mut self.generations {
