@@ -108,6 +108,8 @@ struct Main {
     started: Instant,
     interrupts: u32,
     exit: Option<i32>,
+    /// Drops the code pages main ran once it has been quiet a while.
+    shed: sys::resident::Shedder,
 }
 
 /// Runs main until it stops; returns the exit status.
@@ -167,6 +169,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
         started: Instant::now(),
         interrupts: 0,
         exit: None,
+        shed: sys::resident::Shedder::default(),
     };
     main.dispatch(Event::Boot);
     let code = main.run();
@@ -197,6 +200,7 @@ impl Main {
                     return crate::error::EXIT_OSERR;
                 }
             };
+            self.shed.on_wake(Instant::now());
             let mut control = Vec::new();
             for token in ready {
                 match token {
@@ -221,6 +225,7 @@ impl Main {
             self.orphans.next_deadline(),
             self.control.next_deadline(),
             self.systemd.as_ref().and_then(Systemd::next_deadline),
+            self.shed.deadline(),
         ]
         .into_iter()
         .flatten()

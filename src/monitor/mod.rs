@@ -68,6 +68,8 @@ struct Monitor {
     kill_at: Option<Instant>,
     /// With `--max-rss`: when memory is measured next.
     rss_at: Option<Instant>,
+    /// Drops the code pages the monitor ran once it has been quiet a while.
+    shed: sys::resident::Shedder,
     parent: Pid,
     exit_code: Option<i32>,
     /// Warnings a worker can trigger at will: one line per second per slot.
@@ -120,6 +122,7 @@ impl Monitor {
                     readiness: Readiness::new(args.ready, Readiness::socket_inodes(&sockets)),
                     pool: Pool::new(args.count, args.ready, now).with_limits(limits),
                     rss_at: args.max_rss.map(|_| now + RSS_INTERVAL),
+                    shed: sys::resident::Shedder::default(),
                     base_env: worker::inherited_env(),
                     parent: nix::unistd::getppid(),
                     output: args.tag_output.then(|| output::TaggedOutput::new(args.generation)),
@@ -181,11 +184,16 @@ impl Monitor {
             }
             self.kill_overdue(now);
 
-            let deadline =
-                [self.pool.next_deadline(), self.kill_at, self.rss_at, self.readiness.next_deadline()]
-                    .into_iter()
-                    .flatten()
-                    .min();
+            let deadline = [
+                self.pool.next_deadline(),
+                self.kill_at,
+                self.rss_at,
+                self.readiness.next_deadline(),
+                self.shed.deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let mut fds: Vec<(BorrowedFd<'_>, bool)> =
                 vec![(self.signals.as_fd(), false), (self.notify.fd(), false)];
             let has_status = self.status.is_some();
@@ -204,6 +212,7 @@ impl Monitor {
                 }
             };
             drop(fds);
+            self.shed.on_wake(Instant::now());
             if ready[0] {
                 for signal in sys::pending_signals(&self.signals) {
                     self.on_signal(signal);
