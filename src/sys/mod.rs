@@ -7,6 +7,7 @@
 
 #![allow(unsafe_code)]
 
+pub mod handover;
 pub mod spawn;
 
 use std::io;
