@@ -2005,12 +2005,8 @@ mod tests {
     #[test]
     fn a_resumed_image_answers_the_requesters_with_its_pid_and_version_and_reloads_stale_monitors() {
         let mut w = World::serving();
-        let resumed = |stale| Event::Resumed {
-            clients: vec![ClientId(4)],
-            pid: 42,
-            version: "0.2.0".into(),
-            stale,
-        };
+        let resumed =
+            |stale| Event::Resumed { clients: vec![ClientId(4)], pid: 42, version: "0.2.0".into(), stale };
         let effects = w.on(resumed(vec![]));
         let reply = Reply { pid: Some(42), version: Some("0.2.0".into()), ..Reply::ok() };
         assert_eq!(
