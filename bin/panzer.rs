@@ -1,17 +1,31 @@
 //! `panzer`: parse the command line, then run main — or, as the hidden
-//! `panzer __monitor …` that main starts, a monitor.
+//! `panzer __monitor …` that main starts, a monitor; or, during an upgrade,
+//! the check of a new binary (`__upgrade-check FD`) and main resumed in
+//! place (`__resume FD`).
 
 use clap::Parser;
 
 use panzer::cli::Cli;
 use panzer::config::Config;
-use panzer::monitor;
 use panzer::protocol::MonitorArgs;
+use panzer::{main_process, monitor};
 
 fn main() {
     if std::env::args_os().nth(1).is_some_and(|a| a == "__monitor") {
         let args = MonitorArgs::parse_from(std::env::args_os().skip(1));
         std::process::exit(monitor::run(args));
+    }
+    // An upgrade: the check of this binary, then main re-executed in place.
+    let hidden = |command: &str| std::env::args_os().nth(1).is_some_and(|a| a == command);
+    let fd = std::env::args_os().nth(2).unwrap_or_default();
+    if hidden(main_process::CHECK_COMMAND) {
+        std::process::exit(main_process::check_upgrade(&fd));
+    }
+    if hidden(main_process::RESUME_COMMAND) {
+        match main_process::resume(&fd) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => fail(e),
+        }
     }
     let config = match Config::from_cli(Cli::parse()) {
         Ok(config) => config,

@@ -1,7 +1,7 @@
 //! `panzerctl`: see and steer a running panzer through its control socket.
 //!
 //! ```text
-//! panzerctl [--control PATH | --pid-file PATH] [--json] status|reload|stop|scale N|metrics|top
+//! panzerctl [--control PATH | --pid-file PATH] [--json] status|reload|stop|scale N|upgrade|metrics|top
 //! panzerctl completions bash|zsh|fish|elvish|powershell [panzer|panzerctl]
 //! panzerctl man [panzer|panzerctl]
 //! ```
@@ -17,9 +17,9 @@ use clap::{Parser, Subcommand};
 use panzer::control::{self, client, metrics, top, Reply, Request, Status};
 use panzer::units::CliDuration;
 
-/// Control a running panzer: status, reload, stop, scale, metrics, top.
+/// Control a running panzer: status, reload, stop, scale, upgrade, metrics, top.
 #[derive(Debug, Parser)]
-#[command(name = "panzerctl", version)]
+#[command(name = "panzerctl", version = control::version())]
 struct Cli {
     /// panzer's control socket (panzer --control). Default: from --pid-file, or
     /// the default socket of the one panzer running.
@@ -57,6 +57,10 @@ enum Cmd {
         #[arg(value_parser = clap::value_parser!(u32).range(1..))]
         count: u32,
     },
+    /// Upgrade panzer itself: main re-executes the binary now at its path,
+    /// keeping its pid, the sockets and the workers. Waits for the outcome;
+    /// prints the new version, or why the upgrade failed (exit 1).
+    Upgrade,
     /// Print the status in Prometheus text format.
     ///
     /// For node_exporter's textfile collector, or a scrape.
@@ -112,6 +116,8 @@ fn run(cli: &Cli) -> Result<(), String> {
     let (request, timeout) = match cli.command {
         Cmd::Status | Cmd::Metrics => (Request::Status, Some(cli.timeout.0)),
         Cmd::Reload => (Request::Reload, None),
+        // main bounds it: a reload under way, then a check of a few seconds.
+        Cmd::Upgrade => (Request::Upgrade, None),
         Cmd::Stop => (Request::Stop, Some(cli.timeout.0)),
         Cmd::Scale { count } => (Request::Scale { count }, Some(cli.timeout.0)),
         Cmd::Top { interval } => return top::run(&path, interval.0, cli.timeout.0),
@@ -128,6 +134,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     if !reply.ok {
         let what = match request {
             Request::Reload => "reload failed: ",
+            Request::Upgrade => "upgrade failed: ",
             _ => "",
         };
         return Err(format!("{what}{}", reply.error.unwrap_or_else(|| "unknown error".into())));
@@ -162,6 +169,11 @@ fn print_human(request: &Request, reply: &Reply) {
         }
         Request::Reload => println!("reloaded: generation {} serves", reply.generation.unwrap_or(0)),
         Request::Stop => println!("panzer is stopping"),
+        Request::Upgrade => println!(
+            "upgraded: panzer {} runs as pid {}",
+            reply.version.as_deref().unwrap_or("?"),
+            reply.pid.unwrap_or(0)
+        ),
         Request::Scale { .. } => {
             println!("panzer now runs {} worker(s) per generation", reply.count.unwrap_or(0))
         }
@@ -169,8 +181,13 @@ fn print_human(request: &Request, reply: &Reply) {
 }
 
 fn status_table(s: &Status) -> String {
-    let mut out =
-        format!("panzer pid {}, up {}, {} worker(s) per generation\n", s.pid, age(s.uptime_s), s.count);
+    let version = if s.version.is_empty() { String::new() } else { format!(", version {}", s.version) };
+    let mut out = format!(
+        "panzer pid {}, up {}, {} worker(s) per generation{version}\n",
+        s.pid,
+        age(s.uptime_s),
+        s.count
+    );
     for socket in &s.sockets {
         out += &format!("socket {} {}\n", socket.name, socket.addr);
     }

@@ -27,4 +27,5 @@ mod supervision;
 mod systemd;
 mod tag_output;
 mod top;
+mod upgrade;
 mod worker_contract;

@@ -16,7 +16,7 @@ use crate::units::{CliDuration, CliSignal, CliSize, ReadyMode, ReloadStrategy};
 #[derive(Debug, Parser)]
 #[command(
     name = "panzer",
-    version,
+    version = crate::control::version(),
     after_help = "Options may stand before or after COMMAND; everything after `--` goes to COMMAND.\n\
                   Without COMMAND before `--`, the first word after it is COMMAND (as with einhorn\n\
                   and start_server).\n\

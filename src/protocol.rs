@@ -37,6 +37,21 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::units::{CliDuration, CliSignal, CliSize, ReadyMode};
 
+/// The version of this protocol: the messages below, their fields and
+/// meaning. A change a peer of the previous version would misread takes
+/// the next number. main records the version each monitor was started
+/// with; a main re-executed by an upgrade keeps talking to monitors of a
+/// version from [`OLDEST_SPOKEN`] on in their version, and replaces the
+/// generations of any other by an ordinary hot restart.
+pub const VERSION: u32 = 1;
+/// The oldest monitor version this main still speaks to.
+pub const OLDEST_SPOKEN: u32 = 1;
+
+/// Whether this main can keep a monitor started with protocol `version`.
+pub fn speaks(version: u32) -> bool {
+    (OLDEST_SPOKEN..=VERSION).contains(&version)
+}
+
 /// The fd at which a monitor finds its end of the status channel.
 pub const STATUS_FD: RawFd = 3;
 /// The fd of the first listening socket in a monitor.
@@ -289,6 +304,17 @@ impl Channel {
         }
     }
 
+    /// The messages not sent yet, oldest first (handed over on an upgrade).
+    pub fn queued(&self) -> impl Iterator<Item = &[u8]> {
+        self.outbox.iter().map(Vec::as_slice)
+    }
+
+    /// An end handed over by the previous image of main, with what it had
+    /// not sent yet.
+    pub fn resume(fd: OwnedFd, queued: Vec<Vec<u8>>) -> Channel {
+        Channel { fd, outbox: queued.into() }
+    }
+
     /// The underlying fd, to poll or to pass to a child.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -408,6 +434,13 @@ mod tests {
         assert_eq!(again.max_rss, Some(CliSize(1 << 20)));
         assert_eq!(again.max_age, Some(CliDuration(Duration::from_secs(2))));
         assert_eq!(again.startup_timeout, Some(CliDuration(Duration::from_secs(5))));
+    }
+
+    #[test]
+    fn this_main_speaks_its_own_protocol_version_and_none_newer() {
+        assert!(speaks(VERSION));
+        assert!(!speaks(VERSION + 1));
+        assert!(!speaks(0));
     }
 
     #[test]

@@ -115,6 +115,11 @@ impl RuntimeDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The directory a previous image of main created (an upgrade).
+    pub fn adopt(path: PathBuf) -> RuntimeDir {
+        RuntimeDir { path }
+    }
 }
 
 impl Drop for RuntimeDir {

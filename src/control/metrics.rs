@@ -175,6 +175,7 @@ mod tests {
         };
         Status {
             pid: 1,
+            version: "0.1.0".into(),
             uptime_s: 60,
             count: 2,
             sockets: vec![],

@@ -24,6 +24,19 @@ pub enum Command {
     Scale(u32),
     /// One worker more (`+1`) or less (`-1`), never below 1.
     ScaleBy(i32),
+    /// Re-execute main's binary in place, keeping its pid, the sockets and
+    /// the running generations.
+    Upgrade,
+}
+
+/// This panzer's version: the package version, with a suffix given at build
+/// time in `PANZER_VERSION_SUFFIX` (a distribution's patch level, or a
+/// test's second build).
+pub fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!("{}{}", env!("CARGO_PKG_VERSION"), option_env!("PANZER_VERSION_SUFFIX").unwrap_or(""))
+    })
 }
 
 /// A request line on the control socket: `{"cmd":"status"}`, …
@@ -34,6 +47,7 @@ pub enum Request {
     Reload,
     Stop,
     Scale { count: u32 },
+    Upgrade,
 }
 
 impl Request {
@@ -43,6 +57,7 @@ impl Request {
             Request::Reload => Command::Reload,
             Request::Stop => Command::Stop,
             Request::Scale { count } => Command::Scale(count),
+            Request::Upgrade => Command::Upgrade,
         }
     }
 
@@ -52,7 +67,7 @@ impl Request {
     /// unknown `cmd` is an error naming it, never ignored (serde's
     /// `deny_unknown_fields` does not reach the unit variants of a tagged enum).
     pub fn parse(line: &[u8]) -> Result<Request, String> {
-        const EXPECTED: &str = r#"expected {"cmd":"status|reload|stop|scale"}"#;
+        const EXPECTED: &str = r#"expected {"cmd":"status|reload|stop|scale|upgrade"}"#;
         let Fields(fields) = serde_json::from_slice(line).map_err(|e| {
             let what = if serde_json::from_slice::<serde_json::Value>(line).is_ok() {
                 "unknown request"
@@ -79,7 +94,7 @@ impl Request {
             None => return Err(format!("unknown request: no \"cmd\" field; {EXPECTED}")),
         };
         let takes: &[&str] = match cmd.as_str() {
-            "status" | "reload" | "stop" => &[],
+            "status" | "reload" | "stop" | "upgrade" => &[],
             "scale" => &["count"],
             _ => return Err(format!("unknown request: unknown cmd {}; {EXPECTED}", quote(&cmd))),
         };
@@ -102,6 +117,7 @@ impl Request {
             "status" => Request::Status,
             "reload" => Request::Reload,
             "stop" => Request::Stop,
+            "upgrade" => Request::Upgrade,
             _ => {
                 let count = fields.iter().find(|(key, _)| key == "count").map(|(_, value)| value);
                 let count = match count {
@@ -156,6 +172,9 @@ fn quote(s: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub pid: u32,
+    /// The version of the panzer image running as main (it changes with an upgrade).
+    #[serde(default)]
+    pub version: String,
     pub uptime_s: u64,
     pub count: u32,
     pub sockets: Vec<SocketStatus>,
@@ -220,6 +239,12 @@ pub struct Reply {
     pub generation: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
+    /// After an upgrade: main's pid (the same as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// After an upgrade: the version now running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 impl Reply {
@@ -295,6 +320,7 @@ mod tests {
     #[test]
     fn requests_parse_from_the_documented_lines() {
         assert_eq!(Request::parse(br#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(Request::parse(br#"{"cmd":"upgrade"}"#), Ok(Request::Upgrade));
         assert_eq!(Request::parse(br#"{"cmd":"scale","count":3}"#), Ok(Request::Scale { count: 3 }));
         assert!(Request::parse(br#"{"cmd":"scale","count":0}"#).unwrap_err().contains("at least 1"));
         assert!(Request::parse(br#"{"cmd":"explode"}"#).unwrap_err().starts_with("unknown request"));
@@ -355,7 +381,7 @@ mod tests {
                 (
                     proptest::prop_oneof!["cmd", "count", "dry_run", "now", ".{0,8}"],
                     proptest::prop_oneof![
-                        "\"(status|reload|stop|scale|explode|)\"",
+                        "\"(status|reload|stop|scale|upgrade|explode|)\"",
                         "-?[0-9]{1,12}",
                         "true|null|\\[\\]|\\{\\}|1e400|0.5",
                     ],

@@ -9,7 +9,8 @@
 //! them can block main or another client.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -29,9 +30,34 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// dropped, so idle clients never lock out the operator.
 pub const MAX_CLIENTS: usize = 64;
 
-/// Identifies a connected client across loop iterations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Identifies a connected client across loop iterations (and across an
+/// upgrade of main, which hands clients over with their ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClientId(pub(crate) u64);
+
+/// The server as main hands it to its next image on an upgrade: the
+/// listener and every client, by fd number, with what each had sent.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Saved {
+    listener: RawFd,
+    path: Vec<u8>,
+    inode: (u64, u64),
+    next_id: u64,
+    clients: Vec<SavedClient>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedClient {
+    id: ClientId,
+    fd: RawFd,
+    buffer: Vec<u8>,
+    /// Until its idle deadline.
+    idle_ms: u64,
+    waiting: bool,
+    eof: bool,
+}
 
 /// What a polled fd of the server belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +123,64 @@ impl Server {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What the next image of main needs (see [`Server::resume`]).
+    pub fn save(&self, now: Instant) -> Saved {
+        Saved {
+            listener: self.listener.as_raw_fd(),
+            path: self.path.as_os_str().as_bytes().to_vec(),
+            inode: self.inode,
+            next_id: self.next_id,
+            clients: self
+                .clients
+                .iter()
+                .map(|c| SavedClient {
+                    id: c.id,
+                    fd: c.stream.as_raw_fd(),
+                    buffer: c.buffer.clone(),
+                    idle_ms: c.idle_deadline.saturating_duration_since(now).as_millis() as u64,
+                    waiting: c.waiting,
+                    eof: c.eof,
+                })
+                .collect(),
+        }
+    }
+
+    /// The listener and every client: the fds an upgrade passes on.
+    pub fn handover_fds(&self) -> Vec<BorrowedFd<'_>> {
+        std::iter::once(self.listener.as_fd()).chain(self.clients.iter().map(|c| c.stream.as_fd())).collect()
+    }
+
+    /// The server a previous image of main saved, its fds taken over with
+    /// `adopt` (which makes them `CLOEXEC` again). Same path, same clients
+    /// with the same ids, same requests half read.
+    pub fn resume(
+        saved: &Saved,
+        now: Instant,
+        mut adopt: impl FnMut(RawFd) -> Result<OwnedFd, Error>,
+    ) -> Result<Server, Error> {
+        let listener = UnixListener::from(adopt(saved.listener)?);
+        let mut clients = Vec::with_capacity(saved.clients.len());
+        for c in &saved.clients {
+            clients.push(Client {
+                id: c.id,
+                stream: UnixStream::from(adopt(c.fd)?),
+                buffer: c.buffer.clone(),
+                idle_deadline: now + Duration::from_millis(c.idle_ms.min(IDLE_TIMEOUT.as_millis() as u64)),
+                waiting: c.waiting,
+                eof: c.eof,
+            });
+        }
+        Ok(Server {
+            listener,
+            path: PathBuf::from(std::ffi::OsString::from_vec(saved.path.clone())),
+            inode: saved.inode,
+            clients,
+            next_id: saved.next_id,
+            allowed_uid: nix::unistd::geteuid().as_raw(),
+            refusals: LogLimit::new(Duration::from_secs(1)),
+        })
     }
 
     /// The listener and every client still sending: the fds main polls.
@@ -250,7 +334,7 @@ impl Server {
         }
     }
 
-    /// Marks `id` as waiting for a reply that comes later (a reload).
+    /// Marks `id` as waiting for a reply that comes later (a reload, an upgrade).
     pub fn hold(&mut self, id: ClientId) {
         if let Some(c) = self.clients.iter_mut().find(|c| c.id == id) {
             c.waiting = true;

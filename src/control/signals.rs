@@ -14,6 +14,7 @@ pub const TABLE: &[(Signal, Command)] = &[
     (Signal::SIGQUIT, Command::StopNow),
     (Signal::SIGTTIN, Command::ScaleBy(1)),
     (Signal::SIGTTOU, Command::ScaleBy(-1)),
+    (Signal::SIGUSR2, Command::Upgrade),
 ];
 
 /// The command for `signal`. A second `SIGINT` (`interrupts_before` > 0)

@@ -306,6 +306,7 @@ mod tests {
     fn status(ok: u64, failed: u64) -> Status {
         Status {
             pid: 42,
+            version: "0.1.0".into(),
             uptime_s: 125,
             count: 1,
             sockets: vec![],

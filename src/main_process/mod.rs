@@ -8,10 +8,13 @@
 //! what it reads into [`policy::Event`]s and performs the
 //! [`policy::Effect`]s. Idle, it never wakes up.
 
+mod handover;
 mod orphans;
 mod pid_file;
 pub(crate) mod policy;
 mod systemd;
+
+pub use handover::{check as check_upgrade, resume, CHECK_COMMAND, RESUME_COMMAND};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
@@ -47,12 +50,12 @@ const HANDLED: &[Signal] = &[
     Signal::SIGUSR1,
     Signal::SIGTTIN,
     Signal::SIGTTOU,
+    Signal::SIGUSR2,
 ];
 
 /// Signals whose default action would end main, which a stray `kill` must
 /// not do: main logs them and goes on. (The real-time signals too.)
 const STRAY: &[Signal] = &[
-    Signal::SIGUSR2,
     Signal::SIGALRM,
     Signal::SIGVTALRM,
     Signal::SIGPROF,
@@ -92,6 +95,8 @@ struct Monitor {
     /// reaped (polling a closed channel would wake main at once, forever).
     closed: bool,
     notify_socket: PathBuf,
+    /// The main↔monitor protocol version it was started with.
+    protocol: u32,
 }
 
 struct Main {
@@ -110,17 +115,43 @@ struct Main {
     exit: Option<i32>,
     /// Drops the code pages main ran once it has been quiet a while.
     shed: sys::resident::Shedder,
+    /// The path main was started from: an upgrade runs what is there now.
+    exe: PathBuf,
+    /// main's command line, which the next image parses again.
+    argv: Vec<OsString>,
+    /// The new binary's check, while it runs.
+    check: Option<handover::Check>,
+    _pid_file: Option<pid_file::WrittenPidFile>,
+}
+
+/// Blocks the signals main handles and returns the signalfd that reads them.
+fn signal_fd() -> Result<sys::SignalFd, Error> {
+    let mut signals: Vec<i32> = HANDLED.iter().chain(STRAY).map(|&s| s as i32).collect();
+    signals.extend(sys::realtime_signals());
+    signals.extend(LIBC_RESERVED);
+    sys::signal_fd(&signals).map_err(|e| Error::os("cannot set up signal handling", e))
+}
+
+/// The policy's settings from the configuration.
+fn settings(config: &Config) -> Settings {
+    Settings {
+        count: config.count,
+        max_count: crate::config::max_count(),
+        startup_timeout: config.startup_timeout,
+        graceful_timeout: config.graceful_timeout,
+        strategy: config.reload_strategy,
+        canary: config.canary,
+    }
 }
 
 /// Runs main until it stops; returns the exit status.
 pub fn run(config: Config) -> Result<i32, Error> {
+    // Before anything can replace it: an upgrade runs what is at this path then.
+    let exe = std::env::current_exe().map_err(|e| Error::os("cannot find panzer's own executable", e))?;
     // Inherited sockets first: any fd panzer opens could land on their numbers.
     let adopted = sockets::adopt_from_env()?;
     // Then signals, so none is lost while sockets are bound.
-    let mut signals: Vec<i32> = HANDLED.iter().chain(STRAY).map(|&s| s as i32).collect();
-    signals.extend(sys::realtime_signals());
-    signals.extend(LIBC_RESERVED);
-    let signals = sys::signal_fd(&signals).map_err(|e| Error::os("cannot set up signal handling", e))?;
+    let signals = signal_fd()?;
     worker::resolve_command(&config.command).map_err(|reason| Error::Command {
         command: config.command.to_string_lossy().into_owned(),
         reason,
@@ -146,19 +177,11 @@ pub fn run(config: Config) -> Result<i32, Error> {
     }
     log::info!("control socket at {}", control.path().display());
     let runtime_dir = RuntimeDir::create(config.credentials)?;
-    let _pid_file = pid_file.map(PidFile::write).transpose()?;
-    let settings = Settings {
-        count: config.count,
-        max_count: crate::config::max_count(),
-        startup_timeout: config.startup_timeout,
-        graceful_timeout: config.graceful_timeout,
-        strategy: config.reload_strategy,
-        canary: config.canary,
-    };
+    let pid_file = pid_file.map(PidFile::write).transpose()?;
     let orphans = Orphans::new(config.drain_signal);
-    let mut main = Main {
+    let main = Main {
+        policy: Policy::new(settings(&config)),
         config,
-        policy: Policy::new(settings),
         monitors: BTreeMap::new(),
         sockets,
         signals,
@@ -170,8 +193,17 @@ pub fn run(config: Config) -> Result<i32, Error> {
         interrupts: 0,
         exit: None,
         shed: sys::resident::Shedder::default(),
+        exe,
+        argv: std::env::args_os().collect(),
+        check: None,
+        _pid_file: pid_file,
     };
-    main.dispatch(Event::Boot);
+    serve(main, Event::Boot)
+}
+
+/// Runs main from `first` (boot, or a resumed upgrade) until it stops.
+fn serve(mut main: Main, first: Event) -> Result<i32, Error> {
+    main.dispatch(first);
     let code = main.run();
     main.kill_leftovers();
     if code == crate::error::EXIT_NOT_READY {
@@ -304,6 +336,9 @@ impl Main {
             Effect::Exit(code) => {
                 self.exit.get_or_insert(code);
             }
+            Effect::CheckUpgrade => return self.start_check(),
+            Effect::AbortUpgradeCheck => self.abort_check(),
+            Effect::Exec { answer } => return self.exec(answer),
         }
         None
     }
@@ -319,12 +354,7 @@ impl Main {
             return self.reap();
         }
         let Some(command) = control::signals::command(signal, self.interrupts) else {
-            return match signal {
-                Signal::SIGUSR2 => {
-                    log::warn!("ignoring SIGUSR2: upgrading panzer in place is not supported yet")
-                }
-                _ => log::warn!("ignoring {}", signal.as_str()),
-            };
+            return log::warn!("ignoring {}", signal.as_str());
         };
         if signal == Signal::SIGINT {
             self.interrupts += 1;
@@ -340,8 +370,8 @@ impl Main {
             return self.control.reply(client, &Reply { status: Some(status), ..Reply::ok() });
         }
         log::info!("control request: {request:?}");
-        if command == Command::Reload {
-            // Answered when the reload has an outcome.
+        if matches!(command, Command::Reload | Command::Upgrade) {
+            // Answered when it has an outcome.
             self.control.hold(client);
         }
         self.dispatch(Event::Command { command, from: Some(client) });
@@ -395,6 +425,7 @@ impl Main {
                         let _ = std::fs::remove_file(&monitor.notify_socket);
                     }
                 }
+                None if self.on_check_exit(pid, exit) => {}
                 None => log::debug!("reaped pid {pid}: {exit}"),
             }
             sys::reap(pid);
@@ -432,7 +463,9 @@ impl Main {
         match self.spawn_monitor(&args) {
             Ok((pid, channel)) => {
                 log::info!("starting generation {generation}: {count} worker(s), monitor pid {pid}");
-                self.monitors.insert(generation, Monitor { pid, channel, closed: false, notify_socket });
+                let protocol = crate::protocol::VERSION;
+                let monitor = Monitor { pid, channel, closed: false, notify_socket, protocol };
+                self.monitors.insert(generation, monitor);
                 None
             }
             Err(e) => {
@@ -498,6 +531,7 @@ impl Main {
             .collect();
         Status {
             pid: std::process::id(),
+            version: crate::control::version().to_string(),
             uptime_s: self.started.elapsed().as_secs(),
             count: self.policy.count(),
             sockets: self

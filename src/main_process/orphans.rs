@@ -24,6 +24,15 @@ use nix::unistd::Pid;
 
 use crate::sys;
 
+/// What is left of one generation, as an upgrade hands it over.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SavedGroup {
+    pgid: i32,
+    #[serde(with = "super::handover::clock")]
+    kill_at: Instant,
+}
+
 /// What is left of one generation.
 struct Group {
     pgid: Pid,
@@ -103,6 +112,16 @@ impl Orphans {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.groups.is_empty()
+    }
+
+    /// The groups the next image of main takes over.
+    pub(crate) fn save(&self) -> Vec<SavedGroup> {
+        self.groups.iter().map(|g| SavedGroup { pgid: g.pgid.as_raw(), kill_at: g.kill_at }).collect()
+    }
+
+    /// Takes over the groups a previous image of main saved.
+    pub(crate) fn restore(&mut self, saved: &[SavedGroup]) {
+        self.groups.extend(saved.iter().map(|g| Group { pgid: Pid::from_raw(g.pgid), kill_at: g.kill_at }));
     }
 }
 

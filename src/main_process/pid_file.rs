@@ -70,6 +70,13 @@ impl PidFile {
     }
 }
 
+impl WrittenPidFile {
+    /// The pid file a previous image of main wrote (same pid: an upgrade).
+    pub fn adopt(path: &Path) -> WrittenPidFile {
+        WrittenPidFile { path: path.to_path_buf(), pid: std::process::id() }
+    }
+}
+
 impl Drop for WrittenPidFile {
     fn drop(&mut self) {
         if read_pid(&self.path) == Some(self.pid as i32) {

@@ -8,9 +8,17 @@
 //! and the clock into events, and performs the effects (spawn, order, kill a
 //! group, reply, notify systemd, exit). No processes, no syscalls, and the
 //! time is passed in, so every race is a unit test below.
+//!
+//! An upgrade of panzer itself goes through here too: it waits for a
+//! reload under way, coalesces requests, bounds the new binary's check,
+//! and its state ([`Saved`]) is what the next image of main carries on with.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::handover::clock;
 
 use crate::control::server::ClientId;
 use crate::control::{Command, ReloadStats, Reply};
@@ -34,6 +42,8 @@ pub const MAX_UNREADY_EXITS: u32 = 5;
 pub const MAX_LOST_MONITORS: u32 = 5;
 /// While a generation starts, its progress is logged this often.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How long the new binary may take to prove it runs before an upgrade fails.
+pub const UPGRADE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The settings the policy needs.
 #[derive(Debug, Clone, Copy)]
@@ -49,10 +59,10 @@ pub struct Settings {
 }
 
 /// What a generation is doing, as main sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
     /// Waiting for its replacement backoff; no monitor yet.
-    Delayed(Instant),
+    Delayed(#[serde(with = "clock")] Instant),
     /// Its workers are starting; the previous generation still serves.
     Starting,
     /// All its workers became ready; it serves.
@@ -76,7 +86,7 @@ impl State {
 }
 
 /// Why a generation exists.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Cause {
     /// Generation 1.
     Boot,
@@ -106,17 +116,17 @@ impl std::fmt::Display for Ended {
 
 /// A reload that replaces the serving generation a few workers at a time
 /// (`--reload-strategy rolling:K`) or after a canary (`--canary D`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Roll {
     /// The generation being replaced (gone if its monitor died meanwhile).
     old: Option<u32>,
     phase: Phase,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Phase {
     /// One new worker runs; once it is ready, it must stay so until then.
-    Canary(Option<Instant>),
+    Canary(#[serde(with = "clock::option")] Option<Instant>),
     /// The new generation runs `count` slots; waiting for all to be ready.
     Surge,
     /// The old generation was scaled down; waiting for its retired
@@ -125,12 +135,13 @@ enum Phase {
 }
 
 /// What main knows of one worker, from its monitor's reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerView {
     /// 0 while the slot has no process.
     pub pid: i32,
     pub ready: bool,
     pub restarts: u32,
+    #[serde(with = "clock")]
     pub since: Instant,
     pub last_exit: Option<String>,
     /// Times supervision replaced this slot's worker (not crashes).
@@ -140,16 +151,20 @@ pub struct WorkerView {
 }
 
 /// One generation.
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Generation {
     pub number: u32,
     pub state: State,
     cause: Cause,
     /// Workers it was started with (slots 0…count-1).
     count: u32,
+    #[serde(with = "clock")]
     started: Instant,
+    #[serde(with = "clock::option")]
     startup_deadline: Option<Instant>,
+    #[serde(with = "clock::option")]
     kill_deadline: Option<Instant>,
+    #[serde(with = "clock::option")]
     next_progress: Option<Instant>,
     /// Set while a staged reload (rolling, canary) is under way.
     roll: Option<Roll>,
@@ -182,9 +197,20 @@ pub enum Event {
     MonitorExited { generation: u32, ended: Ended },
     /// Time passed: deadlines may be due.
     Tick,
+    /// The new binary's check ended: it exited 0, or why not.
+    UpgradeChecked(Result<(), String>),
+    /// The upgrade failed after its check (the state could not be handed
+    /// over, or `execve` failed): the old image goes on and answers `clients`.
+    UpgradeFailed { clients: Vec<ClientId>, reason: String },
+    /// This image was started by an upgrade and has taken the state over:
+    /// answer `clients`, who asked for it. `stale`: generations whose
+    /// monitors speak a protocol this image cannot.
+    Resumed { clients: Vec<ClientId>, pid: u32, version: String, stale: Vec<u32> },
 }
 
 /// Something the loop must do.
+// A reply carries a whole status; effects live for one turn of the loop.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Spawn the monitor of `generation` with `count` workers.
@@ -205,6 +231,14 @@ pub enum Effect {
     Systemd(Note),
     /// Exit main with this status once every orphan is gone.
     Exit(i32),
+    /// Run the binary at main's path in check mode ([`Event::UpgradeChecked`]
+    /// comes back).
+    CheckUpgrade,
+    /// Kill the check child: its answer no longer matters.
+    AbortUpgradeCheck,
+    /// Hand the state over and re-execute main; the next image answers
+    /// `answer` ([`Event::UpgradeFailed`] comes back if it cannot).
+    Exec { answer: Vec<ClientId> },
 }
 
 /// What systemd hears.
@@ -215,7 +249,7 @@ pub enum Note {
     Stopping,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Stop {
     Graceful,
     Now,
@@ -240,6 +274,38 @@ pub struct Policy {
     /// Why the last generation failed (the exit message when it was the first).
     pub last_failure: Option<String>,
     pub reloads: ReloadStats,
+    /// An upgrade asked for and not done yet.
+    upgrade: Option<Upgrade>,
+}
+
+/// An upgrade of panzer itself under way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Upgrade {
+    /// Who asked (every request coalesced into this one).
+    clients: Vec<ClientId>,
+    /// While the new binary's check runs: when it has failed.
+    checking_until: Option<Instant>,
+}
+
+/// What the policy hands to the next image of main on an upgrade: all of
+/// it but the settings, which come from the command line again (the count
+/// excepted, which `scale` may have changed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Saved {
+    count: u32,
+    generations: Vec<Generation>,
+    last: u32,
+    queued_reload: Option<Vec<ClientId>>,
+    stopping: Option<Stop>,
+    #[serde(with = "clock::option")]
+    stop_deadline: Option<Instant>,
+    exit_code: i32,
+    exited: bool,
+    served: bool,
+    replacement_failures: u32,
+    last_failure: Option<String>,
+    reloads: ReloadStats,
 }
 
 impl Policy {
@@ -257,6 +323,44 @@ impl Policy {
             replacement_failures: 0,
             last_failure: None,
             reloads: ReloadStats::default(),
+            upgrade: None,
+        }
+    }
+
+    /// The state the next image of main carries on with.
+    pub fn save(&self) -> Saved {
+        Saved {
+            count: self.settings.count,
+            generations: self.generations.clone(),
+            last: self.last,
+            queued_reload: self.queued_reload.clone(),
+            stopping: self.stopping,
+            stop_deadline: self.stop_deadline,
+            exit_code: self.exit_code,
+            exited: self.exited,
+            served: self.served,
+            replacement_failures: self.replacement_failures,
+            last_failure: self.last_failure.clone(),
+            reloads: self.reloads.clone(),
+        }
+    }
+
+    /// The policy a previous image saved, with this image's settings.
+    pub fn restore(settings: Settings, saved: Saved) -> Policy {
+        Policy {
+            settings: Settings { count: saved.count, ..settings },
+            generations: saved.generations,
+            last: saved.last,
+            queued_reload: saved.queued_reload,
+            stopping: saved.stopping,
+            stop_deadline: saved.stop_deadline,
+            exit_code: saved.exit_code,
+            exited: saved.exited,
+            served: saved.served,
+            replacement_failures: saved.replacement_failures,
+            last_failure: saved.last_failure,
+            reloads: saved.reloads,
+            upgrade: None,
         }
     }
 
@@ -288,7 +392,8 @@ impl Policy {
             };
             [delayed, g.startup_deadline, g.kill_deadline, g.next_progress, soak]
         });
-        generations.chain([self.stop_deadline]).flatten().min()
+        let upgrade = self.upgrade.as_ref().and_then(|u| u.checking_until);
+        generations.chain([self.stop_deadline, upgrade]).flatten().min()
     }
 
     /// Takes one event at time `now`; returns what to do, in order.
@@ -308,12 +413,18 @@ impl Policy {
                 self.monitor_exited(now, generation, ended, &mut out)
             }
             Event::Tick => self.tick(now, &mut out),
+            Event::UpgradeChecked(result) => self.upgrade_checked(result, &mut out),
+            Event::UpgradeFailed { clients, reason } => self.upgrade_failed(clients, &reason, &mut out),
+            Event::Resumed { clients, pid, version, stale } => {
+                self.resumed(now, clients, pid, version, stale, &mut out)
+            }
         }
         let rolling: Vec<u32> =
             self.generations.iter().filter(|g| g.roll.is_some()).map(|g| g.number).collect();
         for number in rolling {
             self.advance(now, number, &mut out);
         }
+        self.start_upgrade_check(now, &mut out);
         if self.stopping.is_some() && self.generations.is_empty() && !self.exited {
             self.exited = true;
             out.push(Effect::Exit(self.exit_code));
@@ -419,6 +530,7 @@ impl Policy {
                 Ok(count) => reply(out, Reply { count: Some(count), ..Reply::ok() }),
                 Err(e) => reply(out, Reply::error(e)),
             },
+            Command::Upgrade => self.upgrade(from, out),
             Command::ScaleBy(delta) => {
                 let count = self.settings.count.saturating_add_signed(delta).max(1);
                 if let Err(e) = self.scale(count, out) {
@@ -444,6 +556,101 @@ impl Policy {
             return;
         }
         self.start(now, Cause::Reload(from.into_iter().collect()), out);
+    }
+
+    /// `SIGUSR2` or a control `upgrade`. A request during an upgrade joins
+    /// it and gets the same answer; an upgrade asked for during a reload
+    /// waits for the reload's outcome (see [`Policy::start_upgrade_check`]).
+    fn upgrade(&mut self, from: Option<ClientId>, out: &mut Vec<Effect>) {
+        if self.stopping.is_some() {
+            log::info!("upgrade refused: panzer is stopping");
+            if let Some(to) = from {
+                out.push(Effect::Reply { to, reply: Reply::error("panzer is stopping") });
+            }
+            return;
+        }
+        match &mut self.upgrade {
+            Some(upgrade) => {
+                log::info!("upgrade request joins the upgrade under way");
+                upgrade.clients.extend(from);
+            }
+            None => {
+                if self.reload_under_way() {
+                    log::info!("upgrade waits for the reload under way");
+                }
+                self.upgrade = Some(Upgrade { clients: from.into_iter().collect(), checking_until: None });
+            }
+        }
+    }
+
+    /// A generation is starting (a reload, or a replacement): an upgrade waits.
+    fn reload_under_way(&self) -> bool {
+        self.any(|s| matches!(s, State::Starting | State::Delayed(_)))
+    }
+
+    /// Starts the check of the new binary for a waiting upgrade, once no
+    /// reload is under way. systemd hears `RELOADING=1` now, `READY=1` from
+    /// the next image (or when the upgrade fails).
+    fn start_upgrade_check(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        if self.stopping.is_some() || self.reload_under_way() {
+            return;
+        }
+        let Some(upgrade) = self.upgrade.as_mut().filter(|u| u.checking_until.is_none()) else { return };
+        upgrade.checking_until = Some(now + UPGRADE_CHECK_TIMEOUT);
+        out.push(Effect::Systemd(Note::Reloading));
+        out.push(Effect::CheckUpgrade);
+    }
+
+    fn upgrade_checked(&mut self, result: Result<(), String>, out: &mut Vec<Effect>) {
+        if !self.upgrade.as_ref().is_some_and(|u| u.checking_until.is_some()) {
+            // Cancelled meanwhile (a stop): the answer no longer matters.
+            return;
+        }
+        let clients = self.upgrade.take().map(|u| u.clients).unwrap_or_default();
+        match result {
+            Ok(()) => out.push(Effect::Exec { answer: clients }),
+            Err(reason) => self.upgrade_failed(clients, &reason, out),
+        }
+    }
+
+    /// The old image goes on serving; whoever asked hears why.
+    fn upgrade_failed(&mut self, clients: Vec<ClientId>, reason: &str, out: &mut Vec<Effect>) {
+        log::error!("upgrade failed: {reason}; this panzer goes on running");
+        if self.stopping.is_none() && !self.reload_under_way() {
+            out.push(Effect::Systemd(Note::Ready(format!("upgrade failed: {reason}"))));
+        }
+        for to in clients {
+            out.push(Effect::Reply { to, reply: Reply::error(reason) });
+        }
+    }
+
+    /// This image took the state over: the upgrade is done. Generations
+    /// whose monitors this image cannot talk to are replaced by a reload.
+    fn resumed(
+        &mut self,
+        now: Instant,
+        clients: Vec<ClientId>,
+        pid: u32,
+        version: String,
+        stale: Vec<u32>,
+        out: &mut Vec<Effect>,
+    ) {
+        for to in clients {
+            let reply = Reply { pid: Some(pid), version: Some(version.clone()), ..Reply::ok() };
+            out.push(Effect::Reply { to, reply });
+        }
+        if self.stopping.is_some() {
+            return;
+        }
+        if !self.reload_under_way() {
+            out.push(Effect::Systemd(Note::Ready(format!("upgraded to panzer {version}"))));
+        }
+        if !stale.is_empty() {
+            log::warn!(
+                "generation(s) {stale:?} speak a protocol this panzer cannot: a hot restart replaces them"
+            );
+            self.reload(now, None, out);
+        }
     }
 
     fn scale(&mut self, count: u32, out: &mut Vec<Effect>) -> Result<u32, String> {
@@ -940,6 +1147,18 @@ impl Policy {
             if !cancelled.is_empty() {
                 log::info!("a reload waiting to run was cancelled: panzer is stopping");
             }
+            if let Some(upgrade) = self.upgrade.take() {
+                log::info!("the upgrade under way was cancelled: panzer is stopping");
+                if upgrade.checking_until.is_some() {
+                    out.push(Effect::AbortUpgradeCheck);
+                }
+                for to in upgrade.clients {
+                    out.push(Effect::Reply {
+                        to,
+                        reply: Reply::error("upgrade cancelled: panzer is stopping"),
+                    });
+                }
+            }
             for to in cancelled {
                 out.push(Effect::Reply { to, reply: Reply::error("reload cancelled: panzer is stopping") });
             }
@@ -995,6 +1214,14 @@ impl Policy {
                     log::info!("{}", progress(g, now));
                 }
             }
+        }
+        if due(self.upgrade.as_ref().and_then(|u| u.checking_until)) {
+            out.push(Effect::AbortUpgradeCheck);
+            let reason = format!(
+                "the new binary did not finish its check within {}",
+                format_duration(UPGRADE_CHECK_TIMEOUT)
+            );
+            self.upgrade_checked(Err(reason), out);
         }
         if due(self.stop_deadline) {
             log::warn!("workers still running after the graceful timeout: killing them");
@@ -1673,5 +1900,123 @@ mod tests {
         let effects = w.worker_ready(2, 0, 200);
         assert!(!effects.contains(&scale(1, 4)), "{effects:?}");
         assert_eq!(w.policy.generations()[0].count, 3);
+    }
+
+    fn upgrade(w: &mut World, client: u64) -> Vec<Effect> {
+        w.on(Event::Command { command: Command::Upgrade, from: Some(ClientId(client)) })
+    }
+
+    #[test]
+    fn an_upgrade_checks_the_new_binary_then_execs_answering_every_request_that_joined_it() {
+        let mut w = World::serving();
+        assert_eq!(upgrade(&mut w, 1), vec![Systemd(Note::Reloading), Effect::CheckUpgrade]);
+        assert_eq!(upgrade(&mut w, 2), vec![], "joins the upgrade under way");
+        assert_eq!(w.policy.next_deadline(), Some(w.now + UPGRADE_CHECK_TIMEOUT));
+        let effects = w.on(Event::UpgradeChecked(Ok(())));
+        assert_eq!(effects, vec![Effect::Exec { answer: vec![ClientId(1), ClientId(2)] }]);
+        assert_eq!(w.policy.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_upgrade_during_a_reload_waits_for_the_reload_s_outcome() {
+        let mut w = World::serving();
+        w.reload(1);
+        assert_eq!(upgrade(&mut w, 2), vec![]);
+        let effects = w.ready(2);
+        assert_eq!(replies(&effects), vec![(1, true, String::new())]);
+        assert!(effects.ends_with(&[Systemd(Note::Reloading), Effect::CheckUpgrade]), "{effects:?}");
+        // A failed reload is an outcome too.
+        let mut w = World::serving();
+        w.reload(1);
+        upgrade(&mut w, 2);
+        let effects = w.failed(2, "crash");
+        assert!(effects.ends_with(&[Effect::CheckUpgrade]), "{effects:?}");
+    }
+
+    #[test]
+    fn a_failed_check_answers_every_requester_with_the_reason_and_tells_systemd_ready_again() {
+        let mut w = World::serving();
+        upgrade(&mut w, 1);
+        upgrade(&mut w, 2);
+        let effects = w.on(Event::UpgradeChecked(Err("it exited with status 1".into())));
+        assert_eq!(
+            replies(&effects),
+            vec![(1, false, "it exited with status 1".into()), (2, false, "it exited with status 1".into())]
+        );
+        assert_eq!(effects[0], Systemd(Note::Ready("upgrade failed: it exited with status 1".into())));
+        // The next request starts a new upgrade.
+        assert_eq!(upgrade(&mut w, 3), vec![Systemd(Note::Reloading), Effect::CheckUpgrade]);
+    }
+
+    #[test]
+    fn a_check_that_does_not_finish_in_time_is_killed_and_fails_the_upgrade() {
+        let mut w = World::serving();
+        upgrade(&mut w, 1);
+        let effects = w.later(UPGRADE_CHECK_TIMEOUT);
+        assert_eq!(effects[0], Effect::AbortUpgradeCheck);
+        let answer = &replies(&effects)[0];
+        assert!(!answer.1 && answer.2.contains("did not finish its check within 5.0s"), "{answer:?}");
+        assert_eq!(w.on(Event::UpgradeChecked(Ok(()))), vec![], "a late answer changes nothing");
+    }
+
+    #[test]
+    fn a_stop_cancels_an_upgrade_and_an_upgrade_while_stopping_is_refused() {
+        let mut w = World::serving();
+        upgrade(&mut w, 1);
+        let effects = w.on(Event::Command { command: Command::Stop, from: None });
+        assert!(effects.contains(&Effect::AbortUpgradeCheck));
+        assert_eq!(replies(&effects), vec![(1, false, "upgrade cancelled: panzer is stopping".into())]);
+        assert_eq!(replies(&upgrade(&mut w, 2)), vec![(2, false, "panzer is stopping".into())]);
+        assert_eq!(w.on(Event::UpgradeChecked(Ok(()))), vec![]);
+    }
+
+    #[test]
+    fn an_exec_that_fails_answers_its_requesters_and_the_old_image_goes_on() {
+        let mut w = World::serving();
+        upgrade(&mut w, 1);
+        w.on(Event::UpgradeChecked(Ok(())));
+        let reason = "cannot execute /x: permission denied".to_string();
+        let effects = w.on(Event::UpgradeFailed { clients: vec![ClientId(1)], reason: reason.clone() });
+        assert_eq!(replies(&effects), vec![(1, false, reason)]);
+        assert_eq!(w.states(), vec![(1, State::Ready)]);
+    }
+
+    #[test]
+    fn the_saved_policy_restores_generations_counts_tickets_and_deadlines_in_the_next_image() {
+        let mut w = World::serving();
+        w.on(Event::Command { command: Command::Scale(5), from: None });
+        w.reload(7);
+        w.reload(8);
+        let saved = w.policy.save();
+        let anchor = w.now;
+        let text = clock::with_anchor(anchor, || serde_json::to_string(&saved)).unwrap();
+        // The next image reads it a second later, by its own clock.
+        let later = anchor + Duration::from_secs(1);
+        let saved: Saved = clock::with_anchor(later, || serde_json::from_str(&text)).unwrap();
+        let mut next = World { policy: Policy::restore(settings(), saved), now: later };
+        assert_eq!(next.policy.count(), 5);
+        assert_eq!(next.states(), vec![(1, State::Ready), (2, State::Starting)]);
+        assert_eq!(next.policy.next_deadline(), Some(later + PROGRESS_EVERY));
+        let effects = next.ready(2);
+        assert_eq!(replies(&effects), vec![(7, true, String::new())], "the held ticket is answered");
+        assert_eq!(spawns(&effects), vec![3], "the queued reload runs");
+    }
+
+    #[test]
+    fn a_resumed_image_answers_the_requesters_with_its_pid_and_version_and_reloads_stale_monitors() {
+        let mut w = World::serving();
+        let resumed =
+            |stale| Event::Resumed { clients: vec![ClientId(4)], pid: 42, version: "0.2.0".into(), stale };
+        let effects = w.on(resumed(vec![]));
+        let reply = Reply { pid: Some(42), version: Some("0.2.0".into()), ..Reply::ok() };
+        assert_eq!(
+            effects,
+            vec![
+                Effect::Reply { to: ClientId(4), reply },
+                Systemd(Note::Ready("upgraded to panzer 0.2.0".into()))
+            ]
+        );
+        let effects = w.on(resumed(vec![1]));
+        assert_eq!(spawns(&effects), vec![2], "generation 1 speaks another protocol: a hot restart");
     }
 }

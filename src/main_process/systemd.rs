@@ -31,6 +31,17 @@ impl Systemd {
         Some(Systemd { socket, watchdog, next_ping: watchdog.map(|d| Instant::now() + d), ready_sent: false })
     }
 
+    /// After an upgrade: whether the previous image had said `READY=1`
+    /// (and `MAINPID=`, which stays the same).
+    pub fn resumed(mut self, ready_sent: bool) -> Systemd {
+        self.ready_sent = ready_sent;
+        self
+    }
+
+    pub fn ready_sent(&self) -> bool {
+        self.ready_sent
+    }
+
     fn send(&self, messages: &[Notify]) {
         if let Err(e) = notify::send_to(&self.socket, messages) {
             log::warn!("cannot notify {}: {e}", self.socket);

@@ -31,6 +31,21 @@ impl Listener {
         self.socket.as_fd()
     }
 
+    /// The unix socket file this process created, `(path, dev, inode)`.
+    pub(crate) fn created(&self) -> Option<&(PathBuf, u64, u64)> {
+        self.created.as_ref()
+    }
+
+    /// A listener the previous image of main handed over (an upgrade).
+    pub(crate) fn resume(
+        fd: std::os::fd::OwnedFd,
+        spec: BindSpec,
+        local: String,
+        created: Option<(PathBuf, u64, u64)>,
+    ) -> Listener {
+        Listener { spec, local, socket: Socket::from(fd), created }
+    }
+
     /// The address as Server::Starter writes it: `IP:PORT` with the real
     /// port (`[IPv6]:PORT`), or a unix socket's path.
     pub fn address(&self) -> OsString {
