@@ -494,6 +494,7 @@ impl Main {
                         replaced: w.replaced,
                         uptime_s: now.duration_since(w.since).as_secs(),
                         rss_kib: sys::rss_kib(Pid::from_raw(w.pid)).unwrap_or(0),
+                        threads: sys::fork::threads_of(Pid::from_raw(w.pid)).unwrap_or(0),
                         last_exit: w.last_exit.clone(),
                     })
                     .collect();
