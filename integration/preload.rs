@@ -233,3 +233,35 @@ fn the_example_without_panzer_says_how_to_start_it_or_serves_on_listen_fds() {
     assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0), "{}", panzer.log());
     assert!(panzer.log().contains(&format!("preload: pid {worker} serve-0 drained")), "{}", panzer.log());
 }
+
+#[test]
+fn the_tokio_example_finishes_a_request_in_flight_when_a_reload_drains_it() {
+    let mut panzer = Panzer::start(&[
+        "--preload",
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        "2",
+        "--pid-file",
+        "{dir}/panzer.pid",
+        &example("preload_tokio"),
+    ]);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let first = get(port, "/").unwrap();
+    assert!(first.body.contains("runtime=tokio"), "{first:?}");
+
+    let mut slow = connect(port).unwrap();
+    std::io::Write::write_all(&mut slow, b"GET /slow?ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let line = panzer.wait_for_line("answers in 1500 ms");
+    let old: i32 = line.split("pid ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let out = panzer.ctl_by_pid_file(&["reload"]);
+    assert_eq!((out.code, out.stdout.trim()), (0, "reloaded: generation 2 serves"), "{}", out.stderr);
+    let answer = read_response(&mut slow).unwrap();
+    assert_eq!((answer.status, answer.pid().as_raw()), (200, old), "{answer:?}");
+    panzer.wait_for_line(&format!("preload_tokio: pid {old} drained (1 in flight)"));
+    panzer.wait_for_line(&format!("(pid {old}) exited with status 0"));
+    assert_eq!(get(port, "/").unwrap().field("generation"), "2");
+    panzer.signal(Signal::SIGTERM);
+    assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0), "{}", panzer.log());
+}
