@@ -9,7 +9,7 @@
 //! timer, a health or age limit, a kill) or the memory check as its timeout.
 //!
 //! How a worker starts is the one thing that differs between the modes
-//! ([`Launch`]): exec mode forks and execs the command (`sys::spawn`);
+//! (`Launch`): exec mode forks and execs the command (`sys::spawn`);
 //! library mode (`panzer --preload`, entered through `panzer::run` in the
 //! user's own binary) forks this process, and the child calls the user's
 //! `serve`. Everything else, this loop included, is shared.
