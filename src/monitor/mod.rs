@@ -459,11 +459,16 @@ impl Monitor {
                     drain_signal: self.drain_signal(),
                     health_timeout: self.args.health_timeout.map(|d| d.0),
                 };
-                match &mut self.launch {
+                // A panic must never unwind into this monitor's frames in the
+                // child (dropping them would remove the generation's notify
+                // socket, say): the worker ends here.
+                let launch = &mut self.launch;
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match launch {
                     #[allow(unreachable_code)]
                     Launch::Fork(start) => match start(worker) {},
                     Launch::Exec { .. } => unreachable!("exec mode never forks without exec"),
-                }
+                }));
+                std::process::exit(101)
             }
         }
     }
