@@ -199,18 +199,19 @@ fn status_table(s: &Status) -> String {
     for g in &s.generations {
         out += &format!("\ngeneration {}  {}  monitor pid {}\n", g.generation, g.state, g.monitor_pid);
         out += &format!(
-            "  {:<7} {:<8} {:<6} {:<9} {:<8} {}\n",
-            "WORKER", "PID", "READY", "RESTARTS", "UPTIME", "RSS"
+            "  {:<7} {:<8} {:<6} {:<9} {:<8} {:<11} {}\n",
+            "WORKER", "PID", "READY", "RESTARTS", "UPTIME", "RSS", "THREADS"
         );
         for w in &g.workers {
             out += &format!(
-                "  {:<7} {:<8} {:<6} {:<9} {:<8} {:.1} MiB\n",
+                "  {:<7} {:<8} {:<6} {:<9} {:<8} {:<11} {}\n",
                 w.ordinal,
                 w.pid,
                 if w.ready { "yes" } else { "no" },
                 w.restarts,
                 age(w.uptime_s),
-                w.rss_kib as f64 / 1024.0
+                format!("{:.1} MiB", w.rss_kib as f64 / 1024.0),
+                w.threads
             );
         }
     }

@@ -27,6 +27,11 @@
 //!   copy of the binary) under 32 fresh and 32 kept-alive clients: failed
 //!   requests (target 0), and the time from the signal to the new image's
 //!   first answer on the control socket.
+//! * `preload`: library mode against exec mode, 8 workers of
+//!   `examples/preload.rs` with a 200 MB table: the sum of the PSS of the
+//!   monitor and its workers (target: library mode ≤ 1.2 × one table), panzer
+//!   start → generation 1 ready, and 5 idle reloads (signal → ready, ready →
+//!   old generation stopped) in each mode.
 //!
 //! Timing method: the bench never parses timestamps for wall times. It takes
 //! an `Instant` right before `kill(2)` (or before spawning panzer) and polls
@@ -105,6 +110,7 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario { name: "staged-canary", run: |b| staged(b, "canary", &["--canary", "200ms"], WORKERS) },
     Scenario { name: "upgrade", run: upgrade },
+    Scenario { name: "preload", run: preload },
 ];
 
 /// Reloads per staged scenario (each takes N steps, or a canary soak).
@@ -525,6 +531,84 @@ fn start_64(bench: &Bench) -> Outcome {
     )])
 }
 
+/// Scenario: library mode (`--preload`) against exec mode with a large
+/// preloaded table: memory, generation start, reloads.
+fn preload(bench: &Bench) -> Outcome {
+    const TABLE_MB: u64 = 200;
+    const COUNT: usize = 8;
+    const RELOADS: u32 = 5;
+    let app = bench.server.with_file_name("preload");
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        if bench
+            .server
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .is_some_and(|d| d == "release")
+        {
+            build_example(&cargo, "preload")?;
+        }
+    }
+    if !app.exists() {
+        return Err(format!("{} is missing: run `cargo build --release --examples`", app.display()));
+    }
+    let app = app.to_string_lossy().into_owned();
+    let table_mb = TABLE_MB.to_string();
+    let count = COUNT.to_string();
+    let mut lines = Vec::new();
+    for (mode, preload) in [("exec", false), ("library", true)] {
+        let mut args = vec!["--bind", "127.0.0.1:0", "--count", &count, "--ready", "notify"];
+        if preload {
+            args.insert(0, "--preload");
+        }
+        args.push(&app);
+        let started = Instant::now();
+        let guard = Panzer::start_via(&bench.panzer.to_string_lossy(), &args, &[("PRELOAD_MB", &table_mb)]);
+        let mut panzer = Measured { log: guard.watch_log(), guard };
+        let (ready_at, _) = panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
+        let start_ms = ms(ready_at - started);
+        let monitor = panzer.monitor_of(1)?;
+        let workers = children_of(monitor);
+        if workers.len() != COUNT {
+            return Err(format!("{mode} mode: {} workers under monitor {monitor}", workers.len()));
+        }
+        let pss = |pid: Pid| rss(pid).map(|r| r.pss.unwrap_or(r.total));
+        let workers_pss = workers.iter().map(|w| pss(*w)).sum::<Result<u64, String>>()?;
+        let total_pss = workers_pss + pss(monitor)?;
+        let mut reloads = Vec::new();
+        for k in 2..=RELOADS + 1 {
+            thread::sleep(Duration::from_millis(30));
+            reloads.push(panzer.reload(k)?);
+        }
+        let wall: Vec<f64> = reloads.iter().map(|r| ms(r.ready - r.signal)).collect();
+        let gone: Vec<f64> = reloads.iter().map(|r| ms(r.stopped - r.ready)).collect();
+        lines.push(line(
+            &format!("preload/{mode}"),
+            &format!(
+                "{COUNT} workers, {TABLE_MB} MB table: PSS workers {:.1} MiB, with monitor {:.1} MiB \
+                 ({:.2} × table); start → generation 1 ready {:.0} ms; n={RELOADS} reloads signal→ready \
+                 median {:.0} ms max {:.0} ms, ready→old stopped median {:.0} ms",
+                mib(workers_pss),
+                mib(total_pss),
+                total_pss as f64 / (TABLE_MB * 1024) as f64,
+                start_ms,
+                median(&wall),
+                p99(&wall),
+                median(&gone),
+            ),
+            if preload { "PSS ≤ 1.2 × table" } else { "(reference)" },
+            !preload || total_pss as f64 <= 1.2 * (TABLE_MB * 1024) as f64,
+            &format!(
+                "repro: cargo bench --bench reload -- preload  # PRELOAD_MB={TABLE_MB} panzer{} --bind \
+                 127.0.0.1:0 --count {COUNT} --ready notify target/release/examples/preload; sum Pss of \
+                 /proc/<monitor and workers>/smaps_rollup",
+                if preload { " --preload" } else { "" }
+            ),
+        ));
+    }
+    Ok(lines)
+}
+
 /// One result line: name, figures, target, verdict, how to reproduce.
 fn line(name: &str, figures: &str, target: &str, pass: bool, repro: &str) -> String {
     let verdict = if pass { "PASS" } else { "MISS" };
@@ -896,7 +980,7 @@ impl Bench {
             .join("server");
         let profile_is_release = panzer.parent().and_then(Path::file_name).is_some_and(|d| d == "release");
         match std::env::var_os("CARGO") {
-            Some(cargo) if profile_is_release => build_server(&cargo)?,
+            Some(cargo) if profile_is_release => build_example(&cargo, "server")?,
             _ if server.exists() => {}
             _ => {
                 return Err(format!(
@@ -955,21 +1039,21 @@ impl Bench {
     }
 }
 
-/// `cargo build --release --example server`, so that the bench measures the
+/// `cargo build --release --example NAME`, so that the bench measures the
 /// current source. A no-op when it is up to date.
-fn build_server(cargo: &std::ffi::OsStr) -> Result<(), String> {
-    eprintln!("bench reload: cargo build --release --example server");
+fn build_example(cargo: &std::ffi::OsStr, name: &str) -> Result<(), String> {
+    eprintln!("bench reload: cargo build --release --example {name}");
     let child = Command::new(cargo)
-        .args(["build", "--release", "--example", "server"])
+        .args(["build", "--release", "--example", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot run cargo build: {e}"))?;
     let mut child = KillOnDrop(child);
     let status = within(Duration::from_secs(900), || child.0.try_wait().ok().flatten())
-        .ok_or("`cargo build --release --example server` took over 15 minutes")?;
+        .ok_or_else(|| format!("`cargo build --release --example {name}` took over 15 minutes"))?;
     if !status.success() {
-        return Err(format!("`cargo build --release --example server` failed ({status})"));
+        return Err(format!("`cargo build --release --example {name}` failed ({status})"));
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ mod faults;
 mod lifecycle;
 mod metrics;
 mod orphans;
+mod preload;
 mod privileges;
 mod ready;
 mod real_servers;

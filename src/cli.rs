@@ -152,4 +152,10 @@ pub struct Cli {
     /// once it is ready. Default: off.
     #[arg(long, env = "PANZER_MAX_AGE", value_name = "DURATION")]
     pub max_age: Option<CliDuration>,
+
+    /// Library mode: COMMAND is a Rust binary built on panzer's library
+    /// (`panzer::run`). It is exec'd as the monitor of each generation, loads
+    /// once, and forks its workers, which share its memory copy-on-write.
+    #[arg(long, env = "PANZER_PRELOAD", value_parser = clap::builder::BoolishValueParser::new())]
+    pub preload: bool,
 }

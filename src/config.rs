@@ -42,6 +42,8 @@ pub struct Config {
     pub max_rss: Option<u64>,
     /// `--max-age`: how long a worker runs before it is replaced.
     pub max_age: Option<Duration>,
+    /// `--preload`: COMMAND is the monitor and forks its workers (library mode).
+    pub preload: bool,
 }
 
 impl Config {
@@ -88,6 +90,7 @@ impl Config {
             health_timeout: positive("--health-timeout", cli.health_timeout)?,
             max_rss: cli.max_rss.map(|size| size.0),
             max_age: positive("--max-age", cli.max_age)?,
+            preload: cli.preload,
         })
     }
 }

@@ -26,6 +26,14 @@
 //! - **worker** (`worker`) is the user's command, spawned by the code in
 //!   `sys::spawn`, the only code between `fork` and `exec`.
 //!
+//! **Library mode** ([`library`], `panzer --preload`): for a Rust server
+//! built on this crate, main execs the app itself as each generation's
+//! monitor; the app loads its data once, and [`run`] speaks the monitor
+//! protocol (the same [`monitor`] loop) and *forks* the workers, which share
+//! the loaded pages copy-on-write and call [`Worker::serve`]. A fork without
+//! exec is sound only in a single-threaded process, so [`run`] refuses to
+//! fork when the app has started threads.
+//!
 //! Who owns which fd: main owns the sockets (`CLOEXEC`), its signalfd, and
 //! one end of each monitor's status channel ([`protocol`], which both roles
 //! import and neither role imports the other). A monitor gets the
@@ -86,6 +94,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod library;
 pub(crate) mod log_limit;
 pub mod logging;
 pub mod main_process;
@@ -97,3 +106,5 @@ pub(crate) mod sockets;
 pub(crate) mod sys;
 pub mod units;
 pub(crate) mod worker;
+
+pub use library::{draining, ready, run, wait_draining, Connection, Listener, Runner, Socket, Worker};

@@ -4,7 +4,8 @@
 use std::io::Write;
 
 /// Installs the logger for this process; `role` is `None` for main and
-/// `Some(k)` for the monitor of generation k.
+/// `Some(k)` for the monitor of generation k. In library mode the app may
+/// have installed a logger of its own already: panzer's lines then go to it.
 pub fn init(level: log::LevelFilter, generation: Option<u32>) {
     let pid = std::process::id();
     let tag = match generation {
@@ -20,6 +21,8 @@ pub fn init(level: log::LevelFilter, generation: Option<u32>) {
         .format(move |buf, record| {
             writeln!(buf, "{} {:<5} {tag}: {}", buf.timestamp_millis(), record.level(), record.args())
         })
-        .target(env_logger::Target::Stderr)
-        .init();
+        .target(env_logger::Target::Stderr);
+    if builder.try_init().is_err() {
+        log::set_max_level(log::max_level().max(level));
+    }
 }

@@ -153,6 +153,28 @@ impl MonitorArgs {
     }
 }
 
+/// Library mode (`--preload`): the variable through which main hands the
+/// app it execs as a monitor its [`MonitorArgs`], since the app's argv is the
+/// user's own. A JSON array of the [`MonitorArgs::to_args`] words;
+/// `panzer::run` reads it and removes it, so workers never see it.
+pub const MONITOR_ARGS_ENV: &str = "PANZER_MONITOR_ARGS";
+
+impl MonitorArgs {
+    /// The value of [`MONITOR_ARGS_ENV`]; `None` when a word is not UTF-8.
+    pub fn to_env(&self) -> Option<String> {
+        let args = self.to_args();
+        let words: Vec<&str> = args.iter().map(|w| w.to_str()).collect::<Option<_>>()?;
+        serde_json::to_string(&words).ok()
+    }
+
+    /// Parses a [`MONITOR_ARGS_ENV`] value.
+    pub fn from_env(value: &str) -> Result<MonitorArgs, String> {
+        let words: Vec<String> =
+            serde_json::from_str(value).map_err(|e| format!("{MONITOR_ARGS_ENV}: {e}"))?;
+        MonitorArgs::try_parse_from(words).map_err(|e| format!("{MONITOR_ARGS_ENV}: {e}"))
+    }
+}
+
 /// Largest message either side sends.
 const MAX_MESSAGE: usize = 16 * 1024;
 

@@ -51,6 +51,7 @@ const NOT_INHERITED: &[&str] = &[
     WATCHDOG_PID,
     SERVER_STARTER_PORT,
     SERVER_STARTER_GENERATION,
+    crate::protocol::MONITOR_ARGS_ENV,
 ];
 
 /// Prefixes of variables a worker never inherits, for the same reason.

@@ -172,6 +172,7 @@ mod tests {
             rss_kib: 2048,
             last_exit: None,
             replaced: 0,
+            threads: 1,
         };
         Status {
             pid: 1,

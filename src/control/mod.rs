@@ -214,6 +214,10 @@ pub struct WorkerStatus {
     /// (`--health-timeout`, `--max-rss`, `--max-age`); not in `restarts`.
     #[serde(default)]
     pub replaced: u32,
+    /// Threads the worker process runs now (library mode's `.threads(T)`
+    /// shows as T copies of `serve` plus the thread that watches them).
+    #[serde(default)]
+    pub threads: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

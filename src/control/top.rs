@@ -323,6 +323,7 @@ mod tests {
                     rss_kib: 1536,
                     last_exit: Some("exited with status 1".into()),
                     replaced: 0,
+                    threads: 1,
                 }],
             }],
             orphans: vec![],

@@ -483,9 +483,23 @@ impl Main {
         let (ours, theirs) = Channel::pair().map_err(sys::spawn::SpawnError::Fork)?;
         let mut fds: Vec<RawFd> = vec![theirs.fd().as_raw_fd()];
         fds.extend(self.sockets.iter().map(|l| l.fd().as_raw_fd()));
-        let mut argv: Vec<OsString> = vec!["panzer".into()];
-        argv.extend(args.to_args());
-        let mut plan = ExecPlan::new("/proc/self/exe".as_ref(), &argv, worker::inherited_env())
+        let (program, argv, env) = if self.config.preload {
+            // Library mode: the app itself is the monitor. Resolved again for
+            // every generation, so a reload runs the binary now at that path.
+            let program = worker::resolve_command(&self.config.command)
+                .map_err(|e| sys::spawn::SpawnError::Exec(std::io::Error::other(e)))?;
+            let words = args.to_env().ok_or_else(|| {
+                sys::spawn::SpawnError::Exec(std::io::Error::other("an argument is not UTF-8"))
+            })?;
+            let mut env = worker::inherited_env();
+            env.push(format!("{}={words}", crate::protocol::MONITOR_ARGS_ENV).into());
+            (program, args.argv.clone(), env)
+        } else {
+            let mut argv: Vec<OsString> = vec!["panzer".into()];
+            argv.extend(args.to_args());
+            (PathBuf::from("/proc/self/exe"), argv, worker::inherited_env())
+        };
+        let mut plan = ExecPlan::new(program.as_os_str(), &argv, env)
             .map_err(sys::spawn::SpawnError::Exec)?
             .with_fds(&fds)
             .with_new_process_group()
@@ -518,6 +532,7 @@ impl Main {
                         replaced: w.replaced,
                         uptime_s: now.duration_since(w.since).as_secs(),
                         rss_kib: sys::rss_kib(Pid::from_raw(w.pid)).unwrap_or(0),
+                        threads: sys::fork::threads_of(Pid::from_raw(w.pid)).unwrap_or(0),
                         last_exit: w.last_exit.clone(),
                     })
                     .collect();

@@ -8,6 +8,12 @@
 //! notify socket, with the pool's next deadline (a start, a readiness
 //! timer, a health or age limit, a kill) or the memory check as its timeout.
 //!
+//! How a worker starts is the one thing that differs between the modes
+//! (`Launch`): exec mode forks and execs the command (`sys::spawn`);
+//! library mode (`panzer --preload`, entered through `panzer::run` in the
+//! user's own binary) forks this process, and the child calls the user's
+//! `serve`. Everything else, this loop included, is shared.
+//!
 //! Supervision (`--health-timeout`, `--max-rss`, `--max-age`) replaces a
 //! worker surge-first (see [`pool`]). main hears of a successor only once it
 //! is ready, in one `Report::WorkerReplaced` message, so its view of a slot
@@ -53,6 +59,29 @@ const MAX_ANCESTRY: usize = 64;
 /// How often a message from one pid that no worker owns is logged.
 const STRANGER_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How the monitor starts a worker.
+pub(crate) enum Launch {
+    /// Exec mode: fork and exec this program (resolved from `argv[0]`).
+    Exec { program: PathBuf },
+    /// Library mode: fork this process; the child calls this, which never
+    /// returns (the worker ends with `exit`; `Infallible` stands for `!`).
+    Fork(Box<dyn FnMut(ForkedWorker) -> std::convert::Infallible>),
+}
+
+/// What a worker forked in library mode gets from its monitor.
+pub(crate) struct ForkedWorker {
+    pub generation: u32,
+    pub ordinal: u32,
+    /// The listening sockets, in `--bind` order (`CLOEXEC` copies).
+    pub sockets: Vec<OwnedFd>,
+    /// `LISTEN_FDNAMES`: the sockets' names, `:`-separated.
+    pub fd_names: String,
+    pub notify_socket: PathBuf,
+    pub drain_signal: Signal,
+    /// `--health-timeout`, for `WATCHDOG_USEC`.
+    pub health_timeout: Option<Duration>,
+}
+
 struct Monitor {
     args: MonitorArgs,
     /// `None` once main is gone.
@@ -62,7 +91,7 @@ struct Monitor {
     notify: NotifySocket,
     pool: Pool,
     base_env: Vec<OsString>,
-    program: PathBuf,
+    launch: Launch,
     started: Instant,
     /// Set once draining: when the remaining workers get `SIGKILL`.
     kill_at: Option<Instant>,
@@ -93,24 +122,63 @@ pub fn run(args: MonitorArgs) -> i32 {
             return 1;
         }
     };
-    match Monitor::new(args, status) {
-        Ok(mut monitor) => monitor.run(),
-        Err((reason, mut status)) => {
-            // Tell main why, so the operator (and panzerctl reload) hears it.
-            log::error!("{reason}");
-            // Exit 0: main has the reason, and no worker was started.
-            match status.send(&Report::GenerationFailed { reason }) {
-                Ok(()) => 0,
-                Err(_) => 1,
-            }
+    let program = match worker::resolve_command(&args.argv[0]) {
+        Ok(program) => program,
+        Err(reason) => {
+            let command = args.argv[0].to_string_lossy().into_owned();
+            return fail(Error::Command { command, reason }.report(), status);
         }
+    };
+    serve(args, status, Launch::Exec { program })
+}
+
+/// Library mode: runs the monitor role in the user's own binary (exec'd by
+/// main with the same fds as `panzer __monitor`); `start` runs in each
+/// forked worker. Returns the process exit status.
+pub(crate) fn run_library(
+    args: MonitorArgs,
+    start: Box<dyn FnMut(ForkedWorker) -> std::convert::Infallible>,
+) -> i32 {
+    crate::logging::init(args.log_level, Some(args.generation));
+    let status = match sys::adopt_inherited_fd(STATUS_FD).and_then(Channel::from_fd) {
+        Ok(status) => status,
+        Err(e) => {
+            log::error!("no status channel at fd {STATUS_FD}: {e} (started by `panzer --preload` only)");
+            return 1;
+        }
+    };
+    // fork() copies only the calling thread: refuse before any worker exists.
+    match sys::fork::thread_count() {
+        Ok(1) => {}
+        Ok(threads) => return fail(crate::library::threads_refused(threads), status),
+        Err(e) => return fail(format!("cannot count this process's threads: {e}"), status),
+    }
+    serve(args, status, Launch::Fork(start))
+}
+
+/// Tells main why the generation cannot start, so the operator (and
+/// `panzerctl reload`) hears it.
+fn fail(reason: String, mut status: Channel) -> i32 {
+    log::error!("{reason}");
+    // Exit 0: main has the reason, and no worker was started.
+    match status.send(&Report::GenerationFailed { reason }) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+fn serve(args: MonitorArgs, status: Channel, launch: Launch) -> i32 {
+    match Monitor::new(args, status, launch) {
+        Ok(mut monitor) => monitor.run(),
+        // Tell main why, so the operator (and panzerctl reload) hears it.
+        Err((reason, status)) => fail(reason, status),
     }
 }
 
 impl Monitor {
-    fn new(args: MonitorArgs, status: Channel) -> Result<Monitor, (String, Channel)> {
+    fn new(args: MonitorArgs, status: Channel, launch: Launch) -> Result<Monitor, (String, Channel)> {
         match Monitor::prepare(&args) {
-            Ok((sockets, signals, notify, program)) => {
+            Ok((sockets, signals, notify)) => {
                 let now = Instant::now();
                 let limits = Limits {
                     health_timeout: args.health_timeout.map(|d| d.0),
@@ -131,7 +199,7 @@ impl Monitor {
                     sockets,
                     signals,
                     notify,
-                    program,
+                    launch,
                     started: now,
                     kill_at: None,
                     exit_code: None,
@@ -144,7 +212,7 @@ impl Monitor {
     }
 
     /// Everything the monitor needs that can fail.
-    fn prepare(args: &MonitorArgs) -> Result<(Vec<OwnedFd>, sys::SignalFd, NotifySocket, PathBuf), Error> {
+    fn prepare(args: &MonitorArgs) -> Result<(Vec<OwnedFd>, sys::SignalFd, NotifySocket), Error> {
         let sockets = (0..args.sockets)
             .map(|i| sys::adopt_inherited_fd(FIRST_SOCKET_FD + i as RawFd))
             .collect::<Result<Vec<_>, _>>()
@@ -152,15 +220,11 @@ impl Monitor {
         let notify = NotifySocket::bind(&args.notify_socket).map_err(|e| {
             Error::os(format!("cannot bind notify socket {}", args.notify_socket.display()), e)
         })?;
-        let program = worker::resolve_command(&args.argv[0]).map_err(|reason| Error::Command {
-            command: args.argv[0].to_string_lossy().into_owned(),
-            reason,
-        })?;
         // The drain signal too: the monitor sends it to its own group, and
         // must never die of it (`USR2`'s default action ends a process).
         let signals: Vec<i32> = SIGNALS.iter().chain([&args.drain_signal.0]).map(|&s| s as i32).collect();
         let signals = sys::signal_fd(&signals).map_err(|e| Error::os("cannot set up signals", e))?;
-        Ok((sockets, signals, notify, program))
+        Ok((sockets, signals, notify))
     }
 
     fn run(&mut self) -> i32 {
@@ -315,7 +379,10 @@ impl Monitor {
                     }
                 }
                 Err(e) => {
-                    let how = format!("could not run {}: {e}", self.program.display());
+                    let how = match &self.launch {
+                        Launch::Exec { program } => format!("could not run {}: {e}", program.display()),
+                        Launch::Fork(_) => format!("could not fork: {e}"),
+                    };
                     if let Some(exit) = self.pool.start_failed(ordinal, now) {
                         self.after_exit(exit, 0, &how);
                     }
@@ -325,6 +392,10 @@ impl Monitor {
     }
 
     fn spawn_worker(&mut self, ordinal: u32) -> Result<Pid, sys::spawn::SpawnError> {
+        let program = match &self.launch {
+            Launch::Exec { program } => program.clone(),
+            Launch::Fork(_) => return self.fork_worker(ordinal).map_err(sys::spawn::SpawnError::Fork),
+        };
         let mut env = worker::env(
             &self.base_env,
             self.args.generation,
@@ -340,7 +411,7 @@ impl Monitor {
         let fds: Vec<RawFd> = self.sockets.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         // The parent-death signal: if this monitor dies, its workers drain
         // while main starts a replacement, instead of serving unsupervised.
-        let mut plan = ExecPlan::new(self.program.as_os_str(), &self.args.argv, env)
+        let mut plan = ExecPlan::new(program.as_os_str(), &self.args.argv, env)
             .map_err(sys::spawn::SpawnError::Exec)?
             .with_fds(&fds)
             .with_parent_death_signal(self.drain_signal());
@@ -356,6 +427,59 @@ impl Monitor {
         // The write ends close here: the worker has its own copies.
         output.started(pid.as_raw(), ordinal, ends);
         Ok(pid)
+    }
+
+    /// Library mode: forks this process; the child becomes worker `ordinal`.
+    fn fork_worker(&mut self, ordinal: u32) -> std::io::Result<Pid> {
+        use std::io::Write;
+        let ends = match self.output {
+            Some(_) => Some(output::TaggedOutput::pipes()?),
+            None => None,
+        };
+        let keep: Vec<RawFd> = self.sockets.iter().map(AsRawFd::as_raw_fd).collect();
+        let plan = sys::fork::ForkPlan {
+            parent_death_signal: self.drain_signal(),
+            keep: &keep,
+            stdout_stderr: ends.as_ref().map(|e| (&e.stdout, &e.stderr)),
+        };
+        // Nothing buffered may be written twice, once by each process.
+        let _ = std::io::stdout().flush();
+        match sys::fork::fork_worker(&plan)? {
+            sys::fork::Forked::Parent(pid) => {
+                if let (Some(output), Some(ends)) = (&mut self.output, ends) {
+                    output.started(pid.as_raw(), ordinal, ends);
+                }
+                Ok(pid)
+            }
+            sys::fork::Forked::Child => {
+                let sockets = match self.sockets.iter().map(OwnedFd::try_clone).collect() {
+                    Ok(sockets) => sockets,
+                    Err(e) => {
+                        eprintln!("panzer: worker {ordinal}: cannot copy the listening sockets: {e}");
+                        std::process::exit(127)
+                    }
+                };
+                let worker = ForkedWorker {
+                    generation: self.args.generation,
+                    ordinal,
+                    sockets,
+                    fd_names: self.args.fd_names.clone(),
+                    notify_socket: self.args.notify_socket.clone(),
+                    drain_signal: self.drain_signal(),
+                    health_timeout: self.args.health_timeout.map(|d| d.0),
+                };
+                // A panic must never unwind into this monitor's frames in the
+                // child (dropping them would remove the generation's notify
+                // socket, say): the worker ends here.
+                let launch = &mut self.launch;
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match launch {
+                    #[allow(unreachable_code)]
+                    Launch::Fork(start) => match start(worker) {},
+                    Launch::Exec { .. } => unreachable!("exec mode never forks without exec"),
+                }));
+                std::process::exit(101)
+            }
+        }
     }
 
     fn worker_ready(&mut self, pid: i32, reason: accepting::Reason) {

@@ -7,6 +7,7 @@
 
 #![allow(unsafe_code)]
 
+pub mod fork;
 pub mod handover;
 pub mod resident;
 pub mod spawn;

@@ -262,28 +262,7 @@ unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
 
     // Ignored signals stay ignored across execve (Rust ignores SIGPIPE, for
     // one): give the program default dispositions, then an empty mask.
-    let mut default: libc::sigaction = std::mem::zeroed();
-    default.sa_sigaction = libc::SIG_DFL;
-    for signal in 1..=MAX_SIGNAL {
-        if signal != libc::SIGKILL
-            && signal != libc::SIGSTOP
-            && libc::sigaction(signal, &default, std::ptr::null_mut()) != 0
-        {
-            // glibc refuses its two internal real-time signals (32, 33);
-            // the kernel does not, and an inherited "ignore" must not stick.
-            let kernel = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                signal,
-                &kernel,
-                std::ptr::null_mut::<KernelSigaction>(),
-                8,
-            );
-        }
-    }
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    reset_signals(true);
 
     // Place the fds: first copy every source above all targets (so no source
     // is overwritten by an earlier move), then dup2 each copy into place.
@@ -314,6 +293,41 @@ unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
 
     libc::execve(plan.path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.env_ptrs.as_ptr());
     fail!()
+}
+
+/// Every signal's disposition back to the default, and an empty mask.
+/// `before_exec`: also the C library's two internal real-time signals, which
+/// a process that goes on running the same C library (a fork without exec)
+/// must keep, as glibc's threads rely on their handlers.
+///
+/// # Safety
+///
+/// Async-signal-safe (`sigaction`, `rt_sigaction`, `sigprocmask`); meant for a
+/// freshly forked child, where nothing else runs.
+pub(super) unsafe fn reset_signals(before_exec: bool) {
+    let mut default: libc::sigaction = std::mem::zeroed();
+    default.sa_sigaction = libc::SIG_DFL;
+    for signal in 1..=MAX_SIGNAL {
+        if signal != libc::SIGKILL
+            && signal != libc::SIGSTOP
+            && libc::sigaction(signal, &default, std::ptr::null_mut()) != 0
+            && before_exec
+        {
+            // glibc refuses its two internal real-time signals (32, 33);
+            // the kernel does not, and an inherited "ignore" must not stick.
+            let kernel = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &kernel,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8,
+            );
+        }
+    }
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
 }
 
 /// Sends errno to the parent through `err_fd` and exits the child.
