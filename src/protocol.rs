@@ -106,6 +106,11 @@ pub struct MonitorArgs {
     /// is main's to time).
     #[arg(long)]
     pub startup_timeout: Option<CliDuration>,
+    /// The protocol version main speaks ([`VERSION`] of main's build). A
+    /// library-mode app links its own copy of panzer, which may be older or
+    /// newer than main: it refuses to start unless it [`speaks`] it.
+    #[arg(long, default_value_t = 1)]
+    pub protocol: u32,
 }
 
 impl MonitorArgs {
@@ -121,6 +126,7 @@ impl MonitorArgs {
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![
             "__monitor".into(),
+            format!("--protocol={}", self.protocol).into(),
             format!("--generation={}", self.generation).into(),
             format!("--count={}", self.count).into(),
             format!("--ready={}", self.ready).into(),
@@ -427,8 +433,12 @@ mod tests {
         );
         assert_eq!(args.addresses, ["127.0.0.1:80", "/run/a;b.sock"]);
         assert_eq!(args.argv, ["srv", "--address=x"]);
+        assert_eq!(args.protocol, 1, "a main that does not say speaks version 1");
+        let args = MonitorArgs { protocol: VERSION + 1, ..args };
         let again = MonitorArgs::parse_from(args.to_args());
         assert_eq!((again.addresses, again.argv), (args.addresses, args.argv));
+        assert_eq!(again.protocol, VERSION + 1, "main's version reaches the monitor");
+        assert!(!speaks(again.protocol), "and a monitor refuses one it does not speak");
     }
 
     #[test]

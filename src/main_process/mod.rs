@@ -459,6 +459,7 @@ impl Main {
             max_rss: self.config.max_rss.map(CliSize),
             max_age: self.config.max_age.map(CliDuration),
             startup_timeout: Some(CliDuration(self.config.startup_timeout)),
+            protocol: crate::protocol::VERSION,
         };
         match self.spawn_monitor(&args) {
             Ok((pid, channel)) => {

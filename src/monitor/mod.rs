@@ -168,6 +168,17 @@ fn fail(reason: String, mut status: Channel) -> i32 {
 }
 
 fn serve(args: MonitorArgs, status: Channel, launch: Launch) -> i32 {
+    if !crate::protocol::speaks(args.protocol) {
+        let reason = format!(
+            "main speaks panzer protocol {}, this monitor (panzer {}) speaks {}..={}: build the app \
+             against the panzer version that main runs",
+            args.protocol,
+            env!("CARGO_PKG_VERSION"),
+            crate::protocol::OLDEST_SPOKEN,
+            crate::protocol::VERSION
+        );
+        return fail(reason, status);
+    }
     match Monitor::new(args, status, launch) {
         Ok(mut monitor) => monitor.run(),
         // Tell main why, so the operator (and panzerctl reload) hears it.
