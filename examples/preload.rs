@@ -10,15 +10,18 @@
 //!
 //! - `PRELOAD_MB` (default 64): the table's size; every page is written,
 //!   so it is really resident (and really shared by the workers).
-//! - `PRELOAD_THREADS` (default 1): copies of `serve` per worker process.
-//! - `GET /panic` panics the copy that serves it (it is restarted in its
-//!   thread); `GET /slow?ms=N` answers after N ms.
+//! - `PRELOAD_THREADS=T`: T copies of `serve` per worker process
+//!   (`Runner::threads`); unset, one copy (`panzer::run`).
+//! - `GET /panic` panics the copy that serves it (with `PRELOAD_THREADS` it
+//!   is restarted in its thread, else its process exits and is replaced);
+//!   `GET /slow?ms=N` answers after N ms.
 //! - For panzer's tests: `PRELOAD_FAIL=1` panics while loading (a bad build),
 //!   `PRELOAD_SPAWN_THREAD=1` starts a thread before `panzer::run` (refused).
 //!
 //! Run on its own it serves on `LISTEN_FDS` sockets, or says how to start it.
 
 use std::io::{BufRead, BufReader, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The preloaded state: a table every worker reads, never writes.
@@ -53,17 +56,22 @@ impl Routes {
     }
 }
 
+/// Cloned for each copy of `serve` (`PRELOAD_THREADS`): a pointer to the
+/// one table.
+#[derive(Clone)]
 struct App {
-    routes: Routes,
+    routes: Arc<Routes>,
 }
 
-impl panzer::Worker for App {
-    fn serve(&self, listeners: Vec<panzer::Listener>) {
-        let Some(listener) = listeners.first() else { return };
+// `panzer::Listener` rather than the default `std::net::TcpListener`: this
+// app serves TCP and unix sockets alike.
+impl panzer::Worker<panzer::Listener> for App {
+    fn serve(self, listeners: Vec<panzer::Listener>) -> ! {
+        let Some(listener) = listeners.first() else { panzer::finished() };
         let copy = std::thread::current().name().unwrap_or("serve").to_string();
         panzer::ready();
-        // `None` once this worker drains: return, and the process exits 0
-        // when every copy has returned.
+        // `None` once this worker drains: then `finished`, and the process
+        // exits 0 when every copy has finished.
         while let Ok(Some(mut conn)) = listener.accept() {
             let mut request = String::new();
             let mut reader = BufReader::new(&mut conn);
@@ -98,13 +106,14 @@ impl panzer::Worker for App {
             );
         }
         eprintln!("preload: pid {} {copy} drained", std::process::id());
+        panzer::finished()
     }
 }
 
 fn main() {
     let megabytes = std::env::var("PRELOAD_MB").ok().and_then(|m| m.parse().ok()).unwrap_or(64);
-    let threads = std::env::var("PRELOAD_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
-    let app = App { routes: Routes::load(megabytes) };
+    let threads: Option<usize> = std::env::var("PRELOAD_THREADS").ok().and_then(|t| t.parse().ok());
+    let app = App { routes: Arc::new(Routes::load(megabytes)) };
     eprintln!("preload: pid {} loaded {megabytes} MB (table {:x})", std::process::id(), app.routes.checksum);
     if std::env::var_os("PRELOAD_SPAWN_THREAD").is_some() {
         // What panzer::run must refuse: a thread alive at fork time.
@@ -112,5 +121,10 @@ fn main() {
             std::thread::park();
         });
     }
-    panzer::Runner::new(app).threads(threads).run()
+    match threads {
+        // T copies per process, each restarted in its thread after a panic.
+        Some(threads) => panzer::Runner::new(app).threads(threads).run(),
+        // One copy: a panic ends the process, and its monitor forks another.
+        None => panzer::run(app),
+    }
 }

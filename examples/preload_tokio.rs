@@ -11,7 +11,7 @@
 //! ```
 //!
 //! On the drain signal the worker stops accepting, lets every connection in
-//! flight finish, and returns from `serve`; the process then exits 0.
+//! flight finish, and calls `panzer::finished()`; the process exits 0.
 
 use std::time::Duration;
 
@@ -24,11 +24,10 @@ struct App {
 }
 
 impl panzer::Worker for App {
-    fn serve(&self, listeners: Vec<panzer::Listener>) {
-        let Some(panzer::Socket::Tcp(listener)) = listeners.into_iter().next().map(|l| l.into_socket())
-        else {
+    fn serve(self, listeners: Vec<std::net::TcpListener>) -> ! {
+        let Some(listener) = listeners.into_iter().next() else {
             eprintln!("preload_tokio: --bind one TCP address");
-            return;
+            std::process::exit(2);
         };
         // The runtime lives in the worker, built after the fork.
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -62,6 +61,7 @@ impl panzer::Worker for App {
             while connections.join_next().await.is_some() {}
             eprintln!("preload_tokio: pid {} drained ({in_flight} in flight)", std::process::id());
         });
+        panzer::finished()
     }
 }
 

@@ -190,6 +190,22 @@ fn a_panicking_copy_is_restarted_in_its_thread_and_its_process_survives() {
 }
 
 #[test]
+fn without_threads_a_panic_ends_the_worker_and_its_monitor_forks_another() {
+    let dir = TestDir::new("preload-one-copy");
+    let app = App::new(&dir, "");
+    let panzer = start(&app, "1", &[]);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let worker = get(port, "/").unwrap().pid();
+    let monitor = parent_of(worker);
+    let _ = get(port, "/panic");
+    panzer.wait_for_line(&format!("worker 0 (pid {worker}) exited with status 70"));
+    let next =
+        eventually(PATIENCE, "a new worker to answer", || get(port, "/").ok().filter(|r| r.pid() != worker));
+    assert_eq!(parent_of(next.pid()), monitor, "forked again by the same monitor");
+}
+
+#[test]
 fn a_process_whose_copies_keep_panicking_is_replaced() {
     let dir = TestDir::new("preload-panics");
     let app = App::new(&dir, "PRELOAD_THREADS=2");

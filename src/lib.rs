@@ -107,4 +107,6 @@ pub(crate) mod sys;
 pub mod units;
 pub(crate) mod worker;
 
-pub use library::{draining, ready, run, wait_draining, Connection, Listener, Runner, Socket, Worker};
+pub use library::{
+    draining, finished, ready, run, wait_draining, Connection, FromListener, Listener, Runner, Socket, Worker,
+};

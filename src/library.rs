@@ -14,18 +14,18 @@
 //! }
 //!
 //! impl panzer::Worker for App {
-//!     fn serve(&self, listeners: Vec<panzer::Listener>) {
-//!         let listener = listeners[0].tcp().expect("--bind a TCP address");
+//!     fn serve(self, listeners: Vec<std::net::TcpListener>) -> ! {
 //!         panzer::ready();
-//!         for stream in listener.incoming() {
+//!         for stream in listeners[0].incoming() {
 //!             if panzer::draining() {
-//!                 return; // this copy is done; the process exits when all are
+//!                 break;
 //!             }
 //!             let Ok(mut stream) = stream else { continue };
 //!             let mut line = String::new();
 //!             let _ = BufReader::new(&stream).read_line(&mut line);
 //!             let _ = write!(stream, "HTTP/1.0 200 OK\r\n\r\n{}\n", self.greeting);
 //!         }
+//!         panzer::finished() // drained: the process exits 0
 //!     }
 //! }
 //!
@@ -59,8 +59,8 @@
 //! - **Draining.** panzer handles the drain signal (`--drain-signal`, `TERM`
 //!   by default) for the worker: [`draining`] turns true and
 //!   [`wait_draining`] returns. `serve` should stop accepting, finish what is
-//!   in flight and return; the process exits 0 once every copy of `serve`
-//!   has returned. A worker whose `serve` never asked ([`draining`] and
+//!   in flight and call [`finished`]; the process exits 0 once every copy of
+//!   `serve` has. A worker whose `serve` never asked ([`draining`] and
 //!   [`wait_draining`] never called) exits at once on the drain signal, as
 //!   an exec'd server that does not handle it would.
 //! - **What a worker starts with:** default signal dispositions (but
@@ -73,13 +73,23 @@
 //!
 //! [`Runner::threads`] runs T copies of `serve` in each worker process, each
 //! on its own thread with its own copies of the listeners (processes ×
-//! threads). That is why `serve` takes `&self` and [`Worker`] is
-//! `Send + Sync`: the T copies share the one preloaded value, never a clone
-//! of it. A copy that panics is restarted in its thread; a process whose
-//! copies panic [`MAX_PANICS`] times within [`PANIC_WINDOW`] exits (status
-//! [`PANIC_EXIT`]) and its monitor replaces it. Restarting needs
-//! `panic = "unwind"` (the default); with `panic = "abort"` a panic ends the
-//! process, and the monitor restarts it.
+//! threads). `serve` takes the value, so each copy gets a clone of it: that
+//! is why `threads` needs the worker to be `Clone + Sync`. Keep what was
+//! preloaded behind an `Arc`, and a clone is a pointer: the T copies share
+//! the one table. A copy that panics is restarted in its thread with a new
+//! clone; a process whose copies panic [`MAX_PANICS`] times within
+//! [`PANIC_WINDOW`] exits (status [`PANIC_EXIT`]) and its monitor replaces
+//! it. Without `threads`, one copy runs and a panic ends the process (its
+//! monitor starts another). Restarting needs `panic = "unwind"` (the
+//! default); with `panic = "abort"` a panic ends the process.
+//!
+//! # Listeners
+//!
+//! `serve` takes the `--bind` sockets, in order, as the type its impl names:
+//! `std::net::TcpListener` (the default: `impl panzer::Worker for App`),
+//! `std::os::unix::net::UnixListener`, or [`Listener`] (either kind, with
+//! its `--bind NAME=` name: `impl panzer::Worker<panzer::Listener> for App`).
+//! A socket of the other kind fails the worker with a message that says so.
 //!
 //! # Without panzer
 //!
@@ -107,17 +117,55 @@ use crate::sys;
 use crate::worker;
 
 /// The server a worker runs: implemented by the value the app preloads.
+/// In a worker process that value is the monitor's memory, shared
+/// copy-on-write with every sibling.
 ///
-/// `Send + Sync + 'static` and `&self`, so that [`Runner::threads`] can run
-/// several copies of `serve` over the one preloaded value (the value is
-/// never cloned; in a worker process it is the monitor's memory, shared
-/// copy-on-write).
-pub trait Worker: Send + Sync + 'static {
+/// `L` is how `serve` takes the sockets (see [`FromListener`]):
+/// `std::net::TcpListener` unless the impl names another.
+pub trait Worker<L: FromListener = TcpListener>: Sized + Send + 'static {
     /// Serves on `listeners` (the `--bind` sockets, in order, blocking)
-    /// until [`draining`], then returns. Runs in a forked worker process, on
-    /// a thread of its own: build the async runtime here, never before
-    /// [`run`].
-    fn serve(&self, listeners: Vec<Listener>);
+    /// until [`draining`], then calls [`finished`] (or exits the process).
+    /// Runs in a forked worker process, on a thread of its own: build the
+    /// async runtime here, never before [`run`].
+    fn serve(self, listeners: Vec<L>) -> !;
+}
+
+/// A type [`Worker::serve`] can take its listeners as.
+pub trait FromListener: Sized + Send + 'static {
+    /// Converts one socket, or says why it cannot be this type.
+    fn from_listener(listener: Listener) -> Result<Self, String>;
+}
+
+impl FromListener for Listener {
+    fn from_listener(listener: Listener) -> Result<Self, String> {
+        Ok(listener)
+    }
+}
+
+impl FromListener for TcpListener {
+    fn from_listener(listener: Listener) -> Result<Self, String> {
+        match listener.socket {
+            Socket::Tcp(l) => Ok(l),
+            Socket::Unix(_) => Err(format!(
+                "socket `{}` is a unix socket, and serve takes TcpListeners: take panzer::Listener \
+                 (impl panzer::Worker<panzer::Listener>) to serve both kinds",
+                listener.name
+            )),
+        }
+    }
+}
+
+impl FromListener for UnixListener {
+    fn from_listener(listener: Listener) -> Result<Self, String> {
+        match listener.socket {
+            Socket::Unix(l) => Ok(l),
+            Socket::Tcp(_) => Err(format!(
+                "socket `{}` is a TCP socket, and serve takes UnixListeners: take panzer::Listener \
+                 (impl panzer::Worker<panzer::Listener>) to serve both kinds",
+                listener.name
+            )),
+        }
+    }
 }
 
 /// A listening socket of one kind.
@@ -302,21 +350,28 @@ const MAX_LISTEN_FDS: usize = 1024;
 
 /// How to run a [`Worker`]: `panzer::Runner::new(app).threads(4).run()`.
 /// [`run`] is `Runner::new(app).run()`.
-pub struct Runner<W> {
+pub struct Runner<W, L = TcpListener> {
     worker: W,
     threads: usize,
+    /// Makes each copy's value after the first: set by [`Runner::threads`].
+    clone: Option<fn(&W) -> W>,
+    listeners: std::marker::PhantomData<fn() -> L>,
 }
 
-impl<W: Worker> Runner<W> {
-    pub fn new(worker: W) -> Runner<W> {
-        Runner { worker, threads: 1 }
-    }
-
-    /// Runs `threads` copies of [`Worker::serve`] in each worker process (1
-    /// by default; held to 1 ..= [`MAX_THREADS`]).
-    pub fn threads(mut self, threads: usize) -> Runner<W> {
+impl<L: FromListener, W: Worker<L> + Clone + Sync> Runner<W, L> {
+    /// Runs `threads` copies of [`Worker::serve`] in each worker process
+    /// (held to 1 ..= [`MAX_THREADS`]), each on a clone of the worker, and
+    /// restarts a copy that panics in its thread.
+    pub fn threads(mut self, threads: usize) -> Runner<W, L> {
         self.threads = threads.clamp(1, MAX_THREADS);
+        self.clone = Some(W::clone);
         self
+    }
+}
+
+impl<L: FromListener, W: Worker<L>> Runner<W, L> {
+    pub fn new(worker: W) -> Runner<W, L> {
+        Runner { worker, threads: 1, clone: None, listeners: std::marker::PhantomData }
     }
 
     /// Becomes this generation's monitor under `panzer --preload`, or serves
@@ -333,9 +388,14 @@ impl<W: Worker> Runner<W> {
                 };
                 match args {
                     Ok(args) => {
-                        let worker = Arc::new(self.worker);
-                        let threads = self.threads;
-                        monitor::run_library(args, Box::new(move |forked| in_fork(&worker, threads, forked)))
+                        // Called in each forked worker, never in the monitor:
+                        // each worker takes its own copy of the runner.
+                        let mut runner = Some(self);
+                        let start = move |forked| match runner.take() {
+                            Some(runner) => in_fork(runner, forked),
+                            None => std::process::exit(1),
+                        };
+                        monitor::run_library(args, Box::new(start))
                     }
                     Err(e) => {
                         eprintln!("panzer::run: {e} (set by `panzer --preload` only)");
@@ -343,14 +403,14 @@ impl<W: Worker> Runner<W> {
                     }
                 }
             }
-            None => standalone(self.worker, self.threads),
+            None => standalone(self),
         };
         std::process::exit(code)
     }
 }
 
 /// Runs `worker` in library mode: `panzer::Runner::new(worker).run()`.
-pub fn run<W: Worker>(worker: W) -> ! {
+pub fn run<L: FromListener, W: Worker<L>>(worker: W) -> ! {
     Runner::new(worker).run()
 }
 
@@ -412,7 +472,7 @@ static DRAIN: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 static DRAIN_FD: OnceLock<OwnedFd> = OnceLock::new();
 
 /// In a worker forked by the monitor: its environment and listeners, then serve.
-fn in_fork<W: Worker>(worker: &Arc<W>, threads: usize, forked: ForkedWorker) -> ! {
+fn in_fork<L: FromListener, W: Worker<L>>(runner: Runner<W, L>, forked: ForkedWorker) -> ! {
     let pid = std::process::id();
     // Single-threaded here (the monitor checked before forking).
     std::env::set_var(worker::GENERATION, forked.generation.to_string());
@@ -426,7 +486,7 @@ fn in_fork<W: Worker>(worker: &Arc<W>, threads: usize, forked: ForkedWorker) -> 
     let names = names(&forked.fd_names, forked.sockets.len());
     let listeners = forked.sockets.into_iter().zip(&names).map(|(fd, name)| Listener::from_fd(fd, name));
     match listeners.collect() {
-        Ok(listeners) => serve_process(Arc::clone(worker), threads, listeners, forked.drain_signal, who),
+        Ok(listeners) => serve_process(runner, listeners, forked.drain_signal, who),
         Err(e) => {
             eprintln!("panzer: {who}: a listening socket cannot be read: {e}");
             std::process::exit(1)
@@ -444,7 +504,7 @@ fn names(fd_names: &str, count: usize) -> Vec<String> {
 
 /// Run without `panzer --preload`: one worker on `LISTEN_FDS` sockets, or
 /// how to start it.
-fn standalone<W: Worker>(worker: W, threads: usize) -> i32 {
+fn standalone<L: FromListener, W: Worker<L>>(runner: Runner<W, L>) -> i32 {
     let program = std::env::args_os().next().unwrap_or_else(|| OsString::from("my_app"));
     let program = program.to_string_lossy();
     let for_us =
@@ -483,21 +543,49 @@ fn standalone<W: Worker>(worker: W, threads: usize) -> i32 {
         }
     }
     let who = format!("pid {}", std::process::id());
-    serve_process(Arc::new(worker), threads, listeners, Signal::SIGTERM, who)
+    serve_process(runner, listeners, Signal::SIGTERM, who)
 }
 
 /// What a copy of `serve` tells the process's main thread.
 enum Event {
-    Returned,
-    Panicked { copy: usize, text: String },
-    Failed(io::Error),
+    /// The copy called [`finished`], or cannot go on.
+    Finished,
+    Panicked {
+        copy: usize,
+        text: String,
+    },
+    /// It cannot be restarted (the worker is not `Clone`).
+    CannotRestart {
+        text: String,
+    },
+    Failed(String),
+}
+
+/// Where [`finished`] reports to, in a worker process.
+static FINISHED: OnceLock<Mutex<(mpsc::Sender<Event>, OwnedFd)>> = OnceLock::new();
+
+/// Says that this copy of `serve` has drained: once every copy has, the
+/// worker process exits 0. Until then the calling thread waits. Outside a
+/// worker (no `serve` running under [`run`]) it exits the process at once.
+pub fn finished() -> ! {
+    match FINISHED.get() {
+        Some(report) => {
+            let (events, wake) = &*report.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = events.send(Event::Finished);
+            let _ = nix::unistd::write(wake, &[1]);
+        }
+        None => std::process::exit(0),
+    }
+    loop {
+        std::thread::park();
+    }
 }
 
 /// A worker process: `threads` copies of `serve`, each restarted in its
-/// thread when it panics; the main thread watches the copies and the drain.
-fn serve_process<W: Worker>(
-    worker: Arc<W>,
-    threads: usize,
+/// thread when it panics (if the worker can be cloned); the main thread
+/// watches the copies and the drain.
+fn serve_process<L: FromListener, W: Worker<L>>(
+    runner: Runner<W, L>,
     listeners: Vec<Listener>,
     drain_signal: Signal,
     who: String,
@@ -518,6 +606,10 @@ fn serve_process<W: Worker>(
         Ok(fd) => Arc::new(fd),
         Err(e) => fail("cannot set up the drain pipe", e),
     };
+    let finished_wake = match wake_write.try_clone() {
+        Ok(fd) => fd,
+        Err(e) => fail("cannot set up the drain pipe", e),
+    };
     if let Err(e) = sys::fork::on_drain_signal(drain_signal, wake_write) {
         fail("cannot handle the drain signal", e);
     }
@@ -528,13 +620,27 @@ fn serve_process<W: Worker>(
     let _ = DRAIN_FD.set(drain_read);
     let listeners = Arc::new(listeners);
     let (events, received) = mpsc::channel::<Event>();
+    let _ = FINISHED.set(Mutex::new((events.clone(), finished_wake)));
+    let Runner { worker, threads, clone, .. } = runner;
+    // The value each start of a copy serves with: a clone of the worker
+    // after Runner::threads, else the worker itself, once (one copy, which
+    // cannot start again after a panic).
+    let original = Arc::new(Mutex::new(Some(worker)));
+    let restartable = clone.is_some();
     for copy in 0..threads {
-        let worker = Arc::clone(&worker);
+        let original = Arc::clone(&original);
         let listeners = Arc::clone(&listeners);
         let events = events.clone();
         let wake = Arc::clone(&copies_wake);
+        let take = move || -> Option<W> {
+            let mut held = original.lock().unwrap_or_else(|e| e.into_inner());
+            match clone {
+                Some(clone) => held.as_ref().map(clone),
+                None => held.take(),
+            }
+        };
         let spawned = std::thread::Builder::new().name(format!("serve-{copy}")).spawn(move || {
-            let event = run_copy(&*worker, copy, &listeners, &|event| {
+            let event = run_copy(&take, restartable, copy, &listeners, &|event| {
                 let _ = events.send(event);
                 let _ = nix::unistd::write(&*wake, &[1]);
             });
@@ -569,13 +675,24 @@ fn serve_process<W: Worker>(
         }
         while let Ok(event) = received.try_recv() {
             match event {
-                Event::Returned => {
+                Event::Finished => {
                     live -= 1;
                     if live == 0 {
                         std::process::exit(0);
                     }
                 }
-                Event::Failed(e) => fail("cannot copy the listeners for serve", e),
+                Event::Failed(e) => {
+                    eprintln!("panzer: {who}: {e}");
+                    std::process::exit(1)
+                }
+                Event::CannotRestart { text } => {
+                    eprintln!(
+                        "panzer: {who}: serve panicked ({text}); exiting, so that its monitor \
+                         starts another process (with Runner::threads, a copy that panics is \
+                         restarted in its thread)"
+                    );
+                    std::process::exit(PANIC_EXIT);
+                }
                 Event::Panicked { copy, text } => {
                     let now = Instant::now();
                     panics.retain(|at| now.duration_since(*at) < PANIC_WINDOW);
@@ -598,26 +715,44 @@ fn serve_process<W: Worker>(
     }
 }
 
-/// One copy of `serve`, run again after each panic until it returns (or the
-/// drain has started). Returns the event that ends it.
-fn run_copy<W: Worker>(worker: &W, copy: usize, listeners: &[Listener], report: &dyn Fn(Event)) -> Event {
+/// One copy of `serve`, started again after each panic while a value to
+/// serve with can be had. Returns the event that ends it.
+fn run_copy<L: FromListener, W: Worker<L>>(
+    take: &dyn Fn() -> Option<W>,
+    restartable: bool,
+    copy: usize,
+    listeners: &[Listener],
+    report: &dyn Fn(Event),
+) -> Event {
     let mut delay = RESTART_DELAY;
     loop {
-        let own = match listeners.iter().map(Listener::try_clone).collect() {
+        let own: Result<Vec<L>, String> = listeners
+            .iter()
+            .map(|l| l.try_clone().map_err(|e| format!("cannot copy socket `{}`: {e}", l.name)))
+            .map(|l| l.and_then(L::from_listener))
+            .collect();
+        let own = match own {
             Ok(own) => own,
             Err(e) => return Event::Failed(e),
         };
-        match std::panic::catch_unwind(AssertUnwindSafe(|| worker.serve(own))) {
-            Ok(()) => return Event::Returned,
-            Err(payload) => {
-                report(Event::Panicked { copy, text: panic_text(&*payload) });
-                if sys::fork::drain_requested() {
-                    return Event::Returned;
-                }
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(MAX_RESTART_DELAY);
-            }
+        let Some(worker) = take() else {
+            return Event::Failed("serve has no value to run with".to_string());
+        };
+        // serve never returns: it ends the process, calls finished (which
+        // never returns either), or panics.
+        let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(move || worker.serve(own))) else {
+            return Event::Finished;
+        };
+        let text = panic_text(&*payload);
+        if !restartable {
+            return Event::CannotRestart { text };
         }
+        report(Event::Panicked { copy, text });
+        if sys::fork::drain_requested() {
+            return Event::Finished;
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(MAX_RESTART_DELAY);
     }
 }
 
