@@ -92,12 +92,13 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: "failures-keepalive", run: |b| failures(b, true) },
     Scenario { name: "reload-latency", run: reload_latency },
     Scenario { name: "reload-auto", run: reload_auto },
-    Scenario { name: "reload-tail", run: |b| reload_tail(b, "reload-tail", false, "notify") },
+    Scenario { name: "reload-tail-fresh", run: |b| reload_tail(b, "reload-tail-fresh", false, "notify") },
     Scenario {
         name: "reload-tail-keepalive",
         run: |b| reload_tail(b, "reload-tail-keepalive", true, "notify"),
     },
     Scenario { name: "reload-tail-auto", run: |b| reload_tail(b, "reload-tail-auto", false, "auto") },
+    Scenario { name: "reload-tail-bare", run: reload_tail_bare },
     Scenario { name: "memory", run: memory },
     Scenario { name: "idle-cpu", run: idle_cpu },
     Scenario { name: "start-64", run: start_64 },
@@ -418,7 +419,54 @@ fn reload_tail(bench: &Bench, name: &str, keep_alive: bool, ready: &str) -> Outc
     let mut panzer = bench.panzer(&["--count", &count, "--ready", ready], env)?;
     let port = panzer.port()?;
     panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
+    let (polls, reloads) = poll_through_reloads(port, keep_alive, |k| reload_quietly(&mut panzer, k))?;
+    let options =
+        format!("--count {WORKERS} --ready {ready}{}", if env.is_empty() { "" } else { " (NO_NOTIFY=1)" });
+    let repro = bench.repro(
+        name,
+        &options,
+        &format!(
+            "GET / every {} ms while {} × kill -USR1 <main>, {} s apart",
+            TAIL_PERIOD.as_millis(),
+            reloads.len(),
+            TAIL_PACE.as_secs()
+        ),
+    );
+    Ok(tail_report(name, &polls, &reloads, keep_alive, &repro))
+}
 
+/// `reload-tail-bare`: `reload-tail` without panzer, the floor it is held
+/// to. The bench binds the socket and plays the least a launcher can do:
+/// start 4 servers on it (`sh` moves the socket to fd 3 and execs the
+/// server), wait for their 4 `READY=1`, `SIGTERM` the 4 old ones and reap
+/// them. The same server start-ups and drains on the same 2 CPUs, with no
+/// main, monitor or log.
+fn reload_tail_bare(bench: &Bench) -> Outcome {
+    let name = "reload-tail-bare";
+    let mut bare = Bare::new(bench)?;
+    let port = bare.port;
+    let (polls, reloads) = poll_through_reloads(port, false, |k| bare.reload(k))?;
+    let repro = bench.repro(
+        name,
+        "",
+        &format!(
+            "no panzer: GET / every {} ms while 4 new servers replace the 4 serving ones {} times, {} s \
+             apart",
+            TAIL_PERIOD.as_millis(),
+            reloads.len(),
+            TAIL_PACE.as_secs()
+        ),
+    );
+    Ok(tail_report(name, &polls, &reloads, false, &repro))
+}
+
+/// Runs the steady poller while `reload(k)` for k = 2…`TAIL_RELOADS` + 1
+/// is called every `TAIL_PACE`; returns the polls and the reloads.
+fn poll_through_reloads(
+    port: u16,
+    keep_alive: bool,
+    mut reload: impl FnMut(u32) -> Result<Reload, String>,
+) -> Result<(Vec<TailPoll>, Vec<Reload>), String> {
     let stop = AtomicBool::new(false);
     let hard_stop = Instant::now() + LOAD_LIMIT;
     let (polls, reloads) = thread::scope(|s| {
@@ -431,8 +479,8 @@ fn reload_tail(bench: &Bench, name: &str, keep_alive: bool, ready: &str) -> Outc
             if let Some(left) = at.checked_duration_since(Instant::now()) {
                 thread::sleep(left); // pacing, not synchronisation
             }
-            match reload_quietly(&mut panzer, k) {
-                Ok(reload) => reloads.push(reload),
+            match reload(k) {
+                Ok(r) => reloads.push(r),
                 Err(e) => {
                     outcome = Err(e);
                     break;
@@ -446,8 +494,17 @@ fn reload_tail(bench: &Bench, name: &str, keep_alive: bool, ready: &str) -> Outc
         let polls = poller.join().expect("the poller panicked");
         (polls, outcome.map(|()| reloads))
     });
-    let reloads = reloads?;
+    Ok((polls, reloads?))
+}
 
+/// The `reload-tail` result line and where the slowest polls fell.
+fn tail_report(
+    name: &str,
+    polls: &[TailPoll],
+    reloads: &[Reload],
+    keep_alive: bool,
+    repro: &str,
+) -> Vec<String> {
     // Each reload's window, and a baseline window as long, half a pace
     // later, when nothing happens: the same number of polls under the
     // same background load.
@@ -495,29 +552,18 @@ fn reload_tail(bench: &Bench, name: &str, keep_alive: bool, ready: &str) -> Outc
         TAIL_SETTLE.as_millis(),
         median(&window_ms),
     );
-    let options =
-        format!("--count {WORKERS} --ready {ready}{}", if env.is_empty() { "" } else { " (NO_NOTIFY=1)" });
     let mut lines = vec![line(
         name,
         &figures,
         "slowest poll during reloads ≤ 5 ms, 0 failed",
         slowest <= 5.0 && failed == 0,
-        &bench.repro(
-            name,
-            &options,
-            &format!(
-                "GET / every {} ms while {} × kill -USR1 <main>, {} s apart",
-                TAIL_PERIOD.as_millis(),
-                reloads.len(),
-                TAIL_PACE.as_secs()
-            ),
-        ),
+        repro,
     )];
     // Where the slowest polls during reloads fell, to tell start-up from drain.
     let mut worst = during.clone();
     worst.sort_by(|a, b| b.total.cmp(&a.total));
     for p in worst.iter().take(TAIL_SHOWN) {
-        let (offset, phase) = phase(p.at, &reloads);
+        let (offset, phase) = phase(p.at, reloads);
         let what = match &p.failed {
             Some(e) => format!("failed ({e})"),
             None => format!("answered by generation {}", p.generation),
@@ -528,7 +574,32 @@ fn reload_tail(bench: &Bench, name: &str, keep_alive: bool, ready: &str) -> Outc
             ms(p.connect),
         ));
     }
-    Ok(lines)
+    lines.push(tail_profile(polls, reloads));
+    lines
+}
+
+/// The polls by time since the latest signal: how many, the slowest, and
+/// how many took over 2 ms, per span; a reload that costs the requests
+/// something shows as a worse start than the spans long after it.
+fn tail_profile(polls: &[TailPoll], reloads: &[Reload]) -> String {
+    const EDGES_MS: [u64; 9] = [0, 2, 5, 10, 20, 50, 100, 500, 2000];
+    let mut spans: Vec<Vec<f64>> = vec![Vec::new(); EDGES_MS.len() - 1];
+    for p in polls {
+        let Some(r) = reloads.iter().rev().find(|r| r.signal <= p.at) else { continue };
+        let since = (p.at - r.signal).as_millis() as u64;
+        if let Some(i) = EDGES_MS.windows(2).position(|w| w[0] <= since && since < w[1]) {
+            spans[i].push(ms(p.total));
+        }
+    }
+    let parts: Vec<String> = EDGES_MS
+        .windows(2)
+        .zip(&spans)
+        .map(|(w, t)| {
+            let slow = t.iter().filter(|t| **t > 2.0).count();
+            format!("{}-{} ms: {} polls max {:.2} >2ms {}", w[0], w[1], t.len(), max(t), slow)
+        })
+        .collect();
+    format!("    by time since SIGUSR1: {}", parts.join("; "))
 }
 
 /// Polls of `reload-tail`: one request this often…
@@ -539,7 +610,7 @@ const TAIL_PACE: Duration = Duration::from_secs(2);
 const TAIL_RELOADS: u32 = 20;
 /// A poll this soon after the old generation stopped still counts as
 /// during the reload.
-const TAIL_SETTLE: Duration = Duration::from_millis(100);
+const TAIL_SETTLE: Duration = Duration::from_millis(20);
 /// The slowest polls described one by one.
 const TAIL_SHOWN: usize = 5;
 
@@ -630,6 +701,101 @@ fn reload_quietly(panzer: &mut Measured, k: u32) -> Result<Reload, String> {
         if Instant::now() > deadline {
             return Err(format!("generation {k} not ready and {} not stopped after {PATIENCE:?}", k - 1));
         }
+    }
+}
+
+/// The launcher of `reload-tail-bare`: a socket, 4 servers on it, and
+/// their notify socket.
+struct Bare {
+    server: PathBuf,
+    listener: std::net::TcpListener,
+    port: u16,
+    notify: UnixDatagram,
+    notify_path: PathBuf,
+    serving: Vec<KillOnDrop>,
+    _dir: TestDir,
+}
+
+impl Bare {
+    fn new(bench: &Bench) -> Result<Bare, String> {
+        let dir = TestDir::new("tail-bare");
+        let notify_path = dir.join("notify");
+        let notify = UnixDatagram::bind(&notify_path).map_err(|e| format!("bind {notify_path:?}: {e}"))?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let mut bare = Bare {
+            server: bench.server.clone(),
+            listener,
+            port,
+            notify,
+            notify_path,
+            serving: Vec::new(),
+            _dir: dir,
+        };
+        bare.serving = bare.start(1)?;
+        Ok(bare)
+    }
+
+    /// Starts generation `k`'s 4 servers and waits for their `READY=1`.
+    fn start(&self, k: u32) -> Result<Vec<KillOnDrop>, String> {
+        let mut started = Vec::new();
+        for worker in 0..WORKERS {
+            let socket = self.listener.try_clone().map_err(|e| format!("dup: {e}"))?;
+            let child = Command::new("sh")
+                .args(["-c", "exec 3<&0 0</dev/null; export LISTEN_PID=$$; exec \"$0\""])
+                .arg(&self.server)
+                .env("LISTEN_FDS", "1")
+                .env_remove("LISTEN_FDNAMES")
+                .env("PANZER_GENERATION", k.to_string())
+                .env("PANZER_WORKER", worker.to_string())
+                .env("NOTIFY_SOCKET", &self.notify_path)
+                .stdin(Stdio::from(std::os::fd::OwnedFd::from(socket)))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start sh: {e}"))?;
+            started.push(KillOnDrop(child));
+        }
+        let deadline = Instant::now() + PATIENCE;
+        let mut ready = 0;
+        let mut buf = [0u8; 512];
+        while ready < WORKERS {
+            let left =
+                deadline.checked_duration_since(Instant::now()).ok_or("bare servers never all ready")?;
+            self.notify
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .map_err(|e| e.to_string())?;
+            match self.notify.recv(&mut buf) {
+                Ok(n) if String::from_utf8_lossy(&buf[..n]).contains("READY=1") => ready += 1,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {}
+                Err(e) => return Err(format!("notify socket: {e}")),
+            }
+        }
+        Ok(started)
+    }
+
+    /// New servers ready, then the old ones drained (`SIGTERM`) and reaped;
+    /// exits are checked every 2 ms, as `reload_quietly` reads the log.
+    fn reload(&mut self, k: u32) -> Result<Reload, String> {
+        let signal = Instant::now();
+        let fresh = self.start(k)?;
+        let ready = Instant::now();
+        let mut old = std::mem::replace(&mut self.serving, fresh);
+        for child in &old {
+            let _ = signal::kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM);
+        }
+        let deadline = ready + PATIENCE;
+        while !old.is_empty() {
+            thread::sleep(Duration::from_millis(2)); // a poll period, not synchronisation
+            old.retain_mut(|c| !matches!(c.0.try_wait(), Ok(Some(_))));
+            if Instant::now() > deadline {
+                return Err(format!("generation {} of bare servers still running", k - 1));
+            }
+        }
+        let stopped = Instant::now();
+        let in_ms = (ready - signal).as_millis() as u64;
+        Ok(Reload { signal, ready, in_ms, stopped, ready_stamp: None, stopped_stamp: None })
     }
 }
 
