@@ -16,6 +16,16 @@
 //!   a server that never sends `READY=1` (`NO_NOTIFY=1`): panzer must see it
 //!   accept. Target: the monitor's `in X ms` within 5 ms of the server's own
 //!   start-up (spawn → `READY=1` when run alone).
+//! * `reload-tail-fresh`, `reload-tail-keepalive`, `reload-tail-auto`: the
+//!   slowest request during reloads, as an outside latency probe sees it: one
+//!   `GET /` every 2 ms (a fresh connection each, one kept-alive connection,
+//!   or fresh under `--ready auto` with `NO_NOTIFY=1`) while main gets a
+//!   `SIGUSR1` every 2 s, 20 times; the slowest poll, p99 and p99.9 during
+//!   the reloads, the same over a baseline window as long between reloads,
+//!   and the polls by time since the signal. Target: ≤ 5 ms.
+//! * `reload-tail-bare`: the same poller and reload pace with no panzer: the
+//!   bench binds the socket and replaces 4 servers with 4 new ones itself;
+//!   the floor `reload-tail-fresh` is held to.
 //! * `memory`: VmRSS of main and of the monitor, at start and after reloads.
 //! * `idle-cpu`: CPU ticks of main and monitor over 10 s of idleness.
 //! * `start-64`: panzer start → `generation 1 ready` with 64 workers.
@@ -561,7 +571,7 @@ fn tail_report(
     )];
     // Where the slowest polls during reloads fell, to tell start-up from drain.
     let mut worst = during.clone();
-    worst.sort_by(|a, b| b.total.cmp(&a.total));
+    worst.sort_by_key(|p| std::cmp::Reverse(p.total));
     for p in worst.iter().take(TAIL_SHOWN) {
         let (offset, phase) = phase(p.at, reloads);
         let what = match &p.failed {
