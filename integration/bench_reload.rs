@@ -16,6 +16,16 @@
 //!   a server that never sends `READY=1` (`NO_NOTIFY=1`): panzer must see it
 //!   accept. Target: the monitor's `in X ms` within 5 ms of the server's own
 //!   start-up (spawn → `READY=1` when run alone).
+//! * `reload-tail-fresh`, `reload-tail-keepalive`, `reload-tail-auto`: the
+//!   slowest request during reloads, as an outside latency probe sees it: one
+//!   `GET /` every 2 ms (a fresh connection each, one kept-alive connection,
+//!   or fresh under `--ready auto` with `NO_NOTIFY=1`) while main gets a
+//!   `SIGUSR1` every 2 s, 20 times; the slowest poll, p99 and p99.9 during
+//!   the reloads, the same over a baseline window as long between reloads,
+//!   and the polls by time since the signal. Target: ≤ 5 ms.
+//! * `reload-tail-bare`: the same poller and reload pace with no panzer: the
+//!   bench binds the socket and replaces 4 servers with 4 new ones itself;
+//!   the floor `reload-tail-fresh` is held to.
 //! * `memory`: VmRSS of main and of the monitor, at start and after reloads.
 //! * `idle-cpu`: CPU ticks of main and monitor over 10 s of idleness.
 //! * `start-64`: panzer start → `generation 1 ready` with 64 workers.
@@ -101,6 +111,13 @@ const SCENARIOS: &[Scenario] = &[
     Scenario { name: "failures-keepalive", run: |b| failures(b, true) },
     Scenario { name: "reload-latency", run: reload_latency },
     Scenario { name: "reload-auto", run: reload_auto },
+    Scenario { name: "reload-tail-fresh", run: |b| reload_tail(b, "reload-tail-fresh", false, "notify") },
+    Scenario {
+        name: "reload-tail-keepalive",
+        run: |b| reload_tail(b, "reload-tail-keepalive", true, "notify"),
+    },
+    Scenario { name: "reload-tail-auto", run: |b| reload_tail(b, "reload-tail-auto", false, "auto") },
+    Scenario { name: "reload-tail-bare", run: reload_tail_bare },
     Scenario { name: "memory", run: memory },
     Scenario { name: "idle-cpu", run: idle_cpu },
     Scenario { name: "start-64", run: start_64 },
@@ -409,6 +426,398 @@ fn reload_auto(bench: &Bench) -> Outcome {
         margin <= 5.0,
         &repro,
     )])
+}
+
+/// `reload-tail`: what the slowest request waits while panzer reloads, the
+/// way an outside latency probe sees it: one request every `TAIL_PERIOD`
+/// at a steady pace (a fresh connection each, or one kept-alive connection),
+/// a reload every `TAIL_PACE`, `TAIL_RELOADS` times. A poll counts as
+/// "during a reload" if it overlaps signal → old generation stopped
+/// + `TAIL_SETTLE`; every other poll is the steady-state baseline.
+fn reload_tail(bench: &Bench, name: &str, keep_alive: bool, ready: &str) -> Outcome {
+    let count = WORKERS.to_string();
+    let env: &[(&str, &str)] = if ready == "notify" { &[] } else { &[("NO_NOTIFY", "1")] };
+    let mut panzer = bench.panzer(&["--count", &count, "--ready", ready], env)?;
+    let port = panzer.port()?;
+    panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
+    let (polls, reloads) = poll_through_reloads(port, keep_alive, |k| reload_quietly(&mut panzer, k))?;
+    let options =
+        format!("--count {WORKERS} --ready {ready}{}", if env.is_empty() { "" } else { " (NO_NOTIFY=1)" });
+    let repro = bench.repro(
+        name,
+        &options,
+        &format!(
+            "GET / every {} ms while {} × kill -USR1 <main>, {} s apart",
+            TAIL_PERIOD.as_millis(),
+            reloads.len(),
+            TAIL_PACE.as_secs()
+        ),
+    );
+    Ok(tail_report(name, &polls, &reloads, keep_alive, &repro))
+}
+
+/// `reload-tail-bare`: `reload-tail` without panzer, the floor it is held
+/// to. The bench binds the socket and plays the least a launcher can do:
+/// start 4 servers on it (`sh` moves the socket to fd 3 and execs the
+/// server), wait for their 4 `READY=1`, `SIGTERM` the 4 old ones and reap
+/// them. The same server start-ups and drains on the same 2 CPUs, with no
+/// main, monitor or log.
+fn reload_tail_bare(bench: &Bench) -> Outcome {
+    let name = "reload-tail-bare";
+    let mut bare = Bare::new(bench)?;
+    let port = bare.port;
+    let (polls, reloads) = poll_through_reloads(port, false, |k| bare.reload(k))?;
+    let repro = bench.repro(
+        name,
+        "",
+        &format!(
+            "no panzer: GET / every {} ms while 4 new servers replace the 4 serving ones {} times, {} s \
+             apart",
+            TAIL_PERIOD.as_millis(),
+            reloads.len(),
+            TAIL_PACE.as_secs()
+        ),
+    );
+    Ok(tail_report(name, &polls, &reloads, false, &repro))
+}
+
+/// Runs the steady poller while `reload(k)` for k = 2…`TAIL_RELOADS` + 1
+/// is called every `TAIL_PACE`; returns the polls and the reloads.
+fn poll_through_reloads(
+    port: u16,
+    keep_alive: bool,
+    mut reload: impl FnMut(u32) -> Result<Reload, String>,
+) -> Result<(Vec<TailPoll>, Vec<Reload>), String> {
+    let stop = AtomicBool::new(false);
+    let hard_stop = Instant::now() + LOAD_LIMIT;
+    let (polls, reloads) = thread::scope(|s| {
+        let poller = s.spawn(|| poll_steadily(port, keep_alive, &stop, hard_stop));
+        let mut reloads = Vec::new();
+        let first = Instant::now() + TAIL_PACE / 2;
+        let mut outcome = Ok(());
+        for k in 2..=TAIL_RELOADS + 1 {
+            let at = first + TAIL_PACE * (k - 2);
+            if let Some(left) = at.checked_duration_since(Instant::now()) {
+                thread::sleep(left); // pacing, not synchronisation
+            }
+            match reload(k) {
+                Ok(r) => reloads.push(r),
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        if outcome.is_ok() {
+            thread::sleep(TAIL_PACE / 2); // the last steady stretch
+        }
+        stop.store(true, Ordering::Relaxed);
+        let polls = poller.join().expect("the poller panicked");
+        (polls, outcome.map(|()| reloads))
+    });
+    Ok((polls, reloads?))
+}
+
+/// The `reload-tail` result line and where the slowest polls fell.
+fn tail_report(
+    name: &str,
+    polls: &[TailPoll],
+    reloads: &[Reload],
+    keep_alive: bool,
+    repro: &str,
+) -> Vec<String> {
+    // Each reload's window, and a baseline window as long, half a pace
+    // later, when nothing happens: the same number of polls under the
+    // same background load.
+    let windows: Vec<(Instant, Instant)> =
+        reloads.iter().map(|r| (r.signal, r.stopped + TAIL_SETTLE)).collect();
+    let baselines: Vec<(Instant, Instant)> =
+        windows.iter().map(|(from, to)| (*from + TAIL_PACE / 2, *to + TAIL_PACE / 2)).collect();
+    let overlaps = |p: &&TailPoll, spans: &[(Instant, Instant)]| {
+        spans.iter().any(|(from, to)| p.at + p.total >= *from && p.at <= *to)
+    };
+    let during: Vec<&TailPoll> = polls.iter().filter(|p| overlaps(p, &windows)).collect();
+    let baseline: Vec<&TailPoll> = polls.iter().filter(|p| overlaps(p, &baselines)).collect();
+    let failed = polls.iter().filter(|p| p.failed.is_some()).count();
+    let times = |set: &[&TailPoll]| set.iter().map(|p| ms(p.total)).collect::<Vec<f64>>();
+    let all: Vec<&TailPoll> = polls.iter().collect();
+    let (during_ms, baseline_ms, all_ms) = (times(&during), times(&baseline), times(&all));
+    let slowest = max(&during_ms);
+    let over = |set: &[f64]| set.iter().filter(|t| **t > 5.0).count();
+    let reload_ms: Vec<f64> = reloads.iter().map(|r| ms(r.ready - r.signal)).collect();
+    let window_ms: Vec<f64> = windows.iter().map(|(from, to)| ms(*to - *from)).collect();
+    let how = if keep_alive { "one kept-alive connection" } else { "a fresh connection each" };
+    let figures = format!(
+        "slowest poll during reloads {slowest:.2} ms (p99 {:.2} p99.9 {:.2} median {:.2}, {} of {} \
+         polls > 5 ms); baseline as long between reloads: slowest {:.2} ms (p99 {:.2} median {:.2}, {} \
+         of {} > 5 ms); whole run slowest {:.2} ms p99.9 {:.2} ({} polls, {failed} failed); 1 poll / \
+         {} ms ({how}), {} reloads every {} s, signal→ready median {:.1} ms, window signal→stopped \
+         + {} ms median {:.0} ms",
+        percentile(&during_ms, 99.0),
+        percentile(&during_ms, 99.9),
+        median(&during_ms),
+        over(&during_ms),
+        during.len(),
+        max(&baseline_ms),
+        percentile(&baseline_ms, 99.0),
+        median(&baseline_ms),
+        over(&baseline_ms),
+        baseline.len(),
+        max(&all_ms),
+        percentile(&all_ms, 99.9),
+        polls.len(),
+        TAIL_PERIOD.as_millis(),
+        reloads.len(),
+        TAIL_PACE.as_secs(),
+        median(&reload_ms),
+        TAIL_SETTLE.as_millis(),
+        median(&window_ms),
+    );
+    let mut lines = vec![line(
+        name,
+        &figures,
+        "slowest poll during reloads ≤ 5 ms, 0 failed",
+        slowest <= 5.0 && failed == 0,
+        repro,
+    )];
+    // Where the slowest polls during reloads fell, to tell start-up from drain.
+    let mut worst = during.clone();
+    worst.sort_by_key(|p| std::cmp::Reverse(p.total));
+    for p in worst.iter().take(TAIL_SHOWN) {
+        let (offset, phase) = phase(p.at, reloads);
+        let what = match &p.failed {
+            Some(e) => format!("failed ({e})"),
+            None => format!("answered by generation {}", p.generation),
+        };
+        lines.push(format!(
+            "    {:.2} ms (connect {:.2} ms), sent {offset} ({phase}), {what}",
+            ms(p.total),
+            ms(p.connect),
+        ));
+    }
+    lines.push(tail_profile(polls, reloads));
+    lines
+}
+
+/// The polls by time since the latest signal: how many, the slowest, and
+/// how many took over 2 ms, per span; a reload that costs the requests
+/// something shows as a worse start than the spans long after it.
+fn tail_profile(polls: &[TailPoll], reloads: &[Reload]) -> String {
+    const EDGES_MS: [u64; 9] = [0, 2, 5, 10, 20, 50, 100, 500, 2000];
+    let mut spans: Vec<Vec<f64>> = vec![Vec::new(); EDGES_MS.len() - 1];
+    for p in polls {
+        let Some(r) = reloads.iter().rev().find(|r| r.signal <= p.at) else { continue };
+        let since = (p.at - r.signal).as_millis() as u64;
+        if let Some(i) = EDGES_MS.windows(2).position(|w| w[0] <= since && since < w[1]) {
+            spans[i].push(ms(p.total));
+        }
+    }
+    let parts: Vec<String> = EDGES_MS
+        .windows(2)
+        .zip(&spans)
+        .map(|(w, t)| {
+            let slow = t.iter().filter(|t| **t > 2.0).count();
+            format!("{}-{} ms: {} polls max {:.2} >2ms {}", w[0], w[1], t.len(), max(t), slow)
+        })
+        .collect();
+    format!("    by time since SIGUSR1: {}", parts.join("; "))
+}
+
+/// Polls of `reload-tail`: one request this often…
+const TAIL_PERIOD: Duration = Duration::from_millis(2);
+/// …a reload this often…
+const TAIL_PACE: Duration = Duration::from_secs(2);
+/// …this many times.
+const TAIL_RELOADS: u32 = 20;
+/// A poll this soon after the old generation stopped still counts as
+/// during the reload.
+const TAIL_SETTLE: Duration = Duration::from_millis(20);
+/// The slowest polls described one by one.
+const TAIL_SHOWN: usize = 5;
+
+/// One request of the steady poller.
+struct TailPoll {
+    /// Right before connecting (or writing, on a kept-alive connection).
+    at: Instant,
+    /// Spent connecting (zero on a kept-alive connection).
+    connect: Duration,
+    /// Connect (if any) + request + whole response.
+    total: Duration,
+    generation: u32,
+    failed: Option<String>,
+}
+
+/// One request every `TAIL_PERIOD`, each on time or, when the previous one
+/// ran late, right after it (no burst to catch up), until `stop`.
+fn poll_steadily(port: u16, keep_alive: bool, stop: &AtomicBool, hard_stop: Instant) -> Vec<TailPoll> {
+    let mut polls = Vec::new();
+    let mut kept: Option<TcpStream> = None;
+    let request = if keep_alive { REQUEST_KEEP } else { REQUEST_CLOSE };
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) && Instant::now() < hard_stop {
+        if let Some(left) = next.checked_duration_since(Instant::now()) {
+            thread::sleep(left); // the poll rate, not synchronisation
+        }
+        next = (next + TAIL_PERIOD).max(Instant::now());
+        let at = Instant::now();
+        let mut stream = match kept.take() {
+            Some(stream) => stream,
+            None => match connect(port) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    let total = at.elapsed();
+                    let failed = Some(format!("connect: {}", kind(&e)));
+                    polls.push(TailPoll { at, connect: total, total, generation: 0, failed });
+                    continue;
+                }
+            },
+        };
+        let connect = at.elapsed();
+        let (generation, failed) = match exchange(&mut stream, request) {
+            Ok(reply) if reply.status == 200 => {
+                if keep_alive && !reply.close {
+                    kept = Some(stream);
+                }
+                (reply.generation, None)
+            }
+            Ok(reply) => (reply.generation, Some(format!("status {}", reply.status))),
+            Err(what) => (0, Some(what)),
+        };
+        polls.push(TailPoll { at, connect, total: at.elapsed(), generation, failed });
+    }
+    polls
+}
+
+/// `Measured::reload` with the log read every 2 ms instead of every 250 µs,
+/// so that the bench's own waiting takes as little CPU as it can from the
+/// requests being timed (the phases it finds are late by up to 2 ms).
+fn reload_quietly(panzer: &mut Measured, k: u32) -> Result<Reload, String> {
+    panzer.log.poll();
+    let from = panzer.log.lines.len();
+    let ready = format!("generation {k} ready:");
+    let failed = format!("generation {k} failed");
+    let stopped = format!("generation {} stopped", k - 1);
+    let signal = Instant::now();
+    signal::kill(panzer.pid, Signal::SIGUSR1).map_err(|e| format!("kill -USR1: {e}"))?;
+    let deadline = signal + PATIENCE;
+    loop {
+        thread::sleep(Duration::from_millis(2)); // a poll period, not synchronisation
+        panzer.log.poll();
+        let seen = &panzer.log.lines[from..];
+        if let Some((_, l)) = seen.iter().find(|(_, l)| l.contains(&failed)) {
+            return Err(format!("reload to generation {k} failed: {l}"));
+        }
+        let ready_line = seen.iter().find(|(_, l)| l.contains(&ready));
+        let stopped_line = seen.iter().find(|(_, l)| l.contains(&stopped));
+        if let (Some((ready_at, ready_line)), Some((stopped_at, stopped_line))) = (ready_line, stopped_line) {
+            return Ok(Reload {
+                signal,
+                ready: *ready_at,
+                in_ms: in_ms(ready_line)?,
+                stopped: *stopped_at,
+                ready_stamp: stamp_ms(ready_line),
+                stopped_stamp: stamp_ms(stopped_line),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(format!("generation {k} not ready and {} not stopped after {PATIENCE:?}", k - 1));
+        }
+    }
+}
+
+/// The launcher of `reload-tail-bare`: a socket, 4 servers on it, and
+/// their notify socket.
+struct Bare {
+    server: PathBuf,
+    listener: std::net::TcpListener,
+    port: u16,
+    notify: UnixDatagram,
+    notify_path: PathBuf,
+    serving: Vec<KillOnDrop>,
+    _dir: TestDir,
+}
+
+impl Bare {
+    fn new(bench: &Bench) -> Result<Bare, String> {
+        let dir = TestDir::new("tail-bare");
+        let notify_path = dir.join("notify");
+        let notify = UnixDatagram::bind(&notify_path).map_err(|e| format!("bind {notify_path:?}: {e}"))?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let mut bare = Bare {
+            server: bench.server.clone(),
+            listener,
+            port,
+            notify,
+            notify_path,
+            serving: Vec::new(),
+            _dir: dir,
+        };
+        bare.serving = bare.start(1)?;
+        Ok(bare)
+    }
+
+    /// Starts generation `k`'s 4 servers and waits for their `READY=1`.
+    fn start(&self, k: u32) -> Result<Vec<KillOnDrop>, String> {
+        let mut started = Vec::new();
+        for worker in 0..WORKERS {
+            let socket = self.listener.try_clone().map_err(|e| format!("dup: {e}"))?;
+            let child = Command::new("sh")
+                .args(["-c", "exec 3<&0 0</dev/null; export LISTEN_PID=$$; exec \"$0\""])
+                .arg(&self.server)
+                .env("LISTEN_FDS", "1")
+                .env_remove("LISTEN_FDNAMES")
+                .env("PANZER_GENERATION", k.to_string())
+                .env("PANZER_WORKER", worker.to_string())
+                .env("NOTIFY_SOCKET", &self.notify_path)
+                .stdin(Stdio::from(std::os::fd::OwnedFd::from(socket)))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start sh: {e}"))?;
+            started.push(KillOnDrop(child));
+        }
+        let deadline = Instant::now() + PATIENCE;
+        let mut ready = 0;
+        let mut buf = [0u8; 512];
+        while ready < WORKERS {
+            let left =
+                deadline.checked_duration_since(Instant::now()).ok_or("bare servers never all ready")?;
+            self.notify
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .map_err(|e| e.to_string())?;
+            match self.notify.recv(&mut buf) {
+                Ok(n) if String::from_utf8_lossy(&buf[..n]).contains("READY=1") => ready += 1,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {}
+                Err(e) => return Err(format!("notify socket: {e}")),
+            }
+        }
+        Ok(started)
+    }
+
+    /// New servers ready, then the old ones drained (`SIGTERM`) and reaped;
+    /// exits are checked every 2 ms, as `reload_quietly` reads the log.
+    fn reload(&mut self, k: u32) -> Result<Reload, String> {
+        let signal = Instant::now();
+        let fresh = self.start(k)?;
+        let ready = Instant::now();
+        let mut old = std::mem::replace(&mut self.serving, fresh);
+        for child in &old {
+            let _ = signal::kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM);
+        }
+        let deadline = ready + PATIENCE;
+        while !old.is_empty() {
+            thread::sleep(Duration::from_millis(2)); // a poll period, not synchronisation
+            old.retain_mut(|c| !matches!(c.0.try_wait(), Ok(Some(_))));
+            if Instant::now() > deadline {
+                return Err(format!("generation {} of bare servers still running", k - 1));
+            }
+        }
+        let stopped = Instant::now();
+        let in_ms = (ready - signal).as_millis() as u64;
+        Ok(Reload { signal, ready, in_ms, stopped, ready_stamp: None, stopped_stamp: None })
+    }
 }
 
 /// Scenario 3: resident memory of main and of the monitor, once both sleep
@@ -1228,6 +1637,20 @@ fn median(values: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NAN, f64::max)
+}
+
+/// Nearest-rank percentile `p` (0 < p ≤ 100).
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let v = sorted(values);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((v.len() as f64) * p / 100.0).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
 }
 
 /// Nearest-rank 99th percentile (the maximum below 100 samples).
