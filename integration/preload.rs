@@ -281,3 +281,33 @@ fn the_tokio_example_finishes_a_request_in_flight_when_a_reload_drains_it() {
     panzer.signal(Signal::SIGTERM);
     assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0), "{}", panzer.log());
 }
+
+/// A file the app opened before `panzer::run` belongs to its preloaded
+/// state: in every worker it is still that file, never closed under the
+/// app's feet (its number then reused by a worker's own pipe, listener or
+/// client connection, so that the app's log lines went to a client).
+#[test]
+fn a_file_the_app_opened_before_run_is_still_that_file_in_its_workers() {
+    let dir = TestDir::new("preload-file");
+    let file = dir.join("app.log");
+    let file_env = file.to_str().unwrap().to_string();
+    // Padding puts the log's fd where a worker opens its own fds; each
+    // count shifts it to another of them.
+    for pad in ["0", "6"] {
+        let mut panzer = Panzer::start_with_env(
+            &["--preload", "--bind", "127.0.0.1:0", "--count", "1", &example("preload_file")],
+            &[("PRELOAD_FILE", &file_env), ("PRELOAD_PAD", pad)],
+        );
+        let port = panzer.port(0);
+        panzer.wait_ready(1);
+        for _ in 0..2 {
+            let r = get(port, "/").unwrap();
+            assert_eq!((r.status, r.field("wrote")), (200, "ok".to_string()), "pad {pad}: {r:?}");
+        }
+        let worker = get(port, "/").unwrap().pid();
+        let lines = std::fs::read_to_string(&file).unwrap();
+        assert!(lines.contains(&format!("request 2 of pid {worker}")), "pad {pad}: {lines}");
+        panzer.signal(Signal::SIGTERM);
+        assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0), "{}", panzer.log());
+    }
+}

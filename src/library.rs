@@ -65,7 +65,8 @@
 //!   an exec'd server that does not handle it would.
 //! - **What a worker starts with:** default signal dispositions (but
 //!   `SIGPIPE` ignored, as every Rust program starts) and an empty signal
-//!   mask, only fds 0-2 and its listeners open, `PANZER_GENERATION`,
+//!   mask, only fds 0-2, its listeners and the fds the app opened before
+//!   [`run`] (files its preloaded value owns stay its own) open, `PANZER_GENERATION`,
 //!   `PANZER_WORKER` and `NOTIFY_SOCKET` set, and its monitor's death as its
 //!   parent-death signal.
 //!

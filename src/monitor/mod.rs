@@ -63,9 +63,11 @@ const STRANGER_INTERVAL: Duration = Duration::from_secs(60);
 pub(crate) enum Launch {
     /// Exec mode: fork and exec this program (resolved from `argv[0]`).
     Exec { program: PathBuf },
-    /// Library mode: fork this process; the child calls this, which never
-    /// returns (the worker ends with `exit`; `Infallible` stands for `!`).
-    Fork(Box<dyn FnMut(ForkedWorker) -> std::convert::Infallible>),
+    /// Library mode: fork this process; the child calls `start`, which
+    /// never returns (the worker ends with `exit`; `Infallible` stands for
+    /// `!`). `app_fds`: what the app opened before `panzer::run` (its
+    /// preloaded state owns them), which the workers keep.
+    Fork { start: Box<dyn FnMut(ForkedWorker) -> std::convert::Infallible>, app_fds: Vec<RawFd> },
 }
 
 /// What a worker forked in library mode gets from its monitor.
@@ -139,6 +141,16 @@ pub(crate) fn run_library(
     args: MonitorArgs,
     start: Box<dyn FnMut(ForkedWorker) -> std::convert::Infallible>,
 ) -> i32 {
+    // Before panzer opens anything: the rest is the app's (never closed
+    // under its values in the workers), but for main's status channel and sockets.
+    let inherited = STATUS_FD..FIRST_SOCKET_FD + args.sockets as RawFd;
+    let app_fds: Vec<RawFd> = match sys::fork::open_fds() {
+        Ok(fds) => fds.into_iter().filter(|fd| !inherited.contains(fd)).collect(),
+        Err(e) => {
+            eprintln!("panzer::run: cannot list this process's fds: {e}");
+            return 1;
+        }
+    };
     crate::logging::init(args.log_level, Some(args.generation));
     let status = match sys::adopt_inherited_fd(STATUS_FD).and_then(Channel::from_fd) {
         Ok(status) => status,
@@ -153,7 +165,7 @@ pub(crate) fn run_library(
         Ok(threads) => return fail(crate::library::threads_refused(threads), status),
         Err(e) => return fail(format!("cannot count this process's threads: {e}"), status),
     }
-    serve(args, status, Launch::Fork(start))
+    serve(args, status, Launch::Fork { start, app_fds })
 }
 
 /// Tells main why the generation cannot start, so the operator (and
@@ -392,7 +404,7 @@ impl Monitor {
                 Err(e) => {
                     let how = match &self.launch {
                         Launch::Exec { program } => format!("could not run {}: {e}", program.display()),
-                        Launch::Fork(_) => format!("could not fork: {e}"),
+                        Launch::Fork { .. } => format!("could not fork: {e}"),
                     };
                     if let Some(exit) = self.pool.start_failed(ordinal, now) {
                         self.after_exit(exit, 0, &how);
@@ -405,7 +417,7 @@ impl Monitor {
     fn spawn_worker(&mut self, ordinal: u32) -> Result<Pid, sys::spawn::SpawnError> {
         let program = match &self.launch {
             Launch::Exec { program } => program.clone(),
-            Launch::Fork(_) => return self.fork_worker(ordinal).map_err(sys::spawn::SpawnError::Fork),
+            Launch::Fork { .. } => return self.fork_worker(ordinal).map_err(sys::spawn::SpawnError::Fork),
         };
         let mut env = worker::env(
             &self.base_env,
@@ -447,7 +459,10 @@ impl Monitor {
             Some(_) => Some(output::TaggedOutput::pipes()?),
             None => None,
         };
-        let keep: Vec<RawFd> = self.sockets.iter().map(AsRawFd::as_raw_fd).collect();
+        let mut keep: Vec<RawFd> = self.sockets.iter().map(AsRawFd::as_raw_fd).collect();
+        if let Launch::Fork { app_fds, .. } = &self.launch {
+            keep.extend(app_fds);
+        }
         let plan = sys::fork::ForkPlan {
             parent_death_signal: self.drain_signal(),
             keep: &keep,
@@ -485,7 +500,7 @@ impl Monitor {
                 let launch = &mut self.launch;
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match launch {
                     #[allow(unreachable_code)]
-                    Launch::Fork(start) => match start(worker) {},
+                    Launch::Fork { start, .. } => match start(worker) {},
                     Launch::Exec { .. } => unreachable!("exec mode never forks without exec"),
                 }));
                 std::process::exit(101)

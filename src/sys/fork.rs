@@ -30,6 +30,19 @@ pub fn threads_of(pid: Pid) -> Option<u32> {
     status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
 }
 
+/// The fds from 3 up this process has open now (`/proc/self/fd`): in
+/// library mode, taken as `panzer::run` starts, they are the app's own
+/// (its preloaded files, say), which its workers keep.
+pub fn open_fds() -> io::Result<Vec<RawFd>> {
+    let listed: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd >= 3)
+        .collect();
+    // The directory's own fd was listed too, and is closed by now.
+    // SAFETY: F_GETFD only reads the flags of the fd number, open or not.
+    Ok(listed.into_iter().filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0).collect())
+}
+
 /// Which side of [`fork_worker`] this is.
 pub enum Forked {
     Parent(Pid),
@@ -43,7 +56,8 @@ pub enum Forked {
 pub struct ForkPlan<'a> {
     /// Sent to the child when its parent (the monitor) dies.
     pub parent_death_signal: Signal,
-    /// fds the child keeps open besides 0, 1 and 2 (the listening sockets).
+    /// fds the child keeps open besides 0, 1 and 2 (the listening sockets,
+    /// and the fds the app opened before `panzer::run`).
     pub keep: &'a [RawFd],
     /// `--tag-output`: the write ends that become the child's stdout and stderr.
     pub stdout_stderr: Option<(&'a OwnedFd, &'a OwnedFd)>,
