@@ -334,3 +334,90 @@ fn systemd_hears_reloading_then_ready_around_an_upgrade_and_the_main_pid_stays()
     assert!(seen.contains("RELOADING=1"), "{seen}");
     assert!(seen.contains("READY=1") && !seen.contains("MAINPID="), "{seen}");
 }
+
+/// Processes below main whose command line contains `marker`.
+fn below_main(panzer: &Panzer, marker: &str) -> Vec<Pid> {
+    let table = process_table();
+    panzer
+        .descendants()
+        .into_iter()
+        .filter(|p| table.get(p).is_some_and(|i| i.cmdline.contains(marker)))
+        .collect()
+}
+
+#[test]
+fn a_check_killed_by_a_signal_says_so_and_leaves_no_process_of_its_own_behind() {
+    let install = Install::new();
+    let (panzer, _deploy) = install.start("1", "");
+    let before = workers(&panzer.status());
+    // A new binary that forks a helper and hangs in its check.
+    install.put_script("sleep 3141 & wait");
+    let upgrade = panzer.ctl_start(&["upgrade"]);
+    let check = eventually(PATIENCE, "the check to run", || {
+        let found = below_main(&panzer, "__upgrade-check");
+        (found.len() == 1 && below_main(&panzer, "sleep 3141").len() == 1).then(|| found[0])
+    });
+    nix::sys::signal::kill(check, Signal::SIGKILL).unwrap();
+    let out = upgrade.answer(PATIENCE);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains("failed its check: it was killed by SIGKILL"), "{}", out.stderr);
+    eventually(PATIENCE, "the check's helper to be gone", || {
+        below_main(&panzer, "sleep 3141").is_empty().then_some(())
+    });
+    assert_eq!(workers(&panzer.status()), before);
+}
+
+#[test]
+fn a_check_that_takes_too_long_is_ended_with_every_process_it_started() {
+    let install = Install::new();
+    let (panzer, _deploy) = install.start("1", "");
+    install.put_script("sleep 2718 & wait");
+    let out = panzer.ctl(&["upgrade"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains("did not finish its check within"), "{}", out.stderr);
+    eventually(PATIENCE, "the check's helper to be gone", || {
+        below_main(&panzer, "sleep 2718").is_empty().then_some(())
+    });
+    assert!(panzer.exited().is_none());
+}
+
+#[test]
+fn a_deploy_that_repoints_a_symlink_upgrades_to_the_binary_it_now_names() {
+    let upgraded = upgraded_binary();
+    let install = Install::new();
+    // releases/1/panzer and releases/2/panzer, with `current` naming one of
+    // them, as Capistrano-style deploys, Homebrew and alternatives lay out.
+    let release = |n: u32, binary: &Path| {
+        let dir = install.dir.join(&format!("releases/{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(binary, dir.join("panzer")).unwrap();
+    };
+    let point = |n: u32| {
+        let tmp = install.dir.join("current.new");
+        std::os::unix::fs::symlink(format!("releases/{n}"), &tmp).unwrap();
+        std::fs::rename(&tmp, install.dir.join("current")).unwrap();
+    };
+    release(1, Path::new(env!("CARGO_BIN_EXE_panzer")));
+    point(1);
+    let deploy = Deploy::new(&install.dir);
+    let via = install.dir.join("current/panzer");
+    let args = [
+        "--bind",
+        "127.0.0.1:0",
+        "--count",
+        "1",
+        "--ready",
+        "notify",
+        "--pid-file",
+        "{dir}/panzer.pid",
+        deploy.path(),
+    ];
+    let panzer = Panzer::start_via(via.to_str().unwrap(), &args, &[]);
+    panzer.wait_ready(1);
+    let old_version = panzer.status()["version"].as_str().unwrap().to_string();
+    release(2, upgraded);
+    point(2);
+    let out = panzer.ctl(&["upgrade"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(panzer.status()["version"], format!("{old_version}{SUFFIX}").as_str(), "{}", panzer.log());
+}

@@ -341,8 +341,9 @@ impl Main {
     /// `Effect::AbortUpgradeCheck`.
     pub(super) fn abort_check(&mut self) {
         if let Some(check) = self.check.take() {
-            // Our unreaped child: its pid cannot have been reused.
-            sys::signal_process(check.pid, Signal::SIGKILL);
+            // Our unreaped child leads its own group: neither id can have
+            // been reused. The group takes whatever it started along.
+            sys::signal_group(check.pid, Signal::SIGKILL);
         }
     }
 
@@ -352,20 +353,27 @@ impl Main {
             return false;
         }
         let Some(check) = self.check.take() else { return false };
+        // Anything it left running in its group (not reaped yet, so the
+        // group id is still its own) ends with it.
+        sys::signal_group(check.pid, Signal::SIGKILL);
         let mut output = Vec::new();
         let _ = std::fs::File::from(check.output).take(64 * 1024).read_to_end(&mut output);
         let output = String::from_utf8_lossy(&output);
         let last = output.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("");
         let last: String = last.chars().take(300).collect();
         let exe = self.exe.display();
+        let how = match exit {
+            sys::ChildExit::Killed { .. } => format!("was {exit}"),
+            sys::ChildExit::Exited(_) => exit.to_string(),
+        };
         let result = match exit {
             sys::ChildExit::Exited(0) => {
                 let first = output.lines().next().unwrap_or("").trim();
                 log::info!("upgrade: {exe} passed its check ({first})");
                 Ok(())
             }
-            exit if last.is_empty() => Err(format!("the new binary {exe} failed its check: it {exit}")),
-            exit => Err(format!("the new binary {exe} failed its check: it {exit} ({last})")),
+            _ if last.is_empty() => Err(format!("the new binary {exe} failed its check: it {how}")),
+            _ => Err(format!("the new binary {exe} failed its check: it {how} ({last})")),
         };
         self.dispatch(Event::UpgradeChecked(result));
         true

@@ -147,7 +147,7 @@ fn settings(config: &Config) -> Settings {
 /// Runs main until it stops; returns the exit status.
 pub fn run(config: Config) -> Result<i32, Error> {
     // Before anything can replace it: an upgrade runs what is at this path then.
-    let exe = std::env::current_exe().map_err(|e| Error::os("cannot find panzer's own executable", e))?;
+    let exe = start_path()?;
     // Inherited sockets first: any fd panzer opens could land on their numbers.
     let adopted = sockets::adopt_from_env()?;
     // Then signals, so none is lost while sockets are bound.
@@ -199,6 +199,29 @@ pub fn run(config: Config) -> Result<i32, Error> {
         _pid_file: pid_file,
     };
     serve(main, Event::Boot)
+}
+
+/// The path panzer was started from, as the user gave it: `argv[0]` made
+/// absolute (or found in `PATH`), symlinks and all, when it names the file
+/// running now; else the file itself (`/proc/self/exe`). A deploy that
+/// repoints a symlink (`current -> releases/2`, Homebrew, alternatives)
+/// must upgrade to what the symlink names then, not to the file it named
+/// at startup.
+fn start_path() -> Result<PathBuf, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let running = std::env::current_exe().map_err(|e| Error::os("cannot find panzer's own executable", e))?;
+    let id = |path: &std::path::Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    let Some(this) = id("/proc/self/exe".as_ref()) else { return Ok(running) };
+    let Some(arg0) = std::env::args_os().next().map(PathBuf::from) else { return Ok(running) };
+    let candidates: Vec<PathBuf> = if arg0.as_os_str().as_encoded_bytes().contains(&b'/') {
+        vec![arg0]
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path).map(|dir| dir.join(&arg0)).collect()
+    };
+    let found =
+        candidates.into_iter().filter_map(|c| std::path::absolute(c).ok()).find(|c| id(c) == Some(this));
+    Ok(found.unwrap_or(running))
 }
 
 /// Runs main from `first` (boot, or a resumed upgrade) until it stops.
