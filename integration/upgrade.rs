@@ -421,3 +421,24 @@ fn a_deploy_that_repoints_a_symlink_upgrades_to_the_binary_it_now_names() {
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert_eq!(panzer.status()["version"], format!("{old_version}{SUFFIX}").as_str(), "{}", panzer.log());
 }
+
+/// main's children that are zombies (exited, never reaped).
+fn zombie_children(main: Pid) -> Vec<String> {
+    let children = std::fs::read_to_string(format!("/proc/{main}/task/{main}/children")).unwrap_or_default();
+    children
+        .split_whitespace()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+        .collect()
+}
+
+#[test]
+fn the_check_child_is_reaped_before_main_becomes_the_new_binary() {
+    let install = Install::new();
+    let (panzer, _deploy) = install.start("1", "");
+    let out = panzer.ctl(&["upgrade"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    eventually(PATIENCE, "main to have no zombie child", || {
+        zombie_children(panzer.pid).is_empty().then_some(())
+    });
+}

@@ -347,7 +347,9 @@ impl Main {
         }
     }
 
-    /// The check child `pid` has exited (not reaped yet): its verdict.
+    /// The check child `pid` has exited (not reaped yet): reaps it and
+    /// acts on its verdict. Reaped first, since a passed check leads to the
+    /// exec, and the next image would not know this zombie.
     pub(super) fn on_check_exit(&mut self, pid: Pid, exit: sys::ChildExit) -> bool {
         if !self.check.as_ref().is_some_and(|c| c.pid == pid) {
             return false;
@@ -356,6 +358,7 @@ impl Main {
         // Anything it left running in its group (not reaped yet, so the
         // group id is still its own) ends with it.
         sys::signal_group(check.pid, Signal::SIGKILL);
+        sys::reap(check.pid);
         let mut output = Vec::new();
         let _ = std::fs::File::from(check.output).take(64 * 1024).read_to_end(&mut output);
         let output = String::from_utf8_lossy(&output);

@@ -448,7 +448,8 @@ impl Main {
                         let _ = std::fs::remove_file(&monitor.notify_socket);
                     }
                 }
-                None if self.on_check_exit(pid, exit) => {}
+                // Reaped by on_check_exit itself.
+                None if self.on_check_exit(pid, exit) => continue,
                 None => log::debug!("reaped pid {pid}: {exit}"),
             }
             sys::reap(pid);
@@ -487,8 +488,7 @@ impl Main {
         match self.spawn_monitor(&args) {
             Ok((pid, channel)) => {
                 log::info!("starting generation {generation}: {count} worker(s), monitor pid {pid}");
-                let protocol = crate::protocol::VERSION;
-                let monitor = Monitor { pid, channel, closed: false, notify_socket, protocol };
+                let monitor = Monitor { pid, channel, closed: false, notify_socket, protocol: args.protocol };
                 self.monitors.insert(generation, monitor);
                 None
             }
