@@ -74,7 +74,7 @@ use nix::unistd::Pid;
 
 use harness::{
     children_of, cpu_ticks, descendants_of, kill_every_panzer, process_table, read_response, within,
-    LogWatch, Panzer, TestDir,
+    without_keepers, LogWatch, Panzer, TestDir,
 };
 
 /// Workers per generation in every scenario but `start-64`.
@@ -882,7 +882,7 @@ fn idle_cpu(bench: &Bench) -> Outcome {
     let mut panzer = bench.panzer(&["--count", &count, "--ready", "notify"], &[])?;
     panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
     let monitor = panzer.monitor_of(1)?;
-    let workers: Vec<Pid> = children_of(monitor);
+    let workers: Vec<Pid> = without_keepers(children_of(monitor));
     // Past the one wake-up each makes to drop its code pages after start-up.
     thread::sleep(SHED_AFTER);
     let before =
@@ -977,7 +977,7 @@ fn preload(bench: &Bench) -> Outcome {
         let (ready_at, _) = panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
         let start_ms = ms(ready_at - started);
         let monitor = panzer.monitor_of(1)?;
-        let workers = children_of(monitor);
+        let workers = without_keepers(children_of(monitor));
         if workers.len() != COUNT {
             return Err(format!("{mode} mode: {} workers under monitor {monitor}", workers.len()));
         }
