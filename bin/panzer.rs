@@ -1,7 +1,8 @@
 //! `panzer`: parse the command line, then run main — or, as the hidden
-//! `panzer __monitor …` that main starts, a monitor; or, during an upgrade,
-//! the check of a new binary (`__upgrade-check FD`) and main resumed in
-//! place (`__resume FD`).
+//! `panzer __monitor …` that main starts, a monitor; as `panzer __keeper …`
+//! that a monitor starts, the init of its workers' PID namespace; or,
+//! during an upgrade, the check of a new binary (`__upgrade-check FD`) and
+//! main resumed in place (`__resume FD`).
 
 use clap::Parser;
 
@@ -14,6 +15,10 @@ fn main() {
     if std::env::args_os().nth(1).is_some_and(|a| a == "__monitor") {
         let args = MonitorArgs::parse_from(std::env::args_os().skip(1));
         std::process::exit(monitor::run(args));
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == monitor::keeper::COMMAND) {
+        let args = monitor::keeper::KeeperArgs::parse_from(std::env::args_os().skip(1));
+        std::process::exit(monitor::keeper::run(args));
     }
     // An upgrade: the check of this binary, then main re-executed in place.
     let hidden = |command: &str| std::env::args_os().nth(1).is_some_and(|a| a == command);

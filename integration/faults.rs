@@ -38,7 +38,7 @@ fn after(gap: Duration) {
 /// its command line (every process of the tree has it: main and workers as
 /// an argument, monitors in their notify socket's path), so also one started
 /// after the groups were recorded.
-fn leftovers(dir: &Path, groups: &HashSet<Pid>) -> Vec<(Pid, String)> {
+pub(crate) fn leftovers(dir: &Path, groups: &HashSet<Pid>) -> Vec<(Pid, String)> {
     let dir = dir.to_string_lossy();
     let me = Pid::this();
     process_table()
@@ -52,7 +52,7 @@ fn leftovers(dir: &Path, groups: &HashSet<Pid>) -> Vec<(Pid, String)> {
 /// test's directory on its command line: a leaked worker is no longer below
 /// main, where the guard looks. (Not by group: once empty, a group's id may
 /// be taken by an unrelated process.)
-struct Sweep(PathBuf);
+pub(crate) struct Sweep(pub(crate) PathBuf);
 
 impl Drop for Sweep {
     fn drop(&mut self) {

@@ -6,6 +6,7 @@
 //! ```text
 //! panzer (main)               owns the listening sockets, for its whole life
 //!  ├─ monitor, generation 1   keeps N workers alive; reports over a status channel
+//!  │   ├─ keeper              init of the workers' PID namespace (with CAP_SYS_ADMIN)
 //!  │   ├─ worker 0            the user's command, sockets at fd 3…
 //!  │   └─ worker N-1
 //!  └─ monitor, generation 2   only during a hot restart
@@ -53,12 +54,51 @@
 //! main both died still hears it. Only a worker that ignores it outlives
 //! `kill -9` of main.
 //!
+//! A worker's own descendants need more: a wrapper's background child
+//! (`sh -c 'sidecar & exec ./server'`) inherits the listening socket and
+//! has no parent-death signal, and when main and its monitor die together
+//! nobody is left to signal the group. So, where panzer may (main has
+//! `CAP_SYS_ADMIN`), each generation's workers live in a PID namespace of
+//! their own: main's spawn code unshares it for the monitor's children
+//! before `--user` drops the privilege, and the monitor's first child is
+//! the namespace's init, a tiny exec'd keeper (`monitor::keeper`). It waits
+//! for its monitor to be gone (a pipe only the monitor writes to closes),
+//! then sends the drain signal to the whole namespace (unless the monitor
+//! drained it, and wrote its deadline to the pipe) and exits once it is
+//! empty or at the drain's deadline; the kernel `SIGKILL`s whatever the init
+//! of a namespace leaves, whatever group or session it moved to. Workers stay
+//! the monitor's children, so they still drain when it dies, and the
+//! monitor keeps seeing host pids (`/proc`, `SO_PASSCRED` senders, rss). A
+//! worker sees a namespace pid: its `getpid()` is small and differs from
+//! `ps` on the host, `LISTEN_PID`/`WATCHDOG_PID` are that pid (the spawn
+//! code writes `getpid()` as the child sees it), `getppid()` is 0, and
+//! `/proc` stays the host's, so `/proc/self` works but `/proc/<getpid()>`
+//! names another process. Stock servers (gunicorn's arbiter, uvicorn, Node,
+//! Go, Python) run unchanged, as `integration/real_servers.rs` shows.
+//! Library mode gets no namespace: its app is the monitor and is not
+//! panzer's binary, so it has no keeper to exec.
+//!
+//! The other candidates: an unprivileged user namespace would give one to
+//! every user, but changes what a worker is (its uid mapping, setuid
+//! programs, files of other users) and is disabled on many hosts; a
+//! delegated cgroup (`cgroup.kill`) exists only under a manager that
+//! delegates one, which then already ends the whole unit when main dies
+//! (systemd's `KillMode`), and a dead panzer cannot write `cgroup.kill`.
+//! Where there is no namespace, a later panzer cleans up instead: every
+//! process panzer starts carries `PANZER_INSTANCE=<main pid>:<start time>`,
+//! and a bind that fails with "address in use" ends the processes of the
+//! workers' user that hold a clashing listening socket and carry the
+//! marker of a main that is gone, says so, and binds again
+//! (`main_process`'s `leftovers`).
+//!
 //! Never signalling a recycled pid: every process panzer signals is its own
 //! unreaped child (a monitor's workers; main's monitors and adopted orphans),
 //! or the process group of a monitor that is alive or still a zombie main has
 //! not reaped yet (`sys::peek_exited_child` looks without reaping). Until it
 //! is reaped, a child's pid, and so its group id, cannot be reused. That gives
-//! the guarantee pidfds give, on every kernel, so panzer does not use pidfds.
+//! the guarantee pidfds give, on every kernel, so panzer does not use pidfds
+//! for them; only a dead panzer's leftovers, which are nobody's children
+//! here, are signalled through pidfds.
 //! What a dead monitor left behind is signalled through its group only while
 //! a live member of it is main's unreaped child; an emptied group's id may
 //! have gone to a new monitor ([`main_process`]'s `orphans`).
@@ -88,7 +128,10 @@
 //! shared with every process) and cannot be the default of `cargo install`
 //! (`crt-static` for the host breaks proc-macro crates). A monitor forked
 //! from main instead of exec'd would still fault in the code it runs, and
-//! would inherit main's fds and state, which exec keeps out of it.
+//! would inherit main's fds and state, which exec keeps out of it. A
+//! generation's keeper (with `CAP_SYS_ADMIN`) drops its code pages as soon
+//! as it has started, since it sleeps until its monitor drains or dies:
+//! 0.86 MiB RSS, 0.36 MiB PSS (release build).
 
 pub mod cli;
 pub mod config;

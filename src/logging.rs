@@ -12,6 +12,12 @@ pub fn init(level: log::LevelFilter, generation: Option<u32>) {
         None => format!("panzer[{pid}]"),
         Some(k) => format!("panzer[{pid} gen {k}]"),
     };
+    init_tagged(level, tag);
+}
+
+/// Installs the logger with `tag` before each message (`panzer[4242 gen 3
+/// keeper]` for a generation's keeper).
+pub fn init_tagged(level: log::LevelFilter, tag: String) {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(level);
     if let Ok(spec) = std::env::var("RUST_LOG") {

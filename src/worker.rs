@@ -13,6 +13,8 @@
 //!   written for those launchers start unchanged;
 //! - with `--health-timeout`: `WATCHDOG_USEC` (the timeout) and
 //!   `WATCHDOG_PID` (its own pid), so `sd_watchdog_enabled()` says yes;
+//! - `PANZER_INSTANCE=<main's pid>:<its start time>`, which names the panzer
+//!   that started it (and, inherited, its descendants) to a later panzer;
 //! - default signal dispositions and an empty signal mask.
 //!
 //! On `SIGTERM` (or `--drain-signal`) it should stop accepting, finish
@@ -37,6 +39,9 @@ pub const SERVER_STARTER_GENERATION: &str = "SERVER_STARTER_GENERATION";
 pub const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
 /// With `--health-timeout`: the worker's own pid (filled in by the spawn code).
 pub const WATCHDOG_PID: &str = "WATCHDOG_PID";
+/// The panzer a process belongs to, `<main's pid>:<its start time>`: set by
+/// main for its monitors, inherited by the workers and what they start.
+pub const INSTANCE: &str = "PANZER_INSTANCE";
 
 /// Variables a worker must never inherit from panzer's own environment:
 /// they describe panzer's parent (systemd), not the worker.

@@ -9,6 +9,7 @@
 //! [`policy::Effect`]s. Idle, it never wakes up.
 
 mod handover;
+mod leftovers;
 mod orphans;
 mod pid_file;
 pub(crate) mod policy;
@@ -170,7 +171,14 @@ pub fn run(config: Config) -> Result<i32, Error> {
             }
             adopted
         }
-        None => sockets::bind_all(&config.binds, config.backlog, config.nodelay)?,
+        None => {
+            // What a dead panzer left on these addresses, run as the user
+            // the workers will run as, may be ended to free them.
+            let uid = config.credentials.map_or_else(|| nix::unistd::geteuid().as_raw(), |(uid, _)| uid);
+            sockets::bind_all(&config.binds, config.backlog, config.nodelay, |spec| {
+                leftovers::end(spec, uid)
+            })?
+        }
     };
     for listener in &sockets {
         log::info!("listening on {}", listener.local);
@@ -515,19 +523,25 @@ impl Main {
             let words = args.to_env().ok_or_else(|| {
                 sys::spawn::SpawnError::Exec(std::io::Error::other("an argument is not UTF-8"))
             })?;
-            let mut env = worker::inherited_env();
+            let mut env = leftovers::with_marker(worker::inherited_env());
             env.push(format!("{}={words}", crate::protocol::MONITOR_ARGS_ENV).into());
             (program, args.argv.clone(), env)
         } else {
             let mut argv: Vec<OsString> = vec!["panzer".into()];
             argv.extend(args.to_args());
-            (PathBuf::from("/proc/self/exe"), argv, worker::inherited_env())
+            (PathBuf::from("/proc/self/exe"), argv, leftovers::with_marker(worker::inherited_env()))
         };
         let mut plan = ExecPlan::new(program.as_os_str(), &argv, env)
             .map_err(sys::spawn::SpawnError::Exec)?
             .with_fds(&fds)
             .with_new_process_group()
             .with_parent_death_signal(Signal::SIGTERM);
+        if !self.config.preload {
+            // Where main may (before --user drops the privilege): the
+            // workers' PID namespace, whose init the monitor starts first
+            // (`monitor::keeper`). A library-mode app has no keeper.
+            plan = plan.with_new_pid_namespace();
+        }
         if let Some((uid, gid)) = self.config.credentials {
             plan = plan.with_credentials(uid, gid);
         }

@@ -20,6 +20,7 @@
 //! goes from one ready worker to the next, never through a slot without one.
 
 mod accepting;
+pub mod keeper;
 mod notify_socket;
 mod output;
 pub(crate) mod pool;
@@ -111,6 +112,8 @@ struct Monitor {
     readiness: Readiness,
     /// Notify messages from pids no worker owns: one line per pid a minute.
     strangers: crate::log_limit::LogLimit<i32>,
+    /// The init of the workers' PID namespace, when they have one.
+    keeper: Option<keeper::Keeper>,
 }
 
 /// Runs the monitor role; returns the process exit status.
@@ -200,8 +203,17 @@ fn serve(args: MonitorArgs, status: Channel, launch: Launch) -> i32 {
 
 impl Monitor {
     fn new(args: MonitorArgs, status: Channel, launch: Launch) -> Result<Monitor, (String, Channel)> {
-        match Monitor::prepare(&args) {
-            Ok((sockets, signals, notify)) => {
+        let prepared = Monitor::prepare(&args).and_then(|(sockets, signals, notify)| {
+            // The first child, before any worker. Library mode's app is
+            // not panzer's binary: main gives it no namespace.
+            let keeper = match launch {
+                Launch::Exec { .. } => keeper::Keeper::start(&args)?,
+                Launch::Fork { .. } => None,
+            };
+            Ok((sockets, signals, notify, keeper))
+        });
+        match prepared {
+            Ok((sockets, signals, notify, keeper)) => {
                 let now = Instant::now();
                 let limits = Limits {
                     health_timeout: args.health_timeout.map(|d| d.0),
@@ -228,6 +240,7 @@ impl Monitor {
                     exit_code: None,
                     notify_warnings: crate::log_limit::LogLimit::new(Duration::from_secs(1)),
                     strangers: crate::log_limit::LogLimit::new(STRANGER_INTERVAL),
+                    keeper,
                 })
             }
             Err(error) => Err((error.report(), status)),
@@ -253,6 +266,12 @@ impl Monitor {
     fn run(&mut self) -> i32 {
         log::debug!("monitor started for {} workers", self.args.count);
         loop {
+            if self.keeper.as_ref().is_some_and(keeper::Keeper::is_reaped) {
+                // Its namespace is gone, and every worker with it: no
+                // worker can be started there again. main starts a new
+                // generation.
+                return 1;
+            }
             let now = Instant::now();
             self.supervise(now);
             self.start_due(now);
@@ -676,6 +695,17 @@ impl Monitor {
     fn reap(&mut self) {
         while let Some((pid, exit)) = sys::reap_next_child() {
             let how = exit.to_string();
+            if let Some(keeper) = self.keeper.as_mut().filter(|k| k.pid() == pid) {
+                let how = match keeper.reaped() {
+                    Some(e) => format!("could not start: {}", crate::error::describe(&e)),
+                    None => how,
+                };
+                log::error!(
+                    "the keeper of the workers' PID namespace (pid {pid}) {how}: the kernel ended every \
+                     worker with it"
+                );
+                continue;
+            }
             let pid = pid.as_raw();
             if let Some(output) = &mut self.output {
                 output.worker_exited(pid);
@@ -748,6 +778,9 @@ impl Monitor {
             let sooner = Instant::now() + grace;
             if self.kill_at.is_some_and(|at| sooner < at) {
                 self.kill_at = Some(sooner);
+                if let Some(keeper) = &self.keeper {
+                    keeper.draining(grace);
+                }
             }
             return;
         }
@@ -756,6 +789,9 @@ impl Monitor {
         self.pool.drain();
         sys::signal_group(nix::unistd::getpgrp(), self.drain_signal());
         self.kill_at = Some(Instant::now() + grace);
+        if let Some(keeper) = &self.keeper {
+            keeper.draining(grace);
+        }
         self.exit_code.get_or_insert(0);
     }
 
@@ -813,5 +849,8 @@ impl Monitor {
 impl Drop for Monitor {
     fn drop(&mut self) {
         self.notify.remove_file();
+        if let Some(keeper) = self.keeper.take() {
+            keeper.release(&self.signals);
+        }
     }
 }

@@ -74,8 +74,28 @@ impl Drop for Listener {
 /// sockets get `TCP_NODELAY`, which Linux copies to every connection
 /// accepted from them: a server that writes a response in two pieces is
 /// then not held back by Nagle's algorithm until the client's delayed ACK.
-pub fn bind_all(specs: &[BindSpec], backlog: i32, nodelay: bool) -> Result<Vec<Listener>, Error> {
-    specs.iter().map(|spec| bind(spec, backlog, nodelay)).collect()
+/// When an address is in use, `when_in_use` may free it (it says whether
+/// it ended anything): the bind is tried again, a few times at most.
+pub fn bind_all(
+    specs: &[BindSpec],
+    backlog: i32,
+    nodelay: bool,
+    mut when_in_use: impl FnMut(&BindSpec) -> bool,
+) -> Result<Vec<Listener>, Error> {
+    const TRIES: usize = 3;
+    let in_use = |e: &Error| matches!(e, Error::Bind { source, .. } if source.raw_os_error() == Some(libc::EADDRINUSE));
+    specs
+        .iter()
+        .map(|spec| {
+            let mut tries = 1;
+            loop {
+                match bind(spec, backlog, nodelay) {
+                    Err(e) if tries < TRIES && in_use(&e) && when_in_use(spec) => tries += 1,
+                    done => return done,
+                }
+            }
+        })
+        .collect()
 }
 
 fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Listener, Error> {

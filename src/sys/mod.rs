@@ -349,6 +349,118 @@ pub fn terminal_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
     (done == 0 && size.ws_col > 0 && size.ws_row > 0).then_some((size.ws_col, size.ws_row))
 }
 
+/// Whether the children this process forks land in a PID namespace other
+/// than its own (its parent created one for them: see
+/// [`spawn::ExecPlan::with_new_pid_namespace`]). `false` where the kernel
+/// does not say (before 4.12).
+pub fn children_in_new_pid_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    const CHILDREN: &str = "/proc/self/ns/pid_for_children";
+    let id = |path: &str| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    match (id("/proc/self/ns/pid"), id(CHILDREN)) {
+        (Some(own), Some(children)) => own != children,
+        // The link is there but leads nowhere: a namespace that has no
+        // process yet (the kernel shows one only once its init exists).
+        (Some(_), None) => std::fs::symlink_metadata(CHILDREN).is_ok(),
+        _ => false,
+    }
+}
+
+/// This process's pid as `/proc` shows it, which is the host's when this
+/// process is in a PID namespace of its own under the host's `/proc` (a
+/// generation's keeper): what `ps` and the log's readers know it by.
+pub fn pid_in_proc() -> u32 {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse().ok())
+        .unwrap_or_else(std::process::id)
+}
+
+/// From the init of a PID namespace: sends `signal` to every other process
+/// in it (`kill(-1, …)`, which from a namespace's init reaches exactly its
+/// namespace and those nested in it).
+pub fn signal_namespace(signal: Signal) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(-1), signal);
+}
+
+/// From the init of a PID namespace: whether any other process is left in
+/// it (zombies not yet reaped count: they still hold their pid there).
+pub fn namespace_has_others() -> bool {
+    nix::sys::signal::kill(Pid::from_raw(-1), None) != Err(Errno::ESRCH)
+}
+
+/// Waits, up to `deadline`, until child `pid` has exited, reaping every
+/// child that exits meanwhile (for an exiting monitor: what it reaps then
+/// is not reported). `signals` must report `SIGCHLD`. Whether `pid` was reaped.
+pub fn reap_until_gone(pid: Pid, signals: &SignalFd, deadline: Instant) -> bool {
+    loop {
+        while let Some((reaped, _)) = reap_next_child() {
+            if reaped == pid {
+                return true;
+            }
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        let _ = poll(&[(std::os::fd::AsFd::as_fd(signals), false)], Some(deadline));
+        pending_signals(signals);
+    }
+}
+
+/// When process `pid` started (clock ticks after boot, field 22 of
+/// `/proc/PID/stat`), and whether it has exited (a zombie); `None` when
+/// there is no such process. With the pid, it names a process for good:
+/// a later process given the same pid starts later.
+pub fn process_start(pid: Pid) -> Option<(u64, bool)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 2..].split(' ');
+    let zombie = fields.next()? == "Z";
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((start, zombie))
+}
+
+/// A process that is not this one's child, held through a pidfd: signals
+/// sent through it never reach a later process given the same pid. (Only
+/// for the leftovers of a dead panzer: panzer's own children are pinned
+/// by not being reaped, see `lib.rs`.)
+pub struct Pidfd(OwnedFd);
+
+impl std::os::fd::AsFd for Pidfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl Pidfd {
+    /// Opens a pidfd for `pid` (`CLOEXEC`); fails on kernels before 5.3.
+    pub fn open(pid: Pid) -> io::Result<Pidfd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by pidfd_open(2) and is owned by nobody else.
+        Ok(Pidfd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+    }
+
+    /// Sends `signal` to the process; one that has exited is not an error.
+    pub fn signal(&self, signal: Signal) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal(2) with no siginfo (NULL) and no flags
+        // reads nothing from this process's memory.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                signal as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+}
+
 /// Every live child of this process whose group is `pgid`.
 pub fn own_children_in_group(pgid: Pid) -> Vec<Pid> {
     own_children().into_iter().filter(|&(_, group)| group == pgid).map(|(pid, _)| pid).collect()

@@ -53,6 +53,8 @@ pub struct ExecPlan {
     /// Scratch space for the child's first, collision-free copy of each source.
     scratch: Vec<RawFd>,
     new_process_group: bool,
+    /// Try to put the child's own children in a new PID namespace.
+    new_pid_namespace: bool,
     parent_death_signal: Option<Signal>,
     /// `(uid, gid)` to switch to (supplementary groups: just `gid`).
     credentials: Option<(libc::uid_t, libc::gid_t)>,
@@ -109,6 +111,7 @@ impl ExecPlan {
             fds: Vec::new(),
             scratch: Vec::new(),
             new_process_group: false,
+            new_pid_namespace: false,
             parent_death_signal: None,
             credentials: None,
         })
@@ -150,6 +153,17 @@ impl ExecPlan {
         self
     }
 
+    /// Has the child `unshare(CLONE_NEWPID)` before it drops credentials:
+    /// the processes *it* forks then live in a new PID namespace (the first
+    /// one is that namespace's init), while the child itself keeps its pid.
+    /// Best effort: without the privilege (`CAP_SYS_ADMIN`) the child runs
+    /// as without this, and finds out itself which it got
+    /// ([`super::children_in_new_pid_namespace`]).
+    pub fn with_new_pid_namespace(mut self) -> Self {
+        self.new_pid_namespace = true;
+        self
+    }
+
     /// Runs the child as `uid`:`gid`, with `gid` as its only group.
     pub fn with_credentials(mut self, uid: libc::uid_t, gid: libc::gid_t) -> Self {
         self.credentials = Some((uid, gid));
@@ -165,6 +179,33 @@ impl ExecPlan {
     /// Forks and execs the plan; returns the child's pid once `execve` has
     /// succeeded, or the child's errno if it failed (the child is reaped).
     pub fn spawn(&mut self) -> Result<Pid, SpawnError> {
+        let (pid, err_read) = self.fork()?;
+        match read_child_errno(&err_read) {
+            None => Ok(pid),
+            Some(errno) => {
+                // The child has exited (or is about to): reap it so it never
+                // shows up as a worker exit.
+                let _ = nix::sys::wait::waitpid(pid, None);
+                Err(SpawnError::Exec(io::Error::from_raw_os_error(errno)))
+            }
+        }
+    }
+
+    /// Forks and returns at once, without waiting for the child's `execve`:
+    /// for a child that only has to exist before the next fork (a PID
+    /// namespace's init). Also returns the read end of its error pipe
+    /// (`CLOEXEC`, non-blocking): end-of-file once the child has exec'd, or
+    /// its errno if that failed, when it then exits with status 127
+    /// ([`exec_errno`]).
+    pub fn spawn_without_waiting(&mut self) -> Result<(Pid, OwnedFd), SpawnError> {
+        let (pid, err_read) = self.fork()?;
+        nix::fcntl::fcntl(&err_read, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+            .map_err(|e| SpawnError::Fork(e.into()))?;
+        Ok((pid, err_read))
+    }
+
+    /// Forks; the child runs `child` on this plan.
+    fn fork(&mut self) -> Result<(Pid, OwnedFd), SpawnError> {
         // Pointer arrays are rebuilt on every spawn: the byte buffers never
         // move between here and the fork, so the pointers stay valid.
         self.argv_ptrs.clear();
@@ -191,17 +232,15 @@ impl ExecPlan {
             unsafe { child(self, err_write.as_raw_fd(), parent) }
         }
         drop(err_write);
-        let pid = Pid::from_raw(pid);
-        match read_child_errno(&err_read) {
-            None => Ok(pid),
-            Some(errno) => {
-                // The child has exited (or is about to): reap it so it never
-                // shows up as a worker exit.
-                let _ = nix::sys::wait::waitpid(pid, None);
-                Err(SpawnError::Exec(io::Error::from_raw_os_error(errno)))
-            }
-        }
+        Ok((Pid::from_raw(pid), err_read))
     }
+}
+
+/// What the error pipe of a child started with
+/// [`ExecPlan::spawn_without_waiting`] says once that child has exited:
+/// the errno of its failed `execve`, or `None` if it had exec'd.
+pub fn exec_errno(pipe: &OwnedFd) -> Option<io::Error> {
+    read_child_errno(pipe).map(io::Error::from_raw_os_error)
 }
 
 fn read_child_errno(pipe: &OwnedFd) -> Option<i32> {
@@ -224,8 +263,8 @@ fn read_child_errno(pipe: &OwnedFd) -> Option<i32> {
 ///
 /// Must be called only in the child of a `fork` from a single-threaded
 /// process. It allocates nothing, takes no lock, logs nothing, and calls only
-/// async-signal-safe functions (`getpid`, `getppid`, `setpgid`, `setgroups`,
-/// `setgid`, `setuid`, `prctl`,
+/// async-signal-safe functions (`getpid`, `getppid`, `setpgid`, `unshare`,
+/// `setgroups`, `setgid`, `setuid`, `prctl`,
 /// `sigaction`, `sigprocmask`, `fcntl`, `dup2`, `close`, `close_range`,
 /// `execve`, `write`, `_exit`).
 unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
@@ -244,6 +283,12 @@ unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
     if plan.new_process_group && libc::setpgid(0, 0) != 0 {
         fail!();
     }
+    // Before the credentials: it takes the privilege they may drop. Its
+    // failure is no error (see `with_new_pid_namespace`). unshare(2) is a
+    // plain system call: no lock, no allocation.
+    if plan.new_pid_namespace {
+        libc::unshare(libc::CLONE_NEWPID);
+    }
     // Credentials before the parent-death signal: changing them clears it.
     if let Some((uid, gid)) = plan.credentials {
         if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
@@ -254,8 +299,13 @@ unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
         if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) != 0 {
             fail!();
         }
-        // The parent may have died before the prctl took effect.
-        if libc::getppid() != parent {
+        // The parent may have died before the prctl took effect. In a PID
+        // namespace of which the parent is not a member, getppid() is 0
+        // whether it lives or not: there the namespace's keeper sends the
+        // drain signal to every member when the parent dies, which reaches
+        // this child too (pending until the mask is emptied below).
+        let ppid = libc::getppid();
+        if ppid != parent && ppid != 0 {
             libc::_exit(127);
         }
     }
