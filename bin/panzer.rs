@@ -1,6 +1,6 @@
 //! `panzer`: parse the command line, then run main — or, as the hidden
 //! `panzer __monitor …` that main starts, a monitor; as `panzer __keeper …`
-//! that a monitor starts, the init of its workers' PID namespace; or,
+//! that a monitor starts, the keeper of its generation's process group; or,
 //! during an upgrade, the check of a new binary (`__upgrade-check FD`) and
 //! main resumed in place (`__resume FD`).
 

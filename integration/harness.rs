@@ -350,8 +350,8 @@ pub fn descendants_of(root: Pid) -> Vec<Pid> {
     found.into_iter().collect()
 }
 
-/// `pids` without the keepers of the generations' PID namespaces (`panzer
-/// __keeper`, one per generation where panzer may create namespaces).
+/// `pids` without the generations' keepers (`panzer __keeper`, one per
+/// generation, in its process group).
 pub fn without_keepers(pids: Vec<Pid>) -> Vec<Pid> {
     let table = process_table();
     pids.into_iter().filter(|p| table.get(p).map_or(true, |p| !p.cmdline.contains("__keeper"))).collect()
@@ -501,21 +501,6 @@ pub fn environ(pid: Pid) -> HashMap<String, String> {
         .collect()
 }
 
-/// The pid that process `pid` has in its own PID namespace, which is what
-/// its `getpid()` returns (`LISTEN_PID`, `WATCHDOG_PID`): the last entry of
-/// `NSpid` in `/proc/PID/status`; `pid` itself outside any namespace.
-pub fn own_pid(pid: Pid) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string()
-}
-
 /// The fd numbers `pid` has open, sorted.
 pub fn open_fds(pid: Pid) -> Vec<i32> {
     let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -593,22 +578,6 @@ impl Panzer {
         assert_eq!(out.code, 0, "{}", out.stderr);
         let reply: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
         reply["status"].clone()
-    }
-
-    /// The pid of worker `ordinal` of `generation` as `panzerctl status`
-    /// reports it (as the host sees it), for a server that answers with its
-    /// own `getpid()`, which is another number in a generation's PID
-    /// namespace.
-    pub fn worker_pid(&self, generation: u32, ordinal: &str) -> Pid {
-        let status = self.status();
-        let generations = status["generations"].as_array().unwrap();
-        let g = generations.iter().find(|g| g["generation"] == generation).expect("no such generation");
-        let workers = g["workers"].as_array().unwrap();
-        let w = workers
-            .iter()
-            .find(|w| w["ordinal"].as_u64().is_some_and(|o| o.to_string() == ordinal))
-            .expect("no such worker");
-        Pid::from_raw(w["pid"].as_i64().unwrap() as i32)
     }
 
     /// Runs `panzerctl --pid-file {dir}/panzer.pid ARGS…`, for a panzer

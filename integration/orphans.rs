@@ -31,6 +31,8 @@ fn status_lists_the_workers_of_a_dead_monitor_as_orphans_until_they_are_killed()
         let orphans: Vec<i64> = status["orphans"].as_array()?.iter().filter_map(Value::as_i64).collect();
         orphans.contains(&(old.as_raw() as i64)).then_some(status)
     });
+    // Only the worker: not the generation's keeper, which main adopted too.
+    assert_eq!(listed["orphans"], serde_json::json!([old.as_raw()]), "{listed}");
     // It is not counted as a worker of the new generation.
     let workers: Vec<i64> = listed["generations"]
         .as_array()

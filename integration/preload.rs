@@ -242,10 +242,8 @@ fn the_example_without_panzer_says_how_to_start_it_or_serves_on_listen_fds() {
     panzer.wait_ready(1);
     let r = get(port, "/").unwrap();
     assert_eq!(r.field("generation"), "1");
-    // Its own getpid(), which in a generation's PID namespace is not the
-    // number the host knows it by.
     let worker = r.pid();
-    let monitor = parent_of(panzer.worker_pid(1, &r.field("worker")));
+    let monitor = parent_of(worker);
     assert!(panzer.monitors().contains(&monitor), "an exec'd worker of panzer's own monitor");
     panzer.signal(Signal::SIGTERM);
     assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0), "{}", panzer.log());

@@ -6,7 +6,7 @@
 //! ```text
 //! panzer (main)               owns the listening sockets, for its whole life
 //!  ├─ monitor, generation 1   keeps N workers alive; reports over a status channel
-//!  │   ├─ keeper              init of the workers' PID namespace (with CAP_SYS_ADMIN)
+//!  │   ├─ keeper              ends what is left of the generation's group if the monitor dies
 //!  │   ├─ worker 0            the user's command, sockets at fd 3…
 //!  │   └─ worker N-1
 //!  └─ monitor, generation 2   only during a hot restart
@@ -57,39 +57,42 @@
 //! A worker's own descendants need more: a wrapper's background child
 //! (`sh -c 'sidecar & exec ./server'`) inherits the listening socket and
 //! has no parent-death signal, and when main and its monitor die together
-//! nobody is left to signal the group. So, where panzer may (main has
-//! `CAP_SYS_ADMIN`), each generation's workers live in a PID namespace of
-//! their own: main's spawn code unshares it for the monitor's children
-//! before `--user` drops the privilege, and the monitor's first child is
-//! the namespace's init, a tiny exec'd keeper (`monitor::keeper`). It waits
-//! for its monitor to be gone (a pipe only the monitor writes to closes),
-//! then sends the drain signal to the whole namespace (unless the monitor
-//! drained it, and wrote its deadline to the pipe) and exits once it is
-//! empty or at the drain's deadline; the kernel `SIGKILL`s whatever the init
-//! of a namespace leaves, whatever group or session it moved to. Workers stay
-//! the monitor's children, so they still drain when it dies, and the
-//! monitor keeps seeing host pids (`/proc`, `SO_PASSCRED` senders, rss). A
-//! worker sees a namespace pid: its `getpid()` is small and differs from
-//! `ps` on the host, `LISTEN_PID`/`WATCHDOG_PID` are that pid (the spawn
-//! code writes `getpid()` as the child sees it), `getppid()` is 0, and
-//! `/proc` stays the host's, so `/proc/self` works but `/proc/<getpid()>`
-//! names another process. Stock servers (gunicorn's arbiter, uvicorn, Node,
-//! Go, Python) run unchanged, as `integration/real_servers.rs` shows.
-//! Library mode gets no namespace: its app is the monitor and is not
-//! panzer's binary, so it has no keeper to exec.
+//! nobody is left to signal the group. So each generation has a keeper
+//! (`monitor::keeper`): a tiny process the monitor execs first
+//! (`panzer __keeper`), in the monitor's process group, which the workers
+//! and what they start share (a non-interactive `sh` keeps its background
+//! jobs in its own group). It sleeps on a pipe only the monitor writes to.
+//! When that pipe closes (the monitor is gone, however it died), it sends
+//! the drain signal to the group (unless the monitor drained it, and wrote
+//! its grace to the pipe), waits until it is the last of the group or the
+//! drain's deadline has passed, and then `SIGKILL`s the group, itself
+//! included. It ignores every other signal, the drain signal the monitor
+//! sends to its group included. Being a member, it pins the group's id, so
+//! that signal can never reach a later process. Workers see nothing of it:
+//! their `getpid()` is the pid `ps`, `panzerctl status` and panzer's log
+//! show. Library mode has no keeper: its app is the monitor and is not
+//! panzer's binary.
 //!
-//! The other candidates: an unprivileged user namespace would give one to
-//! every user, but changes what a worker is (its uid mapping, setuid
-//! programs, files of other users) and is disabled on many hosts; a
-//! delegated cgroup (`cgroup.kill`) exists only under a manager that
-//! delegates one, which then already ends the whole unit when main dies
-//! (systemd's `KillMode`), and a dead panzer cannot write `cgroup.kill`.
-//! Where there is no namespace, a later panzer cleans up instead: every
-//! process panzer starts carries `PANZER_INSTANCE=<main pid>:<start time>`,
-//! and a bind that fails with "address in use" ends the processes of the
-//! workers' user that hold a clashing listening socket and carry the
-//! marker of a main that is gone, says so, and binds again
-//! (`main_process`'s `leftovers`).
+//! What this does not reach: a process that left the group (`setsid`, a
+//! daemonizing sidecar). For that, every process panzer starts carries
+//! `PANZER_INSTANCE=<main pid>:<start time>`, and a bind that fails with
+//! "address in use" ends the processes of the workers' user that hold a
+//! clashing listening socket and carry the marker of a main that is gone,
+//! says so, and binds again (`main_process`'s `leftovers`). Such a process
+//! whose panzer is never started again on that address lives on.
+//!
+//! The other candidates: a PID namespace per generation (with
+//! `CAP_SYS_ADMIN`), whose init's exit makes the kernel kill everything in
+//! it, would also catch a process that left the group, but changes what a
+//! worker is: its `getpid()` is the namespace's number (2, 3, …), while
+//! `ps`, `panzerctl status` and panzer's log show the host's. A server's
+//! log ("Booting worker with pid: 3") and pid file then name a different
+//! process on the host, and an operator running as root who acts on them
+//! (`kill 3`) signals an unrelated one. Workers must keep their host pid.
+//! A cgroup with `cgroup.kill` needs a delegated cgroup v2 subtree and a
+//! living agent to write it (a dead panzer cannot), and where a manager
+//! delegates one (systemd) it already ends the unit's whole cgroup when the
+//! unit stops or main dies (`KillMode=control-group`).
 //!
 //! Never signalling a recycled pid: every process panzer signals is its own
 //! unreaped child (a monitor's workers; main's monitors and adopted orphans),
@@ -102,6 +105,8 @@
 //! What a dead monitor left behind is signalled through its group only while
 //! a live member of it is main's unreaped child; an emptied group's id may
 //! have gone to a new monitor ([`main_process`]'s `orphans`).
+//! A keeper signals its own group: as a live member it keeps the group's id
+//! from being reused.
 //!
 //! Memory: what main and a monitor cost is their own allocations (about
 //! 0.2 MiB each, flat across reloads) plus the file pages they map. The
@@ -129,9 +134,8 @@
 //! (`crt-static` for the host breaks proc-macro crates). A monitor forked
 //! from main instead of exec'd would still fault in the code it runs, and
 //! would inherit main's fds and state, which exec keeps out of it. A
-//! generation's keeper (with `CAP_SYS_ADMIN`) drops its code pages as soon
-//! as it has started, since it sleeps until its monitor drains or dies:
-//! 0.86 MiB RSS, 0.36 MiB PSS (release build).
+//! generation's keeper drops its code pages as soon as it has started,
+//! since it sleeps until its monitor drains or dies: KEEPER_RSS.
 
 pub mod cli;
 pub mod config;

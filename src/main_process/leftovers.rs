@@ -1,8 +1,9 @@
-//! What a dead panzer left holding a port. Where a generation gets no PID
-//! namespace (panzer without `CAP_SYS_ADMIN`, library mode), a worker's
-//! background child that inherited the listening socket outlives `kill -9`
-//! of main and its monitor together: nobody is left to signal it, and the
-//! next panzer could not bind.
+//! What a dead panzer left holding a port. A generation's keeper ends what
+//! stayed in the generation's process group when main and the monitor die
+//! together. A worker's descendant that inherited the listening socket and
+//! left the group (`setsid`, a daemonizing sidecar), or any such descendant
+//! in library mode, which has no keeper, outlives them: nobody is left to
+//! signal it, and the next panzer could not bind.
 //!
 //! Every process a panzer starts carries `PANZER_INSTANCE=<main's pid>:<its
 //! start time>` in its environment, and passes it on to what it starts.

@@ -536,12 +536,6 @@ impl Main {
             .with_fds(&fds)
             .with_new_process_group()
             .with_parent_death_signal(Signal::SIGTERM);
-        if !self.config.preload {
-            // Where main may (before --user drops the privilege): the
-            // workers' PID namespace, whose init the monitor starts first
-            // (`monitor::keeper`). A library-mode app has no keeper.
-            plan = plan.with_new_pid_namespace();
-        }
         if let Some((uid, gid)) = self.config.credentials {
             plan = plan.with_credentials(uid, gid);
         }

@@ -13,6 +13,11 @@
 //! group, and its id, cannot have been reused. An empty group is never
 //! signalled: its id may have gone to a new monitor.
 //!
+//! A generation's keeper (`monitor::keeper`) is in the group too, and
+//! becomes main's child when its monitor dies: it pins the group like any
+//! member, but is not reported as a leftover. It exits once it is the last
+//! of its group, so it never keeps a group here longer than the rest.
+//!
 //! Membership is read from main's own children list
 //! (`/proc/self/task/*/children`), never from a walk of the whole host's
 //! `/proc`, and only on `SIGCHLD`, at a deadline, or for `status`.
@@ -62,7 +67,7 @@ impl Orphans {
         if terminate {
             sys::signal_group(pgid, self.drain_signal);
         }
-        let members = members(pgid, exclude);
+        let members = without_keepers(members(pgid, exclude));
         if !members.is_empty() {
             log::info!("main takes over pids {members:?} of group {pgid} until they exit");
         }
@@ -90,10 +95,13 @@ impl Orphans {
             }
             let members = members(group.pgid, exclude);
             if !members.is_empty() {
-                log::warn!(
-                    "group {} (pids {members:?}) still running after the graceful timeout: SIGKILL",
-                    group.pgid
-                );
+                let left = without_keepers(members);
+                if !left.is_empty() {
+                    log::warn!(
+                        "group {} (pids {left:?}) still running after the graceful timeout: SIGKILL",
+                        group.pgid
+                    );
+                }
                 sys::signal_group(group.pgid, Signal::SIGKILL);
             }
             false
@@ -105,9 +113,9 @@ impl Orphans {
         self.groups.retain(|group| !members(group.pgid, exclude).is_empty());
     }
 
-    /// Every live orphan.
+    /// Every live orphan but the keepers.
     pub(crate) fn pids(&self, exclude: &[Pid]) -> Vec<Pid> {
-        self.groups.iter().flat_map(|g| members(g.pgid, exclude)).collect()
+        without_keepers(self.groups.iter().flat_map(|g| members(g.pgid, exclude)).collect())
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -127,4 +135,15 @@ impl Orphans {
 
 fn members(pgid: Pid, exclude: &[Pid]) -> Vec<Pid> {
     sys::own_children_in_group(pgid).into_iter().filter(|p| !exclude.contains(p)).collect()
+}
+
+/// `pids` (main's unreaped children, so their pids are theirs) without the
+/// generations' keepers: `panzer __keeper …`.
+fn without_keepers(pids: Vec<Pid>) -> Vec<Pid> {
+    let is_keeper = |pid: &Pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            cmdline.split(|&b| b == 0).nth(1) == Some(crate::monitor::keeper::COMMAND.as_bytes())
+        })
+    };
+    pids.into_iter().filter(|pid| !is_keeper(pid)).collect()
 }

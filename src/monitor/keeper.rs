@@ -1,33 +1,40 @@
-//! The keeper of a generation's PID namespace (`panzer __keeper`).
+//! A generation's keeper (`panzer __keeper`).
 //!
-//! When main may create PID namespaces, each monitor's children land in a
-//! namespace of their own (main's spawn code unshares it before the monitor
-//! drops privileges). The first process forked there is its init: that is
-//! the keeper, started before any worker. Every worker the monitor forks
-//! after it is a member of the namespace and stays the monitor's child.
+//! A monitor and its workers share a process group, the generation's, and
+//! so do the processes the workers start (a non-interactive `sh` keeps its
+//! background jobs in its own group): a wrapper's background child
+//! (`sh -c 'sidecar & exec ./server'`) that inherited the listening socket
+//! is in it too, though it has no parent-death signal. When main and the
+//! monitor die together, nobody else is left to signal that group. The
+//! keeper is: the monitor's first child, exec'd, in the same group.
 //!
-//! The keeper does nothing while its monitor lives. It holds the read end
-//! of a pipe that only the monitor writes to, so it learns of the monitor's
-//! death however it comes (`kill -9` included, and before any worker
-//! exists). A monitor that drains first writes its grace to the pipe (8
-//! bytes: the milliseconds), and has signalled its group itself. When the
-//! monitor is gone, the keeper sends the drain signal to every process in
-//! the namespace (unless the monitor drained), waits until they are gone or
-//! the graceful timeout has passed (counted from the drain), and exits. When
-//! the init of a PID namespace exits, the kernel `SIGKILL`s whatever is left
-//! in it: a wrapper's background child, a daemon that left the generation's
-//! process group.
+//! It does nothing while its monitor lives. It holds the read end of a pipe
+//! that only the monitor writes to, so it learns of the monitor's death
+//! however it comes (`kill -9` included, and before any worker exists). A
+//! monitor that drains first writes its grace to the pipe (8 bytes: the
+//! milliseconds), and has signalled its group itself. When the monitor is
+//! gone, the keeper sends the drain signal to the group (unless the monitor
+//! drained), waits until it is the group's last process or the graceful
+//! timeout has passed (counted from the drain), and then `SIGKILL`s the
+//! group, itself included.
 //!
-//! So a monitor's death still lets its workers drain, as without a
-//! namespace; a wrapper script's server may still finish its drain after
-//! the wrapper (the worker) has exited and its monitor with it, within the
-//! same deadline; and nothing of the generation outlives that deadline.
-//! (main, while it runs, also `SIGKILL`s the generation's group at its
-//! deadline: the keeper is in it.)
+//! Being a member, it pins the group's id: no later process can be given
+//! it while the keeper lives, so it may signal the group at any time (see
+//! "Never signalling a recycled pid" in `lib.rs`). It ignores every signal
+//! sent to the group but `SIGKILL`, which main or the monitor sends only
+//! when the rest of the group is overdue too.
+//!
+//! So a monitor's death still lets its workers drain; a wrapper script's
+//! server may still finish its drain after the wrapper (the worker) has
+//! exited and its monitor with it, within the same deadline; and nothing
+//! that stayed in the generation's group outlives that deadline. A process
+//! that left the group (`setsid`, a daemonizing sidecar) escapes it: a later
+//! panzer on the same address ends it (`main_process`'s `leftovers`).
 //!
 //! The keeper is exec'd (`/proc/self/exe __keeper …`) rather than left a
-//! fork of the monitor: its code after the fork is then the one spawn code
-//! every child goes through, and `ps` tells it from the monitor.
+//! fork of the monitor: it then maps none of the monitor's heap, its code
+//! after the fork is the one spawn code every child goes through, and `ps`
+//! tells it from the monitor.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -46,12 +53,18 @@ pub const COMMAND: &str = "__keeper";
 /// The fd at which the keeper finds the read end of its monitor's pipe.
 const MONITOR_FD: RawFd = 3;
 
-/// How often the keeper looks whether its namespace has emptied, once the
-/// monitor is gone (processes that are not its children end unseen).
-const LOOK_INTERVAL: Duration = Duration::from_millis(50);
+/// How often the keeper looks whether it is the last of its group, once
+/// the monitor is gone (the others are not its children: their exits come
+/// unannounced): every [`LOOK_FIRST`] for [`LOOK_FAST`], then twice as
+/// long each time up to [`LOOK_MAX`], so that a long drain costs a read of
+/// `/proc` a second, not twenty.
+const LOOK_FIRST: Duration = Duration::from_millis(50);
+const LOOK_FAST: Duration = Duration::from_secs(2);
+const LOOK_MAX: Duration = Duration::from_secs(1);
 
-/// How long an exiting monitor waits for its keeper to end an empty
-/// namespace; past it, what is left drains under main.
+/// How long an exiting monitor waits for its keeper to see that nothing is
+/// left of the group; past it, what is left drains under main (and the
+/// keeper).
 const RELEASE_WAIT: Duration = Duration::from_millis(500);
 
 /// The hidden `panzer __keeper` command line a monitor builds.
@@ -68,12 +81,13 @@ pub struct KeeperArgs {
     pub log_level: log::LevelFilter,
 }
 
-/// Runs the keeper role; returns the process exit status. Its exit ends
-/// every process left in its namespace.
+/// Runs the keeper role; returns the process exit status (once the rest
+/// of its group is gone; else it ends with the group, by `SIGKILL`).
 pub fn run(args: KeeperArgs) -> i32 {
     sys::set_process_name(c"panzer");
-    let pid = sys::pid_in_proc();
-    crate::logging::init_tagged(args.log_level, format!("panzer[{pid} gen {} keeper]", args.generation));
+    sys::ignore_signals();
+    let me = nix::unistd::getpid();
+    crate::logging::init_tagged(args.log_level, format!("panzer[{me} gen {} keeper]", args.generation));
     let monitor = match sys::adopt_inherited_fd(MONITOR_FD) {
         Ok(fd) => fd,
         Err(e) => {
@@ -81,38 +95,39 @@ pub fn run(args: KeeperArgs) -> i32 {
             return 1;
         }
     };
-    let signals = match sys::signal_fd(&[libc::SIGCHLD]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            log::error!("cannot set up signals: {e}");
-            return 1;
-        }
-    };
+    let group = nix::unistd::getpgrp();
+    // The monitor leads the group (its pid is the group's id): it is not
+    // waited for, it closes the pipe when it is done.
+    let except = [me, group];
     let drain = args.drain_signal.0;
     let grace = args.graceful_timeout.0;
-    // Set once the monitor has drained, or is gone: when the namespace ends.
+    // Set once the monitor has drained, or is gone: when the group ends.
     let mut end_at: Option<Instant> = None;
-    let mut monitor_gone = false;
-    // It sleeps until its monitor drains or dies: no need for the start-up
-    // code's pages meanwhile.
-    let _ = sys::resident::release_code_pages();
+    let mut monitor_gone: Option<Instant> = None;
+    let mut look = LOOK_FIRST;
     loop {
-        let mut fds = vec![(signals.as_fd(), false)];
-        if !monitor_gone {
-            fds.push((monitor.as_fd(), false));
+        // It sleeps until its monitor drains or dies: no need for the
+        // code it has just run meanwhile.
+        if monitor_gone.is_none() {
+            let _ = sys::resident::release_code_pages();
         }
-        let wake = end_at.filter(|_| monitor_gone).map(|at| at.min(Instant::now() + LOOK_INTERVAL));
-        let ready = match sys::poll(&fds, wake) {
-            Ok(ready) => ready,
-            Err(e) => {
-                log::error!("poll failed: {e}; ending the namespace");
-                return 1;
+        let wake = end_at.filter(|_| monitor_gone.is_some()).map(|at| at.min(Instant::now() + look));
+        let fds: Vec<_> = if monitor_gone.is_some() { Vec::new() } else { vec![(monitor.as_fd(), false)] };
+        if let Err(e) = sys::poll(&fds, wake) {
+            // Never the group of a live monitor: that is the monitor's.
+            if monitor_gone.is_some() {
+                log::error!("poll failed: {e}; SIGKILL to group {group}");
+                sys::signal_group(group, nix::sys::signal::Signal::SIGKILL);
+            } else {
+                log::error!("poll failed: {e}");
             }
-        };
-        // Orphans of the namespace come to its init: reap them.
-        sys::pending_signals(&signals);
-        while sys::reap_next_child().is_some() {}
-        if !monitor_gone && ready.get(1).copied().unwrap_or(false) {
+            return 1;
+        }
+        if let Some(since) = monitor_gone {
+            if since.elapsed() >= LOOK_FAST {
+                look = (look * 2).min(LOOK_MAX);
+            }
+        } else {
             match read_grace(&monitor) {
                 // The monitor drains: the deadline, in case it dies.
                 Some(Some(grace)) => {
@@ -121,25 +136,26 @@ pub fn run(args: KeeperArgs) -> i32 {
                 }
                 Some(None) => {}
                 None => {
-                    monitor_gone = true;
+                    monitor_gone = Some(Instant::now());
                     if end_at.is_none() {
                         log::debug!(
-                            "the monitor is gone: {} to every process of the generation, SIGKILL in {}",
+                            "the monitor is gone: {} to the generation's group {group}, SIGKILL in {}",
                             drain.as_str(),
                             format_duration(grace)
                         );
                         end_at = Some(Instant::now() + grace);
-                        sys::signal_namespace(drain);
+                        sys::signal_group(group, drain);
                     }
                 }
             }
         }
-        let Some(at) = end_at.filter(|_| monitor_gone) else { continue };
-        if !sys::namespace_has_others() {
+        let Some(at) = end_at.filter(|_| monitor_gone.is_some()) else { continue };
+        if !sys::group_has_others(group, &except) {
             return 0;
         }
         if Instant::now() >= at {
-            log::warn!("processes still running after the graceful timeout: SIGKILL (the generation's namespace ends)");
+            log::warn!("processes of group {group} still running after the graceful timeout: SIGKILL");
+            sys::signal_group(group, nix::sys::signal::Signal::SIGKILL);
             return 0;
         }
     }
@@ -177,16 +193,10 @@ pub(crate) struct Keeper {
 }
 
 impl Keeper {
-    /// Starts the keeper, if this monitor's children land in a PID
-    /// namespace of their own. Must come before any other fork: the first
-    /// child is the namespace's init, and when it is gone no process can be
-    /// forked there any more.
-    pub(crate) fn start(args: &crate::protocol::MonitorArgs) -> Result<Option<Keeper>, Error> {
-        if !sys::children_in_new_pid_namespace() {
-            log::debug!("no PID namespace for this generation's workers");
-            return Ok(None);
-        }
-        let fail = |e: std::io::Error| Error::os("cannot start the keeper of the workers' PID namespace", e);
+    /// Starts the keeper: before any worker, so that it is there whenever
+    /// one is.
+    pub(crate) fn start(args: &crate::protocol::MonitorArgs) -> Result<Keeper, Error> {
+        let fail = |e: std::io::Error| Error::os("cannot start the generation's keeper", e);
         let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
         let (read, write) = nix::unistd::pipe2(flags).map_err(|e| fail(e.into()))?;
         let argv: Vec<String> = vec![
@@ -203,10 +213,9 @@ impl Keeper {
             entry.push(v);
             entry
         });
-        // Not waited for: it only has to exist (be the namespace's init)
-        // before the first worker is forked, and its exec then runs beside
-        // the workers' starts. Should it fail, the keeper exits, which the
-        // monitor hears of as of any keeper's end.
+        // Its exec is not waited for: it runs beside the workers' starts,
+        // and costs a reload nothing. Should it fail, the keeper exits,
+        // which the monitor hears of as of any keeper's end.
         let (pid, exec_error) = ExecPlan::new("/proc/self/exe".as_ref(), &argv, env)
             .map_err(fail)?
             .with_fds(&[read.as_raw_fd()])
@@ -216,8 +225,8 @@ impl Keeper {
                     sys::spawn::SpawnError::Fork(e) | sys::spawn::SpawnError::Exec(e) => e,
                 })
             })?;
-        log::debug!("the workers run in a PID namespace of their own; its keeper is pid {pid}");
-        Ok(Some(Keeper { pid, pipe: write, exec_error, reaped: false }))
+        log::debug!("the generation's keeper is pid {pid}");
+        Ok(Keeper { pid, pipe: write, exec_error, reaped: false })
     }
 
     pub(crate) fn pid(&self) -> Pid {
@@ -230,13 +239,8 @@ impl Keeper {
         sys::spawn::exec_errno(&self.exec_error)
     }
 
-    /// Whether it has exited (and was reaped) while the monitor runs.
-    pub(crate) fn is_reaped(&self) -> bool {
-        self.reaped
-    }
-
     /// The monitor drains its workers with `grace`: what is left of the
-    /// namespace when the monitor is gone ends by then at the latest.
+    /// group when the monitor is gone ends by then at the latest.
     pub(crate) fn draining(&self, grace: Duration) {
         let millis = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
         // 8 bytes into a pipe the keeper empties: never short, never blocks
@@ -245,9 +249,10 @@ impl Keeper {
     }
 
     /// The monitor is done with its workers: closes the pipe, which makes
-    /// the keeper end the namespace once nothing is left in it (or by the
-    /// drain's deadline), and waits a moment for that, reaping, so that a
-    /// generation that left nothing behind leaves no keeper either.
+    /// the keeper exit once nothing but the monitor is left in the group
+    /// (or end the group by the drain's deadline), and waits a moment for
+    /// that, reaping, so that a generation that left nothing behind leaves
+    /// no keeper either.
     pub(crate) fn release(self, signals: &sys::SignalFd) {
         let Keeper { pid, pipe, reaped, .. } = self;
         drop(pipe);

@@ -112,7 +112,7 @@ struct Monitor {
     readiness: Readiness,
     /// Notify messages from pids no worker owns: one line per pid a minute.
     strangers: crate::log_limit::LogLimit<i32>,
-    /// The init of the workers' PID namespace, when they have one.
+    /// The generation's keeper (none in library mode).
     keeper: Option<keeper::Keeper>,
 }
 
@@ -203,17 +203,19 @@ fn serve(args: MonitorArgs, status: Channel, launch: Launch) -> i32 {
 
 impl Monitor {
     fn new(args: MonitorArgs, status: Channel, launch: Launch) -> Result<Monitor, (String, Channel)> {
-        let prepared = Monitor::prepare(&args).and_then(|(sockets, signals, notify)| {
-            // The first child, before any worker. Library mode's app is
-            // not panzer's binary: main gives it no namespace.
-            let keeper = match launch {
-                Launch::Exec { .. } => keeper::Keeper::start(&args)?,
-                Launch::Fork { .. } => None,
-            };
-            Ok((sockets, signals, notify, keeper))
-        });
-        match prepared {
-            Ok((sockets, signals, notify, keeper)) => {
+        match Monitor::prepare(&args) {
+            Ok((sockets, signals, notify)) => {
+                // The first child, before any worker. Library mode's app is
+                // not panzer's binary: it has no keeper to exec. Without one
+                // the generation still runs, as before keepers.
+                let keeper = match launch {
+                    Launch::Exec { .. } => keeper::Keeper::start(&args)
+                        .map_err(|e| {
+                            log::warn!("{}: a worker's background child may outlive panzer", e.report())
+                        })
+                        .ok(),
+                    Launch::Fork { .. } => None,
+                };
                 let now = Instant::now();
                 let limits = Limits {
                     health_timeout: args.health_timeout.map(|d| d.0),
@@ -266,12 +268,6 @@ impl Monitor {
     fn run(&mut self) -> i32 {
         log::debug!("monitor started for {} workers", self.args.count);
         loop {
-            if self.keeper.as_ref().is_some_and(keeper::Keeper::is_reaped) {
-                // Its namespace is gone, and every worker with it: no
-                // worker can be started there again. main starts a new
-                // generation.
-                return 1;
-            }
             let now = Instant::now();
             self.supervise(now);
             self.start_due(now);
@@ -701,9 +697,10 @@ impl Monitor {
                     None => how,
                 };
                 log::error!(
-                    "the keeper of the workers' PID namespace (pid {pid}) {how}: the kernel ended every \
-                     worker with it"
+                    "the generation's keeper (pid {pid}) {how}: a worker's background child may outlive \
+                     panzer"
                 );
+                self.keeper = None;
                 continue;
             }
             let pid = pid.as_raw();

@@ -349,44 +349,51 @@ pub fn terminal_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
     (done == 0 && size.ws_col > 0 && size.ws_row > 0).then_some((size.ws_col, size.ws_row))
 }
 
-/// Whether the children this process forks land in a PID namespace other
-/// than its own (its parent created one for them: see
-/// [`spawn::ExecPlan::with_new_pid_namespace`]). `false` where the kernel
-/// does not say (before 4.12).
-pub fn children_in_new_pid_namespace() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    const CHILDREN: &str = "/proc/self/ns/pid_for_children";
-    let id = |path: &str| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
-    match (id("/proc/self/ns/pid"), id(CHILDREN)) {
-        (Some(own), Some(children)) => own != children,
-        // The link is there but leads nowhere: a namespace that has no
-        // process yet (the kernel shows one only once its init exists).
-        (Some(_), None) => std::fs::symlink_metadata(CHILDREN).is_ok(),
-        _ => false,
+/// Whether any process but `except` is in process group `pgid`, zombies
+/// left out (they hold no file any more). Reads `/proc/*/stat`: for a
+/// generation's keeper, whose group is the generation's, and which is a
+/// member of it (so the group id cannot be reused meanwhile). Says yes when
+/// `/proc` cannot be read: the caller then waits for its deadline.
+pub fn group_has_others(pgid: Pid, except: &[Pid]) -> bool {
+    let Ok(proc) = std::fs::read_dir("/proc") else { return true };
+    proc.flatten().any(|entry| {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()).map(Pid::from_raw) else {
+            return false;
+        };
+        if except.contains(&pid) {
+            return false;
+        }
+        // `pid (comm) state ppid pgrp …`: comm may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+        let Some(after) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else { return false };
+        let mut fields = after.split(' ');
+        let zombie = fields.next() == Some("Z");
+        let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+        !zombie && group == Some(pgid.as_raw())
+    })
+}
+
+/// Ignores every signal a process can ignore but `SIGCHLD` and those a
+/// fault raises (`SIGSEGV`, `SIGBUS`, …): for a generation's keeper, which
+/// shares the workers' process group and so gets whatever is sent to it (the
+/// drain signal, `SIGHUP` of an orphaned group). Only `SIGKILL` ends it.
+pub fn ignore_signals() {
+    const KEEP: [libc::c_int; 9] = [
+        libc::SIGKILL,
+        libc::SIGSTOP,
+        libc::SIGCHLD,
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGABRT,
+        libc::SIGSYS,
+    ];
+    for signal in (1..=libc::SIGRTMAX()).filter(|s| !KEEP.contains(s)) {
+        // SAFETY: SIG_IGN is a valid disposition for any signal; a signal
+        // the C library reserves for itself fails with EINVAL, left as is.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
     }
-}
-
-/// This process's pid as `/proc` shows it, which is the host's when this
-/// process is in a PID namespace of its own under the host's `/proc` (a
-/// generation's keeper): what `ps` and the log's readers know it by.
-pub fn pid_in_proc() -> u32 {
-    std::fs::read_link("/proc/self")
-        .ok()
-        .and_then(|p| p.to_str()?.parse().ok())
-        .unwrap_or_else(std::process::id)
-}
-
-/// From the init of a PID namespace: sends `signal` to every other process
-/// in it (`kill(-1, …)`, which from a namespace's init reaches exactly its
-/// namespace and those nested in it).
-pub fn signal_namespace(signal: Signal) {
-    let _ = nix::sys::signal::kill(Pid::from_raw(-1), signal);
-}
-
-/// From the init of a PID namespace: whether any other process is left in
-/// it (zombies not yet reaped count: they still hold their pid there).
-pub fn namespace_has_others() -> bool {
-    nix::sys::signal::kill(Pid::from_raw(-1), None) != Err(Errno::ESRCH)
 }
 
 /// Waits, up to `deadline`, until child `pid` has exited, reaping every

@@ -53,8 +53,6 @@ pub struct ExecPlan {
     /// Scratch space for the child's first, collision-free copy of each source.
     scratch: Vec<RawFd>,
     new_process_group: bool,
-    /// Try to put the child's own children in a new PID namespace.
-    new_pid_namespace: bool,
     parent_death_signal: Option<Signal>,
     /// `(uid, gid)` to switch to (supplementary groups: just `gid`).
     credentials: Option<(libc::uid_t, libc::gid_t)>,
@@ -111,7 +109,6 @@ impl ExecPlan {
             fds: Vec::new(),
             scratch: Vec::new(),
             new_process_group: false,
-            new_pid_namespace: false,
             parent_death_signal: None,
             credentials: None,
         })
@@ -153,17 +150,6 @@ impl ExecPlan {
         self
     }
 
-    /// Has the child `unshare(CLONE_NEWPID)` before it drops credentials:
-    /// the processes *it* forks then live in a new PID namespace (the first
-    /// one is that namespace's init), while the child itself keeps its pid.
-    /// Best effort: without the privilege (`CAP_SYS_ADMIN`) the child runs
-    /// as without this, and finds out itself which it got
-    /// ([`super::children_in_new_pid_namespace`]).
-    pub fn with_new_pid_namespace(mut self) -> Self {
-        self.new_pid_namespace = true;
-        self
-    }
-
     /// Runs the child as `uid`:`gid`, with `gid` as its only group.
     pub fn with_credentials(mut self, uid: libc::uid_t, gid: libc::gid_t) -> Self {
         self.credentials = Some((uid, gid));
@@ -192,11 +178,10 @@ impl ExecPlan {
     }
 
     /// Forks and returns at once, without waiting for the child's `execve`:
-    /// for a child that only has to exist before the next fork (a PID
-    /// namespace's init). Also returns the read end of its error pipe
-    /// (`CLOEXEC`, non-blocking): end-of-file once the child has exec'd, or
-    /// its errno if that failed, when it then exits with status 127
-    /// ([`exec_errno`]).
+    /// for a child whose start nothing needs to wait on (a generation's
+    /// keeper). Also returns the read end of its error pipe (`CLOEXEC`,
+    /// non-blocking): end-of-file once the child has exec'd, or its errno if
+    /// that failed, when it then exits with status 127 ([`exec_errno`]).
     pub fn spawn_without_waiting(&mut self) -> Result<(Pid, OwnedFd), SpawnError> {
         let (pid, err_read) = self.fork()?;
         nix::fcntl::fcntl(&err_read, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
@@ -263,8 +248,8 @@ fn read_child_errno(pipe: &OwnedFd) -> Option<i32> {
 ///
 /// Must be called only in the child of a `fork` from a single-threaded
 /// process. It allocates nothing, takes no lock, logs nothing, and calls only
-/// async-signal-safe functions (`getpid`, `getppid`, `setpgid`, `unshare`,
-/// `setgroups`, `setgid`, `setuid`, `prctl`,
+/// async-signal-safe functions (`getpid`, `getppid`, `setpgid`, `setgroups`,
+/// `setgid`, `setuid`, `prctl`,
 /// `sigaction`, `sigprocmask`, `fcntl`, `dup2`, `close`, `close_range`,
 /// `execve`, `write`, `_exit`).
 unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
@@ -283,12 +268,6 @@ unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
     if plan.new_process_group && libc::setpgid(0, 0) != 0 {
         fail!();
     }
-    // Before the credentials: it takes the privilege they may drop. Its
-    // failure is no error (see `with_new_pid_namespace`). unshare(2) is a
-    // plain system call: no lock, no allocation.
-    if plan.new_pid_namespace {
-        libc::unshare(libc::CLONE_NEWPID);
-    }
     // Credentials before the parent-death signal: changing them clears it.
     if let Some((uid, gid)) = plan.credentials {
         if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
@@ -299,13 +278,8 @@ unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
         if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) != 0 {
             fail!();
         }
-        // The parent may have died before the prctl took effect. In a PID
-        // namespace of which the parent is not a member, getppid() is 0
-        // whether it lives or not: there the namespace's keeper sends the
-        // drain signal to every member when the parent dies, which reaches
-        // this child too (pending until the mask is emptied below).
-        let ppid = libc::getppid();
-        if ppid != parent && ppid != 0 {
+        // The parent may have died before the prctl took effect.
+        if libc::getppid() != parent {
             libc::_exit(127);
         }
     }
