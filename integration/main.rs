@@ -14,6 +14,7 @@ mod docs;
 mod example;
 mod faults;
 mod lifecycle;
+mod log_pipe;
 mod metrics;
 mod orphans;
 mod preload;

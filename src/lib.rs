@@ -39,7 +39,9 @@
 //! import and neither role imports the other). A monitor gets the
 //! other end at fd 3 and the sockets at 4…, takes them over (`CLOEXEC` again)
 //! and owns its `NOTIFY_SOCKET` (`notify`). A worker gets exactly 0, 1, 2
-//! and the sockets at 3….
+//! and the sockets at 3…. main and each monitor also write their own
+//! stdout and stderr through private copies (`CLOEXEC`, non-blocking where
+//! that can be made theirs alone: [`logging`]), never waiting on a reader.
 //!
 //! Lifetimes: nothing outlives panzer, whichever process is killed first.
 //! main is child subreaper, so descendants whose monitor died come back to
