@@ -117,10 +117,26 @@ impl Panzer {
     /// (a launcher that sets up fds first, for example). `{dir}` in an
     /// argument stands for this panzer's own test directory.
     pub fn start_via(program: &str, args: &[&str], env: &[(&str, &str)]) -> Panzer {
+        Panzer::spawn(program, args, env, None)
+    }
+
+    /// Starts `panzer ARGS…` with its stdout and stderr both on `out` (the
+    /// write end of a pipe, say) instead of the log file, which stays empty.
+    pub fn start_writing_to(args: &[&str], out: std::os::fd::OwnedFd) -> Panzer {
+        Panzer::spawn(env!("CARGO_BIN_EXE_panzer"), args, &[], Some(out))
+    }
+
+    fn spawn(
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        out: Option<std::os::fd::OwnedFd>,
+    ) -> Panzer {
         let name = std::thread::current().name().unwrap_or("test").replace("::", "-");
         let dir = TestDir::new(&name);
         let log = dir.join("panzer.log");
-        let out = std::fs::File::create(&log).unwrap();
+        let file = std::fs::File::create(&log).unwrap();
+        let out = out.map_or(file, std::fs::File::from);
         let mut command = Command::new(program);
         command
             .args(args.iter().map(|a| a.replace("{dir}", dir.0.to_str().unwrap())))

@@ -15,6 +15,7 @@ mod docs;
 mod example;
 mod faults;
 mod lifecycle;
+mod log_pipe;
 mod metrics;
 mod orphans;
 mod preload;

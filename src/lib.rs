@@ -41,7 +41,10 @@
 //! and owns its `NOTIFY_SOCKET` (`notify`). A worker gets exactly 0, 1, 2
 //! and the sockets at 3…. A monitor inherits main's `RLIMIT_NOFILE`, so
 //! main counts what a monitor holds and what a worker start needs (`limits`)
-//! and refuses a count the limit cannot start.
+//! and refuses a count the limit cannot start. main and each monitor also
+//! write their own stdout and stderr through private copies (`CLOEXEC`,
+//! non-blocking where that can be made theirs alone: [`logging`]), never
+//! waiting on a reader.
 //!
 //! Lifetimes: nothing outlives panzer, whichever process is killed first.
 //! main is child subreaper, so descendants whose monitor died come back to

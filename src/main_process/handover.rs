@@ -422,6 +422,8 @@ impl Main {
                         entry
                     })
                     .collect();
+                // What still waits for room on stderr is lost with this image.
+                crate::logging::flush();
                 let e = sys::handover::exec(&self.exe, &argv, &env);
                 format!("cannot execute {exe}: {}", describe(&e))
             }

@@ -85,6 +85,8 @@ enum Token {
     Signals,
     Monitor(u32),
     Control(server::Token),
+    /// main's own stdout or stderr has room for the lines that wait.
+    Log,
 }
 
 /// One running (or exited, not yet reaped) monitor.
@@ -283,6 +285,7 @@ impl Main {
                     Token::Monitor(generation) => self.on_channel(generation),
                     Token::Control(token) => control.push(token),
                     Token::Signals => {}
+                    Token::Log => crate::logging::flush(),
                 }
             }
             for (client, request) in self.control.on_ready(&control) {
@@ -315,6 +318,12 @@ impl Main {
         for (token, fd) in self.control.fds() {
             tokens.push(Token::Control(token));
             fds.push((fd, false));
+        }
+        let mut fds: Vec<(BorrowedFd<'_>, sys::Interest)> =
+            fds.into_iter().map(|(fd, write)| (fd, write.into())).collect();
+        for fd in crate::logging::waiting_fds() {
+            tokens.push(Token::Log);
+            fds.push((fd, sys::Interest::Write));
         }
         let ready = sys::poll(&fds, deadline)?;
         Ok(tokens.into_iter().zip(ready).filter(|(_, r)| *r).map(|(t, _)| t).collect())

@@ -191,11 +191,13 @@ fn serve(args: MonitorArgs, status: Channel, launch: Launch) -> i32 {
         );
         return fail(reason, status);
     }
-    match Monitor::new(args, status, launch) {
+    let code = match Monitor::new(args, status, launch) {
         Ok(mut monitor) => monitor.run(),
         // Tell main why, so the operator (and panzerctl reload) hears it.
         Err((reason, status)) => fail(reason, status),
-    }
+    };
+    crate::logging::finish();
+    code
 }
 
 impl Monitor {
@@ -289,8 +291,13 @@ impl Monitor {
             }
             let first_output = fds.len();
             let outputs = self.output.as_ref().map(|o| o.fds()).unwrap_or_default();
-            let output_tokens: Vec<output::Token> = outputs.iter().map(|&(token, _, _)| token).collect();
-            fds.extend(outputs.into_iter().map(|(_, fd, write)| (fd, write)));
+            let output_tokens: Vec<output::Token> = outputs.iter().map(|&(token, _)| token).collect();
+            fds.extend(outputs.into_iter().map(|(_, fd)| (fd, false)));
+            // Last: its own stdout and stderr, while lines wait for room.
+            let first_log = fds.len();
+            let mut fds: Vec<(BorrowedFd<'_>, sys::Interest)> =
+                fds.into_iter().map(|(fd, write)| (fd, write.into())).collect();
+            fds.extend(crate::logging::waiting_fds().into_iter().map(|fd| (fd, sys::Interest::Write)));
             let ready = match sys::poll(&fds, deadline) {
                 Ok(ready) => ready,
                 Err(e) => {
@@ -311,10 +318,13 @@ impl Monitor {
             if has_status && ready[2] {
                 self.on_status();
             }
+            if ready[first_log..].contains(&true) {
+                crate::logging::flush();
+            }
             if let Some(output) = &mut self.output {
                 let ready: Vec<output::Token> = output_tokens
                     .into_iter()
-                    .zip(&ready[first_output..])
+                    .zip(&ready[first_output..first_log])
                     .filter(|(_, r)| **r)
                     .map(|(t, _)| t)
                     .collect();
