@@ -11,6 +11,7 @@ mod container;
 mod control;
 mod deploy;
 mod docs;
+mod draining;
 mod example;
 mod faults;
 mod lifecycle;

@@ -336,6 +336,13 @@ impl Main {
                     sys::signal_group(m.pid, Signal::SIGKILL);
                 }
             }
+            Effect::DrainGroup(generation) => {
+                if let Some(m) = self.monitors.get(&generation) {
+                    // Pinned as above. The monitor is in the group too: once it
+                    // runs again, it takes this as the drain it was ordered.
+                    sys::signal_group(m.pid, self.config.drain_signal);
+                }
+            }
             Effect::Orphans { generation, terminate, kill_at } => {
                 if let Some(pid) = self.monitors.get(&generation).map(|m| m.pid) {
                     let others: Vec<Pid> = self.monitor_pids().into_iter().filter(|p| *p != pid).collect();
