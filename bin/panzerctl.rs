@@ -68,7 +68,8 @@ enum Cmd {
     /// A live view that refreshes in place; quit with q or Ctrl-C.
     ///
     /// Shows each generation, one row per worker (pid, ready, restarts,
-    /// uptime, RSS), and the reloads seen while it runs.
+    /// uptime, RSS, client connections), when what is left of a draining
+    /// generation gets SIGKILL, and the reloads seen while it runs.
     Top {
         /// How often to refresh.
         #[arg(long, default_value = "1s", value_name = "DURATION")]
@@ -197,20 +198,21 @@ fn status_table(s: &Status) -> String {
     }
     out += "\n";
     for g in &s.generations {
-        out += &format!("\ngeneration {}  {}  monitor pid {}\n", g.generation, g.state, g.monitor_pid);
+        out += &format!("\n{}\n", top::generation_line(g));
         out += &format!(
-            "  {:<7} {:<8} {:<6} {:<9} {:<8} {:<11} {}\n",
-            "WORKER", "PID", "READY", "RESTARTS", "UPTIME", "RSS", "THREADS"
+            "  {:<7} {:<8} {:<6} {:<9} {:<8} {:<11} {:<6} {}\n",
+            "WORKER", "PID", "READY", "RESTARTS", "UPTIME", "RSS", "CONNS", "THREADS"
         );
         for w in &g.workers {
             out += &format!(
-                "  {:<7} {:<8} {:<6} {:<9} {:<8} {:<11} {}\n",
+                "  {:<7} {:<8} {:<6} {:<9} {:<8} {:<11} {:<6} {}\n",
                 w.ordinal,
                 w.pid,
                 if w.ready { "yes" } else { "no" },
                 w.restarts,
                 age(w.uptime_s),
                 format!("{:.1} MiB", w.rss_kib as f64 / 1024.0),
+                top::connections(w),
                 w.threads
             );
         }

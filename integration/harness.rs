@@ -550,8 +550,13 @@ impl Deploy {
 
     /// Installs a server that runs the `server` fixture with `env` (e.g. `FAIL_ON_START=1`).
     pub fn set(&self, env: &str) {
+        self.set_fixture("server", env);
+    }
+
+    /// Installs a server that runs the fixture `fixture` with `env`.
+    pub fn set_fixture(&self, fixture: &str, env: &str) {
         let tmp = self.0.with_extension("new");
-        std::fs::write(&tmp, format!("#!/bin/sh\n{env} exec {} \"$@\"\n", example("server"))).unwrap();
+        std::fs::write(&tmp, format!("#!/bin/sh\n{env} exec {} \"$@\"\n", example(fixture))).unwrap();
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::rename(&tmp, &self.0).unwrap();
     }

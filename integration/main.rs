@@ -12,6 +12,7 @@ mod control;
 mod deploy;
 mod descriptors;
 mod docs;
+mod draining;
 mod example;
 mod faults;
 mod lifecycle;

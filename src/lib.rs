@@ -58,6 +58,13 @@
 //! main both died still hears it. Only a worker that ignores it outlives
 //! `kill -9` of main.
 //!
+//! A drain has its bounds even when a monitor is alive but does not run
+//! (stopped, stuck in the kernel): a monitor reports that it has signalled
+//! its workers, and one that has not within a second of main's order is
+//! not waited for. main sends the drain signal to the generation's group
+//! itself (pinned by the monitor, its unreaped child) and `SIGKILL` when
+//! the grace ends, instead of a backstop later.
+//!
 //! Never signalling a recycled pid: every process panzer signals is its own
 //! unreaped child (a monitor's workers; main's monitors and adopted orphans),
 //! or the process group of a monitor that is alive or still a zombie main has

@@ -196,6 +196,10 @@ pub struct GenerationStatus {
     pub generation: u32,
     pub monitor_pid: i32,
     pub state: String,
+    /// For a draining generation: in how many milliseconds what is left of
+    /// it gets `SIGKILL` (0 once due). `null` for the others.
+    #[serde(default)]
+    pub kill_in_ms: Option<u64>,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -218,6 +222,11 @@ pub struct WorkerStatus {
     /// shows as T copies of `serve` plus the thread that watches them).
     #[serde(default)]
     pub threads: u32,
+    /// The client connections the worker holds: established connections it
+    /// accepted (see `main_process::connections`). `null` where that cannot
+    /// be read.
+    #[serde(default)]
+    pub connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 //! what it reads into [`policy::Event`]s and performs the
 //! [`policy::Effect`]s. Idle, it never wakes up.
 
+mod connections;
 mod handover;
 mod orphans;
 mod pid_file;
@@ -366,6 +367,13 @@ impl Main {
                     sys::signal_group(m.pid, Signal::SIGKILL);
                 }
             }
+            Effect::DrainGroup(generation) => {
+                if let Some(m) = self.monitors.get(&generation) {
+                    // Pinned as above. The monitor is in the group too: once it
+                    // runs again, it takes this as the drain it was ordered.
+                    sys::signal_group(m.pid, self.config.drain_signal);
+                }
+            }
             Effect::Orphans { generation, terminate, kill_at } => {
                 if let Some(pid) = self.monitors.get(&generation).map(|m| m.pid) {
                     let others: Vec<Pid> = self.monitor_pids().into_iter().filter(|p| *p != pid).collect();
@@ -567,6 +575,18 @@ impl Main {
 
     fn status(&self) -> Status {
         let now = Instant::now();
+        fn live(g: &policy::Generation) -> impl Iterator<Item = (&u32, &policy::WorkerView)> {
+            g.workers.iter().filter(|(_, w)| w.pid != 0)
+        }
+        // Read for every worker at once: each network namespace's tables once.
+        let pids: Vec<i32> =
+            self.policy.generations().iter().flat_map(|g| live(g).map(|(_, w)| w.pid)).collect();
+        let listening: std::collections::HashSet<u64> = self
+            .sockets
+            .iter()
+            .filter_map(|l| nix::sys::stat::fstat(l.fd()).ok().map(|st| st.st_ino))
+            .collect();
+        let mut connections = connections::count(&pids, &listening).into_iter();
         let generations = self
             .policy
             .generations()
@@ -574,10 +594,7 @@ impl Main {
             .map(|g| {
                 // A generation whose start is delayed has no monitor yet.
                 let monitor_pid = self.monitors.get(&g.number).map_or(0, |m| m.pid.as_raw());
-                let workers = g
-                    .workers
-                    .iter()
-                    .filter(|(_, w)| w.pid != 0)
+                let workers = live(g)
                     .map(|(&ordinal, w)| WorkerStatus {
                         ordinal,
                         pid: w.pid,
@@ -587,13 +604,16 @@ impl Main {
                         uptime_s: now.duration_since(w.since).as_secs(),
                         rss_kib: sys::rss_kib(Pid::from_raw(w.pid)).unwrap_or(0),
                         threads: sys::fork::threads_of(Pid::from_raw(w.pid)).unwrap_or(0),
+                        connections: connections.next().flatten(),
                         last_exit: w.last_exit.clone(),
                     })
                     .collect();
+                let kill_in = g.grace_ends().map(|at| at.saturating_duration_since(now));
                 GenerationStatus {
                     generation: g.number,
                     monitor_pid,
                     state: g.state.name().to_string(),
+                    kill_in_ms: kill_in.map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64),
                     workers,
                 }
             })

@@ -28,6 +28,11 @@ use crate::units::{format_duration, ReloadStrategy};
 /// How long after its grace a draining monitor may take before main kills
 /// its whole group.
 pub const DRAIN_BACKSTOP: Duration = Duration::from_secs(5);
+/// How long a monitor may take to act on a drain order (to say it has
+/// signalled its workers) before main takes the drain over: it sends the
+/// drain signal to the generation's process group itself, and `SIGKILL`
+/// when the grace ends.
+pub const DRAIN_ACT_TIMEOUT: Duration = Duration::from_secs(1);
 /// At most this long for the workers of a failed generation to finish.
 pub const FAILED_GRACE: Duration = Duration::from_secs(5);
 /// First delay before another replacement generation when the last one
@@ -163,10 +168,29 @@ pub struct Generation {
     started: Instant,
     #[serde(with = "clock::option")]
     startup_deadline: Option<Instant>,
+    /// When main kills the whole group: the grace's end plus
+    /// [`DRAIN_BACKSTOP`] while the monitor is in charge of its drain; the
+    /// grace's end once main has taken it over.
     #[serde(with = "clock::option")]
     kill_deadline: Option<Instant>,
     #[serde(with = "clock::option")]
     next_progress: Option<Instant>,
+    /// Once told to drain: when the grace ends and what is left gets
+    /// `SIGKILL` (`kill_in_ms` in `status`).
+    #[serde(default, with = "clock::option")]
+    grace_ends: Option<Instant>,
+    /// Told to drain, and its monitor has not said yet that it has
+    /// signalled its workers: then main takes the drain over.
+    #[serde(default, with = "clock::option")]
+    act_deadline: Option<Instant>,
+    /// Its monitor says when it has acted on a drain
+    /// ([`Report::Draining`]): every monitor this image starts does; one
+    /// a previous image started may not (protocol 1).
+    #[serde(default)]
+    reports_draining: bool,
+    /// Its monitor has said it has signalled its workers.
+    #[serde(default)]
+    drain_signalled: bool,
     /// Set while a staged reload (rolling, canary) is under way.
     roll: Option<Roll>,
     pub workers: BTreeMap<u32, WorkerView>,
@@ -179,6 +203,16 @@ impl Generation {
 
     fn alive_workers(&self) -> u32 {
         self.workers.values().filter(|w| w.pid != 0).count() as u32
+    }
+
+    /// For a generation told to drain, when what is left of it gets
+    /// `SIGKILL`: when its grace ends.
+    pub fn grace_ends(&self) -> Option<Instant> {
+        if !matches!(self.state, State::Draining | State::Failed) {
+            return None;
+        }
+        // A state saved by an image older than `grace_ends` has the backstop only.
+        self.grace_ends.or_else(|| self.kill_deadline.and_then(|at| at.checked_sub(DRAIN_BACKSTOP)))
     }
 }
 
@@ -220,6 +254,9 @@ pub enum Effect {
     Order { generation: u32, order: Order },
     /// `SIGKILL` the process group of `generation`.
     KillGroup(u32),
+    /// Send the drain signal to the process group of `generation`: its
+    /// monitor did not act on the drain order in time.
+    DrainGroup(u32),
     /// What the monitor of `generation` left behind is now main's: signal
     /// it with the drain signal unless the monitor already did
     /// (`terminate`), and `SIGKILL` what is left at `kill_at`.
@@ -391,7 +428,7 @@ impl Policy {
                 Some(Roll { phase: Phase::Canary(until), .. }) => until,
                 _ => None,
             };
-            [delayed, g.startup_deadline, g.kill_deadline, g.next_progress, soak]
+            [delayed, g.startup_deadline, g.kill_deadline, g.next_progress, soak, g.act_deadline]
         });
         let upgrade = self.upgrade.as_ref().and_then(|u| u.checking_until);
         generations.chain([self.stop_deadline, upgrade]).flatten().min()
@@ -491,6 +528,10 @@ impl Policy {
             startup_deadline: None,
             kill_deadline: None,
             next_progress: None,
+            grace_ends: None,
+            act_deadline: None,
+            reports_draining: false,
+            drain_signalled: false,
             roll,
             workers: BTreeMap::new(),
         });
@@ -505,6 +546,8 @@ impl Policy {
         g.state = State::Starting;
         g.started = now;
         g.startup_deadline = Some(now + timeout);
+        // Its monitor speaks this image's protocol.
+        g.reports_draining = crate::protocol::reports_draining(crate::protocol::VERSION);
         g.next_progress = Some(now + PROGRESS_EVERY);
         let count = g.count;
         out.push(Effect::Spawn { generation: number, count });
@@ -690,19 +733,51 @@ impl Policy {
     }
 
     /// Tells `number` to drain within `grace`; its group is killed if it is
-    /// not gone a backstop later.
+    /// not gone a backstop later. A monitor that does not say within
+    /// [`DRAIN_ACT_TIMEOUT`] that it has signalled its workers is not
+    /// waited for (see [`Policy::take_over_drains`]).
     fn drain(&mut self, now: Instant, number: u32, state: State, grace: Duration, out: &mut Vec<Effect>) {
         let Some(g) = self.find(number) else { return };
         g.state = state;
         g.startup_deadline = None;
         g.next_progress = None;
+        g.grace_ends = Some(now + grace);
         g.kill_deadline = Some(now + grace + DRAIN_BACKSTOP);
+        if g.reports_draining && !g.drain_signalled {
+            g.act_deadline = Some(now + DRAIN_ACT_TIMEOUT);
+        }
         out.push(Effect::Order { generation: number, order: Order::drain(grace) });
+    }
+
+    /// Drains whose monitor has not acted in time (stopped, stuck in the
+    /// kernel): main sends the drain signal to the group itself, and
+    /// `SIGKILL` when the grace ends instead of a backstop later.
+    fn take_over_drains(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        for g in &mut self.generations {
+            if !g.act_deadline.is_some_and(|at| at <= now) {
+                continue;
+            }
+            g.act_deadline = None;
+            let ends = g.grace_ends.unwrap_or(now).max(now);
+            g.kill_deadline = Some(ends);
+            log::warn!(
+                "generation {}: its monitor has not acted on the drain order within {}: signalling its \
+                 workers from main; SIGKILL in {}",
+                g.number,
+                format_duration(DRAIN_ACT_TIMEOUT),
+                format_duration(ends.saturating_duration_since(now))
+            );
+            out.push(Effect::DrainGroup(g.number));
+        }
     }
 
     fn report(&mut self, now: Instant, number: u32, report: Report, out: &mut Vec<Effect>) {
         let Some(g) = self.find(number) else { return };
         match report {
+            Report::Draining => {
+                g.drain_signalled = true;
+                g.act_deadline = None;
+            }
             Report::WorkerStarted { ordinal, pid } => {
                 let (restarts, last_exit, replaced, unready_exits) =
                     g.workers.get(&ordinal).map_or((0, None, 0, 0), |w| {
@@ -1022,11 +1097,11 @@ impl Policy {
         // A monitor that drained exited 0 after signalling its workers; any
         // other end left them (or their children) to main.
         let drained = matches!(state, State::Draining | State::Failed) && ended == Ended::Exited(0);
-        let kill_at = match self.generations.iter().find(|g| g.number == number).and_then(|g| g.kill_deadline)
-        {
-            Some(deadline) if drained => deadline.checked_sub(DRAIN_BACKSTOP).unwrap_or(deadline),
-            _ => now + grace,
-        };
+        let kill_at =
+            match self.generations.iter().find(|g| g.number == number).and_then(Generation::grace_ends) {
+                Some(ends) if drained => ends,
+                _ => now + grace,
+            };
         out.push(Effect::Orphans { generation: number, terminate: !drained, kill_at });
         match state {
             State::Starting => {
@@ -1170,6 +1245,7 @@ impl Policy {
     fn kill_everything(&mut self, out: &mut Vec<Effect>) {
         for g in &mut self.generations {
             g.kill_deadline = None;
+            g.act_deadline = None;
             out.push(Effect::KillGroup(g.number));
         }
         out.push(Effect::KillOrphans);
@@ -1177,6 +1253,7 @@ impl Policy {
     }
 
     fn tick(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        self.take_over_drains(now, out);
         let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
         let snapshot: Vec<(u32, State, bool, bool, bool)> = self
             .generations
@@ -1338,6 +1415,11 @@ mod tests {
             self.on(Event::MonitorExited { generation, ended })
         }
 
+        /// The monitor of `generation` says it has signalled its workers.
+        fn acted(&mut self, generation: u32) -> Vec<Effect> {
+            self.on(Event::Report { generation, report: Report::Draining })
+        }
+
         fn reload(&mut self, client: u64) -> Vec<Effect> {
             self.on(Event::Command { command: Command::Reload, from: Some(ClientId(client)) })
         }
@@ -1432,6 +1514,7 @@ mod tests {
         assert_eq!(w.states(), vec![(1, State::Ready), (2, State::Failed)]);
         assert!(!effects.iter().any(|e| matches!(e, KillGroup(_))));
         // Its workers get FAILED_GRACE; the group is killed a backstop later.
+        assert_eq!(w.acted(2), vec![]);
         assert_eq!(w.later(FAILED_GRACE), vec![]);
         assert_eq!(w.later(DRAIN_BACKSTOP), vec![KillGroup(2)]);
     }
@@ -1573,6 +1656,105 @@ mod tests {
     }
 
     #[test]
+    fn a_monitor_that_does_not_act_on_a_drain_order_within_a_second_is_taken_over_by_main() {
+        let mut w = World::serving();
+        w.reload(1);
+        assert_eq!(w.ready(2)[0], drain(1, GRACE));
+        let grace_ends = w.now + GRACE;
+        assert_eq!(w.policy.next_deadline(), Some(w.now + DRAIN_ACT_TIMEOUT));
+        // Stopped, or stuck in the kernel: main sends the drain signal itself…
+        assert_eq!(w.later(DRAIN_ACT_TIMEOUT), vec![Effect::DrainGroup(1)]);
+        // …and SIGKILL when the grace ends, not a backstop later.
+        assert_eq!(w.policy.next_deadline(), Some(grace_ends));
+        assert_eq!(w.later(GRACE - DRAIN_ACT_TIMEOUT - Duration::from_millis(1)), vec![]);
+        assert_eq!(w.later(Duration::from_millis(1)), vec![KillGroup(1)]);
+        // Saying so late changes nothing.
+        assert_eq!(w.acted(1), vec![]);
+        assert_eq!(w.later(DRAIN_BACKSTOP), vec![]);
+    }
+
+    #[test]
+    fn a_failed_generation_whose_monitor_does_not_act_is_killed_five_seconds_after_the_failure() {
+        let mut w = World::serving();
+        w.reload(1);
+        // Not ready by the startup timeout: its monitor is stopped.
+        let effects = w.later(Duration::from_secs(60));
+        assert!(effects.contains(&drain(2, FAILED_GRACE)), "{effects:?}");
+        assert_eq!(w.later(DRAIN_ACT_TIMEOUT), vec![Effect::DrainGroup(2)]);
+        assert_eq!(w.later(FAILED_GRACE - DRAIN_ACT_TIMEOUT), vec![KillGroup(2)]);
+    }
+
+    #[test]
+    fn a_monitor_that_acts_in_time_keeps_its_drain_and_main_kills_only_a_backstop_later() {
+        let mut w = World::serving();
+        w.reload(1);
+        w.ready(2);
+        w.now += DRAIN_ACT_TIMEOUT - Duration::from_millis(1);
+        assert_eq!(w.acted(1), vec![]);
+        assert_eq!(w.later(Duration::from_millis(1)), vec![], "the monitor is in charge");
+        assert_eq!(w.later(GRACE - DRAIN_ACT_TIMEOUT), vec![]);
+        assert_eq!(w.later(DRAIN_BACKSTOP), vec![KillGroup(1)]);
+        // One that had drained on its own (a stray SIGTERM) has acted already.
+        let mut w = World::serving();
+        w.acted(1);
+        w.reload(1);
+        w.ready(2);
+        assert_eq!(w.later(DRAIN_ACT_TIMEOUT), vec![]);
+    }
+
+    #[test]
+    fn a_grace_shorter_than_the_wait_for_the_monitor_ends_in_sigkill_as_main_takes_over() {
+        let grace = Duration::from_millis(300);
+        let mut w = World::serving_with(Settings { graceful_timeout: grace, ..settings() });
+        w.reload(1);
+        w.ready(2);
+        assert_eq!(w.later(DRAIN_ACT_TIMEOUT), vec![Effect::DrainGroup(1), KillGroup(1)]);
+    }
+
+    #[test]
+    fn the_monitors_of_an_older_image_are_not_expected_to_say_they_acted() {
+        let mut w = World::serving();
+        // The state an image of protocol 1 saved has none of the drain fields.
+        let anchor = w.now;
+        let text = clock::with_anchor(anchor, || serde_json::to_string(&w.policy.save())).unwrap();
+        let mut saved: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for g in saved["generations"].as_array_mut().unwrap() {
+            let g = g.as_object_mut().unwrap();
+            for field in ["grace_ends", "act_deadline", "reports_draining", "drain_signalled"] {
+                assert!(g.remove(field).is_some(), "no {field} saved");
+            }
+        }
+        let saved: Saved = clock::with_anchor(anchor, || serde_json::from_value(saved)).unwrap();
+        w.policy = Policy::restore(settings(), saved);
+        w.reload(1);
+        w.ready(2);
+        let draining = &w.policy.generations()[0];
+        assert_eq!(draining.grace_ends(), Some(w.now + GRACE), "kill_in_ms is shown all the same");
+        assert_eq!(w.later(DRAIN_ACT_TIMEOUT), vec![], "a monitor of protocol 1 never says it acted");
+        assert_eq!(w.later(GRACE - DRAIN_ACT_TIMEOUT), vec![]);
+        assert_eq!(w.later(DRAIN_BACKSTOP), vec![KillGroup(1)]);
+        // The generation this image started is expected to.
+        w.reload(2);
+        w.ready(3);
+        assert_eq!(w.later(DRAIN_ACT_TIMEOUT), vec![Effect::DrainGroup(2)]);
+    }
+
+    #[test]
+    fn only_a_draining_generation_has_a_time_when_it_is_killed() {
+        let mut w = World::serving();
+        assert_eq!(w.policy.generations()[0].grace_ends(), None);
+        w.reload(1);
+        w.ready(2);
+        let ends: Vec<Option<Instant>> = w.policy.generations().iter().map(Generation::grace_ends).collect();
+        assert_eq!(ends, vec![Some(w.now + GRACE), None]);
+        w.later(Duration::from_secs(60));
+        w.reload(2);
+        w.later(Duration::from_secs(60));
+        let ends: Vec<Option<Instant>> = w.policy.generations().iter().map(Generation::grace_ends).collect();
+        assert_eq!(ends[2], Some(w.now + FAILED_GRACE), "a failed generation drains too");
+    }
+
+    #[test]
     fn a_killed_reload_monitor_fails_the_reload_and_the_old_generation_serves() {
         let mut w = World::serving();
         w.reload(3);
@@ -1607,7 +1789,8 @@ mod tests {
     fn a_stop_escalates_to_sigkill_after_the_graceful_timeout_and_a_backstop() {
         let mut w = World::serving();
         w.on(Event::Command { command: Command::Stop, from: None });
-        w.later(GRACE);
+        w.acted(1);
+        assert_eq!(w.later(GRACE), vec![]);
         let effects = w.later(DRAIN_BACKSTOP);
         assert!(effects.contains(&KillGroup(1)) && effects.contains(&KillOrphans));
     }

@@ -762,6 +762,8 @@ impl Monitor {
 
     /// Stop the generation: the drain signal to the whole process group
     /// (this monitor included, which ignores it), `SIGKILL` after `grace`.
+    /// main hears that it is done ([`Report::Draining`]): without that
+    /// within a second, it signals the group itself.
     fn drain(&mut self, grace: Duration) {
         if self.pool.is_draining() {
             // A shorter grace (a failed generation) still applies.
@@ -769,14 +771,17 @@ impl Monitor {
             if self.kill_at.is_some_and(|at| sooner < at) {
                 self.kill_at = Some(sooner);
             }
-            return;
+        } else {
+            let workers = self.pool.workers().count();
+            log::info!("draining {workers} worker(s); SIGKILL in {}", format_duration(grace));
+            self.pool.drain();
+            sys::signal_group(nix::unistd::getpgrp(), self.drain_signal());
+            self.kill_at = Some(Instant::now() + grace);
+            self.exit_code.get_or_insert(0);
         }
-        let workers = self.pool.workers().count();
-        log::info!("draining {workers} worker(s); SIGKILL in {}", format_duration(grace));
-        self.pool.drain();
-        sys::signal_group(nix::unistd::getpgrp(), self.drain_signal());
-        self.kill_at = Some(Instant::now() + grace);
-        self.exit_code.get_or_insert(0);
+        if crate::protocol::reports_draining(self.args.protocol) {
+            self.report(Report::Draining);
+        }
     }
 
     fn scale(&mut self, count: u32) {

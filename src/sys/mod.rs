@@ -309,7 +309,7 @@ pub fn tree_rss_kib(pid: Pid) -> Option<u64> {
 }
 
 /// The kernel's list of `pid`'s children (all its threads').
-fn children_of(pid: Pid) -> Vec<Pid> {
+pub(crate) fn children_of(pid: Pid) -> Vec<Pid> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
