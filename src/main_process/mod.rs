@@ -568,11 +568,15 @@ impl Main {
                 }
             })
             .collect();
+        let readiness = self.policy.readiness();
         Status {
             pid: std::process::id(),
             version: crate::control::version().to_string(),
             uptime_s: self.started.elapsed().as_secs(),
             count: self.policy.count(),
+            ready: readiness.ready,
+            stopping: self.policy.stopping(),
+            readiness: Some(readiness.line),
             sockets: self
                 .sockets
                 .iter()
