@@ -1,6 +1,7 @@
 //! One control vocabulary: signals, the control socket and `panzerctl` all
 //! map onto [`Command`], and main executes commands in one place.
 
+pub(crate) mod admin;
 pub mod client;
 pub mod metrics;
 pub mod server;
