@@ -252,7 +252,7 @@ fn serve(mut main: Main, first: Event) -> Result<i32, Error> {
 }
 
 impl Main {
-    /// Holds the control clients to what `RLIMIT_NOFILE` leaves once main
+    /// Holds the control and admin clients to what `RLIMIT_NOFILE` leaves once main
     /// has what it needs: the descriptors it holds now and those it needs
     /// to start monitors (see [`server::client_cap`]).
     fn limit_clients(&mut self) {
@@ -260,11 +260,20 @@ impl Main {
         let Ok(open) = sys::fork::open_fds() else { return };
         // 0, 1 and 2, and what else below the limit is open but the clients.
         let held = 3 + open.iter().filter(|&&fd| (fd as u64) < limit).count() as u64;
-        let held = held.saturating_sub(self.control.clients() as u64);
-        let cap = server::client_cap(limit, held, self.sockets.len());
+        let held = held.saturating_sub((self.control.clients() + self.admin.clients()) as u64);
+        let room = server::client_room(limit, held, self.sockets.len());
+        // The admin endpoint, when there is one, takes at most half.
+        let admin = if self.admin.is_empty() { 0 } else { (room / 2).clamp(1, admin::MAX_CLIENTS as u64) };
+        let cap = server::client_cap(limit, held + admin, self.sockets.len());
         self.control.set_max_clients(cap, limit);
         if cap < server::MAX_CLIENTS {
             log::info!("control: at most {cap} clients at once (RLIMIT_NOFILE is {limit})");
+        }
+        if !self.admin.is_empty() {
+            self.admin.set_max_clients(admin as usize, limit);
+            if (admin as usize) < admin::MAX_CLIENTS {
+                log::info!("admin endpoint: at most {admin} clients at once (RLIMIT_NOFILE is {limit})");
+            }
         }
     }
 
