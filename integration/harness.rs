@@ -136,7 +136,14 @@ impl Panzer {
         // Registered under the lock across the spawn, so that
         // `kill_every_panzer` (a bench's Ctrl-C) cannot miss it.
         let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        // A binary a test has just copied (an upgrade's install) can be
+        // busy for a moment: a process another test forks meanwhile holds
+        // the copy's write descriptor until it execs (ETXTBSY).
+        let child = eventually(PATIENCE, &format!("{program} not to be busy"), || match command.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => None,
+            spawned => Some(spawned),
+        })
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
         live.push((Pid::from_raw(child.id() as i32), dir.0.clone()));
         drop(live);
         Panzer {
