@@ -112,6 +112,65 @@ fn an_accept_out_of_descriptors_drops_the_client_idle_the_longest_instead_of_spi
     drop((idle, one_more));
 }
 
+/// `GET /livez` on the admin endpoint at `port`, with `Connection: close`.
+fn livez(port: u16) -> Response {
+    get(port, "/livez").unwrap_or_else(|e| panic!("/livez got no answer: {e}"))
+}
+
+/// The port of the first `admin endpoint on` line.
+fn admin_port(panzer: &Panzer) -> u16 {
+    let line = panzer.wait_for_line("admin endpoint on 127.0.0.1:");
+    line.rsplit(':').next().unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn idle_admin_clients_at_a_low_descriptor_limit_leave_room_for_probes_and_the_operator() {
+    let hello = example("hello");
+    let args = control_args(&["--admin-bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &hello]);
+    let panzer = start_limited(24, &args);
+    panzer.wait_ready(1);
+    let port = admin_port(&panzer);
+    let line = panzer.wait_for_line("admin endpoint: at most ");
+    assert!(line.contains("RLIMIT_NOFILE is 24"), "{line}");
+    // More than main has descriptors left for, on both sockets.
+    let control = panzer.dir.join("ctl.sock");
+    let idle: Vec<std::net::TcpStream> = (0..20).map(|_| connect(port).unwrap()).collect();
+    let idle_control: Vec<UnixStream> = (0..20).map(|_| UnixStream::connect(&control).unwrap()).collect();
+    assert_eq!(livez(port).status, 200);
+    let out = status_answered(control.to_str().unwrap());
+    assert_eq!(out.code, 0, "status got no answer: {}{}", out.stdout, out.stderr);
+    let ticks = ticks_over_a_second(panzer.pid);
+    assert!(ticks < IDLE_TICKS, "main used {ticks} CPU ticks in a second with idle clients connected");
+    // A reload still finds the descriptors to start a monitor.
+    let out = panzerctl(&["--control", control.to_str().unwrap(), "reload"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    drop((idle, idle_control));
+}
+
+#[test]
+fn an_admin_accept_out_of_descriptors_drops_the_client_idle_the_longest_instead_of_spinning() {
+    let hello = example("hello");
+    let args = control_args(&["--admin-bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &hello]);
+    let panzer = Panzer::start(&args);
+    panzer.wait_ready(1);
+    let port = admin_port(&panzer);
+    let before = open_fds(panzer.pid).len();
+    let idle: Vec<std::net::TcpStream> = (0..20).map(|_| connect(port).unwrap()).collect();
+    eventually(PATIENCE, "main to accept 20 idle clients", || {
+        (open_fds(panzer.pid).len() >= before + 20).then_some(())
+    });
+    let open = open_fds(panzer.pid);
+    let lowest_free = (0..).find(|fd| !open.contains(fd)).unwrap();
+    set_limit(panzer.pid, lowest_free as usize);
+    let one_more = connect(port).unwrap();
+    assert_eq!(livez(port).status, 200);
+    let ticks = ticks_over_a_second(panzer.pid);
+    assert!(ticks < IDLE_TICKS, "main used {ticks} CPU ticks in a second after an accept failed");
+    let line = panzer.wait_for_line(&format!("RLIMIT_NOFILE is {lowest_free}"));
+    assert!(line.contains("admin endpoint") && line.contains("too many open files"), "{line}");
+    drop((idle, one_more));
+}
+
 #[test]
 fn a_count_the_descriptor_limit_cannot_start_is_refused_up_front() {
     let hello = example("hello");

@@ -152,7 +152,14 @@ impl Panzer {
         // Registered under the lock across the spawn, so that
         // `kill_every_panzer` (a bench's Ctrl-C) cannot miss it.
         let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        // A binary a test has just copied (an upgrade's install) can be
+        // busy for a moment: a process another test forks meanwhile holds
+        // the copy's write descriptor until it execs (ETXTBSY).
+        let child = eventually(PATIENCE, &format!("{program} not to be busy"), || match command.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => None,
+            spawned => Some(spawned),
+        })
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
         live.push((Pid::from_raw(child.id() as i32), dir.0.clone()));
         drop(live);
         Panzer {
@@ -875,4 +882,37 @@ pub fn start_deploy(deploy: &Deploy, count: &str, extra: &[&str]) -> Panzer {
     args.extend_from_slice(extra);
     args.push(deploy.path());
     Panzer::start(&args)
+}
+
+/// A worker script that waits for a file before it runs the `server`
+/// fixture: under `--ready notify` its generation stays `starting`, with no
+/// worker ready, until [`Gate::open`].
+pub struct Gate {
+    dir: TestDir,
+}
+
+impl Gate {
+    pub fn new() -> Gate {
+        let dir = TestDir::new("gate");
+        let script = dir.join("gated.sh");
+        let file = dir.join("open");
+        let text = format!(
+            "#!/bin/sh\nwhile [ ! -e {} ]; do sleep 0.02; done\nexec {} \"$@\"\n",
+            file.display(),
+            example("server")
+        );
+        std::fs::write(&script, text).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Gate { dir }
+    }
+
+    /// The script to run as COMMAND.
+    pub fn path(&self) -> String {
+        self.dir.join("gated.sh").to_string_lossy().into_owned()
+    }
+
+    /// Lets every worker, waiting or yet to start, run the server.
+    pub fn open(&self) {
+        std::fs::write(self.dir.join("open"), "").unwrap();
+    }
 }

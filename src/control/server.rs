@@ -51,9 +51,15 @@ const MAIN_SPARE: u64 = 4;
 /// copy of its write end, of the channel and of every socket) and keep a
 /// few more, between 1 and [`MAX_CLIENTS`].
 pub fn client_cap(limit: u64, held: u64, sockets: usize) -> usize {
+    (client_room(limit, held, sockets).min(MAX_CLIENTS as u64) as usize).max(1)
+}
+
+/// The descriptors left for clients (of the control socket and the admin
+/// endpoint together) under `limit`, holding `held` besides them, once main
+/// can still start a monitor (see [`client_cap`]).
+pub fn client_room(limit: u64, held: u64, sockets: usize) -> u64 {
     let monitor_start = 2 + 2 + 1 + 1 + sockets as u64;
-    let left = limit.saturating_sub(held + monitor_start + MAIN_SPARE);
-    (left.min(MAX_CLIENTS as u64) as usize).max(1)
+    limit.saturating_sub(held + monitor_start + MAIN_SPARE)
 }
 
 /// Identifies a connected client across loop iterations (and across an

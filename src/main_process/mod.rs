@@ -3,8 +3,8 @@
 //!
 //! Two halves. [`policy`] decides everything (a pure state machine: events
 //! in, effects out). This file is the thin loop around it: one poll over the
-//! signalfd, every monitor's status channel and the control socket, keyed
-//! by [`Token`], with the policy's nearest deadline as its timeout. It turns
+//! signalfd, every monitor's status channel, the control socket and the
+//! admin endpoint (`--admin-bind`, which only reads), keyed by [`Token`], with the policy's nearest deadline as its timeout. It turns
 //! what it reads into [`policy::Event`]s and performs the
 //! [`policy::Effect`]s. Idle, it never wakes up.
 
@@ -27,13 +27,14 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::config::Config;
+use crate::control::admin::{self, Answer, Route};
 use crate::control::server::{self, ClientId, Server};
 use crate::control::{self, Command, GenerationStatus, Reply, Request, SocketStatus, Status, WorkerStatus};
 use crate::error::{describe, Error};
 use crate::protocol::{Channel, MonitorArgs, Order, Received, Report};
 use crate::runtime_dir::{self, RuntimeDir};
 use crate::sockets::{self, Listener};
-use crate::sys::{self, spawn::ExecPlan};
+use crate::sys::{self, spawn::ExecPlan, Interest};
 use crate::units::{CliDuration, CliSignal, CliSize};
 use crate::worker;
 use orphans::Orphans;
@@ -88,6 +89,7 @@ enum Token {
     Control(server::Token),
     /// main's own stdout or stderr has room for the lines that wait.
     Log,
+    Admin(admin::Token),
 }
 
 /// One running (or exited, not yet reaped) monitor.
@@ -110,6 +112,8 @@ struct Main {
     sockets: Vec<Listener>,
     signals: sys::SignalFd,
     control: Server,
+    /// `--admin-bind`: `/readyz`, `/livez`, `/metrics` (empty when off).
+    admin: admin::Server,
     orphans: Orphans,
     systemd: Option<Systemd>,
     runtime_dir: RuntimeDir,
@@ -179,8 +183,12 @@ pub fn run(config: Config) -> Result<i32, Error> {
     // holds follows them.
     let ceiling = crate::config::count_ceiling(sockets.len(), config.tag_output, config.preload);
     ceiling.check(&format!("--count {}", config.count), config.count.into()).map_err(Error::Usage)?;
+    let admin = admin::Server::bind(&config.admin_binds)?;
     for listener in &sockets {
         log::info!("listening on {}", listener.local);
+    }
+    for addr in admin.addresses() {
+        log::info!("admin endpoint on {addr}");
     }
     log::info!("control socket at {}", control.path().display());
     let runtime_dir = RuntimeDir::create(config.credentials)?;
@@ -193,6 +201,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
         sockets,
         signals,
         control,
+        admin,
         orphans,
         systemd: Systemd::from_env(),
         runtime_dir,
@@ -246,7 +255,7 @@ fn serve(mut main: Main, first: Event) -> Result<i32, Error> {
 }
 
 impl Main {
-    /// Holds the control clients to what `RLIMIT_NOFILE` leaves once main
+    /// Holds the control and admin clients to what `RLIMIT_NOFILE` leaves once main
     /// has what it needs: the descriptors it holds now and those it needs
     /// to start monitors (see [`server::client_cap`]).
     fn limit_clients(&mut self) {
@@ -254,11 +263,20 @@ impl Main {
         let Ok(open) = sys::fork::open_fds() else { return };
         // 0, 1 and 2, and what else below the limit is open but the clients.
         let held = 3 + open.iter().filter(|&&fd| (fd as u64) < limit).count() as u64;
-        let held = held.saturating_sub(self.control.clients() as u64);
-        let cap = server::client_cap(limit, held, self.sockets.len());
+        let held = held.saturating_sub((self.control.clients() + self.admin.clients()) as u64);
+        let room = server::client_room(limit, held, self.sockets.len());
+        // The admin endpoint, when there is one, takes at most half.
+        let admin = if self.admin.is_empty() { 0 } else { (room / 2).clamp(1, admin::MAX_CLIENTS as u64) };
+        let cap = server::client_cap(limit, held + admin, self.sockets.len());
         self.control.set_max_clients(cap, limit);
         if cap < server::MAX_CLIENTS {
             log::info!("control: at most {cap} clients at once (RLIMIT_NOFILE is {limit})");
+        }
+        if !self.admin.is_empty() {
+            self.admin.set_max_clients(admin as usize, limit);
+            if (admin as usize) < admin::MAX_CLIENTS {
+                log::info!("admin endpoint: at most {admin} clients at once (RLIMIT_NOFILE is {limit})");
+            }
         }
     }
 
@@ -280,17 +298,21 @@ impl Main {
                 }
             };
             self.shed.on_wake(Instant::now());
-            let mut control = Vec::new();
+            let (mut control, mut admin) = (Vec::new(), Vec::new());
             for token in ready {
                 match token {
                     Token::Monitor(generation) => self.on_channel(generation),
                     Token::Control(token) => control.push(token),
+                    Token::Admin(token) => admin.push(token),
                     Token::Signals => {}
                     Token::Log => crate::logging::flush(),
                 }
             }
             for (client, request) in self.control.on_ready(&control) {
                 self.on_request(client, request);
+            }
+            if !admin.is_empty() {
+                self.on_admin(&admin);
             }
             for signal in sys::pending_signals(&self.signals) {
                 self.on_signal(signal);
@@ -304,6 +326,7 @@ impl Main {
             self.policy.next_deadline(),
             self.orphans.next_deadline(),
             self.control.next_deadline(),
+            self.admin.next_deadline(),
             self.systemd.as_ref().and_then(Systemd::next_deadline),
             self.shed.deadline(),
         ]
@@ -311,20 +334,22 @@ impl Main {
         .flatten()
         .min();
         let mut tokens = vec![Token::Signals];
-        let mut fds: Vec<(BorrowedFd<'_>, bool)> = vec![(self.signals.as_fd(), false)];
+        let mut fds: Vec<(BorrowedFd<'_>, Interest)> = vec![(self.signals.as_fd(), Interest::Read)];
         for (&generation, monitor) in self.monitors.iter().filter(|(_, m)| !m.closed) {
             tokens.push(Token::Monitor(generation));
-            fds.push((monitor.channel.fd(), monitor.channel.wants_write()));
+            fds.push((monitor.channel.fd(), monitor.channel.wants_write().into()));
         }
         for (token, fd) in self.control.fds() {
             tokens.push(Token::Control(token));
-            fds.push((fd, false));
+            fds.push((fd, Interest::Read));
         }
-        let mut fds: Vec<(BorrowedFd<'_>, sys::Interest)> =
-            fds.into_iter().map(|(fd, write)| (fd, write.into())).collect();
+        for (token, fd, interest) in self.admin.fds() {
+            tokens.push(Token::Admin(token));
+            fds.push((fd, interest));
+        }
         for fd in crate::logging::waiting_fds() {
             tokens.push(Token::Log);
-            fds.push((fd, sys::Interest::Write));
+            fds.push((fd, Interest::Write));
         }
         let ready = sys::poll(&fds, deadline)?;
         Ok(tokens.into_iter().zip(ready).filter(|(_, r)| *r).map(|(t, _)| t).collect())
@@ -332,6 +357,7 @@ impl Main {
 
     fn on_timers(&mut self, now: Instant) {
         self.control.expire(now);
+        self.admin.expire(now);
         if let Some(systemd) = &mut self.systemd {
             systemd.on_timer(now);
         }
@@ -436,6 +462,25 @@ impl Main {
             self.control.hold(client);
         }
         self.dispatch(Event::Command { command, from: Some(client) });
+    }
+
+    /// The admin endpoint's fds that polled ready: requests are answered
+    /// from what main knows now, and nothing else happens.
+    fn on_admin(&mut self, ready: &[admin::Token]) {
+        let mut endpoint = std::mem::take(&mut self.admin);
+        endpoint.on_ready(ready, Instant::now(), &mut |route| self.answer(route));
+        self.admin = endpoint;
+    }
+
+    fn answer(&self, route: Route) -> Answer {
+        match route {
+            Route::Ready => {
+                let readiness = self.policy.readiness();
+                Answer { ok: readiness.ready, body: format!("{}\n", readiness.line) }
+            }
+            Route::Live => Answer { ok: true, body: "ok\n".into() },
+            Route::Metrics => Answer { ok: true, body: control::metrics::render(&self.status()) },
+        }
     }
 
     fn on_channel(&mut self, generation: u32) {
@@ -618,11 +663,15 @@ impl Main {
                 }
             })
             .collect();
+        let readiness = self.policy.readiness();
         Status {
             pid: std::process::id(),
             version: crate::control::version().to_string(),
             uptime_s: self.started.elapsed().as_secs(),
             count: self.policy.count(),
+            ready: readiness.ready,
+            stopping: self.policy.stopping(),
+            readiness: Some(readiness.line),
             sockets: self
                 .sockets
                 .iter()
