@@ -24,6 +24,7 @@ mod reload;
 mod resilience;
 mod rolling;
 mod security;
+mod stopping;
 mod supervision;
 mod systemd;
 mod tag_output;
