@@ -855,3 +855,45 @@ pub fn start_deploy(deploy: &Deploy, count: &str, extra: &[&str]) -> Panzer {
     args.push(deploy.path());
     Panzer::start(&args)
 }
+
+/// A worker script that waits for a file before it runs the `server`
+/// fixture: under `--ready notify` its generation stays `starting`, with no
+/// worker ready, until [`Gate::open`].
+pub struct Gate {
+    dir: TestDir,
+}
+
+impl Gate {
+    pub fn new() -> Gate {
+        let dir = TestDir::new("gate");
+        let script = dir.join("gated.sh");
+        let file = dir.join("open");
+        let text = format!(
+            "#!/bin/sh\nwhile [ ! -e {} ]; do sleep 0.02; done\nexec {} \"$@\"\n",
+            file.display(),
+            example("server")
+        );
+        std::fs::write(&script, text).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Gate { dir }
+    }
+
+    /// The script to run as COMMAND.
+    pub fn path(&self) -> String {
+        self.dir.join("gated.sh").to_string_lossy().into_owned()
+    }
+
+    /// Lets every worker, waiting or yet to start, run the server.
+    pub fn open(&self) {
+        std::fs::write(self.dir.join("open"), "").unwrap();
+    }
+}
+
+impl Panzer {
+    /// The port of the first `admin endpoint on` line (`--admin-bind 127.0.0.1:0`).
+    pub fn admin_port(&self) -> u16 {
+        let line = self.wait_for_line("admin endpoint on ");
+        let addr = line.rsplit("admin endpoint on ").next().unwrap().trim();
+        addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+}

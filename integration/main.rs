@@ -6,6 +6,7 @@
 mod harness;
 
 mod activation;
+mod admin;
 mod bad_input;
 mod container;
 mod control;

@@ -19,7 +19,8 @@ const REFUSED_WITHIN: Duration = Duration::from_millis(50);
 
 fn lame_duck(delay: &str, env: &[(&str, &str)]) -> Panzer {
     let server = example("server");
-    let args = ["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", "--stop-delay", delay, &server];
+    let args = ["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0", "--count", "2", "--ready", "notify"];
+    let args: Vec<&str> = args.into_iter().chain(["--stop-delay", delay, &server]).collect();
     Panzer::start_with_env(&args, env)
 }
 
@@ -28,13 +29,23 @@ fn a_stop_delay_says_stopping_at_once_and_serves_new_connections_until_it_ends()
     let systemd = FakeSystemd::new();
     let mut panzer = lame_duck("1500ms", &[("NOTIFY_SOCKET", systemd.path())]);
     let port = panzer.port(0);
+    let admin = panzer.admin_port();
     systemd.until("READY=1");
+    assert_eq!(get(admin, "/readyz").unwrap().status, 200);
     let mut log = panzer.watch_log();
     let signalled = Instant::now();
     panzer.signal(Signal::SIGTERM);
     systemd.until("STOPPING=1");
     let stopping = Instant::now();
     log.wait(0, "stopping in 1.5s (--stop-delay); serving until then", PATIENCE).unwrap();
+    // Not ready for probes from the first instant of the delay.
+    let readyz = get(admin, "/readyz").unwrap();
+    assert_eq!((readyz.status, readyz.body.trim()), (503, "stopping"));
+    let probe = panzer.ctl(&["status", "--ready"]);
+    assert_eq!(probe.code, 1, "{}{}", probe.stdout, probe.stderr);
+    assert!(format!("{}{}", probe.stdout, probe.stderr).contains("stopping"));
+    let status = panzer.status();
+    assert_eq!((&status["ready"], &status["stopping"]), (&false.into(), &true.into()), "{status}");
     // Fresh connections, each answered by generation 1, until the drain.
     let mut answered_while_stopping = 0;
     let drain = loop {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::sockets::BindSpec;
+use crate::sockets::{BindAddr, BindSpec};
 use crate::units::{CliDuration, CliSignal, CliSize, ReadyMode, ReloadStrategy};
 
 /// Zero-downtime launcher: binds the listening sockets once, runs COUNT
@@ -35,6 +35,16 @@ pub struct Cli {
     /// In the environment variable, separate addresses with commas.
     #[arg(short, long, env = "PANZER_BIND", value_name = "ADDR", value_delimiter = ',')]
     pub bind: Vec<BindSpec>,
+
+    /// Serve a small read-only HTTP endpoint from main on this address, for
+    /// probes and scrapes; repeatable: 127.0.0.1:9090, [::1]:9090, unix:/path.
+    /// GET /readyz answers 200 while a generation is ready and panzer is not
+    /// stopping, else 503 (the body says why); /livez answers 200 while main
+    /// runs; /metrics is the text of `panzerctl metrics`. Nothing on it can
+    /// change panzer, and it never reaches a worker. In the environment
+    /// variable, separate addresses with commas. Default: off.
+    #[arg(long, env = "PANZER_ADMIN_BIND", value_name = "ADDR", value_delimiter = ',')]
+    pub admin_bind: Vec<BindAddr>,
 
     /// Listen backlog of every socket.
     #[arg(long, env = "PANZER_BACKLOG", default_value_t = 1024, value_name = "N",

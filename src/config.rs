@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::cli::Cli;
 use crate::error::Error;
-use crate::sockets::BindSpec;
+use crate::sockets::{BindAddr, BindSpec};
 use crate::units::{ReadyMode, ReloadStrategy};
 
 /// Everything main needs, validated.
@@ -15,6 +15,8 @@ use crate::units::{ReadyMode, ReloadStrategy};
 pub struct Config {
     pub count: u32,
     pub binds: Vec<BindSpec>,
+    /// `--admin-bind`: where main serves `/readyz`, `/livez` and `/metrics`.
+    pub admin_binds: Vec<BindAddr>,
     pub backlog: i32,
     pub ready: ReadyMode,
     pub startup_timeout: Duration,
@@ -74,6 +76,7 @@ impl Config {
         Ok(Config {
             count,
             binds: cli.bind,
+            admin_binds: cli.admin_bind,
             backlog: cli.backlog,
             ready: cli.ready,
             startup_timeout: cli.startup_timeout.0,

@@ -34,8 +34,10 @@
 //! exec is sound only in a single-threaded process, so [`run`] refuses to
 //! fork when the app has started threads.
 //!
-//! Who owns which fd: main owns the sockets (`CLOEXEC`), its signalfd, and
-//! one end of each monitor's status channel ([`protocol`], which both roles
+//! Who owns which fd: main owns the sockets (`CLOEXEC`), its signalfd, the
+//! control socket and the admin endpoint's sockets (`--admin-bind`, which
+//! never leave main but across its own upgrade), and one end of each
+//! monitor's status channel ([`protocol`], which both roles
 //! import and neither role imports the other). A monitor gets the
 //! other end at fd 3 and the sockets at 4…, takes them over (`CLOEXEC` again)
 //! and owns its `NOTIFY_SOCKET` (`notify`). A worker gets exactly 0, 1, 2

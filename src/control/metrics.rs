@@ -17,6 +17,14 @@ pub fn render(status: &Status) -> String {
     out.sample("panzer_uptime_seconds", &[], status.uptime_s);
     out.family("panzer_workers_configured", "gauge", "Workers per generation (--count, scale).");
     out.sample("panzer_workers_configured", &[], status.count);
+    out.family(
+        "panzer_ready",
+        "gauge",
+        "1 while a generation is ready and panzer is not stopping (what /readyz answers), else 0.",
+    );
+    out.sample("panzer_ready", &[], u8::from(status.ready));
+    out.family("panzer_stopping", "gauge", "1 once panzer is stopping, else 0.");
+    out.sample("panzer_stopping", &[], u8::from(status.stopping));
 
     out.family(
         "panzer_current_generation",
@@ -179,6 +187,9 @@ mod tests {
             version: "0.1.0".into(),
             uptime_s: 60,
             count: 2,
+            ready: true,
+            stopping: false,
+            readiness: None,
             sockets: vec![],
             generations: vec![
                 GenerationStatus {
@@ -209,6 +220,8 @@ mod tests {
         }
         for expected in [
             "panzer_current_generation 4",
+            "panzer_ready 1",
+            "panzer_stopping 0",
             "panzer_workers_ready{generation=\"4\"} 1",
             "panzer_workers_ready{generation=\"3\"} 1",
             "panzer_worker_restarts_total{generation=\"4\",slot=\"0\"} 2",

@@ -309,6 +309,9 @@ mod tests {
             version: "0.1.0".into(),
             uptime_s: 125,
             count: 1,
+            ready: true,
+            stopping: false,
+            readiness: None,
             sockets: vec![],
             generations: vec![GenerationStatus {
                 generation: 1 + ok as u32,

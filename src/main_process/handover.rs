@@ -10,7 +10,8 @@
 //! version's state format. Then ([`super::policy::Effect::Exec`]) main writes its state
 //! again, as it is now, into a new sealed memfd, clears `CLOEXEC` on exactly
 //! the fds that must survive (the sockets, the control listener and its
-//! clients, each monitor's status channel, the memfd) and `execve`s
+//! clients, the admin endpoint's listeners and clients, each monitor's
+//! status channel, the memfd) and `execve`s
 //! `panzer __resume <memfd>`. Any step that fails before the `execve`, and
 //! the `execve` itself, leaves the old image running and answers the
 //! requesters with the reason ([`Event::UpgradeChecked`],
@@ -45,6 +46,7 @@ use super::systemd::Systemd;
 use super::{Main, Monitor};
 use crate::cli::Cli;
 use crate::config::Config;
+use crate::control::admin;
 use crate::control::server::{self, ClientId, Server};
 use crate::error::{describe, Error};
 use crate::protocol::{self, Channel};
@@ -81,6 +83,11 @@ struct Handover {
     interrupts: u32,
     sockets: Vec<SavedSocket>,
     control: server::Saved,
+    /// The admin endpoint; absent without `--admin-bind`, so that a state
+    /// without it still reads in an image that has none (and one with it
+    /// fails the check of such an image, rather than losing the endpoint).
+    #[serde(default, skip_serializing_if = "admin::Saved::is_empty")]
+    admin: admin::Saved,
     monitors: Vec<SavedMonitor>,
     orphans: Vec<SavedGroup>,
     runtime_dir: Vec<u8>,
@@ -269,6 +276,7 @@ impl Main {
                 })
                 .collect(),
             control: self.control.save(now),
+            admin: self.admin.save(now),
             monitors: self
                 .monitors
                 .iter()
@@ -296,6 +304,7 @@ impl Main {
     fn handover_fds(&self) -> Vec<BorrowedFd<'_>> {
         let mut fds: Vec<BorrowedFd<'_>> = self.sockets.iter().map(Listener::fd).collect();
         fds.extend(self.control.handover_fds());
+        fds.extend(self.admin.handover_fds());
         fds.extend(self.monitors.values().map(|m| m.channel.fd()));
         fds
     }
@@ -490,6 +499,7 @@ pub fn resume(fd: &OsStr) -> Result<i32, Error> {
         sockets.push(Listener::resume(adopt(saved.fd)?, spec, saved.local.clone(), created, saved.activated));
     }
     let control = Server::resume(&handover.control, Instant::now(), adopt)?;
+    let admin = admin::Server::resume(&handover.admin, Instant::now(), adopt)?;
     let mut monitors = std::collections::BTreeMap::new();
     for m in &handover.monitors {
         let channel = Channel::resume(adopt(m.fd)?, m.queued.clone());
@@ -527,6 +537,7 @@ pub fn resume(fd: &OsStr) -> Result<i32, Error> {
         sockets,
         signals,
         control,
+        admin,
         orphans,
         systemd,
         runtime_dir: RuntimeDir::adopt(PathBuf::from(os(&handover.runtime_dir))),

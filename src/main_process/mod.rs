@@ -3,8 +3,8 @@
 //!
 //! Two halves. [`policy`] decides everything (a pure state machine: events
 //! in, effects out). This file is the thin loop around it: one poll over the
-//! signalfd, every monitor's status channel and the control socket, keyed
-//! by [`Token`], with the policy's nearest deadline as its timeout. It turns
+//! signalfd, every monitor's status channel, the control socket and the
+//! admin endpoint (`--admin-bind`, which only reads), keyed by [`Token`], with the policy's nearest deadline as its timeout. It turns
 //! what it reads into [`policy::Event`]s and performs the
 //! [`policy::Effect`]s. Idle, it never wakes up.
 
@@ -26,13 +26,14 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::config::Config;
+use crate::control::admin::{self, Answer, Route};
 use crate::control::server::{self, ClientId, Server};
 use crate::control::{self, Command, GenerationStatus, Reply, Request, SocketStatus, Status, WorkerStatus};
 use crate::error::{describe, Error};
 use crate::protocol::{Channel, MonitorArgs, Order, Received, Report};
 use crate::runtime_dir::{self, RuntimeDir};
 use crate::sockets::{self, Listener};
-use crate::sys::{self, spawn::ExecPlan};
+use crate::sys::{self, spawn::ExecPlan, Interest};
 use crate::units::{CliDuration, CliSignal, CliSize};
 use crate::worker;
 use orphans::Orphans;
@@ -85,6 +86,7 @@ enum Token {
     Signals,
     Monitor(u32),
     Control(server::Token),
+    Admin(admin::Token),
 }
 
 /// One running (or exited, not yet reaped) monitor.
@@ -107,6 +109,8 @@ struct Main {
     sockets: Vec<Listener>,
     signals: sys::SignalFd,
     control: Server,
+    /// `--admin-bind`: `/readyz`, `/livez`, `/metrics` (empty when off).
+    admin: admin::Server,
     orphans: Orphans,
     systemd: Option<Systemd>,
     runtime_dir: RuntimeDir,
@@ -173,8 +177,12 @@ pub fn run(config: Config) -> Result<i32, Error> {
         }
         None => sockets::bind_all(&config.binds, config.backlog, config.nodelay)?,
     };
+    let admin = admin::Server::bind(&config.admin_binds)?;
     for listener in &sockets {
         log::info!("listening on {}", listener.local);
+    }
+    for addr in admin.addresses() {
+        log::info!("admin endpoint on {addr}");
     }
     log::info!("control socket at {}", control.path().display());
     let runtime_dir = RuntimeDir::create(config.credentials)?;
@@ -187,6 +195,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
         sockets,
         signals,
         control,
+        admin,
         orphans,
         systemd: Systemd::from_env(),
         runtime_dir,
@@ -257,16 +266,20 @@ impl Main {
                 }
             };
             self.shed.on_wake(Instant::now());
-            let mut control = Vec::new();
+            let (mut control, mut admin) = (Vec::new(), Vec::new());
             for token in ready {
                 match token {
                     Token::Monitor(generation) => self.on_channel(generation),
                     Token::Control(token) => control.push(token),
+                    Token::Admin(token) => admin.push(token),
                     Token::Signals => {}
                 }
             }
             for (client, request) in self.control.on_ready(&control) {
                 self.on_request(client, request);
+            }
+            if !admin.is_empty() {
+                self.on_admin(&admin);
             }
             for signal in sys::pending_signals(&self.signals) {
                 self.on_signal(signal);
@@ -280,6 +293,7 @@ impl Main {
             self.policy.next_deadline(),
             self.orphans.next_deadline(),
             self.control.next_deadline(),
+            self.admin.next_deadline(),
             self.systemd.as_ref().and_then(Systemd::next_deadline),
             self.shed.deadline(),
         ]
@@ -287,14 +301,18 @@ impl Main {
         .flatten()
         .min();
         let mut tokens = vec![Token::Signals];
-        let mut fds: Vec<(BorrowedFd<'_>, bool)> = vec![(self.signals.as_fd(), false)];
+        let mut fds: Vec<(BorrowedFd<'_>, Interest)> = vec![(self.signals.as_fd(), Interest::Read)];
         for (&generation, monitor) in self.monitors.iter().filter(|(_, m)| !m.closed) {
             tokens.push(Token::Monitor(generation));
-            fds.push((monitor.channel.fd(), monitor.channel.wants_write()));
+            fds.push((monitor.channel.fd(), monitor.channel.wants_write().into()));
         }
         for (token, fd) in self.control.fds() {
             tokens.push(Token::Control(token));
-            fds.push((fd, false));
+            fds.push((fd, Interest::Read));
+        }
+        for (token, fd, interest) in self.admin.fds() {
+            tokens.push(Token::Admin(token));
+            fds.push((fd, interest));
         }
         let ready = sys::poll(&fds, deadline)?;
         Ok(tokens.into_iter().zip(ready).filter(|(_, r)| *r).map(|(t, _)| t).collect())
@@ -302,6 +320,7 @@ impl Main {
 
     fn on_timers(&mut self, now: Instant) {
         self.control.expire(now);
+        self.admin.expire(now);
         if let Some(systemd) = &mut self.systemd {
             systemd.on_timer(now);
         }
@@ -420,6 +439,25 @@ impl Main {
             self.control.hold(client);
         }
         self.dispatch(Event::Command { command, from: Some(client) });
+    }
+
+    /// The admin endpoint's fds that polled ready: requests are answered
+    /// from what main knows now, and nothing else happens.
+    fn on_admin(&mut self, ready: &[admin::Token]) {
+        let mut endpoint = std::mem::take(&mut self.admin);
+        endpoint.on_ready(ready, Instant::now(), &mut |route| self.answer(route));
+        self.admin = endpoint;
+    }
+
+    fn answer(&self, route: Route) -> Answer {
+        match route {
+            Route::Ready => {
+                let readiness = self.policy.readiness();
+                Answer { ok: readiness.ready, body: format!("{}\n", readiness.line) }
+            }
+            Route::Live => Answer { ok: true, body: "ok\n".into() },
+            Route::Metrics => Answer { ok: true, body: control::metrics::render(&self.status()) },
+        }
     }
 
     fn on_channel(&mut self, generation: u32) {
@@ -590,11 +628,15 @@ impl Main {
                 }
             })
             .collect();
+        let readiness = self.policy.readiness();
         Status {
             pid: std::process::id(),
             version: crate::control::version().to_string(),
             uptime_s: self.started.elapsed().as_secs(),
             count: self.policy.count(),
+            ready: readiness.ready,
+            stopping: self.policy.stopping(),
+            readiness: Some(readiness.line),
             sockets: self
                 .sockets
                 .iter()

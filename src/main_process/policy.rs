@@ -262,6 +262,14 @@ enum Stop {
     Now,
 }
 
+/// Whether panzer serves, and one line that says so or why not
+/// (`generation 1 starting: 0/4 workers ready`, `stopping`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    pub line: String,
+}
+
 /// main's whole policy.
 #[derive(Debug)]
 pub struct Policy {
@@ -391,14 +399,40 @@ impl Policy {
         &self.generations
     }
 
-    #[cfg(test)]
-    fn is_stopping(&self) -> bool {
+    /// Whether panzer is stopping: from the moment a graceful or immediate
+    /// stop was taken (it then drains every generation, or kills them).
+    pub fn stopping(&self) -> bool {
         self.stopping.is_some()
     }
 
     /// A graceful stop is waiting out `--stop-delay`: still serving, not ready.
     pub fn in_stop_delay(&self) -> bool {
         self.stop_delay_until.is_some()
+    }
+
+    /// Whether panzer serves, as a probe must see it, and the one line that
+    /// says why: ready while some generation is ready and panzer is not
+    /// stopping. The one rule behind `status.ready`, `panzerctl status
+    /// --ready` and the admin endpoint's `/readyz`.
+    pub fn readiness(&self) -> Readiness {
+        let describe = |g: &Generation| {
+            format!(
+                "generation {} {}: {}/{} workers ready",
+                g.number,
+                g.state.name(),
+                g.ready_workers(),
+                g.count
+            )
+        };
+        if self.stopping() {
+            return Readiness { ready: false, line: "stopping".into() };
+        }
+        if let Some(serving) = self.generations.iter().rev().find(|g| g.state == State::Ready) {
+            return Readiness { ready: true, line: describe(serving) };
+        }
+        let line =
+            self.generations.iter().max_by_key(|g| g.number).map_or_else(|| "no generation".into(), describe);
+        Readiness { ready: false, line }
     }
 
     /// The earliest deadline: when the loop must send [`Event::Tick`].
@@ -1547,7 +1581,7 @@ mod tests {
         w.on(Event::Boot);
         let effects = w.failed(1, "workers keep crashing");
         assert_eq!(effects[0], drain(1, FAILED_GRACE));
-        assert!(w.policy.is_stopping());
+        assert!(w.policy.stopping());
         assert_eq!(w.exited(1, Ended::Exited(1)).last(), Some(&Exit(1)));
         assert_eq!(w.policy.last_failure.as_deref(), Some("workers keep crashing"));
     }
@@ -1557,7 +1591,7 @@ mod tests {
         let mut w = World::new();
         w.on(Event::Boot);
         let effects = w.exited(1, killed());
-        assert!(!w.policy.is_stopping());
+        assert!(!w.policy.stopping());
         assert!(effects.contains(&Orphans { generation: 1, terminate: true, kill_at: w.now + GRACE }));
         assert!(spawns(&effects).is_empty(), "the replacement waits for its backoff");
         assert_eq!(w.later(REPLACEMENT_BACKOFF), vec![Spawn { generation: 2, count: 2 }]);
@@ -1699,6 +1733,53 @@ mod tests {
                 && effects.contains(&KillGroup(2))
                 && effects.contains(&KillOrphans)
         );
+    }
+
+    fn readiness(w: &World) -> (bool, String) {
+        let r = w.policy.readiness();
+        (r.ready, r.line)
+    }
+
+    #[test]
+    fn readiness_says_which_generation_starts_and_how_many_of_its_workers_are_ready() {
+        let mut w = World::new();
+        assert_eq!(readiness(&w), (false, "no generation".into()));
+        w.on(Event::Boot);
+        assert_eq!(readiness(&w), (false, "generation 1 starting: 0/2 workers ready".into()));
+        w.worker_ready(1, 0, 100);
+        assert_eq!(readiness(&w), (false, "generation 1 starting: 1/2 workers ready".into()));
+        w.worker_ready(1, 1, 101);
+        w.ready(1);
+        assert_eq!(readiness(&w), (true, "generation 1 ready: 2/2 workers ready".into()));
+    }
+
+    #[test]
+    fn a_reload_keeps_panzer_ready_on_the_generation_that_serves() {
+        let mut w = World::serving_with(settings());
+        w.reload(1);
+        assert_eq!(readiness(&w), (true, "generation 1 ready: 2/2 workers ready".into()));
+        w.worker_ready(2, 0, 200);
+        w.worker_ready(2, 1, 201);
+        w.ready(2);
+        assert_eq!(readiness(&w), (true, "generation 2 ready: 2/2 workers ready".into()));
+    }
+
+    #[test]
+    fn a_lost_serving_monitor_makes_panzer_not_ready_until_its_replacement_is() {
+        let mut w = World::serving_with(settings());
+        w.exited(1, killed());
+        assert_eq!(readiness(&w), (false, "generation 2 starting: 0/2 workers ready".into()));
+    }
+
+    #[test]
+    fn a_graceful_or_immediate_stop_makes_panzer_not_ready_at_once() {
+        for command in [Command::Stop, Command::StopNow] {
+            let mut w = World::serving_with(settings());
+            assert!(!w.policy.stopping());
+            w.on(Event::Command { command, from: None });
+            assert!(w.policy.stopping());
+            assert_eq!(readiness(&w), (false, "stopping".into()), "{command:?}");
+        }
     }
 
     #[test]
@@ -1911,7 +1992,7 @@ mod tests {
         w.on(Event::Boot);
         // A stray SIGTERM made it drain and exit 0, without GenerationFailed.
         w.exited(1, Ended::Exited(0));
-        assert!(!w.policy.is_stopping());
+        assert!(!w.policy.stopping());
         assert_eq!(w.later(REPLACEMENT_BACKOFF), vec![Spawn { generation: 2, count: 2 }]);
     }
 
@@ -1922,7 +2003,7 @@ mod tests {
         for generation in 1..MAX_LOST_MONITORS {
             w.exited(generation, killed());
             w.later(REPLACEMENT_BACKOFF_CAP);
-            assert!(!w.policy.is_stopping(), "gave up after {generation}");
+            assert!(!w.policy.stopping(), "gave up after {generation}");
         }
         let effects = w.exited(MAX_LOST_MONITORS, killed());
         assert_eq!(effects.last(), Some(&Exit(1)));
@@ -2108,7 +2189,9 @@ mod tests {
     fn a_stop_delay_says_stopping_at_once_serves_through_it_then_stops_listening_before_it_drains() {
         let mut w = lame_duck();
         assert_eq!(stop(&mut w), vec![Systemd(Note::Stopping)]);
-        assert!(w.policy.is_stopping() && w.policy.in_stop_delay());
+        assert!(w.policy.stopping() && w.policy.in_stop_delay());
+        let readiness = w.policy.readiness();
+        assert_eq!((readiness.ready, readiness.line.as_str()), (false, "stopping"), "probes see it at once");
         assert_eq!(w.states(), vec![(1, State::Ready)], "it serves through the delay");
         assert_eq!(w.policy.next_deadline(), Some(w.now + Duration::from_secs(2)));
         assert_eq!(w.later(Duration::from_millis(1999)), vec![]);

@@ -34,6 +34,11 @@ impl Listener {
         self.socket.as_fd()
     }
 
+    /// The socket itself, for main's own listeners (the admin endpoint).
+    pub(crate) fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
     /// The unix socket file this process created, `(path, dev, inode)`.
     pub(crate) fn created(&self) -> Option<&(PathBuf, u64, u64)> {
         self.created.as_ref()
@@ -95,7 +100,8 @@ pub fn bind_all(specs: &[BindSpec], backlog: i32, nodelay: bool) -> Result<Vec<L
     specs.iter().map(|spec| bind(spec, backlog, nodelay)).collect()
 }
 
-fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Listener, Error> {
+/// Binds one spec (see [`bind_all`]).
+pub(crate) fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Listener, Error> {
     let fail = |source: io::Error| Error::Bind { addr: spec.addr.to_string(), source };
     match &spec.addr {
         BindAddr::Inet(addr) => {

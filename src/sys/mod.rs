@@ -201,14 +201,43 @@ pub fn signal_process(pid: Pid, signal: Signal) {
     let _ = nix::sys::signal::kill(pid, signal);
 }
 
-/// Waits until one of `fds` is readable (or, where its flag says so,
-/// writable) or `deadline` passes. Returns, for each fd, whether it is ready
-/// (or hung up).
-pub fn poll(fds: &[(BorrowedFd<'_>, bool)], deadline: Option<Instant>) -> io::Result<Vec<bool>> {
+/// What an fd is polled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    Read,
+    /// Only writable: for a connection whose peer has stopped sending (or
+    /// must not be read from yet) while an answer waits to go out, where a
+    /// readable end of stream would wake the loop at once, forever.
+    Write,
+    ReadWrite,
+}
+
+/// `true`: read and write, as a channel with queued messages wants.
+impl From<bool> for Interest {
+    fn from(write: bool) -> Interest {
+        if write {
+            Interest::ReadWrite
+        } else {
+            Interest::Read
+        }
+    }
+}
+
+/// Waits until one of `fds` is ready for what it is polled for (a `bool`:
+/// readable, or also writable when true; or an [`Interest`]) or `deadline`
+/// passes. Returns, for each fd, whether it is ready (or hung up).
+pub fn poll<I: Into<Interest> + Copy>(
+    fds: &[(BorrowedFd<'_>, I)],
+    deadline: Option<Instant>,
+) -> io::Result<Vec<bool>> {
     let mut polled: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|&(fd, write)| {
-            let flags = if write { PollFlags::POLLIN | PollFlags::POLLOUT } else { PollFlags::POLLIN };
+        .map(|&(fd, interest)| {
+            let flags = match interest.into() {
+                Interest::Read => PollFlags::POLLIN,
+                Interest::Write => PollFlags::POLLOUT,
+                Interest::ReadWrite => PollFlags::POLLIN | PollFlags::POLLOUT,
+            };
             PollFd::new(fd, flags)
         })
         .collect();
