@@ -24,6 +24,7 @@ mod real_servers;
 mod reload;
 mod resilience;
 mod rolling;
+mod rollout;
 mod security;
 mod stopping;
 mod supervision;
