@@ -134,6 +134,25 @@ fn a_connection_after_the_drain_began_is_refused_at_once_not_held_and_reset() {
 }
 
 #[test]
+fn after_a_reload_and_an_upgrade_the_socket_still_listens_and_a_stop_still_refuses() {
+    let panzer = Panzer::start_with_env(
+        &["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &example("slow_drain")],
+        &[("DRAIN_MS", "3000")],
+    );
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    for command in ["reload", "upgrade"] {
+        let out = panzer.ctl(&[command]);
+        assert_eq!(out.code, 0, "{command}: {}", out.stderr);
+        assert_eq!(get(port, "/").unwrap().status, 200, "after the {command}");
+    }
+    assert!(!panzer.log().contains("stopped listening"), "{}", panzer.log());
+    panzer.signal(Signal::SIGTERM);
+    panzer.wait_for_lines("draining for 3000 ms", 2); // generations 1 (reload) and 2 (stop)
+    assert_refused_at_once(|| connect(port).map(drop), "after an upgrade");
+}
+
+#[test]
 fn a_unix_socket_refuses_at_once_too_once_the_drain_began() {
     let panzer = Panzer::start(&[
         "--bind",
