@@ -136,18 +136,13 @@ impl Panzer {
         // Registered under the lock across the spawn, so that
         // `kill_every_panzer` (a bench's Ctrl-C) cannot miss it.
         let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-        // A program the test has just written (an upgrade test's panzer)
-        // is "busy" while a process forked meanwhile by another test still
-        // holds the write fd it inherited, until that process execs.
-        let mut busy = None;
-        let child = within(PATIENCE, || match command.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                busy = Some(e);
-                None
-            }
-            other => Some(other),
+        // A binary a test has just copied (an upgrade's install) can be
+        // busy for a moment: a process another test forks meanwhile holds
+        // the copy's write descriptor until it execs (ETXTBSY).
+        let child = eventually(PATIENCE, &format!("{program} not to be busy"), || match command.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => None,
+            spawned => Some(spawned),
         })
-        .unwrap_or_else(|| Err(busy.take().unwrap()))
         .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
         live.push((Pid::from_raw(child.id() as i32), dir.0.clone()));
         drop(live);

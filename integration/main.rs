@@ -11,6 +11,7 @@ mod bad_input;
 mod container;
 mod control;
 mod deploy;
+mod descriptors;
 mod docs;
 mod example;
 mod faults;

@@ -24,8 +24,9 @@ use crate::units::{CliDuration, CliSignal, CliSize, ReadyMode, ReloadStrategy};
                   \x20         panzer --bind 127.0.0.1:8080 --count 4 -- ./my_server --verbose"
 )]
 pub struct Cli {
-    /// Workers per generation (at least 1, at most 4096 or what RLIMIT_NPROC
-    /// allows). Default: the number of CPUs.
+    /// Workers per generation (at least 1, at most 4096, what RLIMIT_NPROC
+    /// allows, and what RLIMIT_NOFILE leaves a monitor room for). Default:
+    /// the number of CPUs (fewer if the limits allow fewer).
     #[arg(short, long, env = "PANZER_COUNT", value_parser = clap::value_parser!(u32).range(1..))]
     pub count: Option<u32>,
 

@@ -41,7 +41,9 @@
 //! import and neither role imports the other). A monitor gets the
 //! other end at fd 3 and the sockets at 4…, takes them over (`CLOEXEC` again)
 //! and owns its `NOTIFY_SOCKET` (`notify`). A worker gets exactly 0, 1, 2
-//! and the sockets at 3….
+//! and the sockets at 3…. A monitor inherits main's `RLIMIT_NOFILE`, so
+//! main counts what a monitor holds and what a worker start needs (`limits`)
+//! and refuses a count the limit cannot start.
 //!
 //! Lifetimes: nothing outlives panzer, whichever process is killed first.
 //! main is child subreaper, so descendants whose monitor died come back to
@@ -97,6 +99,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod library;
+pub(crate) mod limits;
 pub(crate) mod log_limit;
 pub mod logging;
 pub mod main_process;

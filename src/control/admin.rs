@@ -16,8 +16,10 @@
 //! Requests are parsed by `httparse`; a request head longer than
 //! [`MAX_REQUEST`] gets 431, anything unparsable 400, and the connection is
 //! closed after either. A client has [`CLIENT_TIMEOUT`] to send each
-//! request (and to read its answer); past [`MAX_CLIENTS`] connections, the
-//! one idle the longest is closed. An answer that cannot be sent at once
+//! request (and to read its answer); past [`MAX_CLIENTS`] connections (or
+//! fewer, what `RLIMIT_NOFILE` leaves), the one idle the longest is closed,
+//! and so it is when an accept finds no descriptor; with no client to close,
+//! the listeners are left out of the poll for a moment, never spun on. An answer that cannot be sent at once
 //! waits in the client's buffer while main polls for it to become writable,
 //! and the client's next request is read only once the answer is out, so a
 //! client that never reads costs one buffer until its deadline. Pipelined
@@ -53,8 +55,12 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// (and drops) what the client sends, so that its unread bytes do not turn
 /// the close into a reset that could destroy the answer on its way.
 const LINGER: Duration = Duration::from_secs(2);
-/// Most clients connected at once; past it the one idle the longest is closed.
+/// Most clients connected at once (fewer where `RLIMIT_NOFILE` leaves main
+/// less room); past it the one idle the longest is closed.
 pub const MAX_CLIENTS: usize = 64;
+/// After an accept failed with no client to close for it, how long the
+/// listeners are left out of the poll (unless a client leaves first).
+const ACCEPT_PAUSE: Duration = crate::control::server::ACCEPT_PAUSE;
 /// The listen backlog of the admin sockets.
 const BACKLOG: i32 = 128;
 /// Most bytes read from one client in one turn of main's loop.
@@ -366,8 +372,13 @@ pub struct Server {
     listeners: Vec<Listener>,
     clients: Vec<Client>,
     next_id: u64,
-    /// Clients closed to make room are logged at most once a second.
-    evictions: LogLimit<()>,
+    /// [`MAX_CLIENTS`], or what `RLIMIT_NOFILE` (the second) leaves room for.
+    max_clients: (usize, Option<u64>),
+    /// While an accept cannot succeed: until when the listeners are not
+    /// polled, and how many clients there were then (one fewer resumes them).
+    paused: Option<(Instant, usize)>,
+    /// Clients closed to make room, failed accepts: a line a second of each.
+    trouble: LogLimit<&'static str>,
 }
 
 impl Default for Server {
@@ -376,7 +387,9 @@ impl Default for Server {
             listeners: Vec::new(),
             clients: Vec::new(),
             next_id: 0,
-            evictions: LogLimit::new(Duration::from_secs(1)),
+            max_clients: (MAX_CLIENTS, None),
+            paused: None,
+            trouble: LogLimit::new(Duration::from_secs(1)),
         }
     }
 }
@@ -439,27 +452,49 @@ impl Server {
         Ok(server)
     }
 
+    /// Whether there is an endpoint at all (`--admin-bind` given).
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+    }
+
+    /// How many clients are connected.
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Holds the clients to `max` (at least 1, at most [`MAX_CLIENTS`]):
+    /// what `RLIMIT_NOFILE`, `limit`, leaves room for.
+    pub fn set_max_clients(&mut self, max: usize, limit: u64) {
+        self.max_clients = (max.clamp(1, MAX_CLIENTS), (max < MAX_CLIENTS).then_some(limit));
+    }
+
     /// The addresses bound, with their real ports.
     pub fn addresses(&self) -> impl Iterator<Item = &str> {
         self.listeners.iter().map(|l| l.local.as_str())
     }
 
-    /// The fds main polls, each for what it waits for.
+    /// The fds main polls (the listeners unless accepting is paused), each
+    /// for what it waits for.
     pub fn fds(&self) -> Vec<(Token, BorrowedFd<'_>, Interest)> {
+        let listening = if self.paused.is_none() { &self.listeners[..] } else { &[] };
         let listeners =
-            self.listeners.iter().enumerate().map(|(i, l)| (Token::Listener(i), l.fd(), Interest::Read));
+            listening.iter().enumerate().map(|(i, l)| (Token::Listener(i), l.fd(), Interest::Read));
         let clients = self.clients.iter().map(|c| (Token::Client(c.id), c.socket.as_fd(), c.interest()));
         listeners.chain(clients).collect()
     }
 
-    /// The earliest client deadline.
+    /// The earliest client deadline, or the end of a pause in accepting.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.clients.iter().map(|c| c.deadline).min()
+        self.clients.iter().map(|c| c.deadline).chain(self.paused.map(|(until, _)| until)).min()
     }
 
-    /// Closes the clients past their deadline.
+    /// Closes the clients past their deadline; polls the listeners again
+    /// once a pause is over (or a client has left since).
     pub fn expire(&mut self, now: Instant) {
         self.clients.retain(|c| c.deadline > now);
+        if self.paused.is_some_and(|(until, clients)| now >= until || self.clients.len() < clients) {
+            self.paused = None;
+        }
     }
 
     /// Handles the fds of [`Server::fds`] that polled ready, asking
@@ -480,37 +515,74 @@ impl Server {
     }
 
     /// Accepts what is pending on listener `index` (a bounded number per
-    /// turn: the rest wait for the next).
+    /// turn: the rest wait for the next). An accept that finds no
+    /// descriptor closes the client idle the longest and tries again; with
+    /// none to close, or another error, accepting pauses.
     fn accept(&mut self, index: usize, now: Instant) {
+        // A client was closed for the descriptor the last accept lacked.
+        let mut made_room = false;
         for _ in 0..MAX_CLIENTS {
+            if self.paused.is_some() {
+                return;
+            }
             let Some(listener) = self.listeners.get(index) else { return };
             let socket = match listener.socket().accept() {
                 Ok((socket, _)) => socket,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // That connection is gone; the next may be fine.
+                Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+                Err(e) => {
+                    let why = crate::limits::explain(&e, false, None);
+                    if crate::limits::out_of_fds(&e) && !made_room && self.drop_oldest() {
+                        made_room = true;
+                        self.log_trouble("accept", now, || {
+                            format!("admin endpoint: cannot accept a client: {why}: closed the client idle the longest")
+                        });
+                        continue;
+                    }
+                    // Readable again at once, and failing again: not until
+                    // something has changed.
+                    self.paused = Some((now + ACCEPT_PAUSE, self.clients.len()));
+                    self.log_trouble("accept", now, || {
+                        format!(
+                            "admin endpoint: cannot accept a client: {why}: trying again in {} ms",
+                            ACCEPT_PAUSE.as_millis()
+                        )
+                    });
+                    return;
+                }
             };
+            made_room = false;
             if socket.set_nonblocking(true).is_err() {
                 continue;
             }
-            if self.clients.len() >= MAX_CLIENTS {
-                self.drop_oldest(now);
+            let (max, limit) = self.max_clients;
+            if self.clients.len() >= max && self.drop_oldest() {
+                let why = match limit {
+                    Some(limit) => format!(" (what RLIMIT_NOFILE, {limit}, leaves room for)"),
+                    None => String::new(),
+                };
+                self.log_trouble("full", now, || {
+                    format!("admin endpoint: {max} clients at most{why}: closed the one idle the longest")
+                });
             }
             self.next_id += 1;
             self.clients.push(Client::new(self.next_id, socket, now));
         }
     }
 
-    /// Makes room: closes the client idle the longest (the earliest deadline).
-    fn drop_oldest(&mut self, now: Instant) {
+    /// Makes room: closes the client idle the longest (the earliest
+    /// deadline). False if there is none.
+    fn drop_oldest(&mut self) -> bool {
         let oldest = self.clients.iter().enumerate().min_by_key(|(_, c)| c.deadline).map(|(i, _)| i);
-        if let Some(index) = oldest {
-            self.clients.remove(index);
-            if let Some(n) = self.evictions.check(&(), now) {
-                log::warn!(
-                    "admin endpoint: more than {MAX_CLIENTS} clients; closed the one idle the longest{}",
-                    suppressed(n)
-                );
-            }
+        oldest.map(|index| self.clients.remove(index)).is_some()
+    }
+
+    /// Logs the line `line` makes, at most once a second for each `kind`.
+    fn log_trouble(&mut self, kind: &'static str, now: Instant, line: impl FnOnce() -> String) {
+        if let Some(n) = self.trouble.check(&kind, now) {
+            log::warn!("{}{}", line(), suppressed(n));
         }
     }
 

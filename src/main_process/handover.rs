@@ -517,7 +517,7 @@ pub fn resume(fd: &OsStr) -> Result<i32, Error> {
     let mut orphans = Orphans::new(config.drain_signal);
     orphans.restore(&handover.orphans);
     let pid_file = config.pid_file.as_deref().map(WrittenPidFile::adopt);
-    let settings = super::settings(&config);
+    let settings = super::settings(&config, sockets.len());
     let started =
         Instant::now().checked_sub(Duration::from_millis(handover.uptime_ms)).unwrap_or_else(Instant::now);
     let systemd = Systemd::from_env().map(|s| s.resumed(handover.systemd_ready_sent));

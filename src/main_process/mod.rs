@@ -136,11 +136,11 @@ fn signal_fd() -> Result<sys::SignalFd, Error> {
     sys::signal_fd(&signals).map_err(|e| Error::os("cannot set up signal handling", e))
 }
 
-/// The policy's settings from the configuration.
-fn settings(config: &Config) -> Settings {
+/// The policy's settings from the configuration, for `sockets` listening sockets.
+fn settings(config: &Config, sockets: usize) -> Settings {
     Settings {
         count: config.count,
-        max_count: crate::config::max_count(),
+        ceiling: crate::config::count_ceiling(sockets, config.tag_output, config.preload),
         startup_timeout: config.startup_timeout,
         graceful_timeout: config.graceful_timeout,
         strategy: config.reload_strategy,
@@ -177,6 +177,10 @@ pub fn run(config: Config) -> Result<i32, Error> {
         }
         None => sockets::bind_all(&config.binds, config.backlog, config.nodelay)?,
     };
+    // Passed-in sockets may be more than `--bind` said: what a monitor
+    // holds follows them.
+    let ceiling = crate::config::count_ceiling(sockets.len(), config.tag_output, config.preload);
+    ceiling.check(&format!("--count {}", config.count), config.count.into()).map_err(Error::Usage)?;
     let admin = admin::Server::bind(&config.admin_binds)?;
     for listener in &sockets {
         log::info!("listening on {}", listener.local);
@@ -189,7 +193,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let pid_file = pid_file.map(PidFile::write).transpose()?;
     let orphans = Orphans::new(config.drain_signal);
     let main = Main {
-        policy: Policy::new(settings(&config)),
+        policy: Policy::new(settings(&config, sockets.len())),
         config,
         monitors: BTreeMap::new(),
         sockets,
@@ -236,6 +240,7 @@ fn start_path() -> Result<PathBuf, Error> {
 
 /// Runs main from `first` (boot, or a resumed upgrade) until it stops.
 fn serve(mut main: Main, first: Event) -> Result<i32, Error> {
+    main.limit_clients();
     main.dispatch(first);
     let code = main.run();
     main.kill_leftovers();
@@ -248,6 +253,31 @@ fn serve(mut main: Main, first: Event) -> Result<i32, Error> {
 }
 
 impl Main {
+    /// Holds the control and admin clients to what `RLIMIT_NOFILE` leaves once main
+    /// has what it needs: the descriptors it holds now and those it needs
+    /// to start monitors (see [`server::client_cap`]).
+    fn limit_clients(&mut self) {
+        let Some(limit) = crate::limits::nofile() else { return };
+        let Ok(open) = sys::fork::open_fds() else { return };
+        // 0, 1 and 2, and what else below the limit is open but the clients.
+        let held = 3 + open.iter().filter(|&&fd| (fd as u64) < limit).count() as u64;
+        let held = held.saturating_sub((self.control.clients() + self.admin.clients()) as u64);
+        let room = server::client_room(limit, held, self.sockets.len());
+        // The admin endpoint, when there is one, takes at most half.
+        let admin = if self.admin.is_empty() { 0 } else { (room / 2).clamp(1, admin::MAX_CLIENTS as u64) };
+        let cap = server::client_cap(limit, held + admin, self.sockets.len());
+        self.control.set_max_clients(cap, limit);
+        if cap < server::MAX_CLIENTS {
+            log::info!("control: at most {cap} clients at once (RLIMIT_NOFILE is {limit})");
+        }
+        if !self.admin.is_empty() {
+            self.admin.set_max_clients(admin as usize, limit);
+            if (admin as usize) < admin::MAX_CLIENTS {
+                log::info!("admin endpoint: at most {admin} clients at once (RLIMIT_NOFILE is {limit})");
+            }
+        }
+    }
+
     fn run(&mut self) -> i32 {
         loop {
             let now = Instant::now();

@@ -49,7 +49,8 @@ pub const UPGRADE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub count: u32,
-    pub max_count: u32,
+    /// The most workers the limits let a generation run, and why.
+    pub ceiling: crate::limits::CountCeiling,
     pub startup_timeout: Duration,
     pub graceful_timeout: Duration,
     /// `--reload-strategy`.
@@ -714,12 +715,10 @@ impl Policy {
     }
 
     fn scale(&mut self, count: u32, out: &mut Vec<Effect>) -> Result<u32, String> {
-        if count == 0 || count > self.settings.max_count {
-            return Err(format!(
-                "scale {count}: the count must be between 1 and {}",
-                self.settings.max_count
-            ));
+        if count == 0 {
+            return Err("scale 0: the count must be at least 1".into());
         }
+        let count = self.settings.ceiling.check(&format!("scale {count}"), count.into())?;
         if self.stopping.is_some() || count == self.settings.count {
             return Ok(self.settings.count);
         }
@@ -1370,7 +1369,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             count: 2,
-            max_count: 64,
+            ceiling: crate::limits::CountCeiling { max: 64, bound: crate::limits::Bound::Ceiling },
             startup_timeout: Duration::from_secs(60),
             graceful_timeout: GRACE,
             strategy: ReloadStrategy::All,
@@ -1786,10 +1785,7 @@ mod tests {
     fn scale_has_a_ceiling_and_reaches_every_live_generation() {
         let mut w = World::serving();
         let effects = w.on(Event::Command { command: Command::Scale(100), from: Some(ClientId(1)) });
-        assert_eq!(
-            replies(&effects),
-            vec![(1, false, "scale 100: the count must be between 1 and 64".into())]
-        );
+        assert_eq!(replies(&effects), vec![(1, false, "scale 100: at most 64 workers".into())]);
         w.reload(2);
         let effects = w.on(Event::Command { command: Command::Scale(5), from: None });
         assert_eq!(
@@ -1801,6 +1797,23 @@ mod tests {
         );
         assert_eq!(w.on(Event::Command { command: Command::ScaleBy(-9), from: None }).len(), 2);
         assert_eq!(w.policy.count(), 1);
+    }
+
+    #[test]
+    fn a_scale_or_sigttin_past_what_the_descriptor_limit_allows_is_refused_with_the_reason() {
+        use crate::limits::{CountCeiling, MonitorFds};
+        let fds = MonitorFds { sockets: 1, tag_output: true, library: false };
+        let ceiling = CountCeiling::of(None, Some((24, fds)));
+        let mut w = World::serving_with(Settings { ceiling, ..settings() });
+        let effects = w.on(Event::Command { command: Command::Scale(4), from: Some(ClientId(1)) });
+        let (_, ok, message) = replies(&effects).remove(0);
+        assert!(!ok && message.starts_with("scale 4: at most 3 workers (RLIMIT_NOFILE is 24"), "{message}");
+        assert_eq!(effects.len(), 1, "nothing but the answer: {effects:?}");
+        let effects = w.on(Event::Command { command: Command::Scale(3), from: None });
+        assert_eq!(effects, vec![Effect::Order { generation: 1, order: Order::Scale { count: 3 } }]);
+        let effects = w.on(Event::Command { command: Command::ScaleBy(1), from: None });
+        assert!(effects.is_empty(), "{effects:?}");
+        assert_eq!(w.policy.count(), 3);
     }
 
     #[test]
@@ -1838,7 +1851,7 @@ mod tests {
         let mut w = World::serving();
         w.reload(4);
         let effects = w
-            .on(Event::SpawnFailed { generation: 2, reason: "cannot start its monitor: fork failed".into() });
+            .on(Event::SpawnFailed { generation: 2, reason: "cannot start its monitor: cannot fork".into() });
         assert_eq!(replies(&effects)[0].0, 4);
         assert!(!effects.iter().any(|e| matches!(e, Effect::Order { .. })));
         assert_eq!(w.states(), vec![(1, State::Ready)]);

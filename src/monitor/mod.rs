@@ -402,15 +402,25 @@ impl Monitor {
                     }
                 }
                 Err(e) => {
+                    let why = e.explain(Some(self.fds().worker_start()));
                     let how = match &self.launch {
-                        Launch::Exec { program } => format!("could not run {}: {e}", program.display()),
-                        Launch::Fork { .. } => format!("could not fork: {e}"),
+                        Launch::Exec { program } => format!("could not run {}: {why}", program.display()),
+                        Launch::Fork { .. } => format!("could not start: {why}"),
                     };
                     if let Some(exit) = self.pool.start_failed(ordinal, now) {
                         self.after_exit(exit, 0, &how);
                     }
                 }
             }
+        }
+    }
+
+    /// What this monitor holds in descriptors and needs to start a worker.
+    fn fds(&self) -> crate::limits::MonitorFds {
+        crate::limits::MonitorFds {
+            sockets: self.sockets.len() as u32,
+            tag_output: self.output.is_some(),
+            library: matches!(self.launch, Launch::Fork { .. }),
         }
     }
 
