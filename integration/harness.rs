@@ -916,3 +916,12 @@ impl Gate {
         std::fs::write(self.dir.join("open"), "").unwrap();
     }
 }
+
+impl Panzer {
+    /// The port of the first `admin endpoint on` line (`--admin-bind 127.0.0.1:0`).
+    pub fn admin_port(&self) -> u16 {
+        let line = self.wait_for_line("admin endpoint on ");
+        let addr = line.rsplit("admin endpoint on ").next().unwrap().trim();
+        addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+}

@@ -69,6 +69,15 @@ pub struct Cli {
     #[arg(long, env = "PANZER_GRACEFUL_TIMEOUT", default_value = "30s", value_name = "DURATION")]
     pub graceful_timeout: CliDuration,
 
+    /// Lame duck: on a graceful stop (SIGTERM, SIGINT, `panzerctl stop`),
+    /// report not ready at once (systemd STOPPING=1) and keep serving for
+    /// this long, so a load balancer can take this instance out of
+    /// rotation; then drain. A second SIGTERM or SIGINT during the delay
+    /// skips it; SIGQUIT stops at once. Set it to at least the time your
+    /// balancer or Kubernetes' endpoints take to stop sending traffic.
+    #[arg(long, env = "PANZER_STOP_DELAY", default_value = "0s", value_name = "DURATION")]
+    pub stop_delay: CliDuration,
+
     /// Control socket path. Default: <pid>.sock in a private directory (mode 0700):
     /// $XDG_RUNTIME_DIR/panzer, else /run/panzer for root, else $TMPDIR/panzer-<uid>.
     #[arg(long, env = "PANZER_CONTROL", value_name = "PATH")]

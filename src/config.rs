@@ -22,6 +22,8 @@ pub struct Config {
     pub ready: ReadyMode,
     pub startup_timeout: Duration,
     pub graceful_timeout: Duration,
+    /// `--stop-delay`: how long a graceful stop keeps serving, not ready, before it drains.
+    pub stop_delay: Duration,
     pub control: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     /// `(uid, gid)` for monitors and workers (`--user`, `--group`).
@@ -85,6 +87,7 @@ impl Config {
             ready: cli.ready,
             startup_timeout: cli.startup_timeout.0,
             graceful_timeout: cli.graceful_timeout.0,
+            stop_delay: cli.stop_delay.0,
             control: cli.control,
             pid_file: cli.pid_file,
             credentials: credentials(cli.user.as_deref(), cli.group.as_deref())?,

@@ -639,8 +639,13 @@ impl Server {
             let created = l.created.as_ref().map(|(path, dev, ino)| {
                 (PathBuf::from(std::ffi::OsString::from_vec(path.clone())), *dev, *ino)
             });
-            let listener =
-                Listener::resume(adopt(l.fd)?, BindSpec { name: None, addr }, l.local.clone(), created);
+            let listener = Listener::resume(
+                adopt(l.fd)?,
+                BindSpec { name: None, addr },
+                l.local.clone(),
+                created,
+                false,
+            );
             // O_NONBLOCK lives on the open file, which the exec kept; set anyway.
             let _ = listener.socket().set_nonblocking(true);
             server.listeners.push(listener);

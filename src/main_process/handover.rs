@@ -106,6 +106,10 @@ struct SavedSocket {
     local: String,
     /// A unix socket file main created: `(path, dev, inode)`.
     created: Option<(Vec<u8>, u64, u64)>,
+    /// Passed in by systemd: left listening on a stop. (An older image's
+    /// state lacks it.)
+    #[serde(default)]
+    activated: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -268,6 +272,7 @@ impl Main {
                     spec: l.spec.to_string(),
                     local: l.local.clone(),
                     created: l.created().map(|(path, dev, ino)| (bytes(path.as_os_str()), *dev, *ino)),
+                    activated: l.activated(),
                 })
                 .collect(),
             control: self.control.save(now),
@@ -493,7 +498,7 @@ pub fn resume(fd: &OsStr) -> Result<i32, Error> {
     for saved in &handover.sockets {
         let spec: BindSpec = saved.spec.parse().map_err(Error::Usage)?;
         let created = saved.created.as_ref().map(|(path, dev, ino)| (PathBuf::from(os(path)), *dev, *ino));
-        sockets.push(Listener::resume(adopt(saved.fd)?, spec, saved.local.clone(), created));
+        sockets.push(Listener::resume(adopt(saved.fd)?, spec, saved.local.clone(), created, saved.activated));
     }
     let control = Server::resume(&handover.control, Instant::now(), adopt)?;
     let admin = admin::Server::resume(&handover.admin, Instant::now(), adopt)?;

@@ -148,6 +148,7 @@ fn settings(config: &Config, sockets: usize) -> Settings {
         graceful_timeout: config.graceful_timeout,
         strategy: config.reload_strategy,
         canary: config.canary,
+        stop_delay: config.stop_delay,
     }
 }
 
@@ -411,6 +412,7 @@ impl Main {
                 self.orphans.kill_all(&monitors);
             }
             Effect::Reply { to, reply } => self.control.reply(to, &reply),
+            Effect::Unlisten => self.unlisten(),
             Effect::Systemd(note) => {
                 if let Some(systemd) = &mut self.systemd {
                     match note {
@@ -440,7 +442,8 @@ impl Main {
         if signal == Signal::SIGCHLD {
             return self.reap();
         }
-        let Some(command) = control::signals::command(signal, self.interrupts) else {
+        let in_stop_delay = self.policy.in_stop_delay();
+        let Some(command) = control::signals::command(signal, self.interrupts, in_stop_delay) else {
             return log::warn!("ignoring {}", signal.as_str());
         };
         if signal == Signal::SIGINT {
@@ -448,6 +451,25 @@ impl Main {
         }
         log::info!("received {}", signal.as_str());
         self.dispatch(Event::Command { command, from: None });
+    }
+
+    /// The drain of a stop begins: a new connection is refused from now
+    /// on, on every socket main bound. One that systemd passed in stays
+    /// listening, so that systemd queues connections for the next start.
+    fn unlisten(&mut self) {
+        for listener in &self.sockets {
+            if listener.activated() {
+                log::info!(
+                    "{} stays listening: systemd passed it in, and queues connections for the next start",
+                    listener.local
+                );
+                continue;
+            }
+            match listener.stop_listening() {
+                Ok(()) => log::info!("stopped listening on {}: new connections are refused", listener.local),
+                Err(e) => log::warn!("cannot stop listening on {}: {}", listener.local, describe(&e)),
+            }
+        }
     }
 
     fn on_request(&mut self, client: ClientId, request: Request) {

@@ -62,6 +62,8 @@ pub struct Settings {
     pub strategy: ReloadStrategy,
     /// `--canary`: how long one new worker serves beside the old generation before the rest.
     pub canary: Option<Duration>,
+    /// `--stop-delay`: how long a graceful stop keeps serving, not ready, before it drains.
+    pub stop_delay: Duration,
 }
 
 /// What a generation is doing, as main sees it.
@@ -267,6 +269,11 @@ pub enum Effect {
     Reply { to: ClientId, reply: Reply },
     /// Tell systemd (when main runs under it).
     Systemd(Note),
+    /// Stop listening on the sockets main bound itself (not those systemd
+    /// passed in): from now on a new connection is refused at once instead
+    /// of waiting in a backlog nobody accepts from. The drain of a stop
+    /// begins.
+    Unlisten,
     /// Exit main with this status once every orphan is gone.
     Exit(i32),
     /// Run the binary at main's path in check mode ([`Event::UpgradeChecked`]
@@ -310,6 +317,9 @@ pub struct Policy {
     /// A reload asked for while one was under way, with its waiting clients.
     queued_reload: Option<Vec<ClientId>>,
     stopping: Option<Stop>,
+    /// While a graceful stop waits out `--stop-delay` (serving, not ready):
+    /// when the drain begins.
+    stop_delay_until: Option<Instant>,
     stop_deadline: Option<Instant>,
     exit_code: i32,
     exited: bool,
@@ -344,6 +354,10 @@ pub struct Saved {
     last: u32,
     queued_reload: Option<Vec<ClientId>>,
     stopping: Option<Stop>,
+    // An upgrade is refused while stopping, so this is always empty; it is
+    // here so that the state is whole. (Absent from an older image's.)
+    #[serde(default, with = "clock::option")]
+    stop_delay_until: Option<Instant>,
     #[serde(with = "clock::option")]
     stop_deadline: Option<Instant>,
     exit_code: i32,
@@ -362,6 +376,7 @@ impl Policy {
             last: 0,
             queued_reload: None,
             stopping: None,
+            stop_delay_until: None,
             stop_deadline: None,
             exit_code: 0,
             exited: false,
@@ -381,6 +396,7 @@ impl Policy {
             last: self.last,
             queued_reload: self.queued_reload.clone(),
             stopping: self.stopping,
+            stop_delay_until: self.stop_delay_until,
             stop_deadline: self.stop_deadline,
             exit_code: self.exit_code,
             exited: self.exited,
@@ -399,6 +415,7 @@ impl Policy {
             last: saved.last,
             queued_reload: saved.queued_reload,
             stopping: saved.stopping,
+            stop_delay_until: saved.stop_delay_until,
             stop_deadline: saved.stop_deadline,
             exit_code: saved.exit_code,
             exited: saved.exited,
@@ -424,6 +441,11 @@ impl Policy {
     /// stop was taken (it then drains every generation, or kills them).
     pub fn stopping(&self) -> bool {
         self.stopping.is_some()
+    }
+
+    /// A graceful stop is waiting out `--stop-delay`: still serving, not ready.
+    pub fn in_stop_delay(&self) -> bool {
+        self.stop_delay_until.is_some()
     }
 
     /// Whether panzer serves, as a probe must see it, and the one line that
@@ -465,7 +487,7 @@ impl Policy {
             [delayed, g.startup_deadline, g.kill_deadline, g.next_progress, soak, g.act_deadline]
         });
         let upgrade = self.upgrade.as_ref().and_then(|u| u.checking_until);
-        generations.chain([self.stop_deadline, upgrade]).flatten().min()
+        generations.chain([self.stop_delay_until, self.stop_deadline, upgrade]).flatten().min()
     }
 
     /// Takes one event at time `now`; returns what to do, in order.
@@ -497,6 +519,10 @@ impl Policy {
             self.advance(now, number, &mut out);
         }
         self.start_upgrade_check(now, &mut out);
+        if self.in_stop_delay() && !self.any(|s| s == State::Ready) {
+            // Nothing serves any more (its monitor died): nothing to wait for.
+            self.begin_drain(now, &mut out);
+        }
         if self.stopping.is_some() && self.generations.is_empty() && !self.exited {
             self.exited = true;
             out.push(Effect::Exit(self.exit_code));
@@ -1218,38 +1244,48 @@ impl Policy {
     }
 
     /// `SIGTERM`, `SIGINT`, a control `stop` (graceful), or `SIGQUIT`, a
-    /// second `SIGINT` (now).
+    /// second `SIGINT` (now). A graceful stop first waits out
+    /// `--stop-delay` while a generation serves (not ready: systemd hears
+    /// `STOPPING=1` at once); a second graceful stop skips the rest of it.
     fn stop(&mut self, now: Instant, how: Stop, out: &mut Vec<Effect>) {
         let already = self.stopping;
-        if already == Some(Stop::Now) || (already.is_some() && how == Stop::Graceful) {
+        if already == Some(Stop::Now) {
             return;
         }
+        if already == Some(Stop::Graceful) && how == Stop::Graceful {
+            if self.in_stop_delay() {
+                log::info!("asked again: the rest of the stop delay is skipped");
+                self.begin_drain(now, out);
+            }
+            return;
+        }
+        let drain_began = already.is_some() && !self.in_stop_delay();
         self.stopping = Some(how);
         if already.is_none() {
-            let grace = self.settings.graceful_timeout;
-            match how {
-                Stop::Graceful if self.exit_code == 0 => {
-                    log::info!("stopping gracefully (workers have {} to finish)", format_duration(grace))
-                }
-                Stop::Graceful => {}
-                Stop::Now => log::warn!("stopping now, killing every worker"),
-            }
-            self.stop_deadline = Some(now + grace + DRAIN_BACKSTOP);
             out.push(Effect::Systemd(Note::Stopping));
+            let delay = self.settings.stop_delay;
+            let lame_duck = how == Stop::Graceful && !delay.is_zero() && self.any(|s| s == State::Ready);
+            // What was asked for and not done yet is cancelled; a reload
+            // under way stops at once, the generation it would replace
+            // serves through the delay.
             let mut cancelled: Vec<ClientId> = self.queued_reload.take().unwrap_or_default();
             let numbers: Vec<(u32, State)> = self.generations.iter().map(|g| (g.number, g.state)).collect();
             for (number, state) in numbers {
                 match state {
                     State::Delayed(_) => self.remove(number),
-                    State::Starting | State::Ready => {
+                    State::Starting => {
                         if let Some(Cause::Reload(clients)) =
                             self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement))
                         {
                             cancelled.extend(clients);
                         }
-                        self.drain(now, number, State::Draining, grace, out);
+                        if lame_duck {
+                            self.restore_old(number, out);
+                            let grace = self.settings.graceful_timeout;
+                            self.drain(now, number, State::Draining, grace, out);
+                        }
                     }
-                    State::Draining | State::Failed => {}
+                    State::Ready | State::Draining | State::Failed => {}
                 }
             }
             if !cancelled.is_empty() {
@@ -1270,9 +1306,45 @@ impl Policy {
             for to in cancelled {
                 out.push(Effect::Reply { to, reply: Reply::error("reload cancelled: panzer is stopping") });
             }
+            match how {
+                Stop::Graceful if lame_duck => {
+                    log::info!("stopping in {} (--stop-delay); serving until then", format_duration(delay));
+                    self.stop_delay_until = Some(now + delay);
+                }
+                Stop::Graceful => self.begin_drain(now, out),
+                Stop::Now => {}
+            }
         }
         if how == Stop::Now {
+            log::warn!("stopping now, killing every worker");
+            if !drain_began {
+                self.begin_drain(now, out);
+            }
             self.kill_everything(out);
+        }
+    }
+
+    /// A graceful stop drains: nothing new is accepted (the sockets stop
+    /// listening), every generation finishes what it has within the
+    /// graceful timeout, and what is left then is killed.
+    fn begin_drain(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        self.stop_delay_until = None;
+        let grace = self.settings.graceful_timeout;
+        if self.stopping == Some(Stop::Graceful) && self.exit_code == 0 {
+            log::info!("stopping gracefully (workers have {} to finish)", format_duration(grace));
+        }
+        self.stop_deadline = Some(now + grace + DRAIN_BACKSTOP);
+        // Before the workers hear of the drain, while they still accept:
+        // the backlog is at its shortest, and what it holds is all that is
+        // lost (a TCP socket resets it as it stops listening).
+        out.push(Effect::Unlisten);
+        let numbers: Vec<(u32, State)> = self.generations.iter().map(|g| (g.number, g.state)).collect();
+        for (number, state) in numbers {
+            match state {
+                State::Delayed(_) => self.remove(number),
+                State::Starting | State::Ready => self.drain(now, number, State::Draining, grace, out),
+                State::Draining | State::Failed => {}
+            }
         }
     }
 
@@ -1333,6 +1405,9 @@ impl Policy {
             );
             self.upgrade_checked(Err(reason), out);
         }
+        if due(self.stop_delay_until) {
+            self.begin_drain(now, out);
+        }
         if due(self.stop_deadline) {
             log::warn!("workers still running after the graceful timeout: killing them");
             self.kill_everything(out);
@@ -1376,6 +1451,7 @@ mod tests {
             graceful_timeout: GRACE,
             strategy: ReloadStrategy::All,
             canary: None,
+            stop_delay: Duration::ZERO,
         }
     }
 
@@ -2295,5 +2371,100 @@ mod tests {
         );
         let effects = w.on(resumed(vec![1]));
         assert_eq!(spawns(&effects), vec![2], "generation 1 speaks another protocol: a hot restart");
+    }
+
+    fn lame_duck() -> World {
+        World::serving_with(Settings { stop_delay: Duration::from_secs(2), ..settings() })
+    }
+
+    fn stop(w: &mut World) -> Vec<Effect> {
+        w.on(Event::Command { command: Command::Stop, from: None })
+    }
+
+    #[test]
+    fn a_stop_delay_says_stopping_at_once_serves_through_it_then_stops_listening_before_it_drains() {
+        let mut w = lame_duck();
+        assert_eq!(stop(&mut w), vec![Systemd(Note::Stopping)]);
+        assert!(w.policy.stopping() && w.policy.in_stop_delay());
+        let readiness = w.policy.readiness();
+        assert_eq!((readiness.ready, readiness.line.as_str()), (false, "stopping"), "probes see it at once");
+        assert_eq!(w.states(), vec![(1, State::Ready)], "it serves through the delay");
+        assert_eq!(w.policy.next_deadline(), Some(w.now + Duration::from_secs(2)));
+        assert_eq!(w.later(Duration::from_millis(1999)), vec![]);
+        let effects = w.later(Duration::from_millis(1));
+        assert_eq!(effects, vec![Effect::Unlisten, drain(1, GRACE)], "the backlog shut before the drain");
+        assert!(!w.policy.in_stop_delay());
+        assert_eq!(
+            w.policy.next_deadline(),
+            Some(w.now + GRACE + DRAIN_BACKSTOP),
+            "the grace counts from here"
+        );
+        assert_eq!(w.exited(1, Ended::Exited(0)).last(), Some(&Exit(0)));
+    }
+
+    #[test]
+    fn a_second_stop_during_the_delay_skips_it_and_a_stop_now_kills_at_once() {
+        let mut w = lame_duck();
+        stop(&mut w);
+        w.later(Duration::from_millis(500));
+        assert_eq!(stop(&mut w), vec![Effect::Unlisten, drain(1, GRACE)]);
+        assert_eq!(stop(&mut w), vec![], "draining already");
+        let mut w = lame_duck();
+        stop(&mut w);
+        let effects = w.on(Event::Command { command: Command::StopNow, from: None });
+        assert_eq!(effects[0], Effect::Unlisten);
+        assert!(effects.contains(&KillGroup(1)) && effects.contains(&KillOrphans));
+        assert!(!w.policy.in_stop_delay());
+        let effects = w.on(Event::Command { command: Command::StopNow, from: None });
+        assert!(!effects.contains(&Effect::Unlisten), "once is enough");
+    }
+
+    #[test]
+    fn a_reload_an_upgrade_or_a_scale_during_the_stop_delay_is_refused_as_stopping() {
+        let mut w = lame_duck();
+        stop(&mut w);
+        assert_eq!(replies(&w.reload(3)), vec![(3, false, "panzer is stopping".into())]);
+        assert_eq!(replies(&upgrade(&mut w, 4)), vec![(4, false, "panzer is stopping".into())]);
+        let effects = w.on(Event::Command { command: Command::Scale(5), from: Some(ClientId(5)) });
+        assert_eq!(effects.len(), 1, "nothing but the answer: {effects:?}");
+        assert_eq!(w.policy.count(), 2);
+        assert_eq!(w.states(), vec![(1, State::Ready)]);
+    }
+
+    #[test]
+    fn a_reload_under_way_when_the_delay_starts_is_cancelled_and_the_old_generation_serves_through_it() {
+        let mut w = lame_duck();
+        w.reload(1);
+        w.reload(2);
+        let effects = stop(&mut w);
+        assert!(effects.contains(&drain(2, GRACE)) && !effects.contains(&drain(1, GRACE)));
+        let answers = replies(&effects);
+        assert_eq!(answers.len(), 2);
+        assert!(answers.iter().all(|(_, ok, e)| !ok && e == "reload cancelled: panzer is stopping"));
+        assert_eq!(w.states(), vec![(1, State::Ready), (2, State::Draining)]);
+        assert_eq!(w.ready(2), vec![], "too late to take over");
+        assert_eq!(w.later(Duration::from_secs(2)), vec![Effect::Unlisten, drain(1, GRACE)]);
+    }
+
+    #[test]
+    fn the_delay_ends_as_soon_as_nothing_serves_and_is_not_taken_when_nothing_did() {
+        let mut w = lame_duck();
+        stop(&mut w);
+        let effects = w.exited(1, killed());
+        assert!(effects.contains(&Effect::Unlisten), "{effects:?}");
+        assert_eq!(effects.last(), Some(&Exit(0)));
+        let mut w = World::with(Settings { stop_delay: Duration::from_secs(2), ..settings() });
+        w.on(Event::Boot);
+        let effects = stop(&mut w);
+        assert_eq!(effects, vec![Systemd(Note::Stopping), Effect::Unlisten, drain(1, GRACE)]);
+    }
+
+    #[test]
+    fn without_a_stop_delay_a_stop_stops_listening_then_drains_at_once_and_a_reload_never_stops_listening() {
+        let mut w = World::serving();
+        let effects = w.reload(1);
+        let effects: Vec<Effect> = effects.into_iter().chain(w.ready(2)).collect();
+        assert!(!effects.contains(&Effect::Unlisten));
+        assert_eq!(stop(&mut w), vec![Systemd(Note::Stopping), Effect::Unlisten, drain(2, GRACE)]);
     }
 }

@@ -24,6 +24,9 @@ pub struct Listener {
     socket: Socket,
     /// A unix socket file this process created and removes on drop.
     created: Option<(PathBuf, u64, u64)>,
+    /// Passed in by systemd (socket activation): never shut, since systemd
+    /// keeps it and queues connections for the next start.
+    activated: bool,
 }
 
 impl Listener {
@@ -41,14 +44,28 @@ impl Listener {
         self.created.as_ref()
     }
 
+    /// Whether systemd passed it in (socket activation).
+    pub(crate) fn activated(&self) -> bool {
+        self.activated
+    }
+
+    /// Stops listening, for every process that holds the socket: a new
+    /// connection is refused from now on (`ECONNREFUSED`), and `accept`
+    /// fails. A TCP socket resets the connections still in its backlog; a
+    /// unix socket keeps them for whoever still accepts.
+    pub(crate) fn stop_listening(&self) -> io::Result<()> {
+        self.socket.shutdown(std::net::Shutdown::Read)
+    }
+
     /// A listener the previous image of main handed over (an upgrade).
     pub(crate) fn resume(
         fd: std::os::fd::OwnedFd,
         spec: BindSpec,
         local: String,
         created: Option<(PathBuf, u64, u64)>,
+        activated: bool,
     ) -> Listener {
-        Listener { spec, local, socket: Socket::from(fd), created }
+        Listener { spec, local, socket: Socket::from(fd), created, activated }
     }
 
     /// The address as Server::Starter writes it: `IP:PORT` with the real
@@ -106,7 +123,7 @@ pub(crate) fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Liste
                 .and_then(|a| a.as_socket())
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| addr.to_string());
-            Ok(Listener { spec: spec.clone(), local, socket, created: None })
+            Ok(Listener { spec: spec.clone(), local, socket, created: None, activated: false })
         }
         BindAddr::Unix(path) => {
             remove_stale_unix_socket(path).map_err(fail)?;
@@ -118,6 +135,7 @@ pub(crate) fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Liste
                 local: spec.addr.to_string(),
                 socket,
                 created: Some((path.clone(), meta.dev(), meta.ino())),
+                activated: false,
             };
             listener.socket.listen(backlog).map_err(fail)?;
             Ok(listener)
@@ -189,6 +207,7 @@ pub fn adopt_from_env() -> Result<Option<Vec<Listener>>, Error> {
             local: addr.to_string(),
             socket,
             created: None,
+            activated: true,
         });
     }
     Ok(Some(listeners))
