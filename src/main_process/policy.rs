@@ -2394,6 +2394,7 @@ mod tests {
         let effects = w.later(Duration::from_millis(1));
         assert_eq!(effects, vec![Effect::Unlisten, drain(1, GRACE)], "the backlog shut before the drain");
         assert!(!w.policy.in_stop_delay());
+        assert_eq!(w.acted(1), vec![]);
         assert_eq!(
             w.policy.next_deadline(),
             Some(w.now + GRACE + DRAIN_BACKSTOP),
@@ -2438,6 +2439,7 @@ mod tests {
         w.reload(2);
         let effects = stop(&mut w);
         assert!(effects.contains(&drain(2, GRACE)) && !effects.contains(&drain(1, GRACE)));
+        assert_eq!(w.acted(2), vec![]);
         let answers = replies(&effects);
         assert_eq!(answers.len(), 2);
         assert!(answers.iter().all(|(_, ok, e)| !ok && e == "reload cancelled: panzer is stopping"));
