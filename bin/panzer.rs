@@ -28,7 +28,10 @@ fn main() {
     }
     if hidden(main_process::RESUME_COMMAND) {
         match main_process::resume(&fd) {
-            Ok(code) => std::process::exit(code),
+            Ok(code) => {
+                panzer::logging::finish();
+                std::process::exit(code)
+            }
             Err(e) => fail(e),
         }
     }
@@ -38,12 +41,16 @@ fn main() {
     };
     panzer::logging::init(config.log_level, None);
     match panzer::main_process::run(config) {
-        Ok(code) => std::process::exit(code),
+        Ok(code) => {
+            panzer::logging::finish();
+            std::process::exit(code)
+        }
         Err(e) => fail(e),
     }
 }
 
 fn fail(e: panzer::error::Error) -> ! {
-    eprintln!("panzer: {}", e.report());
+    // Never waiting long on a stderr nobody reads.
+    panzer::logging::exit_message(&format!("panzer: {}", e.report()));
     std::process::exit(e.exit_code())
 }

@@ -1,7 +1,7 @@
 //! `panzerctl`: see and steer a running panzer through its control socket.
 //!
 //! ```text
-//! panzerctl [--control PATH | --pid-file PATH] [--json] status|reload|stop|scale N|upgrade|metrics|top
+//! panzerctl [--control PATH | --pid-file PATH] [--json] status [--ready]|reload|stop|scale N|upgrade|metrics|top
 //! panzerctl completions bash|zsh|fish|elvish|powershell [panzer|panzerctl]
 //! panzerctl man [panzer|panzerctl]
 //! ```
@@ -47,7 +47,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Show every generation and worker.
-    Status,
+    Status {
+        /// Readiness probe: print one line saying why, and exit 0 only while a
+        /// generation is ready and panzer is not stopping; 1 otherwise
+        /// (`generation 1 starting: 0/4 workers ready`, `stopping`).
+        #[arg(long)]
+        ready: bool,
+    },
     /// Hot restart; prints the new generation, or why it failed (exit 1).
     Reload,
     /// Stop gracefully.
@@ -68,7 +74,8 @@ enum Cmd {
     /// A live view that refreshes in place; quit with q or Ctrl-C.
     ///
     /// Shows each generation, one row per worker (pid, ready, restarts,
-    /// uptime, RSS), and the reloads seen while it runs.
+    /// uptime, RSS, client connections), when what is left of a draining
+    /// generation gets SIGKILL, and the reloads seen while it runs.
     Top {
         /// How often to refresh.
         #[arg(long, default_value = "1s", value_name = "DURATION")]
@@ -97,7 +104,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(message) => {
             eprintln!("panzerctl: {message}");
             ExitCode::FAILURE
@@ -105,31 +112,38 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> Result<(), String> {
+fn run(cli: &Cli) -> Result<ExitCode, String> {
     // These need no panzer.
     match cli.command {
-        Cmd::Completions { shell, program } => return docs::completions(shell, program),
-        Cmd::Man { program } => return docs::man(program),
+        Cmd::Completions { shell, program } => {
+            return docs::completions(shell, program).map(|()| ExitCode::SUCCESS)
+        }
+        Cmd::Man { program } => return docs::man(program).map(|()| ExitCode::SUCCESS),
         _ => {}
     }
     let path = socket_path(cli)?;
     let (request, timeout) = match cli.command {
-        Cmd::Status | Cmd::Metrics => (Request::Status, Some(cli.timeout.0)),
+        Cmd::Status { .. } | Cmd::Metrics => (Request::Status, Some(cli.timeout.0)),
         Cmd::Reload => (Request::Reload, None),
         // main bounds it: a reload under way, then a check of a few seconds.
         Cmd::Upgrade => (Request::Upgrade, None),
         Cmd::Stop => (Request::Stop, Some(cli.timeout.0)),
         Cmd::Scale { count } => (Request::Scale { count }, Some(cli.timeout.0)),
-        Cmd::Top { interval } => return top::run(&path, interval.0, cli.timeout.0),
+        Cmd::Top { interval } => {
+            return top::run(&path, interval.0, cli.timeout.0).map(|()| ExitCode::SUCCESS)
+        }
         Cmd::Completions { .. } | Cmd::Man { .. } => unreachable!("handled above"),
     };
     let reply = client::request(&path, &request, timeout)?;
     if let (Cmd::Metrics, Some(status)) = (&cli.command, &reply.status) {
         print!("{}", metrics::render(status));
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&reply).map_err(|e| e.to_string())?);
+    }
+    if let (Cmd::Status { ready: true }, Some(status)) = (&cli.command, &reply.status) {
+        return probe(status, cli.json);
     }
     if !reply.ok {
         let what = match request {
@@ -142,7 +156,19 @@ fn run(cli: &Cli) -> Result<(), String> {
     if !cli.json {
         print_human(&request, &reply);
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status --ready`: the readiness line (unless the JSON was printed), and
+/// exit 0 exactly when `ready` is true.
+fn probe(status: &Status, json: bool) -> Result<ExitCode, String> {
+    let Some(line) = &status.readiness else {
+        return Err(format!("panzer {} does not report its readiness; upgrade it", status.version));
+    };
+    if !json {
+        println!("{line}");
+    }
+    Ok(if status.ready { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
@@ -191,26 +217,30 @@ fn status_table(s: &Status) -> String {
     for socket in &s.sockets {
         out += &format!("socket {} {}\n", socket.name, socket.addr);
     }
+    if let Some(line) = &s.readiness {
+        out += &format!("{}: {line}\n", if s.ready { "ready" } else { "not ready" });
+    }
     out += &format!("reloads: {} ok, {} failed", s.reloads.ok, s.reloads.failed);
     if let Some(error) = &s.reloads.last_error {
         out += &format!(" (last error: {error})");
     }
     out += "\n";
     for g in &s.generations {
-        out += &format!("\ngeneration {}  {}  monitor pid {}\n", g.generation, g.state, g.monitor_pid);
+        out += &format!("\n{}\n", top::generation_line(g));
         out += &format!(
-            "  {:<7} {:<8} {:<6} {:<9} {:<8} {:<11} {}\n",
-            "WORKER", "PID", "READY", "RESTARTS", "UPTIME", "RSS", "THREADS"
+            "  {:<7} {:<8} {:<6} {:<9} {:<8} {:<11} {:<6} {}\n",
+            "WORKER", "PID", "READY", "RESTARTS", "UPTIME", "RSS", "CONNS", "THREADS"
         );
         for w in &g.workers {
             out += &format!(
-                "  {:<7} {:<8} {:<6} {:<9} {:<8} {:<11} {}\n",
+                "  {:<7} {:<8} {:<6} {:<9} {:<8} {:<11} {:<6} {}\n",
                 w.ordinal,
                 w.pid,
                 if w.ready { "yes" } else { "no" },
                 w.restarts,
                 age(w.uptime_s),
                 format!("{:.1} MiB", w.rss_kib as f64 / 1024.0),
+                top::connections(w),
                 w.threads
             );
         }

@@ -63,3 +63,30 @@ fn an_absurd_listen_fds_is_a_usage_error_not_an_abort() {
     assert_eq!(status.code(), Some(2), "{}", panzer.log());
     assert!(panzer.log().contains("LISTEN_FDS=4294967295: at most 1024 sockets"), "{}", panzer.log());
 }
+
+#[test]
+fn a_socket_from_systemd_stays_listening_while_panzer_drains_so_systemd_queues_for_the_next_start() {
+    let mut panzer = Panzer::start_via(
+        "python3",
+        &[
+            "-c",
+            LAUNCHER,
+            env!("CARGO_BIN_EXE_panzer"),
+            "--count",
+            "1",
+            "--ready",
+            "notify",
+            &example("slow_drain"),
+        ],
+        &[("DRAIN_MS", "2000")],
+    );
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    panzer.signal(nix::sys::signal::Signal::SIGTERM);
+    panzer.wait_for_line("draining for 2000 ms");
+    // Queued by the kernel, not refused: the socket still listens.
+    let queued = connect(port).expect("a connection while draining");
+    panzer.wait_for_line(&format!("127.0.0.1:{port} stays listening: systemd passed it in"));
+    assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0), "{}", panzer.log());
+    drop(queued);
+}

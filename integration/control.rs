@@ -287,3 +287,59 @@ fn stale_control_socket_and_pid_file_are_replaced_live_ones_refused() {
     assert_eq!(std::fs::read_to_string(pid_file).unwrap().trim(), first.pid.to_string());
     assert_eq!(panzerctl(&["--control", control, "status"]).code, 0);
 }
+
+/// `panzerctl status --ready` (and the `ready`, `stopping` and `readiness`
+/// status fields) for the panzer `panzer` runs: its exit code and one line.
+fn ready_probe(panzer: &Panzer) -> (i32, String) {
+    let out = panzer.ctl(&["status", "--ready"]);
+    assert!(out.code == 0 || out.code == 1, "status --ready exited {}: {}", out.code, out.stderr);
+    assert_eq!(out.stdout.lines().count(), 1, "one line: {:?}", out.stdout);
+    let status = panzer.status();
+    assert_eq!(status["ready"], out.code == 0, "{status}");
+    assert_eq!(status["readiness"], out.stdout.trim(), "{status}");
+    (out.code, out.stdout.trim().to_string())
+}
+
+#[test]
+fn status_ready_fails_with_the_reason_while_no_worker_is_ready() {
+    let never = example("never_ready");
+    let args = ["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", never.as_str()];
+    let panzer = Panzer::start(&args);
+    panzer.wait_for_lines("never_ready: pid", 2);
+    let (code, line) = ready_probe(&panzer);
+    assert_eq!((code, line.as_str()), (1, "generation 1 starting: 0/2 workers ready"));
+    let status = panzer.status();
+    assert_eq!(status["stopping"], false, "{status}");
+    // The table says it too.
+    let table = panzer.ctl(&["status"]);
+    assert!(table.stdout.contains("not ready: generation 1 starting: 0/2 workers ready"), "{}", table.stdout);
+}
+
+#[test]
+fn status_ready_turns_to_zero_once_a_generation_is_ready() {
+    let gate = Gate::new();
+    let args = ["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", &gate.path()];
+    let panzer = Panzer::start(&args);
+    panzer.wait_for_line("starting generation 1");
+    assert_eq!(ready_probe(&panzer), (1, "generation 1 starting: 0/2 workers ready".into()));
+    gate.open();
+    panzer.wait_ready(1);
+    assert_eq!(ready_probe(&panzer), (0, "generation 1 ready: 2/2 workers ready".into()));
+    let table = panzer.ctl(&["status"]);
+    assert!(table.stdout.contains("ready: generation 1 ready: 2/2 workers ready"), "{}", table.stdout);
+}
+
+#[test]
+fn status_ready_says_stopping_from_the_moment_a_graceful_stop_is_taken() {
+    let slow = example("slow_drain");
+    let args = ["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", slow.as_str()];
+    // The worker takes 20 s to drain: the stop lasts as long as the test needs.
+    let panzer = Panzer::start_with_env(&args, &[("DRAIN_MS", "20000")]);
+    panzer.wait_ready(1);
+    assert_eq!(ready_probe(&panzer).0, 0);
+    panzer.signal(Signal::SIGTERM);
+    panzer.wait_for_line("stopping gracefully");
+    assert_eq!(ready_probe(&panzer), (1, "stopping".into()));
+    assert_eq!(panzer.status()["stopping"], true);
+    assert!(panzer.exited().is_none(), "still draining");
+}

@@ -2,7 +2,8 @@
 //! allows: each unit's command line is read out of the unit file and run
 //! under a test-owned NOTIFY_SOCKET (the socket-activated one through
 //! systemd-socket-activate); the container entrypoint runs as PID 1 of a
-//! pid namespace, probed the way the Kubernetes Deployment probes it.
+//! pid namespace, probed and scraped over HTTP the way the Kubernetes
+//! Deployment says, and stopped as a pod is.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -76,13 +77,22 @@ fn check_service(unit: &HashMap<String, String>, argv: &[String]) {
     assert_eq!(unit["KillMode"], "mixed", "SIGTERM must reach main alone");
     assert_eq!(unit["ExecReload"], "/bin/kill -USR1 $MAINPID");
     let graceful = seconds(option(argv, "--graceful-timeout"));
-    assert!(seconds(&unit["TimeoutStopSec"]) > graceful + 5, "TimeoutStopSec leaves no time for the drain");
+    let stop_delay = argv.iter().position(|a| a == "--stop-delay").map_or(0, |i| seconds(&argv[i + 1]));
+    assert!(
+        seconds(&unit["TimeoutStopSec"]) > stop_delay + graceful + 5,
+        "TimeoutStopSec leaves no time for the stop delay and the drain"
+    );
     let startup = argv.iter().position(|a| a == "--startup-timeout").map_or(60, |i| seconds(&argv[i + 1]));
     assert!(seconds(&unit["TimeoutStartSec"]) > startup, "TimeoutStartSec is shorter than --startup-timeout");
 }
 
 #[test]
 fn the_systemd_unit_runs_as_written_and_tells_systemd_ready_reloading_stopping() {
+    let text = read("panzer.service");
+    assert!(
+        text.lines().any(|l| l.starts_with('#') && l.contains("--stop-delay")),
+        "the unit says when to add --stop-delay"
+    );
     let unit = unit_file("panzer.service");
     let argv = runnable(&unit["ExecStart"], &example("hello"));
     check_service(&unit, &argv);
@@ -192,6 +202,19 @@ fn yaml_value<'a>(yaml: &'a str, after: &str, key: &str) -> &'a str {
         .trim()
 }
 
+/// The Deployment's value of environment variable `name`, in seconds.
+fn yaml_env_seconds(yaml: &str, name: &str) -> u64 {
+    seconds(yaml_value(yaml, &format!("name: {name}"), "value").trim_matches('"'))
+}
+
+/// A probe's `httpGet`: its path, and the container port its named port is.
+fn http_probe(yaml: &str, probe: &str) -> (String, u16) {
+    let path = yaml_value(yaml, &format!("{probe}:"), "path").to_string();
+    let name = yaml_value(yaml, &format!("{probe}:"), "port");
+    let port = yaml_value(yaml, &format!("- name: {name}"), "containerPort").parse().expect("a port number");
+    (path, port)
+}
+
 #[test]
 fn the_container_entrypoint_makes_panzer_pid_1_as_the_deployment_expects() {
     // The image: exec-form ENTRYPOINT (no shell as PID 1), running the entrypoint.
@@ -204,20 +227,41 @@ fn the_container_entrypoint_makes_panzer_pid_1_as_the_deployment_expects() {
     );
     let docker_env = dockerfile.lines().find_map(|l| l.strip_prefix("ENV ")).expect("ENV");
     let ready = docker_env.split(' ').find_map(|kv| kv.strip_prefix("PANZER_READY=")).expect("PANZER_READY");
-    // The pod: a grace period beyond the graceful timeout and panzer's backstop.
+    // The pod: a grace period beyond the stop delay, the graceful timeout
+    // and panzer's backstop together.
     let yaml = read("deployment.yaml");
     let grace = seconds(yaml_value(&yaml, "spec:", "terminationGracePeriodSeconds"));
-    let graceful = yaml_value(&yaml, "name: PANZER_GRACEFUL_TIMEOUT", "value").trim_matches('"');
-    assert!(grace > seconds(graceful) + 5, "terminationGracePeriodSeconds {grace} cuts the drain short");
-    let probe: Vec<String> =
-        serde_json::from_str(yaml_value(&yaml, "readinessProbe:", "command")).expect("probe command");
+    let stop_delay = yaml_env_seconds(&yaml, "PANZER_STOP_DELAY");
+    let graceful = yaml_env_seconds(&yaml, "PANZER_GRACEFUL_TIMEOUT");
+    assert!(stop_delay > 0, "no stop delay: the pod is refused traffic before its endpoints are gone");
+    assert!(
+        grace > stop_delay + graceful + 5,
+        "terminationGracePeriodSeconds {grace} cuts the drain short (stop delay {stop_delay} s, graceful \
+         timeout {graceful} s, backstop 5 s)"
+    );
+    // The probes and the scrape, all on the admin endpoint.
     let mut args: Vec<String> = serde_json::from_str(yaml_value(&yaml, "containers:", "args")).expect("args");
+    let admin = option(&args, "--admin-bind").to_string();
+    let admin_port: u16 = admin.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(http_probe(&yaml, "readinessProbe"), ("/readyz".to_string(), admin_port));
+    assert_eq!(http_probe(&yaml, "livenessProbe"), ("/livez".to_string(), admin_port));
+    assert_eq!(yaml_value(&yaml, "annotations:", "prometheus.io/path"), "/metrics");
+    assert_eq!(
+        yaml_value(&yaml, "annotations:", "prometheus.io/port").trim_matches('"'),
+        admin_port.to_string()
+    );
+    assert_eq!(yaml_value(&yaml, "annotations:", "prometheus.io/scrape"), "\"true\"");
     assert_eq!(args.last().map(String::as_str), Some("/app/server"));
     *args.last_mut().unwrap() = example("hello");
+    for arg in &mut args {
+        if *arg == admin {
+            *arg = "127.0.0.1:0".into();
+        }
+    }
 
-    let tools = ["unshare", "nsenter"].iter().all(|t| Command::new(t).arg("--version").output().is_ok());
-    if !nix::unistd::geteuid().is_root() || !tools {
-        eprintln!("skipped: needs root, unshare(1) and nsenter(1) for a pid namespace");
+    let unshare = Command::new("unshare").arg("--version").output().is_ok();
+    if !nix::unistd::geteuid().is_root() || !unshare {
+        eprintln!("skipped: needs root and unshare(1) for a pid namespace");
         return;
     }
     // PATH as in the image: panzer and panzerctl where the entrypoint finds them.
@@ -226,6 +270,7 @@ fn the_container_entrypoint_makes_panzer_pid_1_as_the_deployment_expects() {
     let script = deploy_file("entrypoint.sh");
     let mut command = vec!["--pid", "--fork", "--kill-child", "--mount-proc", "sh", script.to_str().unwrap()];
     command.extend(args.iter().map(String::as_str));
+    let (stop_delay_env, graceful_env) = (format!("{stop_delay}s"), format!("{graceful}s"));
     let mut panzer = Panzer::start_via(
         "unshare",
         &command,
@@ -233,34 +278,30 @@ fn the_container_entrypoint_makes_panzer_pid_1_as_the_deployment_expects() {
             ("PATH", &path),
             ("PANZER_BIND", "127.0.0.1:0"),
             ("PANZER_READY", ready),
-            ("PANZER_GRACEFUL_TIMEOUT", graceful),
+            ("PANZER_STOP_DELAY", &stop_delay_env),
+            ("PANZER_GRACEFUL_TIMEOUT", &graceful_env),
         ],
     );
     let port = panzer.port(0);
+    let admin = panzer.admin_port();
     panzer.wait_ready(1);
     assert!(panzer.log().contains("panzer[1]:"), "panzer is not PID 1:\n{}", panzer.log());
     assert_eq!(get(port, "/").unwrap().status, 200);
+    // The kubelet's probes and Prometheus' scrape, over HTTP.
+    let readyz = get(admin, "/readyz").unwrap();
+    assert_eq!(readyz.status, 200, "{readyz:?}");
+    assert_eq!(get(admin, "/livez").unwrap().status, 200);
+    let metrics = get(admin, "/metrics").unwrap();
+    assert!(metrics.status == 200 && metrics.body.contains("panzer_"), "{metrics:?}");
     // panzer as the host sees it: the child of unshare.
     let main = *process_table().iter().find(|(_, p)| p.ppid == panzer.pid).expect("panzer under unshare").0;
 
-    // The readiness probe, run inside the container's namespaces as the kubelet does.
-    let target = main.to_string();
-    let mut nsenter = vec!["--target", &target, "--pid", "--mount", "--"];
-    nsenter.extend(probe.iter().map(String::as_str));
-    let out = Command::new("nsenter")
-        .args(&nsenter)
-        .env("PATH", &path)
-        .env("XDG_RUNTIME_DIR", &panzer.dir.0)
-        .env_remove("PANZER_CONTROL")
-        .env_remove("PANZER_PID_FILE")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "probe {probe:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.starts_with("panzer pid 1,"), "{stdout}");
-
-    // Pod termination: SIGTERM to PID 1.
+    // Pod termination: SIGTERM to PID 1. Not ready at once, still serving
+    // through the stop delay, then drained.
     kill(main, Signal::SIGTERM).unwrap();
+    panzer.wait_for_line("(--stop-delay); serving until then");
+    assert_eq!(get(admin, "/readyz").unwrap().status, 503, "the pod still reads ready while stopping");
+    assert_eq!(get(port, "/").unwrap().status, 200, "the pod no longer serves during its stop delay");
     assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0), "{}", panzer.log());
     assert!(panzer.log().contains("stopping gracefully"), "{}", panzer.log());
 }

@@ -117,10 +117,26 @@ impl Panzer {
     /// (a launcher that sets up fds first, for example). `{dir}` in an
     /// argument stands for this panzer's own test directory.
     pub fn start_via(program: &str, args: &[&str], env: &[(&str, &str)]) -> Panzer {
+        Panzer::spawn(program, args, env, None)
+    }
+
+    /// Starts `panzer ARGS…` with its stdout and stderr both on `out` (the
+    /// write end of a pipe, say) instead of the log file, which stays empty.
+    pub fn start_writing_to(args: &[&str], out: std::os::fd::OwnedFd) -> Panzer {
+        Panzer::spawn(env!("CARGO_BIN_EXE_panzer"), args, &[], Some(out))
+    }
+
+    fn spawn(
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        out: Option<std::os::fd::OwnedFd>,
+    ) -> Panzer {
         let name = std::thread::current().name().unwrap_or("test").replace("::", "-");
         let dir = TestDir::new(&name);
         let log = dir.join("panzer.log");
-        let out = std::fs::File::create(&log).unwrap();
+        let file = std::fs::File::create(&log).unwrap();
+        let out = out.map_or(file, std::fs::File::from);
         let mut command = Command::new(program);
         command
             .args(args.iter().map(|a| a.replace("{dir}", dir.0.to_str().unwrap())))
@@ -136,7 +152,14 @@ impl Panzer {
         // Registered under the lock across the spawn, so that
         // `kill_every_panzer` (a bench's Ctrl-C) cannot miss it.
         let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        // A binary a test has just copied (an upgrade's install) can be
+        // busy for a moment: a process another test forks meanwhile holds
+        // the copy's write descriptor until it execs (ETXTBSY).
+        let child = eventually(PATIENCE, &format!("{program} not to be busy"), || match command.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => None,
+            spawned => Some(spawned),
+        })
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
         live.push((Pid::from_raw(child.id() as i32), dir.0.clone()));
         drop(live);
         Panzer {
@@ -541,8 +564,13 @@ impl Deploy {
 
     /// Installs a server that runs the `server` fixture with `env` (e.g. `FAIL_ON_START=1`).
     pub fn set(&self, env: &str) {
+        self.set_fixture("server", env);
+    }
+
+    /// Installs a server that runs the fixture `fixture` with `env`.
+    pub fn set_fixture(&self, fixture: &str, env: &str) {
         let tmp = self.0.with_extension("new");
-        std::fs::write(&tmp, format!("#!/bin/sh\n{env} exec {} \"$@\"\n", example("server"))).unwrap();
+        std::fs::write(&tmp, format!("#!/bin/sh\n{env} exec {} \"$@\"\n", example(fixture))).unwrap();
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::rename(&tmp, &self.0).unwrap();
     }
@@ -861,4 +889,46 @@ pub fn start_deploy(deploy: &Deploy, count: &str, extra: &[&str]) -> Panzer {
     args.extend_from_slice(extra);
     args.push(deploy.path());
     Panzer::start(&args)
+}
+
+/// A worker script that waits for a file before it runs the `server`
+/// fixture: under `--ready notify` its generation stays `starting`, with no
+/// worker ready, until [`Gate::open`].
+pub struct Gate {
+    dir: TestDir,
+}
+
+impl Gate {
+    pub fn new() -> Gate {
+        let dir = TestDir::new("gate");
+        let script = dir.join("gated.sh");
+        let file = dir.join("open");
+        let text = format!(
+            "#!/bin/sh\nwhile [ ! -e {} ]; do sleep 0.02; done\nexec {} \"$@\"\n",
+            file.display(),
+            example("server")
+        );
+        std::fs::write(&script, text).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Gate { dir }
+    }
+
+    /// The script to run as COMMAND.
+    pub fn path(&self) -> String {
+        self.dir.join("gated.sh").to_string_lossy().into_owned()
+    }
+
+    /// Lets every worker, waiting or yet to start, run the server.
+    pub fn open(&self) {
+        std::fs::write(self.dir.join("open"), "").unwrap();
+    }
+}
+
+impl Panzer {
+    /// The port of the first `admin endpoint on` line (`--admin-bind 127.0.0.1:0`).
+    pub fn admin_port(&self) -> u16 {
+        let line = self.wait_for_line("admin endpoint on ");
+        let addr = line.rsplit("admin endpoint on ").next().unwrap().trim();
+        addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
 }

@@ -6,14 +6,18 @@
 mod harness;
 
 mod activation;
+mod admin;
 mod bad_input;
 mod container;
 mod control;
 mod deploy;
+mod descriptors;
 mod docs;
+mod draining;
 mod example;
 mod faults;
 mod lifecycle;
+mod log_pipe;
 mod metrics;
 mod orphans;
 mod preload;
@@ -23,7 +27,9 @@ mod real_servers;
 mod reload;
 mod resilience;
 mod rolling;
+mod rollout;
 mod security;
+mod stopping;
 mod strays;
 mod supervision;
 mod systemd;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::sockets::BindSpec;
+use crate::sockets::{BindAddr, BindSpec};
 use crate::units::{CliDuration, CliSignal, CliSize, ReadyMode, ReloadStrategy};
 
 /// Zero-downtime launcher: binds the listening sockets once, runs COUNT
@@ -24,8 +24,9 @@ use crate::units::{CliDuration, CliSignal, CliSize, ReadyMode, ReloadStrategy};
                   \x20         panzer --bind 127.0.0.1:8080 --count 4 -- ./my_server --verbose"
 )]
 pub struct Cli {
-    /// Workers per generation (at least 1, at most 4096 or what RLIMIT_NPROC
-    /// allows). Default: the number of CPUs.
+    /// Workers per generation (at least 1, at most 4096, what RLIMIT_NPROC
+    /// allows, and what RLIMIT_NOFILE leaves a monitor room for). Default:
+    /// the number of CPUs (fewer if the limits allow fewer).
     #[arg(short, long, env = "PANZER_COUNT", value_parser = clap::value_parser!(u32).range(1..))]
     pub count: Option<u32>,
 
@@ -35,6 +36,16 @@ pub struct Cli {
     /// In the environment variable, separate addresses with commas.
     #[arg(short, long, env = "PANZER_BIND", value_name = "ADDR", value_delimiter = ',')]
     pub bind: Vec<BindSpec>,
+
+    /// Serve a small read-only HTTP endpoint from main on this address, for
+    /// probes and scrapes; repeatable: 127.0.0.1:9090, [::1]:9090, unix:/path.
+    /// GET /readyz answers 200 while a generation is ready and panzer is not
+    /// stopping, else 503 (the body says why); /livez answers 200 while main
+    /// runs; /metrics is the text of `panzerctl metrics`. Nothing on it can
+    /// change panzer, and it never reaches a worker. In the environment
+    /// variable, separate addresses with commas. Default: off.
+    #[arg(long, env = "PANZER_ADMIN_BIND", value_name = "ADDR", value_delimiter = ',')]
+    pub admin_bind: Vec<BindAddr>,
 
     /// Listen backlog of every socket.
     #[arg(long, env = "PANZER_BACKLOG", default_value_t = 1024, value_name = "N",
@@ -57,6 +68,15 @@ pub struct Cli {
     /// After SIGTERM, how long a worker may drain before SIGKILL.
     #[arg(long, env = "PANZER_GRACEFUL_TIMEOUT", default_value = "30s", value_name = "DURATION")]
     pub graceful_timeout: CliDuration,
+
+    /// Lame duck: on a graceful stop (SIGTERM, SIGINT, `panzerctl stop`),
+    /// report not ready at once (systemd STOPPING=1) and keep serving for
+    /// this long, so a load balancer can take this instance out of
+    /// rotation; then drain. A second SIGTERM or SIGINT during the delay
+    /// skips it; SIGQUIT stops at once. Set it to at least the time your
+    /// balancer or Kubernetes' endpoints take to stop sending traffic.
+    #[arg(long, env = "PANZER_STOP_DELAY", default_value = "0s", value_name = "DURATION")]
+    pub stop_delay: CliDuration,
 
     /// Control socket path. Default: <pid>.sock in a private directory (mode 0700):
     /// $XDG_RUNTIME_DIR/panzer, else /run/panzer for root, else $TMPDIR/panzer-<uid>.

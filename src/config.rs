@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::cli::Cli;
 use crate::error::Error;
-use crate::sockets::BindSpec;
+use crate::limits::{CountCeiling, MonitorFds};
+use crate::sockets::{BindAddr, BindSpec};
 use crate::units::{ReadyMode, ReloadStrategy};
 
 /// Everything main needs, validated.
@@ -15,10 +16,14 @@ use crate::units::{ReadyMode, ReloadStrategy};
 pub struct Config {
     pub count: u32,
     pub binds: Vec<BindSpec>,
+    /// `--admin-bind`: where main serves `/readyz`, `/livez` and `/metrics`.
+    pub admin_binds: Vec<BindAddr>,
     pub backlog: i32,
     pub ready: ReadyMode,
     pub startup_timeout: Duration,
     pub graceful_timeout: Duration,
+    /// `--stop-delay`: how long a graceful stop keeps serving, not ready, before it drains.
+    pub stop_delay: Duration,
     pub control: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     /// `(uid, gid)` for monitors and workers (`--user`, `--group`).
@@ -48,9 +53,14 @@ pub struct Config {
 
 impl Config {
     pub fn from_cli(cli: Cli) -> Result<Config, Error> {
+        let ceiling = count_ceiling(cli.bind.len(), cli.tag_output, cli.preload);
         let count = match cli.count {
-            Some(n) => check_count(&format!("--count {n}"), n.into()).map_err(Error::Usage)?,
-            None => (std::thread::available_parallelism().map_or(1, |n| n.get()) as u32).min(max_count()),
+            Some(n) => ceiling.check(&format!("--count {n}"), n.into()).map_err(Error::Usage)?,
+            None => {
+                let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+                let what = format!("--count {cpus} (one per CPU, the default)");
+                ceiling.check(&what, cpus.min(ceiling.max.max(1)).into()).map_err(Error::Usage)?
+            }
         };
         // `panzer [OPTIONS] -- COMMAND [ARGS]`: the command is the first word after `--`.
         let (command, args) = match cli.command {
@@ -72,10 +82,12 @@ impl Config {
         Ok(Config {
             count,
             binds: cli.bind,
+            admin_binds: cli.admin_bind,
             backlog: cli.backlog,
             ready: cli.ready,
             startup_timeout: cli.startup_timeout.0,
             graceful_timeout: cli.graceful_timeout.0,
+            stop_delay: cli.stop_delay.0,
             control: cli.control,
             pid_file: cli.pid_file,
             credentials: credentials(cli.user.as_deref(), cli.group.as_deref())?,
@@ -106,39 +118,29 @@ fn positive(flag: &str, value: Option<crate::units::CliDuration>) -> Result<Opti
     }
 }
 
-/// Most workers per generation, whatever the limits allow.
-pub const COUNT_CEILING: u32 = 4096;
+pub use crate::limits::COUNT_CEILING;
 
 /// The most workers per generation panzer runs: [`COUNT_CEILING`], or the
 /// soft `RLIMIT_NPROC` when that is lower (unlimited counts as the
 /// ceiling). `--count`, `PANZER_COUNT`, `scale` and `SIGTTIN` are held to it,
-/// so a large number is refused up front instead of tried.
+/// so a large number is refused up front instead of tried; main also holds
+/// them to what `RLIMIT_NOFILE` leaves room for ([`count_ceiling`]).
 pub fn max_count() -> u32 {
-    nproc_limit().map_or(COUNT_CEILING, |limit| limit.clamp(1, COUNT_CEILING))
-}
-
-/// The soft `RLIMIT_NPROC` below the ceiling, if any.
-fn nproc_limit() -> Option<u32> {
-    use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
-    match getrlimit(Resource::RLIMIT_NPROC) {
-        Ok((soft, _)) if soft != RLIM_INFINITY && soft < u64::from(COUNT_CEILING) => Some(soft as u32),
-        _ => None,
-    }
+    CountCeiling::now(None).max
 }
 
 /// `count` if it is at most [`max_count`]; otherwise an error naming `what`
 /// (`--count 5000`, `scale 5000`) and the ceiling.
 pub fn check_count(what: &str, count: u64) -> Result<u32, String> {
-    let max = max_count();
-    if count <= u64::from(max) {
-        return Ok(count as u32);
-    }
-    Err(match nproc_limit() {
-        Some(limit) => format!(
-            "{what}: at most {max} workers (RLIMIT_NPROC allows {limit} processes; raise it with ulimit -u)"
-        ),
-        None => format!("{what}: at most {max} workers"),
-    })
+    CountCeiling::now(None).check(what, count)
+}
+
+/// The most workers a generation can run with `sockets` listening sockets
+/// under this process's limits: [`max_count`], or lower where
+/// `RLIMIT_NOFILE` leaves a monitor room for fewer (see [`MonitorFds`]).
+pub fn count_ceiling(sockets: usize, tag_output: bool, preload: bool) -> CountCeiling {
+    let sockets = sockets.min(u32::MAX as usize) as u32;
+    CountCeiling::now(Some(MonitorFds { sockets, tag_output, library: preload }))
 }
 
 /// Resolves `--user` and `--group` to `(uid, gid)`; `None` when neither is given.

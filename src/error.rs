@@ -21,6 +21,8 @@ pub enum Error {
     Command { command: String, reason: String },
     /// A `--bind` address cannot be bound.
     Bind { addr: String, source: io::Error },
+    /// An `--admin-bind` address cannot be bound.
+    AdminBind { addr: String, source: io::Error },
     /// Generation 1 never became ready.
     NotReady { reason: String },
     /// A resource panzer needs is held by another live process.
@@ -42,7 +44,11 @@ impl Error {
         match self {
             Error::Usage(_) | Error::Command { .. } => EXIT_USAGE,
             Error::NotReady { .. } => EXIT_NOT_READY,
-            Error::Bind { .. } | Error::InUse(_) | Error::Os { .. } | Error::Unsafe(_) => EXIT_OSERR,
+            Error::Bind { .. }
+            | Error::AdminBind { .. }
+            | Error::InUse(_)
+            | Error::Os { .. }
+            | Error::Unsafe(_) => EXIT_OSERR,
         }
     }
 }
@@ -55,6 +61,7 @@ impl fmt::Display for Error {
             Error::Usage(message) => write!(f, "{message}"),
             Error::Command { command, reason } => write!(f, "cannot run {command}: {reason}"),
             Error::Bind { addr, .. } => write!(f, "cannot bind {addr}"),
+            Error::AdminBind { addr, .. } => write!(f, "cannot bind admin endpoint {addr}"),
             Error::InUse(message) | Error::Unsafe(message) => write!(f, "{message}"),
             Error::NotReady { reason } => write!(f, "generation 1 never became ready: {reason}"),
             Error::Os { what, .. } => write!(f, "{what}"),
@@ -65,7 +72,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Bind { source, .. } | Error::Os { source, .. } => Some(source),
+            Error::Bind { source, .. } | Error::AdminBind { source, .. } | Error::Os { source, .. } => {
+                Some(source)
+            }
             _ => None,
         }
     }
@@ -92,7 +101,7 @@ impl Error {
     }
 
     fn hint(&self) -> Option<&'static str> {
-        let Error::Bind { addr, source } = self else { return None };
+        let (Error::Bind { addr, source } | Error::AdminBind { addr, source }) = self else { return None };
         match source.raw_os_error() {
             Some(libc::EACCES) if !addr.starts_with("unix:") => Some("run as root, or use a port above 1023"),
             Some(libc::EADDRINUSE) => Some("another process listens there"),
@@ -133,6 +142,15 @@ mod tests {
         let e =
             Error::os("cannot bind control socket /run/x.sock", io::Error::from_raw_os_error(libc::ENOENT));
         assert_eq!(e.report(), "cannot bind control socket /run/x.sock: no such file or directory");
+        assert_eq!(e.exit_code(), 71);
+        let e = Error::AdminBind {
+            addr: "127.0.0.1:9090".into(),
+            source: io::Error::from_raw_os_error(libc::EADDRINUSE),
+        };
+        assert_eq!(
+            e.report(),
+            "cannot bind admin endpoint 127.0.0.1:9090: address already in use (another process listens there)"
+        );
         assert_eq!(e.exit_code(), 71);
     }
 }

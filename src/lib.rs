@@ -35,12 +35,19 @@
 //! exec is sound only in a single-threaded process, so [`run`] refuses to
 //! fork when the app has started threads.
 //!
-//! Who owns which fd: main owns the sockets (`CLOEXEC`), its signalfd, and
-//! one end of each monitor's status channel ([`protocol`], which both roles
+//! Who owns which fd: main owns the sockets (`CLOEXEC`), its signalfd, the
+//! control socket and the admin endpoint's sockets (`--admin-bind`, which
+//! never leave main but across its own upgrade), and one end of each
+//! monitor's status channel ([`protocol`], which both roles
 //! import and neither role imports the other). A monitor gets the
 //! other end at fd 3 and the sockets at 4…, takes them over (`CLOEXEC` again)
 //! and owns its `NOTIFY_SOCKET` (`notify`). A worker gets exactly 0, 1, 2
-//! and the sockets at 3….
+//! and the sockets at 3…. A monitor inherits main's `RLIMIT_NOFILE`, so
+//! main counts what a monitor holds and what a worker start needs (`limits`)
+//! and refuses a count the limit cannot start. main and each monitor also
+//! write their own stdout and stderr through private copies (`CLOEXEC`,
+//! non-blocking where that can be made theirs alone: [`logging`]), never
+//! waiting on a reader.
 //!
 //! Lifetimes: nothing outlives panzer, whichever process is killed first.
 //! main is child subreaper, so descendants whose monitor died come back to
@@ -94,6 +101,13 @@
 //! delegates one (systemd) it already ends the unit's whole cgroup when the
 //! unit stops or main dies (`KillMode=control-group`).
 //!
+//! A drain has its bounds even when a monitor is alive but does not run
+//! (stopped, stuck in the kernel): a monitor reports that it has signalled
+//! its workers, and one that has not within a second of main's order is
+//! not waited for. main sends the drain signal to the generation's group
+//! itself (pinned by the monitor, its unreaped child) and `SIGKILL` when
+//! the grace ends, instead of a backstop later.
+//!
 //! Never signalling a recycled pid: every process panzer signals is its own
 //! unreaped child (a monitor's workers; main's monitors and adopted orphans),
 //! or the process group of a monitor that is alive or still a zombie main has
@@ -142,6 +156,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod library;
+pub(crate) mod limits;
 pub(crate) mod log_limit;
 pub mod logging;
 pub mod main_process;

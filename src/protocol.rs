@@ -10,7 +10,7 @@
 //! **Channel.** A `SOCK_SEQPACKET` socketpair: each message is one packet
 //! holding one JSON object, so framing is the kernel's job and a message is
 //! never split. monitor → main: [`Report`] (worker started / ready / exited,
-//! generation ready / failed). main → monitor: [`Order`] (drain, scale).
+//! generation ready / failed, draining). main → monitor: [`Order`] (drain, scale).
 //!
 //! The channel is lossless: a message that cannot be sent now waits in the
 //! sender's outbox and goes out when the socket is writable (the loops poll
@@ -42,14 +42,26 @@ use crate::units::{CliDuration, CliSignal, CliSize, ReadyMode};
 /// the next number. main records the version each monitor was started
 /// with; a main re-executed by an upgrade keeps talking to monitors of a
 /// version from [`OLDEST_SPOKEN`] on in their version, and replaces the
-/// generations of any other by an ordinary hot restart.
-pub const VERSION: u32 = 1;
+/// generations of any other by an ordinary hot restart. A monitor speaks
+/// main's version: it sends only the reports that version has.
+///
+/// - 1: the first.
+/// - 2: [`Report::Draining`], so that main can tell a monitor that does
+///   not act on a drain order (stopped, stuck in the kernel) and signal the
+///   generation itself.
+pub const VERSION: u32 = 2;
 /// The oldest monitor version this main still speaks to.
 pub const OLDEST_SPOKEN: u32 = 1;
 
 /// Whether this main can keep a monitor started with protocol `version`.
 pub fn speaks(version: u32) -> bool {
     (OLDEST_SPOKEN..=VERSION).contains(&version)
+}
+
+/// Whether a monitor of protocol `version` says when it has acted on a
+/// drain ([`Report::Draining`]); main waits for that only from those.
+pub fn reports_draining(version: u32) -> bool {
+    version >= 2
 }
 
 /// The fd at which a monitor finds its end of the status channel.
@@ -212,6 +224,11 @@ pub enum Report {
     /// slot). `reason`: `health`, `rss` or `age`; `replacements`: how many
     /// times this slot has been replaced so far.
     WorkerReplaced { ordinal: u32, old_pid: i32, new_pid: i32, reason: String, replacements: u32 },
+    /// The monitor has sent the drain signal to its workers (on main's
+    /// order, or on its own); it sends `SIGKILL` to what is left when its
+    /// grace ends. Sent again for every later drain order. Protocol 2 on
+    /// ([`reports_draining`]).
+    Draining,
 }
 
 /// What main tells a monitor.
@@ -479,5 +496,13 @@ mod tests {
     fn wire_format_is_tagged_json() {
         let text = serde_json::to_string(&Order::Scale { count: 3 }).unwrap();
         assert_eq!(text, r#"{"msg":"scale","count":3}"#);
+        assert_eq!(serde_json::to_string(&Report::Draining).unwrap(), r#"{"msg":"draining"}"#);
+    }
+
+    #[test]
+    fn only_a_monitor_of_protocol_2_on_says_it_has_acted_on_a_drain() {
+        assert!(!reports_draining(1), "main keeps monitors of protocol 1, which never say it");
+        assert!(speaks(1));
+        assert!(reports_draining(VERSION));
     }
 }

@@ -17,6 +17,14 @@ pub fn render(status: &Status) -> String {
     out.sample("panzer_uptime_seconds", &[], status.uptime_s);
     out.family("panzer_workers_configured", "gauge", "Workers per generation (--count, scale).");
     out.sample("panzer_workers_configured", &[], status.count);
+    out.family(
+        "panzer_ready",
+        "gauge",
+        "1 while a generation is ready and panzer is not stopping (what /readyz answers), else 0.",
+    );
+    out.sample("panzer_ready", &[], u8::from(status.ready));
+    out.family("panzer_stopping", "gauge", "1 once panzer is stopping, else 0.");
+    out.sample("panzer_stopping", &[], u8::from(status.stopping));
 
     out.family(
         "panzer_current_generation",
@@ -43,6 +51,37 @@ pub fn render(status: &Status) -> String {
     for g in &status.generations {
         let ready = g.workers.iter().filter(|w| w.ready).count();
         out.sample("panzer_workers_ready", &[("generation", &g.generation.to_string())], ready);
+    }
+
+    out.family(
+        "panzer_draining_kill_in_seconds",
+        "gauge",
+        "Seconds until what is left of this draining generation gets SIGKILL.",
+    );
+    let draining = || status.generations.iter().filter_map(|g| Some((g, g.kill_in_ms?)));
+    for (g, ms) in draining() {
+        out.sample(
+            "panzer_draining_kill_in_seconds",
+            &[("generation", &g.generation.to_string())],
+            Seconds(ms),
+        );
+    }
+    out.family(
+        "panzer_draining_connections",
+        "gauge",
+        "Client connections the workers of this draining generation still hold (no sample where a worker's \
+         cannot be read).",
+    );
+    for (g, _) in draining() {
+        let counts: Option<Vec<u32>> = g.workers.iter().map(|w| w.connections).collect();
+        if let Some(counts) = counts {
+            let generation = g.generation.to_string();
+            out.sample(
+                "panzer_draining_connections",
+                &[("generation", &generation)],
+                counts.iter().sum::<u32>(),
+            );
+        }
     }
 
     let workers = || {
@@ -173,24 +212,30 @@ mod tests {
             last_exit: None,
             replaced: 0,
             threads: 1,
+            connections: Some(ordinal + 2),
         };
         Status {
             pid: 1,
             version: "0.1.0".into(),
             uptime_s: 60,
             count: 2,
+            ready: true,
+            stopping: false,
+            readiness: None,
             sockets: vec![],
             generations: vec![
                 GenerationStatus {
                     generation: 3,
                     monitor_pid: 10,
                     state: "draining".into(),
-                    workers: vec![worker(0, true, 0)],
+                    kill_in_ms: Some(12_500),
+                    workers: vec![worker(0, true, 0), worker(1, true, 0)],
                 },
                 GenerationStatus {
                     generation: 4,
                     monitor_pid: 11,
                     state: "ready".into(),
+                    kill_in_ms: None,
                     workers: vec![worker(0, true, 2), worker(1, false, 0)],
                 },
             ],
@@ -209,8 +254,10 @@ mod tests {
         }
         for expected in [
             "panzer_current_generation 4",
+            "panzer_ready 1",
+            "panzer_stopping 0",
             "panzer_workers_ready{generation=\"4\"} 1",
-            "panzer_workers_ready{generation=\"3\"} 1",
+            "panzer_workers_ready{generation=\"3\"} 2",
             "panzer_worker_restarts_total{generation=\"4\",slot=\"0\"} 2",
             "panzer_worker_resident_memory_bytes{generation=\"4\",slot=\"1\"} 2097152",
             "panzer_generation_info{generation=\"3\",state=\"draining\"} 1",
@@ -220,6 +267,25 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == expected), "no line {expected:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_draining_generation_says_when_it_is_killed_and_the_connections_its_workers_hold() {
+        let mut s = status();
+        let text = render(&s);
+        for expected in [
+            "panzer_draining_kill_in_seconds{generation=\"3\"} 12.5",
+            "panzer_draining_connections{generation=\"3\"} 5",
+        ] {
+            assert!(text.lines().any(|l| l == expected), "no line {expected:?} in\n{text}");
+        }
+        assert!(!text.contains("{generation=\"4\"} 12.5"), "a serving generation is not draining:\n{text}");
+        assert!(!text.lines().any(|l| l.starts_with("panzer_draining_connections{generation=\"4\"}")));
+        // A count that cannot be read is no sample, never a wrong sum.
+        s.generations[0].workers[1].connections = None;
+        let text = render(&s);
+        assert!(!text.lines().any(|l| l.starts_with("panzer_draining_connections{")), "{text}");
+        assert!(text.contains("# TYPE panzer_draining_connections gauge"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One control vocabulary: signals, the control socket and `panzerctl` all
 //! map onto [`Command`], and main executes commands in one place.
 
+pub(crate) mod admin;
 pub mod client;
 pub mod metrics;
 pub mod server;
@@ -177,6 +178,18 @@ pub struct Status {
     pub version: String,
     pub uptime_s: u64,
     pub count: u32,
+    /// A generation is ready and panzer is not stopping: what a readiness
+    /// probe wants (`panzerctl status --ready`, the admin endpoint's `/readyz`).
+    #[serde(default)]
+    pub ready: bool,
+    /// A stop (graceful or not) has been taken.
+    #[serde(default)]
+    pub stopping: bool,
+    /// One line that says why panzer is ready or not
+    /// (`generation 1 starting: 0/4 workers ready`, `stopping`); absent
+    /// from a panzer too old to tell.
+    #[serde(default)]
+    pub readiness: Option<String>,
     pub sockets: Vec<SocketStatus>,
     pub generations: Vec<GenerationStatus>,
     /// Processes of a generation whose monitor is gone, until they exit.
@@ -196,6 +209,10 @@ pub struct GenerationStatus {
     pub generation: u32,
     pub monitor_pid: i32,
     pub state: String,
+    /// For a draining generation: in how many milliseconds what is left of
+    /// it gets `SIGKILL` (0 once due). `null` for the others.
+    #[serde(default)]
+    pub kill_in_ms: Option<u64>,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -218,6 +235,11 @@ pub struct WorkerStatus {
     /// shows as T copies of `serve` plus the thread that watches them).
     #[serde(default)]
     pub threads: u32,
+    /// The client connections the worker holds: established connections it
+    /// accepted (see `main_process::connections`). `null` where that cannot
+    /// be read.
+    #[serde(default)]
+    pub connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

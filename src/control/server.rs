@@ -4,9 +4,16 @@
 //! Everything is non-blocking and owned by main's loop: a client that sends
 //! garbage gets an error and is dropped; one that sends an endless line is
 //! cut off at [`MAX_LINE`]; one that connects and says nothing only costs an
-//! fd until [`IDLE_TIMEOUT`], or until [`MAX_CLIENTS`] others come and it is
-//! the one idle the longest; one that stops reading loses its reply. None of
-//! them can block main or another client.
+//! fd until [`IDLE_TIMEOUT`], or until the cap (at most [`MAX_CLIENTS`],
+//! fewer where `RLIMIT_NOFILE` leaves main less room: [`client_cap`]) is
+//! reached and it is the one idle the longest; one that stops reading loses
+//! its reply. None of them can block main or another client.
+//!
+//! An accept that fails for lack of descriptors (`EMFILE`, `ENFILE`) never
+//! spins: the client idle the longest is dropped to make room, or, when
+//! every client waits for a reply (or another error stands in the way), the
+//! listener is left out of the poll until a client leaves or
+//! [`ACCEPT_PAUSE`] has passed. Connections wait in the backlog meanwhile.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -29,6 +36,31 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most clients connected at once; past it the one idle the longest is
 /// dropped, so idle clients never lock out the operator.
 pub const MAX_CLIENTS: usize = 64;
+/// After an accept failed with nothing to give up for it, how long the
+/// listener is left out of the poll (unless a client leaves first).
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
+/// Descriptors kept free for main besides those it holds and a monitor's
+/// start: the status channels of three generations (one serving, one
+/// starting, one draining) and a read of `/proc`.
+const MAIN_SPARE: u64 = 4;
+
+/// The most control clients main keeps under `limit` (`RLIMIT_NOFILE`),
+/// holding `held` descriptors besides its clients, with `sockets`
+/// listening sockets: what is left once main can still start a monitor
+/// (the status channel's pair, the spawn's error pipe, and in the child a
+/// copy of its write end, of the channel and of every socket) and keep a
+/// few more, between 1 and [`MAX_CLIENTS`].
+pub fn client_cap(limit: u64, held: u64, sockets: usize) -> usize {
+    (client_room(limit, held, sockets).min(MAX_CLIENTS as u64) as usize).max(1)
+}
+
+/// The descriptors left for clients (of the control socket and the admin
+/// endpoint together) under `limit`, holding `held` besides them, once main
+/// can still start a monitor (see [`client_cap`]).
+pub fn client_room(limit: u64, held: u64, sockets: usize) -> u64 {
+    let monitor_start = 2 + 2 + 1 + 1 + sockets as u64;
+    limit.saturating_sub(held + monitor_start + MAIN_SPARE)
+}
 
 /// Identifies a connected client across loop iterations (and across an
 /// upgrade of main, which hands clients over with their ids).
@@ -86,6 +118,13 @@ pub struct Server {
     allowed_uid: u32,
     /// Refused clients are logged at most once a second per uid.
     refusals: LogLimit<u32>,
+    /// [`MAX_CLIENTS`], or what `RLIMIT_NOFILE` (the second) leaves room for.
+    max_clients: (usize, Option<u64>),
+    /// While an accept cannot succeed: until when the listener is not
+    /// polled, and how many clients there were then (one fewer resumes it).
+    paused: Option<(Instant, usize)>,
+    /// Dropped clients and failed accepts: a line a second of each.
+    trouble: LogLimit<&'static str>,
 }
 
 impl Server {
@@ -118,6 +157,9 @@ impl Server {
             next_id: 0,
             allowed_uid: nix::unistd::geteuid().as_raw(),
             refusals: LogLimit::new(Duration::from_secs(1)),
+            max_clients: (MAX_CLIENTS, None),
+            paused: None,
+            trouble: LogLimit::new(Duration::from_secs(1)),
         })
     }
 
@@ -180,28 +222,47 @@ impl Server {
             next_id: saved.next_id,
             allowed_uid: nix::unistd::geteuid().as_raw(),
             refusals: LogLimit::new(Duration::from_secs(1)),
+            max_clients: (MAX_CLIENTS, None),
+            paused: None,
+            trouble: LogLimit::new(Duration::from_secs(1)),
         })
     }
 
-    /// The listener and every client still sending: the fds main polls.
+    /// Holds the clients to `max` (see [`client_cap`]), which `RLIMIT_NOFILE`
+    /// at `limit` set.
+    pub fn set_max_clients(&mut self, max: usize, limit: u64) {
+        self.max_clients = (max.clamp(1, MAX_CLIENTS), (max < MAX_CLIENTS).then_some(limit));
+    }
+
+    /// How many clients are connected.
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// The listener (unless accepting is paused) and every client still
+    /// sending: the fds main polls.
     pub fn fds(&self) -> Vec<(Token, BorrowedFd<'_>)> {
-        std::iter::once((Token::Listener, self.listener.as_fd()))
-            .chain(self.sending().map(|c| (Token::Client(c.id), c.stream.as_fd())))
-            .collect()
+        let listener = self.paused.is_none().then_some((Token::Listener, self.listener.as_fd()));
+        listener.into_iter().chain(self.sending().map(|c| (Token::Client(c.id), c.stream.as_fd()))).collect()
     }
 
     fn sending(&self) -> impl Iterator<Item = &Client> {
         self.clients.iter().filter(|c| !c.eof)
     }
 
-    /// The earliest idle deadline of a client.
+    /// The earliest idle deadline of a client, or the end of a pause.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.clients.iter().filter(|c| !c.waiting).map(|c| c.idle_deadline).min()
+        let idle = self.clients.iter().filter(|c| !c.waiting).map(|c| c.idle_deadline);
+        idle.chain(self.paused.map(|(until, _)| until)).min()
     }
 
-    /// Drops clients idle past their deadline.
+    /// Drops clients idle past their deadline; polls the listener again
+    /// once a client has left or the pause is over.
     pub fn expire(&mut self, now: Instant) {
         self.clients.retain(|c| c.waiting || c.idle_deadline > now);
+        if self.paused.is_some_and(|(until, clients)| now >= until || self.clients.len() < clients) {
+            self.paused = None;
+        }
     }
 
     /// Handles the fds of [`Server::fds`] that polled ready. Returns the
@@ -221,12 +282,42 @@ impl Server {
     }
 
     fn accept_all(&mut self) {
+        // A client was dropped for the descriptor the last accept lacked.
+        let mut made_room = false;
         loop {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // That connection is gone; the next may be fine.
+                Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+                Err(e) => {
+                    let out_of_fds = crate::limits::out_of_fds(&e);
+                    let why = crate::limits::explain(&e, false, None);
+                    if out_of_fds && !made_room && self.drop_oldest_idle("panzer has no descriptor left") {
+                        made_room = true;
+                        self.log_trouble("accept", || {
+                            format!(
+                                "control: cannot accept a client: {why}: dropped the client idle the longest"
+                            )
+                        });
+                        continue;
+                    }
+                    // Readable again at once, and failing again: not until
+                    // something has changed.
+                    self.paused = Some((Instant::now() + ACCEPT_PAUSE, self.clients.len()));
+                    let all_wait =
+                        if out_of_fds && !made_room { ", and every client waits for a reply" } else { "" };
+                    self.log_trouble("accept", || {
+                        format!(
+                            "control: cannot accept a client: {why}{all_wait}: trying again in {} ms",
+                            ACCEPT_PAUSE.as_millis()
+                        )
+                    });
+                    return;
+                }
             };
+            made_room = false;
             let refuse = |stream: &UnixStream, why: &str| {
                 let _ = stream.set_nonblocking(true);
                 let _ = write_reply(stream, &Reply::error(why));
@@ -242,9 +333,19 @@ impl Server {
                 }
                 Err(_) => continue,
             }
-            if self.clients.len() >= MAX_CLIENTS && !self.drop_oldest_idle() {
-                refuse(&stream, "too many control clients, all waiting for a reply");
-                continue;
+            let (max, limit) = self.max_clients;
+            if self.clients.len() >= max {
+                if !self.drop_oldest_idle("too many control clients, and this one was idle") {
+                    refuse(&stream, "too many control clients, all waiting for a reply");
+                    continue;
+                }
+                let why = match limit {
+                    Some(limit) => format!(" (what RLIMIT_NOFILE, {limit}, leaves room for)"),
+                    None => String::new(),
+                };
+                self.log_trouble("full", || {
+                    format!("control: {max} clients at most{why}: dropped the client idle the longest")
+                });
             }
             if stream.set_nonblocking(true).is_err() {
                 continue;
@@ -262,19 +363,24 @@ impl Server {
     }
 
     /// Makes room for a new client: drops the one idle the longest (a
-    /// client waiting for a reply is never dropped). False if all wait.
-    fn drop_oldest_idle(&mut self) -> bool {
+    /// client waiting for a reply is never dropped), telling it `why`.
+    /// False if all wait.
+    fn drop_oldest_idle(&mut self, why: &str) -> bool {
         let oldest =
             self.clients.iter().enumerate().filter(|(_, c)| !c.waiting).min_by_key(|(_, c)| c.idle_deadline);
         let Some((index, _)) = oldest else {
             return false;
         };
         let client = self.clients.remove(index);
-        let _ = write_reply(
-            &client.stream,
-            &Reply::error("dropped: too many control clients, and this one was idle"),
-        );
+        let _ = write_reply(&client.stream, &Reply::error(format!("dropped: {why}")));
         true
+    }
+
+    /// Logs the line `line` makes, at most once a second for each `kind`.
+    fn log_trouble(&mut self, kind: &'static str, line: impl FnOnce() -> String) {
+        if let Some(n) = self.trouble.check(&kind, Instant::now()) {
+            log::warn!("{}{}", line(), suppressed(n));
+        }
     }
 
     fn read_client(&mut self, id: ClientId, requests: &mut Vec<(ClientId, Request)>) {
@@ -373,5 +479,21 @@ impl Drop for Server {
                 let _ = std::fs::remove_file(&self.path);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_cap_leaves_main_room_to_start_a_monitor_and_stays_between_1_and_64() {
+        // 24, holding 0-2, its signalfd, the control socket, one listening
+        // socket and a stray inherited fd: 7 for a monitor's start, 4 spare.
+        assert_eq!(client_cap(24, 7, 1), 6);
+        assert_eq!(client_cap(1024, 7, 1), MAX_CLIENTS);
+        assert_eq!(client_cap(12, 7, 1), 1, "the operator can always connect");
+        assert_eq!(client_cap(0, 7, 1), 1);
+        assert_eq!(client_cap(64, 7, 4), 64 - 7 - 10 - 4);
     }
 }

@@ -18,9 +18,10 @@ pub const TABLE: &[(Signal, Command)] = &[
 ];
 
 /// The command for `signal`. A second `SIGINT` (`interrupts_before` > 0)
-/// stops at once.
-pub fn command(signal: Signal, interrupts_before: u32) -> Option<Command> {
-    if signal == Signal::SIGINT && interrupts_before > 0 {
+/// stops at once, except during the stop delay, where it only skips the
+/// delay, as a second `SIGTERM` does.
+pub fn command(signal: Signal, interrupts_before: u32, in_stop_delay: bool) -> Option<Command> {
+    if signal == Signal::SIGINT && interrupts_before > 0 && !in_stop_delay {
         return Some(Command::StopNow);
     }
     TABLE.iter().find(|(s, _)| *s == signal).map(|(_, c)| *c)
@@ -32,9 +33,16 @@ mod tests {
 
     #[test]
     fn second_interrupt_stops_at_once() {
-        assert_eq!(command(Signal::SIGINT, 0), Some(Command::Stop));
-        assert_eq!(command(Signal::SIGINT, 1), Some(Command::StopNow));
-        assert_eq!(command(Signal::SIGHUP, 0), Some(Command::Reload));
-        assert_eq!(command(Signal::SIGCHLD, 0), None);
+        assert_eq!(command(Signal::SIGINT, 0, false), Some(Command::Stop));
+        assert_eq!(command(Signal::SIGINT, 1, false), Some(Command::StopNow));
+        assert_eq!(command(Signal::SIGHUP, 0, false), Some(Command::Reload));
+        assert_eq!(command(Signal::SIGCHLD, 0, false), None);
+    }
+
+    #[test]
+    fn during_the_stop_delay_a_second_interrupt_or_term_only_skips_the_delay_and_quit_stops_at_once() {
+        assert_eq!(command(Signal::SIGINT, 1, true), Some(Command::Stop));
+        assert_eq!(command(Signal::SIGTERM, 0, true), Some(Command::Stop));
+        assert_eq!(command(Signal::SIGQUIT, 0, true), Some(Command::StopNow));
     }
 }

@@ -17,7 +17,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::termios::{self, InputFlags, LocalFlags, SetArg, SpecialCharacterIndices, Termios};
 
-use super::{client, Request, Status};
+use super::{client, GenerationStatus, Request, Status, WorkerStatus};
 
 /// Reloads listed under "last reloads".
 const HISTORY: usize = 5;
@@ -109,21 +109,21 @@ impl Screen {
         if let Some(s) = &self.last {
             for g in &s.generations {
                 lines.push(String::new());
-                lines
-                    .push(format!("generation {}  {}  monitor pid {}", g.generation, g.state, g.monitor_pid));
+                lines.push(generation_line(g));
                 lines.push(format!(
-                    "  {:<7} {:<8} {:<6} {:<9} {:<8} {:>10}  {}",
-                    "WORKER", "PID", "READY", "RESTARTS", "UPTIME", "RSS", "LAST EXIT"
+                    "  {:<7} {:<8} {:<6} {:<9} {:<8} {:>10}  {:>5}  {}",
+                    "WORKER", "PID", "READY", "RESTARTS", "UPTIME", "RSS", "CONNS", "LAST EXIT"
                 ));
                 for w in &g.workers {
                     lines.push(format!(
-                        "  {:<7} {:<8} {:<6} {:<9} {:<8} {:>10}  {}",
+                        "  {:<7} {:<8} {:<6} {:<9} {:<8} {:>10}  {:>5}  {}",
                         w.ordinal,
                         w.pid,
                         if w.ready { "yes" } else { "no" },
                         w.restarts,
                         age(w.uptime_s),
                         format!("{:.1} MiB", w.rss_kib as f64 / 1024.0),
+                        connections(w),
                         w.last_exit.as_deref().unwrap_or("")
                     ));
                 }
@@ -166,6 +166,26 @@ impl Screen {
         }
         lines.into_iter().map(|l| l.chars().take(columns).collect()).collect()
     }
+}
+
+/// `generation 3  draining  monitor pid 42  SIGKILL in 12.5 s  4 connection(s)`:
+/// a draining generation says when what is left of it is killed, and how
+/// many client connections its workers still hold.
+pub fn generation_line(g: &GenerationStatus) -> String {
+    let mut line = format!("generation {}  {}  monitor pid {}", g.generation, g.state, g.monitor_pid);
+    if let Some(ms) = g.kill_in_ms {
+        line += &format!("  SIGKILL in {}", millis(ms));
+        let counts: Option<Vec<u32>> = g.workers.iter().map(|w| w.connections).collect();
+        if let Some(counts) = counts {
+            line += &format!("  {} connection(s)", counts.iter().sum::<u32>());
+        }
+    }
+    line
+}
+
+/// A worker's client connections, `-` where they cannot be read.
+pub fn connections(w: &WorkerStatus) -> String {
+    w.connections.map_or_else(|| "-".to_string(), |n| n.to_string())
 }
 
 /// `42s`, `5m3s`, `2h10m`.
@@ -309,11 +329,15 @@ mod tests {
             version: "0.1.0".into(),
             uptime_s: 125,
             count: 1,
+            ready: true,
+            stopping: false,
+            readiness: None,
             sockets: vec![],
             generations: vec![GenerationStatus {
                 generation: 1 + ok as u32,
                 monitor_pid: 43,
                 state: "ready".into(),
+                kill_in_ms: None,
                 workers: vec![WorkerStatus {
                     ordinal: 0,
                     pid: 44,
@@ -324,6 +348,7 @@ mod tests {
                     last_exit: Some("exited with status 1".into()),
                     replaced: 0,
                     threads: 1,
+                    connections: Some(0),
                 }],
             }],
             orphans: vec![],
@@ -349,7 +374,7 @@ mod tests {
         assert!(text.contains("reloads: 1 ok, 1 failed; the last took 1.5 s"), "{text}");
         assert!(
             lines.iter().any(|l| l.split_whitespace().collect::<Vec<_>>()
-                == ["0", "44", "yes", "2", "3s", "1.5", "MiB", "exited", "with", "status", "1"]),
+                == ["0", "44", "yes", "2", "3s", "1.5", "MiB", "0", "exited", "with", "status", "1"]),
             "{text}"
         );
         let reloads: Vec<&String> = lines.iter().skip_while(|l| *l != "last reloads").skip(1).collect();
@@ -358,6 +383,35 @@ mod tests {
             reloads[1].starts_with("  ok") && reloads[1].contains("3s ago  generation 2 serves"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_draining_generation_shows_when_it_is_killed_and_each_worker_s_connections() {
+        let now = Instant::now();
+        let mut draining = status(0, 0);
+        let g = &mut draining.generations[0];
+        g.state = "draining".into();
+        g.kill_in_ms = Some(12_345);
+        g.workers[0].connections = Some(3);
+        let mut unknown = g.workers[0].clone();
+        (unknown.ordinal, unknown.pid, unknown.connections) = (1, 45, None);
+        g.workers.push(unknown);
+        let mut screen = Screen::default();
+        screen.update(now, Ok(draining.clone()));
+        let lines = screen.lines(now, 200, 50);
+        let text = lines.join("\n");
+        assert!(text.contains("generation 1  draining  monitor pid 43  SIGKILL in 12.3 s\n"), "{text}");
+        assert!(lines.iter().any(|l| l.contains("CONNS")), "{text}");
+        let row = |pid: &str| {
+            let row = lines.iter().find(|l| l.split_whitespace().nth(1) == Some(pid)).unwrap();
+            row.split_whitespace().nth(7).unwrap().to_string()
+        };
+        assert_eq!((row("44"), row("45")), ("3".to_string(), "-".to_string()), "{text}");
+        // Known for every worker, the generation's total is shown too.
+        draining.generations[0].workers.truncate(1);
+        screen.update(now, Ok(draining));
+        let text = screen.lines(now, 200, 50).join("\n");
+        assert!(text.contains("SIGKILL in 12.3 s  3 connection(s)"), "{text}");
     }
 
     #[test]

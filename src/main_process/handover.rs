@@ -10,7 +10,8 @@
 //! version's state format. Then ([`super::policy::Effect::Exec`]) main writes its state
 //! again, as it is now, into a new sealed memfd, clears `CLOEXEC` on exactly
 //! the fds that must survive (the sockets, the control listener and its
-//! clients, each monitor's status channel, the memfd) and `execve`s
+//! clients, the admin endpoint's listeners and clients, each monitor's
+//! status channel, the memfd) and `execve`s
 //! `panzer __resume <memfd>`. Any step that fails before the `execve`, and
 //! the `execve` itself, leaves the old image running and answers the
 //! requesters with the reason ([`Event::UpgradeChecked`],
@@ -45,6 +46,7 @@ use super::systemd::Systemd;
 use super::{Main, Monitor};
 use crate::cli::Cli;
 use crate::config::Config;
+use crate::control::admin;
 use crate::control::server::{self, ClientId, Server};
 use crate::error::{describe, Error};
 use crate::protocol::{self, Channel};
@@ -81,6 +83,11 @@ struct Handover {
     interrupts: u32,
     sockets: Vec<SavedSocket>,
     control: server::Saved,
+    /// The admin endpoint; absent without `--admin-bind`, so that a state
+    /// without it still reads in an image that has none (and one with it
+    /// fails the check of such an image, rather than losing the endpoint).
+    #[serde(default, skip_serializing_if = "admin::Saved::is_empty")]
+    admin: admin::Saved,
     monitors: Vec<SavedMonitor>,
     orphans: Vec<SavedGroup>,
     runtime_dir: Vec<u8>,
@@ -99,6 +106,10 @@ struct SavedSocket {
     local: String,
     /// A unix socket file main created: `(path, dev, inode)`.
     created: Option<(Vec<u8>, u64, u64)>,
+    /// Passed in by systemd: left listening on a stop. (An older image's
+    /// state lacks it.)
+    #[serde(default)]
+    activated: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -261,9 +272,11 @@ impl Main {
                     spec: l.spec.to_string(),
                     local: l.local.clone(),
                     created: l.created().map(|(path, dev, ino)| (bytes(path.as_os_str()), *dev, *ino)),
+                    activated: l.activated(),
                 })
                 .collect(),
             control: self.control.save(now),
+            admin: self.admin.save(now),
             monitors: self
                 .monitors
                 .iter()
@@ -291,6 +304,7 @@ impl Main {
     fn handover_fds(&self) -> Vec<BorrowedFd<'_>> {
         let mut fds: Vec<BorrowedFd<'_>> = self.sockets.iter().map(Listener::fd).collect();
         fds.extend(self.control.handover_fds());
+        fds.extend(self.admin.handover_fds());
         fds.extend(self.monitors.values().map(|m| m.channel.fd()));
         fds
     }
@@ -422,6 +436,8 @@ impl Main {
                         entry
                     })
                     .collect();
+                // What still waits for room on stderr is lost with this image.
+                crate::logging::flush();
                 let e = sys::handover::exec(&self.exe, &argv, &env);
                 format!("cannot execute {exe}: {}", describe(&e))
             }
@@ -482,9 +498,10 @@ pub fn resume(fd: &OsStr) -> Result<i32, Error> {
     for saved in &handover.sockets {
         let spec: BindSpec = saved.spec.parse().map_err(Error::Usage)?;
         let created = saved.created.as_ref().map(|(path, dev, ino)| (PathBuf::from(os(path)), *dev, *ino));
-        sockets.push(Listener::resume(adopt(saved.fd)?, spec, saved.local.clone(), created));
+        sockets.push(Listener::resume(adopt(saved.fd)?, spec, saved.local.clone(), created, saved.activated));
     }
     let control = Server::resume(&handover.control, Instant::now(), adopt)?;
+    let admin = admin::Server::resume(&handover.admin, Instant::now(), adopt)?;
     let mut monitors = std::collections::BTreeMap::new();
     for m in &handover.monitors {
         let channel = Channel::resume(adopt(m.fd)?, m.queued.clone());
@@ -502,7 +519,7 @@ pub fn resume(fd: &OsStr) -> Result<i32, Error> {
     let mut orphans = Orphans::new(config.drain_signal);
     orphans.restore(&handover.orphans);
     let pid_file = config.pid_file.as_deref().map(WrittenPidFile::adopt);
-    let settings = super::settings(&config);
+    let settings = super::settings(&config, sockets.len());
     let started =
         Instant::now().checked_sub(Duration::from_millis(handover.uptime_ms)).unwrap_or_else(Instant::now);
     let systemd = Systemd::from_env().map(|s| s.resumed(handover.systemd_ready_sent));
@@ -522,6 +539,7 @@ pub fn resume(fd: &OsStr) -> Result<i32, Error> {
         sockets,
         signals,
         control,
+        admin,
         orphans,
         systemd,
         runtime_dir: RuntimeDir::adopt(PathBuf::from(os(&handover.runtime_dir))),

@@ -3,11 +3,12 @@
 //!
 //! Two halves. [`policy`] decides everything (a pure state machine: events
 //! in, effects out). This file is the thin loop around it: one poll over the
-//! signalfd, every monitor's status channel and the control socket, keyed
-//! by [`Token`], with the policy's nearest deadline as its timeout. It turns
+//! signalfd, every monitor's status channel, the control socket and the
+//! admin endpoint (`--admin-bind`, which only reads), keyed by [`Token`], with the policy's nearest deadline as its timeout. It turns
 //! what it reads into [`policy::Event`]s and performs the
 //! [`policy::Effect`]s. Idle, it never wakes up.
 
+mod connections;
 mod handover;
 mod leftovers;
 mod orphans;
@@ -27,13 +28,14 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::config::Config;
+use crate::control::admin::{self, Answer, Route};
 use crate::control::server::{self, ClientId, Server};
 use crate::control::{self, Command, GenerationStatus, Reply, Request, SocketStatus, Status, WorkerStatus};
 use crate::error::{describe, Error};
 use crate::protocol::{Channel, MonitorArgs, Order, Received, Report};
 use crate::runtime_dir::{self, RuntimeDir};
 use crate::sockets::{self, Listener};
-use crate::sys::{self, spawn::ExecPlan};
+use crate::sys::{self, spawn::ExecPlan, Interest};
 use crate::units::{CliDuration, CliSignal, CliSize};
 use crate::worker;
 use orphans::Orphans;
@@ -86,6 +88,9 @@ enum Token {
     Signals,
     Monitor(u32),
     Control(server::Token),
+    /// main's own stdout or stderr has room for the lines that wait.
+    Log,
+    Admin(admin::Token),
 }
 
 /// One running (or exited, not yet reaped) monitor.
@@ -108,6 +113,8 @@ struct Main {
     sockets: Vec<Listener>,
     signals: sys::SignalFd,
     control: Server,
+    /// `--admin-bind`: `/readyz`, `/livez`, `/metrics` (empty when off).
+    admin: admin::Server,
     orphans: Orphans,
     systemd: Option<Systemd>,
     runtime_dir: RuntimeDir,
@@ -133,15 +140,16 @@ fn signal_fd() -> Result<sys::SignalFd, Error> {
     sys::signal_fd(&signals).map_err(|e| Error::os("cannot set up signal handling", e))
 }
 
-/// The policy's settings from the configuration.
-fn settings(config: &Config) -> Settings {
+/// The policy's settings from the configuration, for `sockets` listening sockets.
+fn settings(config: &Config, sockets: usize) -> Settings {
     Settings {
         count: config.count,
-        max_count: crate::config::max_count(),
+        ceiling: crate::config::count_ceiling(sockets, config.tag_output, config.preload),
         startup_timeout: config.startup_timeout,
         graceful_timeout: config.graceful_timeout,
         strategy: config.reload_strategy,
         canary: config.canary,
+        stop_delay: config.stop_delay,
     }
 }
 
@@ -180,20 +188,29 @@ pub fn run(config: Config) -> Result<i32, Error> {
             })?
         }
     };
+    // Passed-in sockets may be more than `--bind` said: what a monitor
+    // holds follows them.
+    let ceiling = crate::config::count_ceiling(sockets.len(), config.tag_output, config.preload);
+    ceiling.check(&format!("--count {}", config.count), config.count.into()).map_err(Error::Usage)?;
+    let admin = admin::Server::bind(&config.admin_binds)?;
     for listener in &sockets {
         log::info!("listening on {}", listener.local);
+    }
+    for addr in admin.addresses() {
+        log::info!("admin endpoint on {addr}");
     }
     log::info!("control socket at {}", control.path().display());
     let runtime_dir = RuntimeDir::create(config.credentials)?;
     let pid_file = pid_file.map(PidFile::write).transpose()?;
     let orphans = Orphans::new(config.drain_signal);
     let main = Main {
-        policy: Policy::new(settings(&config)),
+        policy: Policy::new(settings(&config, sockets.len())),
         config,
         monitors: BTreeMap::new(),
         sockets,
         signals,
         control,
+        admin,
         orphans,
         systemd: Systemd::from_env(),
         runtime_dir,
@@ -234,6 +251,7 @@ fn start_path() -> Result<PathBuf, Error> {
 
 /// Runs main from `first` (boot, or a resumed upgrade) until it stops.
 fn serve(mut main: Main, first: Event) -> Result<i32, Error> {
+    main.limit_clients();
     main.dispatch(first);
     let code = main.run();
     main.kill_leftovers();
@@ -246,6 +264,31 @@ fn serve(mut main: Main, first: Event) -> Result<i32, Error> {
 }
 
 impl Main {
+    /// Holds the control and admin clients to what `RLIMIT_NOFILE` leaves once main
+    /// has what it needs: the descriptors it holds now and those it needs
+    /// to start monitors (see [`server::client_cap`]).
+    fn limit_clients(&mut self) {
+        let Some(limit) = crate::limits::nofile() else { return };
+        let Ok(open) = sys::fork::open_fds() else { return };
+        // 0, 1 and 2, and what else below the limit is open but the clients.
+        let held = 3 + open.iter().filter(|&&fd| (fd as u64) < limit).count() as u64;
+        let held = held.saturating_sub((self.control.clients() + self.admin.clients()) as u64);
+        let room = server::client_room(limit, held, self.sockets.len());
+        // The admin endpoint, when there is one, takes at most half.
+        let admin = if self.admin.is_empty() { 0 } else { (room / 2).clamp(1, admin::MAX_CLIENTS as u64) };
+        let cap = server::client_cap(limit, held + admin, self.sockets.len());
+        self.control.set_max_clients(cap, limit);
+        if cap < server::MAX_CLIENTS {
+            log::info!("control: at most {cap} clients at once (RLIMIT_NOFILE is {limit})");
+        }
+        if !self.admin.is_empty() {
+            self.admin.set_max_clients(admin as usize, limit);
+            if (admin as usize) < admin::MAX_CLIENTS {
+                log::info!("admin endpoint: at most {admin} clients at once (RLIMIT_NOFILE is {limit})");
+            }
+        }
+    }
+
     fn run(&mut self) -> i32 {
         loop {
             let now = Instant::now();
@@ -264,16 +307,21 @@ impl Main {
                 }
             };
             self.shed.on_wake(Instant::now());
-            let mut control = Vec::new();
+            let (mut control, mut admin) = (Vec::new(), Vec::new());
             for token in ready {
                 match token {
                     Token::Monitor(generation) => self.on_channel(generation),
                     Token::Control(token) => control.push(token),
+                    Token::Admin(token) => admin.push(token),
                     Token::Signals => {}
+                    Token::Log => crate::logging::flush(),
                 }
             }
             for (client, request) in self.control.on_ready(&control) {
                 self.on_request(client, request);
+            }
+            if !admin.is_empty() {
+                self.on_admin(&admin);
             }
             for signal in sys::pending_signals(&self.signals) {
                 self.on_signal(signal);
@@ -287,6 +335,7 @@ impl Main {
             self.policy.next_deadline(),
             self.orphans.next_deadline(),
             self.control.next_deadline(),
+            self.admin.next_deadline(),
             self.systemd.as_ref().and_then(Systemd::next_deadline),
             self.shed.deadline(),
         ]
@@ -294,14 +343,22 @@ impl Main {
         .flatten()
         .min();
         let mut tokens = vec![Token::Signals];
-        let mut fds: Vec<(BorrowedFd<'_>, bool)> = vec![(self.signals.as_fd(), false)];
+        let mut fds: Vec<(BorrowedFd<'_>, Interest)> = vec![(self.signals.as_fd(), Interest::Read)];
         for (&generation, monitor) in self.monitors.iter().filter(|(_, m)| !m.closed) {
             tokens.push(Token::Monitor(generation));
-            fds.push((monitor.channel.fd(), monitor.channel.wants_write()));
+            fds.push((monitor.channel.fd(), monitor.channel.wants_write().into()));
         }
         for (token, fd) in self.control.fds() {
             tokens.push(Token::Control(token));
-            fds.push((fd, false));
+            fds.push((fd, Interest::Read));
+        }
+        for (token, fd, interest) in self.admin.fds() {
+            tokens.push(Token::Admin(token));
+            fds.push((fd, interest));
+        }
+        for fd in crate::logging::waiting_fds() {
+            tokens.push(Token::Log);
+            fds.push((fd, Interest::Write));
         }
         let ready = sys::poll(&fds, deadline)?;
         Ok(tokens.into_iter().zip(ready).filter(|(_, r)| *r).map(|(t, _)| t).collect())
@@ -309,6 +366,7 @@ impl Main {
 
     fn on_timers(&mut self, now: Instant) {
         self.control.expire(now);
+        self.admin.expire(now);
         if let Some(systemd) = &mut self.systemd {
             systemd.on_timer(now);
         }
@@ -344,6 +402,13 @@ impl Main {
                     sys::signal_group(m.pid, Signal::SIGKILL);
                 }
             }
+            Effect::DrainGroup(generation) => {
+                if let Some(m) = self.monitors.get(&generation) {
+                    // Pinned as above. The monitor is in the group too: once it
+                    // runs again, it takes this as the drain it was ordered.
+                    sys::signal_group(m.pid, self.config.drain_signal);
+                }
+            }
             Effect::Orphans { generation, terminate, kill_at } => {
                 if let Some(pid) = self.monitors.get(&generation).map(|m| m.pid) {
                     let others: Vec<Pid> = self.monitor_pids().into_iter().filter(|p| *p != pid).collect();
@@ -355,6 +420,7 @@ impl Main {
                 self.orphans.kill_all(&monitors);
             }
             Effect::Reply { to, reply } => self.control.reply(to, &reply),
+            Effect::Unlisten => self.unlisten(),
             Effect::Systemd(note) => {
                 if let Some(systemd) = &mut self.systemd {
                     match note {
@@ -384,7 +450,8 @@ impl Main {
         if signal == Signal::SIGCHLD {
             return self.reap();
         }
-        let Some(command) = control::signals::command(signal, self.interrupts) else {
+        let in_stop_delay = self.policy.in_stop_delay();
+        let Some(command) = control::signals::command(signal, self.interrupts, in_stop_delay) else {
             return log::warn!("ignoring {}", signal.as_str());
         };
         if signal == Signal::SIGINT {
@@ -392,6 +459,25 @@ impl Main {
         }
         log::info!("received {}", signal.as_str());
         self.dispatch(Event::Command { command, from: None });
+    }
+
+    /// The drain of a stop begins: a new connection is refused from now
+    /// on, on every socket main bound. One that systemd passed in stays
+    /// listening, so that systemd queues connections for the next start.
+    fn unlisten(&mut self) {
+        for listener in &self.sockets {
+            if listener.activated() {
+                log::info!(
+                    "{} stays listening: systemd passed it in, and queues connections for the next start",
+                    listener.local
+                );
+                continue;
+            }
+            match listener.stop_listening() {
+                Ok(()) => log::info!("stopped listening on {}: new connections are refused", listener.local),
+                Err(e) => log::warn!("cannot stop listening on {}: {}", listener.local, describe(&e)),
+            }
+        }
     }
 
     fn on_request(&mut self, client: ClientId, request: Request) {
@@ -406,6 +492,25 @@ impl Main {
             self.control.hold(client);
         }
         self.dispatch(Event::Command { command, from: Some(client) });
+    }
+
+    /// The admin endpoint's fds that polled ready: requests are answered
+    /// from what main knows now, and nothing else happens.
+    fn on_admin(&mut self, ready: &[admin::Token]) {
+        let mut endpoint = std::mem::take(&mut self.admin);
+        endpoint.on_ready(ready, Instant::now(), &mut |route| self.answer(route));
+        self.admin = endpoint;
+    }
+
+    fn answer(&self, route: Route) -> Answer {
+        match route {
+            Route::Ready => {
+                let readiness = self.policy.readiness();
+                Answer { ok: readiness.ready, body: format!("{}\n", readiness.line) }
+            }
+            Route::Live => Answer { ok: true, body: "ok\n".into() },
+            Route::Metrics => Answer { ok: true, body: control::metrics::render(&self.status()) },
+        }
     }
 
     fn on_channel(&mut self, generation: u32) {
@@ -545,6 +650,18 @@ impl Main {
 
     fn status(&self) -> Status {
         let now = Instant::now();
+        fn live(g: &policy::Generation) -> impl Iterator<Item = (&u32, &policy::WorkerView)> {
+            g.workers.iter().filter(|(_, w)| w.pid != 0)
+        }
+        // Read for every worker at once: each network namespace's tables once.
+        let pids: Vec<i32> =
+            self.policy.generations().iter().flat_map(|g| live(g).map(|(_, w)| w.pid)).collect();
+        let listening: std::collections::HashSet<u64> = self
+            .sockets
+            .iter()
+            .filter_map(|l| nix::sys::stat::fstat(l.fd()).ok().map(|st| st.st_ino))
+            .collect();
+        let mut connections = connections::count(&pids, &listening).into_iter();
         let generations = self
             .policy
             .generations()
@@ -552,10 +669,7 @@ impl Main {
             .map(|g| {
                 // A generation whose start is delayed has no monitor yet.
                 let monitor_pid = self.monitors.get(&g.number).map_or(0, |m| m.pid.as_raw());
-                let workers = g
-                    .workers
-                    .iter()
-                    .filter(|(_, w)| w.pid != 0)
+                let workers = live(g)
                     .map(|(&ordinal, w)| WorkerStatus {
                         ordinal,
                         pid: w.pid,
@@ -565,22 +679,29 @@ impl Main {
                         uptime_s: now.duration_since(w.since).as_secs(),
                         rss_kib: sys::rss_kib(Pid::from_raw(w.pid)).unwrap_or(0),
                         threads: sys::fork::threads_of(Pid::from_raw(w.pid)).unwrap_or(0),
+                        connections: connections.next().flatten(),
                         last_exit: w.last_exit.clone(),
                     })
                     .collect();
+                let kill_in = g.grace_ends().map(|at| at.saturating_duration_since(now));
                 GenerationStatus {
                     generation: g.number,
                     monitor_pid,
                     state: g.state.name().to_string(),
+                    kill_in_ms: kill_in.map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64),
                     workers,
                 }
             })
             .collect();
+        let readiness = self.policy.readiness();
         Status {
             pid: std::process::id(),
             version: crate::control::version().to_string(),
             uptime_s: self.started.elapsed().as_secs(),
             count: self.policy.count(),
+            ready: readiness.ready,
+            stopping: self.policy.stopping(),
+            readiness: Some(readiness.line),
             sockets: self
                 .sockets
                 .iter()

@@ -28,6 +28,11 @@ use crate::units::{format_duration, ReloadStrategy};
 /// How long after its grace a draining monitor may take before main kills
 /// its whole group.
 pub const DRAIN_BACKSTOP: Duration = Duration::from_secs(5);
+/// How long a monitor may take to act on a drain order (to say it has
+/// signalled its workers) before main takes the drain over: it sends the
+/// drain signal to the generation's process group itself, and `SIGKILL`
+/// when the grace ends.
+pub const DRAIN_ACT_TIMEOUT: Duration = Duration::from_secs(1);
 /// At most this long for the workers of a failed generation to finish.
 pub const FAILED_GRACE: Duration = Duration::from_secs(5);
 /// First delay before another replacement generation when the last one
@@ -49,13 +54,16 @@ pub const UPGRADE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub count: u32,
-    pub max_count: u32,
+    /// The most workers the limits let a generation run, and why.
+    pub ceiling: crate::limits::CountCeiling,
     pub startup_timeout: Duration,
     pub graceful_timeout: Duration,
     /// `--reload-strategy`.
     pub strategy: ReloadStrategy,
     /// `--canary`: how long one new worker serves beside the old generation before the rest.
     pub canary: Option<Duration>,
+    /// `--stop-delay`: how long a graceful stop keeps serving, not ready, before it drains.
+    pub stop_delay: Duration,
 }
 
 /// What a generation is doing, as main sees it.
@@ -162,10 +170,29 @@ pub struct Generation {
     started: Instant,
     #[serde(with = "clock::option")]
     startup_deadline: Option<Instant>,
+    /// When main kills the whole group: the grace's end plus
+    /// [`DRAIN_BACKSTOP`] while the monitor is in charge of its drain; the
+    /// grace's end once main has taken it over.
     #[serde(with = "clock::option")]
     kill_deadline: Option<Instant>,
     #[serde(with = "clock::option")]
     next_progress: Option<Instant>,
+    /// Once told to drain: when the grace ends and what is left gets
+    /// `SIGKILL` (`kill_in_ms` in `status`).
+    #[serde(default, with = "clock::option")]
+    grace_ends: Option<Instant>,
+    /// Told to drain, and its monitor has not said yet that it has
+    /// signalled its workers: then main takes the drain over.
+    #[serde(default, with = "clock::option")]
+    act_deadline: Option<Instant>,
+    /// Its monitor says when it has acted on a drain
+    /// ([`Report::Draining`]): every monitor this image starts does; one
+    /// a previous image started may not (protocol 1).
+    #[serde(default)]
+    reports_draining: bool,
+    /// Its monitor has said it has signalled its workers.
+    #[serde(default)]
+    drain_signalled: bool,
     /// Set while a staged reload (rolling, canary) is under way.
     roll: Option<Roll>,
     pub workers: BTreeMap<u32, WorkerView>,
@@ -178,6 +205,16 @@ impl Generation {
 
     fn alive_workers(&self) -> u32 {
         self.workers.values().filter(|w| w.pid != 0).count() as u32
+    }
+
+    /// For a generation told to drain, when what is left of it gets
+    /// `SIGKILL`: when its grace ends.
+    pub fn grace_ends(&self) -> Option<Instant> {
+        if !matches!(self.state, State::Draining | State::Failed) {
+            return None;
+        }
+        // A state saved by an image older than `grace_ends` has the backstop only.
+        self.grace_ends.or_else(|| self.kill_deadline.and_then(|at| at.checked_sub(DRAIN_BACKSTOP)))
     }
 }
 
@@ -219,6 +256,9 @@ pub enum Effect {
     Order { generation: u32, order: Order },
     /// `SIGKILL` the process group of `generation`.
     KillGroup(u32),
+    /// Send the drain signal to the process group of `generation`: its
+    /// monitor did not act on the drain order in time.
+    DrainGroup(u32),
     /// What the monitor of `generation` left behind is now main's: signal
     /// it with the drain signal unless the monitor already did
     /// (`terminate`), and `SIGKILL` what is left at `kill_at`.
@@ -229,6 +269,11 @@ pub enum Effect {
     Reply { to: ClientId, reply: Reply },
     /// Tell systemd (when main runs under it).
     Systemd(Note),
+    /// Stop listening on the sockets main bound itself (not those systemd
+    /// passed in): from now on a new connection is refused at once instead
+    /// of waiting in a backlog nobody accepts from. The drain of a stop
+    /// begins.
+    Unlisten,
     /// Exit main with this status once every orphan is gone.
     Exit(i32),
     /// Run the binary at main's path in check mode ([`Event::UpgradeChecked`]
@@ -255,6 +300,14 @@ enum Stop {
     Now,
 }
 
+/// Whether panzer serves, and one line that says so or why not
+/// (`generation 1 starting: 0/4 workers ready`, `stopping`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    pub line: String,
+}
+
 /// main's whole policy.
 #[derive(Debug)]
 pub struct Policy {
@@ -264,6 +317,9 @@ pub struct Policy {
     /// A reload asked for while one was under way, with its waiting clients.
     queued_reload: Option<Vec<ClientId>>,
     stopping: Option<Stop>,
+    /// While a graceful stop waits out `--stop-delay` (serving, not ready):
+    /// when the drain begins.
+    stop_delay_until: Option<Instant>,
     stop_deadline: Option<Instant>,
     exit_code: i32,
     exited: bool,
@@ -298,6 +354,10 @@ pub struct Saved {
     last: u32,
     queued_reload: Option<Vec<ClientId>>,
     stopping: Option<Stop>,
+    // An upgrade is refused while stopping, so this is always empty; it is
+    // here so that the state is whole. (Absent from an older image's.)
+    #[serde(default, with = "clock::option")]
+    stop_delay_until: Option<Instant>,
     #[serde(with = "clock::option")]
     stop_deadline: Option<Instant>,
     exit_code: i32,
@@ -316,6 +376,7 @@ impl Policy {
             last: 0,
             queued_reload: None,
             stopping: None,
+            stop_delay_until: None,
             stop_deadline: None,
             exit_code: 0,
             exited: false,
@@ -335,6 +396,7 @@ impl Policy {
             last: self.last,
             queued_reload: self.queued_reload.clone(),
             stopping: self.stopping,
+            stop_delay_until: self.stop_delay_until,
             stop_deadline: self.stop_deadline,
             exit_code: self.exit_code,
             exited: self.exited,
@@ -353,6 +415,7 @@ impl Policy {
             last: saved.last,
             queued_reload: saved.queued_reload,
             stopping: saved.stopping,
+            stop_delay_until: saved.stop_delay_until,
             stop_deadline: saved.stop_deadline,
             exit_code: saved.exit_code,
             exited: saved.exited,
@@ -374,9 +437,40 @@ impl Policy {
         &self.generations
     }
 
-    #[cfg(test)]
-    fn is_stopping(&self) -> bool {
+    /// Whether panzer is stopping: from the moment a graceful or immediate
+    /// stop was taken (it then drains every generation, or kills them).
+    pub fn stopping(&self) -> bool {
         self.stopping.is_some()
+    }
+
+    /// A graceful stop is waiting out `--stop-delay`: still serving, not ready.
+    pub fn in_stop_delay(&self) -> bool {
+        self.stop_delay_until.is_some()
+    }
+
+    /// Whether panzer serves, as a probe must see it, and the one line that
+    /// says why: ready while some generation is ready and panzer is not
+    /// stopping. The one rule behind `status.ready`, `panzerctl status
+    /// --ready` and the admin endpoint's `/readyz`.
+    pub fn readiness(&self) -> Readiness {
+        let describe = |g: &Generation| {
+            format!(
+                "generation {} {}: {}/{} workers ready",
+                g.number,
+                g.state.name(),
+                g.ready_workers(),
+                g.count
+            )
+        };
+        if self.stopping() {
+            return Readiness { ready: false, line: "stopping".into() };
+        }
+        if let Some(serving) = self.generations.iter().rev().find(|g| g.state == State::Ready) {
+            return Readiness { ready: true, line: describe(serving) };
+        }
+        let line =
+            self.generations.iter().max_by_key(|g| g.number).map_or_else(|| "no generation".into(), describe);
+        Readiness { ready: false, line }
     }
 
     /// The earliest deadline: when the loop must send [`Event::Tick`].
@@ -390,10 +484,10 @@ impl Policy {
                 Some(Roll { phase: Phase::Canary(until), .. }) => until,
                 _ => None,
             };
-            [delayed, g.startup_deadline, g.kill_deadline, g.next_progress, soak]
+            [delayed, g.startup_deadline, g.kill_deadline, g.next_progress, soak, g.act_deadline]
         });
         let upgrade = self.upgrade.as_ref().and_then(|u| u.checking_until);
-        generations.chain([self.stop_deadline, upgrade]).flatten().min()
+        generations.chain([self.stop_delay_until, self.stop_deadline, upgrade]).flatten().min()
     }
 
     /// Takes one event at time `now`; returns what to do, in order.
@@ -425,6 +519,10 @@ impl Policy {
             self.advance(now, number, &mut out);
         }
         self.start_upgrade_check(now, &mut out);
+        if self.in_stop_delay() && !self.any(|s| s == State::Ready) {
+            // Nothing serves any more (its monitor died): nothing to wait for.
+            self.begin_drain(now, &mut out);
+        }
         if self.stopping.is_some() && self.generations.is_empty() && !self.exited {
             self.exited = true;
             out.push(Effect::Exit(self.exit_code));
@@ -490,6 +588,10 @@ impl Policy {
             startup_deadline: None,
             kill_deadline: None,
             next_progress: None,
+            grace_ends: None,
+            act_deadline: None,
+            reports_draining: false,
+            drain_signalled: false,
             roll,
             workers: BTreeMap::new(),
         });
@@ -504,6 +606,8 @@ impl Policy {
         g.state = State::Starting;
         g.started = now;
         g.startup_deadline = Some(now + timeout);
+        // Its monitor speaks this image's protocol.
+        g.reports_draining = crate::protocol::reports_draining(crate::protocol::VERSION);
         g.next_progress = Some(now + PROGRESS_EVERY);
         let count = g.count;
         out.push(Effect::Spawn { generation: number, count });
@@ -654,12 +758,10 @@ impl Policy {
     }
 
     fn scale(&mut self, count: u32, out: &mut Vec<Effect>) -> Result<u32, String> {
-        if count == 0 || count > self.settings.max_count {
-            return Err(format!(
-                "scale {count}: the count must be between 1 and {}",
-                self.settings.max_count
-            ));
+        if count == 0 {
+            return Err("scale 0: the count must be at least 1".into());
         }
+        let count = self.settings.ceiling.check(&format!("scale {count}"), count.into())?;
         if self.stopping.is_some() || count == self.settings.count {
             return Ok(self.settings.count);
         }
@@ -691,19 +793,51 @@ impl Policy {
     }
 
     /// Tells `number` to drain within `grace`; its group is killed if it is
-    /// not gone a backstop later.
+    /// not gone a backstop later. A monitor that does not say within
+    /// [`DRAIN_ACT_TIMEOUT`] that it has signalled its workers is not
+    /// waited for (see [`Policy::take_over_drains`]).
     fn drain(&mut self, now: Instant, number: u32, state: State, grace: Duration, out: &mut Vec<Effect>) {
         let Some(g) = self.find(number) else { return };
         g.state = state;
         g.startup_deadline = None;
         g.next_progress = None;
+        g.grace_ends = Some(now + grace);
         g.kill_deadline = Some(now + grace + DRAIN_BACKSTOP);
+        if g.reports_draining && !g.drain_signalled {
+            g.act_deadline = Some(now + DRAIN_ACT_TIMEOUT);
+        }
         out.push(Effect::Order { generation: number, order: Order::drain(grace) });
+    }
+
+    /// Drains whose monitor has not acted in time (stopped, stuck in the
+    /// kernel): main sends the drain signal to the group itself, and
+    /// `SIGKILL` when the grace ends instead of a backstop later.
+    fn take_over_drains(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        for g in &mut self.generations {
+            if !g.act_deadline.is_some_and(|at| at <= now) {
+                continue;
+            }
+            g.act_deadline = None;
+            let ends = g.grace_ends.unwrap_or(now).max(now);
+            g.kill_deadline = Some(ends);
+            log::warn!(
+                "generation {}: its monitor has not acted on the drain order within {}: signalling its \
+                 workers from main; SIGKILL in {}",
+                g.number,
+                format_duration(DRAIN_ACT_TIMEOUT),
+                format_duration(ends.saturating_duration_since(now))
+            );
+            out.push(Effect::DrainGroup(g.number));
+        }
     }
 
     fn report(&mut self, now: Instant, number: u32, report: Report, out: &mut Vec<Effect>) {
         let Some(g) = self.find(number) else { return };
         match report {
+            Report::Draining => {
+                g.drain_signalled = true;
+                g.act_deadline = None;
+            }
             Report::WorkerStarted { ordinal, pid } => {
                 let (restarts, last_exit, replaced, unready_exits) =
                     g.workers.get(&ordinal).map_or((0, None, 0, 0), |w| {
@@ -1023,11 +1157,11 @@ impl Policy {
         // A monitor that drained exited 0 after signalling its workers; any
         // other end left them (or their children) to main.
         let drained = matches!(state, State::Draining | State::Failed) && ended == Ended::Exited(0);
-        let kill_at = match self.generations.iter().find(|g| g.number == number).and_then(|g| g.kill_deadline)
-        {
-            Some(deadline) if drained => deadline.checked_sub(DRAIN_BACKSTOP).unwrap_or(deadline),
-            _ => now + grace,
-        };
+        let kill_at =
+            match self.generations.iter().find(|g| g.number == number).and_then(Generation::grace_ends) {
+                Some(ends) if drained => ends,
+                _ => now + grace,
+            };
         out.push(Effect::Orphans { generation: number, terminate: !drained, kill_at });
         match state {
             State::Starting => {
@@ -1110,38 +1244,48 @@ impl Policy {
     }
 
     /// `SIGTERM`, `SIGINT`, a control `stop` (graceful), or `SIGQUIT`, a
-    /// second `SIGINT` (now).
+    /// second `SIGINT` (now). A graceful stop first waits out
+    /// `--stop-delay` while a generation serves (not ready: systemd hears
+    /// `STOPPING=1` at once); a second graceful stop skips the rest of it.
     fn stop(&mut self, now: Instant, how: Stop, out: &mut Vec<Effect>) {
         let already = self.stopping;
-        if already == Some(Stop::Now) || (already.is_some() && how == Stop::Graceful) {
+        if already == Some(Stop::Now) {
             return;
         }
+        if already == Some(Stop::Graceful) && how == Stop::Graceful {
+            if self.in_stop_delay() {
+                log::info!("asked again: the rest of the stop delay is skipped");
+                self.begin_drain(now, out);
+            }
+            return;
+        }
+        let drain_began = already.is_some() && !self.in_stop_delay();
         self.stopping = Some(how);
         if already.is_none() {
-            let grace = self.settings.graceful_timeout;
-            match how {
-                Stop::Graceful if self.exit_code == 0 => {
-                    log::info!("stopping gracefully (workers have {} to finish)", format_duration(grace))
-                }
-                Stop::Graceful => {}
-                Stop::Now => log::warn!("stopping now, killing every worker"),
-            }
-            self.stop_deadline = Some(now + grace + DRAIN_BACKSTOP);
             out.push(Effect::Systemd(Note::Stopping));
+            let delay = self.settings.stop_delay;
+            let lame_duck = how == Stop::Graceful && !delay.is_zero() && self.any(|s| s == State::Ready);
+            // What was asked for and not done yet is cancelled; a reload
+            // under way stops at once, the generation it would replace
+            // serves through the delay.
             let mut cancelled: Vec<ClientId> = self.queued_reload.take().unwrap_or_default();
             let numbers: Vec<(u32, State)> = self.generations.iter().map(|g| (g.number, g.state)).collect();
             for (number, state) in numbers {
                 match state {
                     State::Delayed(_) => self.remove(number),
-                    State::Starting | State::Ready => {
+                    State::Starting => {
                         if let Some(Cause::Reload(clients)) =
                             self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement))
                         {
                             cancelled.extend(clients);
                         }
-                        self.drain(now, number, State::Draining, grace, out);
+                        if lame_duck {
+                            self.restore_old(number, out);
+                            let grace = self.settings.graceful_timeout;
+                            self.drain(now, number, State::Draining, grace, out);
+                        }
                     }
-                    State::Draining | State::Failed => {}
+                    State::Ready | State::Draining | State::Failed => {}
                 }
             }
             if !cancelled.is_empty() {
@@ -1162,15 +1306,52 @@ impl Policy {
             for to in cancelled {
                 out.push(Effect::Reply { to, reply: Reply::error("reload cancelled: panzer is stopping") });
             }
+            match how {
+                Stop::Graceful if lame_duck => {
+                    log::info!("stopping in {} (--stop-delay); serving until then", format_duration(delay));
+                    self.stop_delay_until = Some(now + delay);
+                }
+                Stop::Graceful => self.begin_drain(now, out),
+                Stop::Now => {}
+            }
         }
         if how == Stop::Now {
+            log::warn!("stopping now, killing every worker");
+            if !drain_began {
+                self.begin_drain(now, out);
+            }
             self.kill_everything(out);
+        }
+    }
+
+    /// A graceful stop drains: nothing new is accepted (the sockets stop
+    /// listening), every generation finishes what it has within the
+    /// graceful timeout, and what is left then is killed.
+    fn begin_drain(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        self.stop_delay_until = None;
+        let grace = self.settings.graceful_timeout;
+        if self.stopping == Some(Stop::Graceful) && self.exit_code == 0 {
+            log::info!("stopping gracefully (workers have {} to finish)", format_duration(grace));
+        }
+        self.stop_deadline = Some(now + grace + DRAIN_BACKSTOP);
+        // Before the workers hear of the drain, while they still accept:
+        // the backlog is at its shortest, and what it holds is all that is
+        // lost (a TCP socket resets it as it stops listening).
+        out.push(Effect::Unlisten);
+        let numbers: Vec<(u32, State)> = self.generations.iter().map(|g| (g.number, g.state)).collect();
+        for (number, state) in numbers {
+            match state {
+                State::Delayed(_) => self.remove(number),
+                State::Starting | State::Ready => self.drain(now, number, State::Draining, grace, out),
+                State::Draining | State::Failed => {}
+            }
         }
     }
 
     fn kill_everything(&mut self, out: &mut Vec<Effect>) {
         for g in &mut self.generations {
             g.kill_deadline = None;
+            g.act_deadline = None;
             out.push(Effect::KillGroup(g.number));
         }
         out.push(Effect::KillOrphans);
@@ -1178,6 +1359,7 @@ impl Policy {
     }
 
     fn tick(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        self.take_over_drains(now, out);
         let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
         let snapshot: Vec<(u32, State, bool, bool, bool)> = self
             .generations
@@ -1223,6 +1405,9 @@ impl Policy {
             );
             self.upgrade_checked(Err(reason), out);
         }
+        if due(self.stop_delay_until) {
+            self.begin_drain(now, out);
+        }
         if due(self.stop_deadline) {
             log::warn!("workers still running after the graceful timeout: killing them");
             self.kill_everything(out);
@@ -1261,11 +1446,12 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             count: 2,
-            max_count: 64,
+            ceiling: crate::limits::CountCeiling { max: 64, bound: crate::limits::Bound::Ceiling },
             startup_timeout: Duration::from_secs(60),
             graceful_timeout: GRACE,
             strategy: ReloadStrategy::All,
             canary: None,
+            stop_delay: Duration::ZERO,
         }
     }
 
@@ -1337,6 +1523,11 @@ mod tests {
 
         fn exited(&mut self, generation: u32, ended: Ended) -> Vec<Effect> {
             self.on(Event::MonitorExited { generation, ended })
+        }
+
+        /// The monitor of `generation` says it has signalled its workers.
+        fn acted(&mut self, generation: u32) -> Vec<Effect> {
+            self.on(Event::Report { generation, report: Report::Draining })
         }
 
         fn reload(&mut self, client: u64) -> Vec<Effect> {
@@ -1433,6 +1624,7 @@ mod tests {
         assert_eq!(w.states(), vec![(1, State::Ready), (2, State::Failed)]);
         assert!(!effects.iter().any(|e| matches!(e, KillGroup(_))));
         // Its workers get FAILED_GRACE; the group is killed a backstop later.
+        assert_eq!(w.acted(2), vec![]);
         assert_eq!(w.later(FAILED_GRACE), vec![]);
         assert_eq!(w.later(DRAIN_BACKSTOP), vec![KillGroup(2)]);
     }
@@ -1471,7 +1663,7 @@ mod tests {
         w.on(Event::Boot);
         let effects = w.failed(1, "workers keep crashing");
         assert_eq!(effects[0], drain(1, FAILED_GRACE));
-        assert!(w.policy.is_stopping());
+        assert!(w.policy.stopping());
         assert_eq!(w.exited(1, Ended::Exited(1)).last(), Some(&Exit(1)));
         assert_eq!(w.policy.last_failure.as_deref(), Some("workers keep crashing"));
     }
@@ -1481,7 +1673,7 @@ mod tests {
         let mut w = World::new();
         w.on(Event::Boot);
         let effects = w.exited(1, killed());
-        assert!(!w.policy.is_stopping());
+        assert!(!w.policy.stopping());
         assert!(effects.contains(&Orphans { generation: 1, terminate: true, kill_at: w.now + GRACE }));
         assert!(spawns(&effects).is_empty(), "the replacement waits for its backoff");
         assert_eq!(w.later(REPLACEMENT_BACKOFF), vec![Spawn { generation: 2, count: 2 }]);
@@ -1574,6 +1766,105 @@ mod tests {
     }
 
     #[test]
+    fn a_monitor_that_does_not_act_on_a_drain_order_within_a_second_is_taken_over_by_main() {
+        let mut w = World::serving();
+        w.reload(1);
+        assert_eq!(w.ready(2)[0], drain(1, GRACE));
+        let grace_ends = w.now + GRACE;
+        assert_eq!(w.policy.next_deadline(), Some(w.now + DRAIN_ACT_TIMEOUT));
+        // Stopped, or stuck in the kernel: main sends the drain signal itself…
+        assert_eq!(w.later(DRAIN_ACT_TIMEOUT), vec![Effect::DrainGroup(1)]);
+        // …and SIGKILL when the grace ends, not a backstop later.
+        assert_eq!(w.policy.next_deadline(), Some(grace_ends));
+        assert_eq!(w.later(GRACE - DRAIN_ACT_TIMEOUT - Duration::from_millis(1)), vec![]);
+        assert_eq!(w.later(Duration::from_millis(1)), vec![KillGroup(1)]);
+        // Saying so late changes nothing.
+        assert_eq!(w.acted(1), vec![]);
+        assert_eq!(w.later(DRAIN_BACKSTOP), vec![]);
+    }
+
+    #[test]
+    fn a_failed_generation_whose_monitor_does_not_act_is_killed_five_seconds_after_the_failure() {
+        let mut w = World::serving();
+        w.reload(1);
+        // Not ready by the startup timeout: its monitor is stopped.
+        let effects = w.later(Duration::from_secs(60));
+        assert!(effects.contains(&drain(2, FAILED_GRACE)), "{effects:?}");
+        assert_eq!(w.later(DRAIN_ACT_TIMEOUT), vec![Effect::DrainGroup(2)]);
+        assert_eq!(w.later(FAILED_GRACE - DRAIN_ACT_TIMEOUT), vec![KillGroup(2)]);
+    }
+
+    #[test]
+    fn a_monitor_that_acts_in_time_keeps_its_drain_and_main_kills_only_a_backstop_later() {
+        let mut w = World::serving();
+        w.reload(1);
+        w.ready(2);
+        w.now += DRAIN_ACT_TIMEOUT - Duration::from_millis(1);
+        assert_eq!(w.acted(1), vec![]);
+        assert_eq!(w.later(Duration::from_millis(1)), vec![], "the monitor is in charge");
+        assert_eq!(w.later(GRACE - DRAIN_ACT_TIMEOUT), vec![]);
+        assert_eq!(w.later(DRAIN_BACKSTOP), vec![KillGroup(1)]);
+        // One that had drained on its own (a stray SIGTERM) has acted already.
+        let mut w = World::serving();
+        w.acted(1);
+        w.reload(1);
+        w.ready(2);
+        assert_eq!(w.later(DRAIN_ACT_TIMEOUT), vec![]);
+    }
+
+    #[test]
+    fn a_grace_shorter_than_the_wait_for_the_monitor_ends_in_sigkill_as_main_takes_over() {
+        let grace = Duration::from_millis(300);
+        let mut w = World::serving_with(Settings { graceful_timeout: grace, ..settings() });
+        w.reload(1);
+        w.ready(2);
+        assert_eq!(w.later(DRAIN_ACT_TIMEOUT), vec![Effect::DrainGroup(1), KillGroup(1)]);
+    }
+
+    #[test]
+    fn the_monitors_of_an_older_image_are_not_expected_to_say_they_acted() {
+        let mut w = World::serving();
+        // The state an image of protocol 1 saved has none of the drain fields.
+        let anchor = w.now;
+        let text = clock::with_anchor(anchor, || serde_json::to_string(&w.policy.save())).unwrap();
+        let mut saved: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for g in saved["generations"].as_array_mut().unwrap() {
+            let g = g.as_object_mut().unwrap();
+            for field in ["grace_ends", "act_deadline", "reports_draining", "drain_signalled"] {
+                assert!(g.remove(field).is_some(), "no {field} saved");
+            }
+        }
+        let saved: Saved = clock::with_anchor(anchor, || serde_json::from_value(saved)).unwrap();
+        w.policy = Policy::restore(settings(), saved);
+        w.reload(1);
+        w.ready(2);
+        let draining = &w.policy.generations()[0];
+        assert_eq!(draining.grace_ends(), Some(w.now + GRACE), "kill_in_ms is shown all the same");
+        assert_eq!(w.later(DRAIN_ACT_TIMEOUT), vec![], "a monitor of protocol 1 never says it acted");
+        assert_eq!(w.later(GRACE - DRAIN_ACT_TIMEOUT), vec![]);
+        assert_eq!(w.later(DRAIN_BACKSTOP), vec![KillGroup(1)]);
+        // The generation this image started is expected to.
+        w.reload(2);
+        w.ready(3);
+        assert_eq!(w.later(DRAIN_ACT_TIMEOUT), vec![Effect::DrainGroup(2)]);
+    }
+
+    #[test]
+    fn only_a_draining_generation_has_a_time_when_it_is_killed() {
+        let mut w = World::serving();
+        assert_eq!(w.policy.generations()[0].grace_ends(), None);
+        w.reload(1);
+        w.ready(2);
+        let ends: Vec<Option<Instant>> = w.policy.generations().iter().map(Generation::grace_ends).collect();
+        assert_eq!(ends, vec![Some(w.now + GRACE), None]);
+        w.later(Duration::from_secs(60));
+        w.reload(2);
+        w.later(Duration::from_secs(60));
+        let ends: Vec<Option<Instant>> = w.policy.generations().iter().map(Generation::grace_ends).collect();
+        assert_eq!(ends[2], Some(w.now + FAILED_GRACE), "a failed generation drains too");
+    }
+
+    #[test]
     fn a_killed_reload_monitor_fails_the_reload_and_the_old_generation_serves() {
         let mut w = World::serving();
         w.reload(3);
@@ -1608,7 +1899,8 @@ mod tests {
     fn a_stop_escalates_to_sigkill_after_the_graceful_timeout_and_a_backstop() {
         let mut w = World::serving();
         w.on(Event::Command { command: Command::Stop, from: None });
-        w.later(GRACE);
+        w.acted(1);
+        assert_eq!(w.later(GRACE), vec![]);
         let effects = w.later(DRAIN_BACKSTOP);
         assert!(effects.contains(&KillGroup(1)) && effects.contains(&KillOrphans));
     }
@@ -1625,14 +1917,58 @@ mod tests {
         );
     }
 
+    fn readiness(w: &World) -> (bool, String) {
+        let r = w.policy.readiness();
+        (r.ready, r.line)
+    }
+
+    #[test]
+    fn readiness_says_which_generation_starts_and_how_many_of_its_workers_are_ready() {
+        let mut w = World::new();
+        assert_eq!(readiness(&w), (false, "no generation".into()));
+        w.on(Event::Boot);
+        assert_eq!(readiness(&w), (false, "generation 1 starting: 0/2 workers ready".into()));
+        w.worker_ready(1, 0, 100);
+        assert_eq!(readiness(&w), (false, "generation 1 starting: 1/2 workers ready".into()));
+        w.worker_ready(1, 1, 101);
+        w.ready(1);
+        assert_eq!(readiness(&w), (true, "generation 1 ready: 2/2 workers ready".into()));
+    }
+
+    #[test]
+    fn a_reload_keeps_panzer_ready_on_the_generation_that_serves() {
+        let mut w = World::serving_with(settings());
+        w.reload(1);
+        assert_eq!(readiness(&w), (true, "generation 1 ready: 2/2 workers ready".into()));
+        w.worker_ready(2, 0, 200);
+        w.worker_ready(2, 1, 201);
+        w.ready(2);
+        assert_eq!(readiness(&w), (true, "generation 2 ready: 2/2 workers ready".into()));
+    }
+
+    #[test]
+    fn a_lost_serving_monitor_makes_panzer_not_ready_until_its_replacement_is() {
+        let mut w = World::serving_with(settings());
+        w.exited(1, killed());
+        assert_eq!(readiness(&w), (false, "generation 2 starting: 0/2 workers ready".into()));
+    }
+
+    #[test]
+    fn a_graceful_or_immediate_stop_makes_panzer_not_ready_at_once() {
+        for command in [Command::Stop, Command::StopNow] {
+            let mut w = World::serving_with(settings());
+            assert!(!w.policy.stopping());
+            w.on(Event::Command { command, from: None });
+            assert!(w.policy.stopping());
+            assert_eq!(readiness(&w), (false, "stopping".into()), "{command:?}");
+        }
+    }
+
     #[test]
     fn scale_has_a_ceiling_and_reaches_every_live_generation() {
         let mut w = World::serving();
         let effects = w.on(Event::Command { command: Command::Scale(100), from: Some(ClientId(1)) });
-        assert_eq!(
-            replies(&effects),
-            vec![(1, false, "scale 100: the count must be between 1 and 64".into())]
-        );
+        assert_eq!(replies(&effects), vec![(1, false, "scale 100: at most 64 workers".into())]);
         w.reload(2);
         let effects = w.on(Event::Command { command: Command::Scale(5), from: None });
         assert_eq!(
@@ -1644,6 +1980,23 @@ mod tests {
         );
         assert_eq!(w.on(Event::Command { command: Command::ScaleBy(-9), from: None }).len(), 2);
         assert_eq!(w.policy.count(), 1);
+    }
+
+    #[test]
+    fn a_scale_or_sigttin_past_what_the_descriptor_limit_allows_is_refused_with_the_reason() {
+        use crate::limits::{CountCeiling, MonitorFds};
+        let fds = MonitorFds { sockets: 1, tag_output: true, library: false };
+        let ceiling = CountCeiling::of(None, Some((26, fds)));
+        let mut w = World::serving_with(Settings { ceiling, ..settings() });
+        let effects = w.on(Event::Command { command: Command::Scale(4), from: Some(ClientId(1)) });
+        let (_, ok, message) = replies(&effects).remove(0);
+        assert!(!ok && message.starts_with("scale 4: at most 3 workers (RLIMIT_NOFILE is 26"), "{message}");
+        assert_eq!(effects.len(), 1, "nothing but the answer: {effects:?}");
+        let effects = w.on(Event::Command { command: Command::Scale(3), from: None });
+        assert_eq!(effects, vec![Effect::Order { generation: 1, order: Order::Scale { count: 3 } }]);
+        let effects = w.on(Event::Command { command: Command::ScaleBy(1), from: None });
+        assert!(effects.is_empty(), "{effects:?}");
+        assert_eq!(w.policy.count(), 3);
     }
 
     #[test]
@@ -1681,7 +2034,7 @@ mod tests {
         let mut w = World::serving();
         w.reload(4);
         let effects = w
-            .on(Event::SpawnFailed { generation: 2, reason: "cannot start its monitor: fork failed".into() });
+            .on(Event::SpawnFailed { generation: 2, reason: "cannot start its monitor: cannot fork".into() });
         assert_eq!(replies(&effects)[0].0, 4);
         assert!(!effects.iter().any(|e| matches!(e, Effect::Order { .. })));
         assert_eq!(w.states(), vec![(1, State::Ready)]);
@@ -1835,7 +2188,7 @@ mod tests {
         w.on(Event::Boot);
         // A stray SIGTERM made it drain and exit 0, without GenerationFailed.
         w.exited(1, Ended::Exited(0));
-        assert!(!w.policy.is_stopping());
+        assert!(!w.policy.stopping());
         assert_eq!(w.later(REPLACEMENT_BACKOFF), vec![Spawn { generation: 2, count: 2 }]);
     }
 
@@ -1846,7 +2199,7 @@ mod tests {
         for generation in 1..MAX_LOST_MONITORS {
             w.exited(generation, killed());
             w.later(REPLACEMENT_BACKOFF_CAP);
-            assert!(!w.policy.is_stopping(), "gave up after {generation}");
+            assert!(!w.policy.stopping(), "gave up after {generation}");
         }
         let effects = w.exited(MAX_LOST_MONITORS, killed());
         assert_eq!(effects.last(), Some(&Exit(1)));
@@ -2018,5 +2371,102 @@ mod tests {
         );
         let effects = w.on(resumed(vec![1]));
         assert_eq!(spawns(&effects), vec![2], "generation 1 speaks another protocol: a hot restart");
+    }
+
+    fn lame_duck() -> World {
+        World::serving_with(Settings { stop_delay: Duration::from_secs(2), ..settings() })
+    }
+
+    fn stop(w: &mut World) -> Vec<Effect> {
+        w.on(Event::Command { command: Command::Stop, from: None })
+    }
+
+    #[test]
+    fn a_stop_delay_says_stopping_at_once_serves_through_it_then_stops_listening_before_it_drains() {
+        let mut w = lame_duck();
+        assert_eq!(stop(&mut w), vec![Systemd(Note::Stopping)]);
+        assert!(w.policy.stopping() && w.policy.in_stop_delay());
+        let readiness = w.policy.readiness();
+        assert_eq!((readiness.ready, readiness.line.as_str()), (false, "stopping"), "probes see it at once");
+        assert_eq!(w.states(), vec![(1, State::Ready)], "it serves through the delay");
+        assert_eq!(w.policy.next_deadline(), Some(w.now + Duration::from_secs(2)));
+        assert_eq!(w.later(Duration::from_millis(1999)), vec![]);
+        let effects = w.later(Duration::from_millis(1));
+        assert_eq!(effects, vec![Effect::Unlisten, drain(1, GRACE)], "the backlog shut before the drain");
+        assert!(!w.policy.in_stop_delay());
+        assert_eq!(w.acted(1), vec![]);
+        assert_eq!(
+            w.policy.next_deadline(),
+            Some(w.now + GRACE + DRAIN_BACKSTOP),
+            "the grace counts from here"
+        );
+        assert_eq!(w.exited(1, Ended::Exited(0)).last(), Some(&Exit(0)));
+    }
+
+    #[test]
+    fn a_second_stop_during_the_delay_skips_it_and_a_stop_now_kills_at_once() {
+        let mut w = lame_duck();
+        stop(&mut w);
+        w.later(Duration::from_millis(500));
+        assert_eq!(stop(&mut w), vec![Effect::Unlisten, drain(1, GRACE)]);
+        assert_eq!(stop(&mut w), vec![], "draining already");
+        let mut w = lame_duck();
+        stop(&mut w);
+        let effects = w.on(Event::Command { command: Command::StopNow, from: None });
+        assert_eq!(effects[0], Effect::Unlisten);
+        assert!(effects.contains(&KillGroup(1)) && effects.contains(&KillOrphans));
+        assert!(!w.policy.in_stop_delay());
+        let effects = w.on(Event::Command { command: Command::StopNow, from: None });
+        assert!(!effects.contains(&Effect::Unlisten), "once is enough");
+    }
+
+    #[test]
+    fn a_reload_an_upgrade_or_a_scale_during_the_stop_delay_is_refused_as_stopping() {
+        let mut w = lame_duck();
+        stop(&mut w);
+        assert_eq!(replies(&w.reload(3)), vec![(3, false, "panzer is stopping".into())]);
+        assert_eq!(replies(&upgrade(&mut w, 4)), vec![(4, false, "panzer is stopping".into())]);
+        let effects = w.on(Event::Command { command: Command::Scale(5), from: Some(ClientId(5)) });
+        assert_eq!(effects.len(), 1, "nothing but the answer: {effects:?}");
+        assert_eq!(w.policy.count(), 2);
+        assert_eq!(w.states(), vec![(1, State::Ready)]);
+    }
+
+    #[test]
+    fn a_reload_under_way_when_the_delay_starts_is_cancelled_and_the_old_generation_serves_through_it() {
+        let mut w = lame_duck();
+        w.reload(1);
+        w.reload(2);
+        let effects = stop(&mut w);
+        assert!(effects.contains(&drain(2, GRACE)) && !effects.contains(&drain(1, GRACE)));
+        assert_eq!(w.acted(2), vec![]);
+        let answers = replies(&effects);
+        assert_eq!(answers.len(), 2);
+        assert!(answers.iter().all(|(_, ok, e)| !ok && e == "reload cancelled: panzer is stopping"));
+        assert_eq!(w.states(), vec![(1, State::Ready), (2, State::Draining)]);
+        assert_eq!(w.ready(2), vec![], "too late to take over");
+        assert_eq!(w.later(Duration::from_secs(2)), vec![Effect::Unlisten, drain(1, GRACE)]);
+    }
+
+    #[test]
+    fn the_delay_ends_as_soon_as_nothing_serves_and_is_not_taken_when_nothing_did() {
+        let mut w = lame_duck();
+        stop(&mut w);
+        let effects = w.exited(1, killed());
+        assert!(effects.contains(&Effect::Unlisten), "{effects:?}");
+        assert_eq!(effects.last(), Some(&Exit(0)));
+        let mut w = World::with(Settings { stop_delay: Duration::from_secs(2), ..settings() });
+        w.on(Event::Boot);
+        let effects = stop(&mut w);
+        assert_eq!(effects, vec![Systemd(Note::Stopping), Effect::Unlisten, drain(1, GRACE)]);
+    }
+
+    #[test]
+    fn without_a_stop_delay_a_stop_stops_listening_then_drains_at_once_and_a_reload_never_stops_listening() {
+        let mut w = World::serving();
+        let effects = w.reload(1);
+        let effects: Vec<Effect> = effects.into_iter().chain(w.ready(2)).collect();
+        assert!(!effects.contains(&Effect::Unlisten));
+        assert_eq!(stop(&mut w), vec![Systemd(Note::Stopping), Effect::Unlisten, drain(2, GRACE)]);
     }
 }

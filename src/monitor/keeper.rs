@@ -84,6 +84,19 @@ pub struct KeeperArgs {
 /// Runs the keeper role; returns the process exit status (once the rest
 /// of its group is gone; else it ends with the group, by `SIGKILL`).
 pub fn run(args: KeeperArgs) -> i32 {
+    let code = keep(args);
+    crate::logging::finish();
+    code
+}
+
+/// Ends the group `group`, this keeper included, after writing what log
+/// lines it can without waiting.
+fn end_group(group: Pid) {
+    crate::logging::flush();
+    sys::signal_group(group, nix::sys::signal::Signal::SIGKILL);
+}
+
+fn keep(args: KeeperArgs) -> i32 {
     sys::set_process_name(c"panzer");
     sys::ignore_signals();
     let me = nix::unistd::getpid();
@@ -117,7 +130,7 @@ pub fn run(args: KeeperArgs) -> i32 {
             // Never the group of a live monitor: that is the monitor's.
             if monitor_gone.is_some() {
                 log::error!("poll failed: {e}; SIGKILL to group {group}");
-                sys::signal_group(group, nix::sys::signal::Signal::SIGKILL);
+                end_group(group);
             } else {
                 log::error!("poll failed: {e}");
             }
@@ -155,7 +168,7 @@ pub fn run(args: KeeperArgs) -> i32 {
         }
         if Instant::now() >= at {
             log::warn!("processes of group {group} still running after the graceful timeout: SIGKILL");
-            sys::signal_group(group, nix::sys::signal::Signal::SIGKILL);
+            end_group(group);
             return 0;
         }
     }

@@ -194,11 +194,13 @@ fn serve(args: MonitorArgs, status: Channel, launch: Launch) -> i32 {
         );
         return fail(reason, status);
     }
-    match Monitor::new(args, status, launch) {
+    let code = match Monitor::new(args, status, launch) {
         Ok(mut monitor) => monitor.run(),
         // Tell main why, so the operator (and panzerctl reload) hears it.
         Err((reason, status)) => fail(reason, status),
-    }
+    };
+    crate::logging::finish();
+    code
 }
 
 impl Monitor {
@@ -304,8 +306,13 @@ impl Monitor {
             }
             let first_output = fds.len();
             let outputs = self.output.as_ref().map(|o| o.fds()).unwrap_or_default();
-            let output_tokens: Vec<output::Token> = outputs.iter().map(|&(token, _, _)| token).collect();
-            fds.extend(outputs.into_iter().map(|(_, fd, write)| (fd, write)));
+            let output_tokens: Vec<output::Token> = outputs.iter().map(|&(token, _)| token).collect();
+            fds.extend(outputs.into_iter().map(|(_, fd)| (fd, false)));
+            // Last: its own stdout and stderr, while lines wait for room.
+            let first_log = fds.len();
+            let mut fds: Vec<(BorrowedFd<'_>, sys::Interest)> =
+                fds.into_iter().map(|(fd, write)| (fd, write.into())).collect();
+            fds.extend(crate::logging::waiting_fds().into_iter().map(|fd| (fd, sys::Interest::Write)));
             let ready = match sys::poll(&fds, deadline) {
                 Ok(ready) => ready,
                 Err(e) => {
@@ -326,10 +333,13 @@ impl Monitor {
             if has_status && ready[2] {
                 self.on_status();
             }
+            if ready[first_log..].contains(&true) {
+                crate::logging::flush();
+            }
             if let Some(output) = &mut self.output {
                 let ready: Vec<output::Token> = output_tokens
                     .into_iter()
-                    .zip(&ready[first_output..])
+                    .zip(&ready[first_output..first_log])
                     .filter(|(_, r)| **r)
                     .map(|(t, _)| t)
                     .collect();
@@ -417,15 +427,25 @@ impl Monitor {
                     }
                 }
                 Err(e) => {
+                    let why = e.explain(Some(self.fds().worker_start()));
                     let how = match &self.launch {
-                        Launch::Exec { program } => format!("could not run {}: {e}", program.display()),
-                        Launch::Fork { .. } => format!("could not fork: {e}"),
+                        Launch::Exec { program } => format!("could not run {}: {why}", program.display()),
+                        Launch::Fork { .. } => format!("could not start: {why}"),
                     };
                     if let Some(exit) = self.pool.start_failed(ordinal, now) {
                         self.after_exit(exit, 0, &how);
                     }
                 }
             }
+        }
+    }
+
+    /// What this monitor holds in descriptors and needs to start a worker.
+    fn fds(&self) -> crate::limits::MonitorFds {
+        crate::limits::MonitorFds {
+            sockets: self.sockets.len() as u32,
+            tag_output: self.output.is_some(),
+            library: matches!(self.launch, Launch::Fork { .. }),
         }
     }
 
@@ -769,6 +789,8 @@ impl Monitor {
 
     /// Stop the generation: the drain signal to the whole process group
     /// (this monitor included, which ignores it), `SIGKILL` after `grace`.
+    /// main hears that it is done ([`Report::Draining`]): without that
+    /// within a second, it signals the group itself.
     fn drain(&mut self, grace: Duration) {
         if self.pool.is_draining() {
             // A shorter grace (a failed generation) still applies.
@@ -779,17 +801,20 @@ impl Monitor {
                     keeper.draining(grace);
                 }
             }
-            return;
+        } else {
+            let workers = self.pool.workers().count();
+            log::info!("draining {workers} worker(s); SIGKILL in {}", format_duration(grace));
+            self.pool.drain();
+            sys::signal_group(nix::unistd::getpgrp(), self.drain_signal());
+            self.kill_at = Some(Instant::now() + grace);
+            if let Some(keeper) = &self.keeper {
+                keeper.draining(grace);
+            }
+            self.exit_code.get_or_insert(0);
         }
-        let workers = self.pool.workers().count();
-        log::info!("draining {workers} worker(s); SIGKILL in {}", format_duration(grace));
-        self.pool.drain();
-        sys::signal_group(nix::unistd::getpgrp(), self.drain_signal());
-        self.kill_at = Some(Instant::now() + grace);
-        if let Some(keeper) = &self.keeper {
-            keeper.draining(grace);
+        if crate::protocol::reports_draining(self.args.protocol) {
+            self.report(Report::Draining);
         }
-        self.exit_code.get_or_insert(0);
     }
 
     fn scale(&mut self, count: u32) {

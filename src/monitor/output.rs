@@ -4,42 +4,35 @@
 //!
 //! Each worker gets a pipe for fd 1 and one for fd 2 (created `CLOEXEC`
 //! here, put in place by the spawn plan). The monitor's loop polls their
-//! read ends and this module turns bytes into lines ([`Lines`], pure) and
-//! lines into writes ([`Sink`]). A line is at most [`PIPE_BUF`] bytes with
-//! its prefix, so a write of it to a pipe is atomic even when other
-//! processes (main, another monitor) write to the same pipe; a longer one is
-//! cut, with a `…` where it was cut. A partial line waits for its newline,
-//! and is flushed when its worker exits.
+//! read ends and this module turns bytes into lines ([`Lines`], pure); the
+//! lines go to [`crate::logging`], which writes the monitor's own stdout and
+//! stderr (its log lines too) without ever waiting. A line is at most
+//! [`PIPE_BUF`] bytes with its prefix, so a write of it to a pipe is atomic
+//! even when other processes (main, another monitor) write to the same
+//! pipe; a longer one is cut, with a `…` where it was cut. A partial line
+//! waits for its newline, and is flushed when its worker exits.
 //!
-//! The monitor never blocks on output: what a sink cannot take now waits in
-//! its queue, and while a queue is over [`HIGH_WATER`] the pipes feeding it
+//! The monitor never blocks on output: lines that cannot be written now
+//! wait, and while too many wait for a stream (64 KiB) the pipes feeding it
 //! are not read, so a worker writing faster than panzer's stdout drains
-//! waits in its own `write`, as it would with the fd inherited.
+//! waits in its own `write`, as it would with the fd inherited; reading
+//! resumes once the loop has written them out.
 
-use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag};
-use nix::sys::socket::MsgFlags;
-use nix::sys::stat::{fstat, SFlag};
 
-/// The most bytes one write to a pipe is guaranteed not to interleave with
-/// others' (POSIX `PIPE_BUF`, 4096 on Linux).
-pub const PIPE_BUF: usize = 4096;
+use crate::logging::{self, Stream, PIPE_BUF};
+
 /// Marks where a line too long for one write was cut.
 const CUT: &str = "…";
-/// Bytes queued for a sink past which its workers' pipes are not read.
-const HIGH_WATER: usize = 64 * 1024;
 /// Bytes read from one pipe per turn of the loop, so that one chatty worker
 /// cannot starve the rest of it.
 const READ_PER_TURN: usize = 64 * 1024;
 /// When a worker has exited, or the monitor is about to, at most this much
 /// is read from one pipe (a process the worker started may still write).
 const DRAIN_LIMIT: usize = 1024 * 1024;
-/// At exit, how long the monitor waits for a sink to take what is queued.
-const EXIT_FLUSH: Duration = Duration::from_secs(1);
 
 /// A worker's byte stream cut into prefixed lines. Pure.
 #[derive(Debug)]
@@ -134,120 +127,11 @@ fn char_boundary(bytes: &[u8]) -> usize {
     len
 }
 
-/// How bytes reach one of the monitor's own stdout or stderr.
-#[derive(Debug)]
-enum Target {
-    /// A regular file, through a `CLOEXEC` duplicate: writes never wait,
-    /// and the file offset stays the one main and the other processes share.
-    File(OwnedFd),
-    /// A socket (journald's stdout stream), through a duplicate: sent
-    /// without waiting.
-    Socket(OwnedFd),
-    /// A pipe, FIFO or terminal, opened anew through `/proc/self/fd` so that
-    /// `O_NONBLOCK` is the monitor's own, not set on what main shares.
-    Reopened(OwnedFd),
-    /// Nothing there (fd closed): output is dropped, as a worker's would be.
-    Closed,
-}
-
-/// One of the monitor's own stdout or stderr, with the lines it could not
-/// take yet.
-#[derive(Debug)]
-struct Sink {
-    target: Target,
-    queue: VecDeque<Vec<u8>>,
-    /// Bytes of the front line already written.
-    written: usize,
-    queued: usize,
-}
-
-impl Sink {
-    /// The monitor's stdout (`stderr: false`) or stderr.
-    fn open(stderr: bool) -> Sink {
-        let (fd, dup) = match stderr {
-            false => (1, std::io::stdout().as_fd().try_clone_to_owned()),
-            true => (2, std::io::stderr().as_fd().try_clone_to_owned()),
-        };
-        let target = match dup {
-            Err(_) => Target::Closed,
-            Ok(dup) => match fstat(&dup).map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT) {
-                Err(_) => Target::Closed,
-                Ok(SFlag::S_IFREG) => Target::File(dup),
-                Ok(SFlag::S_IFSOCK) => Target::Socket(dup),
-                Ok(_) => {
-                    let flags = OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
-                    let path = format!("/proc/self/fd/{fd}");
-                    match nix::fcntl::open(path.as_str(), flags, nix::sys::stat::Mode::empty()) {
-                        Ok(own) => Target::Reopened(own),
-                        Err(e) => {
-                            log::debug!("cannot reopen fd {fd} non-blocking ({e}); writing to it directly");
-                            Target::File(dup)
-                        }
-                    }
-                }
-            },
-        };
-        Sink { target, queue: VecDeque::new(), written: 0, queued: 0 }
-    }
-
-    fn push(&mut self, line: Vec<u8>) {
-        self.queued += line.len();
-        self.queue.push_back(line);
-    }
-
-    fn full(&self) -> bool {
-        self.queued >= HIGH_WATER
-    }
-
-    /// The fd to poll for room, while lines wait.
-    fn waiting_fd(&self) -> Option<BorrowedFd<'_>> {
-        match &self.target {
-            _ if self.queue.is_empty() => None,
-            Target::Reopened(fd) | Target::Socket(fd) => Some(fd.as_fd()),
-            Target::File(_) | Target::Closed => None,
-        }
-    }
-
-    /// Writes queued lines until the sink would block or the queue is empty.
-    fn flush(&mut self) {
-        while let Some(line) = self.queue.front() {
-            let rest = &line[self.written..];
-            let result = match &self.target {
-                Target::File(fd) | Target::Reopened(fd) => nix::unistd::write(fd, rest),
-                Target::Socket(fd) => nix::sys::socket::send(
-                    fd.as_raw_fd(),
-                    rest,
-                    MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-                ),
-                Target::Closed => Ok(rest.len()),
-            };
-            match result {
-                Ok(n) if n == rest.len() => {
-                    self.queued -= line.len();
-                    self.written = 0;
-                    self.queue.pop_front();
-                }
-                Ok(n) => self.written += n,
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => return,
-                Err(e) => {
-                    // The reader is gone (EPIPE) or the fd broke: what a
-                    // worker writes is lost, as it would be with the fd inherited.
-                    log::debug!("worker output dropped: {e}");
-                    self.target = Target::Closed;
-                }
-            }
-        }
-    }
-}
-
 /// What a poll result of [`TaggedOutput::fds`] belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Token {
     /// The read end of a worker's pipe.
     Pipe(u64),
-    /// Stdout (0) or stderr (1) has room again.
-    Sink(usize),
 }
 
 /// The read end of one worker's stdout or stderr pipe.
@@ -255,8 +139,7 @@ pub enum Token {
 struct Pipe {
     token: u64,
     pid: i32,
-    /// 0: stdout, 1: stderr.
-    stream: usize,
+    stream: Stream,
     fd: OwnedFd,
     lines: Lines,
 }
@@ -265,7 +148,6 @@ struct Pipe {
 #[derive(Debug)]
 pub struct TaggedOutput {
     generation: u32,
-    sinks: [Sink; 2],
     pipes: Vec<Pipe>,
     next_token: u64,
 }
@@ -279,12 +161,7 @@ pub struct WorkerEnds {
 
 impl TaggedOutput {
     pub fn new(generation: u32) -> TaggedOutput {
-        TaggedOutput {
-            generation,
-            sinks: [Sink::open(false), Sink::open(true)],
-            pipes: Vec::new(),
-            next_token: 0,
-        }
+        TaggedOutput { generation, pipes: Vec::new(), next_token: 0 }
     }
 
     /// Two pipes for a worker about to start; every end `CLOEXEC`, the
@@ -300,37 +177,34 @@ impl TaggedOutput {
 
     /// The worker `pid` in slot `ordinal` started with `ends`: read them.
     pub fn started(&mut self, pid: i32, ordinal: u32, ends: WorkerEnds) {
-        let WorkerEnds { read, .. } = ends;
-        for (stream, fd) in read.into_iter().enumerate() {
+        let WorkerEnds { read: [out, err], .. } = ends;
+        for (stream, fd) in [(Stream::Stdout, out), (Stream::Stderr, err)] {
             self.next_token += 1;
             let lines = Lines::new(format!("g{} w{ordinal} ", self.generation));
             self.pipes.push(Pipe { token: self.next_token, pid, stream, fd, lines });
         }
     }
 
-    /// What to poll: pipes whose sink has room (readable), and sinks with
-    /// lines waiting (writable).
-    pub fn fds(&self) -> Vec<(Token, BorrowedFd<'_>, bool)> {
-        let pipes = self
-            .pipes
+    /// What to poll: the pipes whose stream has room for more lines. (The
+    /// streams themselves are polled for room through
+    /// [`logging::waiting_fds`].)
+    pub fn fds(&self) -> Vec<(Token, BorrowedFd<'_>)> {
+        let full = [Stream::Stdout, Stream::Stderr].map(logging::forward_full);
+        self.pipes
             .iter()
-            .filter(|p| !self.sinks[p.stream].full())
-            .map(|p| (Token::Pipe(p.token), p.fd.as_fd(), false));
-        let sinks =
-            self.sinks.iter().enumerate().filter_map(|(i, s)| Some((Token::Sink(i), s.waiting_fd()?, true)));
-        pipes.chain(sinks).collect()
+            .filter(|p| !full[p.stream as usize])
+            .map(|p| (Token::Pipe(p.token), p.fd.as_fd()))
+            .collect()
     }
 
-    /// Reads and writes what the poll found ready.
+    /// Reads what the poll found ready, and writes what it can.
     pub fn on_ready(&mut self, ready: &[Token]) {
-        for token in ready {
-            if let Token::Pipe(token) = token {
-                if let Some(index) = self.pipes.iter().position(|p| p.token == *token) {
-                    self.read(index, READ_PER_TURN, false);
-                }
+        for Token::Pipe(token) in ready {
+            if let Some(index) = self.pipes.iter().position(|p| p.token == *token) {
+                self.read(index, READ_PER_TURN, false);
             }
         }
-        self.flush();
+        logging::flush();
     }
 
     /// Worker `pid` has exited: what it wrote is in its pipes; its last,
@@ -347,63 +221,46 @@ impl TaggedOutput {
                 continue;
             }
             let pipe = &mut self.pipes[index];
-            let sink = &mut self.sinks[pipe.stream];
-            pipe.lines.finish(&mut |line| sink.push(line));
+            let stream = pipe.stream;
+            pipe.lines.finish(&mut |line| logging::forward(stream, line));
             index += 1;
         }
-        self.flush();
+        logging::flush();
     }
 
-    /// The monitor is about to exit: everything read and written, waiting
-    /// at most [`EXIT_FLUSH`] for a sink that is full.
+    /// The monitor is about to exit: everything read (the monitor's
+    /// [`logging::finish`] writes it out).
     pub fn finish(&mut self) {
         while !self.pipes.is_empty() {
             if !self.read(0, DRAIN_LIMIT, true) {
-                let pipe = self.pipes.remove(0);
-                let Pipe { stream, mut lines, .. } = pipe;
-                let sink = &mut self.sinks[stream];
-                lines.finish(&mut |line| sink.push(line));
+                let Pipe { stream, mut lines, .. } = self.pipes.remove(0);
+                lines.finish(&mut |line| logging::forward(stream, line));
             }
-        }
-        let deadline = Instant::now() + EXIT_FLUSH;
-        loop {
-            self.flush();
-            let waiting: Vec<(BorrowedFd<'_>, bool)> =
-                self.sinks.iter().filter_map(|s| Some((s.waiting_fd()?, true))).collect();
-            if waiting.is_empty() || Instant::now() >= deadline {
-                return;
-            }
-            let _ = crate::sys::poll(&waiting, Some(deadline));
-        }
-    }
-
-    fn flush(&mut self) {
-        for sink in &mut self.sinks {
-            sink.flush();
         }
     }
 
     /// Reads pipe `index` until it is empty, `limit` bytes were read, or
-    /// (unless `draining`) its sink is full. At end of file the pipe is
-    /// removed (its partial line written) and `true` returned.
+    /// (unless `draining`) its stream has enough waiting. At end of file
+    /// the pipe is removed (its partial line written) and `true` returned.
     fn read(&mut self, index: usize, limit: usize, draining: bool) -> bool {
         let mut buf = [0u8; 16 * 1024];
         let mut total = 0;
         let pipe = &mut self.pipes[index];
-        let sink = &mut self.sinks[pipe.stream];
+        let stream = pipe.stream;
+        let mut forward = |line| logging::forward(stream, line);
         loop {
-            if total >= limit || (!draining && sink.full()) {
+            if total >= limit || (!draining && logging::forward_full(stream)) {
                 return false;
             }
             match nix::unistd::read(pipe.fd.as_fd(), &mut buf) {
                 Ok(0) => {
-                    pipe.lines.finish(&mut |line| sink.push(line));
+                    pipe.lines.finish(&mut forward);
                     self.pipes.remove(index);
                     return true;
                 }
                 Ok(n) => {
                     total += n;
-                    pipe.lines.push(&buf[..n], &mut |line| sink.push(line));
+                    pipe.lines.push(&buf[..n], &mut forward);
                 }
                 Err(Errno::EINTR) => {}
                 Err(_) => return false,

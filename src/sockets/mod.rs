@@ -24,6 +24,9 @@ pub struct Listener {
     socket: Socket,
     /// A unix socket file this process created and removes on drop.
     created: Option<(PathBuf, u64, u64)>,
+    /// Passed in by systemd (socket activation): never shut, since systemd
+    /// keeps it and queues connections for the next start.
+    activated: bool,
 }
 
 impl Listener {
@@ -31,9 +34,27 @@ impl Listener {
         self.socket.as_fd()
     }
 
+    /// The socket itself, for main's own listeners (the admin endpoint).
+    pub(crate) fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
     /// The unix socket file this process created, `(path, dev, inode)`.
     pub(crate) fn created(&self) -> Option<&(PathBuf, u64, u64)> {
         self.created.as_ref()
+    }
+
+    /// Whether systemd passed it in (socket activation).
+    pub(crate) fn activated(&self) -> bool {
+        self.activated
+    }
+
+    /// Stops listening, for every process that holds the socket: a new
+    /// connection is refused from now on (`ECONNREFUSED`), and `accept`
+    /// fails. A TCP socket resets the connections still in its backlog; a
+    /// unix socket keeps them for whoever still accepts.
+    pub(crate) fn stop_listening(&self) -> io::Result<()> {
+        self.socket.shutdown(std::net::Shutdown::Read)
     }
 
     /// A listener the previous image of main handed over (an upgrade).
@@ -42,8 +63,9 @@ impl Listener {
         spec: BindSpec,
         local: String,
         created: Option<(PathBuf, u64, u64)>,
+        activated: bool,
     ) -> Listener {
-        Listener { spec, local, socket: Socket::from(fd), created }
+        Listener { spec, local, socket: Socket::from(fd), created, activated }
     }
 
     /// The address as Server::Starter writes it: `IP:PORT` with the real
@@ -98,7 +120,8 @@ pub fn bind_all(
         .collect()
 }
 
-fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Listener, Error> {
+/// Binds one spec (see [`bind_all`]).
+pub(crate) fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Listener, Error> {
     let fail = |source: io::Error| Error::Bind { addr: spec.addr.to_string(), source };
     match &spec.addr {
         BindAddr::Inet(addr) => {
@@ -120,7 +143,7 @@ fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Listener, Error>
                 .and_then(|a| a.as_socket())
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| addr.to_string());
-            Ok(Listener { spec: spec.clone(), local, socket, created: None })
+            Ok(Listener { spec: spec.clone(), local, socket, created: None, activated: false })
         }
         BindAddr::Unix(path) => {
             remove_stale_unix_socket(path).map_err(fail)?;
@@ -132,6 +155,7 @@ fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Listener, Error>
                 local: spec.addr.to_string(),
                 socket,
                 created: Some((path.clone(), meta.dev(), meta.ino())),
+                activated: false,
             };
             listener.socket.listen(backlog).map_err(fail)?;
             Ok(listener)
@@ -203,6 +227,7 @@ pub fn adopt_from_env() -> Result<Option<Vec<Listener>>, Error> {
             local: addr.to_string(),
             socket,
             created: None,
+            activated: true,
         });
     }
     Ok(Some(listeners))

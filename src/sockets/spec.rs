@@ -65,17 +65,28 @@ impl FromStr for BindSpec {
             }
             None => (None, s),
         };
-        let addr = if let Some(path) = addr.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err(format!("invalid address '{s}': unix: needs a path"));
-            }
-            BindAddr::Unix(PathBuf::from(path))
-        } else {
-            BindAddr::Inet(addr.parse().map_err(|_| {
-                format!("invalid address '{addr}': expected IP:PORT, [IPv6]:PORT or unix:/path")
-            })?)
+        let addr = match addr.parse() {
+            Err(_) if addr == "unix:" => return Err(format!("invalid address '{s}': unix: needs a path")),
+            parsed => parsed?,
         };
         Ok(BindSpec { name, addr })
+    }
+}
+
+/// `IPv4:PORT`, `[IPv6]:PORT` or `unix:/path`, without a name (`--admin-bind`).
+impl FromStr for BindAddr {
+    type Err = String;
+
+    fn from_str(addr: &str) -> Result<Self, String> {
+        if let Some(path) = addr.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(format!("invalid address '{addr}': unix: needs a path"));
+            }
+            return Ok(BindAddr::Unix(PathBuf::from(path)));
+        }
+        addr.parse()
+            .map(BindAddr::Inet)
+            .map_err(|_| format!("invalid address '{addr}': expected IP:PORT, [IPv6]:PORT or unix:/path"))
     }
 }
 
@@ -103,6 +114,19 @@ mod tests {
         assert!("unix:".parse::<BindSpec>().is_err());
         assert!("a:b=127.0.0.1:1".parse::<BindSpec>().is_err());
         assert!("127.0.0.1".parse::<BindSpec>().is_err());
+    }
+
+    #[test]
+    fn an_address_alone_parses_as_the_address_of_a_spec_does() {
+        let tcp: BindAddr = "127.0.0.1:9090".parse().unwrap();
+        assert_eq!(tcp, BindAddr::Inet("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(tcp.to_string().parse::<BindAddr>(), Ok(tcp));
+        let unix: BindAddr = "unix:/run/admin.sock".parse().unwrap();
+        assert_eq!(unix.to_string(), "unix:/run/admin.sock");
+        for bad in ["localhost:9090", "unix:", "9090", "admin=127.0.0.1:1"] {
+            let err = bad.parse::<BindAddr>().unwrap_err();
+            assert!(err.starts_with(&format!("invalid address '{bad}'")), "{err}");
+        }
     }
 
     proptest::proptest! {

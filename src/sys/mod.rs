@@ -201,14 +201,41 @@ pub fn signal_process(pid: Pid, signal: Signal) {
     let _ = nix::sys::signal::kill(pid, signal);
 }
 
-/// Waits until one of `fds` is readable (or, where its flag says so,
-/// writable) or `deadline` passes. Returns, for each fd, whether it is ready
-/// (or hung up).
-pub fn poll(fds: &[(BorrowedFd<'_>, bool)], deadline: Option<Instant>) -> io::Result<Vec<bool>> {
+/// What [`poll`] waits for on one fd. A plain `bool` stands for
+/// `ReadWrite` (true) or `Read` (false).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    Read,
+    ReadWrite,
+    /// Room to write only: an fd opened for writing whose read side may
+    /// still report input (a terminal does), which nobody here reads.
+    Write,
+}
+
+impl From<bool> for Interest {
+    fn from(write: bool) -> Interest {
+        if write {
+            Interest::ReadWrite
+        } else {
+            Interest::Read
+        }
+    }
+}
+
+/// Waits until one of `fds` is ready for what its [`Interest`] says, or
+/// `deadline` passes. Returns, for each fd, whether it is ready (or hung up).
+pub fn poll<I: Copy + Into<Interest>>(
+    fds: &[(BorrowedFd<'_>, I)],
+    deadline: Option<Instant>,
+) -> io::Result<Vec<bool>> {
     let mut polled: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|&(fd, write)| {
-            let flags = if write { PollFlags::POLLIN | PollFlags::POLLOUT } else { PollFlags::POLLIN };
+        .map(|&(fd, interest)| {
+            let flags = match interest.into() {
+                Interest::Read => PollFlags::POLLIN,
+                Interest::ReadWrite => PollFlags::POLLIN | PollFlags::POLLOUT,
+                Interest::Write => PollFlags::POLLOUT,
+            };
             PollFd::new(fd, flags)
         })
         .collect();
@@ -282,7 +309,7 @@ pub fn tree_rss_kib(pid: Pid) -> Option<u64> {
 }
 
 /// The kernel's list of `pid`'s children (all its threads').
-fn children_of(pid: Pid) -> Vec<Pid> {
+pub(crate) fn children_of(pid: Pid) -> Vec<Pid> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };

@@ -61,18 +61,29 @@ pub struct ExecPlan {
 /// Why a child could not be started.
 #[derive(Debug)]
 pub enum SpawnError {
-    /// `fork` itself failed (out of processes or memory).
+    /// `fork` itself failed (out of processes or memory), or what it needs
+    /// before (out of descriptors).
     Fork(io::Error),
     /// The child could not `execve` the program (errno from the child).
     Exec(io::Error),
 }
 
+impl SpawnError {
+    /// What went wrong, naming the limit that refused it (`too many open
+    /// files (RLIMIT_NOFILE is 24; a worker needs 10)`, `cannot fork:
+    /// resource temporarily unavailable (RLIMIT_NPROC is 50)`). `needs`:
+    /// the descriptors the start needed, for a worker.
+    pub fn explain(&self, needs: Option<u64>) -> String {
+        match self {
+            SpawnError::Fork(e) => crate::limits::explain(e, true, needs),
+            SpawnError::Exec(e) => crate::limits::explain(e, false, needs),
+        }
+    }
+}
+
 impl std::fmt::Display for SpawnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SpawnError::Fork(e) => write!(f, "fork failed: {}", crate::error::describe(e)),
-            SpawnError::Exec(e) => write!(f, "{}", crate::error::describe(e)),
-        }
+        write!(f, "{}", self.explain(None))
     }
 }
 
