@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_tagged_monitor_holds_two_per_worker_and_needs_ten_to_start_one_with_one_socket() {
-        // Measured: count 1 runs at 21 and fails at 20; count 2 at 23 and 22.
+        // With the keeper's two pipes: count 1 needs 21, count 2 needs 23.
         assert_eq!((TAGGED.held(), TAGGED.per_worker(), TAGGED.worker_start()), (11, 2, 10));
         assert_eq!(TAGGED.needed(1), 21);
         assert_eq!(TAGGED.needed(2), 23);
