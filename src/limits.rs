@@ -55,12 +55,14 @@ const LOOKING: u64 = 2;
 
 impl MonitorFds {
     /// Held whatever the count: 0–2, the status channel, the sockets, the
-    /// signalfd, the notify socket, with `--tag-output` its own copies of
-    /// stdout and stderr, and unless in library mode the pipe to the
+    /// signalfd, the notify socket, its own copy of stderr (`logging`
+    /// opens one where stderr is a pipe or a terminal; of stdout too with
+    /// `--tag-output`), and unless in library mode the pipe to the
     /// generation's keeper and the keeper's exec error pipe.
     pub fn held(&self) -> u64 {
         let keeper = if self.library { 0 } else { 2 };
-        3 + 1 + u64::from(self.sockets) + 2 + if self.tag_output { 2 } else { 0 } + keeper
+        let own_output = if self.tag_output { 2 } else { 1 };
+        3 + 1 + u64::from(self.sockets) + 2 + own_output + keeper
     }
 
     /// Held for each worker it runs: with `--tag-output`, the read ends of
@@ -232,11 +234,11 @@ mod tests {
 
     #[test]
     fn without_tagged_output_workers_cost_the_monitor_nothing_once_started() {
-        assert_eq!((PLAIN.held(), PLAIN.per_worker(), PLAIN.worker_start()), (9, 0, 4));
-        assert_eq!(PLAIN.max_workers(12), 0);
-        assert_eq!(PLAIN.max_workers(13), u64::MAX);
+        assert_eq!((PLAIN.held(), PLAIN.per_worker(), PLAIN.worker_start()), (10, 0, 4));
+        assert_eq!(PLAIN.max_workers(13), 0);
+        assert_eq!(PLAIN.max_workers(14), u64::MAX);
         let forked = MonitorFds { library: true, ..PLAIN };
-        assert_eq!(forked.needed(1), 7 + LOOKING);
+        assert_eq!(forked.needed(1), 8 + LOOKING);
     }
 
     #[test]
@@ -263,13 +265,13 @@ mod tests {
             .check("--count 2", 2)
             .unwrap_err()
             .starts_with("--count 2: at most 1 worker (RLIMIT_NOFILE is 21"));
-        let ceiling = CountCeiling::of(None, Some((12, PLAIN)));
+        let ceiling = CountCeiling::of(None, Some((13, PLAIN)));
         assert_eq!(
             ceiling.check("--count 1", 1).unwrap_err(),
-            "--count 1: no worker can start (RLIMIT_NOFILE is 12: a monitor holds 9 descriptors, and a \
+            "--count 1: no worker can start (RLIMIT_NOFILE is 13: a monitor holds 10 descriptors, and a \
              worker needs 4 to start; raise it with ulimit -n)"
         );
-        assert_eq!(CountCeiling::of(None, Some((13, PLAIN))).max, COUNT_CEILING);
+        assert_eq!(CountCeiling::of(None, Some((14, PLAIN))).max, COUNT_CEILING);
     }
 
     #[test]
