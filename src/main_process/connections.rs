@@ -6,8 +6,15 @@
 //! A worker's sockets are the `socket:[INODE]` links in `/proc/PID/fd` of
 //! it and of the processes below it (a server's own workers, a wrapper's
 //! child: [`MAX_TREE`] at most, found through the kernel's children lists);
-//! each is looked up in the tables of the worker's own network namespace,
-//! `/proc/PID/net/{tcp,tcp6,unix}`. A client connection is an established
+//! each is looked up in the sockets of the worker's own network namespace.
+//! For main's own namespace (the usual case) the TCP ones come from the
+//! kernel's `sock_diag` ([`sock_diag`]), which lists only the listening
+//! and established sockets: `/proc/net/tcp` also lists every socket in
+//! `TIME_WAIT`, tens of thousands on a busy host, and reading that text
+//! would hold main's loop for a good part of a second on every status.
+//! For another namespace, or a kernel without `sock_diag`, they come from
+//! the tables `/proc/PID/net/{tcp,tcp6}`; unix sockets always from
+//! `/proc/PID/net/unix`. A client connection is an established
 //! TCP connection whose local port is a listening port there (the end a
 //! server accepted), or a connected unix stream socket that carries a
 //! listening socket's path (an accepted one: a client's own end has none).
@@ -16,7 +23,7 @@
 //!
 //! Bounded: at most [`MAX_FDS`] descriptors of one worker and
 //! [`MAX_FDS_IN_ALL`] for one status, and [`MAX_TABLE_LINES`] lines of one
-//! table, each namespace's tables read once. What is past a bound, or
+//! table (or sockets from `sock_diag`), each namespace's tables read once. What is past a bound, or
 //! cannot be read (another user's process), counts as unknown (`null`).
 
 use std::collections::{HashMap, HashSet};
@@ -25,7 +32,7 @@ use std::io::{self, BufRead, BufReader};
 
 use nix::unistd::Pid;
 
-use crate::sys;
+use crate::sys::{self, sock_diag};
 
 /// Most processes of one worker's tree looked at.
 pub(crate) const MAX_TREE: usize = 64;
@@ -75,11 +82,16 @@ pub(crate) fn count(pids: &[i32], listening: &HashSet<u64>) -> Vec<Option<u32>> 
         if own.as_deref() == Some(h.net.as_str()) {
             readers.insert(0, "self".into());
         }
-        let found = readers.iter().find_map(|reader| match client_connections(reader, &wanted) {
-            Tables::Gone => None,
-            Tables::TooLong => Some(None),
-            Tables::Read(found) => Some(Some(found)),
-        });
+        let here = (own.as_deref() == Some(h.net.as_str())).then(|| client_connections_here(&wanted));
+        let found = here
+            .flatten()
+            .into_iter()
+            .chain(readers.iter().map(|r| client_connections(r, &wanted)))
+            .find_map(|tables| match tables {
+                Tables::Gone => None,
+                Tables::TooLong => Some(None),
+                Tables::Read(found) => Some(Some(found)),
+            });
         clients.insert(&h.net, found.flatten());
     }
     held.iter()
@@ -185,6 +197,41 @@ fn client_connections(reader: &str, wanted: &HashSet<u64>) -> Tables {
         None => return Tables::TooLong,
     }
     Tables::Read(clients)
+}
+
+/// Which of `wanted` are client connections, in main's own network
+/// namespace: the TCP ones from the kernel's `sock_diag` (only listening
+/// and established sockets, however many in `TIME_WAIT` there are), the
+/// unix ones from `/proc/self/net/unix`. `None` when `sock_diag` is not
+/// available: then the `/proc` tables are read.
+fn client_connections_here(wanted: &HashSet<u64>) -> Option<Tables> {
+    if wanted.is_empty() {
+        return Some(Tables::Read(HashSet::new()));
+    }
+    let mut tcp = TcpTable::default();
+    let states = 1 << sock_diag::TCP_ESTABLISHED | 1 << sock_diag::TCP_LISTEN;
+    let complete = sock_diag::tcp_sockets(states, MAX_TABLE_LINES, |s| {
+        if s.state == sock_diag::TCP_LISTEN {
+            tcp.listening.insert(s.local_port);
+        } else if wanted.contains(&s.inode) {
+            tcp.established.push((s.inode, s.local_port));
+        }
+    });
+    match complete {
+        Ok(true) => {}
+        Ok(false) => return Some(Tables::TooLong),
+        Err(e) => {
+            log::debug!("cannot read TCP sockets through sock_diag ({e}): reading /proc/self/net/tcp");
+            return None;
+        }
+    }
+    let mut clients = tcp.clients();
+    let Ok(unix) = File::open("/proc/self/net/unix") else { return Some(Tables::Gone) };
+    match unix_clients(BufReader::with_capacity(1 << 16, unix), wanted, MAX_TABLE_LINES) {
+        Some(unix) => clients.extend(unix),
+        None => return Some(Tables::TooLong),
+    }
+    Some(Tables::Read(clients))
 }
 
 /// Calls `row` with the whitespace-separated fields of each line of
@@ -387,6 +434,53 @@ mod tests {
         // A worker gone by the time its namespace's tables are read: the
         // next reader of that namespace is tried.
         assert!(matches!(client_connections("-1", &wanted), Tables::Gone));
+    }
+
+    #[test]
+    fn through_sock_diag_an_accepted_connection_is_a_client_and_its_connecting_end_and_time_wait_are_not() {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let inode = |fd: std::os::fd::BorrowedFd<'_>| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        // A socket in TIME_WAIT on the listening port: the server's end of
+        // a connection it closed first.
+        let mut closed = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(listener.accept().unwrap().0);
+        assert_eq!(closed.read(&mut [0; 1]).unwrap(), 0);
+        drop(closed);
+        let time_wait = 1 << sock_diag::TCP_TIME_WAIT;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let mut found = false;
+            sock_diag::tcp_sockets(time_wait, usize::MAX, |s| {
+                found |= s.local_port == port && s.remote_port == closed_port;
+            })
+            .expect("sock_diag");
+            if found {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no socket in TIME_WAIT");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+
+        let held =
+            sockets_of(std::process::id() as i32, &HashSet::new(), &mut MAX_FDS_IN_ALL.clone()).unwrap();
+        let Some(Tables::Read(clients)) = client_connections_here(&held.inodes) else {
+            panic!("sock_diag unavailable, or this process's tables unreadable")
+        };
+        assert!(clients.contains(&inode(accepted.as_fd())), "accepted");
+        assert!(!clients.contains(&inode(client.as_fd())), "connecting end");
+        assert!(!clients.contains(&inode(listener.as_fd())), "listening");
+        assert!(!clients.contains(&0), "TIME_WAIT");
+        let mut listed = Vec::new();
+        let states = 1 << sock_diag::TCP_ESTABLISHED | 1 << sock_diag::TCP_LISTEN;
+        sock_diag::tcp_sockets(states, usize::MAX, |s| listed.push(s)).unwrap();
+        assert!(listed.iter().all(|s| s.state != sock_diag::TCP_TIME_WAIT), "a TIME_WAIT socket was dumped");
+        assert!(!listed.iter().any(|s| s.local_port == port && s.remote_port == closed_port));
     }
 
     #[test]

@@ -670,17 +670,20 @@ impl Main {
                 // A generation whose start is delayed has no monitor yet.
                 let monitor_pid = self.monitors.get(&g.number).map_or(0, |m| m.pid.as_raw());
                 let workers = live(g)
-                    .map(|(&ordinal, w)| WorkerStatus {
-                        ordinal,
-                        pid: w.pid,
-                        ready: w.ready,
-                        restarts: w.restarts,
-                        replaced: w.replaced,
-                        uptime_s: now.duration_since(w.since).as_secs(),
-                        rss_kib: sys::rss_kib(Pid::from_raw(w.pid)).unwrap_or(0),
-                        threads: sys::fork::threads_of(Pid::from_raw(w.pid)).unwrap_or(0),
-                        connections: connections.next().flatten(),
-                        last_exit: w.last_exit.clone(),
+                    .map(|(&ordinal, w)| {
+                        let (rss_kib, threads) = sys::rss_and_threads(Pid::from_raw(w.pid));
+                        WorkerStatus {
+                            ordinal,
+                            pid: w.pid,
+                            ready: w.ready,
+                            restarts: w.restarts,
+                            replaced: w.replaced,
+                            uptime_s: now.duration_since(w.since).as_secs(),
+                            rss_kib: rss_kib.unwrap_or(0),
+                            threads: threads.unwrap_or(0),
+                            connections: connections.next().flatten(),
+                            last_exit: w.last_exit.clone(),
+                        }
                     })
                     .collect();
                 let kill_in = g.grace_ends().map(|at| at.saturating_duration_since(now));

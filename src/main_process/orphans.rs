@@ -115,7 +115,17 @@ impl Orphans {
 
     /// Every live orphan but the keepers.
     pub(crate) fn pids(&self, exclude: &[Pid]) -> Vec<Pid> {
-        without_keepers(self.groups.iter().flat_map(|g| members(g.pgid, exclude)).collect())
+        if self.groups.is_empty() {
+            return Vec::new();
+        }
+        // One look at main's children for all the groups: this runs for every status.
+        without_keepers(
+            sys::own_children()
+                .into_iter()
+                .filter(|(pid, group)| self.groups.iter().any(|g| g.pgid == *group) && !exclude.contains(pid))
+                .map(|(pid, _)| pid)
+                .collect(),
+        )
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -24,12 +24,6 @@ pub fn thread_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())
 }
 
-/// How many threads process `pid` runs (`Threads:` of `/proc/PID/status`).
-pub fn threads_of(pid: Pid) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
-}
-
 /// The fds from 3 up this process has open now (`/proc/self/fd`): in
 /// library mode, taken as `panzer::run` starts, they are the app's own
 /// (its preloaded files, say), which its workers keep.
@@ -199,6 +193,7 @@ mod tests {
     #[test]
     fn threads_are_counted() {
         assert!(thread_count().unwrap() >= 1);
-        assert!(threads_of(nix::unistd::getpid()).unwrap() >= 1);
+        let (rss, threads) = super::super::rss_and_threads(nix::unistd::getpid());
+        assert!(threads.unwrap() >= 1 && rss.unwrap() > 0);
     }
 }

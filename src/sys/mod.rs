@@ -10,6 +10,7 @@
 pub mod fork;
 pub mod handover;
 pub mod resident;
+pub mod sock_diag;
 pub mod spawn;
 
 use std::io;
@@ -284,6 +285,17 @@ pub fn rss_kib(pid: Pid) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Resident set size (KiB) and thread count of `pid`, from one read of
+/// `/proc/PID/status`; `None` where it is gone or the line is missing.
+pub fn rss_and_threads(pid: Pid) -> (Option<u64>, Option<u32>) {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return (None, None) };
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    (
+        field("VmRSS:").and_then(|v| v.trim_end_matches("kB").trim().parse().ok()),
+        field("Threads:").and_then(|n| n.parse().ok()),
+    )
 }
 
 /// Most processes [`tree_rss_kib`] visits: a worker that forks without end
