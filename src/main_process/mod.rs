@@ -279,12 +279,14 @@ impl Main {
         let cap = server::client_cap(limit, held + admin, self.sockets.len());
         self.control.set_max_clients(cap, limit);
         if cap < server::MAX_CLIENTS {
-            log::info!("control: at most {cap} clients at once (RLIMIT_NOFILE is {limit})");
+            let clients = if cap == 1 { "client" } else { "clients" };
+            log::info!("control: at most {cap} {clients} at once (RLIMIT_NOFILE is {limit})");
         }
         if !self.admin.is_empty() {
             self.admin.set_max_clients(admin as usize, limit);
             if (admin as usize) < admin::MAX_CLIENTS {
-                log::info!("admin endpoint: at most {admin} clients at once (RLIMIT_NOFILE is {limit})");
+                let clients = if admin == 1 { "client" } else { "clients" };
+                log::info!("admin endpoint: at most {admin} {clients} at once (RLIMIT_NOFILE is {limit})");
             }
         }
     }
