@@ -62,11 +62,6 @@ const LOOK_FIRST: Duration = Duration::from_millis(50);
 const LOOK_FAST: Duration = Duration::from_secs(2);
 const LOOK_MAX: Duration = Duration::from_secs(1);
 
-/// How long an exiting monitor waits for its keeper to see that nothing is
-/// left of the group; past it, what is left drains under main (and the
-/// keeper).
-const RELEASE_WAIT: Duration = Duration::from_millis(500);
-
 /// The hidden `panzer __keeper` command line a monitor builds.
 #[derive(Debug, Parser)]
 #[command(name = "panzer __keeper", hide = true)]
@@ -263,14 +258,11 @@ impl Keeper {
 
     /// The monitor is done with its workers: closes the pipe, which makes
     /// the keeper exit once nothing but the monitor is left in the group
-    /// (or end the group by the drain's deadline), and waits a moment for
-    /// that, reaping, so that a generation that left nothing behind leaves
-    /// no keeper either.
-    pub(crate) fn release(self, signals: &sys::SignalFd) {
-        let Keeper { pid, pipe, reaped, .. } = self;
-        drop(pipe);
-        if !reaped && !sys::reap_until_gone(pid, signals, Instant::now() + RELEASE_WAIT) {
-            log::debug!("the keeper (pid {pid}) waits for what is left of the generation");
-        }
+    /// (or end the group by the drain's deadline). The monitor does not
+    /// wait for that: it exits at once, so the old generation is gone for
+    /// main as soon as its workers are, and main (the subreaper) reaps the
+    /// keeper a moment later.
+    pub(crate) fn release(self) {
+        drop(self.pipe);
     }
 }

@@ -872,7 +872,7 @@ impl Drop for Monitor {
     fn drop(&mut self) {
         self.notify.remove_file();
         if let Some(keeper) = self.keeper.take() {
-            keeper.release(&self.signals);
+            keeper.release();
         }
     }
 }

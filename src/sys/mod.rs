@@ -435,24 +435,6 @@ pub fn ignore_signals() {
     }
 }
 
-/// Waits, up to `deadline`, until child `pid` has exited, reaping every
-/// child that exits meanwhile (for an exiting monitor: what it reaps then
-/// is not reported). `signals` must report `SIGCHLD`. Whether `pid` was reaped.
-pub fn reap_until_gone(pid: Pid, signals: &SignalFd, deadline: Instant) -> bool {
-    loop {
-        while let Some((reaped, _)) = reap_next_child() {
-            if reaped == pid {
-                return true;
-            }
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        let _ = poll(&[(std::os::fd::AsFd::as_fd(signals), false)], Some(deadline));
-        pending_signals(signals);
-    }
-}
-
 /// When process `pid` started (clock ticks after boot, field 22 of
 /// `/proc/PID/stat`), and whether it has exited (a zombie); `None` when
 /// there is no such process. With the pid, it names a process for good:
