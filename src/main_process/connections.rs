@@ -23,8 +23,9 @@
 //!
 //! Bounded: at most [`MAX_FDS`] descriptors of one worker and
 //! [`MAX_FDS_IN_ALL`] for one status, and [`MAX_TABLE_LINES`] lines of one
-//! table (or sockets from `sock_diag`), each namespace's tables read once. What is past a bound, or
-//! cannot be read (another user's process), counts as unknown (`null`).
+//! table (or sockets from `sock_diag`), each namespace's tables read once.
+//! What is past a bound, or cannot be read (another user's process), counts
+//! as unknown (`null`).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
