@@ -374,10 +374,12 @@ pub fn descendants_of(root: Pid) -> Vec<Pid> {
 }
 
 /// `pids` without the generations' keepers (`panzer __keeper`, one per
-/// generation, in its process group).
+/// generation, in its process group) and without any that ended since
+/// `pids` was read: a keeper outlives its monitor by a moment, and one that
+/// exits between the two reads of the process table is gone, not a stranger.
 pub fn without_keepers(pids: Vec<Pid>) -> Vec<Pid> {
     let table = process_table();
-    pids.into_iter().filter(|p| table.get(p).map_or(true, |p| !p.cmdline.contains("__keeper"))).collect()
+    pids.into_iter().filter(|p| table.get(p).is_some_and(|p| !p.cmdline.contains("__keeper"))).collect()
 }
 
 /// The live children of `parent`.
