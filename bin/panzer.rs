@@ -22,25 +22,24 @@ fn main() {
     }
     // An upgrade: the check of this binary, then main re-executed in place.
     let hidden = |command: &str| std::env::args_os().nth(1).is_some_and(|a| a == command);
-    let fd = std::env::args_os().nth(2).unwrap_or_default();
+    let fd = || std::env::args_os().nth(2).unwrap_or_default();
     if hidden(main_process::CHECK_COMMAND) {
-        std::process::exit(main_process::check_upgrade(&fd));
+        std::process::exit(main_process::check_upgrade(&fd()));
     }
     if hidden(main_process::RESUME_COMMAND) {
-        match main_process::resume(&fd) {
-            Ok(code) => {
-                panzer::logging::finish();
-                std::process::exit(code)
-            }
-            Err(e) => fail(e),
-        }
+        exit(main_process::resume(&fd()));
     }
     let config = match Config::from_cli(Cli::parse()) {
         Ok(config) => config,
         Err(e) => fail(e),
     };
     panzer::logging::init(config.log_level, None);
-    match panzer::main_process::run(config) {
+    exit(panzer::main_process::run(config));
+}
+
+/// main's end, started or resumed: its exit status, or the error that ended it.
+fn exit(main: Result<i32, panzer::error::Error>) -> ! {
+    match main {
         Ok(code) => {
             panzer::logging::finish();
             std::process::exit(code)

@@ -29,6 +29,10 @@ pub enum Error {
     InUse(String),
     /// Any other system call failed; `what` says what panzer was doing.
     Os { what: String, source: io::Error },
+    /// The state an upgrade hands to the next image cannot be written or
+    /// read; `what` says which step. A resumed main that cannot read it
+    /// exits as for a command line it cannot use.
+    Handover { what: String, source: io::Error },
     /// A file or directory panzer would use is not safe: another user could
     /// replace, redirect or read it. The message names it and the fix.
     Unsafe(String),
@@ -39,10 +43,14 @@ impl Error {
         Error::Os { what: what.into(), source: source.into() }
     }
 
+    pub fn handover(what: impl Into<String>, source: impl Into<io::Error>) -> Error {
+        Error::Handover { what: what.into(), source: source.into() }
+    }
+
     /// The process exit status for this error (see DESIGN.md, "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) | Error::Command { .. } => EXIT_USAGE,
+            Error::Usage(_) | Error::Command { .. } | Error::Handover { .. } => EXIT_USAGE,
             Error::NotReady { .. } => EXIT_NOT_READY,
             Error::Bind { .. }
             | Error::AdminBind { .. }
@@ -64,7 +72,7 @@ impl fmt::Display for Error {
             Error::AdminBind { addr, .. } => write!(f, "cannot bind admin endpoint {addr}"),
             Error::InUse(message) | Error::Unsafe(message) => write!(f, "{message}"),
             Error::NotReady { reason } => write!(f, "generation 1 never became ready: {reason}"),
-            Error::Os { what, .. } => write!(f, "{what}"),
+            Error::Os { what, .. } | Error::Handover { what, .. } => write!(f, "{what}"),
         }
     }
 }
@@ -72,9 +80,10 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Bind { source, .. } | Error::AdminBind { source, .. } | Error::Os { source, .. } => {
-                Some(source)
-            }
+            Error::Bind { source, .. }
+            | Error::AdminBind { source, .. }
+            | Error::Os { source, .. }
+            | Error::Handover { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -152,5 +161,16 @@ mod tests {
             "cannot bind admin endpoint 127.0.0.1:9090: address already in use (another process listens there)"
         );
         assert_eq!(e.exit_code(), 71);
+    }
+
+    #[test]
+    fn a_state_that_cannot_be_handed_over_names_the_step_then_the_cause() {
+        let cause = serde_json::from_slice::<u32>(b"{").unwrap_err();
+        let text = cause.to_string();
+        let e = Error::handover("the state handed over is unreadable", cause);
+        assert_eq!(e.report(), format!("the state handed over is unreadable: {text}"));
+        assert_eq!(e.exit_code(), 2);
+        let e = Error::handover("no state at fd 7", io::Error::from_raw_os_error(libc::EBADF));
+        assert_eq!(e.report(), "no state at fd 7: bad file number");
     }
 }

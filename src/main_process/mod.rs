@@ -7,16 +7,23 @@
 //! admin endpoint (`--admin-bind`, which only reads), keyed by [`Token`], with the policy's nearest deadline as its timeout. It turns
 //! what it reads into [`policy::Event`]s and performs the
 //! [`policy::Effect`]s. Idle, it never wakes up.
+//!
+//! Main replacing its own binary in place (an upgrade: the check of the new
+//! binary, the state handed over, the resumed image) has its room in
+//! `upgrade/`; this loop only dispatches to it.
 
 mod connections;
-mod handover;
 mod leftovers;
 mod orphans;
 mod pid_file;
 pub(crate) mod policy;
 mod systemd;
+mod upgrade;
 
-pub use handover::{check as check_upgrade, resume, CHECK_COMMAND, RESUME_COMMAND};
+pub use upgrade::{check as check_upgrade, resume, CHECK_COMMAND, RESUME_COMMAND};
+// The policy and the orphans name the hand-over's `clock` by this path
+// until the policy has a clock of its own.
+use upgrade::handover;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
@@ -128,7 +135,7 @@ struct Main {
     /// main's command line, which the next image parses again.
     argv: Vec<OsString>,
     /// The new binary's check, while it runs.
-    check: Option<handover::Check>,
+    check: Option<upgrade::Check>,
     _pid_file: Option<pid_file::WrittenPidFile>,
 }
 
@@ -156,7 +163,7 @@ fn settings(config: &Config, sockets: usize) -> Settings {
 /// Runs main until it stops; returns the exit status.
 pub fn run(config: Config) -> Result<i32, Error> {
     // Before anything can replace it: an upgrade runs what is at this path then.
-    let exe = start_path()?;
+    let exe = upgrade::start_path()?;
     // Inherited sockets first: any fd panzer opens could land on their numbers.
     let adopted = sockets::adopt_from_env()?;
     // Then signals, so none is lost while sockets are bound.
@@ -224,29 +231,6 @@ pub fn run(config: Config) -> Result<i32, Error> {
         _pid_file: pid_file,
     };
     serve(main, Event::Boot)
-}
-
-/// The path panzer was started from, as the user gave it: `argv[0]` made
-/// absolute (or found in `PATH`), symlinks and all, when it names the file
-/// running now; else the file itself (`/proc/self/exe`). A deploy that
-/// repoints a symlink (`current -> releases/2`, Homebrew, alternatives)
-/// must upgrade to what the symlink names then, not to the file it named
-/// at startup.
-fn start_path() -> Result<PathBuf, Error> {
-    use std::os::unix::fs::MetadataExt;
-    let running = std::env::current_exe().map_err(|e| Error::os("cannot find panzer's own executable", e))?;
-    let id = |path: &std::path::Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
-    let Some(this) = id("/proc/self/exe".as_ref()) else { return Ok(running) };
-    let Some(arg0) = std::env::args_os().next().map(PathBuf::from) else { return Ok(running) };
-    let candidates: Vec<PathBuf> = if arg0.as_os_str().as_encoded_bytes().contains(&b'/') {
-        vec![arg0]
-    } else {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path).map(|dir| dir.join(&arg0)).collect()
-    };
-    let found =
-        candidates.into_iter().filter_map(|c| std::path::absolute(c).ok()).find(|c| id(c) == Some(this));
-    Ok(found.unwrap_or(running))
 }
 
 /// Runs main from `first` (boot, or a resumed upgrade) until it stops.

@@ -3,10 +3,11 @@
 //! exactly the fds that must survive (and set again if the exec fails),
 //! and the `execve` itself. All through nix's safe wrappers; the file is
 //! here because it is the OS edge of the upgrade, as `spawn` is of a start.
+//! What the state is, and when each call is made, is `main_process::upgrade`'s.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -44,12 +45,6 @@ pub fn keep_across_exec(fd: BorrowedFd<'_>, keep: bool) -> io::Result<()> {
     let flags = if keep { FdFlag::empty() } else { FdFlag::FD_CLOEXEC };
     fcntl(fd, FcntlArg::F_SETFD(flags))?;
     Ok(())
-}
-
-/// The fd number of `fd`, as the next image finds it.
-pub fn number(fd: BorrowedFd<'_>) -> RawFd {
-    use std::os::fd::AsRawFd;
-    fd.as_fd().as_raw_fd()
 }
 
 /// Replaces this process's image with `path`, keeping its pid, its
