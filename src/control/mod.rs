@@ -128,7 +128,7 @@ impl Request {
                 };
                 match count {
                     Ok(0) => return Err("scale: count must be at least 1".into()),
-                    Ok(n) => Request::Scale { count: crate::config::check_count(&format!("scale {n}"), n)? },
+                    Ok(n) => Request::Scale { count: crate::limits::check_count(&format!("scale {n}"), n)? },
                     Err(v) => return Err(format!("scale: count must be a whole number, not {}", quote(&v))),
                 }
             }
@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn scale_is_held_to_the_count_ceiling() {
-        let max = crate::config::max_count();
+        let max = crate::limits::max_count();
         let at_most = format!(r#"{{"cmd":"scale","count":{max}}}"#);
         assert_eq!(Request::parse(at_most.as_bytes()), Ok(Request::Scale { count: max }));
         let err = Request::parse(br#"{"cmd":"scale","count":100000}"#).unwrap_err();
