@@ -43,19 +43,6 @@ use pid_file::PidFile;
 use policy::{Effect, Ended, Event, Note, Policy, Settings};
 use systemd::Systemd;
 
-/// Signals main takes as commands, plus `SIGCHLD`.
-const HANDLED: &[Signal] = &[
-    Signal::SIGCHLD,
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGHUP,
-    Signal::SIGUSR1,
-    Signal::SIGTTIN,
-    Signal::SIGTTOU,
-    Signal::SIGUSR2,
-];
-
 /// Signals whose default action would end main, which a stray `kill` must
 /// not do: main logs them and goes on. (The real-time signals too.)
 const STRAY: &[Signal] = &[
@@ -134,7 +121,10 @@ struct Main {
 
 /// Blocks the signals main handles and returns the signalfd that reads them.
 fn signal_fd() -> Result<sys::SignalFd, Error> {
-    let mut signals: Vec<i32> = HANDLED.iter().chain(STRAY).map(|&s| s as i32).collect();
+    // The signals main takes as commands (the one table, in `control::signals`), `SIGCHLD` and the strays.
+    let commands = control::signals::TABLE.iter().map(|&(signal, _)| signal);
+    let handled = std::iter::once(Signal::SIGCHLD).chain(commands).chain(STRAY.iter().copied());
+    let mut signals: Vec<i32> = handled.map(|s| s as i32).collect();
     signals.extend(sys::realtime_signals());
     signals.extend(LIBC_RESERVED);
     sys::signal_fd(&signals).map_err(|e| Error::os("cannot set up signal handling", e))
