@@ -170,6 +170,14 @@ pub(crate) mod sys;
 pub mod units;
 pub(crate) mod worker;
 
+/// What `panzerctl`, a crate of its own that may not use `unsafe`, borrows
+/// from `sys` and `runtime_dir`. Not part of the library's API.
+#[doc(hidden)]
+pub mod for_panzerctl {
+    pub use crate::runtime_dir::{pid_is_running, private_dir};
+    pub use crate::sys::{poll, terminal_size};
+}
+
 pub use library::{
     draining, finished, ready, run, wait_draining, Connection, FromListener, Listener, Runner, Socket, Worker,
 };

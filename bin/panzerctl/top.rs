@@ -17,7 +17,9 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::termios::{self, InputFlags, LocalFlags, SetArg, SpecialCharacterIndices, Termios};
 
-use super::{client, GenerationStatus, Request, Status, WorkerStatus};
+use panzer::control::{GenerationStatus, Request, Status, WorkerStatus};
+
+use crate::client;
 
 /// Reloads listed under "last reloads".
 const HISTORY: usize = 5;
@@ -278,7 +280,8 @@ pub fn run(path: &Path, interval: Duration, timeout: Duration) -> Result<(), Str
             draw(&screen, now);
         }
         let fds = [(stdin.as_fd(), false), (signals.as_fd(), false)];
-        let ready = crate::sys::poll(&fds, Some(next_refresh)).map_err(|e| format!("poll failed: {e}"))?;
+        let ready =
+            panzer::for_panzerctl::poll(&fds, Some(next_refresh)).map_err(|e| format!("poll failed: {e}"))?;
         if ready[1] {
             while let Ok(Some(info)) = signals.read_signal() {
                 if info.ssi_signo == Signal::SIGWINCH as u32 {
@@ -315,13 +318,13 @@ fn draw(screen: &Screen, now: Instant) {
 }
 
 fn terminal_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
-    crate::sys::terminal_size(fd)
+    panzer::for_panzerctl::terminal_size(fd)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{GenerationStatus, ReloadStats, WorkerStatus};
+    use panzer::control::{GenerationStatus, ReloadStats, WorkerStatus};
 
     fn status(ok: u64, failed: u64) -> Status {
         Status {

@@ -1,12 +1,12 @@
-//! The client side of the control socket, for `panzerctl`.
+//! The client side of the control socket: one request, one reply line.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Reply, Request};
-use crate::error::describe;
+use panzer::control::{Reply, Request};
+use panzer::error::describe;
 
 /// Sends one request and reads its reply. `timeout` bounds the wait for the
 /// reply (`None`: as long as main takes, which it bounds itself).

@@ -6,15 +6,17 @@
 //! panzerctl man [panzer|panzerctl]
 //! ```
 
-#[path = "panzerctl/docs.rs"]
+mod client;
+mod discover;
 mod docs;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use panzer::control::{self, client, metrics, top, Reply, Request, Status};
+use panzer::control::{self, metrics, Reply, Request, Status};
 use panzer::units::CliDuration;
 
 /// Control a running panzer: status, reload, stop, scale, upgrade, metrics, top.
@@ -176,14 +178,14 @@ fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
         return Ok(path.clone());
     }
     let Some(pid_file) = &cli.pid_file else {
-        return control::discover();
+        return discover::discover();
     };
     let text = std::fs::read_to_string(pid_file).map_err(|e| {
         format!("cannot read pid file {}: {}", pid_file.display(), panzer::error::describe(&e))
     })?;
     let pid: u32 =
         text.trim().parse().map_err(|_| format!("pid file {} does not hold a pid", pid_file.display()))?;
-    control::trusted_default_path(pid)
+    discover::trusted_default_path(pid)
 }
 
 fn print_human(request: &Request, reply: &Reply) {
