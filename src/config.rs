@@ -119,7 +119,7 @@ fn positive(flag: &str, value: Option<crate::units::CliDuration>) -> Result<Opti
 }
 
 /// The most workers a generation can run with `sockets` listening sockets
-/// under this process's limits: [`crate::limits::max_count`], or lower where
+/// under this process's limits: `limits::max_count`, or lower where
 /// `RLIMIT_NOFILE` leaves a monitor room for fewer (see [`MonitorFds`]).
 pub fn count_ceiling(sockets: usize, tag_output: bool, preload: bool) -> CountCeiling {
     let sockets = sockets.min(u32::MAX as usize) as u32;
