@@ -151,10 +151,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let adopted = sockets::adopt_from_env()?;
     // Then signals, so none is lost while sockets are bound.
     let signals = signal_fd()?;
-    worker::resolve_command(&config.command).map_err(|reason| Error::Command {
-        command: config.command.to_string_lossy().into_owned(),
-        reason,
-    })?;
+    worker::resolve_command(&config.command)?;
     sys::become_subreaper().map_err(|e| Error::os("cannot become child subreaper", e))?;
     let pid_file = config.pid_file.as_deref().map(PidFile::check).transpose()?;
     let control_path = match config.control.clone() {
@@ -615,8 +612,14 @@ impl Main {
         let (program, argv, env) = if self.config.preload {
             // Library mode: the app itself is the monitor. Resolved again for
             // every generation, so a reload runs the binary now at that path.
-            let program = worker::resolve_command(&self.config.command)
-                .map_err(|e| sys::spawn::SpawnError::Exec(std::io::Error::other(e)))?;
+            let program = worker::resolve_command(&self.config.command).map_err(|e| {
+                // Said after "cannot start its monitor": why, without the command again.
+                let reason = match e {
+                    Error::Command { reason, .. } => reason,
+                    other => other.report(),
+                };
+                sys::spawn::SpawnError::Exec(std::io::Error::other(reason))
+            })?;
             let words = args.to_env().ok_or_else(|| {
                 sys::spawn::SpawnError::Exec(std::io::Error::other("an argument is not UTF-8"))
             })?;
