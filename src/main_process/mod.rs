@@ -121,7 +121,7 @@ struct Main {
 
 /// Blocks the signals main handles and returns the signalfd that reads them.
 fn signal_fd() -> Result<sys::SignalFd, Error> {
-    // The signals main takes as commands (the one table, in `control::signals`), `SIGCHLD` and the strays.
+    // `SIGCHLD`, the commands of the one signal table (`control::signals`), the strays.
     let commands = control::signals::TABLE.iter().map(|&(signal, _)| signal);
     let handled = std::iter::once(Signal::SIGCHLD).chain(commands).chain(STRAY.iter().copied());
     let mut signals: Vec<i32> = handled.map(|s| s as i32).collect();
