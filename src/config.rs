@@ -118,25 +118,8 @@ fn positive(flag: &str, value: Option<crate::units::CliDuration>) -> Result<Opti
     }
 }
 
-pub use crate::limits::COUNT_CEILING;
-
-/// The most workers per generation panzer runs: [`COUNT_CEILING`], or the
-/// soft `RLIMIT_NPROC` when that is lower (unlimited counts as the
-/// ceiling). `--count`, `PANZER_COUNT`, `scale` and `SIGTTIN` are held to it,
-/// so a large number is refused up front instead of tried; main also holds
-/// them to what `RLIMIT_NOFILE` leaves room for ([`count_ceiling`]).
-pub fn max_count() -> u32 {
-    CountCeiling::now(None).max
-}
-
-/// `count` if it is at most [`max_count`]; otherwise an error naming `what`
-/// (`--count 5000`, `scale 5000`) and the ceiling.
-pub fn check_count(what: &str, count: u64) -> Result<u32, String> {
-    CountCeiling::now(None).check(what, count)
-}
-
 /// The most workers a generation can run with `sockets` listening sockets
-/// under this process's limits: [`max_count`], or lower where
+/// under this process's limits: `limits::max_count`, or lower where
 /// `RLIMIT_NOFILE` leaves a monitor room for fewer (see [`MonitorFds`]).
 pub fn count_ceiling(sockets: usize, tag_output: bool, preload: bool) -> CountCeiling {
     let sockets = sockets.min(u32::MAX as usize) as u32;
@@ -195,15 +178,6 @@ pub fn log_level(quiet: u8, verbose: u8) -> log::LevelFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counts_above_the_ceiling_are_refused_naming_both() {
-        assert!(max_count() >= 1 && max_count() <= COUNT_CEILING);
-        assert_eq!(check_count("--count 1", 1), Ok(1));
-        assert_eq!(check_count("--count 4096", max_count().into()), Ok(max_count()));
-        let err = check_count("--count 4294967295", u32::MAX.into()).unwrap_err();
-        assert!(err.starts_with(&format!("--count 4294967295: at most {} workers", max_count())), "{err}");
-    }
 
     fn command_of(argv: &[&str]) -> (OsString, Vec<OsString>) {
         use clap::Parser;

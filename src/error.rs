@@ -36,6 +36,14 @@ pub enum Error {
     /// A file or directory panzer would use is not safe: another user could
     /// replace, redirect or read it. The message names it and the fix.
     Unsafe(String),
+    /// `panzerctl` cannot talk to a running panzer, or its answer is a
+    /// failure: `what` says which, `source` why (where there is a cause),
+    /// and `hint` what to try.
+    Control {
+        what: String,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+        hint: Option<&'static str>,
+    },
 }
 
 impl Error {
@@ -47,6 +55,19 @@ impl Error {
         Error::Handover { what: what.into(), source: source.into() }
     }
 
+    /// A [`Error::Control`] with no cause: the message says it all.
+    pub fn control(what: impl Into<String>) -> Error {
+        Error::Control { what: what.into(), source: None, hint: None }
+    }
+
+    /// A [`Error::Control`] for `what`, because of `source`.
+    pub fn control_because(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Control { what: what.into(), source: Some(source.into()), hint: None }
+    }
+
     /// The process exit status for this error (see DESIGN.md, "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -56,7 +77,8 @@ impl Error {
             | Error::AdminBind { .. }
             | Error::InUse(_)
             | Error::Os { .. }
-            | Error::Unsafe(_) => EXIT_OSERR,
+            | Error::Unsafe(_)
+            | Error::Control { .. } => EXIT_OSERR,
         }
     }
 }
@@ -72,7 +94,9 @@ impl fmt::Display for Error {
             Error::AdminBind { addr, .. } => write!(f, "cannot bind admin endpoint {addr}"),
             Error::InUse(message) | Error::Unsafe(message) => write!(f, "{message}"),
             Error::NotReady { reason } => write!(f, "generation 1 never became ready: {reason}"),
-            Error::Os { what, .. } | Error::Handover { what, .. } => write!(f, "{what}"),
+            Error::Os { what, .. } | Error::Handover { what, .. } | Error::Control { what, .. } => {
+                write!(f, "{what}")
+            }
         }
     }
 }
@@ -84,6 +108,7 @@ impl std::error::Error for Error {
             | Error::AdminBind { source, .. }
             | Error::Os { source, .. }
             | Error::Handover { source, .. } => Some(source),
+            Error::Control { source: Some(source), .. } => Some(source.as_ref()),
             _ => None,
         }
     }
@@ -110,6 +135,9 @@ impl Error {
     }
 
     fn hint(&self) -> Option<&'static str> {
+        if let Error::Control { hint, .. } = self {
+            return *hint;
+        }
         let (Error::Bind { addr, source } | Error::AdminBind { addr, source }) = self else { return None };
         match source.raw_os_error() {
             Some(libc::EACCES) if !addr.starts_with("unix:") => Some("run as root, or use a port above 1023"),
@@ -172,5 +200,20 @@ mod tests {
         assert_eq!(e.exit_code(), 2);
         let e = Error::handover("no state at fd 7", io::Error::from_raw_os_error(libc::EBADF));
         assert_eq!(e.report(), "no state at fd 7: bad file number");
+    }
+
+    #[test]
+    fn control_errors_put_the_cause_between_what_failed_and_the_hint() {
+        let e = Error::Control {
+            what: "cannot connect to /run/x.sock".into(),
+            source: Some(io::Error::from_raw_os_error(libc::ECONNREFUSED).into()),
+            hint: Some("is panzer running?"),
+        };
+        assert_eq!(e.report(), "cannot connect to /run/x.sock: connection refused (is panzer running?)");
+        let e = Error::control_because("cannot read the terminal mode", nix::errno::Errno::ENOTTY);
+        // A cause that is not an io::Error says it in its own words.
+        let nix_words = format!("cannot read the terminal mode: {}", nix::errno::Errno::ENOTTY);
+        assert_eq!(e.report(), nix_words);
+        assert_eq!(Error::control("no reply").report(), "no reply");
     }
 }

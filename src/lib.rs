@@ -152,23 +152,43 @@
 //! since it sleeps until its monitor drains or dies: 1.1 MiB RSS, 0.46 MiB
 //! PSS (release build).
 
+// The roles and what they share. `bin/panzer.rs` and `bin/panzerctl/` are
+// crates of their own and reach these, so they are public, but hidden: a
+// library-mode user's documentation shows the library's API alone.
+#[doc(hidden)]
 pub mod cli;
+#[doc(hidden)]
 pub mod config;
+#[doc(hidden)]
 pub mod control;
+#[doc(hidden)]
 pub mod error;
 pub mod library;
 pub(crate) mod limits;
 pub(crate) mod log_limit;
+#[doc(hidden)]
 pub mod logging;
+#[doc(hidden)]
 pub mod main_process;
+#[doc(hidden)]
 pub mod monitor;
 pub(crate) mod notify;
+#[doc(hidden)]
 pub mod protocol;
 pub(crate) mod runtime_dir;
 pub(crate) mod sockets;
 pub(crate) mod sys;
+#[doc(hidden)]
 pub mod units;
 pub(crate) mod worker;
+
+/// What `panzerctl`, a crate of its own that may not use `unsafe`, borrows
+/// from `sys` and `runtime_dir`. Not part of the library's API.
+#[doc(hidden)]
+pub mod for_panzerctl {
+    pub use crate::runtime_dir::{pid_is_running, private_dir};
+    pub use crate::sys::{poll, terminal_size, Interest};
+}
 
 pub use library::{
     draining, finished, ready, run, wait_draining, Connection, FromListener, Listener, Runner, Socket, Worker,

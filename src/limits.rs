@@ -183,6 +183,23 @@ impl CountCeiling {
     }
 }
 
+/// The most workers per generation panzer runs: [`COUNT_CEILING`], or the
+/// soft `RLIMIT_NPROC` when that is lower (unlimited counts as the
+/// ceiling). `--count`, `PANZER_COUNT`, `scale` and `SIGTTIN` are held to it,
+/// so a large number is refused up front instead of tried; main also holds
+/// them to what `RLIMIT_NOFILE` leaves room for (`config::count_ceiling`).
+/// Only the tests ask for it by itself.
+#[cfg(test)]
+pub fn max_count() -> u32 {
+    CountCeiling::now(None).max
+}
+
+/// `count` if it is at most [`max_count`]; otherwise an error naming `what`
+/// (`--count 5000`, `scale 5000`) and the ceiling.
+pub fn check_count(what: &str, count: u64) -> Result<u32, String> {
+    CountCeiling::now(None).check(what, count)
+}
+
 /// Whether `error` means this process (`EMFILE`) or the system (`ENFILE`)
 /// has no descriptor left.
 pub fn out_of_fds(error: &io::Error) -> bool {
@@ -216,6 +233,15 @@ pub fn explain(error: &io::Error, forking: bool, needs: Option<u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_above_the_ceiling_are_refused_naming_both() {
+        assert!(max_count() >= 1 && max_count() <= COUNT_CEILING);
+        assert_eq!(check_count("--count 1", 1), Ok(1));
+        assert_eq!(check_count("--count 4096", max_count().into()), Ok(max_count()));
+        let err = check_count("--count 4294967295", u32::MAX.into()).unwrap_err();
+        assert!(err.starts_with(&format!("--count 4294967295: at most {} workers", max_count())), "{err}");
+    }
 
     const TAGGED: MonitorFds = MonitorFds { sockets: 1, tag_output: true, library: false };
     const PLAIN: MonitorFds = MonitorFds { sockets: 1, tag_output: false, library: false };

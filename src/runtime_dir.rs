@@ -254,7 +254,7 @@ fn remove_if_dead(entry: &std::fs::DirEntry, pid: i32) {
 }
 
 /// Whether a process `pid` exists and is not a zombie.
-pub(crate) fn pid_is_running(pid: i32) -> bool {
+pub fn pid_is_running(pid: i32) -> bool {
     use nix::errno::Errno;
     match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
         Ok(()) | Err(Errno::EPERM) => {}

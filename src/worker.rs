@@ -24,6 +24,8 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+use crate::error::Error;
+
 pub const LISTEN_FDS: &str = "LISTEN_FDS";
 pub const LISTEN_PID: &str = "LISTEN_PID";
 pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
@@ -128,8 +130,14 @@ fn join(key: &OsStr, value: &OsStr) -> OsString {
 }
 
 /// Finds `command` as `execvp` would: a name with a `/` is a path, anything
-/// else is looked up in `PATH`. The result must be an executable file.
-pub fn resolve_command(command: &OsStr) -> Result<PathBuf, String> {
+/// else is looked up in `PATH`. The result must be an executable file; the
+/// error is [`Error::Command`], naming the command and why it cannot run.
+pub fn resolve_command(command: &OsStr) -> Result<PathBuf, Error> {
+    find(command).map_err(|reason| Error::Command { command: command.to_string_lossy().into_owned(), reason })
+}
+
+/// [`resolve_command`]'s search; the error is why the command cannot run.
+fn find(command: &OsStr) -> Result<PathBuf, String> {
     let as_path = Path::new(command);
     if command.as_bytes().contains(&b'/') {
         return check_executable(as_path).map(|()| as_path.to_path_buf());
@@ -214,11 +222,10 @@ mod tests {
     #[test]
     fn commands_resolve_like_execvp() {
         assert!(resolve_command(OsStr::new("sh")).unwrap().is_absolute());
-        assert_eq!(
-            resolve_command(OsStr::new("no-such-command-xyz")).unwrap_err(),
-            "command not found in PATH"
-        );
-        assert_eq!(resolve_command(OsStr::new("./no/such")).unwrap_err(), "no such file or directory");
-        assert_eq!(resolve_command(OsStr::new("/")).unwrap_err(), "is a directory");
+        assert_eq!(find(OsStr::new("no-such-command-xyz")).unwrap_err(), "command not found in PATH");
+        assert_eq!(find(OsStr::new("./no/such")).unwrap_err(), "no such file or directory");
+        assert_eq!(find(OsStr::new("/")).unwrap_err(), "is a directory");
+        let e = resolve_command(OsStr::new("/")).unwrap_err();
+        assert_eq!(e.report(), "cannot run /: is a directory");
     }
 }

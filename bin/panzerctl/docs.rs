@@ -4,6 +4,7 @@
 //! COMMAND: `panzer completions` would run a program called `completions`.
 
 use clap::{CommandFactory, ValueEnum};
+use panzer::error::Error;
 
 /// Which program a script or page is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -28,14 +29,14 @@ impl Program {
     }
 }
 
-pub fn completions(shell: clap_complete::Shell, program: Program) -> Result<(), String> {
+pub fn completions(shell: clap_complete::Shell, program: Program) {
     let mut command = program.command();
     clap_complete::generate(shell, &mut command, program.name(), &mut std::io::stdout());
-    Ok(())
 }
 
-pub fn man(program: Program) -> Result<(), String> {
+pub fn man(program: Program) -> Result<(), Error> {
     clap_mangen::Man::new(program.command())
         .render(&mut std::io::stdout())
-        .map_err(|e| format!("cannot write the man page: {e}"))
+        // Rust's own words for the error, as this message always had them.
+        .map_err(|e| Error::control(format!("cannot write the man page: {e}")))
 }

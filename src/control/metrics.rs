@@ -1,6 +1,7 @@
-//! [`Status`] as Prometheus text exposition (format 0.0.4), for
-//! `panzerctl metrics`: node_exporter's textfile collector reads it from a
-//! file, a scrape reads it from a tiny wrapper. Pure: a status in, text out.
+//! [`Status`] as Prometheus text exposition (format 0.0.4), for the admin
+//! endpoint's `/metrics` (main) and `panzerctl metrics`: a scrape reads it
+//! from the one, node_exporter's textfile collector from a file the other
+//! wrote. Pure: a status in, text out.
 //!
 //! Every metric has `# HELP` and `# TYPE`; label values are escaped; a
 //! worker is labelled by generation and slot, never by pid, so the series

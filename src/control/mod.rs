@@ -2,11 +2,9 @@
 //! map onto [`Command`], and main executes commands in one place.
 
 pub(crate) mod admin;
-pub mod client;
 pub mod metrics;
 pub mod server;
 pub mod signals;
-pub mod top;
 
 use serde::{Deserialize, Serialize};
 
@@ -128,7 +126,7 @@ impl Request {
                 };
                 match count {
                     Ok(0) => return Err("scale: count must be at least 1".into()),
-                    Ok(n) => Request::Scale { count: crate::config::check_count(&format!("scale {n}"), n)? },
+                    Ok(n) => Request::Scale { count: crate::limits::check_count(&format!("scale {n}"), n)? },
                     Err(v) => return Err(format!("scale: count must be a whole number, not {}", quote(&v))),
                 }
             }
@@ -283,62 +281,6 @@ impl Reply {
     }
 }
 
-/// The control socket of the one panzer running with a default control
-/// path, for `panzerctl` without `--control` or `--pid-file`. An error when
-/// there is none, or several (it names them).
-pub fn discover() -> Result<std::path::PathBuf, String> {
-    let dir = trusted_private_dir()?;
-    let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name.to_str().and_then(|n| n.strip_suffix(".sock")?.parse().ok()) else {
-                continue;
-            };
-            if crate::runtime_dir::pid_is_running(pid) {
-                found.push(entry.path());
-            }
-        }
-    }
-    found.sort();
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => Err(format!("no running panzer in {}; give --control PATH or --pid-file PATH", dir.display())),
-        _ => {
-            let list: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
-            Err(format!("several panzers are running ({}); pick one with --control PATH", list.join(", ")))
-        }
-    }
-}
-
-/// This user's private runtime directory, where default control sockets
-/// live, if it is safe to trust: a real directory (not a symlink), owned by
-/// this user, with no access for anyone else. Another user may have planted
-/// one in a shared temp dir, with a fake panzer's socket in it.
-pub fn trusted_private_dir() -> Result<std::path::PathBuf, String> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let dir = crate::runtime_dir::private_dir();
-    let me = nix::unistd::geteuid().as_raw();
-    match std::fs::symlink_metadata(&dir) {
-        Err(_) => Ok(dir),
-        Ok(meta) if meta.is_dir() && meta.uid() == me && meta.permissions().mode() & 0o077 == 0 => Ok(dir),
-        Ok(meta) => Err(format!(
-            "{} is not a private directory of yours (owner uid {}, mode {:o}): not looking for panzers there; \
-             give --control PATH",
-            dir.display(),
-            meta.uid(),
-            meta.permissions().mode() & 0o7777
-        )),
-    }
-}
-
-/// The default control socket of main `pid` (`<private dir>/<pid>.sock`,
-/// the private dir being `$XDG_RUNTIME_DIR/panzer`, else `/run/panzer` for
-/// root, else `$TMPDIR/panzer-<uid>`), in [`trusted_private_dir`].
-pub fn trusted_default_path(pid: u32) -> Result<std::path::PathBuf, String> {
-    Ok(trusted_private_dir()?.join(format!("{pid}.sock")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,7 +315,7 @@ mod tests {
 
     #[test]
     fn scale_is_held_to_the_count_ceiling() {
-        let max = crate::config::max_count();
+        let max = crate::limits::max_count();
         let at_most = format!(r#"{{"cmd":"scale","count":{max}}}"#);
         assert_eq!(Request::parse(at_most.as_bytes()), Ok(Request::Scale { count: max }));
         let err = Request::parse(br#"{"cmd":"scale","count":100000}"#).unwrap_err();

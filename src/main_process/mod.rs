@@ -50,19 +50,6 @@ use pid_file::PidFile;
 use policy::{Effect, Ended, Event, Note, Policy, Settings};
 use systemd::Systemd;
 
-/// Signals main takes as commands, plus `SIGCHLD`.
-const HANDLED: &[Signal] = &[
-    Signal::SIGCHLD,
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGHUP,
-    Signal::SIGUSR1,
-    Signal::SIGTTIN,
-    Signal::SIGTTOU,
-    Signal::SIGUSR2,
-];
-
 /// Signals whose default action would end main, which a stray `kill` must
 /// not do: main logs them and goes on. (The real-time signals too.)
 const STRAY: &[Signal] = &[
@@ -141,7 +128,10 @@ struct Main {
 
 /// Blocks the signals main handles and returns the signalfd that reads them.
 fn signal_fd() -> Result<sys::SignalFd, Error> {
-    let mut signals: Vec<i32> = HANDLED.iter().chain(STRAY).map(|&s| s as i32).collect();
+    // `SIGCHLD`, the commands of the one signal table (`control::signals`), the strays.
+    let commands = control::signals::TABLE.iter().map(|&(signal, _)| signal);
+    let handled = std::iter::once(Signal::SIGCHLD).chain(commands).chain(STRAY.iter().copied());
+    let mut signals: Vec<i32> = handled.map(|s| s as i32).collect();
     signals.extend(sys::realtime_signals());
     signals.extend(LIBC_RESERVED);
     sys::signal_fd(&signals).map_err(|e| Error::os("cannot set up signal handling", e))
@@ -168,10 +158,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let adopted = sockets::adopt_from_env()?;
     // Then signals, so none is lost while sockets are bound.
     let signals = signal_fd()?;
-    worker::resolve_command(&config.command).map_err(|reason| Error::Command {
-        command: config.command.to_string_lossy().into_owned(),
-        reason,
-    })?;
+    worker::resolve_command(&config.command)?;
     sys::become_subreaper().map_err(|e| Error::os("cannot become child subreaper", e))?;
     let pid_file = config.pid_file.as_deref().map(PidFile::check).transpose()?;
     let control_path = match config.control.clone() {
@@ -609,8 +596,14 @@ impl Main {
         let (program, argv, env) = if self.config.preload {
             // Library mode: the app itself is the monitor. Resolved again for
             // every generation, so a reload runs the binary now at that path.
-            let program = worker::resolve_command(&self.config.command)
-                .map_err(|e| sys::spawn::SpawnError::Exec(std::io::Error::other(e)))?;
+            let program = worker::resolve_command(&self.config.command).map_err(|e| {
+                // Said after "cannot start its monitor": why, without the command again.
+                let reason = match e {
+                    Error::Command { reason, .. } => reason,
+                    other => other.report(),
+                };
+                sys::spawn::SpawnError::Exec(std::io::Error::other(reason))
+            })?;
             let words = args.to_env().ok_or_else(|| {
                 sys::spawn::SpawnError::Exec(std::io::Error::other("an argument is not UTF-8"))
             })?;

@@ -129,10 +129,7 @@ pub fn run(args: MonitorArgs) -> i32 {
     };
     let program = match worker::resolve_command(&args.argv[0]) {
         Ok(program) => program,
-        Err(reason) => {
-            let command = args.argv[0].to_string_lossy().into_owned();
-            return fail(Error::Command { command, reason }.report(), status);
-        }
+        Err(e) => return fail(e.report(), status),
     };
     serve(args, status, Launch::Exec { program })
 }

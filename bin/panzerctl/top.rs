@@ -17,7 +17,10 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::termios::{self, InputFlags, LocalFlags, SetArg, SpecialCharacterIndices, Termios};
 
-use super::{client, GenerationStatus, Request, Status, WorkerStatus};
+use panzer::control::{GenerationStatus, Request, Status, WorkerStatus};
+use panzer::error::Error;
+
+use crate::client;
 
 /// Reloads listed under "last reloads".
 const HISTORY: usize = 5;
@@ -217,10 +220,10 @@ const ENTER: &str = "\x1b[?1049h\x1b[?25l";
 const LEAVE: &str = "\x1b[?25h\x1b[?1049l";
 
 impl Terminal {
-    fn enter() -> Result<Terminal, String> {
+    fn enter() -> Result<Terminal, Error> {
         let stdin = std::io::stdin();
-        let saved =
-            termios::tcgetattr(stdin.as_fd()).map_err(|e| format!("cannot read the terminal mode: {e}"))?;
+        let saved = termios::tcgetattr(stdin.as_fd())
+            .map_err(|e| Error::control_because("cannot read the terminal mode", e))?;
         let mut raw = saved.clone();
         // Keys arrive one by one, unechoed; Ctrl-C arrives as a byte, so it
         // cannot kill top before the terminal is put back, and Ctrl-Z cannot
@@ -230,7 +233,7 @@ impl Terminal {
         raw.control_chars[SpecialCharacterIndices::VMIN as usize] = 1;
         raw.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;
         termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)
-            .map_err(|e| format!("cannot set the terminal mode: {e}"))?;
+            .map_err(|e| Error::control_because("cannot set the terminal mode", e))?;
         let terminal = Terminal { saved };
         write_all(ENTER);
         Ok(terminal)
@@ -252,33 +255,38 @@ fn write_all(text: &str) {
 
 /// Runs top on this process's terminal against the control socket at
 /// `path`, refreshing every `interval`; `timeout` bounds each status request.
-pub fn run(path: &Path, interval: Duration, timeout: Duration) -> Result<(), String> {
+pub fn run(path: &Path, interval: Duration, timeout: Duration) -> Result<(), Error> {
     let stdin = std::io::stdin();
     if !nix::unistd::isatty(stdin.as_fd()).unwrap_or(false) {
-        return Err("top needs a terminal; for a script, use `status --json` or `metrics`".into());
+        return Err(Error::Usage(
+            "top needs a terminal; for a script, use `status --json` or `metrics`".into(),
+        ));
     }
     let mut mask = SigSet::empty();
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGWINCH] {
         mask.add(signal);
     }
-    mask.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
+    mask.thread_block().map_err(|e| Error::control_because("cannot block signals", e))?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| format!("cannot set up signal handling: {e}"))?;
+        .map_err(|e| Error::control_because("cannot set up signal handling", e))?;
     let _terminal = Terminal::enter()?;
     let mut screen = Screen::default();
     let mut next_refresh = Instant::now();
     loop {
         let now = Instant::now();
         if now >= next_refresh {
-            let status = client::request(path, &Request::Status, Some(timeout)).and_then(|reply| {
-                reply.status.ok_or_else(|| reply.error.unwrap_or_else(|| "no status".into()))
-            });
+            let status = match client::request(path, &Request::Status, Some(timeout)) {
+                Ok(reply) => reply.status.ok_or_else(|| reply.error.unwrap_or_else(|| "no status".into())),
+                Err(e) => Err(e.report()),
+            };
             screen.update(now, status);
             next_refresh = now + interval;
             draw(&screen, now);
         }
         let fds = [(stdin.as_fd(), false), (signals.as_fd(), false)];
-        let ready = crate::sys::poll(&fds, Some(next_refresh)).map_err(|e| format!("poll failed: {e}"))?;
+        // Rust's own words for the error, "(os error N)" included, as top always said.
+        let ready = panzer::for_panzerctl::poll(&fds, Some(next_refresh))
+            .map_err(|e| Error::control(format!("poll failed: {e}")))?;
         if ready[1] {
             while let Ok(Some(info)) = signals.read_signal() {
                 if info.ssi_signo == Signal::SIGWINCH as u32 {
@@ -296,7 +304,7 @@ pub fn run(path: &Path, interval: Duration, timeout: Duration) -> Result<(), Str
                 // q, Q, Ctrl-C, Ctrl-D.
                 Ok(n) if keys[..n].iter().any(|k| matches!(k, b'q' | b'Q' | 0x03 | 0x04)) => return Ok(()),
                 Ok(_) | Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
-                Err(e) => return Err(format!("cannot read the terminal: {e}")),
+                Err(e) => return Err(Error::control_because("cannot read the terminal", e)),
             }
         }
     }
@@ -315,13 +323,13 @@ fn draw(screen: &Screen, now: Instant) {
 }
 
 fn terminal_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
-    crate::sys::terminal_size(fd)
+    panzer::for_panzerctl::terminal_size(fd)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{GenerationStatus, ReloadStats, WorkerStatus};
+    use panzer::control::{GenerationStatus, ReloadStats, WorkerStatus};
 
     fn status(ok: u64, failed: u64) -> Status {
         Status {

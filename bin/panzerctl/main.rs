@@ -6,15 +6,18 @@
 //! panzerctl man [panzer|panzerctl]
 //! ```
 
-#[path = "panzerctl/docs.rs"]
+mod client;
+mod discover;
 mod docs;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use panzer::control::{self, client, metrics, top, Reply, Request, Status};
+use panzer::control::{self, metrics, Reply, Request, Status};
+use panzer::error::Error;
 use panzer::units::CliDuration;
 
 /// Control a running panzer: status, reload, stop, scale, upgrade, metrics, top.
@@ -105,18 +108,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("panzerctl: {message}");
+        Err(e) => {
+            eprintln!("panzerctl: {}", e.report());
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: &Cli) -> Result<ExitCode, String> {
+fn run(cli: &Cli) -> Result<ExitCode, Error> {
     // These need no panzer.
     match cli.command {
         Cmd::Completions { shell, program } => {
-            return docs::completions(shell, program).map(|()| ExitCode::SUCCESS)
+            docs::completions(shell, program);
+            return Ok(ExitCode::SUCCESS);
         }
         Cmd::Man { program } => return docs::man(program).map(|()| ExitCode::SUCCESS),
         _ => {}
@@ -140,7 +144,7 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&reply).map_err(|e| e.to_string())?);
+        println!("{}", serde_json::to_string_pretty(&reply).map_err(|e| Error::control(e.to_string()))?);
     }
     if let (Cmd::Status { ready: true }, Some(status)) = (&cli.command, &reply.status) {
         return probe(status, cli.json);
@@ -151,7 +155,10 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
             Request::Upgrade => "upgrade failed: ",
             _ => "",
         };
-        return Err(format!("{what}{}", reply.error.unwrap_or_else(|| "unknown error".into())));
+        return Err(Error::control(format!(
+            "{what}{}",
+            reply.error.unwrap_or_else(|| "unknown error".into())
+        )));
     }
     if !cli.json {
         print_human(&request, &reply);
@@ -161,9 +168,12 @@ fn run(cli: &Cli) -> Result<ExitCode, String> {
 
 /// `status --ready`: the readiness line (unless the JSON was printed), and
 /// exit 0 exactly when `ready` is true.
-fn probe(status: &Status, json: bool) -> Result<ExitCode, String> {
+fn probe(status: &Status, json: bool) -> Result<ExitCode, Error> {
     let Some(line) = &status.readiness else {
-        return Err(format!("panzer {} does not report its readiness; upgrade it", status.version));
+        return Err(Error::control(format!(
+            "panzer {} does not report its readiness; upgrade it",
+            status.version
+        )));
     };
     if !json {
         println!("{line}");
@@ -171,19 +181,20 @@ fn probe(status: &Status, json: bool) -> Result<ExitCode, String> {
     Ok(if status.ready { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
+fn socket_path(cli: &Cli) -> Result<PathBuf, Error> {
     if let Some(path) = &cli.control {
         return Ok(path.clone());
     }
     let Some(pid_file) = &cli.pid_file else {
-        return control::discover();
+        return discover::discover();
     };
-    let text = std::fs::read_to_string(pid_file).map_err(|e| {
-        format!("cannot read pid file {}: {}", pid_file.display(), panzer::error::describe(&e))
-    })?;
-    let pid: u32 =
-        text.trim().parse().map_err(|_| format!("pid file {} does not hold a pid", pid_file.display()))?;
-    control::trusted_default_path(pid)
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|e| Error::os(format!("cannot read pid file {}", pid_file.display()), e))?;
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| Error::control(format!("pid file {} does not hold a pid", pid_file.display())))?;
+    discover::trusted_default_path(pid)
 }
 
 fn print_human(request: &Request, reply: &Reply) {
