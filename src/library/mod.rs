@@ -198,15 +198,6 @@ pub fn run<L: FromListener, W: Worker<L>>(worker: W) -> ! {
     Runner::new(worker).run()
 }
 
-/// The error of a generation whose monitor runs threads when it should fork.
-pub(crate) fn threads_refused(threads: usize) -> String {
-    format!(
-        "panzer::run: this process runs {threads} threads, and fork() copies only one of them \
-         (a lock another thread holds would never be released in the workers). Start no thread \
-         before panzer::run: build the async runtime (tokio, …) inside Worker::serve"
-    )
-}
-
 /// Tells the monitor this worker is ready (`READY=1` on `NOTIFY_SOCKET`).
 /// Without a notify socket (run without panzer or systemd) it does nothing.
 pub fn ready() {
@@ -250,17 +241,5 @@ fn in_fork<L: FromListener, W: Worker<L>>(runner: Runner<W, L>, forked: ForkedWo
             eprintln!("panzer: {who}: a listening socket cannot be read: {e}");
             std::process::exit(1)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_refusal_says_where_the_runtime_belongs() {
-        let text = threads_refused(3);
-        assert!(text.contains("3 threads"), "{text}");
-        assert!(text.contains("build the async runtime (tokio, …) inside Worker::serve"), "{text}");
     }
 }
