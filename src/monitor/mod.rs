@@ -39,6 +39,7 @@ use crate::notify::Notify;
 use crate::protocol::{Channel, MonitorArgs, Order, Received, Report, FIRST_SOCKET_FD, STATUS_FD};
 use crate::sys;
 use crate::sys::spawn::ExecPlan;
+use crate::sys::Interest;
 use crate::units::format_duration;
 use crate::worker;
 use accepting::Readiness;
@@ -62,6 +63,19 @@ const MAX_ANCESTRY: usize = 64;
 
 /// How often a message from one pid that no worker owns is logged.
 const STRANGER_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What a poll result belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Signals,
+    Notify,
+    /// The status channel to main (readable, or with room for reports that wait).
+    Status,
+    /// A worker's stdout or stderr pipe (`--tag-output`).
+    Output(output::Token),
+    /// The monitor's own stdout or stderr has room for the lines that wait.
+    Log,
+}
 
 /// How the monitor starts a worker.
 pub(crate) enum Launch {
@@ -243,64 +257,72 @@ impl Monitor {
             }
             self.kill_overdue(now);
 
-            let deadline = [
-                self.pool.next_deadline(),
-                self.kill_at,
-                self.rss_at,
-                self.readiness.next_deadline(),
-                self.shed.deadline(),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let mut fds: Vec<(BorrowedFd<'_>, bool)> =
-                vec![(self.signals.as_fd(), false), (self.notify.fd(), false)];
-            let has_status = self.status.is_some();
-            if let Some(status) = &self.status {
-                fds.push((status.fd(), status.wants_write()));
-            }
-            let first_output = fds.len();
-            let outputs = self.output.as_ref().map(|o| o.fds()).unwrap_or_default();
-            let output_tokens: Vec<output::Token> = outputs.iter().map(|&(token, _)| token).collect();
-            fds.extend(outputs.into_iter().map(|(_, fd)| (fd, false)));
-            // Last: its own stdout and stderr, while lines wait for room.
-            let first_log = fds.len();
-            let mut fds: Vec<(BorrowedFd<'_>, sys::Interest)> =
-                fds.into_iter().map(|(fd, write)| (fd, write.into())).collect();
-            fds.extend(crate::logging::waiting_fds().into_iter().map(|fd| (fd, sys::Interest::Write)));
-            let ready = match sys::poll(&fds, deadline) {
+            let ready = match self.wait() {
                 Ok(ready) => ready,
                 Err(e) => {
                     log::error!("poll failed: {e}");
                     return 1;
                 }
             };
-            drop(fds);
             self.shed.on_wake(Instant::now());
-            if ready[0] {
+            if ready.contains(&Token::Signals) {
                 for signal in sys::pending_signals(&self.signals) {
                     self.on_signal(signal);
                 }
             }
-            if ready[1] {
+            if ready.contains(&Token::Notify) {
                 self.on_notify();
             }
-            if has_status && ready[2] {
+            if ready.contains(&Token::Status) {
                 self.on_status();
             }
-            if ready[first_log..].contains(&true) {
+            if ready.contains(&Token::Log) {
                 crate::logging::flush();
             }
             if let Some(output) = &mut self.output {
-                let ready: Vec<output::Token> = output_tokens
-                    .into_iter()
-                    .zip(&ready[first_output..first_log])
-                    .filter(|(_, r)| **r)
-                    .map(|(t, _)| t)
+                let ready: Vec<output::Token> = ready
+                    .iter()
+                    .filter_map(|token| match token {
+                        Token::Output(token) => Some(*token),
+                        _ => None,
+                    })
                     .collect();
                 output.on_ready(&ready);
             }
         }
+    }
+
+    /// Sleeps until something is ready or the nearest deadline passes;
+    /// returns what is ready.
+    fn wait(&self) -> std::io::Result<Vec<Token>> {
+        let deadline = [
+            self.pool.next_deadline(),
+            self.kill_at,
+            self.rss_at,
+            self.readiness.next_deadline(),
+            self.shed.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let mut tokens = vec![Token::Signals, Token::Notify];
+        let mut fds: Vec<(BorrowedFd<'_>, Interest)> =
+            vec![(self.signals.as_fd(), Interest::Read), (self.notify.fd(), Interest::Read)];
+        if let Some(status) = &self.status {
+            tokens.push(Token::Status);
+            fds.push((status.fd(), status.wants_write().into()));
+        }
+        for (token, fd) in self.output.as_ref().map(|o| o.fds()).unwrap_or_default() {
+            tokens.push(Token::Output(token));
+            fds.push((fd, Interest::Read));
+        }
+        // Last: its own stdout and stderr, while lines wait for room.
+        for fd in crate::logging::waiting_fds() {
+            tokens.push(Token::Log);
+            fds.push((fd, Interest::Write));
+        }
+        let ready = sys::poll(&fds, deadline)?;
+        Ok(tokens.into_iter().zip(ready).filter(|(_, r)| *r).map(|(t, _)| t).collect())
     }
 
     /// Replacements, stalled starts and overdue kills the pool finds due,
