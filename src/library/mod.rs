@@ -103,11 +103,10 @@ mod listener;
 mod standalone;
 mod threads;
 
-use std::io;
 use std::net::TcpListener;
-use std::os::unix::net::UnixDatagram;
 
 use crate::monitor::{self, ForkedWorker};
+use crate::notify::{self, Notify};
 use crate::protocol::{MonitorArgs, MONITOR_ARGS_ENV};
 use crate::worker;
 use listener::names;
@@ -201,24 +200,9 @@ pub fn run<L: FromListener, W: Worker<L>>(worker: W) -> ! {
 /// Tells the monitor this worker is ready (`READY=1` on `NOTIFY_SOCKET`).
 /// Without a notify socket (run without panzer or systemd) it does nothing.
 pub fn ready() {
-    let _ = notify(b"READY=1");
-}
-
-fn notify(message: &[u8]) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let Some(path) = std::env::var_os(worker::NOTIFY_SOCKET) else { return Ok(()) };
-    let socket = UnixDatagram::unbound()?;
-    match path.as_bytes().strip_prefix(b"@") {
-        Some(name) => {
-            use std::os::linux::net::SocketAddrExt;
-            let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-            socket.send_to_addr(message, &address)?;
-        }
-        None => {
-            socket.send_to(message, &path)?;
-        }
+    if let Some(target) = std::env::var_os(worker::NOTIFY_SOCKET) {
+        let _ = notify::send_waiting(&target, &[Notify::Ready]);
     }
-    Ok(())
 }
 
 /// In a worker forked by the monitor: its environment and listeners, then serve.
