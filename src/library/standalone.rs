@@ -3,34 +3,28 @@
 //! without them, says how to start it and exits with status 2.
 
 use std::ffi::OsString;
-use std::os::fd::RawFd;
 
 use nix::sys::signal::Signal;
 
 use super::listener::{names, FromListener, Listener};
 use super::threads::serve_process;
 use super::{Runner, Worker};
+use crate::sockets::Passed;
 use crate::sys;
 use crate::worker;
-
-/// Most sockets taken from `LISTEN_FDS` when run without panzer.
-const MAX_LISTEN_FDS: usize = 1024;
 
 /// Run without `panzer --preload`: one worker on `LISTEN_FDS` sockets, or
 /// how to start it.
 pub(super) fn standalone<L: FromListener, W: Worker<L>>(runner: Runner<W, L>) -> i32 {
     let program = std::env::args_os().next().unwrap_or_else(|| OsString::from("my_app"));
     let program = program.to_string_lossy();
-    let for_us =
-        std::env::var(worker::LISTEN_PID).is_ok_and(|pid| pid.trim() == std::process::id().to_string());
-    let count = std::env::var(worker::LISTEN_FDS).ok().and_then(|n| n.trim().parse::<usize>().ok());
-    let count = match count {
-        Some(n) if for_us && (1..=MAX_LISTEN_FDS).contains(&n) => n,
-        Some(n) if for_us && n > MAX_LISTEN_FDS => {
-            eprintln!("{program}: LISTEN_FDS={n}: at most {MAX_LISTEN_FDS} sockets can be passed in");
+    let passed = match Passed::from_env() {
+        Ok(Some(passed)) => passed,
+        Err(e) => {
+            eprintln!("{program}: {}", e.report());
             return 2;
         }
-        _ => {
+        Ok(None) => {
             eprintln!(
                 "{program}: no listening sockets. This server runs under panzer's library mode: \
                  start it with `panzer --preload --bind 127.0.0.1:8080 {program}` (it loads once, \
@@ -40,14 +34,12 @@ pub(super) fn standalone<L: FromListener, W: Worker<L>>(runner: Runner<W, L>) ->
             return 2;
         }
     };
-    let fd_names = std::env::var(worker::LISTEN_FDNAMES).unwrap_or_default();
     for key in [worker::LISTEN_FDS, worker::LISTEN_PID, worker::LISTEN_FDNAMES] {
         std::env::remove_var(key);
     }
-    let names = names(&fd_names, count);
-    let mut listeners = Vec::with_capacity(count);
-    for (i, name) in names.iter().enumerate() {
-        let fd = 3 + i as RawFd;
+    let names = names(&passed.names, passed.count);
+    let mut listeners = Vec::with_capacity(passed.count);
+    for (fd, name) in passed.fds().zip(&names) {
         match sys::adopt_inherited_fd(fd).and_then(|fd| Listener::from_fd(fd, name)) {
             Ok(listener) => listeners.push(listener),
             Err(e) => {
