@@ -166,14 +166,14 @@ fn serve(args: MonitorArgs, status: Channel, launch: Launch) -> i32 {
     let code = match Monitor::new(args, status, launch) {
         Ok(mut monitor) => monitor.run(),
         // Tell main why, so the operator (and panzerctl reload) hears it.
-        Err((reason, status)) => fail(reason, status),
+        Err((error, status)) => fail(error.report(), status),
     };
     crate::logging::finish();
     code
 }
 
 impl Monitor {
-    fn new(args: MonitorArgs, status: Channel, launch: Launch) -> Result<Monitor, (String, Channel)> {
+    fn new(args: MonitorArgs, status: Channel, launch: Launch) -> Result<Monitor, (Error, Channel)> {
         match Monitor::prepare(&args) {
             Ok((sockets, signals, notify)) => {
                 // The first child, before any worker. Library mode's app is
@@ -216,7 +216,7 @@ impl Monitor {
                     keeper,
                 })
             }
-            Err(error) => Err((error.report(), status)),
+            Err(error) => Err((error, status)),
         }
     }
 
