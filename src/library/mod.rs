@@ -98,6 +98,12 @@
 //! `LISTEN_FDS` (systemd socket activation, `systemfd`), or, without them,
 //! prints how to start it and exits with status 2.
 
+// The rooms of library mode: this file is the app's entry (`Worker`,
+// `Runner`, `run`, `ready`) and the start of a forked worker; `listener`
+// holds the sockets `serve` takes, `drain` what a worker process knows of
+// its drain, `threads` a worker process's copies of `serve`, and
+// `standalone` the start without panzer. The monitor's side (forking, the
+// refusal of threads) is `monitor::fork`.
 mod drain;
 mod listener;
 mod standalone;
