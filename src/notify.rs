@@ -1,6 +1,8 @@
-//! The sd_notify wire format, both directions: workers → monitor (readiness)
-//! and main → systemd. A datagram is newline-separated `KEY=VALUE` lines.
+//! The sd_notify wire format, both directions: workers → monitor (readiness;
+//! library mode's `panzer::ready` sends it from here) and main → systemd. A
+//! datagram is newline-separated `KEY=VALUE` lines.
 
+use std::ffi::OsStr;
 use std::fmt;
 
 /// One `KEY=VALUE` line of an sd_notify datagram.
@@ -70,23 +72,35 @@ pub fn parse(datagram: &[u8]) -> Result<Vec<Notify>, std::str::Utf8Error> {
 }
 
 /// Sends `messages` as one datagram to the socket named by `NOTIFY_SOCKET`
-/// (a path, or `@name` for the abstract namespace).
+/// (a path, or `@name` for the abstract namespace), without waiting for
+/// room in the receiver's queue.
 pub fn send_to(target: &str, messages: &[Notify]) -> std::io::Result<()> {
+    send(target.as_ref(), messages, false)
+}
+
+/// As [`send_to`], but waits for room in the receiver's queue: a worker's
+/// `READY=1` (library mode's `panzer::ready`) is not dropped because its
+/// monitor has not read yet.
+pub fn send_waiting(target: &OsStr, messages: &[Notify]) -> std::io::Result<()> {
+    send(target, messages, true)
+}
+
+fn send(target: &OsStr, messages: &[Notify], wait: bool) -> std::io::Result<()> {
     use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+    use std::os::unix::ffi::OsStrExt;
     let text: Vec<String> = messages.iter().map(Notify::to_string).collect();
-    let addr = match target.strip_prefix('@') {
-        Some(name) => UnixAddr::new_abstract(name.as_bytes())?,
+    let addr = match target.as_bytes().strip_prefix(b"@") {
+        Some(name) => UnixAddr::new_abstract(name)?,
         None => UnixAddr::new(target)?,
     };
     let sock = socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
     let bytes = text.join("\n");
-    socket::sendto(
-        std::os::fd::AsRawFd::as_raw_fd(&sock),
-        bytes.as_bytes(),
-        &addr,
+    let mut flags = MsgFlags::MSG_NOSIGNAL;
+    if !wait {
         // Never block main on a supervisor that stopped reading.
-        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-    )?;
+        flags |= MsgFlags::MSG_DONTWAIT;
+    }
+    socket::sendto(std::os::fd::AsRawFd::as_raw_fd(&sock), bytes.as_bytes(), &addr, flags)?;
     Ok(())
 }
 

@@ -20,6 +20,7 @@
 //! goes from one ready worker to the next, never through a slot without one.
 
 mod accepting;
+mod fork;
 pub mod keeper;
 mod notify_socket;
 mod output;
@@ -38,11 +39,14 @@ use crate::notify::Notify;
 use crate::protocol::{Channel, MonitorArgs, Order, Received, Report, FIRST_SOCKET_FD, STATUS_FD};
 use crate::sys;
 use crate::sys::spawn::ExecPlan;
+use crate::sys::Interest;
 use crate::units::format_duration;
 use crate::worker;
 use accepting::Readiness;
 use notify_socket::NotifySocket;
 use pool::{Limits, Pool, Reason, Role};
+
+pub(crate) use fork::{run_library, ForkedWorker};
 
 /// Signals the monitor handles through its signalfd.
 const SIGNALS: &[Signal] =
@@ -60,6 +64,19 @@ const MAX_ANCESTRY: usize = 64;
 /// How often a message from one pid that no worker owns is logged.
 const STRANGER_INTERVAL: Duration = Duration::from_secs(60);
 
+/// What a poll result belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Signals,
+    Notify,
+    /// The status channel to main (readable, or with room for reports that wait).
+    Status,
+    /// A worker's stdout or stderr pipe (`--tag-output`).
+    Output(output::Token),
+    /// The monitor's own stdout or stderr has room for the lines that wait.
+    Log,
+}
+
 /// How the monitor starts a worker.
 pub(crate) enum Launch {
     /// Exec mode: fork and exec this program (resolved from `argv[0]`).
@@ -69,20 +86,6 @@ pub(crate) enum Launch {
     /// `!`). `app_fds`: what the app opened before `panzer::run` (its
     /// preloaded state owns them), which the workers keep.
     Fork { start: Box<dyn FnMut(ForkedWorker) -> std::convert::Infallible>, app_fds: Vec<RawFd> },
-}
-
-/// What a worker forked in library mode gets from its monitor.
-pub(crate) struct ForkedWorker {
-    pub generation: u32,
-    pub ordinal: u32,
-    /// The listening sockets, in `--bind` order (`CLOEXEC` copies).
-    pub sockets: Vec<OwnedFd>,
-    /// `LISTEN_FDNAMES`: the sockets' names, `:`-separated.
-    pub fd_names: String,
-    pub notify_socket: PathBuf,
-    pub drain_signal: Signal,
-    /// `--health-timeout`, for `WATCHDOG_USEC`.
-    pub health_timeout: Option<Duration>,
 }
 
 struct Monitor {
@@ -134,40 +137,6 @@ pub fn run(args: MonitorArgs) -> i32 {
     serve(args, status, Launch::Exec { program })
 }
 
-/// Library mode: runs the monitor role in the user's own binary (exec'd by
-/// main with the same fds as `panzer __monitor`); `start` runs in each
-/// forked worker. Returns the process exit status.
-pub(crate) fn run_library(
-    args: MonitorArgs,
-    start: Box<dyn FnMut(ForkedWorker) -> std::convert::Infallible>,
-) -> i32 {
-    // Before panzer opens anything: the rest is the app's (never closed
-    // under its values in the workers), but for main's status channel and sockets.
-    let inherited = STATUS_FD..FIRST_SOCKET_FD + args.sockets as RawFd;
-    let app_fds: Vec<RawFd> = match sys::fork::open_fds() {
-        Ok(fds) => fds.into_iter().filter(|fd| !inherited.contains(fd)).collect(),
-        Err(e) => {
-            eprintln!("panzer::run: cannot list this process's fds: {e}");
-            return 1;
-        }
-    };
-    crate::logging::init(args.log_level, Some(args.generation));
-    let status = match sys::adopt_inherited_fd(STATUS_FD).and_then(Channel::from_fd) {
-        Ok(status) => status,
-        Err(e) => {
-            log::error!("no status channel at fd {STATUS_FD}: {e} (started by `panzer --preload` only)");
-            return 1;
-        }
-    };
-    // fork() copies only the calling thread: refuse before any worker exists.
-    match sys::fork::thread_count() {
-        Ok(1) => {}
-        Ok(threads) => return fail(crate::library::threads_refused(threads), status),
-        Err(e) => return fail(format!("cannot count this process's threads: {e}"), status),
-    }
-    serve(args, status, Launch::Fork { start, app_fds })
-}
-
 /// Tells main why the generation cannot start, so the operator (and
 /// `panzerctl reload`) hears it.
 fn fail(reason: String, mut status: Channel) -> i32 {
@@ -194,14 +163,14 @@ fn serve(args: MonitorArgs, status: Channel, launch: Launch) -> i32 {
     let code = match Monitor::new(args, status, launch) {
         Ok(mut monitor) => monitor.run(),
         // Tell main why, so the operator (and panzerctl reload) hears it.
-        Err((reason, status)) => fail(reason, status),
+        Err((error, status)) => fail(error.report(), status),
     };
     crate::logging::finish();
     code
 }
 
 impl Monitor {
-    fn new(args: MonitorArgs, status: Channel, launch: Launch) -> Result<Monitor, (String, Channel)> {
+    fn new(args: MonitorArgs, status: Channel, launch: Launch) -> Result<Monitor, (Error, Channel)> {
         match Monitor::prepare(&args) {
             Ok((sockets, signals, notify)) => {
                 // The first child, before any worker. Library mode's app is
@@ -244,7 +213,7 @@ impl Monitor {
                     keeper,
                 })
             }
-            Err(error) => Err((error.report(), status)),
+            Err(error) => Err((error, status)),
         }
     }
 
@@ -285,64 +254,72 @@ impl Monitor {
             }
             self.kill_overdue(now);
 
-            let deadline = [
-                self.pool.next_deadline(),
-                self.kill_at,
-                self.rss_at,
-                self.readiness.next_deadline(),
-                self.shed.deadline(),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let mut fds: Vec<(BorrowedFd<'_>, bool)> =
-                vec![(self.signals.as_fd(), false), (self.notify.fd(), false)];
-            let has_status = self.status.is_some();
-            if let Some(status) = &self.status {
-                fds.push((status.fd(), status.wants_write()));
-            }
-            let first_output = fds.len();
-            let outputs = self.output.as_ref().map(|o| o.fds()).unwrap_or_default();
-            let output_tokens: Vec<output::Token> = outputs.iter().map(|&(token, _)| token).collect();
-            fds.extend(outputs.into_iter().map(|(_, fd)| (fd, false)));
-            // Last: its own stdout and stderr, while lines wait for room.
-            let first_log = fds.len();
-            let mut fds: Vec<(BorrowedFd<'_>, sys::Interest)> =
-                fds.into_iter().map(|(fd, write)| (fd, write.into())).collect();
-            fds.extend(crate::logging::waiting_fds().into_iter().map(|fd| (fd, sys::Interest::Write)));
-            let ready = match sys::poll(&fds, deadline) {
+            let ready = match self.wait() {
                 Ok(ready) => ready,
                 Err(e) => {
                     log::error!("poll failed: {e}");
                     return 1;
                 }
             };
-            drop(fds);
             self.shed.on_wake(Instant::now());
-            if ready[0] {
+            if ready.contains(&Token::Signals) {
                 for signal in sys::pending_signals(&self.signals) {
                     self.on_signal(signal);
                 }
             }
-            if ready[1] {
+            if ready.contains(&Token::Notify) {
                 self.on_notify();
             }
-            if has_status && ready[2] {
+            if ready.contains(&Token::Status) {
                 self.on_status();
             }
-            if ready[first_log..].contains(&true) {
+            if ready.contains(&Token::Log) {
                 crate::logging::flush();
             }
             if let Some(output) = &mut self.output {
-                let ready: Vec<output::Token> = output_tokens
-                    .into_iter()
-                    .zip(&ready[first_output..first_log])
-                    .filter(|(_, r)| **r)
-                    .map(|(t, _)| t)
+                let ready: Vec<output::Token> = ready
+                    .iter()
+                    .filter_map(|token| match token {
+                        Token::Output(token) => Some(*token),
+                        _ => None,
+                    })
                     .collect();
                 output.on_ready(&ready);
             }
         }
+    }
+
+    /// Sleeps until something is ready or the nearest deadline passes;
+    /// returns what is ready.
+    fn wait(&self) -> std::io::Result<Vec<Token>> {
+        let deadline = [
+            self.pool.next_deadline(),
+            self.kill_at,
+            self.rss_at,
+            self.readiness.next_deadline(),
+            self.shed.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let mut tokens = vec![Token::Signals, Token::Notify];
+        let mut fds: Vec<(BorrowedFd<'_>, Interest)> =
+            vec![(self.signals.as_fd(), Interest::Read), (self.notify.fd(), Interest::Read)];
+        if let Some(status) = &self.status {
+            tokens.push(Token::Status);
+            fds.push((status.fd(), status.wants_write().into()));
+        }
+        for (token, fd) in self.output.as_ref().map(|o| o.fds()).unwrap_or_default() {
+            tokens.push(Token::Output(token));
+            fds.push((fd, Interest::Read));
+        }
+        // Last: its own stdout and stderr, while lines wait for room.
+        for fd in crate::logging::waiting_fds() {
+            tokens.push(Token::Log);
+            fds.push((fd, Interest::Write));
+        }
+        let ready = sys::poll(&fds, deadline)?;
+        Ok(tokens.into_iter().zip(ready).filter(|(_, r)| *r).map(|(t, _)| t).collect())
     }
 
     /// Replacements, stalled starts and overdue kills the pool finds due,
@@ -482,62 +459,6 @@ impl Monitor {
         // The write ends close here: the worker has its own copies.
         output.started(pid.as_raw(), ordinal, ends);
         Ok(pid)
-    }
-
-    /// Library mode: forks this process; the child becomes worker `ordinal`.
-    fn fork_worker(&mut self, ordinal: u32) -> std::io::Result<Pid> {
-        use std::io::Write;
-        let ends = match self.output {
-            Some(_) => Some(output::TaggedOutput::pipes()?),
-            None => None,
-        };
-        let mut keep: Vec<RawFd> = self.sockets.iter().map(AsRawFd::as_raw_fd).collect();
-        if let Launch::Fork { app_fds, .. } = &self.launch {
-            keep.extend(app_fds);
-        }
-        let plan = sys::fork::ForkPlan {
-            parent_death_signal: self.drain_signal(),
-            keep: &keep,
-            stdout_stderr: ends.as_ref().map(|e| (&e.stdout, &e.stderr)),
-        };
-        // Nothing buffered may be written twice, once by each process.
-        let _ = std::io::stdout().flush();
-        match sys::fork::fork_worker(&plan)? {
-            sys::fork::Forked::Parent(pid) => {
-                if let (Some(output), Some(ends)) = (&mut self.output, ends) {
-                    output.started(pid.as_raw(), ordinal, ends);
-                }
-                Ok(pid)
-            }
-            sys::fork::Forked::Child => {
-                let sockets = match self.sockets.iter().map(OwnedFd::try_clone).collect() {
-                    Ok(sockets) => sockets,
-                    Err(e) => {
-                        eprintln!("panzer: worker {ordinal}: cannot copy the listening sockets: {e}");
-                        std::process::exit(127)
-                    }
-                };
-                let worker = ForkedWorker {
-                    generation: self.args.generation,
-                    ordinal,
-                    sockets,
-                    fd_names: self.args.fd_names.clone(),
-                    notify_socket: self.args.notify_socket.clone(),
-                    drain_signal: self.drain_signal(),
-                    health_timeout: self.args.health_timeout.map(|d| d.0),
-                };
-                // A panic must never unwind into this monitor's frames in the
-                // child (dropping them would remove the generation's notify
-                // socket, say): the worker ends here.
-                let launch = &mut self.launch;
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match launch {
-                    #[allow(unreachable_code)]
-                    Launch::Fork { start, .. } => match start(worker) {},
-                    Launch::Exec { .. } => unreachable!("exec mode never forks without exec"),
-                }));
-                std::process::exit(101)
-            }
-        }
     }
 
     fn worker_ready(&mut self, pid: i32, reason: accepting::Reason) {

@@ -7,13 +7,14 @@ pub use spec::{BindAddr, BindSpec};
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::error::Error;
+use crate::worker::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID};
 
 /// A bound, listening socket (`CLOEXEC`: it reaches a child only on purpose).
 #[derive(Debug)]
@@ -181,12 +182,48 @@ fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
     }
 }
 
-/// The most sockets main adopts from `LISTEN_FDS`.
-const MAX_ADOPTED: usize = 1024;
+/// The most sockets a process takes from `LISTEN_FDS`: main, or a
+/// library-mode app run on its own.
+const MAX_PASSED: usize = 1024;
+/// The first fd of the sockets `LISTEN_FDS` counts (`SD_LISTEN_FDS_START`).
+const FIRST_PASSED_FD: RawFd = 3;
 
 /// The `LISTEN_FDNAMES` value for these specs.
 pub fn fd_names<'a>(specs: impl IntoIterator<Item = &'a BindSpec>) -> String {
     specs.into_iter().map(BindSpec::fd_name).collect::<Vec<_>>().join(":")
+}
+
+/// What `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES` pass this process:
+/// socket activation (systemd, `systemfd`, another panzer-like launcher).
+pub(crate) struct Passed {
+    pub count: usize,
+    /// `LISTEN_FDNAMES` as it is: `:`-separated, maybe fewer than `count`.
+    pub names: String,
+}
+
+impl Passed {
+    /// Reads the environment: `None` when it passes no socket to this
+    /// process (no `LISTEN_FDS`, 0, or `LISTEN_PID` another's), an error
+    /// when it passes more than this process takes.
+    pub(crate) fn from_env() -> Result<Option<Passed>, Error> {
+        let for_us = std::env::var(LISTEN_PID).is_ok_and(|pid| pid.trim() == std::process::id().to_string());
+        let count: usize = match std::env::var(LISTEN_FDS).ok().and_then(|n| n.trim().parse().ok()) {
+            Some(n) if for_us && n > MAX_PASSED => {
+                return Err(Error::Usage(format!(
+                    "{LISTEN_FDS}={n}: at most {MAX_PASSED} sockets can be passed in"
+                )))
+            }
+            Some(n) if for_us && n > 0 => n,
+            _ => return Ok(None),
+        };
+        let names = std::env::var(LISTEN_FDNAMES).unwrap_or_default();
+        Ok(Some(Passed { count, names }))
+    }
+
+    /// Their fds, in order: 3….
+    pub(crate) fn fds(&self) -> impl Iterator<Item = RawFd> {
+        (0..self.count).map(|i| FIRST_PASSED_FD + i as RawFd)
+    }
 }
 
 /// Socket activation: the sockets main's own parent passed at fds 3… with
@@ -194,22 +231,10 @@ pub fn fd_names<'a>(specs: impl IntoIterator<Item = &'a BindSpec>) -> String {
 /// `None` when there are none for this process. They are adopted as they
 /// are: not re-bound, and their files (unix sockets) are never removed.
 pub fn adopt_from_env() -> Result<Option<Vec<Listener>>, Error> {
-    use crate::worker::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID};
-    let for_us = std::env::var(LISTEN_PID).is_ok_and(|pid| pid.trim() == std::process::id().to_string());
-    let count: usize = match std::env::var(LISTEN_FDS).ok().and_then(|n| n.trim().parse().ok()) {
-        Some(n) if for_us && n > MAX_ADOPTED => {
-            return Err(Error::Usage(format!(
-                "{LISTEN_FDS}={n}: at most {MAX_ADOPTED} sockets can be passed in"
-            )))
-        }
-        Some(n) if for_us && n > 0 => n,
-        _ => return Ok(None),
-    };
-    let names = std::env::var(LISTEN_FDNAMES).unwrap_or_default();
-    let mut names = names.split(':');
-    let mut listeners = Vec::with_capacity(count);
-    for i in 0..count {
-        let fd = 3 + i as std::os::fd::RawFd;
+    let Some(passed) = Passed::from_env()? else { return Ok(None) };
+    let mut names = passed.names.split(':');
+    let mut listeners = Vec::with_capacity(passed.count);
+    for fd in passed.fds() {
         let fail = |e: io::Error| Error::os(format!("cannot adopt socket-activated fd {fd}"), e);
         let socket = Socket::from(crate::sys::adopt_inherited_fd(fd).map_err(fail)?);
         if !socket.is_listener().map_err(fail)? {
