@@ -18,7 +18,8 @@
 //!   open in main throughout, so a connection that arrives between
 //!   generations waits in the kernel's backlog instead of being refused.
 //!   Every decision of main is made by one pure state machine
-//!   (`main_process::policy`); the loop around it only polls and acts.
+//!   (`main_process::policy`), which logs nothing itself: what it wants
+//!   said is one more effect; the loop around it only polls and acts.
 //! - **monitor** ([`monitor`]) is `panzer __monitor …`: main execs its own
 //!   binary (`/proc/self/exe`) rather than forking itself, so the monitor
 //!   starts from a clean, small address space, and its configuration is
@@ -30,10 +31,32 @@
 //! **Library mode** ([`library`], `panzer --preload`): for a Rust server
 //! built on this crate, main execs the app itself as each generation's
 //! monitor; the app loads its data once, and [`run`] speaks the monitor
-//! protocol (the same [`monitor`] loop) and *forks* the workers, which share
+//! protocol (the same [`monitor`] loop, whose side of it is `monitor::fork`)
+//! and *forks* the workers, which share
 //! the loaded pages copy-on-write and call [`Worker::serve`]. A fork without
 //! exec is sound only in a single-threaded process, so [`run`] refuses to
 //! fork when the app has started threads.
+//!
+//! ## Where things live
+//!
+//! One room per concept; imports run one way, downwards in this list:
+//!
+//! ```text
+//! bin/panzer.rs            dispatch: main, or a hidden role (__monitor, __keeper, upgrade)
+//! bin/panzerctl/           the control client: status, top, metrics, discovery, man pages
+//! main_process/            main's loop: polls and carries out what the policy decides
+//!   policy/                the pure machine: generations, the staged roll, the upgrade, the stop
+//!   upgrade/               main replacing its own binary: check, state hand-over, resume
+//!   connections, leftovers, orphans, pid_file, systemd
+//! control/                 the control socket, the admin endpoint, the signal table, metrics
+//! library/                 library mode: Worker, run, Listener, drain, threads, standalone
+//! monitor/                 a generation: the pool of workers, output, keeper, library forks
+//! cli, config              the command line and what it becomes
+//! logging, sockets, worker, notify, limits
+//! protocol                 what main and a monitor say to each other, and the limits both keep
+//! sys/                     every unsafe call, each with its SAFETY comment
+//! error, units             one error type with its cause chain; durations and sizes
+//! ```
 //!
 //! Who owns which fd: main owns the sockets (`CLOEXEC`), its signalfd, the
 //! control socket and the admin endpoint's sockets (`--admin-bind`, which
