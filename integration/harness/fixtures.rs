@@ -7,8 +7,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::Panzer;
-
 /// Path of a built example (`hello`) or fixture (`server`, `probe`, `stubborn`, …).
 pub fn example(name: &str) -> String {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_panzer"));
@@ -114,22 +112,4 @@ impl Gate {
     pub fn open(&self) {
         std::fs::write(self.dir.join("open"), "").unwrap();
     }
-}
-
-/// panzer serving `deploy` with `count` workers, `--ready notify`, a pid
-/// file for `panzerctl`, and `extra` options.
-pub fn start_deploy(deploy: &Deploy, count: &str, extra: &[&str]) -> Panzer {
-    let mut args = vec![
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        count,
-        "--ready",
-        "notify",
-        "--pid-file",
-        "{dir}/panzer.pid",
-    ];
-    args.extend_from_slice(extra);
-    args.push(deploy.path());
-    Panzer::start(&args)
 }

@@ -28,35 +28,14 @@ pub struct Panzer {
 }
 
 impl Panzer {
-    /// Starts `panzer ARGS…`.
-    pub fn start(args: &[&str]) -> Panzer {
-        Panzer::start_with_env(args, &[])
-    }
-
-    /// Starts `panzer ARGS…` with `env` added to the environment.
-    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Panzer {
-        Panzer::start_via(env!("CARGO_BIN_EXE_panzer"), args, env)
-    }
-
-    /// Starts `program ARGS…`, which must exec panzer in the same process
-    /// (a launcher that sets up fds first, for example).
-    pub fn start_via(program: &str, args: &[&str], env: &[(&str, &str)]) -> Panzer {
-        Panzer::spawn(program, args, env, None)
-    }
-
-    /// Starts `panzer ARGS…` with its stdout and stderr both on `out` (the
-    /// write end of a pipe, say) instead of the log file, which stays empty.
-    pub fn start_writing_to(args: &[&str], out: std::os::fd::OwnedFd) -> Panzer {
-        Panzer::spawn(env!("CARGO_BIN_EXE_panzer"), args, &[], Some(out))
-    }
-
     /// Starts `program ARGS…` with `env` added to the environment, its
     /// output on `out` or else on the log file; `{dir}` in an argument
-    /// stands for this panzer's own test directory.
-    fn spawn(
+    /// stands for this panzer's own test directory. `PanzerCommand::start` is
+    /// the way in.
+    pub(super) fn spawn(
         program: &str,
-        args: &[&str],
-        env: &[(&str, &str)],
+        args: &[String],
+        env: &[(String, String)],
         out: Option<std::os::fd::OwnedFd>,
     ) -> Panzer {
         let name = std::thread::current().name().unwrap_or("test").replace("::", "-");
@@ -71,7 +50,7 @@ impl Panzer {
             .env_remove("LISTEN_FDS")
             .env_remove("RUST_LOG")
             .env("XDG_RUNTIME_DIR", &dir.0)
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

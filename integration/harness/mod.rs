@@ -6,6 +6,9 @@
 //!   a process group of its own, logs to a per-test file, and on drop (even
 //!   on panic) kills main's group and every process it left, then waits for
 //!   it.
+//! - `command`: the builder of a panzer command line,
+//!   `Panzer::new(cmd).count(4).notify().start()`, with `--bind 127.0.0.1:0`
+//!   unless a test says otherwise.
 //! - `procfs`: the `/proc` table: descendants, liveness, environment, fds.
 //! - `http`: a small HTTP client and a load of back-to-back clients.
 //! - `ctl`: `panzerctl`, run to completion or in the background.
@@ -17,6 +20,7 @@
 
 use std::time::{Duration, Instant};
 
+mod command;
 mod ctl;
 mod fixtures;
 mod guard;
@@ -24,6 +28,7 @@ mod http;
 mod log_watch;
 mod procfs;
 
+pub use command::*;
 pub use ctl::*;
 pub use fixtures::*;
 pub use guard::*;
