@@ -22,20 +22,12 @@ os.execv(sys.argv[1], sys.argv[1:])
 
 #[test]
 fn sockets_passed_by_systemd_are_adopted() {
-    let panzer = Panzer::start_via(
-        "python3",
-        &[
-            "-c",
-            LAUNCHER,
-            env!("CARGO_BIN_EXE_panzer"),
-            "--count",
-            "2",
-            "--ready",
-            "notify",
-            &example("server"),
-        ],
-        &[],
-    );
+    let panzer = Panzer::new(example("server"))
+        .no_bind()
+        .count(2)
+        .notify()
+        .via("python3", &["-c", LAUNCHER, env!("CARGO_BIN_EXE_panzer")])
+        .start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     distinct_pids(port, 2);
@@ -49,16 +41,13 @@ fn sockets_passed_by_systemd_are_adopted() {
 
 #[test]
 fn an_absurd_listen_fds_is_a_usage_error_not_an_abort() {
-    let mut panzer = Panzer::start_via(
-        "sh",
-        &[
-            "-c",
-            "LISTEN_PID=$$ LISTEN_FDS=4294967295 exec \"$0\" \"$@\"",
-            env!("CARGO_BIN_EXE_panzer"),
-            "true",
-        ],
-        &[],
-    );
+    let mut panzer = Panzer::new("true")
+        .no_bind()
+        .via(
+            "sh",
+            &["-c", "LISTEN_PID=$$ LISTEN_FDS=4294967295 exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_panzer")],
+        )
+        .start();
     let status = panzer.wait_exit(PATIENCE);
     assert_eq!(status.code(), Some(2), "{}", panzer.log());
     assert!(panzer.log().contains("LISTEN_FDS=4294967295: at most 1024 sockets"), "{}", panzer.log());
@@ -66,20 +55,13 @@ fn an_absurd_listen_fds_is_a_usage_error_not_an_abort() {
 
 #[test]
 fn a_socket_from_systemd_stays_listening_while_panzer_drains_so_systemd_queues_for_the_next_start() {
-    let mut panzer = Panzer::start_via(
-        "python3",
-        &[
-            "-c",
-            LAUNCHER,
-            env!("CARGO_BIN_EXE_panzer"),
-            "--count",
-            "1",
-            "--ready",
-            "notify",
-            &example("slow_drain"),
-        ],
-        &[("DRAIN_MS", "2000")],
-    );
+    let mut panzer = Panzer::new(example("slow_drain"))
+        .no_bind()
+        .count(1)
+        .notify()
+        .via("python3", &["-c", LAUNCHER, env!("CARGO_BIN_EXE_panzer")])
+        .env("DRAIN_MS", "2000")
+        .start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     panzer.signal(nix::sys::signal::Signal::SIGTERM);

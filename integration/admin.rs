@@ -14,11 +14,7 @@ use crate::harness::*;
 /// panzer running `command` with `count` workers, `--ready notify`, one
 /// `--bind` and `--admin-bind 127.0.0.1:0` plus `extra`.
 fn start(count: &str, command: &str, extra: &[&str]) -> Panzer {
-    let mut args =
-        vec!["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0", "--count", count, "--ready", "notify"];
-    args.extend_from_slice(extra);
-    args.push(command);
-    Panzer::start(&args)
+    Panzer::new(command).admin().count(count).notify().args(extra).start()
 }
 
 /// The address of the `index`th `admin endpoint on` line.
@@ -82,10 +78,8 @@ fn readyz_is_503_with_the_reason_until_a_generation_is_ready_then_200() {
 
 #[test]
 fn readyz_is_503_stopping_during_a_graceful_stop_and_livez_stays_200() {
-    let slow = example("slow_drain");
-    let args =
-        ["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &slow];
-    let panzer = Panzer::start_with_env(&args, &[("DRAIN_MS", "20000")]);
+    let panzer =
+        Panzer::new(example("slow_drain")).admin().count(1).notify().env("DRAIN_MS", "20000").start();
     panzer.wait_ready(1);
     let port = admin_port(&panzer);
     assert_eq!(status_line(&ask(port, "GET", "/readyz")), "HTTP/1.1 200 OK");
@@ -240,8 +234,8 @@ fn holds(pid: Pid, inode: &str) -> bool {
 #[test]
 fn the_admin_socket_never_reaches_a_monitor_or_worker_nor_their_listen_fds() {
     let server = example("server");
-    let args = ["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", server.as_str()];
-    let panzer = Panzer::start_with_env(&args, &[("PANZER_ADMIN_BIND", "127.0.0.1:0")]);
+    let panzer =
+        Panzer::new(server.as_str()).count(2).notify().env("PANZER_ADMIN_BIND", "127.0.0.1:0").start();
     panzer.wait_ready(1);
     let inode = listening_inode(admin_port(&panzer));
     assert!(holds(panzer.pid, &inode), "main holds the admin socket");
@@ -291,7 +285,7 @@ fn an_admin_address_that_cannot_be_bound_is_one_line_and_exit_71() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let server = example("server");
-    let mut panzer = Panzer::start(&["--bind", "127.0.0.1:0", "--admin-bind", &addr, server.as_str()]);
+    let mut panzer = Panzer::new(server.as_str()).args(&["--admin-bind", &addr]).start();
     let status = panzer.wait_exit(PATIENCE);
     assert_eq!(status.code(), Some(71), "{}", panzer.log());
     let log = panzer.log();
@@ -299,7 +293,7 @@ fn an_admin_address_that_cannot_be_bound_is_one_line_and_exit_71() {
     assert!(log.lines().any(|l| l.starts_with(&line)), "{log}");
     assert_eq!(log.lines().count(), 1, "{log}");
 
-    let mut panzer = Panzer::start(&["--admin-bind", "localhost:80", server.as_str()]);
+    let mut panzer = Panzer::new(server.as_str()).no_bind().args(&["--admin-bind", "localhost:80"]).start();
     assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(2), "{}", panzer.log());
     assert!(panzer.log().contains("'localhost:80'"), "{}", panzer.log());
 }

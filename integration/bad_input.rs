@@ -7,8 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use crate::harness::*;
 
 /// Runs panzer to completion; returns (exit code, log).
-fn fails(args: &[&str]) -> (i32, String) {
-    let mut panzer = Panzer::start(args);
+fn fails(command: PanzerCommand) -> (i32, String) {
+    let mut panzer = command.start();
     let status = panzer.wait_exit(PATIENCE);
     assert!(panzer.monitors().is_empty());
     (status.code().expect("killed by a signal"), panzer.log())
@@ -16,34 +16,34 @@ fn fails(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn usage_errors_exit_2() {
-    let (code, log) = fails(&[]);
+    let (code, log) = fails(Panzer::with_args(&[]));
     assert_eq!(code, 2);
     assert!(log.contains("<COMMAND>"), "{log}");
 
-    let (code, log) = fails(&["--count", "0", "sleep"]);
+    let (code, log) = fails(Panzer::with_args(&["--count", "0", "sleep"]));
     assert_eq!(code, 2);
     assert!(log.contains("--count"), "{log}");
 
-    let (code, log) = fails(&["--frobnicate", "sleep"]);
+    let (code, log) = fails(Panzer::with_args(&["--frobnicate", "sleep"]));
     assert_eq!(code, 2);
     assert!(log.contains("--frobnicate"), "{log}");
 
-    let (code, log) = fails(&["--bind", "nonsense", "sleep"]);
+    let (code, log) = fails(Panzer::with_args(&["--bind", "nonsense", "sleep"]));
     assert_eq!(code, 2);
     assert!(log.contains("invalid address 'nonsense'"), "{log}");
 
-    let (code, log) = fails(&["--startup-timeout", "0s", "sleep"]);
+    let (code, log) = fails(Panzer::with_args(&["--startup-timeout", "0s", "sleep"]));
     assert_eq!(code, 2);
     assert!(log.contains("--startup-timeout must be longer than 0"), "{log}");
 
-    let (code, log) = fails(&["--graceful-timeout", "soon", "sleep"]);
+    let (code, log) = fails(Panzer::with_args(&["--graceful-timeout", "soon", "sleep"]));
     assert_eq!(code, 2);
     assert!(log.contains("invalid duration 'soon'"), "{log}");
 }
 
 #[test]
 fn a_command_that_cannot_run_is_named() {
-    let (code, log) = fails(&["--bind", "127.0.0.1:0", "./no-such-server"]);
+    let (code, log) = fails(Panzer::new("./no-such-server"));
     assert_eq!(code, 2);
     assert_eq!(log.trim(), "panzer: cannot run ./no-such-server: no such file or directory");
 
@@ -51,11 +51,11 @@ fn a_command_that_cannot_run_is_named() {
     let script = dir.join("server.sh");
     std::fs::write(&script, "#!/bin/sh\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (code, log) = fails(&["--bind", "127.0.0.1:0", script.to_str().unwrap()]);
+    let (code, log) = fails(Panzer::new(script.to_str().unwrap()));
     assert_eq!(code, 2);
     assert!(log.contains("permission denied"), "{log}");
 
-    let (code, log) = fails(&["no-such-command-anywhere"]);
+    let (code, log) = fails(Panzer::with_args(&["no-such-command-anywhere"]));
     assert_eq!(code, 2);
     assert!(log.contains("cannot run no-such-command-anywhere: command not found in PATH"), "{log}");
 }
@@ -64,7 +64,7 @@ fn a_command_that_cannot_run_is_named() {
 fn a_port_in_use_exits_71_naming_the_address() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (code, log) = fails(&["--bind", &addr, "sleep", "--", "100"]);
+    let (code, log) = fails(Panzer::new("sleep").bind(&addr).command_args(&["--", "100"]));
     assert_eq!(code, 71);
     assert_eq!(
         log.trim(),
@@ -77,13 +77,13 @@ fn an_unusable_unix_path_exits_71_and_unbinds_what_was_bound() {
     let dir = TestDir::new("unix");
     let good = dir.join("good.sock");
     let bad = dir.join("missing/dir/bad.sock");
-    let (code, log) = fails(&[
+    let (code, log) = fails(Panzer::with_args(&[
         "--bind",
         &format!("unix:{}", good.display()),
         "--bind",
         &format!("unix:{}", bad.display()),
         "sleep",
-    ]);
+    ]));
     assert_eq!(code, 71);
     assert!(log.contains(&format!("cannot bind unix:{}: no such file or directory", bad.display())), "{log}");
     assert!(!good.exists(), "the first socket file was left behind");
@@ -91,7 +91,7 @@ fn an_unusable_unix_path_exits_71_and_unbinds_what_was_bound() {
 
 #[test]
 fn a_double_dash_with_nothing_after_it_is_a_usage_error() {
-    let (code, log) = fails(&["--count", "1", "--"]);
+    let (code, log) = fails(Panzer::with_args(&["--count", "1", "--"]));
     assert_eq!(code, 2);
     assert!(log.contains("<COMMAND>"), "{log}");
 }

@@ -55,7 +55,8 @@
 //! 127.0.0.1:0; every wait has a deadline; sleeps only pace the reloads or
 //! make up the idle period being measured.
 
-#[path = "harness.rs"]
+#[allow(dead_code, unused_imports)] // the bench uses part of the tests' harness
+#[path = "harness/mod.rs"]
 mod harness;
 
 use std::collections::BTreeMap;

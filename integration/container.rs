@@ -16,27 +16,12 @@ fn as_pid_1_sigterm_is_a_graceful_stop() {
     // The worker leaves a background child behind that exits at once: a
     // zombie for PID 1 to reap.
     let server = format!("(true &); exec {}", example("server"));
-    let mut panzer = Panzer::start_via(
-        "unshare",
-        &[
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--mount-proc",
-            env!("CARGO_BIN_EXE_panzer"),
-            "--bind",
-            "127.0.0.1:0",
-            "--count",
-            "2",
-            "--ready",
-            "notify",
-            "sh",
-            "--",
-            "-c",
-            &server,
-        ],
-        &[],
-    );
+    let mut panzer = Panzer::new("sh")
+        .count(2)
+        .notify()
+        .command_args(&["--", "-c", &server])
+        .via("unshare", &["--pid", "--fork", "--kill-child", "--mount-proc", env!("CARGO_BIN_EXE_panzer")])
+        .start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     assert!(panzer.log().contains("panzer[1]:"), "{}", panzer.log());

@@ -15,17 +15,7 @@ use crate::harness::*;
 /// panzer running `command` with a pid file and the default control socket;
 /// returns it with the paths of both.
 fn start(count: &str, command: &str) -> (Panzer, String, String) {
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        count,
-        "--ready",
-        "notify",
-        "--pid-file",
-        "{dir}/panzer.pid",
-        command,
-    ]);
+    let panzer = Panzer::new(command).count(count).notify().pid_file().start();
     panzer.wait_ready(1);
     let line = panzer.wait_for_line("control socket at ");
     let control = line.rsplit("control socket at ").next().unwrap().trim().to_string();
@@ -207,7 +197,7 @@ fn panzerctl_finds_the_one_panzer_running() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("no running panzer in"), "{}", out.stderr);
 
-    let panzer = Panzer::start_with_env(&["--bind", "127.0.0.1:0", "--count", "1", &example("server")], &xdg);
+    let panzer = Panzer::new(example("server")).count(1).envs(&xdg).start();
     panzer.wait_for_line("control socket at");
     let out = panzerctl_as(None, &["--json", "status"], &xdg);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -247,36 +237,23 @@ fn stale_control_socket_and_pid_file_are_replaced_live_ones_refused() {
     drop(UnixListener::bind(&control).unwrap()); // a socket file nobody listens on
     std::fs::write(&pid_file, "999999999\n").unwrap(); // a pid that cannot be running
     let (control, pid_file) = (control.to_str().unwrap(), pid_file.to_str().unwrap());
-    let args = |control: &str, pid_file: &str| {
-        vec![
-            "--bind".to_string(),
-            "127.0.0.1:0".into(),
-            "--control".into(),
-            control.into(),
-            "--pid-file".into(),
-            pid_file.into(),
-            "sleep".into(),
-            "--".into(),
-            "1000".into(),
-        ]
+    let start = |control: &str, pid_file: &str| {
+        let options = ["--control", control, "--pid-file", pid_file];
+        Panzer::new("sleep").args(&options).command_args(&["--", "1000"]).start()
     };
-    let first = Panzer::start(&args(control, pid_file).iter().map(String::as_str).collect::<Vec<_>>());
+    let first = start(control, pid_file);
     first.wait_for_line("control socket at");
     eventually(PATIENCE, "the pid file", || {
         (std::fs::read_to_string(pid_file).ok()?.trim() == first.pid.to_string()).then_some(())
     });
 
     let other_pid_file = dir.join("other.pid");
-    let mut second = Panzer::start(
-        &args(control, other_pid_file.to_str().unwrap()).iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let mut second = start(control, other_pid_file.to_str().unwrap());
     assert_eq!(second.wait_exit(PATIENCE).code(), Some(71));
     assert!(second.log().contains("a running panzer already listens there"), "{}", second.log());
 
     let other_control = dir.join("other.sock");
-    let mut third = Panzer::start(
-        &args(other_control.to_str().unwrap(), pid_file).iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let mut third = start(other_control.to_str().unwrap(), pid_file);
     assert_eq!(third.wait_exit(PATIENCE).code(), Some(71));
     assert!(
         third.log().contains(&format!("names process {}, which is running", first.pid)),
@@ -302,9 +279,7 @@ fn ready_probe(panzer: &Panzer) -> (i32, String) {
 
 #[test]
 fn status_ready_fails_with_the_reason_while_no_worker_is_ready() {
-    let never = example("never_ready");
-    let args = ["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", never.as_str()];
-    let panzer = Panzer::start(&args);
+    let panzer = Panzer::new(example("never_ready")).count(2).notify().start();
     panzer.wait_for_lines("never_ready: pid", 2);
     let (code, line) = ready_probe(&panzer);
     assert_eq!((code, line.as_str()), (1, "generation 1 starting: 0/2 workers ready"));
@@ -318,8 +293,7 @@ fn status_ready_fails_with_the_reason_while_no_worker_is_ready() {
 #[test]
 fn status_ready_turns_to_zero_once_a_generation_is_ready() {
     let gate = Gate::new();
-    let args = ["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", &gate.path()];
-    let panzer = Panzer::start(&args);
+    let panzer = Panzer::new(gate.path()).count(2).notify().start();
     panzer.wait_for_line("starting generation 1");
     assert_eq!(ready_probe(&panzer), (1, "generation 1 starting: 0/2 workers ready".into()));
     gate.open();
@@ -331,10 +305,8 @@ fn status_ready_turns_to_zero_once_a_generation_is_ready() {
 
 #[test]
 fn status_ready_says_stopping_from_the_moment_a_graceful_stop_is_taken() {
-    let slow = example("slow_drain");
-    let args = ["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", slow.as_str()];
     // The worker takes 20 s to drain: the stop lasts as long as the test needs.
-    let panzer = Panzer::start_with_env(&args, &[("DRAIN_MS", "20000")]);
+    let panzer = Panzer::new(example("slow_drain")).count(1).notify().env("DRAIN_MS", "20000").start();
     panzer.wait_ready(1);
     assert_eq!(ready_probe(&panzer).0, 0);
     panzer.signal(Signal::SIGTERM);

@@ -98,7 +98,7 @@ fn the_systemd_unit_runs_as_written_and_tells_systemd_ready_reloading_stopping()
     check_service(&unit, &argv);
     let systemd = FakeSystemd::new();
     let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
-    let mut panzer = Panzer::start_with_env(&args, &[("NOTIFY_SOCKET", systemd.path())]);
+    let mut panzer = Panzer::with_args(&args).env("NOTIFY_SOCKET", systemd.path()).start();
     let ready = systemd.until("READY=1");
     assert!(ready.last().unwrap().contains(&format!("MAINPID={}", panzer.pid)), "{ready:?}");
     let port = panzer.port(0);
@@ -165,7 +165,8 @@ fn the_socket_activated_unit_serves_on_the_socket_systemd_passes() {
     }
     args.extend(argv.iter().map(String::as_str));
     let systemd = FakeSystemd::new();
-    let mut panzer = Panzer::start_via("python3", &args, &[("NOTIFY_SOCKET", systemd.path())]);
+    let mut panzer =
+        Panzer::with_args(&args).via("python3", &[]).env("NOTIFY_SOCKET", systemd.path()).start();
     let line = panzer.wait_for_line("socket unit: port ");
     let port: u16 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(listen.port() != 0);
@@ -271,17 +272,14 @@ fn the_container_entrypoint_makes_panzer_pid_1_as_the_deployment_expects() {
     let mut command = vec!["--pid", "--fork", "--kill-child", "--mount-proc", "sh", script.to_str().unwrap()];
     command.extend(args.iter().map(String::as_str));
     let (stop_delay_env, graceful_env) = (format!("{stop_delay}s"), format!("{graceful}s"));
-    let mut panzer = Panzer::start_via(
-        "unshare",
-        &command,
-        &[
-            ("PATH", &path),
-            ("PANZER_BIND", "127.0.0.1:0"),
-            ("PANZER_READY", ready),
-            ("PANZER_STOP_DELAY", &stop_delay_env),
-            ("PANZER_GRACEFUL_TIMEOUT", &graceful_env),
-        ],
-    );
+    let mut panzer = Panzer::with_args(&command)
+        .via("unshare", &[])
+        .env("PATH", &path)
+        .env("PANZER_BIND", "127.0.0.1:0")
+        .env("PANZER_READY", ready)
+        .env("PANZER_STOP_DELAY", &stop_delay_env)
+        .env("PANZER_GRACEFUL_TIMEOUT", &graceful_env)
+        .start();
     let port = panzer.port(0);
     let admin = panzer.admin_port();
     panzer.wait_ready(1);

@@ -22,12 +22,10 @@ const PANZER: &str = env!("CARGO_BIN_EXE_panzer");
 /// Far below the one, far above the other, whatever else the machine runs.
 const IDLE_TICKS: u64 = 25;
 
-/// Starts `panzer ARGS…` with `RLIMIT_NOFILE` (soft and hard) at `limit`.
-fn start_limited(limit: u32, args: &[&str]) -> Panzer {
+/// Starts `panzer` with `RLIMIT_NOFILE` (soft and hard) at `limit`.
+fn start_limited(limit: u32, panzer: PanzerCommand) -> Panzer {
     let nofile = format!("--nofile={limit}");
-    let mut all = vec![nofile.as_str(), "--", PANZER];
-    all.extend_from_slice(args);
-    Panzer::start_via("prlimit", &all, &[])
+    panzer.via("prlimit", &[&nofile, "--", PANZER]).start()
 }
 
 /// Sets `RLIMIT_NOFILE` of the running process `pid` to `limit`.
@@ -60,16 +58,15 @@ fn status(panzer: &Panzer) -> serde_json::Value {
     reply["status"].clone()
 }
 
-fn control_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["--bind", "127.0.0.1:0", "--control", "{dir}/ctl.sock"];
-    args.extend_from_slice(extra);
-    args
+/// panzer running `command`, its control socket at `{dir}/ctl.sock`.
+fn with_control(command: &str) -> PanzerCommand {
+    Panzer::new(command).args(&["--control", "{dir}/ctl.sock"])
 }
 
 #[test]
 fn idle_control_clients_at_a_low_descriptor_limit_never_lock_out_the_operator() {
     let hello = example("hello");
-    let panzer = start_limited(24, &control_args(&["--count", "1", "--ready", "notify", &hello]));
+    let panzer = start_limited(24, with_control(&hello).count(1).notify());
     panzer.wait_ready(1);
     let control = panzer.dir.join("ctl.sock");
     // More than main has descriptors left for.
@@ -86,7 +83,7 @@ fn idle_control_clients_at_a_low_descriptor_limit_never_lock_out_the_operator() 
 #[test]
 fn an_accept_out_of_descriptors_drops_the_client_idle_the_longest_instead_of_spinning() {
     let hello = example("hello");
-    let panzer = Panzer::start(&control_args(&["--count", "1", "--ready", "notify", &hello]));
+    let panzer = with_control(&hello).count(1).notify().start();
     panzer.wait_ready(1);
     let control = panzer.dir.join("ctl.sock");
     let before = open_fds(panzer.pid).len();
@@ -126,8 +123,7 @@ fn admin_port(panzer: &Panzer) -> u16 {
 #[test]
 fn idle_admin_clients_at_a_low_descriptor_limit_leave_room_for_probes_and_the_operator() {
     let hello = example("hello");
-    let args = control_args(&["--admin-bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &hello]);
-    let panzer = start_limited(24, &args);
+    let panzer = start_limited(24, with_control(&hello).admin().count(1).notify());
     panzer.wait_ready(1);
     let port = admin_port(&panzer);
     let line = panzer.wait_for_line("admin endpoint: at most ");
@@ -150,8 +146,7 @@ fn idle_admin_clients_at_a_low_descriptor_limit_leave_room_for_probes_and_the_op
 #[test]
 fn an_admin_accept_out_of_descriptors_drops_the_client_idle_the_longest_instead_of_spinning() {
     let hello = example("hello");
-    let args = control_args(&["--admin-bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &hello]);
-    let panzer = Panzer::start(&args);
+    let panzer = with_control(&hello).admin().count(1).notify().start();
     panzer.wait_ready(1);
     let port = admin_port(&panzer);
     let before = open_fds(panzer.pid).len();
@@ -174,10 +169,7 @@ fn an_admin_accept_out_of_descriptors_drops_the_client_idle_the_longest_instead_
 #[test]
 fn a_count_the_descriptor_limit_cannot_start_is_refused_up_front() {
     let hello = example("hello");
-    let mut panzer = start_limited(
-        24,
-        &["--bind", "127.0.0.1:0", "--count", "8", "--tag-output", "--ready", "notify", &hello],
-    );
+    let mut panzer = start_limited(24, Panzer::new(&hello).count(8).arg("--tag-output").notify());
     let status = panzer.wait_exit(PATIENCE);
     let log = panzer.log();
     assert_eq!(status.code(), Some(2), "{log}");
@@ -195,8 +187,7 @@ fn at_most(text: &str) -> u32 {
 #[test]
 fn scale_and_sigttin_past_the_descriptor_limit_are_refused_with_the_reason() {
     let hello = example("hello");
-    let panzer =
-        start_limited(24, &control_args(&["--count", "1", "--tag-output", "--ready", "notify", &hello]));
+    let panzer = start_limited(24, with_control(&hello).count(1).arg("--tag-output").notify());
     panzer.wait_ready(1);
     let control = panzer.dir.join("ctl.sock");
     let control = control.to_str().unwrap();
@@ -236,7 +227,7 @@ fn a_worker_start_out_of_descriptors_names_the_limit_and_what_a_worker_needs() {
     let script = format!("sleep 1000 & exec {}", example("hello"));
     let panzer = start_limited(
         24,
-        &control_args(&["--count", "1", "--tag-output", "--ready", "notify", "sh", "--", "-c", &script]),
+        with_control("sh").count(1).arg("--tag-output").notify().command_args(&["--", "-c", &script]),
     );
     panzer.wait_ready(1);
     let worker = || {

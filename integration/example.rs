@@ -12,20 +12,8 @@ use crate::harness::*;
 fn the_hello_example_serves_drains_on_a_reload_and_stops_with_exit_0() {
     // A drain grace far longer than the test, so the kept-alive connection
     // below is still open when its request arrives during the drain.
-    let mut panzer = Panzer::start_with_env(
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--count",
-            "2",
-            "--ready",
-            "notify",
-            "--pid-file",
-            "{dir}/panzer.pid",
-            &example("hello"),
-        ],
-        &[("DRAIN_GRACE_MS", "60000")],
-    );
+    let mut panzer =
+        Panzer::new(example("hello")).count(2).notify().pid_file().env("DRAIN_GRACE_MS", "60000").start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let first = get(port, "/").unwrap();

@@ -74,22 +74,13 @@ fn nothing_outlives(kills: Kills) {
     // Generation 1 is still starting when the kills come (3 s before
     // READY=1); a graceful timeout far beyond the deadline below means
     // only a drain on SIGTERM, never a timeout, can clean up in time.
-    let mut panzer = Panzer::start_with_env(
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--count",
-            "2",
-            "--ready",
-            "notify",
-            "--graceful-timeout",
-            "60s",
-            &example("server"),
-            "--",
-            "{dir}",
-        ],
-        &[("READY_DELAY_MS", "3000")],
-    );
+    let mut panzer = Panzer::new(example("server"))
+        .count(2)
+        .notify()
+        .args(&["--graceful-timeout", "60s"])
+        .command_args(&["--", "{dir}"])
+        .env("READY_DELAY_MS", "3000")
+        .start();
     let port = panzer.port(0);
     let server = example("server");
     let monitor = eventually(PATIENCE, "the monitor and both workers to run", || {
@@ -134,19 +125,12 @@ fn nothing_outlives_kill_9_of_main_while_its_monitor_starts_many_workers() {
     // The monitor hears of main's death (its report fails) in the middle of
     // starting 30 workers: it must stop starting them, not go on with
     // workers that get no sockets and nobody to stop them.
-    let mut panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "2",
-        "--ready",
-        "notify",
-        "--graceful-timeout",
-        "60s",
-        &example("server"),
-        "--",
-        "{dir}",
-    ]);
+    let mut panzer = Panzer::new(example("server"))
+        .count(2)
+        .notify()
+        .args(&["--graceful-timeout", "60s"])
+        .command_args(&["--", "{dir}"])
+        .start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let monitor = panzer.monitors()[0];
@@ -291,22 +275,13 @@ fn the_drain_of_a_failed_generation_waits_for_its_request_in_flight() {
 fn the_status_channel_never_drops_a_message() {
     // Each reload must be answered long before the startup timeout: a lost
     // "ready" would only be answered (as a failure) by that timeout.
-    let panzer = Panzer::start_with_env(
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--count",
-            "2",
-            "--ready",
-            "notify",
-            "--startup-timeout",
-            "60s",
-            "--pid-file",
-            "{dir}/panzer.pid",
-            &example("server"),
-        ],
-        &[("STATUS_FLOOD", "4")],
-    );
+    let panzer = Panzer::new(example("server"))
+        .count(2)
+        .notify()
+        .args(&["--startup-timeout", "60s"])
+        .pid_file()
+        .env("STATUS_FLOOD", "4")
+        .start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     for generation in 2..=21 {
@@ -345,10 +320,7 @@ fn a_waiting_reload_logs_its_progress() {
 
 #[test]
 fn a_monitor_killed_during_generation_1_s_start_is_replaced() {
-    let mut panzer = Panzer::start_with_env(
-        &["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", &example("server")],
-        &[("READY_DELAY_MS", "2000")],
-    );
+    let mut panzer = Panzer::new(example("server")).count(2).notify().env("READY_DELAY_MS", "2000").start();
     let port = panzer.port(0);
     let monitor = eventually(PATIENCE, "the first monitor", || panzer.monitors().first().copied());
     assert!(!panzer.log().contains("generation 1 ready"), "generation 1 was ready before the kill");
@@ -367,8 +339,7 @@ fn a_monitor_killed_during_generation_1_s_start_is_replaced() {
 
 #[test]
 fn a_monitor_killed_by_a_real_time_signal_is_reaped_and_replaced() {
-    let mut panzer =
-        Panzer::start(&["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", &example("server")]);
+    let mut panzer = Panzer::new(example("server")).count(2).notify().start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let monitor = panzer.monitors()[0];
@@ -384,8 +355,7 @@ fn a_monitor_killed_by_a_real_time_signal_is_reaped_and_replaced() {
 
 #[test]
 fn a_worker_killed_by_a_real_time_signal_is_restarted_in_its_slot() {
-    let panzer =
-        Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &example("server")]);
+    let panzer = Panzer::new(example("server")).count(1).notify().start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let old = get(port, "/").unwrap().pid();
@@ -400,10 +370,8 @@ fn a_worker_killed_by_a_real_time_signal_is_restarted_in_its_slot() {
 #[test]
 fn a_monitor_stopped_by_a_stray_sigterm_during_generation_1_s_start_is_replaced() {
     for signal in [Signal::SIGTERM, Signal::SIGHUP] {
-        let mut panzer = Panzer::start_with_env(
-            &["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", &example("server")],
-            &[("READY_DELAY_MS", "2000")],
-        );
+        let mut panzer =
+            Panzer::new(example("server")).count(2).notify().env("READY_DELAY_MS", "2000").start();
         let port = panzer.port(0);
         let monitor = eventually(PATIENCE, "the first monitor", || panzer.monitors().first().copied());
         assert!(!panzer.log().contains("generation 1 ready"), "generation 1 was ready before the signal");
@@ -425,8 +393,7 @@ fn a_monitor_stopped_by_a_stray_sigterm_during_generation_1_s_start_is_replaced(
 
 #[test]
 fn monitors_are_named_panzer() {
-    let panzer =
-        Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &example("server")]);
+    let panzer = Panzer::new(example("server")).count(1).notify().start();
     panzer.wait_ready(1);
     let monitor = eventually(PATIENCE, "the monitor", || panzer.monitors().first().copied());
     let comm = std::fs::read_to_string(format!("/proc/{monitor}/comm")).unwrap();
@@ -488,19 +455,7 @@ fn stray_signals() -> Vec<(i32, Vec<String>)> {
 
 #[test]
 fn a_stray_signal_does_not_kill_main() {
-    let start = || {
-        Panzer::start(&[
-            "--bind",
-            "127.0.0.1:0",
-            "--count",
-            "2",
-            "--ready",
-            "notify",
-            "--pid-file",
-            "{dir}/panzer.pid",
-            &example("server"),
-        ])
-    };
+    let start = || Panzer::new(example("server")).count(2).notify().pid_file().start();
     let mut panzer = start();
     panzer.wait_ready(1);
     let mut port = panzer.port(0);

@@ -5,7 +5,7 @@ use nix::sys::signal::{kill, Signal};
 use crate::harness::*;
 
 fn server(count: &str) -> Panzer {
-    Panzer::start(&["--bind", "127.0.0.1:0", "--count", count, "--ready", "100ms", &example("server")])
+    Panzer::new(example("server")).count(count).ready("100ms").start()
 }
 
 #[test]
@@ -42,7 +42,7 @@ fn a_killed_worker_is_replaced_in_the_same_slot() {
 
 #[test]
 fn a_crash_loop_backs_off_and_generation_one_failing_exits_1() {
-    let mut panzer = Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "false"]);
+    let mut panzer = Panzer::new("false").count(1).start();
     panzer.wait_for_line("restarting in 100ms");
     panzer.wait_for_line("restarting in 200ms");
     panzer.wait_for_line("restarting in 400ms");
@@ -115,17 +115,11 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
 
 #[test]
 fn a_worker_that_ignores_sigterm_is_killed_after_the_graceful_timeout() {
-    let mut panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "1",
-        "--ready",
-        "100ms",
-        "--graceful-timeout",
-        "300ms",
-        &example("stubborn"),
-    ]);
+    let mut panzer = Panzer::new(example("stubborn"))
+        .count(1)
+        .ready("100ms")
+        .args(&["--graceful-timeout", "300ms"])
+        .start();
     panzer.wait_ready(1);
     panzer.signal(Signal::SIGTERM);
     panzer.wait_for_line("ignoring SIGTERM");
@@ -138,20 +132,12 @@ fn a_worker_that_ignores_sigterm_is_killed_after_the_graceful_timeout() {
 
 #[test]
 fn a_slow_drain_is_waited_for_not_killed() {
-    let mut panzer = Panzer::start_with_env(
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--count",
-            "2",
-            "--ready",
-            "100ms",
-            "--graceful-timeout",
-            "20s",
-            &example("slow_drain"),
-        ],
-        &[("DRAIN_MS", "700")],
-    );
+    let mut panzer = Panzer::new(example("slow_drain"))
+        .count(2)
+        .ready("100ms")
+        .args(&["--graceful-timeout", "20s"])
+        .env("DRAIN_MS", "700")
+        .start();
     panzer.wait_ready(1);
     let tree = panzer.descendants();
     panzer.signal(Signal::SIGTERM);
@@ -167,8 +153,7 @@ fn a_slow_drain_is_waited_for_not_killed() {
 #[test]
 fn with_a_ready_duration_only_time_alive_counts_not_an_early_ready_1() {
     // the server sends READY=1 at once; with --ready 400ms that must not count.
-    let panzer =
-        Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "400ms", &example("server")]);
+    let panzer = Panzer::new(example("server")).count(1).ready("400ms").start();
     let line = panzer.wait_for_line("generation 1 ready");
     // `generation 1 ready: 1/1 workers in 401 ms (alive 400ms)`
     let ms: u64 =
@@ -182,8 +167,10 @@ fn the_command_may_follow_the_double_dash_as_einhorn_and_start_server_users_writ
     // the command, and everything after it goes to the command, options
     // that look like panzer's included.
     let script = r#"echo "args: $*"; exec sleep 1000"#;
-    let mut panzer =
-        Panzer::start(&["--count", "2", "--ready", "50ms", "--", "sh", "-c", script, "sh", "--count", "3"]);
+    let mut panzer = Panzer::with_args(&[
+        "--count", "2", "--ready", "50ms", "--", "sh", "-c", script, "sh", "--count", "3",
+    ])
+    .start();
     panzer.wait_ready(1);
     assert_eq!(panzer.wait_for_lines("args: --count 3", 2).len(), 2);
     assert!(panzer.log().contains("ready: 2/2 workers"), "{}", panzer.log());
@@ -191,8 +178,10 @@ fn the_command_may_follow_the_double_dash_as_einhorn_and_start_server_users_writ
     assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0));
 
     // The other form keeps working: options after COMMAND are panzer's.
-    let panzer =
-        Panzer::start(&["sh", "--count", "2", "--ready", "50ms", "--", "-c", script, "sh", "--port", "1"]);
+    let panzer = Panzer::with_args(&[
+        "sh", "--count", "2", "--ready", "50ms", "--", "-c", script, "sh", "--port", "1",
+    ])
+    .start();
     panzer.wait_ready(1);
     assert_eq!(panzer.wait_for_lines("args: --port 1", 2).len(), 2);
     assert!(panzer.log().contains("ready: 2/2 workers"), "{}", panzer.log());

@@ -97,14 +97,13 @@ const FLOOD: &str = "line written by a worker that floods its output";
 /// on `SIGTERM`, as if the pipe were read.
 fn a_flood_into_a_pipe_nobody_reads_stops_nothing(tag_output: bool) {
     let (mut pipe, out) = StuckPipe::new();
-    let mut args = vec!["--count", "2", "--ready", "100ms", "--graceful-timeout", "10s"];
-    args.extend(["--pid-file", "{dir}/panzer.pid"]);
+    let mut command =
+        Panzer::new("sh").no_bind().count(2).ready("100ms").args(&["--graceful-timeout", "10s"]).pid_file();
     if tag_output {
-        args.push("--tag-output");
+        command = command.arg("--tag-output");
     }
     let flood = format!("exec yes {FLOOD}");
-    args.extend(["sh", "--", "-c", &flood]);
-    let mut panzer = Panzer::start_writing_to(&args, out);
+    let mut panzer = command.command_args(&["--", "-c", &flood]).writing_to(out).start();
     eventually(PATIENCE, "the pipe to fill up", || pipe.is_full().then_some(()));
     ready_workers(&panzer, 1, 2);
     // Full and staying full: the workers write more than anyone reads.
@@ -182,10 +181,13 @@ fn log_lines_dropped_while_stderr_is_stuck_are_counted_once_it_drains() {
     // is queued on its own (real-time signals are not merged).
     const SIGNALS: usize = 3000;
     let (mut pipe, out) = StuckPipe::new();
-    let panzer = Panzer::start_writing_to(
-        &["--count", "1", "--ready", "100ms", "sh", "--", "-c", "exec sleep 1000"],
-        out,
-    );
+    let panzer = Panzer::new("sh")
+        .no_bind()
+        .count(1)
+        .ready("100ms")
+        .command_args(&["--", "-c", "exec sleep 1000"])
+        .writing_to(out)
+        .start();
     ready_workers(&panzer, 1, 1);
     pipe.fill();
     assert!(pipe.is_full());

@@ -70,17 +70,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 fn metrics_match_the_status_after_a_good_and_a_failed_reload() {
     let dir = TestDir::new("metrics-deploy");
     let deploy = Deploy::new(&dir);
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "2",
-        "--ready",
-        "notify",
-        "--pid-file",
-        "{dir}/panzer.pid",
-        deploy.path(),
-    ]);
+    let panzer = Panzer::new(deploy.path()).count(2).notify().pid_file().start();
     panzer.wait_ready(1);
     assert_eq!(panzer.ctl_by_pid_file(&["reload"]).code, 0);
     deploy.set("FAIL_ON_START=1");

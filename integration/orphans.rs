@@ -9,17 +9,8 @@ use crate::harness::*;
 #[test]
 fn status_lists_the_workers_of_a_dead_monitor_as_orphans_until_they_are_killed() {
     // stubborn ignores SIGTERM, so it outlives its monitor until SIGKILL.
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "1",
-        "--ready",
-        "notify",
-        "--graceful-timeout",
-        "2s",
-        &example("stubborn"),
-    ]);
+    let panzer =
+        Panzer::new(example("stubborn")).count(1).notify().args(&["--graceful-timeout", "2s"]).start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let old = get(port, "/").unwrap().pid();

@@ -39,10 +39,7 @@ impl App {
 }
 
 fn start(app: &App, count: &str, extra: &[&str]) -> Panzer {
-    let mut args = vec!["--preload", "--bind", "127.0.0.1:0", "--count", count];
-    args.extend_from_slice(extra);
-    args.push(app.path());
-    Panzer::start(&args)
+    Panzer::new(app.path()).arg("--preload").count(count).args(extra).start()
 }
 
 /// The `Key:` value of a `/proc/PID/status`-like file, first word.
@@ -234,10 +231,7 @@ fn the_example_without_panzer_says_how_to_start_it_or_serves_on_listen_fds() {
     assert!(stderr.contains("LISTEN_FDS"), "{stderr}");
 
     // Exec mode hands it sockets the systemd way: it serves as one worker.
-    let mut panzer = Panzer::start_with_env(
-        &["--bind", "127.0.0.1:0", "--count", "1", &example("preload")],
-        &[("PRELOAD_MB", "1")],
-    );
+    let mut panzer = Panzer::new(example("preload")).count(1).env("PRELOAD_MB", "1").start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let r = get(port, "/").unwrap();
@@ -252,16 +246,7 @@ fn the_example_without_panzer_says_how_to_start_it_or_serves_on_listen_fds() {
 
 #[test]
 fn the_tokio_example_finishes_a_request_in_flight_when_a_reload_drains_it() {
-    let mut panzer = Panzer::start(&[
-        "--preload",
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "2",
-        "--pid-file",
-        "{dir}/panzer.pid",
-        &example("preload_tokio"),
-    ]);
+    let mut panzer = Panzer::new(example("preload_tokio")).arg("--preload").count(2).pid_file().start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let first = get(port, "/").unwrap();
@@ -294,10 +279,12 @@ fn a_file_the_app_opened_before_run_is_still_that_file_in_its_workers() {
     // Padding puts the log's fd where a worker opens its own fds; each
     // count shifts it to another of them.
     for pad in ["0", "6"] {
-        let mut panzer = Panzer::start_with_env(
-            &["--preload", "--bind", "127.0.0.1:0", "--count", "1", &example("preload_file")],
-            &[("PRELOAD_FILE", &file_env), ("PRELOAD_PAD", pad)],
-        );
+        let mut panzer = Panzer::new(example("preload_file"))
+            .arg("--preload")
+            .count(1)
+            .env("PRELOAD_FILE", &file_env)
+            .env("PRELOAD_PAD", pad)
+            .start();
         let port = panzer.port(0);
         panzer.wait_ready(1);
         for _ in 0..2 {

@@ -23,11 +23,12 @@ fn monitors_and_workers_run_as_the_given_user() {
     let dir = TestDir::new("xdg");
     let runtime = dir.join("run");
     std::fs::DirBuilder::new().mode(0o700).create(&runtime).unwrap();
-    let args = "--bind 127.0.0.1:0 --count 2 --ready notify --user 65534 --group 65534";
-    let server = example("server");
-    let mut args: Vec<&str> = args.split(' ').collect();
-    args.push(&server);
-    let mut panzer = Panzer::start_with_env(&args, &[("XDG_RUNTIME_DIR", runtime.to_str().unwrap())]);
+    let mut panzer = Panzer::new(example("server"))
+        .count(2)
+        .notify()
+        .args(&["--user", "65534", "--group", "65534"])
+        .env("XDG_RUNTIME_DIR", runtime.to_str().unwrap())
+        .start();
     let port = panzer.port(0);
     // notify mode: the workers reached their monitor's socket as that user.
     panzer.wait_ready(1);
@@ -43,7 +44,7 @@ fn monitors_and_workers_run_as_the_given_user() {
 
 #[test]
 fn an_unknown_user_is_a_usage_error() {
-    let mut panzer = Panzer::start(&["--user", "no-such-user-here", "sleep"]);
+    let mut panzer = Panzer::with_args(&["--user", "no-such-user-here", "sleep"]).start();
     assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(2));
     assert_eq!(panzer.log().trim(), "panzer: --user no-such-user-here: no such user");
 }

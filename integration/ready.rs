@@ -24,13 +24,11 @@ fn reason(line: &str) -> &str {
 /// Starts `command` as two workers with `--ready ready` (none: the default)
 /// and waits for generation 1; returns panzer and the reason logged.
 fn start(ready: Option<&str>, command: &[&str], env: &[(&str, &str)]) -> (Panzer, String) {
-    let mut args = vec!["--bind", "127.0.0.1:0", "--count", "2"];
+    let mut panzer = Panzer::new(command[0]).count(2);
     if let Some(ready) = ready {
-        args.extend(["--ready", ready]);
+        panzer = panzer.ready(ready);
     }
-    args.push("--");
-    args.extend_from_slice(command);
-    let panzer = Panzer::start_with_env(&args, env);
+    let panzer = panzer.arg("--").command_args(&command[1..]).envs(env).start();
     panzer.wait_ready(1);
     let line = reason_line(&panzer, 1);
     (panzer, reason(&line).to_owned())

@@ -143,10 +143,13 @@ impl Load {
 /// Runs `command` as panzer's workers (`--ready ready`, two workers) and
 /// checks the whole life: serve, reload under load, stop.
 fn serves_reloads_and_stops(ready: &str, command: &[&str], env: &[(&str, &str)]) {
-    let mut args =
-        vec!["--bind", "127.0.0.1:0", "--count", "2", "--ready", ready, "--graceful-timeout", "10s", "--"];
-    args.extend_from_slice(command);
-    let mut panzer = Panzer::start_with_env(&args, env);
+    let mut panzer = Panzer::new(command[0])
+        .count(2)
+        .ready(ready)
+        .args(&["--graceful-timeout", "10s", "--"])
+        .command_args(&command[1..])
+        .envs(env)
+        .start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let first = distinct_pids(port, 2);

@@ -9,10 +9,7 @@ use nix::sys::signal::{kill, Signal};
 use crate::harness::*;
 
 fn start(deploy: &Deploy, count: &str, extra: &[&str]) -> Panzer {
-    let mut args = vec!["--bind", "127.0.0.1:0", "--count", count, "--ready", "notify"];
-    args.extend_from_slice(extra);
-    args.push(deploy.path());
-    Panzer::start(&args)
+    Panzer::new(deploy.path()).count(count).notify().args(extra).start()
 }
 
 fn pids(port: u16, n: usize) -> Vec<nix::unistd::Pid> {

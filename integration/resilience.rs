@@ -10,7 +10,7 @@ use nix::sys::signal::{kill, Signal};
 use crate::harness::*;
 
 fn start(deploy: &Deploy, ready: &str) -> Panzer {
-    Panzer::start(&["--bind", "127.0.0.1:0", "--count", "2", "--ready", ready, deploy.path()])
+    Panzer::new(deploy.path()).count(2).ready(ready).start()
 }
 
 fn monitor(panzer: &Panzer) -> nix::unistd::Pid {
@@ -159,7 +159,7 @@ fn a_server_behind_a_wrapper_drains_when_its_monitor_died_and_a_replacement_took
     let deploy = Deploy::new(&dir);
     let wrapper = format!("#!/bin/sh\nsh -c 'LISTEN_PID=$$ exec {}'\n", example("server"));
     std::fs::write(&deploy.0, wrapper).unwrap();
-    let panzer = Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "300ms", deploy.path()]);
+    let panzer = Panzer::new(deploy.path()).count(1).ready("300ms").start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let server = get(port, "/").unwrap().pid();

@@ -214,10 +214,7 @@ fn rollout(delay: &str) -> Option<(u32, Vec<String>)> {
         return None;
     }
     let start = || {
-        let server = example("server");
-        let args = ["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0", "--count", "2", "--ready"];
-        let args: Vec<&str> = args.into_iter().chain(["notify", "--stop-delay", delay, &server]).collect();
-        let panzer = Panzer::start(&args);
+        let panzer = crate::stopping::lame_duck(delay, &[]);
         let ports = (panzer.port(0), panzer.admin_port());
         panzer.wait_ready(1);
         (panzer, ports)

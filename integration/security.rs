@@ -84,15 +84,10 @@ fn the_pid_file_is_never_written_through_a_planted_symlink() {
         std::os::unix::fs::symlink(&victim, &link).unwrap();
         give_to_nobody(&link);
     }
-    let mut panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-        "sleep",
-        "--",
-        "1000",
-    ]);
+    let mut panzer = Panzer::new("sleep")
+        .args(&["--pid-file", pid_file.to_str().unwrap()])
+        .command_args(&["--", "1000"])
+        .start();
     panzer.wait_for_line("control socket at ");
     eventually(PATIENCE, "the pid file", || {
         (std::fs::read_to_string(&pid_file).ok()?.trim() == panzer.pid.to_string()).then_some(())
@@ -117,15 +112,10 @@ fn a_fifo_planted_as_the_pid_file_is_refused_at_once_not_waited_on() {
     let pid_file = shared.join("app.pid");
     nix::unistd::mkfifo(&pid_file, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
     give_to_nobody(&pid_file);
-    let mut panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-        "sleep",
-        "--",
-        "1000",
-    ]);
+    let mut panzer = Panzer::new("sleep")
+        .args(&["--pid-file", pid_file.to_str().unwrap()])
+        .command_args(&["--", "1000"])
+        .start();
     let (code, log) = fails(&mut panzer);
     assert_ne!(code, 0, "{log}");
     assert!(log.contains("is not a regular file"), "{log}");
@@ -145,15 +135,10 @@ fn a_pid_file_another_user_filled_with_a_running_pid_does_not_block_the_start() 
     // pid 1 runs, and so does this test: neither is a panzer.
     std::fs::write(&pid_file, "1\n").unwrap();
     give_to_nobody(&pid_file);
-    let mut panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-        "sleep",
-        "--",
-        "1000",
-    ]);
+    let mut panzer = Panzer::new("sleep")
+        .args(&["--pid-file", pid_file.to_str().unwrap()])
+        .command_args(&["--", "1000"])
+        .start();
     eventually(PATIENCE, "the pid file to name panzer", || {
         if let Some(status) = panzer.exited() {
             panic!("panzer exited ({status}):\n{}", panzer.log());
@@ -172,15 +157,10 @@ fn a_pid_file_in_a_directory_anyone_may_write_is_refused() {
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
     let pid_file = open.join("app.pid");
-    let mut panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-        "sleep",
-        "--",
-        "1000",
-    ]);
+    let mut panzer = Panzer::new("sleep")
+        .args(&["--pid-file", pid_file.to_str().unwrap()])
+        .command_args(&["--", "1000"])
+        .start();
     let (code, log) = fails(&mut panzer);
     assert_eq!(code, 2, "{log}");
     assert_eq!(log.trim().lines().count(), 1, "{log}");
@@ -218,10 +198,8 @@ fn files_planted_for_the_next_pids_do_not_block_the_default_control_socket() {
     std::fs::set_permissions(&squat, std::fs::Permissions::from_mode(0o777)).unwrap();
     give_to_nobody(&squat);
     let env = [("XDG_RUNTIME_DIR", ""), ("TMPDIR", tmp.to_str().unwrap())];
-    let mut panzer = Panzer::start_with_env(
-        &["--bind", "127.0.0.1:0", "--count", "1", "--pid-file", "{dir}/panzer.pid", "sleep", "--", "1000"],
-        &env,
-    );
+    let mut panzer =
+        Panzer::new("sleep").count(1).pid_file().command_args(&["--", "1000"]).envs(&env).start();
     let control = control_path(&panzer);
     // root's private dir, which no other user can create or enter.
     assert_eq!(control, PathBuf::from(format!("/run/panzer/{}.sock", panzer.pid)));
@@ -270,21 +248,12 @@ fn a_squatted_private_dir_is_refused_never_followed() {
         let private = tmp.join(format!("panzer-{NOBODY}"));
         squat(&private, &lure);
         let panzer = env!("CARGO_BIN_EXE_panzer");
-        let mut panzer = Panzer::start_via(
-            "setpriv",
-            &[
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                panzer,
-                "--bind",
-                "127.0.0.1:0",
-                "sleep",
-                "--",
-                "1000",
-            ],
-            &[("XDG_RUNTIME_DIR", ""), ("TMPDIR", tmp.to_str().unwrap())],
-        );
+        let mut panzer = Panzer::new("sleep")
+            .command_args(&["--", "1000"])
+            .via("setpriv", &["--reuid=65534", "--regid=65534", "--clear-groups", panzer])
+            .env("XDG_RUNTIME_DIR", "")
+            .env("TMPDIR", tmp.to_str().unwrap())
+            .start();
         let (code, log) = fails(&mut panzer);
         assert_eq!(code, 71, "{what}: {log}");
         assert_eq!(log.trim().lines().count(), 1, "{what}: {log}");
@@ -298,10 +267,9 @@ fn a_squatted_private_dir_is_refused_never_followed() {
 fn leftovers_of_a_killed_panzer_are_removed_by_the_next_one() {
     let runtime = TestDir::new("leftovers");
     let env = [("XDG_RUNTIME_DIR", runtime.0.to_str().unwrap())];
-    let args = ["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", "{hello}"];
     let hello = example("hello");
-    let args: Vec<&str> = args.iter().map(|a| if *a == "{hello}" { hello.as_str() } else { a }).collect();
-    let mut first = Panzer::start_with_env(&args, &env);
+    let start = || Panzer::new(hello.as_str()).count(1).notify().envs(&env).start();
+    let mut first = start();
     first.wait_ready(1);
     let private = runtime.join("panzer");
     let socket = private.join(format!("{}.sock", first.pid));
@@ -316,7 +284,7 @@ fn leftovers_of_a_killed_panzer_are_removed_by_the_next_one() {
     drop(first); // reaps it: its pid is free now
     assert!(socket.exists() && notify_dir.exists(), "kill -9 left nothing behind?");
 
-    let second = Panzer::start_with_env(&args, &env);
+    let second = start();
     second.wait_for_line("control socket at ");
     assert!(!socket.exists(), "the dead panzer's control socket is still there");
     assert!(!notify_dir.exists(), "the dead panzer's notify dir is still there");
@@ -326,17 +294,8 @@ fn leftovers_of_a_killed_panzer_are_removed_by_the_next_one() {
 
 #[test]
 fn unknown_fields_and_commands_are_refused_and_do_nothing() {
-    let mut panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "1",
-        "--ready",
-        "notify",
-        "--control",
-        "{dir}/ctl.sock",
-        &example("hello"),
-    ]);
+    let mut panzer =
+        Panzer::new(example("hello")).count(1).notify().args(&["--control", "{dir}/ctl.sock"]).start();
     panzer.wait_ready(1);
     let control = panzer.dir.join("ctl.sock");
     for (line, culprit) in [
@@ -367,18 +326,14 @@ fn unknown_fields_and_commands_are_refused_and_do_nothing() {
 
 #[test]
 fn counts_above_the_ceiling_are_usage_errors() {
-    let mut panzer =
-        Panzer::start(&["--count", "4294967295", "--bind", "127.0.0.1:0", "sleep", "--", "1000"]);
+    let mut panzer = Panzer::new("sleep").count("4294967295").command_args(&["--", "1000"]).start();
     let (code, log) = fails(&mut panzer);
     assert_eq!(code, 2, "{log}");
     assert_eq!(log.trim().lines().count(), 1, "{log}");
     assert!(log.contains("--count 4294967295: at most "), "{log}");
     assert!(panzer.descendants().is_empty());
 
-    let mut panzer = Panzer::start_with_env(
-        &["--bind", "127.0.0.1:0", "sleep", "--", "1000"],
-        &[("PANZER_COUNT", "5000")],
-    );
+    let mut panzer = Panzer::new("sleep").command_args(&["--", "1000"]).env("PANZER_COUNT", "5000").start();
     let (code, log) = fails(&mut panzer);
     assert_eq!(code, 2, "{log}");
     assert!(log.contains("5000: at most "), "{log}");
@@ -386,17 +341,8 @@ fn counts_above_the_ceiling_are_usage_errors() {
 
 #[test]
 fn scale_above_the_ceiling_is_refused() {
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "1",
-        "--ready",
-        "notify",
-        "--control",
-        "{dir}/ctl.sock",
-        &example("hello"),
-    ]);
+    let panzer =
+        Panzer::new(example("hello")).count(1).notify().args(&["--control", "{dir}/ctl.sock"]).start();
     panzer.wait_ready(1);
     let control = panzer.dir.join("ctl.sock");
     let control = control.to_str().unwrap();
@@ -411,17 +357,11 @@ fn scale_above_the_ceiling_is_refused() {
 
 #[test]
 fn idle_clients_never_lock_out_the_operator() {
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "1",
-        "--control",
-        "{dir}/ctl.sock",
-        "sleep",
-        "--",
-        "1000",
-    ]);
+    let panzer = Panzer::new("sleep")
+        .count(1)
+        .args(&["--control", "{dir}/ctl.sock"])
+        .command_args(&["--", "1000"])
+        .start();
     panzer.wait_for_line("control socket at ");
     let control = panzer.dir.join("ctl.sock");
     let idle: Vec<UnixStream> = (0..100).map(|_| UnixStream::connect(&control).unwrap()).collect();
@@ -454,18 +394,7 @@ s.send(b"STATUS=" + b"\x01" * 4000)
 s.send(b"READY=1")
 time.sleep(1000)
 "#;
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "1",
-        "--ready",
-        "notify",
-        "python3",
-        "--",
-        "-c",
-        script,
-    ]);
+    let panzer = Panzer::new("python3").count(1).notify().command_args(&["--", "-c", script]).start();
     panzer.wait_ready(1);
     let log = panzer.log();
     let warnings: Vec<&str> = log.lines().filter(|l| l.contains("not text")).collect();
@@ -601,7 +530,7 @@ fn mutated_command_lines_never_crash_panzer() {
         let argv = mutate(&base, &mut rng);
         let mut args: Vec<&str> = vec!["-c", "cd \"$0\" && exec \"$@\"", "{dir}", panzer];
         args.extend(argv.iter().map(String::as_str));
-        let panzer = Panzer::start_via("sh", &args, &[]);
+        let panzer = Panzer::with_args(&args).via("sh", &[]).start();
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
         let status = loop {
             if let Some(status) = exit_of(&panzer) {
@@ -650,17 +579,11 @@ fn another_user_hammering_an_open_control_socket_cannot_flood_the_log() {
     let dir = TestDir::new("ctl-flood");
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
     let control = dir.join("ctl.sock");
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--control",
-        control.to_str().unwrap(),
-        "--count",
-        "1",
-        "sleep",
-        "--",
-        "1000",
-    ]);
+    let panzer = Panzer::new("sleep")
+        .args(&["--control", control.to_str().unwrap()])
+        .count(1)
+        .command_args(&["--", "1000"])
+        .start();
     panzer.wait_for_line("control socket at ");
     std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();
     // The system python: a per-user one (pyenv under /root) is out of reach for uid 65534.

@@ -17,11 +17,8 @@ use crate::systemd::FakeSystemd;
 /// How soon a connection made after the drain began must be refused.
 const REFUSED_WITHIN: Duration = Duration::from_millis(50);
 
-fn lame_duck(delay: &str, env: &[(&str, &str)]) -> Panzer {
-    let server = example("server");
-    let args = ["--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0", "--count", "2", "--ready", "notify"];
-    let args: Vec<&str> = args.into_iter().chain(["--stop-delay", delay, &server]).collect();
-    Panzer::start_with_env(&args, env)
+pub(crate) fn lame_duck(delay: &str, env: &[(&str, &str)]) -> Panzer {
+    Panzer::new(example("server")).admin().count(2).notify().args(&["--stop-delay", delay]).envs(env).start()
 }
 
 #[test]
@@ -135,10 +132,7 @@ fn assert_refused_at_once(connect: impl Fn() -> std::io::Result<()>, what: &str)
 
 #[test]
 fn a_connection_after_the_drain_began_is_refused_at_once_not_held_and_reset() {
-    let panzer = Panzer::start_with_env(
-        &["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", &example("slow_drain")],
-        &[("DRAIN_MS", "3000")],
-    );
+    let panzer = Panzer::new(example("slow_drain")).count(2).notify().env("DRAIN_MS", "3000").start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     panzer.signal(Signal::SIGTERM);
@@ -150,10 +144,7 @@ fn a_connection_after_the_drain_began_is_refused_at_once_not_held_and_reset() {
 
 #[test]
 fn after_a_reload_and_an_upgrade_the_socket_still_listens_and_a_stop_still_refuses() {
-    let panzer = Panzer::start_with_env(
-        &["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &example("slow_drain")],
-        &[("DRAIN_MS", "3000")],
-    );
+    let panzer = Panzer::new(example("slow_drain")).count(1).notify().env("DRAIN_MS", "3000").start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     for command in ["reload", "upgrade"] {
@@ -169,17 +160,8 @@ fn after_a_reload_and_an_upgrade_the_socket_still_listens_and_a_stop_still_refus
 
 #[test]
 fn a_unix_socket_refuses_at_once_too_once_the_drain_began() {
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--bind",
-        "unix:{dir}/web.sock",
-        "--count",
-        "1",
-        "--ready",
-        "notify",
-        &example("server"),
-    ]);
+    let panzer =
+        Panzer::new(example("server")).args(&["--bind", "unix:{dir}/web.sock"]).count(1).notify().start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     // A slow request keeps the worker draining.
@@ -207,8 +189,7 @@ struct Attempt {
 
 #[test]
 fn a_stop_under_load_refuses_what_comes_after_the_drain_began_and_loses_at_most_its_backlog() {
-    let mut panzer =
-        Panzer::start(&["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", &example("server")]);
+    let mut panzer = Panzer::new(example("server")).count(2).notify().start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let mut log = panzer.watch_log();

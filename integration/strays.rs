@@ -56,15 +56,11 @@ fn sidecar(panzer: &Panzer) -> Pid {
     })
 }
 
-/// Starts panzer with one wrapped worker on `bind`.
-fn start(bind: &str, extra: &[&str], sidecar: Sidecar) -> Panzer {
-    let mut args: Vec<String> =
-        ["--bind", bind, "--count", "1", "--ready", "notify"].map(String::from).to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push("--".into());
-    args.extend(wrapper(sidecar));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Panzer::start(&args)
+/// panzer with one wrapped worker, to start.
+fn wrapped(extra: &[&str], sidecar: Sidecar) -> PanzerCommand {
+    let wrapper = wrapper(sidecar);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    Panzer::new(wrapper[0]).count(1).notify().args(extra).arg("--").command_args(&wrapper[1..])
 }
 
 /// `kill -9` of main and its monitor together: both are stopped first, so
@@ -104,7 +100,7 @@ fn a_background_child_of_a_worker_dies_within_2s_of_kill_9_of_main_and_monitor()
     // A graceful timeout far beyond the deadline: only the drain signal,
     // never a timeout, can end the sidecar in time.
     for run in 1..=3 {
-        let mut panzer = start("127.0.0.1:0", &["--graceful-timeout", "60s"], Sidecar::Background);
+        let mut panzer = wrapped(&["--graceful-timeout", "60s"], Sidecar::Background).start();
         let port = panzer.port(0);
         panzer.wait_ready(1);
         let _sweep = Sweep(panzer.dir.0.clone());
@@ -124,7 +120,7 @@ fn a_background_child_of_a_worker_dies_within_2s_of_kill_9_of_main_and_monitor()
         assert_all_gone(&panzer, &tree, &groups);
 
         // The next panzer binds the same port and serves, with nothing to end.
-        let next = start(&format!("127.0.0.1:{port}"), &[], Sidecar::Background);
+        let next = wrapped(&[], Sidecar::Background).bind(format!("127.0.0.1:{port}")).start();
         next.wait_ready(1);
         assert_eq!(get(port, "/").unwrap().status, 200, "run {run}");
         assert!(!next.log().contains("left by"), "run {run}: nothing was left to end:\n{}", next.log());
@@ -137,7 +133,7 @@ fn with_user_a_background_child_that_ignores_the_drain_signal_dies_at_the_gracef
         return eprintln!("skipped: needs root for --user");
     }
     let extra = ["--graceful-timeout", "3s", "--user", "65534", "--group", "65534"];
-    let mut panzer = start("127.0.0.1:0", &extra, Sidecar::IgnoresTerm);
+    let mut panzer = wrapped(&extra, Sidecar::IgnoresTerm).start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let _sweep = Sweep(panzer.dir.0.clone());
@@ -159,7 +155,7 @@ fn with_user_a_background_child_that_ignores_the_drain_signal_dies_at_the_gracef
 
 #[test]
 fn a_child_that_left_the_generations_group_is_ended_by_the_next_panzer_on_its_port() {
-    let mut panzer = start("127.0.0.1:0", &["--graceful-timeout", "60s"], Sidecar::Escapes);
+    let mut panzer = wrapped(&["--graceful-timeout", "60s"], Sidecar::Escapes).start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let _sweep = Sweep(panzer.dir.0.clone());
@@ -173,7 +169,7 @@ fn a_child_that_left_the_generations_group_is_ended_by_the_next_panzer_on_its_po
     eventually(PATIENCE, "the worker to drain and exit", || (!alive(worker)).then_some(()));
     assert!(alive(stray), "the sidecar is gone: this test shows nothing\n{}", panzer.log());
 
-    let next = start(&format!("127.0.0.1:{port}"), &[], Sidecar::Background);
+    let next = wrapped(&[], Sidecar::Background).bind(format!("127.0.0.1:{port}")).start();
     next.wait_ready(1);
     let said = next.wait_for_line("left by");
     assert!(said.contains(&format!("pid {stray}")) && said.contains(&format!("127.0.0.1:{port}")), "{said}");
@@ -185,8 +181,7 @@ fn a_child_that_left_the_generations_group_is_ended_by_the_next_panzer_on_its_po
 
 #[test]
 fn a_worker_knows_itself_by_the_pid_status_and_ps_show() {
-    let panzer =
-        Panzer::start(&["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", &example("hello")]);
+    let panzer = Panzer::new(example("hello")).count(2).notify().start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let status = panzer.status();

@@ -117,20 +117,12 @@ fn assert_successor_served_first(panzer: &Panzer, old: i32, new: i32, signal: &s
 
 #[test]
 fn the_drain_signal_reaches_workers_on_reload_and_on_stop_and_sigterm_never_does() {
-    let mut panzer = Panzer::start_with_env(
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--count",
-            "2",
-            "--ready",
-            "notify",
-            "--drain-signal",
-            "USR2",
-            &example("server"),
-        ],
-        &[("DRAIN_SIGNALS", "USR2")],
-    );
+    let mut panzer = Panzer::new(example("server"))
+        .count(2)
+        .notify()
+        .args(&["--drain-signal", "USR2"])
+        .env("DRAIN_SIGNALS", "USR2")
+        .start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let first = distinct_pids(port, 2);
@@ -159,7 +151,7 @@ fn the_drain_signal_reaches_workers_on_reload_and_on_stop_and_sigterm_never_does
 fn kill_and_unknown_drain_signals_are_usage_errors() {
     for (signal, says) in [("KILL", "SIGKILL cannot be a drain signal"), ("BOGUS", "invalid signal 'BOGUS'")]
     {
-        let mut panzer = Panzer::start(&["--drain-signal", signal, &example("server")]);
+        let mut panzer = Panzer::new(example("server")).no_bind().args(&["--drain-signal", signal]).start();
         let status = panzer.wait_exit(PATIENCE);
         assert_eq!(status.code(), Some(2), "--drain-signal {signal}");
         assert!(panzer.log().contains(says), "{}", panzer.log());
@@ -170,20 +162,13 @@ fn kill_and_unknown_drain_signals_are_usage_errors() {
 fn a_worker_that_stops_sending_watchdog_is_replaced_and_status_never_shows_fewer_ready() {
     let fault = TestDir::new("watchdog");
     let once = fault.join("once");
-    let panzer = Panzer::start_with_env(
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--count",
-            "2",
-            "--ready",
-            "notify",
-            "--health-timeout",
-            "1s",
-            &example("server"),
-        ],
-        &[("WATCHDOG_STOP_MS", "300"), ("FAULT_ONCE", once.to_str().unwrap())],
-    );
+    let panzer = Panzer::new(example("server"))
+        .count(2)
+        .notify()
+        .args(&["--health-timeout", "1s"])
+        .env("WATCHDOG_STOP_MS", "300")
+        .env("FAULT_ONCE", once.to_str().unwrap())
+        .start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let load = Load::start(port);
@@ -215,17 +200,8 @@ fn a_worker_that_stops_sending_watchdog_is_replaced_and_status_never_shows_fewer
 
 #[test]
 fn workers_see_the_watchdog_timeout_and_their_own_pid() {
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "1",
-        "--ready",
-        "notify",
-        "--health-timeout",
-        "2500ms",
-        &example("server"),
-    ]);
+    let panzer =
+        Panzer::new(example("server")).count(1).notify().args(&["--health-timeout", "2500ms"]).start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let pid = get(port, "/").unwrap().pid();
@@ -239,20 +215,13 @@ fn workers_see_the_watchdog_timeout_and_their_own_pid() {
 fn a_worker_above_max_rss_is_replaced_under_load_without_a_failed_request() {
     let fault = TestDir::new("rss");
     let once = fault.join("once");
-    let panzer = Panzer::start_with_env(
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--count",
-            "2",
-            "--ready",
-            "notify",
-            "--max-rss",
-            "64M",
-            &example("server"),
-        ],
-        &[("GROW_MB", "96"), ("FAULT_ONCE", once.to_str().unwrap())],
-    );
+    let panzer = Panzer::new(example("server"))
+        .count(2)
+        .notify()
+        .args(&["--max-rss", "64M"])
+        .env("GROW_MB", "96")
+        .env("FAULT_ONCE", once.to_str().unwrap())
+        .start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let load = Load::start(port);
@@ -267,17 +236,7 @@ fn a_worker_above_max_rss_is_replaced_under_load_without_a_failed_request() {
 
 #[test]
 fn max_age_recycles_every_slot_one_at_a_time_without_a_failed_request() {
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "3",
-        "--ready",
-        "notify",
-        "--max-age",
-        "2s",
-        &example("server"),
-    ]);
+    let panzer = Panzer::new(example("server")).count(3).notify().args(&["--max-age", "2s"]).start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let load = Load::start(port);
@@ -326,19 +285,11 @@ fn a_restarted_worker_that_never_gets_ready_is_stopped_and_restarted() {
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "1",
-        "--ready",
-        "notify",
-        "--startup-timeout",
-        "1s",
-        "--graceful-timeout",
-        "2s",
-        script.to_str().unwrap(),
-    ]);
+    let panzer = Panzer::new(script.to_str().unwrap())
+        .count(1)
+        .notify()
+        .args(&["--startup-timeout", "1s", "--graceful-timeout", "2s"])
+        .start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let serving = get(port, "/").unwrap().pid();
@@ -360,19 +311,11 @@ fn a_wrapper_that_does_not_exec_gets_ready_through_its_childs_ready() {
     // `sh -c 'server; true'` keeps the shell as the worker; the server, its
     // child, sends READY=1. (LISTEN_PID names the shell: unset, listenfd
     // takes the sockets without the pid check.)
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "1",
-        "--ready",
-        "notify",
-        "sh",
-        "--",
-        "-c",
-        "unset LISTEN_PID; \"$0\"; true",
-        &example("server"),
-    ]);
+    let panzer = Panzer::new("sh")
+        .count(1)
+        .notify()
+        .command_args(&["--", "-c", "unset LISTEN_PID; \"$0\"; true", &example("server")])
+        .start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let server = get(port, "/").unwrap().pid();

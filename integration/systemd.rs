@@ -59,10 +59,8 @@ impl Drop for FakeSystemd {
 #[test]
 fn readiness_reloads_and_stop_are_announced_to_systemd() {
     let systemd = FakeSystemd::new();
-    let mut panzer = Panzer::start_with_env(
-        &["--bind", "127.0.0.1:0", "--count", "2", "--ready", "notify", &example("server")],
-        &[("NOTIFY_SOCKET", systemd.path())],
-    );
+    let mut panzer =
+        Panzer::new(example("server")).count(2).notify().env("NOTIFY_SOCKET", systemd.path()).start();
     let port = panzer.port(0);
     let first = systemd.until("READY=1");
     let ready = first.last().unwrap();
@@ -85,10 +83,12 @@ fn readiness_reloads_and_stop_are_announced_to_systemd() {
 #[test]
 fn the_watchdog_is_fed_at_half_its_interval() {
     let systemd = FakeSystemd::new();
-    let panzer = Panzer::start_with_env(
-        &["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", &example("server")],
-        &[("NOTIFY_SOCKET", systemd.path()), ("WATCHDOG_USEC", "200000")],
-    );
+    let panzer = Panzer::new(example("server"))
+        .count(1)
+        .notify()
+        .env("NOTIFY_SOCKET", systemd.path())
+        .env("WATCHDOG_USEC", "200000")
+        .start();
     panzer.wait_ready(1);
     systemd.until("WATCHDOG=1");
     systemd.until("WATCHDOG=1");

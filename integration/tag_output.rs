@@ -38,19 +38,12 @@ fn sleeping_workers(panzer: &Panzer) -> Vec<Pid> {
 #[test]
 fn two_workers_lines_come_out_whole_with_the_right_prefix() {
     let script = chatty_worker();
-    let mut panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "2",
-        "--ready",
-        "100ms",
-        "--tag-output",
-        "sh",
-        "--",
-        "-c",
-        &script,
-    ]);
+    let mut panzer = Panzer::new("sh")
+        .count(2)
+        .ready("100ms")
+        .arg("--tag-output")
+        .command_args(&["--", "-c", &script])
+        .start();
     panzer.wait_for_lines(" end", 4 * LINES);
     // Each worker's fd 1 and 2 are its own pipes; nothing else leaked in.
     let workers = eventually(PATIENCE, "two sleeping workers", || {
@@ -98,10 +91,13 @@ fn two_workers_lines_come_out_whole_with_the_right_prefix() {
 
 #[test]
 fn without_tag_output_workers_write_to_panzers_own_stdout_and_stderr() {
-    let panzer = Panzer::start_with_env(
-        &["--count", "2", "--ready", "100ms", "sh", "--", "-c", "echo plain line; exec sleep 1000"],
-        &[("PANZER_TAG_OUTPUT", "0")],
-    );
+    let panzer = Panzer::new("sh")
+        .no_bind()
+        .count(2)
+        .ready("100ms")
+        .command_args(&["--", "-c", "echo plain line; exec sleep 1000"])
+        .env("PANZER_TAG_OUTPUT", "0")
+        .start();
     panzer.wait_for_lines("plain line", 2);
     assert!(panzer.log().lines().any(|l| l == "plain line"), "{}", panzer.log());
     let workers = eventually(PATIENCE, "two sleeping workers", || {
@@ -118,10 +114,13 @@ fn without_tag_output_workers_write_to_panzers_own_stdout_and_stderr() {
 
 #[test]
 fn the_environment_variable_turns_tagging_on_and_a_reload_changes_the_generation_tag() {
-    let panzer = Panzer::start_with_env(
-        &["--count", "1", "--ready", "100ms", "sh", "--", "-c", "echo hello; exec sleep 1000"],
-        &[("PANZER_TAG_OUTPUT", "1")],
-    );
+    let panzer = Panzer::new("sh")
+        .no_bind()
+        .count(1)
+        .ready("100ms")
+        .command_args(&["--", "-c", "echo hello; exec sleep 1000"])
+        .env("PANZER_TAG_OUTPUT", "1")
+        .start();
     panzer.wait_for_line("g1 w0 hello");
     panzer.wait_ready(1);
     panzer.signal(Signal::SIGUSR1);

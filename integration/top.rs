@@ -93,17 +93,8 @@ fn top_shows_every_worker_live_and_gives_the_terminal_back_on_q_and_ctrl_c() {
         eprintln!("skipped: tmux is not installed (.ci/run installs it)");
         return;
     };
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "3",
-        "--ready",
-        "notify",
-        "--control",
-        "{dir}/ctl.sock",
-        &example("server"),
-    ]);
+    let panzer =
+        Panzer::new(example("server")).count(3).notify().args(&["--control", "{dir}/ctl.sock"]).start();
     panzer.wait_ready(1);
     let control = panzer.dir.join("ctl.sock");
     let top =

@@ -79,18 +79,12 @@ impl Install {
     fn start(&self, count: &str, server_env: &str) -> (Panzer, Deploy) {
         let deploy = Deploy(self.dir.join("server.sh"));
         deploy.set(server_env);
-        let args = [
-            "--bind",
-            "127.0.0.1:0",
-            "--count",
-            count,
-            "--ready",
-            "notify",
-            "--pid-file",
-            "{dir}/panzer.pid",
-            deploy.path(),
-        ];
-        let panzer = Panzer::start_via(self.path().to_str().unwrap(), &args, &[]);
+        let panzer = Panzer::new(deploy.path())
+            .count(count)
+            .notify()
+            .pid_file()
+            .via(self.path().to_str().unwrap(), &[])
+            .start();
         panzer.wait_ready(1);
         (panzer, deploy)
     }
@@ -324,9 +318,12 @@ fn systemd_hears_reloading_then_ready_around_an_upgrade_and_the_main_pid_stays()
     let install = Install::new();
     let deploy = Deploy(install.dir.join("server.sh"));
     deploy.set("");
-    let args = ["--bind", "127.0.0.1:0", "--count", "1", "--ready", "notify", deploy.path()];
-    let panzer =
-        Panzer::start_via(install.path().to_str().unwrap(), &args, &[("NOTIFY_SOCKET", systemd.path())]);
+    let panzer = Panzer::new(deploy.path())
+        .count(1)
+        .notify()
+        .via(install.path().to_str().unwrap(), &[])
+        .env("NOTIFY_SOCKET", systemd.path())
+        .start();
     let first = systemd.until("READY=1").join("\n");
     assert!(first.contains(&format!("MAINPID={}", panzer.pid)), "{first}");
     panzer.signal(Signal::SIGUSR2);
@@ -401,18 +398,8 @@ fn a_deploy_that_repoints_a_symlink_upgrades_to_the_binary_it_now_names() {
     point(1);
     let deploy = Deploy::new(&install.dir);
     let via = install.dir.join("current/panzer");
-    let args = [
-        "--bind",
-        "127.0.0.1:0",
-        "--count",
-        "1",
-        "--ready",
-        "notify",
-        "--pid-file",
-        "{dir}/panzer.pid",
-        deploy.path(),
-    ];
-    let panzer = Panzer::start_via(via.to_str().unwrap(), &args, &[]);
+    let panzer =
+        Panzer::new(deploy.path()).count(1).notify().pid_file().via(via.to_str().unwrap(), &[]).start();
     panzer.wait_ready(1);
     let old_version = panzer.status()["version"].as_str().unwrap().to_string();
     release(2, upgraded);

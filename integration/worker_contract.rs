@@ -23,19 +23,13 @@ fn a_worker_gets_exactly_its_sockets_and_the_activation_environment() {
     let unix = format!("unix:{}", dir.join("api.sock").display());
     // `sleep` is a stock C program: what /proc shows of it is exactly what
     // panzer handed it.
-    let panzer = Panzer::start(&[
-        "--bind",
-        "web=127.0.0.1:0",
-        "--bind",
-        &unix,
-        "--count",
-        "2",
-        "--ready",
-        "50ms",
-        "sleep",
-        "--",
-        "1000",
-    ]);
+    let panzer = Panzer::new("sleep")
+        .bind("web=127.0.0.1:0")
+        .args(&["--bind", &unix])
+        .count(2)
+        .ready("50ms")
+        .command_args(&["--", "1000"])
+        .start();
     panzer.wait_ready(1);
     let workers = started_workers(&panzer, 2);
     let mut ordinals: Vec<u32> = workers.iter().map(|w| w.0).collect();
@@ -60,8 +54,7 @@ fn a_worker_gets_exactly_its_sockets_and_the_activation_environment() {
 
 #[test]
 fn fd_3_is_a_listening_socket_a_stock_server_can_accept_on() {
-    let panzer =
-        Panzer::start(&["--bind", "127.0.0.1:0", "--count", "1", "--ready", "50ms", &example("probe")]);
+    let panzer = Panzer::new(example("probe")).count(1).ready("50ms").start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     let response = get(port, "/").unwrap();
@@ -80,8 +73,7 @@ fn ipv6_and_unix_sockets_serve_and_a_stop_removes_the_socket_file() {
     let unix = format!("unix:{}", path.display());
     // The server serves the first socket (fd 3): one panzer per family.
     for (bind, connect) in [("[::1]:0", "v6"), (unix.as_str(), "unix")] {
-        let mut panzer =
-            Panzer::start(&["--bind", bind, "--count", "1", "--ready", "notify", &example("server")]);
+        let mut panzer = Panzer::new(example("server")).bind(bind).count(1).notify().start();
         panzer.wait_ready(1);
         let response = if connect == "v6" {
             let line = panzer.wait_for_line("listening on [::1]:");
@@ -104,19 +96,12 @@ fn a_worker_sees_its_sockets_the_einhorn_and_server_starter_way_too() {
     let dir = TestDir::new("conventions");
     let path = dir.join("api.sock");
     let unix = format!("unix:{}", path.display());
-    let panzer = Panzer::start(&[
-        "--bind",
-        "127.0.0.1:0",
-        "--bind",
-        &unix,
-        "--count",
-        "2",
-        "--ready",
-        "50ms",
-        "sleep",
-        "--",
-        "1000",
-    ]);
+    let panzer = Panzer::new("sleep")
+        .args(&["--bind", &unix])
+        .count(2)
+        .ready("50ms")
+        .command_args(&["--", "1000"])
+        .start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     for (ordinal, pid) in started_workers(&panzer, 2) {
@@ -138,11 +123,7 @@ fn a_worker_sees_its_sockets_the_einhorn_and_server_starter_way_too() {
 /// What the `nodelay` fixture reports for a connection it accepted from
 /// panzer's socket, for a panzer started with `extra` options and `env`.
 fn accepted_nodelay(bind: &str, extra: &[&str], env: &[(&str, &str)]) -> String {
-    let mut args = vec!["--bind", bind, "--count", "1", "--ready", "notify"];
-    args.extend_from_slice(extra);
-    let nodelay = example("nodelay");
-    args.push(&nodelay);
-    let panzer = Panzer::start_with_env(&args, env);
+    let panzer = Panzer::new(example("nodelay")).bind(bind).count(1).notify().args(extra).envs(env).start();
     panzer.wait_ready(1);
     let line = panzer.wait_for_line("listening on ");
     let addr = line.rsplit("listening on ").next().unwrap().trim();

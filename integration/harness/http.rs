@@ -1,0 +1,193 @@
+//! A small HTTP/1.1 client for the test servers: one request per fresh
+//! connection, or one on an open connection, a request kept in flight, and
+//! [`Load`], clients that send requests back to back while a test reloads.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+
+use super::{eventually, PATIENCE};
+
+/// One HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Response {
+    /// The value of `key=` in the one-line body (`pid=12 generation=1 worker=0`).
+    pub fn field(&self, key: &str) -> String {
+        self.find(key).unwrap_or_else(|| panic!("no {key}= in body {:?}", self.body))
+    }
+
+    /// The value of `key=` in the body, if there is one.
+    pub fn find(&self, key: &str) -> Option<String> {
+        self.body.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(String::from))
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.field("pid").parse().unwrap())
+    }
+
+    /// Whether the server said `Connection: close`.
+    pub fn closes(&self) -> bool {
+        header(&self.headers, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// A connection to 127.0.0.1:`port`; connecting, reads and writes time out after
+/// [`PATIENCE`], so a hung server fails a test instead of hanging it.
+pub fn connect(port: u16) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&(std::net::Ipv4Addr::LOCALHOST, port).into(), PATIENCE)?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    stream.set_write_timeout(Some(PATIENCE))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// `GET path` on a fresh connection to 127.0.0.1:`port`, `Connection: close`.
+pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
+    request(connect(port)?, path)
+}
+
+/// `GET path` with `Connection: close` on an open connection (TCP or unix).
+pub fn request<S: Read + Write>(mut stream: S, path: &str) -> std::io::Result<Response> {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    read_response(&mut stream)
+}
+
+/// Reads one response (with Content-Length) from `stream`. An end of stream
+/// is an `UnexpectedEof` error that says whether any byte had come.
+pub fn read_response(stream: &mut impl Read) -> std::io::Result<Response> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
+    let mut head_end = None;
+    loop {
+        // The server sends nothing unasked, so a read never takes bytes of
+        // a later response.
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => {
+                let what = if buf.is_empty() { "EOF before any response byte" } else { "EOF mid-response" };
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if head_end.is_none() {
+            head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+        }
+        let Some(end) = head_end else { continue };
+        let headers = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let length: usize = header(&headers, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if buf.len() < end + length {
+            continue;
+        }
+        let status = headers
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line in {headers:?}")))?;
+        let body = String::from_utf8_lossy(&buf[end..end + length]).into_owned();
+        return Ok(Response { status, headers, body });
+    }
+}
+
+/// The value of header `name` (any case) in a response head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// A request in flight: a kept-alive connection whose first answer proved a
+/// worker accepted it, now waiting for `GET /slow?ms=MS`. Returns the
+/// connection (read the slow answer with [`read_response`]) and the pid
+/// that serves it.
+pub fn slow_request_in_flight(port: u16, ms: u32) -> (TcpStream, Pid) {
+    let mut stream = connect(port).unwrap();
+    write!(stream, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let server = read_response(&mut stream).unwrap().pid();
+    write!(stream, "GET /slow?ms={ms} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    (stream, server)
+}
+
+/// Sends requests until `n` distinct worker pids have answered.
+pub fn distinct_pids(port: u16, n: usize) -> HashSet<Pid> {
+    let mut seen = HashSet::new();
+    eventually(PATIENCE, &format!("{n} distinct workers to answer"), || {
+        if let Ok(r) = get(port, "/") {
+            seen.insert(r.pid());
+        }
+        (seen.len() >= n).then(|| seen.clone())
+    })
+}
+/// Clients that each send `GET path` on fresh connections, back to back,
+/// until stopped (at most `MAX` requests each, and never past `LIMIT`).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// Answers by generation.
+    generations: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>>,
+    clients: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    pub const MAX: u32 = 5_000;
+    pub const LIMIT: Duration = Duration::from_secs(120);
+
+    pub fn start(port: u16, clients: usize, path: &'static str) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let generations = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let clients = (0..clients)
+            .map(|_| {
+                let (stop, ok, generations) = (stop.clone(), ok.clone(), generations.clone());
+                std::thread::spawn(move || {
+                    let until = Instant::now() + Load::LIMIT;
+                    let mut failures = Vec::new();
+                    for _ in 0..Load::MAX {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() > until {
+                            break;
+                        }
+                        match get(port, path) {
+                            Ok(r) if r.status == 200 => {
+                                ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let generation = r.find("generation").unwrap_or_default();
+                                *generations.lock().unwrap().entry(generation).or_insert(0) += 1;
+                            }
+                            Ok(r) => failures.push(format!("status {}", r.status)),
+                            Err(e) => failures.push(e.to_string()),
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Load { stop, ok, generations, clients }
+    }
+
+    /// Waits until `n` more requests were answered.
+    pub fn wait_for(&self, n: u32) {
+        let target = self.ok.load(std::sync::atomic::Ordering::Relaxed) + n;
+        eventually(PATIENCE, &format!("{n} more answers"), || {
+            (self.ok.load(std::sync::atomic::Ordering::Relaxed) >= target).then_some(())
+        });
+    }
+
+    /// Stops the clients; returns every failure they saw, and how many
+    /// answers each generation gave.
+    pub fn finish(self) -> (Vec<String>, std::collections::BTreeMap<String, u32>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let failures = self.clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+        let generations = self.generations.lock().unwrap().clone();
+        (failures, generations)
+    }
+}
