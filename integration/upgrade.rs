@@ -63,15 +63,19 @@ impl Install {
     /// then renamed over it (a running binary cannot be written in place).
     fn put(&self, binary: &Path) {
         let tmp = self.dir.join("panzer.new");
-        std::fs::copy(binary, &tmp).unwrap();
+        install_program(binary, &tmp);
         std::fs::rename(&tmp, self.path()).unwrap();
     }
 
     /// Installs a shell script with `body` (a broken "binary").
     fn put_script(&self, body: &str) {
+        // Written beside it, never run itself, then installed as a program.
+        let text = self.dir.join("panzer.text");
+        std::fs::write(&text, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&text, std::fs::Permissions::from_mode(0o755)).unwrap();
         let tmp = self.dir.join("panzer.new");
-        std::fs::write(&tmp, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _ = std::fs::remove_file(&tmp);
+        install_program(&text, &tmp);
         std::fs::rename(&tmp, self.path()).unwrap();
     }
 
@@ -387,7 +391,7 @@ fn a_deploy_that_repoints_a_symlink_upgrades_to_the_binary_it_now_names() {
     let release = |n: u32, binary: &Path| {
         let dir = install.dir.join(&format!("releases/{n}"));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(binary, dir.join("panzer")).unwrap();
+        install_program(binary, &dir.join("panzer"));
     };
     let point = |n: u32| {
         let tmp = install.dir.join("current.new");

@@ -1,7 +1,8 @@
 //! Where a test's files live: the built fixtures (`example`), a scratch
 //! directory per test ([`TestDir`]), a server script a test swaps as a
 //! deploy would ([`Deploy`]), and a worker that waits at a gate until the
-//! test opens it ([`Gate`]).
+//! test opens it ([`Gate`]), and a way to put a program where it will be
+//! run ([`install_program`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -18,6 +19,18 @@ pub fn example(name: &str) -> String {
         path.display()
     );
     path.to_string_lossy().into_owned()
+}
+
+/// Copies the program at `from` to `to`, which must not exist yet, by `cp`
+/// in a child process, so that the only descriptor ever open for writing
+/// `to` is `cp`'s. A copy made here would hold one in this process, and a
+/// fork by another test thread in that moment would keep it open in the
+/// child until the child execs: a program then started from `to` fails
+/// with "text file busy".
+pub fn install_program(from: &std::path::Path, to: &std::path::Path) {
+    let status =
+        std::process::Command::new("cp").arg("--").arg(from).arg(to).status().expect("cannot run cp");
+    assert!(status.success(), "cp {} {} failed: {status}", from.display(), to.display());
 }
 
 /// A scratch directory for one test, removed on drop.
