@@ -69,6 +69,25 @@ pub const STATUS_FD: RawFd = 3;
 /// The fd of the first listening socket in a monitor.
 pub const FIRST_SOCKET_FD: RawFd = 4;
 
+// Limits both roles apply, each on its side of a generation's life: the
+// monitor to its workers, main to its generations. Defined once here.
+
+/// At most this long for the workers of a generation that failed to become
+/// ready: its monitor drains them within it (the graceful timeout if
+/// shorter), and main orders that drain with it.
+pub const FAILED_GRACE: Duration = Duration::from_secs(5);
+/// The first delay before starting again what failed: a worker in its slot
+/// after a quick exit (the monitor), a replacement generation after the
+/// last one failed (main). It doubles per failure in a row, up to
+/// [`BACKOFF_CAP`].
+pub const BACKOFF_START: Duration = Duration::from_millis(100);
+/// The longest of those delays.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Exits before ready, in a row in one slot, that fail a generation: the
+/// monitor judges them until the generation was first ready, main judges
+/// those of a later step of a staged reload.
+pub const MAX_UNREADY_EXITS: u32 = 5;
+
 /// The hidden `panzer __monitor` command line main builds.
 #[derive(Debug, Parser)]
 #[command(name = "panzer __monitor", hide = true)]

@@ -22,7 +22,7 @@ use super::handover::clock;
 
 use crate::control::server::ClientId;
 use crate::control::{Command, ReloadStats, Reply};
-use crate::protocol::{Order, Report};
+use crate::protocol::{Order, Report, BACKOFF_CAP, BACKOFF_START, FAILED_GRACE, MAX_UNREADY_EXITS};
 use crate::units::{format_duration, ReloadStrategy};
 
 /// How long after its grace a draining monitor may take before main kills
@@ -33,15 +33,6 @@ pub const DRAIN_BACKSTOP: Duration = Duration::from_secs(5);
 /// drain signal to the generation's process group itself, and `SIGKILL`
 /// when the grace ends.
 pub const DRAIN_ACT_TIMEOUT: Duration = Duration::from_secs(1);
-/// At most this long for the workers of a failed generation to finish.
-pub const FAILED_GRACE: Duration = Duration::from_secs(5);
-/// First delay before another replacement generation when the last one
-/// failed; doubles per failure up to the cap.
-pub const REPLACEMENT_BACKOFF: Duration = Duration::from_millis(100);
-pub const REPLACEMENT_BACKOFF_CAP: Duration = Duration::from_secs(10);
-/// Exits before ready, in a row in one slot, that fail a staged reload (as
-/// the monitor fails a generation that was never ready).
-pub const MAX_UNREADY_EXITS: u32 = 5;
 /// Monitors of generation 1 (or its replacements) that may be lost in a row
 /// before anything served, before main gives up with exit status 1.
 pub const MAX_LOST_MONITORS: u32 = 5;
@@ -568,9 +559,9 @@ impl Policy {
             Roll { old: serving, phase }
         });
         let state = if cause == Cause::Replacement && self.replacement_failures > 0 {
-            let delay = REPLACEMENT_BACKOFF
+            let delay = BACKOFF_START
                 .saturating_mul(1 << (self.replacement_failures - 1).min(10))
-                .min(REPLACEMENT_BACKOFF_CAP);
+                .min(BACKOFF_CAP);
             log::warn!("starting generation {number} in {}", format_duration(delay));
             State::Delayed(now + delay)
         } else {
@@ -1676,14 +1667,14 @@ mod tests {
         assert!(!w.policy.stopping());
         assert!(effects.contains(&Orphans { generation: 1, terminate: true, kill_at: w.now + GRACE }));
         assert!(spawns(&effects).is_empty(), "the replacement waits for its backoff");
-        assert_eq!(w.later(REPLACEMENT_BACKOFF), vec![Spawn { generation: 2, count: 2 }]);
+        assert_eq!(w.later(BACKOFF_START), vec![Spawn { generation: 2, count: 2 }]);
         w.ready(2);
         assert_eq!(w.states(), vec![(2, State::Ready)]);
         // Its replacement crashing for real is the application failing: exit 1.
         let mut w = World::new();
         w.on(Event::Boot);
         w.exited(1, killed());
-        w.later(REPLACEMENT_BACKOFF);
+        w.later(BACKOFF_START);
         w.failed(2, "worker 0 exited 5 times before it was ready");
         assert_eq!(w.exited(2, Ended::Exited(1)).last(), Some(&Exit(1)));
     }
@@ -1716,9 +1707,9 @@ mod tests {
             w.now = at;
             assert_eq!(spawns(&w.on(Event::Tick)), vec![generation + 1]);
         }
-        assert_eq!(delays[0], REPLACEMENT_BACKOFF);
-        assert_eq!(delays[1], REPLACEMENT_BACKOFF * 2);
-        assert_eq!(*delays.last().unwrap(), REPLACEMENT_BACKOFF_CAP);
+        assert_eq!(delays[0], BACKOFF_START);
+        assert_eq!(delays[1], BACKOFF_START * 2);
+        assert_eq!(*delays.last().unwrap(), BACKOFF_CAP);
     }
 
     #[test]
@@ -1729,7 +1720,7 @@ mod tests {
         w.exited(2, Ended::Exited(1));
         assert!(matches!(w.states()[0].1, State::Delayed(_)));
         assert_eq!(w.reload(5), vec![], "queued behind the delayed replacement");
-        let effects = w.later(REPLACEMENT_BACKOFF);
+        let effects = w.later(BACKOFF_START);
         assert_eq!(spawns(&effects), vec![3]);
         let effects = w.ready(3);
         assert_eq!(spawns(&effects), vec![4], "then the reload runs");
@@ -1745,7 +1736,7 @@ mod tests {
         let effects = w.on(Event::Command { command: Command::Stop, from: Some(ClientId(1)) });
         assert_eq!(effects.last(), Some(&Exit(0)));
         assert!(spawns(&effects).is_empty());
-        assert_eq!(w.later(REPLACEMENT_BACKOFF_CAP), vec![]);
+        assert_eq!(w.later(BACKOFF_CAP), vec![]);
     }
 
     #[test]
@@ -2189,7 +2180,7 @@ mod tests {
         // A stray SIGTERM made it drain and exit 0, without GenerationFailed.
         w.exited(1, Ended::Exited(0));
         assert!(!w.policy.stopping());
-        assert_eq!(w.later(REPLACEMENT_BACKOFF), vec![Spawn { generation: 2, count: 2 }]);
+        assert_eq!(w.later(BACKOFF_START), vec![Spawn { generation: 2, count: 2 }]);
     }
 
     #[test]
@@ -2198,7 +2189,7 @@ mod tests {
         w.on(Event::Boot);
         for generation in 1..MAX_LOST_MONITORS {
             w.exited(generation, killed());
-            w.later(REPLACEMENT_BACKOFF_CAP);
+            w.later(BACKOFF_CAP);
             assert!(!w.policy.stopping(), "gave up after {generation}");
         }
         let effects = w.exited(MAX_LOST_MONITORS, killed());

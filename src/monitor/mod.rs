@@ -36,7 +36,9 @@ use nix::unistd::Pid;
 
 use crate::error::Error;
 use crate::notify::Notify;
-use crate::protocol::{Channel, MonitorArgs, Order, Received, Report, FIRST_SOCKET_FD, STATUS_FD};
+use crate::protocol::{
+    Channel, MonitorArgs, Order, Received, Report, FAILED_GRACE, FIRST_SOCKET_FD, MAX_UNREADY_EXITS, STATUS_FD,
+};
 use crate::sys;
 use crate::sys::spawn::ExecPlan;
 use crate::sys::Interest;
@@ -51,9 +53,6 @@ pub(crate) use fork::{run_library, ForkedWorker};
 /// Signals the monitor handles through its signalfd.
 const SIGNALS: &[Signal] =
     &[Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT];
-
-/// At most this long for the workers of a generation that failed.
-const FAILED_GRACE: Duration = Duration::from_secs(5);
 
 /// How often workers' memory is measured with `--max-rss`.
 const RSS_INTERVAL: Duration = Duration::from_secs(1);
@@ -696,7 +695,7 @@ impl Monitor {
         if exit.generation_failed {
             let reason = format!(
                 "worker {ordinal} exited {} times before it was ready (last: {how})",
-                pool::MAX_START_FAILURES
+                MAX_UNREADY_EXITS
             );
             log::error!("generation {} failed: {reason}", self.args.generation);
             self.report(Report::GenerationFailed { reason });

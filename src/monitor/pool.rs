@@ -15,17 +15,11 @@
 
 use std::time::{Duration, Instant};
 
+use crate::protocol::{BACKOFF_CAP, BACKOFF_START, MAX_UNREADY_EXITS};
 use crate::units::ReadyMode;
 
-/// First restart delay after a quick exit; doubles per consecutive one.
-pub const BACKOFF_START: Duration = Duration::from_millis(100);
-/// Longest restart delay.
-pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// A worker that stayed up this long resets its slot's backoff.
 pub const HEALTHY_AFTER: Duration = Duration::from_secs(10);
-/// Exits before ready, in a row in one slot, after which a generation that
-/// has never been ready gives up.
-pub const MAX_START_FAILURES: u32 = 5;
 
 /// What the monitor is told to check its workers against (all off by
 /// default).
@@ -484,7 +478,7 @@ impl Pool {
             slot.restarts += 1;
             return Some(exit);
         }
-        if !generation_ready && !worker.ready && slot.failures >= MAX_START_FAILURES {
+        if !generation_ready && !worker.ready && slot.failures >= MAX_UNREADY_EXITS {
             exit.generation_failed = true;
             return Some(exit);
         }
@@ -688,10 +682,10 @@ mod tests {
     #[test]
     fn a_generation_that_never_got_ready_fails_after_repeated_crashes() {
         let (mut p, mut now) = pool(1);
-        for pid in 1..=MAX_START_FAILURES as i32 {
+        for pid in 1..=MAX_UNREADY_EXITS as i32 {
             p.started(0, pid, now);
             let exit = p.exited(pid, now).unwrap();
-            if pid < MAX_START_FAILURES as i32 {
+            if pid < MAX_UNREADY_EXITS as i32 {
                 assert!(!exit.generation_failed);
                 now += exit.restart_in.unwrap();
             } else {
