@@ -357,7 +357,14 @@ impl Main {
     fn dispatch(&mut self, event: Event) {
         let mut events = VecDeque::from([event]);
         while let Some(event) = events.pop_front() {
-            for effect in self.policy.handle(Instant::now(), event) {
+            // The policy's lines first, in the order it said them: they tell
+            // what it decided, before whatever doing it logs.
+            let (lines, effects): (Vec<Effect>, Vec<Effect>) = self
+                .policy
+                .handle(Instant::now(), event)
+                .into_iter()
+                .partition(|effect| matches!(effect, Effect::Log { .. }));
+            for effect in lines.into_iter().chain(effects) {
                 if let Some(next) = self.perform(effect) {
                     events.push_back(next);
                 }
@@ -367,6 +374,7 @@ impl Main {
 
     fn perform(&mut self, effect: Effect) -> Option<Event> {
         match effect {
+            Effect::Log { level, line } => log::log!(target: policy::LOG_TARGET, level, "{line}"),
             Effect::Spawn { generation, count } => return self.spawn_generation(generation, count),
             Effect::Order { generation, order } => self.order(generation, &order),
             Effect::KillGroup(generation) => {

@@ -41,6 +41,32 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// How long the new binary may take to prove it runs before an upgrade fails.
 pub const UPGRADE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The target main's log records the policy's lines under: this module's
+/// path, as when the policy logged them itself (a `RUST_LOG` filter names it).
+pub const LOG_TARGET: &str = module_path!();
+
+/// How the policy says what main logs: a line at a level, queued as an
+/// [`Effect::Log`] with the rest of its effects (the loop writes it).
+trait Say {
+    fn info(&mut self, line: impl Into<String>);
+    fn warn(&mut self, line: impl Into<String>);
+    fn error(&mut self, line: impl Into<String>);
+}
+
+impl Say for Vec<Effect> {
+    fn info(&mut self, line: impl Into<String>) {
+        self.push(Effect::Log { level: log::Level::Info, line: line.into() });
+    }
+
+    fn warn(&mut self, line: impl Into<String>) {
+        self.push(Effect::Log { level: log::Level::Warn, line: line.into() });
+    }
+
+    fn error(&mut self, line: impl Into<String>) {
+        self.push(Effect::Log { level: log::Level::Error, line: line.into() });
+    }
+}
+
 /// The settings the policy needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -241,6 +267,9 @@ pub enum Event {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
+    /// Write `line` to main's log at `level` (as the policy's own, target
+    /// [`LOG_TARGET`]).
+    Log { level: log::Level, line: String },
     /// Spawn the monitor of `generation` with `count` workers.
     Spawn { generation: u32, count: u32 },
     /// Send `order` to the monitor of `generation`.
@@ -559,10 +588,9 @@ impl Policy {
             Roll { old: serving, phase }
         });
         let state = if cause == Cause::Replacement && self.replacement_failures > 0 {
-            let delay = BACKOFF_START
-                .saturating_mul(1 << (self.replacement_failures - 1).min(10))
-                .min(BACKOFF_CAP);
-            log::warn!("starting generation {number} in {}", format_duration(delay));
+            let delay =
+                BACKOFF_START.saturating_mul(1 << (self.replacement_failures - 1).min(10)).min(BACKOFF_CAP);
+            out.warn(format!("starting generation {number} in {}", format_duration(delay)));
             State::Delayed(now + delay)
         } else {
             State::Starting
@@ -629,7 +657,7 @@ impl Policy {
             Command::ScaleBy(delta) => {
                 let count = self.settings.count.saturating_add_signed(delta).max(1);
                 if let Err(e) = self.scale(count, out) {
-                    log::warn!("{e}");
+                    out.warn(e.to_string());
                 }
             }
         }
@@ -639,14 +667,14 @@ impl Policy {
     /// coalesce into one more after it.
     fn reload(&mut self, now: Instant, from: Option<ClientId>, out: &mut Vec<Effect>) {
         if self.stopping.is_some() {
-            log::info!("reload refused: panzer is stopping");
+            out.info("reload refused: panzer is stopping");
             if let Some(to) = from {
                 out.push(Effect::Reply { to, reply: Reply::error("panzer is stopping") });
             }
             return;
         }
         if self.any(|s| matches!(s, State::Starting | State::Delayed(_))) {
-            log::info!("reload queued behind the one under way");
+            out.info("reload queued behind the one under way");
             self.queued_reload.get_or_insert_with(Vec::new).extend(from);
             return;
         }
@@ -658,7 +686,7 @@ impl Policy {
     /// waits for the reload's outcome (see [`Policy::start_upgrade_check`]).
     fn upgrade(&mut self, from: Option<ClientId>, out: &mut Vec<Effect>) {
         if self.stopping.is_some() {
-            log::info!("upgrade refused: panzer is stopping");
+            out.info("upgrade refused: panzer is stopping");
             if let Some(to) = from {
                 out.push(Effect::Reply { to, reply: Reply::error("panzer is stopping") });
             }
@@ -666,12 +694,12 @@ impl Policy {
         }
         match &mut self.upgrade {
             Some(upgrade) => {
-                log::info!("upgrade request joins the upgrade under way");
+                out.info("upgrade request joins the upgrade under way");
                 upgrade.clients.extend(from);
             }
             None => {
                 if self.reload_under_way() {
-                    log::info!("upgrade waits for the reload under way");
+                    out.info("upgrade waits for the reload under way");
                 }
                 self.upgrade = Some(Upgrade { clients: from.into_iter().collect(), checking_until: None });
             }
@@ -710,7 +738,7 @@ impl Policy {
 
     /// The old image goes on serving; whoever asked hears why.
     fn upgrade_failed(&mut self, clients: Vec<ClientId>, reason: &str, out: &mut Vec<Effect>) {
-        log::error!("upgrade failed: {reason}; this panzer goes on running");
+        out.error(format!("upgrade failed: {reason}; this panzer goes on running"));
         if self.stopping.is_none() && !self.reload_under_way() {
             out.push(Effect::Systemd(Note::Ready(format!("upgrade failed: {reason}"))));
         }
@@ -741,9 +769,9 @@ impl Policy {
             out.push(Effect::Systemd(Note::Ready(format!("upgraded to panzer {version}"))));
         }
         if !stale.is_empty() {
-            log::warn!(
+            out.warn(format!(
                 "generation(s) {stale:?} speak a protocol this panzer cannot: a hot restart replaces them"
-            );
+            ));
             self.reload(now, None, out);
         }
     }
@@ -756,7 +784,7 @@ impl Policy {
         if self.stopping.is_some() || count == self.settings.count {
             return Ok(self.settings.count);
         }
-        log::info!("scaling from {} to {count} worker(s)", self.settings.count);
+        out.info(format!("scaling from {} to {count} worker(s)", self.settings.count));
         self.settings.count = count;
         // A staged reload's two generations: the new one and the one it replaces.
         let in_roll: Vec<u32> = self
@@ -811,13 +839,13 @@ impl Policy {
             g.act_deadline = None;
             let ends = g.grace_ends.unwrap_or(now).max(now);
             g.kill_deadline = Some(ends);
-            log::warn!(
+            out.warn(format!(
                 "generation {}: its monitor has not acted on the drain order within {}: signalling its \
                  workers from main; SIGKILL in {}",
                 g.number,
                 format_duration(DRAIN_ACT_TIMEOUT),
                 format_duration(ends.saturating_duration_since(now))
-            );
+            ));
             out.push(Effect::DrainGroup(g.number));
         }
     }
@@ -876,11 +904,11 @@ impl Policy {
                 let how = if how.is_empty() { String::new() } else { format!(" ({how})") };
                 // A staged reload goes on from its worker counts (below).
                 if g.roll.is_some() {
-                    log::info!("generation {number}: {workers}/{workers} workers of this step ready in {elapsed_ms} ms{how}");
+                    out.info(format!("generation {number}: {workers}/{workers} workers of this step ready in {elapsed_ms} ms{how}"));
                 } else {
-                    log::info!(
+                    out.info(format!(
                         "generation {number} ready: {workers}/{workers} workers in {elapsed_ms} ms{how}"
-                    );
+                    ));
                     self.ready(now, number, workers, out);
                 }
             }
@@ -959,7 +987,7 @@ impl Policy {
         let started = self.find(number).map(|g| g.started);
         let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
         if let Some(Cause::Reload(clients)) = cause {
-            log::info!("reload done: generation {number} serves");
+            out.info(format!("reload done: generation {number} serves"));
             self.reloads.ok += 1;
             self.reloads.last_duration_ms = started.map(|at| millis(now.saturating_duration_since(at)));
             for to in clients {
@@ -995,19 +1023,17 @@ impl Policy {
             let (phase, grow_to) = match roll.phase {
                 Phase::Canary(None) if ready >= 1 => {
                     let soak = self.settings.canary.unwrap_or_default();
-                    log::info!(
-                        "generation {number}: the canary is ready; it serves beside the old generation for {}",
-                        format_duration(soak)
-                    );
+                    out.info(format!("generation {number}: the canary is ready; it serves beside the old generation for {}",
+                        format_duration(soak)));
                     (Phase::Canary(Some(now + soak)), None)
                 }
                 Phase::Canary(Some(until)) if until <= now && ready >= 1 => {
-                    log::info!("generation {number}: the canary stayed ready; the reload goes on");
+                    out.info(format!("generation {number}: the canary stayed ready; the reload goes on"));
                     self.after_batch(number, count, old.map(|o| o.0), out)
                 }
                 Phase::Surge if ready >= count && count >= n => {
                     let took = now.saturating_duration_since(g.started);
-                    log::info!("generation {number} ready: {n}/{n} workers in {} ms", millis(took));
+                    out.info(format!("generation {number} ready: {n}/{n} workers in {} ms", millis(took)));
                     return self.ready(now, number, n, out);
                 }
                 Phase::Surge if ready >= count => self.after_batch(number, count, old.map(|o| o.0), out),
@@ -1024,7 +1050,7 @@ impl Policy {
             let Some(g) = self.find(number) else { return };
             g.roll = Some(Roll { phase, ..roll });
             if let Some(target) = grow_to.filter(|&t| t > g.count) {
-                log::info!("generation {number}: starting {} more worker(s)", target - g.count);
+                out.info(format!("generation {number}: starting {} more worker(s)", target - g.count));
                 g.count = target;
                 // Each step gets the whole startup timeout.
                 g.startup_deadline = Some(now + timeout);
@@ -1050,10 +1076,10 @@ impl Policy {
             (ReloadStrategy::Rolling(_), Some(old)) if target > 0 => {
                 // Only ever fewer: a scale-up meanwhile waits for the takeover.
                 if let Some(g) = self.find(old).filter(|g| g.count > target) {
-                    log::info!(
+                    out.info(format!(
                         "generation {old}: retiring {} worker(s) for the new ones",
                         g.count.saturating_sub(target)
-                    );
+                    ));
                     g.count = target;
                     out.push(Effect::Order { generation: old, order: Order::Scale { count: target } });
                 }
@@ -1072,7 +1098,7 @@ impl Policy {
         if self.state(number) != Some(State::Starting) {
             return;
         }
-        log::error!("generation {number} failed: {reason}");
+        out.error(format!("generation {number} failed: {reason}"));
         self.last_failure = Some(reason.to_string());
         self.restore_old(number, out);
         let grace = self.settings.graceful_timeout.min(FAILED_GRACE);
@@ -1092,7 +1118,7 @@ impl Policy {
         {
             old.count = count;
             let order = Order::Scale { count };
-            log::info!("generation {} goes back to {count} worker(s)", old.number);
+            out.info(format!("generation {} goes back to {count} worker(s)", old.number));
             out.push(Effect::Order { generation: old.number, order });
         }
     }
@@ -1124,7 +1150,7 @@ impl Policy {
                 Some(n) => format!("{reason}; generation {n} keeps serving"),
                 None => reason.to_string(),
             };
-            log::error!("reload failed: {message}");
+            out.error(format!("reload failed: {message}"));
             self.reloads.failed += 1;
             self.reloads.last_error = Some(message.clone());
             self.reloads.last_duration_ms = started.map(|at| millis(now.saturating_duration_since(at)));
@@ -1156,7 +1182,7 @@ impl Policy {
         out.push(Effect::Orphans { generation: number, terminate: !drained, kill_at });
         match state {
             State::Starting => {
-                log::error!("the monitor of generation {number} {ended} before it was ready");
+                out.error(format!("the monitor of generation {number} {ended} before it was ready"));
                 self.restore_old(number, out);
                 let started = self.find(number).map(|g| g.started);
                 let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
@@ -1170,11 +1196,9 @@ impl Policy {
             State::Ready => {
                 self.remove(number);
                 if self.stopping.is_some() {
-                    log::warn!("the monitor of generation {number} {ended} while stopping");
+                    out.warn(format!("the monitor of generation {number} {ended} while stopping"));
                 } else {
-                    log::error!(
-                        "the monitor of generation {number} {ended}; its workers drain while a new generation starts"
-                    );
+                    out.error(format!("the monitor of generation {number} {ended}; its workers drain while a new generation starts"));
                     if !self.any(|s| matches!(s, State::Starting | State::Ready | State::Delayed(_))) {
                         self.start(now, Cause::Replacement, out);
                     }
@@ -1182,9 +1206,9 @@ impl Policy {
             }
             State::Draining | State::Failed => {
                 if drained {
-                    log::info!("generation {number} stopped");
+                    out.info(format!("generation {number} stopped"));
                 } else {
-                    log::warn!("the monitor of generation {number} {ended} while stopping");
+                    out.warn(format!("the monitor of generation {number} {ended} while stopping"));
                 }
                 self.remove(number);
             }
@@ -1218,7 +1242,7 @@ impl Policy {
                     let reason = format!(
                         "its monitor {ended} before it was ready, {MAX_LOST_MONITORS} times in a row"
                     );
-                    log::error!("generation {} never became ready: {reason}", self.last);
+                    out.error(format!("generation {} never became ready: {reason}", self.last));
                     self.last_failure = Some(reason);
                     self.exit_code = crate::error::EXIT_NOT_READY;
                     return self.stop(now, Stop::Graceful, out);
@@ -1245,7 +1269,7 @@ impl Policy {
         }
         if already == Some(Stop::Graceful) && how == Stop::Graceful {
             if self.in_stop_delay() {
-                log::info!("asked again: the rest of the stop delay is skipped");
+                out.info("asked again: the rest of the stop delay is skipped");
                 self.begin_drain(now, out);
             }
             return;
@@ -1280,10 +1304,10 @@ impl Policy {
                 }
             }
             if !cancelled.is_empty() {
-                log::info!("a reload waiting to run was cancelled: panzer is stopping");
+                out.info("a reload waiting to run was cancelled: panzer is stopping");
             }
             if let Some(upgrade) = self.upgrade.take() {
-                log::info!("the upgrade under way was cancelled: panzer is stopping");
+                out.info("the upgrade under way was cancelled: panzer is stopping");
                 if upgrade.checking_until.is_some() {
                     out.push(Effect::AbortUpgradeCheck);
                 }
@@ -1299,7 +1323,10 @@ impl Policy {
             }
             match how {
                 Stop::Graceful if lame_duck => {
-                    log::info!("stopping in {} (--stop-delay); serving until then", format_duration(delay));
+                    out.info(format!(
+                        "stopping in {} (--stop-delay); serving until then",
+                        format_duration(delay)
+                    ));
                     self.stop_delay_until = Some(now + delay);
                 }
                 Stop::Graceful => self.begin_drain(now, out),
@@ -1307,7 +1334,7 @@ impl Policy {
             }
         }
         if how == Stop::Now {
-            log::warn!("stopping now, killing every worker");
+            out.warn("stopping now, killing every worker");
             if !drain_began {
                 self.begin_drain(now, out);
             }
@@ -1322,7 +1349,7 @@ impl Policy {
         self.stop_delay_until = None;
         let grace = self.settings.graceful_timeout;
         if self.stopping == Some(Stop::Graceful) && self.exit_code == 0 {
-            log::info!("stopping gracefully (workers have {} to finish)", format_duration(grace));
+            out.info(format!("stopping gracefully (workers have {} to finish)", format_duration(grace)));
         }
         self.stop_deadline = Some(now + grace + DRAIN_BACKSTOP);
         // Before the workers hear of the drain, while they still accept:
@@ -1368,7 +1395,7 @@ impl Policy {
                 if let Some(g) = self.find(number) {
                     g.kill_deadline = None;
                 }
-                log::warn!("generation {number} did not stop in time: killing its process group");
+                out.warn(format!("generation {number} did not stop in time: killing its process group"));
                 out.push(Effect::KillGroup(number));
             }
             if startup {
@@ -1384,7 +1411,7 @@ impl Policy {
             } else if report_progress {
                 if let Some(g) = self.find(number) {
                     g.next_progress = Some(now + PROGRESS_EVERY);
-                    log::info!("{}", progress(g, now));
+                    out.info(progress(g, now));
                 }
             }
         }
@@ -1400,7 +1427,7 @@ impl Policy {
             self.begin_drain(now, out);
         }
         if due(self.stop_deadline) {
-            log::warn!("workers still running after the graceful timeout: killing them");
+            out.warn("workers still running after the graceful timeout: killing them");
             self.kill_everything(out);
         }
     }
@@ -1492,8 +1519,10 @@ mod tests {
             w
         }
 
+        /// What the policy does on `event`, but for the lines it logs.
         fn on(&mut self, event: Event) -> Vec<Effect> {
-            self.policy.handle(self.now, event)
+            let effects = self.policy.handle(self.now, event);
+            effects.into_iter().filter(|e| !matches!(e, Effect::Log { .. })).collect()
         }
 
         fn later(&mut self, by: Duration) -> Vec<Effect> {

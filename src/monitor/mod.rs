@@ -37,7 +37,8 @@ use nix::unistd::Pid;
 use crate::error::Error;
 use crate::notify::Notify;
 use crate::protocol::{
-    Channel, MonitorArgs, Order, Received, Report, FAILED_GRACE, FIRST_SOCKET_FD, MAX_UNREADY_EXITS, STATUS_FD,
+    Channel, MonitorArgs, Order, Received, Report, FAILED_GRACE, FIRST_SOCKET_FD, MAX_UNREADY_EXITS,
+    STATUS_FD,
 };
 use crate::sys;
 use crate::sys::spawn::ExecPlan;
