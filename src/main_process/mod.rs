@@ -227,7 +227,7 @@ fn serve(mut main: Main, first: Event) -> Result<i32, Error> {
     let code = main.run();
     main.kill_leftovers();
     if code == crate::error::EXIT_NOT_READY {
-        let reason = main.policy.last_failure.take().unwrap_or_else(|| "unknown".into());
+        let reason = main.policy.last_failure().unwrap_or("unknown").to_string();
         return Err(Error::NotReady { reason });
     }
     log::info!("stopped");
@@ -699,7 +699,7 @@ impl Main {
                 .collect(),
             generations,
             orphans: self.orphans.pids(&self.monitor_pids()).iter().map(|p| p.as_raw()).collect(),
-            reloads: self.policy.reloads.clone(),
+            reloads: self.policy.reloads().clone(),
         }
     }
 

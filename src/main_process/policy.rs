@@ -332,25 +332,10 @@ pub struct Readiness {
 #[derive(Debug)]
 pub struct Policy {
     settings: Settings,
-    generations: Vec<Generation>,
-    last: u32,
-    /// A reload asked for while one was under way, with its waiting clients.
-    queued_reload: Option<Vec<ClientId>>,
-    stopping: Option<Stop>,
-    /// While a graceful stop waits out `--stop-delay` (serving, not ready):
-    /// when the drain begins.
-    stop_delay_until: Option<Instant>,
-    stop_deadline: Option<Instant>,
-    exit_code: i32,
-    exited: bool,
-    /// Some generation has served: a failing one is no longer fatal.
-    served: bool,
-    /// Replacement generations that failed in a row: the next waits.
-    replacement_failures: u32,
-    /// Why the last generation failed (the exit message when it was the first).
-    pub last_failure: Option<String>,
-    pub reloads: ReloadStats,
-    /// An upgrade asked for and not done yet.
+    /// Everything it knows and has decided: what an upgrade hands over.
+    state: Saved,
+    /// An upgrade asked for and not done yet. Never handed over: the
+    /// upgrade is over by the time the next image reads the state.
     upgrade: Option<Upgrade>,
 }
 
@@ -363,35 +348,47 @@ struct Upgrade {
     checking_until: Option<Instant>,
 }
 
-/// What the policy hands to the next image of main on an upgrade: all of
-/// it but the settings, which come from the command line again (the count
-/// excepted, which `scale` may have changed).
+/// The policy's state: all of it but the settings, which come from the
+/// command line again (the count excepted, which `scale` may have changed),
+/// and the upgrade under way. It is what the policy hands to the next image
+/// of main on an upgrade, as is: an image reads the state of an older one,
+/// so a field is only ever added, with a default.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Saved {
+    /// Workers per generation now.
     count: u32,
+    /// Every generation, oldest first.
     generations: Vec<Generation>,
+    /// The number of the newest generation.
     last: u32,
+    /// A reload asked for while one was under way, with its waiting clients.
     queued_reload: Option<Vec<ClientId>>,
     stopping: Option<Stop>,
-    // An upgrade is refused while stopping, so this is always empty; it is
-    // here so that the state is whole. (Absent from an older image's.)
+    /// While a graceful stop waits out `--stop-delay` (serving, not ready):
+    /// when the drain begins. An upgrade is refused while stopping, so a
+    /// state handed over never has it; it is here so that the state is
+    /// whole. (Absent from an older image's.)
     #[serde(default, with = "clock::option")]
     stop_delay_until: Option<Instant>,
+    /// When a stop kills what is left.
     #[serde(with = "clock::option")]
     stop_deadline: Option<Instant>,
     exit_code: i32,
     exited: bool,
+    /// Some generation has served: a failing one is no longer fatal.
     served: bool,
+    /// Replacement generations that failed in a row: the next waits.
     replacement_failures: u32,
+    /// Why the last generation failed (the exit message when it was the first).
     last_failure: Option<String>,
     reloads: ReloadStats,
 }
 
 impl Policy {
     pub fn new(settings: Settings) -> Policy {
-        Policy {
-            settings,
+        let state = Saved {
+            count: settings.count,
             generations: Vec::new(),
             last: 0,
             queued_reload: None,
@@ -404,68 +401,50 @@ impl Policy {
             replacement_failures: 0,
             last_failure: None,
             reloads: ReloadStats::default(),
-            upgrade: None,
-        }
+        };
+        Policy { settings, state, upgrade: None }
     }
 
     /// The state the next image of main carries on with.
     pub fn save(&self) -> Saved {
-        Saved {
-            count: self.settings.count,
-            generations: self.generations.clone(),
-            last: self.last,
-            queued_reload: self.queued_reload.clone(),
-            stopping: self.stopping,
-            stop_delay_until: self.stop_delay_until,
-            stop_deadline: self.stop_deadline,
-            exit_code: self.exit_code,
-            exited: self.exited,
-            served: self.served,
-            replacement_failures: self.replacement_failures,
-            last_failure: self.last_failure.clone(),
-            reloads: self.reloads.clone(),
-        }
+        self.state.clone()
     }
 
-    /// The policy a previous image saved, with this image's settings.
+    /// The policy a previous image saved, with this image's settings (its
+    /// count is the saved one).
     pub fn restore(settings: Settings, saved: Saved) -> Policy {
-        Policy {
-            settings: Settings { count: saved.count, ..settings },
-            generations: saved.generations,
-            last: saved.last,
-            queued_reload: saved.queued_reload,
-            stopping: saved.stopping,
-            stop_delay_until: saved.stop_delay_until,
-            stop_deadline: saved.stop_deadline,
-            exit_code: saved.exit_code,
-            exited: saved.exited,
-            served: saved.served,
-            replacement_failures: saved.replacement_failures,
-            last_failure: saved.last_failure,
-            reloads: saved.reloads,
-            upgrade: None,
-        }
+        Policy { settings, state: saved, upgrade: None }
     }
 
     /// Workers per generation now.
     pub fn count(&self) -> u32 {
-        self.settings.count
+        self.state.count
+    }
+
+    /// Why the last generation failed (the exit message when it was the first).
+    pub fn last_failure(&self) -> Option<&str> {
+        self.state.last_failure.as_deref()
+    }
+
+    /// The outcomes of reloads so far.
+    pub fn reloads(&self) -> &ReloadStats {
+        &self.state.reloads
     }
 
     /// Every generation, oldest first.
     pub fn generations(&self) -> &[Generation] {
-        &self.generations
+        &self.state.generations
     }
 
     /// Whether panzer is stopping: from the moment a graceful or immediate
     /// stop was taken (it then drains every generation, or kills them).
     pub fn stopping(&self) -> bool {
-        self.stopping.is_some()
+        self.state.stopping.is_some()
     }
 
     /// A graceful stop is waiting out `--stop-delay`: still serving, not ready.
     pub fn in_stop_delay(&self) -> bool {
-        self.stop_delay_until.is_some()
+        self.state.stop_delay_until.is_some()
     }
 
     /// Whether panzer serves, as a probe must see it, and the one line that
@@ -485,17 +464,21 @@ impl Policy {
         if self.stopping() {
             return Readiness { ready: false, line: "stopping".into() };
         }
-        if let Some(serving) = self.generations.iter().rev().find(|g| g.state == State::Ready) {
+        if let Some(serving) = self.state.generations.iter().rev().find(|g| g.state == State::Ready) {
             return Readiness { ready: true, line: describe(serving) };
         }
-        let line =
-            self.generations.iter().max_by_key(|g| g.number).map_or_else(|| "no generation".into(), describe);
+        let line = self
+            .state
+            .generations
+            .iter()
+            .max_by_key(|g| g.number)
+            .map_or_else(|| "no generation".into(), describe);
         Readiness { ready: false, line }
     }
 
     /// The earliest deadline: when the loop must send [`Event::Tick`].
     pub fn next_deadline(&self) -> Option<Instant> {
-        let generations = self.generations.iter().flat_map(|g| {
+        let generations = self.state.generations.iter().flat_map(|g| {
             let delayed = match g.state {
                 State::Delayed(at) => Some(at),
                 _ => None,
@@ -507,7 +490,7 @@ impl Policy {
             [delayed, g.startup_deadline, g.kill_deadline, g.next_progress, soak, g.act_deadline]
         });
         let upgrade = self.upgrade.as_ref().and_then(|u| u.checking_until);
-        generations.chain([self.stop_delay_until, self.stop_deadline, upgrade]).flatten().min()
+        generations.chain([self.state.stop_delay_until, self.state.stop_deadline, upgrade]).flatten().min()
     }
 
     /// Takes one event at time `now`; returns what to do, in order.
@@ -534,7 +517,7 @@ impl Policy {
             }
         }
         let rolling: Vec<u32> =
-            self.generations.iter().filter(|g| g.roll.is_some()).map(|g| g.number).collect();
+            self.state.generations.iter().filter(|g| g.roll.is_some()).map(|g| g.number).collect();
         for number in rolling {
             self.advance(now, number, &mut out);
         }
@@ -543,32 +526,32 @@ impl Policy {
             // Nothing serves any more (its monitor died): nothing to wait for.
             self.begin_drain(now, &mut out);
         }
-        if self.stopping.is_some() && self.generations.is_empty() && !self.exited {
-            self.exited = true;
-            out.push(Effect::Exit(self.exit_code));
+        if self.state.stopping.is_some() && self.state.generations.is_empty() && !self.state.exited {
+            self.state.exited = true;
+            out.push(Effect::Exit(self.state.exit_code));
         }
         out
     }
 
     fn find(&mut self, number: u32) -> Option<&mut Generation> {
-        self.generations.iter_mut().find(|g| g.number == number)
+        self.state.generations.iter_mut().find(|g| g.number == number)
     }
 
-    fn state(&self, number: u32) -> Option<State> {
-        self.generations.iter().find(|g| g.number == number).map(|g| g.state)
+    fn state_of(&self, number: u32) -> Option<State> {
+        self.state.generations.iter().find(|g| g.number == number).map(|g| g.state)
     }
 
     fn any(&self, f: impl Fn(State) -> bool) -> bool {
-        self.generations.iter().any(|g| f(g.state))
+        self.state.generations.iter().any(|g| f(g.state))
     }
 
     /// A new generation: spawned now, or after the replacement backoff.
     fn start(&mut self, now: Instant, cause: Cause, out: &mut Vec<Effect>) {
-        self.last += 1;
-        let number = self.last;
-        let mut count = self.settings.count;
+        self.state.last += 1;
+        let number = self.state.last;
+        let mut count = self.state.count;
         let serving =
-            self.generations.iter().filter(|g| g.state == State::Ready).map(|g| g.number).next_back();
+            self.state.generations.iter().filter(|g| g.state == State::Ready).map(|g| g.number).next_back();
         let staged = matches!(cause, Cause::Reload(_))
             && serving.is_some()
             && (self.settings.canary.is_some()
@@ -587,9 +570,10 @@ impl Policy {
             };
             Roll { old: serving, phase }
         });
-        let state = if cause == Cause::Replacement && self.replacement_failures > 0 {
-            let delay =
-                BACKOFF_START.saturating_mul(1 << (self.replacement_failures - 1).min(10)).min(BACKOFF_CAP);
+        let state = if cause == Cause::Replacement && self.state.replacement_failures > 0 {
+            let delay = BACKOFF_START
+                .saturating_mul(1 << (self.state.replacement_failures - 1).min(10))
+                .min(BACKOFF_CAP);
             out.warn(format!("starting generation {number} in {}", format_duration(delay)));
             State::Delayed(now + delay)
         } else {
@@ -598,7 +582,7 @@ impl Policy {
         if matches!(cause, Cause::Reload(_)) {
             out.push(Effect::Systemd(Note::Reloading));
         }
-        self.generations.push(Generation {
+        self.state.generations.push(Generation {
             number,
             state,
             cause,
@@ -655,7 +639,7 @@ impl Policy {
             },
             Command::Upgrade => self.upgrade(from, out),
             Command::ScaleBy(delta) => {
-                let count = self.settings.count.saturating_add_signed(delta).max(1);
+                let count = self.state.count.saturating_add_signed(delta).max(1);
                 if let Err(e) = self.scale(count, out) {
                     out.warn(e.to_string());
                 }
@@ -666,7 +650,7 @@ impl Policy {
     /// `SIGUSR1`, `SIGHUP` or a control request. Requests during a reload
     /// coalesce into one more after it.
     fn reload(&mut self, now: Instant, from: Option<ClientId>, out: &mut Vec<Effect>) {
-        if self.stopping.is_some() {
+        if self.state.stopping.is_some() {
             out.info("reload refused: panzer is stopping");
             if let Some(to) = from {
                 out.push(Effect::Reply { to, reply: Reply::error("panzer is stopping") });
@@ -675,7 +659,7 @@ impl Policy {
         }
         if self.any(|s| matches!(s, State::Starting | State::Delayed(_))) {
             out.info("reload queued behind the one under way");
-            self.queued_reload.get_or_insert_with(Vec::new).extend(from);
+            self.state.queued_reload.get_or_insert_with(Vec::new).extend(from);
             return;
         }
         self.start(now, Cause::Reload(from.into_iter().collect()), out);
@@ -685,7 +669,7 @@ impl Policy {
     /// it and gets the same answer; an upgrade asked for during a reload
     /// waits for the reload's outcome (see [`Policy::start_upgrade_check`]).
     fn upgrade(&mut self, from: Option<ClientId>, out: &mut Vec<Effect>) {
-        if self.stopping.is_some() {
+        if self.state.stopping.is_some() {
             out.info("upgrade refused: panzer is stopping");
             if let Some(to) = from {
                 out.push(Effect::Reply { to, reply: Reply::error("panzer is stopping") });
@@ -715,7 +699,7 @@ impl Policy {
     /// reload is under way. systemd hears `RELOADING=1` now, `READY=1` from
     /// the next image (or when the upgrade fails).
     fn start_upgrade_check(&mut self, now: Instant, out: &mut Vec<Effect>) {
-        if self.stopping.is_some() || self.reload_under_way() {
+        if self.state.stopping.is_some() || self.reload_under_way() {
             return;
         }
         let Some(upgrade) = self.upgrade.as_mut().filter(|u| u.checking_until.is_none()) else { return };
@@ -739,7 +723,7 @@ impl Policy {
     /// The old image goes on serving; whoever asked hears why.
     fn upgrade_failed(&mut self, clients: Vec<ClientId>, reason: &str, out: &mut Vec<Effect>) {
         out.error(format!("upgrade failed: {reason}; this panzer goes on running"));
-        if self.stopping.is_none() && !self.reload_under_way() {
+        if self.state.stopping.is_none() && !self.reload_under_way() {
             out.push(Effect::Systemd(Note::Ready(format!("upgrade failed: {reason}"))));
         }
         for to in clients {
@@ -762,7 +746,7 @@ impl Policy {
             let reply = Reply { pid: Some(pid), version: Some(version.clone()), ..Reply::ok() };
             out.push(Effect::Reply { to, reply });
         }
-        if self.stopping.is_some() {
+        if self.state.stopping.is_some() {
             return;
         }
         if !self.reload_under_way() {
@@ -781,20 +765,21 @@ impl Policy {
             return Err("scale 0: the count must be at least 1".into());
         }
         let count = self.settings.ceiling.check(&format!("scale {count}"), count.into())?;
-        if self.stopping.is_some() || count == self.settings.count {
-            return Ok(self.settings.count);
+        if self.state.stopping.is_some() || count == self.state.count {
+            return Ok(self.state.count);
         }
-        out.info(format!("scaling from {} to {count} worker(s)", self.settings.count));
-        self.settings.count = count;
+        out.info(format!("scaling from {} to {count} worker(s)", self.state.count));
+        self.state.count = count;
         // A staged reload's two generations: the new one and the one it replaces.
         let in_roll: Vec<u32> = self
+            .state
             .generations
             .iter()
             .filter_map(|g| g.roll.map(|roll| [Some(g.number), roll.old]))
             .flatten()
             .flatten()
             .collect();
-        for g in &mut self.generations {
+        for g in &mut self.state.generations {
             if in_roll.contains(&g.number) {
                 // The roll under way takes the new count at its next step.
                 continue;
@@ -832,7 +817,7 @@ impl Policy {
     /// kernel): main sends the drain signal to the group itself, and
     /// `SIGKILL` when the grace ends instead of a backstop later.
     fn take_over_drains(&mut self, now: Instant, out: &mut Vec<Effect>) {
-        for g in &mut self.generations {
+        for g in &mut self.state.generations {
             if !g.act_deadline.is_some_and(|at| at <= now) {
                 continue;
             }
@@ -947,11 +932,11 @@ impl Policy {
     /// Every worker of `number` is ready: it takes over, older ones drain.
     fn ready(&mut self, now: Instant, number: u32, workers: u32, out: &mut Vec<Effect>) {
         // Too late if it already failed (at the startup timeout, say).
-        if self.state(number) != Some(State::Starting) {
+        if self.state_of(number) != Some(State::Starting) {
             return;
         }
         let grace = self.settings.graceful_timeout;
-        let count = self.settings.count;
+        let count = self.state.count;
         if let Some(g) = self.find(number) {
             g.state = State::Ready;
             g.startup_deadline = None;
@@ -963,9 +948,10 @@ impl Policy {
                 out.push(Effect::Order { generation: number, order: Order::Scale { count } });
             }
         }
-        self.served = true;
-        self.replacement_failures = 0;
+        self.state.served = true;
+        self.state.replacement_failures = 0;
         let older: Vec<u32> = self
+            .state
             .generations
             .iter()
             .filter(|g| g.number < number && matches!(g.state, State::Ready | State::Starting))
@@ -976,6 +962,7 @@ impl Policy {
         }
         // An older one still waiting for its backoff will never be needed.
         let delayed: Vec<u32> = self
+            .state
             .generations
             .iter()
             .filter(|g| g.number < number && matches!(g.state, State::Delayed(_)))
@@ -988,20 +975,20 @@ impl Policy {
         let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
         if let Some(Cause::Reload(clients)) = cause {
             out.info(format!("reload done: generation {number} serves"));
-            self.reloads.ok += 1;
-            self.reloads.last_duration_ms = started.map(|at| millis(now.saturating_duration_since(at)));
+            self.state.reloads.ok += 1;
+            self.state.reloads.last_duration_ms = started.map(|at| millis(now.saturating_duration_since(at)));
             for to in clients {
                 out.push(Effect::Reply { to, reply: Reply { generation: Some(number), ..Reply::ok() } });
             }
         }
-        if self.stopping.is_some() {
+        if self.state.stopping.is_some() {
             self.drain(now, number, State::Draining, grace, out);
             return;
         }
         out.push(Effect::Systemd(Note::Ready(format!(
             "generation {number} serving with {workers} worker(s)"
         ))));
-        if let Some(clients) = self.queued_reload.take() {
+        if let Some(clients) = self.state.queued_reload.take() {
             self.start(now, Cause::Reload(clients), out);
         }
     }
@@ -1011,14 +998,14 @@ impl Policy {
     /// as many old ones retire), retired workers gone (then the next batch
     /// starts). Never more than K workers above the count are alive.
     fn advance(&mut self, now: Instant, number: u32, out: &mut Vec<Effect>) {
-        let n = self.settings.count;
+        let n = self.state.count;
         loop {
-            let Some(g) = self.generations.iter().find(|g| g.number == number) else { return };
+            let Some(g) = self.state.generations.iter().find(|g| g.number == number) else { return };
             let Some(roll) = g.roll.filter(|_| g.state == State::Starting) else { return };
             let (ready, count) = (g.ready_workers(), g.count);
-            let old = roll
-                .old
-                .and_then(|o| self.generations.iter().find(|g| g.number == o && g.state == State::Ready));
+            let old = roll.old.and_then(|o| {
+                self.state.generations.iter().find(|g| g.number == o && g.state == State::Ready)
+            });
             let old = old.map(|o| (o.number, o.count, o.alive_workers()));
             let (phase, grow_to) = match roll.phase {
                 Phase::Canary(None) if ready >= 1 => {
@@ -1070,7 +1057,7 @@ impl Policy {
         old: Option<u32>,
         out: &mut Vec<Effect>,
     ) -> (Phase, Option<u32>) {
-        let n = self.settings.count;
+        let n = self.state.count;
         let target = n.saturating_sub(count);
         match (self.settings.strategy, old) {
             (ReloadStrategy::Rolling(_), Some(old)) if target > 0 => {
@@ -1095,11 +1082,11 @@ impl Policy {
     /// `number` cannot become ready (startup timeout, workers crashing, its
     /// monitor could not start): it drains, whatever serves keeps serving.
     fn failed(&mut self, now: Instant, number: u32, reason: &str, out: &mut Vec<Effect>) {
-        if self.state(number) != Some(State::Starting) {
+        if self.state_of(number) != Some(State::Starting) {
             return;
         }
         out.error(format!("generation {number} failed: {reason}"));
-        self.last_failure = Some(reason.to_string());
+        self.state.last_failure = Some(reason.to_string());
         self.restore_old(number, out);
         let grace = self.settings.graceful_timeout.min(FAILED_GRACE);
         self.drain(now, number, State::Failed, grace, out);
@@ -1111,7 +1098,7 @@ impl Policy {
     /// A staged reload that stops gives the old generation back its full
     /// count (the retired slots start again from COMMAND as it is now).
     fn restore_old(&mut self, number: u32, out: &mut Vec<Effect>) {
-        let count = self.settings.count;
+        let count = self.state.count;
         let old = self.find(number).and_then(|g| g.roll.take()).and_then(|r| r.old);
         if let Some(old) =
             old.and_then(|o| self.find(o)).filter(|o| o.state == State::Ready && o.count != count)
@@ -1134,34 +1121,34 @@ impl Policy {
         reason: &str,
         out: &mut Vec<Effect>,
     ) {
-        if self.stopping.is_some() {
+        if self.state.stopping.is_some() {
             return;
         }
-        if !self.served {
+        if !self.state.served {
             // Nothing ever served, and the application itself failed: give up.
-            self.exit_code = crate::error::EXIT_NOT_READY;
+            self.state.exit_code = crate::error::EXIT_NOT_READY;
             self.stop(now, Stop::Graceful, out);
             return;
         }
         let serving =
-            self.generations.iter().filter(|g| g.state == State::Ready).map(|g| g.number).next_back();
+            self.state.generations.iter().filter(|g| g.state == State::Ready).map(|g| g.number).next_back();
         if let Some(Cause::Reload(clients)) = cause {
             let message = match serving {
                 Some(n) => format!("{reason}; generation {n} keeps serving"),
                 None => reason.to_string(),
             };
             out.error(format!("reload failed: {message}"));
-            self.reloads.failed += 1;
-            self.reloads.last_error = Some(message.clone());
-            self.reloads.last_duration_ms = started.map(|at| millis(now.saturating_duration_since(at)));
+            self.state.reloads.failed += 1;
+            self.state.reloads.last_error = Some(message.clone());
+            self.state.reloads.last_duration_ms = started.map(|at| millis(now.saturating_duration_since(at)));
             out.push(Effect::Systemd(Note::Ready(format!("reload failed: {message}"))));
             for to in clients {
                 out.push(Effect::Reply { to, reply: Reply::error(message.clone()) });
             }
         } else if cause == Some(Cause::Replacement) {
-            self.replacement_failures += 1;
+            self.state.replacement_failures += 1;
         }
-        if let Some(clients) = self.queued_reload.take() {
+        if let Some(clients) = self.state.queued_reload.take() {
             self.start(now, Cause::Reload(clients), out);
         } else if serving.is_none() && !self.any(|s| matches!(s, State::Starting | State::Delayed(_))) {
             self.start(now, Cause::Replacement, out);
@@ -1169,13 +1156,14 @@ impl Policy {
     }
 
     fn monitor_exited(&mut self, now: Instant, number: u32, ended: Ended, out: &mut Vec<Effect>) {
-        let Some(state) = self.state(number) else { return };
+        let Some(state) = self.state_of(number) else { return };
         let grace = self.settings.graceful_timeout;
         // A monitor that drained exited 0 after signalling its workers; any
         // other end left them (or their children) to main.
         let drained = matches!(state, State::Draining | State::Failed) && ended == Ended::Exited(0);
         let kill_at =
-            match self.generations.iter().find(|g| g.number == number).and_then(Generation::grace_ends) {
+            match self.state.generations.iter().find(|g| g.number == number).and_then(Generation::grace_ends)
+            {
                 Some(ends) if drained => ends,
                 _ => now + grace,
             };
@@ -1195,7 +1183,7 @@ impl Policy {
             }
             State::Ready => {
                 self.remove(number);
-                if self.stopping.is_some() {
+                if self.state.stopping.is_some() {
                     out.warn(format!("the monitor of generation {number} {ended} while stopping"));
                 } else {
                     out.error(format!("the monitor of generation {number} {ended}; its workers drain while a new generation starts"));
@@ -1226,7 +1214,7 @@ impl Policy {
         ended: &Ended,
         out: &mut Vec<Effect>,
     ) {
-        if self.stopping.is_some() {
+        if self.state.stopping.is_some() {
             return;
         }
         match cause {
@@ -1235,16 +1223,16 @@ impl Policy {
                 self.after_failure(now, cause, started, &reason, out);
             }
             _ => {
-                self.replacement_failures += 1;
-                if !self.served && self.replacement_failures >= MAX_LOST_MONITORS {
+                self.state.replacement_failures += 1;
+                if !self.state.served && self.state.replacement_failures >= MAX_LOST_MONITORS {
                     // Something keeps ending the monitor itself: say so and
                     // stop, rather than retry forever with nothing serving.
                     let reason = format!(
                         "its monitor {ended} before it was ready, {MAX_LOST_MONITORS} times in a row"
                     );
-                    out.error(format!("generation {} never became ready: {reason}", self.last));
-                    self.last_failure = Some(reason);
-                    self.exit_code = crate::error::EXIT_NOT_READY;
+                    out.error(format!("generation {} never became ready: {reason}", self.state.last));
+                    self.state.last_failure = Some(reason);
+                    self.state.exit_code = crate::error::EXIT_NOT_READY;
                     return self.stop(now, Stop::Graceful, out);
                 }
                 if !self.any(|s| matches!(s, State::Starting | State::Ready | State::Delayed(_))) {
@@ -1255,7 +1243,7 @@ impl Policy {
     }
 
     fn remove(&mut self, number: u32) {
-        self.generations.retain(|g| g.number != number);
+        self.state.generations.retain(|g| g.number != number);
     }
 
     /// `SIGTERM`, `SIGINT`, a control `stop` (graceful), or `SIGQUIT`, a
@@ -1263,7 +1251,7 @@ impl Policy {
     /// `--stop-delay` while a generation serves (not ready: systemd hears
     /// `STOPPING=1` at once); a second graceful stop skips the rest of it.
     fn stop(&mut self, now: Instant, how: Stop, out: &mut Vec<Effect>) {
-        let already = self.stopping;
+        let already = self.state.stopping;
         if already == Some(Stop::Now) {
             return;
         }
@@ -1275,7 +1263,7 @@ impl Policy {
             return;
         }
         let drain_began = already.is_some() && !self.in_stop_delay();
-        self.stopping = Some(how);
+        self.state.stopping = Some(how);
         if already.is_none() {
             out.push(Effect::Systemd(Note::Stopping));
             let delay = self.settings.stop_delay;
@@ -1283,8 +1271,9 @@ impl Policy {
             // What was asked for and not done yet is cancelled; a reload
             // under way stops at once, the generation it would replace
             // serves through the delay.
-            let mut cancelled: Vec<ClientId> = self.queued_reload.take().unwrap_or_default();
-            let numbers: Vec<(u32, State)> = self.generations.iter().map(|g| (g.number, g.state)).collect();
+            let mut cancelled: Vec<ClientId> = self.state.queued_reload.take().unwrap_or_default();
+            let numbers: Vec<(u32, State)> =
+                self.state.generations.iter().map(|g| (g.number, g.state)).collect();
             for (number, state) in numbers {
                 match state {
                     State::Delayed(_) => self.remove(number),
@@ -1327,7 +1316,7 @@ impl Policy {
                         "stopping in {} (--stop-delay); serving until then",
                         format_duration(delay)
                     ));
-                    self.stop_delay_until = Some(now + delay);
+                    self.state.stop_delay_until = Some(now + delay);
                 }
                 Stop::Graceful => self.begin_drain(now, out),
                 Stop::Now => {}
@@ -1346,17 +1335,17 @@ impl Policy {
     /// listening), every generation finishes what it has within the
     /// graceful timeout, and what is left then is killed.
     fn begin_drain(&mut self, now: Instant, out: &mut Vec<Effect>) {
-        self.stop_delay_until = None;
+        self.state.stop_delay_until = None;
         let grace = self.settings.graceful_timeout;
-        if self.stopping == Some(Stop::Graceful) && self.exit_code == 0 {
+        if self.state.stopping == Some(Stop::Graceful) && self.state.exit_code == 0 {
             out.info(format!("stopping gracefully (workers have {} to finish)", format_duration(grace)));
         }
-        self.stop_deadline = Some(now + grace + DRAIN_BACKSTOP);
+        self.state.stop_deadline = Some(now + grace + DRAIN_BACKSTOP);
         // Before the workers hear of the drain, while they still accept:
         // the backlog is at its shortest, and what it holds is all that is
         // lost (a TCP socket resets it as it stops listening).
         out.push(Effect::Unlisten);
-        let numbers: Vec<(u32, State)> = self.generations.iter().map(|g| (g.number, g.state)).collect();
+        let numbers: Vec<(u32, State)> = self.state.generations.iter().map(|g| (g.number, g.state)).collect();
         for (number, state) in numbers {
             match state {
                 State::Delayed(_) => self.remove(number),
@@ -1367,19 +1356,20 @@ impl Policy {
     }
 
     fn kill_everything(&mut self, out: &mut Vec<Effect>) {
-        for g in &mut self.generations {
+        for g in &mut self.state.generations {
             g.kill_deadline = None;
             g.act_deadline = None;
             out.push(Effect::KillGroup(g.number));
         }
         out.push(Effect::KillOrphans);
-        self.stop_deadline = None;
+        self.state.stop_deadline = None;
     }
 
     fn tick(&mut self, now: Instant, out: &mut Vec<Effect>) {
         self.take_over_drains(now, out);
         let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
         let snapshot: Vec<(u32, State, bool, bool, bool)> = self
+            .state
             .generations
             .iter()
             .map(|g| (g.number, g.state, due(g.kill_deadline), due(g.startup_deadline), due(g.next_progress)))
@@ -1423,10 +1413,10 @@ impl Policy {
             );
             self.upgrade_checked(Err(reason), out);
         }
-        if due(self.stop_delay_until) {
+        if due(self.state.stop_delay_until) {
             self.begin_drain(now, out);
         }
-        if due(self.stop_deadline) {
+        if due(self.state.stop_deadline) {
             out.warn("workers still running after the graceful timeout: killing them");
             self.kill_everything(out);
         }
@@ -1609,7 +1599,7 @@ mod tests {
         );
         assert_eq!(w.exited(1, Ended::Exited(0)).len(), 1, "only the orphans of a drained monitor");
         assert_eq!(w.states(), vec![(2, State::Ready)]);
-        assert_eq!(w.policy.reloads.ok, 1);
+        assert_eq!(w.policy.reloads().ok, 1);
     }
 
     #[test]
@@ -1685,7 +1675,7 @@ mod tests {
         assert_eq!(effects[0], drain(1, FAILED_GRACE));
         assert!(w.policy.stopping());
         assert_eq!(w.exited(1, Ended::Exited(1)).last(), Some(&Exit(1)));
-        assert_eq!(w.policy.last_failure.as_deref(), Some("workers keep crashing"));
+        assert_eq!(w.policy.last_failure(), Some("workers keep crashing"));
     }
 
     #[test]
@@ -2022,31 +2012,31 @@ mod tests {
     #[test]
     fn each_reload_outcome_records_how_long_it_took_from_its_start() {
         let mut w = World::serving();
-        assert_eq!(w.policy.reloads.last_duration_ms, None, "generation 1 is no reload");
+        assert_eq!(w.policy.reloads().last_duration_ms, None, "generation 1 is no reload");
         w.reload(1);
         w.now += Duration::from_millis(250);
         w.ready(2);
-        assert_eq!(w.policy.reloads.last_duration_ms, Some(250));
+        assert_eq!(w.policy.reloads().last_duration_ms, Some(250));
         // A failed one: the startup timeout, counted from its own start.
         w.now += Duration::from_secs(3);
         w.reload(2);
         w.later(Duration::from_secs(60));
-        assert_eq!((w.policy.reloads.failed, w.policy.reloads.last_duration_ms), (1, Some(60_000)));
+        assert_eq!((w.policy.reloads().failed, w.policy.reloads().last_duration_ms), (1, Some(60_000)));
         // A queued reload starts when the one before it is done, not when it was asked for.
         w.reload(3);
         w.now += Duration::from_millis(10);
         w.reload(4);
         w.now += Duration::from_millis(90);
         w.ready(4);
-        assert_eq!(w.policy.reloads.last_duration_ms, Some(100));
+        assert_eq!(w.policy.reloads().last_duration_ms, Some(100));
         w.now += Duration::from_millis(40);
         w.ready(5);
-        assert_eq!(w.policy.reloads.last_duration_ms, Some(40));
+        assert_eq!(w.policy.reloads().last_duration_ms, Some(40));
         // A reload whose monitor is killed while it starts fails, with its time.
         w.reload(5);
         w.now += Duration::from_millis(7);
         w.exited(6, killed());
-        assert_eq!((w.policy.reloads.failed, w.policy.reloads.last_duration_ms), (2, Some(7)));
+        assert_eq!((w.policy.reloads().failed, w.policy.reloads().last_duration_ms), (2, Some(7)));
     }
 
     #[test]
@@ -2223,7 +2213,7 @@ mod tests {
         }
         let effects = w.exited(MAX_LOST_MONITORS, killed());
         assert_eq!(effects.last(), Some(&Exit(1)));
-        assert!(w.policy.last_failure.as_deref().unwrap().contains("5 times in a row"));
+        assert!(w.policy.last_failure().unwrap().contains("5 times in a row"));
     }
 
     #[test]
