@@ -22,6 +22,7 @@ use super::handover::clock;
 
 use crate::control::server::ClientId;
 use crate::control::{Command, ReloadStats, Reply};
+use crate::error::Error;
 use crate::protocol::{Order, Report, BACKOFF_CAP, BACKOFF_START, FAILED_GRACE, MAX_UNREADY_EXITS};
 use crate::units::{format_duration, ReloadStrategy};
 
@@ -635,7 +636,7 @@ impl Policy {
             }
             Command::Scale(count) => match self.scale(count, out) {
                 Ok(count) => reply(out, Reply { count: Some(count), ..Reply::ok() }),
-                Err(e) => reply(out, Reply::error(e)),
+                Err(e) => reply(out, Reply::error(e.to_string())),
             },
             Command::Upgrade => self.upgrade(from, out),
             Command::ScaleBy(delta) => {
@@ -760,11 +761,14 @@ impl Policy {
         }
     }
 
-    fn scale(&mut self, count: u32, out: &mut Vec<Effect>) -> Result<u32, String> {
+    /// A new count for every live generation; refused (as `--count` would
+    /// be) when it is 0 or past what the limits let a generation run.
+    fn scale(&mut self, count: u32, out: &mut Vec<Effect>) -> Result<u32, Error> {
         if count == 0 {
-            return Err("scale 0: the count must be at least 1".into());
+            return Err(Error::Usage("scale 0: the count must be at least 1".into()));
         }
-        let count = self.settings.ceiling.check(&format!("scale {count}"), count.into())?;
+        let count =
+            self.settings.ceiling.check(&format!("scale {count}"), count.into()).map_err(Error::Usage)?;
         if self.state.stopping.is_some() || count == self.state.count {
             return Ok(self.state.count);
         }
