@@ -21,9 +21,6 @@ mod systemd;
 mod upgrade;
 
 pub use upgrade::{check as check_upgrade, resume, CHECK_COMMAND, RESUME_COMMAND};
-// The policy and the orphans name the hand-over's `clock` by this path
-// until the policy has a clock of its own.
-use upgrade::handover;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;

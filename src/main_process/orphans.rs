@@ -34,7 +34,7 @@ use crate::sys;
 #[serde(deny_unknown_fields)]
 pub(crate) struct SavedGroup {
     pgid: i32,
-    #[serde(with = "super::handover::clock")]
+    #[serde(with = "super::policy::clock")]
     kill_at: Instant,
 }
 
