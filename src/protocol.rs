@@ -83,6 +83,12 @@ pub const FAILED_GRACE: Duration = Duration::from_secs(5);
 pub const BACKOFF_START: Duration = Duration::from_millis(100);
 /// The longest of those delays.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+/// The delay before starting again after `failures` failures in a row (at
+/// least one): [`BACKOFF_START`], doubled per failure, at most [`BACKOFF_CAP`].
+pub fn backoff(failures: u32) -> Duration {
+    BACKOFF_START.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(BACKOFF_CAP)
+}
 /// Exits before ready, in a row in one slot, that fail a generation: the
 /// monitor judges them until the generation was first ready, main judges
 /// those of a later step of a staged reload.

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::protocol::{BACKOFF_CAP, BACKOFF_START, MAX_UNREADY_EXITS};
+use crate::protocol::{self, MAX_UNREADY_EXITS};
 use crate::units::ReadyMode;
 
 /// A worker that stayed up this long resets its slot's backoff.
@@ -618,7 +618,7 @@ impl Slot {
             return Duration::ZERO;
         }
         self.failures += 1;
-        BACKOFF_START.checked_mul(1 << (self.failures - 1).min(16)).unwrap_or(BACKOFF_CAP).min(BACKOFF_CAP)
+        protocol::backoff(self.failures)
     }
 }
 
@@ -632,6 +632,7 @@ fn jittered(age: Duration, pid: i32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{BACKOFF_CAP, BACKOFF_START};
 
     const MS: Duration = Duration::from_millis(1);
 

@@ -16,7 +16,7 @@ use super::{millis, Effect, Note, Policy, Say};
 use crate::control::server::ClientId;
 use crate::control::Reply;
 use crate::error::Error;
-use crate::protocol::{Order, Report, BACKOFF_CAP, BACKOFF_START, FAILED_GRACE, MAX_UNREADY_EXITS};
+use crate::protocol::{self, Order, Report, FAILED_GRACE, MAX_UNREADY_EXITS};
 use crate::units::{format_duration, ReloadStrategy};
 
 /// How long after its grace a draining monitor may take before main kills
@@ -195,9 +195,7 @@ impl Policy {
             Roll { old: serving, phase }
         });
         let state = if cause == Cause::Replacement && self.state.replacement_failures > 0 {
-            let delay = BACKOFF_START
-                .saturating_mul(1 << (self.state.replacement_failures - 1).min(10))
-                .min(BACKOFF_CAP);
+            let delay = protocol::backoff(self.state.replacement_failures);
             out.warn(format!("starting generation {number} in {}", format_duration(delay)));
             State::Delayed(now + delay)
         } else {
