@@ -238,22 +238,11 @@ fn status_table(s: &Status) -> String {
     out += "\n";
     for g in &s.generations {
         out += &format!("\n{}\n", top::generation_line(g));
-        out += &format!(
-            "  {:<7} {:<8} {:<6} {:<9} {:<8} {:<11} {:<6} {}\n",
-            "WORKER", "PID", "READY", "RESTARTS", "UPTIME", "RSS", "CONNS", "THREADS"
-        );
+        out += &top::worker_row(top::Table::Status, top::WORKER_HEADINGS, "THREADS");
+        out += "\n";
         for w in &g.workers {
-            out += &format!(
-                "  {:<7} {:<8} {:<6} {:<9} {:<8} {:<11} {:<6} {}\n",
-                w.ordinal,
-                w.pid,
-                if w.ready { "yes" } else { "no" },
-                w.restarts,
-                age(w.uptime_s),
-                format!("{:.1} MiB", w.rss_kib as f64 / 1024.0),
-                top::connections(w),
-                w.threads
-            );
+            out += &top::worker_row(top::Table::Status, top::worker_cells(w), &w.threads.to_string());
+            out += "\n";
         }
     }
     out

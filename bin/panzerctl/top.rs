@@ -113,22 +113,9 @@ impl Screen {
             for g in &s.generations {
                 lines.push(String::new());
                 lines.push(generation_line(g));
-                lines.push(format!(
-                    "  {:<7} {:<8} {:<6} {:<9} {:<8} {:>10}  {:>5}  {}",
-                    "WORKER", "PID", "READY", "RESTARTS", "UPTIME", "RSS", "CONNS", "LAST EXIT"
-                ));
+                lines.push(worker_row(Table::Top, WORKER_HEADINGS, "LAST EXIT"));
                 for w in &g.workers {
-                    lines.push(format!(
-                        "  {:<7} {:<8} {:<6} {:<9} {:<8} {:>10}  {:>5}  {}",
-                        w.ordinal,
-                        w.pid,
-                        if w.ready { "yes" } else { "no" },
-                        w.restarts,
-                        age(w.uptime_s),
-                        format!("{:.1} MiB", w.rss_kib as f64 / 1024.0),
-                        connections(w),
-                        w.last_exit.as_deref().unwrap_or("")
-                    ));
+                    lines.push(worker_row(Table::Top, worker_cells(w), w.last_exit.as_deref().unwrap_or("")));
                 }
             }
         }
@@ -187,6 +174,45 @@ pub fn generation_line(g: &GenerationStatus) -> String {
 }
 
 /// A worker's client connections, `-` where they cannot be read.
+/// The two tables of workers: `panzerctl status` and `panzerctl top`.
+#[derive(Clone, Copy)]
+pub enum Table {
+    Status,
+    Top,
+}
+
+/// The headings of the columns both tables have, in order.
+pub const WORKER_HEADINGS: [&str; 7] = ["WORKER", "PID", "READY", "RESTARTS", "UPTIME", "RSS", "CONNS"];
+
+/// A worker's cells under [`WORKER_HEADINGS`].
+pub fn worker_cells(w: &WorkerStatus) -> [String; 7] {
+    [
+        w.ordinal.to_string(),
+        w.pid.to_string(),
+        (if w.ready { "yes" } else { "no" }).to_string(),
+        w.restarts.to_string(),
+        age(w.uptime_s),
+        format!("{:.1} MiB", w.rss_kib as f64 / 1024.0),
+        connections(w),
+    ]
+}
+
+/// One line of a table of workers: the common cells, then the table's own
+/// last column.
+pub fn worker_row<S: AsRef<str>>(table: Table, cells: [S; 7], last: &str) -> String {
+    let [ordinal, pid, ready, restarts, uptime, rss, conns] = cells.map(|c| c.as_ref().to_string());
+    match table {
+        Table::Status => {
+            format!(
+                "  {ordinal:<7} {pid:<8} {ready:<6} {restarts:<9} {uptime:<8} {rss:<11} {conns:<6} {last}"
+            )
+        }
+        Table::Top => format!(
+            "  {ordinal:<7} {pid:<8} {ready:<6} {restarts:<9} {uptime:<8} {rss:>10}  {conns:>5}  {last}"
+        ),
+    }
+}
+
 pub fn connections(w: &WorkerStatus) -> String {
     w.connections.map_or_else(|| "-".to_string(), |n| n.to_string())
 }

@@ -250,6 +250,20 @@ struct Client {
 }
 
 impl Client {
+    /// What the next image of main needs of this client.
+    fn save(&self, now: Instant) -> SavedClient {
+        SavedClient {
+            id: self.id,
+            fd: self.socket.as_raw_fd(),
+            input: self.input.clone(),
+            output: self.output.clone(),
+            left_ms: self.deadline.saturating_duration_since(now).as_millis() as u64,
+            close: self.close,
+            lingering: self.lingering,
+            eof: self.eof,
+        }
+    }
+
     fn new(id: u64, socket: Socket, now: Instant) -> Client {
         Client {
             id,
@@ -602,20 +616,7 @@ impl Server {
                 })
                 .collect(),
             next_id: self.next_id,
-            clients: self
-                .clients
-                .iter()
-                .map(|c| SavedClient {
-                    id: c.id,
-                    fd: c.socket.as_raw_fd(),
-                    input: c.input.clone(),
-                    output: c.output.clone(),
-                    left_ms: c.deadline.saturating_duration_since(now).as_millis() as u64,
-                    close: c.close,
-                    lingering: c.lingering,
-                    eof: c.eof,
-                })
-                .collect(),
+            clients: self.clients.iter().map(|c| c.save(now)).collect(),
         }
     }
 

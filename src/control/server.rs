@@ -109,6 +109,20 @@ struct Client {
     eof: bool,
 }
 
+impl Client {
+    /// What the next image of main needs of this client.
+    fn save(&self, now: Instant) -> SavedClient {
+        SavedClient {
+            id: self.id,
+            fd: self.stream.as_raw_fd(),
+            buffer: self.buffer.clone(),
+            idle_ms: self.idle_deadline.saturating_duration_since(now).as_millis() as u64,
+            waiting: self.waiting,
+            eof: self.eof,
+        }
+    }
+}
+
 pub struct Server {
     listener: UnixListener,
     path: PathBuf,
@@ -174,18 +188,7 @@ impl Server {
             path: self.path.as_os_str().as_bytes().to_vec(),
             inode: self.inode,
             next_id: self.next_id,
-            clients: self
-                .clients
-                .iter()
-                .map(|c| SavedClient {
-                    id: c.id,
-                    fd: c.stream.as_raw_fd(),
-                    buffer: c.buffer.clone(),
-                    idle_ms: c.idle_deadline.saturating_duration_since(now).as_millis() as u64,
-                    waiting: c.waiting,
-                    eof: c.eof,
-                })
-                .collect(),
+            clients: self.clients.iter().map(|c| c.save(now)).collect(),
         }
     }
 

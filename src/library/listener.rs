@@ -28,11 +28,7 @@ impl FromListener for TcpListener {
     fn from_listener(listener: Listener) -> Result<Self, String> {
         match listener.socket {
             Socket::Tcp(l) => Ok(l),
-            Socket::Unix(_) => Err(format!(
-                "socket `{}` is a unix socket, and serve takes TcpListeners: take panzer::Listener \
-                 (impl panzer::Worker<panzer::Listener>) to serve both kinds",
-                listener.name
-            )),
+            Socket::Unix(_) => Err(wrong_kind(&listener.name, "unix", "TcpListeners")),
         }
     }
 }
@@ -41,13 +37,17 @@ impl FromListener for UnixListener {
     fn from_listener(listener: Listener) -> Result<Self, String> {
         match listener.socket {
             Socket::Unix(l) => Ok(l),
-            Socket::Tcp(_) => Err(format!(
-                "socket `{}` is a TCP socket, and serve takes UnixListeners: take panzer::Listener \
-                 (impl panzer::Worker<panzer::Listener>) to serve both kinds",
-                listener.name
-            )),
+            Socket::Tcp(_) => Err(wrong_kind(&listener.name, "TCP", "UnixListeners")),
         }
     }
+}
+
+/// Why socket `name`, of kind `is`, cannot be what `serve` takes.
+fn wrong_kind(name: &str, is: &str, takes: &str) -> String {
+    format!(
+        "socket `{name}` is a {is} socket, and serve takes {takes}: take panzer::Listener \
+         (impl panzer::Worker<panzer::Listener>) to serve both kinds"
+    )
 }
 
 /// A listening socket of one kind.
