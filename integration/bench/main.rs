@@ -52,8 +52,12 @@
 //! below): panzer runs in a process group of its own; on drop (also on
 //! panic), and on Ctrl-C or SIGTERM of the bench, main's group, every
 //! descendant and every descendant's group get `SIGKILL`. Ports are
-//! 127.0.0.1:0; every wait has a deadline; sleeps only pace the reloads or
-//! make up the idle period being measured.
+//! 127.0.0.1:0; every wait polls a condition with a deadline: a log line,
+//! or `/proc` (`proc.rs`): before each idle reload, that the previous one
+//! is over, its processes exited and reaped and main asleep. Sleeps only
+//! pace the reloads, the load and the polls, make up the idle period
+//! being measured, or give main and the monitor time to drop their code
+//! pages.
 //!
 //! The rooms: this file runs the scenarios the command line names;
 //! `scenarios/` holds them, one file per scenario or family, and their

@@ -1,8 +1,8 @@
 //! One panzer under measurement: the tests' process guard with its log
 //! read as it grows, each line stamped with the `Instant` it was read at,
-//! and what the scenarios ask of it: its port, a generation's monitor, a
-//! reload timed from the signal to the new generation ready and the old
-//! one stopped.
+//! and what the scenarios ask of it: its port, a generation's monitor, the
+//! end of the reloads so far, a reload timed from the signal to the new
+//! generation ready and the old one stopped.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 use crate::harness::{LogWatch, Panzer};
+use crate::proc;
 
 /// Limit for anything that should take a moment (a line, an exit).
 pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
@@ -59,6 +60,15 @@ impl Measured {
             .and_then(|p| p.trim().parse().ok())
             .map(Pid::from_raw)
             .ok_or_else(|| format!("no monitor pid in {text:?}"))
+    }
+
+    /// Waits until the reloads so far are over: nothing is left below main
+    /// but generation `serving`, whose group is its monitor's (the older
+    /// generations' processes, keepers included, have exited and main has
+    /// reaped them), and main sleeps.
+    pub(crate) fn wait_settled(&mut self, serving: u32) -> Result<(), String> {
+        let monitor = self.monitor_of(serving)?;
+        proc::wait_settled(self.pid, monitor, PATIENCE)
     }
 
     /// Sends `SIGUSR1` and waits for generation `k` to be ready and `k-1`

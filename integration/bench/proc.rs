@@ -1,9 +1,79 @@
 //! What the bench reads of `/proc` beyond the harness's process table:
-//! the resident memory of one process.
+//! the wait that stands where a settle sleep would (a reload's exits over
+//! before the next reload), and the resident memory of one process.
+//!
+//! The wait polls its condition with a deadline (the harness's `within`:
+//! every 2 ms at first, then less often) and, at the deadline, says what
+//! it found instead.
+
+use std::time::Duration;
 
 use nix::unistd::Pid;
 
+use crate::harness::within;
 use crate::stats::mib;
+
+/// Waits until everything below `main` is the serving generation, whose
+/// process group is `serving` (its monitor's pid), and `main` sleeps: the
+/// processes of the older generations, keepers included, have exited and
+/// main has reaped them (none is left, not even as a zombie).
+pub(crate) fn wait_settled(main: Pid, serving: Pid, limit: Duration) -> Result<(), String> {
+    if within(limit, || unsettled(main, serving).is_empty().then_some(())).is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "after {limit:?}, still below main {main} beside generation group {serving}: {}",
+        unsettled(main, serving).join(", ")
+    ))
+}
+
+/// What keeps `main`'s tree from being the serving generation alone:
+/// main awake, a zombie, a process of another group, one that vanished
+/// while the tree was read.
+fn unsettled(main: Pid, serving: Pid) -> Vec<String> {
+    let mut found = Vec::new();
+    match stat(main) {
+        Some(('S', _)) => {}
+        Some((state, _)) => found.push(format!("main in state {state}")),
+        None => found.push("main gone".to_owned()),
+    }
+    let mut frontier = vec![main];
+    while let Some(parent) = frontier.pop() {
+        for pid in children(parent) {
+            match stat(pid) {
+                Some(('Z', group)) => found.push(format!("pid {pid} of group {group}, a zombie")),
+                Some((_, group)) if group != serving.as_raw() => {
+                    found.push(format!("pid {pid} of group {group}"));
+                }
+                Some(_) => {}
+                None => found.push(format!("pid {pid}, gone while read")),
+            }
+            frontier.push(pid);
+        }
+    }
+    found
+}
+
+/// The children of `pid`, zombies included, from the kernel's lists of
+/// each of its threads' children.
+fn children(pid: Pid) -> Vec<Pid> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
+        .map(Pid::from_raw)
+        .collect()
+}
+
+/// State letter and process group of `pid` (`pid (comm) state ppid pgrp …`).
+fn stat(pid: Pid) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let group = fields.nth(1)?.parse().ok()?;
+    Some((state, group))
+}
 
 /// Resident memory of one process, in KiB.
 pub(crate) struct Rss {

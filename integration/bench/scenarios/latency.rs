@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::bench::{line, Bench, KillOnDrop, Outcome, WORKERS};
@@ -25,8 +24,8 @@ pub(crate) fn reload_latency(bench: &Bench) -> Outcome {
     panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
     let mut reloads = Vec::new();
     for k in 2..=IDLE_RELOADS + 1 {
-        // Let the previous reload's last log lines and exits settle.
-        thread::sleep(Duration::from_millis(30));
+        // The previous reload is over: only generation k-1 is left, and main sleeps.
+        panzer.wait_settled(k - 1)?;
         reloads.push(panzer.reload(k)?);
     }
     let wall: Vec<f64> = reloads.iter().map(|r| ms(r.ready - r.signal)).collect();
@@ -86,8 +85,8 @@ pub(crate) fn reload_auto(bench: &Bench) -> Outcome {
     panzer.log.wait(0, "generation 1 ready:", PATIENCE)?;
     let mut reloads = Vec::new();
     for k in 2..=IDLE_RELOADS + 1 {
-        // Let the previous reload's last log lines and exits settle.
-        thread::sleep(Duration::from_millis(30));
+        // The previous reload is over: only generation k-1 is left, and main sleeps.
+        panzer.wait_settled(k - 1)?;
         reloads.push(panzer.reload(k)?);
     }
     panzer.log.poll();

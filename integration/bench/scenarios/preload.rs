@@ -3,8 +3,7 @@
 //! workers, the start of generation 1, and idle reloads.
 
 use std::path::Path;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::unistd::Pid;
 
@@ -60,7 +59,8 @@ pub(crate) fn preload(bench: &Bench) -> Outcome {
         let total_pss = workers_pss + pss(monitor)?;
         let mut reloads = Vec::new();
         for k in 2..=RELOADS + 1 {
-            thread::sleep(Duration::from_millis(30));
+            // The previous reload is over: only generation k-1 is left, and main sleeps.
+            panzer.wait_settled(k - 1)?;
             reloads.push(panzer.reload(k)?);
         }
         let wall: Vec<f64> = reloads.iter().map(|r| ms(r.ready - r.signal)).collect();
