@@ -54,10 +54,10 @@
 //! descendant and every descendant's group get `SIGKILL`. Ports are
 //! 127.0.0.1:0; every wait polls a condition with a deadline: a log line,
 //! or `/proc` (`proc.rs`): before each idle reload, that the previous one
-//! is over, its processes exited and reaped and main asleep. Sleeps only
-//! pace the reloads, the load and the polls, make up the idle period
-//! being measured, or give main and the monitor time to drop their code
-//! pages.
+//! is over, its processes exited and reaped and main asleep; before memory
+//! or idle CPU is read, that main and the monitor sleep with nothing
+//! pending. Sleeps only pace the reloads, the load and the polls, or make
+//! up the idle period being measured.
 //!
 //! The rooms: this file runs the scenarios the command line names;
 //! `scenarios/` holds them, one file per scenario or family, and their

@@ -1,8 +1,9 @@
 //! What the bench reads of `/proc` beyond the harness's process table:
-//! the wait that stands where a settle sleep would (a reload's exits over
-//! before the next reload), and the resident memory of one process.
+//! the waits that stand where a settle sleep would (a reload's exits over
+//! before the next reload; a process asleep with nothing pending before its
+//! memory or CPU is read), and the resident memory of one process.
 //!
-//! The wait polls its condition with a deadline (the harness's `within`:
+//! Each wait polls its condition with a deadline (the harness's `within`:
 //! every 2 ms at first, then less often) and, at the deadline, says what
 //! it found instead.
 
@@ -73,6 +74,54 @@ fn stat(pid: Pid) -> Option<(char, i32)> {
     let state = fields.next()?.chars().next()?;
     let group = fields.nth(1)?.parse().ok()?;
     Some((state, group))
+}
+
+/// Waits until `pid` sleeps in `poll(2)` with no timeout: its event loop
+/// has nothing pending, not even the quiet timer after which main and a
+/// monitor drop the code pages they ran (`sys::resident`: a loop that
+/// wakes arms it; the drop disarms it). So its resident set is the one it
+/// keeps while idle, and nothing wakes it until something happens.
+pub(crate) fn wait_idle(pid: Pid, limit: Duration) -> Result<(), String> {
+    let path = format!("/proc/{pid}/syscall");
+    let mut last = String::new();
+    let idle = within(limit, || match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let idle = polls_forever(&text);
+            last = text.trim().to_owned();
+            idle.then_some(Ok(()))
+        }
+        Err(e) => Some(Err(format!("cannot read {path}: {e}"))),
+    });
+    match idle {
+        Some(read) => read,
+        None => Err(format!(
+            "pid {pid} not asleep in poll(2) with no timeout after {limit:?}: {path} says {last:?} \
+             (read as poll(2) on x86_64 and aarch64 only)"
+        )),
+    }
+}
+
+/// Whether a `/proc/PID/syscall` line (`number arg1 … arg6 sp pc`, the
+/// arguments in hex) shows `poll(2)` with no timeout, as the C library
+/// makes that call on this architecture: `poll(fds, nfds, -1)`, or
+/// `ppoll(fds, nfds, NULL, …)`.
+fn polls_forever(line: &str) -> bool {
+    const POLL: Option<u32> = if cfg!(target_arch = "x86_64") { Some(7) } else { None };
+    const PPOLL: Option<u32> = if cfg!(target_arch = "x86_64") {
+        Some(271)
+    } else if cfg!(target_arch = "aarch64") {
+        Some(73)
+    } else {
+        None
+    };
+    let mut fields = line.split_whitespace();
+    let number = fields.next().and_then(|n| n.parse::<u32>().ok());
+    let Some(third) = fields.nth(2).and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+    else {
+        return false;
+    };
+    (number.is_some() && number == POLL && third as u32 == u32::MAX)
+        || (number.is_some() && number == PPOLL && third == 0)
 }
 
 /// Resident memory of one process, in KiB.

@@ -10,7 +10,7 @@ use nix::unistd::Pid;
 use crate::bench::{line, Bench, Outcome, WORKERS};
 use crate::harness::{children_of, cpu_ticks, without_keepers};
 use crate::measured::PATIENCE;
-use crate::proc::{rss, Rss};
+use crate::proc::{rss, wait_idle, Rss};
 use crate::stats::mib;
 
 /// The idle period of `idle-cpu`.
@@ -47,29 +47,12 @@ pub(crate) fn memory(bench: &Bench) -> Outcome {
     )])
 }
 
-/// How long main and monitor stay quiet before they drop the code pages
-/// they ran (`sys::resident::QUIET`, 250 ms), with a margin.
-const SHED_AFTER: Duration = Duration::from_millis(400);
-
-/// [`rss`] of `pid` once it has been quiet long enough to drop its code
-/// pages, asleep, with a resident set that has stopped changing.
+/// [`rss`] of `pid` once it sleeps with nothing pending: it has dropped
+/// the code pages it ran (`sys::resident`), and its resident set is the one
+/// it keeps while idle.
 fn settled_rss(pid: Pid) -> Result<Rss, String> {
-    // Nothing to poll for: the drop is internal to the process.
-    thread::sleep(SHED_AFTER);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut last = rss(pid)?;
-    loop {
-        thread::sleep(Duration::from_millis(50));
-        let asleep = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('S')))
-            .unwrap_or(false);
-        let now = rss(pid)?;
-        if (asleep && now.total == last.total) || Instant::now() > deadline {
-            return Ok(now);
-        }
-        last = now;
-    }
+    wait_idle(pid, PATIENCE)?;
+    rss(pid)
 }
 
 /// Scenario 4: CPU used by main and monitor while nothing happens.
@@ -80,12 +63,13 @@ pub(crate) fn idle_cpu(bench: &Bench) -> Outcome {
     let monitor = panzer.monitor_of(1)?;
     let workers: Vec<Pid> = without_keepers(children_of(monitor));
     // Past the one wake-up each makes to drop its code pages after start-up.
-    thread::sleep(SHED_AFTER);
+    wait_idle(panzer.pid, PATIENCE)?;
+    wait_idle(monitor, PATIENCE)?;
     let before =
         (cpu_ticks(panzer.pid), cpu_ticks(monitor), workers.iter().map(|w| cpu_ticks(*w)).sum::<u64>());
     let deadline = Instant::now() + IDLE_PERIOD;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        thread::sleep(left.min(Duration::from_secs(1)));
+        thread::sleep(left.min(Duration::from_secs(1))); // the idle period measured
     }
     let after =
         (cpu_ticks(panzer.pid), cpu_ticks(monitor), workers.iter().map(|w| cpu_ticks(*w)).sum::<u64>());
