@@ -134,7 +134,11 @@ fn options_of(help: &str) -> Vec<HelpOption> {
         .iter()
         .filter_map(|entry| {
             let long = long_options(entry).into_iter().next()?;
-            Some(HelpOption { long, env: between(entry, "[env: ", '='), default: between(entry, "[default: ", ']') })
+            Some(HelpOption {
+                long,
+                env: between(entry, "[env: ", '='),
+                default: between(entry, "[default: ", ']'),
+            })
         })
         .collect()
 }
@@ -192,8 +196,11 @@ fn check_options(program: &str, helps: &[String], table: &[Vec<String>]) -> Vec<
         };
         let cell = |i: usize| row.get(i).map(String::as_str).unwrap_or("");
         match &option.env {
-            Some(env) if !cell(1).contains(env.as_str()) => problems
-                .push(format!("{program} --{}: --help says [env: {env}], the reference says {:?}", option.long, cell(1))),
+            Some(env) if !cell(1).contains(env.as_str()) => problems.push(format!(
+                "{program} --{}: --help says [env: {env}], the reference says {:?}",
+                option.long,
+                cell(1)
+            )),
             None if cell(1).contains("PANZER_") => problems.push(format!(
                 "{program} --{}: the reference names {:?}, --help shows no variable",
                 option.long,
@@ -237,10 +244,21 @@ fn the_reference_names_every_option_of_panzer_and_panzerctl_with_its_variable_an
     assert!(commands.len() >= 9, "too few subcommands read from\n{top}");
     for command in &commands {
         ctl_help.push(help(panzerctl, &[command]));
-        assert!(reference.contains(&format!("`{command}")), "panzerctl {command}: not in docs/src/reference.md");
+        assert!(
+            reference.contains(&format!("`{command}")),
+            "panzerctl {command}: not in docs/src/reference.md"
+        );
     }
-    problems.extend(check_options("panzerctl", &ctl_help, &table_under(&reference, "## panzerctl's command line")));
-    assert!(problems.is_empty(), "docs/src/reference.md is out of step with --help:\n{}", problems.join("\n"));
+    problems.extend(check_options(
+        "panzerctl",
+        &ctl_help,
+        &table_under(&reference, "## panzerctl's command line"),
+    ));
+    assert!(
+        problems.is_empty(),
+        "docs/src/reference.md is out of step with --help:\n{}",
+        problems.join("\n")
+    );
 }
 
 /// The Markdown files of the manual, relative to the repository's root.

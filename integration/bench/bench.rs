@@ -68,7 +68,7 @@ impl Bench {
             ));
         }
         // Another build of panzer may be measured instead, e.g. a static one
-        // (see README, "Performance").
+        // (see docs/src/performance.md).
         let panzer = match std::env::var_os("PANZER_BENCH_BIN") {
             Some(other) => {
                 println!("bench reload: measuring {}", Path::new(&other).display());

@@ -1,5 +1,6 @@
-//! The signal table: which signal means which [`Command`]. The README's
-//! "Signals" section states the same table.
+//! The signal table: which signal means which [`Command`]. The manual's
+//! reference (docs/src/reference.md, "Signals") states the same table, and
+//! a test below keeps the two in step.
 
 use nix::sys::signal::Signal;
 
@@ -44,5 +45,32 @@ mod tests {
         assert_eq!(command(Signal::SIGINT, 1, true), Some(Command::Stop));
         assert_eq!(command(Signal::SIGTERM, 0, true), Some(Command::Stop));
         assert_eq!(command(Signal::SIGQUIT, 0, true), Some(Command::StopNow));
+    }
+
+    #[test]
+    fn the_manuals_signal_table_gives_each_signal_the_meaning_this_table_does() {
+        let reference = include_str!("../../docs/src/reference.md");
+        let section = reference.split("\n## Signals\n").nth(1).expect("a Signals section");
+        let rows: Vec<&str> =
+            section.lines().skip_while(|l| !l.starts_with('|')).take_while(|l| l.starts_with('|')).collect();
+        for (signal, command) in TABLE {
+            let effect = match command {
+                Command::Reload => "hot restart",
+                Command::Stop => "graceful stop",
+                Command::StopNow => "immediate stop",
+                Command::ScaleBy(1) => "one worker more",
+                Command::ScaleBy(_) => "/ less",
+                Command::Upgrade => "upgrade panzer itself",
+                Command::Status | Command::Scale(_) => unreachable!("no signal means {command:?}"),
+            };
+            let name = format!("`{}`", signal.as_str());
+            assert!(
+                rows.iter().any(|row| {
+                    let (signals, meaning) = row.trim_matches('|').split_once('|').unwrap_or_default();
+                    signals.contains(&name) && meaning.contains(effect)
+                }),
+                "docs/src/reference.md: no row gives {name} the meaning {effect:?}"
+            );
+        }
     }
 }
