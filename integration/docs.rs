@@ -273,18 +273,22 @@ fn book_pages() -> Vec<String> {
     pages
 }
 
+/// The lines of `text` outside fenced code blocks (fences excluded).
+fn outside_code(text: &str) -> Vec<&str> {
+    let mut in_fence = false;
+    text.lines()
+        .filter(|line| {
+            let fence = line.trim_start().starts_with("```");
+            in_fence ^= fence;
+            !fence && !in_fence
+        })
+        .collect()
+}
+
 /// The targets of the Markdown links in `text`, outside code.
 fn links(text: &str) -> Vec<String> {
     let mut targets = Vec::new();
-    let mut in_fence = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            in_fence = !in_fence;
-            continue;
-        }
-        if in_fence {
-            continue;
-        }
+    for line in outside_code(text) {
         // Drop inline code spans: what is between backticks is not a link.
         let prose: String = line.split('`').step_by(2).collect::<Vec<_>>().join(" ");
         let mut rest = prose.as_str();
@@ -302,14 +306,7 @@ fn links(text: &str) -> Vec<String> {
 /// gets `-1`, `-2`, ….
 fn anchors(text: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
-    let mut in_fence = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            in_fence = !in_fence;
-        }
-        if in_fence || !line.starts_with('#') {
-            continue;
-        }
+    for line in outside_code(text).into_iter().filter(|line| line.starts_with('#')) {
         let title = line.trim_start_matches('#').trim();
         let slug: String = title
             .chars()
