@@ -75,7 +75,7 @@ fn every_problem_is_printed_on_a_line_of_its_own_and_exits_2() {
             "panzer: --user no-such-user-pz: no such user".to_string(),
             format!("panzer: --pid-file {missing}/panzer.pid: cannot use its directory {missing}: no such file or directory"),
             format!("panzer: --bind unix:{missing}/app.sock: its directory {missing}: no such file or directory"),
-            "panzer: 4 problems: fix them and check again".to_string(),
+            "panzer: configuration check failed: 4 problems".to_string(),
         ],
         "{log}"
     );
@@ -91,7 +91,7 @@ fn every_problem_is_printed_on_a_line_of_its_own_and_exits_2() {
                  no such file or directory"
             ),
             "panzer: --group no-such-group-pz: no such group".to_string(),
-            "panzer: 2 problems: fix them and check again".to_string(),
+            "panzer: configuration check failed: 2 problems".to_string(),
         ],
         "{log}"
     );
