@@ -51,6 +51,9 @@ fn a_good_setup_is_confirmed_and_nothing_is_bound_started_or_written() {
     assert!(!panzer.dir.join("panzer").exists(), "the runtime directory was created");
     assert!(!panzer.dir.join("panzer.pid").exists(), "the pid file was written");
     assert!(!dir.join("ran").exists(), "a worker ran");
+    // `-q` leaves only the problems, as `nginx -t -q` does: none here.
+    let (code, log) = run(Panzer::new(&server).args(&["--check", "-q"]));
+    assert_eq!((code, log.as_str()), (0, ""));
     let dir_name = dir.0.to_str().unwrap();
     let left: Vec<_> = process_table().into_values().filter(|p| p.cmdline.contains(dir_name)).collect();
     assert!(left.is_empty(), "left running: {:?}", left.iter().map(|p| &p.cmdline).collect::<Vec<_>>());
@@ -98,6 +101,15 @@ fn every_problem_is_printed_on_a_line_of_its_own_and_exits_2() {
 }
 
 #[test]
+fn a_command_line_that_does_not_parse_is_one_problem() {
+    let (code, log) = run(Panzer::new("sleep").args(&["--count", "999999", "--check"]));
+    assert_eq!(code, 2, "{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines[0].starts_with("panzer: --count 999999: at most "), "{log}");
+    assert_eq!(lines[1..], ["panzer: configuration check failed: 1 problem"], "{log}");
+}
+
+#[test]
 fn a_script_whose_interpreter_is_missing_fails_at_once_naming_the_interpreter() {
     let dir = TestDir::new("interpreter");
     let server = script(&dir.join("server.sh"), "/usr/bin/no-such-interpreter");
@@ -113,4 +125,24 @@ fn a_script_whose_interpreter_is_missing_fails_at_once_naming_the_interpreter() 
     );
     // Before any worker was tried: no restarts with backoff.
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn a_reload_to_a_script_whose_interpreter_is_missing_fails_naming_it() {
+    let dir = TestDir::new("reload-interp");
+    let deploy = Deploy::new(&dir);
+    let panzer = Panzer::new(deploy.path()).count(1).notify().start();
+    panzer.wait_ready(1);
+    let next = dir.join("next.sh");
+    script(&next, "/usr/bin/no-such-interpreter");
+    std::fs::rename(&next, &deploy.0).unwrap();
+    let out = panzer.ctl(&["reload"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("its interpreter /usr/bin/no-such-interpreter (from its #! line)"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("exited 5 times"), "{}", out.stderr);
+    panzer.wait_for_line("generation 1 keeps serving");
 }
