@@ -178,4 +178,13 @@ pub struct Cli {
     /// once, and forks its workers, which share its memory copy-on-write.
     #[arg(long, env = "PANZER_PRELOAD", value_parser = clap::builder::BoolishValueParser::new())]
     pub preload: bool,
+
+    /// Check the configuration and exit, as `nginx -t` does: parse every
+    /// option, resolve COMMAND (and a script's #! interpreter), look up
+    /// --user and --group, and check the runtime directory, the pid file's
+    /// directory and each unix: socket's directory. Prints every problem,
+    /// one line each, and exits 2; or prints "configuration OK" and exits
+    /// 0. Binds nothing, starts nothing, writes nothing.
+    #[arg(long)]
+    pub check: bool,
 }
