@@ -134,8 +134,12 @@ fn read_pid(path: &Path) -> Option<i32> {
 }
 
 /// The pid in the file at `path` and the file's owner, if it is a regular
-/// file holding a pid; an error if something else sits there. Never blocks
-/// (a FIFO planted there would) and never follows a symlink.
+/// file holding a pid; an error if something else sits there, or a file of
+/// root's or panzer's user that holds something other than a pid (an
+/// operator's slip such as `--pid-file /etc/passwd`: never replaced). A
+/// file of another user's that holds no pid is theirs to lose, as one that
+/// holds a running pid: refusing it would let them block the start. Never
+/// blocks (a FIFO planted there would) and never follows a symlink.
 fn read_existing(path: &Path) -> Result<Option<(i32, u32)>, String> {
     let opened = std::fs::File::options()
         .read(true)
@@ -152,9 +156,17 @@ fn read_existing(path: &Path) -> Result<Option<(i32, u32)>, String> {
     if !meta.file_type().is_file() {
         return Err("is not a regular file; remove it or choose another path".into());
     }
-    let mut text = String::new();
-    Read::take(&mut file, 64).read_to_string(&mut text).map_err(|e| crate::error::describe(&e))?;
-    Ok(text.trim().parse().ok().map(|pid| (pid, meta.uid())))
+    let mut text = Vec::new();
+    Read::take(&mut file, 64).read_to_end(&mut text).map_err(|e| crate::error::describe(&e))?;
+    let pid = std::str::from_utf8(&text).ok().and_then(|t| t.trim().parse().ok());
+    let ours = meta.uid() == 0 || meta.uid() == nix::unistd::geteuid().as_raw();
+    if pid.is_none() && meta.len() > 0 && ours {
+        return Err(
+            "holds something other than a pid; refusing to replace it (remove it or choose another path)"
+                .into(),
+        );
+    }
+    Ok(pid.map(|pid| (pid, meta.uid())))
 }
 
 /// Whether `pid` runs the same program as this process (a panzer).
