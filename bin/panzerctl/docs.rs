@@ -17,7 +17,7 @@ impl Program {
     fn command(self) -> clap::Command {
         match self {
             Program::Panzer => panzer::cli::Cli::command(),
-            Program::Panzerctl => super::Cli::command(),
+            Program::Panzerctl => super::documented_command(),
         }
     }
 
