@@ -140,13 +140,13 @@ fn command() -> clap::Command {
 fn documented_command() -> clap::Command {
     let cli = Cli::command();
     let globals = global_args(&cli).collect::<Vec<_>>();
-    let online: Vec<String> = cli
-        .get_subcommands()
-        .map(|sub| sub.get_name().to_owned())
-        .filter(|n| !OFFLINE.contains(&n.as_str()))
-        .collect();
+    let names: Vec<String> = cli.get_subcommands().map(|sub| sub.get_name().to_owned()).collect();
     let cli = cli.mut_args(|a| a.global(false));
-    online.iter().fold(cli, |cli, name| cli.mut_subcommand(name, |sub| sub.args(globals.clone())))
+    // Every one in turn, which keeps their order.
+    names.iter().fold(cli, |cli, name| {
+        let online = !OFFLINE.contains(&name.as_str());
+        cli.mut_subcommand(name, |sub| if online { sub.args(globals.clone()) } else { sub })
+    })
 }
 
 /// Copies of `cli`'s global options, each to be given to one subcommand
