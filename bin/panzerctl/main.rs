@@ -156,7 +156,18 @@ fn global_args(cli: &clap::Command) -> impl Iterator<Item = clap::Arg> + '_ {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
+    let matches = command().get_matches();
+    // clap checks conflicts within each level: --control before the
+    // subcommand and --pid-file after it (or the other way) meet only here.
+    if matches.contains_id("control") && matches.contains_id("pid_file") {
+        command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "the argument '--control <PATH>' cannot be used with '--pid-file <PATH>'",
+            )
+            .exit();
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
