@@ -47,7 +47,7 @@ pub fn completions(shell: clap_complete::Shell, program: Program) {
 
 pub fn man(program: Program) -> Result<(), Error> {
     std::io::stdout()
-        .write_all(page(program).as_bytes())
+        .write_all(ascii(&page(program)).as_bytes())
         // Rust's own words for the error, as this message always had them.
         .map_err(|e| Error::control(format!("cannot write the man page: {e}")))
 }
@@ -103,6 +103,19 @@ fn page(program: Program) -> String {
         }
     }
     page + without_preamble(&mangen(&man, clap_mangen::Man::render_version_section))
+}
+
+/// `page` with every character outside ASCII written as a roff escape
+/// (`…` as `\[u2026]`), which groff and mandoc read whatever the locale.
+fn ascii(page: &str) -> String {
+    page.chars().fold(String::with_capacity(page.len()), |mut out, c| {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let _ = write!(out, "\\[u{:04X}]", u32::from(c));
+        }
+        out
+    })
 }
 
 /// One part of clap_mangen's page.
@@ -175,7 +188,7 @@ fn effect(command: Command) -> String {
     match command {
         Command::Reload => {
             "Hot restart: start a new generation, and drain the old one once every new worker \
-                            is ready. If the new generation fails, the old one keeps serving."
+             is ready. If the new generation fails, the old one keeps serving."
                 .into()
         }
         Command::Stop => "Graceful stop: report not ready, keep serving for --stop-delay, then drain every \
@@ -189,7 +202,7 @@ fn effect(command: Command) -> String {
         Command::Scale(n) => format!("Run {n} workers per generation."),
         Command::Upgrade => {
             "Upgrade panzer itself: main re-executes the binary now at its path, keeping its \
-                             pid, the sockets and the running workers."
+             pid, the sockets and the running workers."
                 .into()
         }
         Command::Status => "Report the state of every generation and worker.".into(),
