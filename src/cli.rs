@@ -214,12 +214,13 @@ pub struct Cli {
     #[arg(long, env = "PANZER_PRELOAD", value_parser = clap::builder::BoolishValueParser::new())]
     pub preload: bool,
 
-    /// Check the configuration and exit, as `nginx -t` does: parse every
-    /// option, resolve COMMAND (and a script's #! interpreter), look up
-    /// --user and --group, and check the runtime directory, the pid file's
-    /// directory and each unix: socket's directory. Prints every problem,
-    /// one line each, and exits 2; or prints "configuration OK" and exits
-    /// 0. Binds nothing, starts nothing, writes nothing.
+    /// Check the configuration and exit, as `nginx -t` does.
+    ///
+    /// Parses every option, resolves COMMAND (and a script's #! interpreter),
+    /// looks up --user and --group, and checks the runtime directory, the pid
+    /// file's directory and each unix: socket's directory. Prints every
+    /// problem, one line each, and exits 2; or prints "configuration OK" and
+    /// exits 0. Binds nothing, starts nothing, writes nothing.
     #[arg(long)]
     pub check: bool,
 }
