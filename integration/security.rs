@@ -170,6 +170,24 @@ fn a_pid_file_in_a_directory_anyone_may_write_is_refused() {
 }
 
 #[test]
+fn a_file_of_ours_that_holds_no_pid_is_never_replaced_by_the_pid_file() {
+    // An operator's slip (`--pid-file /etc/passwd`) must not cost the file.
+    let dir = TestDir::new("pidslip");
+    let precious = dir.join("passwd");
+    std::fs::write(&precious, "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    let mut panzer = Panzer::new("sleep")
+        .args(&["--pid-file", precious.to_str().unwrap()])
+        .command_args(&["--", "1000"])
+        .start();
+    let (code, log) = fails(&mut panzer);
+    assert_eq!(code, 2, "{log}");
+    assert_eq!(log.trim().lines().count(), 1, "{log}");
+    assert!(log.starts_with(&format!("panzer: --pid-file {}: ", precious.display())), "{log}");
+    assert!(log.contains("holds something other than a pid"), "{log}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "root:x:0:0:root:/root:/bin/sh\n");
+}
+
+#[test]
 fn files_planted_for_the_next_pids_do_not_block_the_default_control_socket() {
     if !is_root() {
         eprintln!("skipped: needs root to plant files as another user");

@@ -1,7 +1,7 @@
 //! `panzerctl`: see and steer a running panzer through its control socket.
 //!
 //! ```text
-//! panzerctl [--control PATH | --pid-file PATH] [--json] status [--ready]|reload|stop|scale N|upgrade|metrics|top
+//! panzerctl [--control PATH | --pid-file PATH] [--json] [--timeout D] status [--ready]|reload|stop|scale N|upgrade|metrics|top
 //! panzerctl completions bash|zsh|fish|elvish|powershell [panzer|panzerctl]
 //! panzerctl man [panzer|panzerctl]
 //! ```
@@ -14,25 +14,37 @@ mod top;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use panzer::control::{self, metrics, Reply, Request, Status};
 use panzer::error::Error;
 use panzer::units::CliDuration;
 
 /// Control a running panzer: status, reload, stop, scale, upgrade, metrics, top.
+///
+/// The options that reach a panzer (--control, --pid-file, --json,
+/// --timeout) may stand before or after the subcommand.
 #[derive(Debug, Parser)]
-#[command(name = "panzerctl", version = control::version())]
+#[command(
+    name = "panzerctl",
+    version = control::version(),
+    // Wrapped to the terminal (COLUMNS when it is not one), never wider.
+    max_term_width = 100,
+    after_help = "Signals, exit codes and files: `panzerctl man panzerctl`, `panzerctl man panzer`, \
+                  or docs/src/reference.md."
+)]
 struct Cli {
-    /// panzer's control socket (panzer --control). Default: from --pid-file, or
-    /// the default socket of the one panzer running.
-    #[arg(long, env = "PANZER_CONTROL", value_name = "PATH", conflicts_with = "pid_file")]
+    /// panzer's control socket (panzer --control).
+    ///
+    /// Default: from --pid-file, or the default socket of the one panzer running.
+    #[arg(long, global = true, env = "PANZER_CONTROL", value_name = "PATH", conflicts_with = "pid_file")]
     control: Option<PathBuf>,
 
-    /// panzer's pid file (panzer --pid-file); the control socket is then the
-    /// default one for that pid: <pid>.sock in $XDG_RUNTIME_DIR/panzer, else
-    /// /run/panzer for root, else $TMPDIR/panzer-<uid>.
-    #[arg(long, env = "PANZER_PID_FILE", value_name = "PATH")]
+    /// panzer's pid file (panzer --pid-file).
+    ///
+    /// The control socket is then the default one for that pid: <pid>.sock in
+    /// $XDG_RUNTIME_DIR/panzer, else /run/panzer for root, else $TMPDIR/panzer-<uid>.
+    #[arg(long, global = true, env = "PANZER_PID_FILE", value_name = "PATH")]
     pid_file: Option<PathBuf>,
 
     /// Print the reply as JSON instead of a table.
@@ -40,7 +52,7 @@ struct Cli {
     json: bool,
 
     /// How long to wait for a reply (reload waits for its outcome, however long).
-    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    #[arg(long, global = true, default_value = "10s", value_name = "DURATION")]
     timeout: CliDuration,
 
     #[command(subcommand)]
@@ -51,9 +63,11 @@ struct Cli {
 enum Cmd {
     /// Show every generation and worker.
     Status {
-        /// Readiness probe: print one line saying why, and exit 0 only while a
-        /// generation is ready and panzer is not stopping; 1 otherwise
-        /// (`generation 1 starting: 0/4 workers ready`, `stopping`).
+        /// Readiness probe: exit 0 only while a generation is ready and panzer
+        /// is not stopping, 1 otherwise.
+        ///
+        /// Prints one line saying why (`generation 1 starting: 0/4 workers
+        /// ready`, `stopping`).
         #[arg(long)]
         ready: bool,
     },
@@ -63,11 +77,13 @@ enum Cmd {
     Stop,
     /// Run N workers per generation from now on.
     Scale {
+        /// Workers per generation (at least 1, as panzer --count).
         #[arg(value_parser = clap::value_parser!(u32).range(1..))]
         count: u32,
     },
-    /// Upgrade panzer itself: main re-executes the binary now at its path,
-    /// keeping its pid, the sockets and the workers. Waits for the outcome;
+    /// Upgrade panzer itself: main re-executes the binary now at its path.
+    ///
+    /// It keeps its pid, the sockets and the workers. Waits for the outcome;
     /// prints the new version, or why the upgrade failed (exit 1).
     Upgrade,
     /// Print the status in Prometheus text format.
@@ -104,8 +120,54 @@ enum Cmd {
     },
 }
 
+/// Subcommands that talk to no panzer: the options that reach one are not
+/// theirs (not in their help, not offered by completion).
+const OFFLINE: [&str; 2] = ["completions", "man"];
+
+/// panzerctl's command line as clap parses it: [`Cli`], with the global
+/// options kept out of the [`OFFLINE`] subcommands. clap copies a global option
+/// into every subcommand that has none of that name, so each of those gets a
+/// hidden one of its own instead.
+fn command() -> clap::Command {
+    let cli = Cli::command().mut_args(|a| if a.is_global_set() { a.display_order(100) } else { a });
+    let globals = global_args(&cli).map(|a| a.hide(true)).collect::<Vec<_>>();
+    OFFLINE.iter().fold(cli, |cli, name| cli.mut_subcommand(name, |sub| sub.args(globals.clone())))
+}
+
+/// The same command line as the man page and the completions show it: the
+/// global options in every subcommand but the [`OFFLINE`] ones, and nothing
+/// hidden there (bash completion would offer a hidden option).
+fn documented_command() -> clap::Command {
+    let cli = Cli::command();
+    let globals = global_args(&cli).collect::<Vec<_>>();
+    let names: Vec<String> = cli.get_subcommands().map(|sub| sub.get_name().to_owned()).collect();
+    let cli = cli.mut_args(|a| a.global(false));
+    // Every one in turn, which keeps their order.
+    names.iter().fold(cli, |cli, name| {
+        let online = !OFFLINE.contains(&name.as_str());
+        cli.mut_subcommand(name, |sub| if online { sub.args(globals.clone()) } else { sub })
+    })
+}
+
+/// Copies of `cli`'s global options, each to be given to one subcommand
+/// (listed after the subcommand's own options).
+fn global_args(cli: &clap::Command) -> impl Iterator<Item = clap::Arg> + '_ {
+    cli.get_arguments().filter(|a| a.is_global_set()).map(|a| a.clone().global(false).display_order(100))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = command().get_matches();
+    // clap checks conflicts within each level: --control before the
+    // subcommand and --pid-file after it (or the other way) meet only here.
+    if matches.contains_id("control") && matches.contains_id("pid_file") {
+        command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "the argument '--control <PATH>' cannot be used with '--pid-file <PATH>'",
+            )
+            .exit();
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {

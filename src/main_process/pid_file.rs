@@ -29,10 +29,7 @@ pub struct WrittenPidFile {
 
 impl PidFile {
     pub fn check(path: &Path) -> Result<PidFile, Error> {
-        check_directory(path)?;
-        let existing = read_existing(path)
-            .map_err(|why| Error::Usage(format!("--pid-file {}: {why}", path.display())))?;
-        if let Some((pid, owner)) = existing {
+        if let Some((pid, owner)) = check_place(path)? {
             let me = std::process::id() as i32;
             let trusted = owner == 0 || owner == nix::unistd::geteuid().as_raw();
             let running = pid > 0 && pid != me && nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok();
@@ -85,8 +82,18 @@ impl Drop for WrittenPidFile {
     }
 }
 
-/// The directory of `path` must not let another user replace the file:
-/// not writable by group or others, unless it has the sticky bit.
+/// Whether a pid file can be written at `path`: its directory (see
+/// [`check_directory`]), and what is there now: nothing, or a file whose
+/// pid and owner are returned. Nothing is written; [`PidFile::check`] and
+/// `panzer --check` both ask.
+pub(crate) fn check_place(path: &Path) -> Result<Option<(i32, u32)>, Error> {
+    check_directory(path)?;
+    read_existing(path).map_err(|why| Error::Usage(format!("--pid-file {}: {why}", path.display())))
+}
+
+/// The directory of `path` must let panzer create the file, and must not
+/// let another user replace it: not writable by group or others, unless it
+/// has the sticky bit.
 fn check_directory(path: &Path) -> Result<(), Error> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -110,7 +117,15 @@ fn check_directory(path: &Path) -> Result<(), Error> {
             mode & 0o7777
         )));
     }
-    Ok(())
+    use nix::unistd::AccessFlags;
+    nix::unistd::access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
+        Error::Usage(format!(
+            "--pid-file {}: cannot create a file in its directory {}: {}",
+            path.display(),
+            dir.display(),
+            crate::error::describe(&e.into())
+        ))
+    })
 }
 
 /// The pid in the file at `path`, read without following a symlink.
@@ -119,8 +134,12 @@ fn read_pid(path: &Path) -> Option<i32> {
 }
 
 /// The pid in the file at `path` and the file's owner, if it is a regular
-/// file holding a pid; an error if something else sits there. Never blocks
-/// (a FIFO planted there would) and never follows a symlink.
+/// file holding a pid; an error if something else sits there, or a file of
+/// root's or panzer's user that holds something other than a pid (an
+/// operator's slip such as `--pid-file /etc/passwd`: never replaced). A
+/// file of another user's that holds no pid is theirs to lose, as one that
+/// holds a running pid: refusing it would let them block the start. Never
+/// blocks (a FIFO planted there would) and never follows a symlink.
 fn read_existing(path: &Path) -> Result<Option<(i32, u32)>, String> {
     let opened = std::fs::File::options()
         .read(true)
@@ -137,9 +156,17 @@ fn read_existing(path: &Path) -> Result<Option<(i32, u32)>, String> {
     if !meta.file_type().is_file() {
         return Err("is not a regular file; remove it or choose another path".into());
     }
-    let mut text = String::new();
-    Read::take(&mut file, 64).read_to_string(&mut text).map_err(|e| crate::error::describe(&e))?;
-    Ok(text.trim().parse().ok().map(|pid| (pid, meta.uid())))
+    let mut text = Vec::new();
+    Read::take(&mut file, 64).read_to_end(&mut text).map_err(|e| crate::error::describe(&e))?;
+    let pid = std::str::from_utf8(&text).ok().and_then(|t| t.trim().parse().ok());
+    let ours = meta.uid() == 0 || meta.uid() == nix::unistd::geteuid().as_raw();
+    if pid.is_none() && meta.len() > 0 && ours {
+        return Err(
+            "holds something other than a pid; refusing to replace it (remove it or choose another path)"
+                .into(),
+        );
+    }
+    Ok(pid.map(|pid| (pid, meta.uid())))
 }
 
 /// Whether `pid` runs the same program as this process (a panzer).
