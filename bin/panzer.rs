@@ -6,8 +6,7 @@
 
 use clap::Parser;
 
-use panzer::cli::Cli;
-use panzer::config::Config;
+use panzer::config::{Config, LoadError};
 use panzer::protocol::MonitorArgs;
 use panzer::{main_process, monitor};
 
@@ -29,9 +28,11 @@ fn main() {
     if hidden(main_process::RESUME_COMMAND) {
         exit(main_process::resume(&fd()));
     }
-    let config = match Config::from_cli(Cli::parse()) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let config = match Config::load(&argv) {
         Ok(config) => config,
-        Err(e) => fail(e),
+        Err(LoadError::Clap(e)) => e.exit(),
+        Err(LoadError::Config(e)) => fail(e),
     };
     panzer::logging::init(config.log_level, None);
     exit(panzer::main_process::run(config));

@@ -74,6 +74,16 @@ pub fn inherited_env() -> Vec<OsString> {
     std::env::vars_os().filter(|(key, _)| inherited(key)).map(|(key, value)| join(&key, &value)).collect()
 }
 
+/// `env` with `vars` (`--env`, the file's `env`) set, replacing what `env`
+/// had under the same names.
+pub fn with_vars(mut env: Vec<OsString>, vars: &[(String, String)]) -> Vec<OsString> {
+    for (key, value) in vars {
+        env.retain(|entry| entry.as_bytes().split(|&b| b == b'=').next() != Some(key.as_bytes()));
+        env.push(join(OsStr::new(key), OsStr::new(value)));
+    }
+    env
+}
+
 /// The environment of worker `ordinal` of `generation` (without
 /// `LISTEN_PID`, which the spawn code fills in with the worker's own pid).
 /// `addresses` are the sockets' addresses as Server::Starter writes them
@@ -133,7 +143,18 @@ fn join(key: &OsStr, value: &OsStr) -> OsString {
 /// else is looked up in `PATH`. The result must be an executable file; the
 /// error is [`Error::Command`], naming the command and why it cannot run.
 pub fn resolve_command(command: &OsStr) -> Result<PathBuf, Error> {
-    find(command).map_err(|reason| Error::Command { command: command.to_string_lossy().into_owned(), reason })
+    resolve_command_in(command, None)
+}
+
+/// [`resolve_command`] for a worker that starts in `dir` (`--chdir`): a
+/// relative path with a `/` is found from there.
+pub fn resolve_command_in(command: &OsStr, dir: Option<&Path>) -> Result<PathBuf, Error> {
+    let in_dir = dir.filter(|_| command.as_bytes().contains(&b'/') && Path::new(command).is_relative());
+    let path = match in_dir {
+        Some(dir) => dir.join(command).into_os_string(),
+        None => command.to_os_string(),
+    };
+    find(&path).map_err(|reason| Error::Command { command: command.to_string_lossy().into_owned(), reason })
 }
 
 /// [`resolve_command`]'s search; the error is why the command cannot run.
@@ -217,6 +238,12 @@ mod tests {
         }
         assert!(inherited(OsStr::new("EINHORN_MASTER_PID")));
         assert!(inherited(OsStr::new("HOME")));
+    }
+
+    #[test]
+    fn vars_replace_what_the_environment_had_under_their_name() {
+        let env = with_vars(vec!["A=1".into(), "AB=2".into()], &[("A".into(), "3".into())]);
+        assert_eq!(env, [OsString::from("AB=2"), OsString::from("A=3")]);
     }
 
     #[test]

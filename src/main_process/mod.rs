@@ -155,7 +155,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let adopted = sockets::adopt_from_env()?;
     // Then signals, so none is lost while sockets are bound.
     let signals = signal_fd()?;
-    worker::resolve_command(&config.command)?;
+    worker::resolve_command_in(&config.command, config.chdir.as_deref())?;
     sys::become_subreaper().map_err(|e| Error::os("cannot become child subreaper", e))?;
     let pid_file = config.pid_file.as_deref().map(PidFile::check).transpose()?;
     let control_path = match config.control.clone() {
@@ -436,6 +436,9 @@ impl Main {
             self.interrupts += 1;
         }
         log::info!("received {}", signal.as_str());
+        if command == Command::Reload && !self.reread_config(None) {
+            return;
+        }
         self.dispatch(Event::Command { command, from: None });
     }
 
@@ -465,11 +468,63 @@ impl Main {
             return self.control.reply(client, &Reply { status: Some(status), ..Reply::ok() });
         }
         log::info!("control request: {request:?}");
+        if command == Command::Reload && !self.reread_config(Some(client)) {
+            return;
+        }
         if matches!(command, Command::Reload | Command::Upgrade) {
             // Answered when it has an outcome.
             self.control.hold(client);
         }
         self.dispatch(Event::Command { command, from: Some(client) });
+    }
+
+    /// Before a reload: the configuration file (`--config`) read again, and
+    /// what a generation can change taken from it; a changed setting that
+    /// needs a restart is said to wait for one. false when the file does
+    /// not read: the reload fails (`from` is told why) and the serving
+    /// generation goes on as it was.
+    fn reread_config(&mut self, from: Option<ClientId>) -> bool {
+        if self.config.file.is_none() || self.policy.stopping() {
+            return true;
+        }
+        let reread = self.config.reloaded(&self.argv).and_then(|(config, changes)| {
+            let ceiling = crate::config::count_ceiling(self.sockets.len(), config.tag_output, config.preload);
+            let changed = changes.applied.iter().any(|k| k == "count" || k == "tag-output");
+            if changed {
+                ceiling
+                    .check(&format!("count {}", config.count), config.count.into())
+                    .map_err(Error::Usage)?;
+            }
+            Ok((config, changes))
+        });
+        let path =
+            self.config.file.as_ref().map(|f| f.at_start.path.display().to_string()).unwrap_or_default();
+        match reread {
+            Err(e) => {
+                let reason = e.report();
+                log::error!("reload failed: {reason}; the serving generation goes on");
+                self.policy.reload_refused(&reason);
+                if let Some(client) = from {
+                    self.control.reply(client, &Reply::error(reason));
+                }
+                false
+            }
+            Ok((config, changes)) => {
+                if !changes.ignored.is_empty() {
+                    log::warn!("{path}: {} changed: ignored until restart", changes.ignored.join(", "));
+                }
+                if !changes.applied.is_empty() {
+                    log::info!(
+                        "{path}: {} changed: the new generation starts with it",
+                        changes.applied.join(", ")
+                    );
+                }
+                let count = (config.count != self.config.count).then_some(config.count);
+                self.config = config;
+                self.policy.reconfigure(settings(&self.config, self.sockets.len()), count);
+                true
+            }
+        }
     }
 
     /// The admin endpoint's fds that polled ready: requests are answered
@@ -601,24 +656,25 @@ impl Main {
         let (program, argv, env) = if self.config.preload {
             // Library mode: the app itself is the monitor. Resolved again for
             // every generation, so a reload runs the binary now at that path.
-            let program = worker::resolve_command(&self.config.command).map_err(|e| {
-                // Said after "cannot start its monitor": why, without the command again.
-                let reason = match e {
-                    Error::Command { reason, .. } => reason,
-                    other => other.report(),
-                };
-                sys::spawn::SpawnError::Exec(std::io::Error::other(reason))
-            })?;
+            let program = worker::resolve_command_in(&self.config.command, self.config.chdir.as_deref())
+                .map_err(|e| {
+                    // Said after "cannot start its monitor": why, without the command again.
+                    let reason = match e {
+                        Error::Command { reason, .. } => reason,
+                        other => other.report(),
+                    };
+                    sys::spawn::SpawnError::Exec(std::io::Error::other(reason))
+                })?;
             let words = args.to_env().ok_or_else(|| {
                 sys::spawn::SpawnError::Exec(std::io::Error::other("an argument is not UTF-8"))
             })?;
-            let mut env = leftovers::with_marker(worker::inherited_env());
+            let mut env = self.monitor_env();
             env.push(format!("{}={words}", crate::protocol::MONITOR_ARGS_ENV).into());
             (program, args.argv.clone(), env)
         } else {
             let mut argv: Vec<OsString> = vec!["panzer".into()];
             argv.extend(args.to_args());
-            (PathBuf::from("/proc/self/exe"), argv, leftovers::with_marker(worker::inherited_env()))
+            (PathBuf::from("/proc/self/exe"), argv, self.monitor_env())
         };
         let mut plan = ExecPlan::new(program.as_os_str(), &argv, env)
             .map_err(sys::spawn::SpawnError::Exec)?
@@ -628,8 +684,20 @@ impl Main {
         if let Some((uid, gid)) = self.config.credentials {
             plan = plan.with_credentials(uid, gid);
         }
+        if let Some(dir) = &self.config.chdir {
+            plan = plan.with_chdir(dir.as_os_str()).map_err(sys::spawn::SpawnError::Exec)?;
+        }
         let pid = plan.spawn()?;
         Ok((pid, ours))
+    }
+
+    /// A monitor's environment: main's own as workers may inherit it, the
+    /// instance marker, and `--env`. A monitor's workers inherit it (in
+    /// library mode, by the fork), and it starts in `--chdir`, where they
+    /// start too: so both reach every worker in both modes, and panzer's
+    /// own variables, set for each worker afterwards, stay panzer's.
+    fn monitor_env(&self) -> Vec<OsString> {
+        worker::with_vars(leftovers::with_marker(worker::inherited_env()), &self.config.env)
     }
 
     fn status(&self) -> Status {

@@ -1,0 +1,196 @@
+//! The configuration file (`--config`), `--env` and `--chdir`: what the
+//! workers see, what a reload re-reads, and the one-line refusals.
+
+use std::path::Path;
+
+use crate::harness::*;
+
+/// Writes `text` as `name` in `dir`, replacing it at once (as an editor's save does).
+fn write(dir: &TestDir, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// `command = [the server fixture]`, answering with `ECHO_ENV`'s variables.
+fn server_command(echo: &str) -> String {
+    format!("command = [\"{}\"]\nenv = {{ ECHO_ENV = \"{echo}\" }}\n", example("server"))
+}
+
+/// The workers' count in the serving generation, once `generation` is ready.
+fn workers(panzer: &Panzer, generation: u32) -> usize {
+    panzer.wait_ready(generation);
+    let status = panzer.status();
+    let serving = status["generations"].as_array().unwrap().iter().find(|g| g["generation"] == generation);
+    serving.map_or(0, |g| g["workers"].as_array().unwrap().len())
+}
+
+#[test]
+fn the_command_line_beats_the_environment_which_beats_the_file_which_beats_the_default() {
+    let dir = TestDir::new("config-layers");
+    let text = format!(
+        "count = 3\ngraceful-timeout = \"5s\"\n{}",
+        server_command("GREETING,OTHER")
+            .replace("ECHO_ENV", "GREETING = \"file\", OTHER = \"file\", ECHO_ENV")
+    );
+    let file = write(&dir, "panzer.toml", &text);
+
+    // The file over the default (one worker per CPU is not 3 here).
+    let panzer = Panzer::with_args(&["--config", &file, "--bind", "127.0.0.1:0"]).start();
+    assert_eq!(workers(&panzer, 1), 3);
+    let answer = get(panzer.port(0), "/").unwrap();
+    assert_eq!((answer.field("GREETING"), answer.field("OTHER")), ("file".into(), "file".into()));
+    drop(panzer);
+
+    // The environment over the file; `--env` over the file's `env`, key by key.
+    let panzer = Panzer::with_args(&["--bind", "127.0.0.1:0", "--env", "GREETING=cli"])
+        .envs(&[("PANZER_CONFIG", &file), ("PANZER_COUNT", "2")])
+        .start();
+    assert_eq!(workers(&panzer, 1), 2);
+    let answer = get(panzer.port(0), "/").unwrap();
+    assert_eq!((answer.field("GREETING"), answer.field("OTHER")), ("cli".into(), "file".into()));
+    drop(panzer);
+
+    // The command line over the environment.
+    let panzer = Panzer::with_args(&["--config", &file, "--bind", "127.0.0.1:0", "--count", "1"])
+        .env("PANZER_COUNT", "2")
+        .start();
+    assert_eq!(workers(&panzer, 1), 1);
+}
+
+#[test]
+fn a_reload_rereads_the_file_and_starts_the_new_generation_with_its_count_env_and_command() {
+    let dir = TestDir::new("config-reload");
+    let server = example("server");
+    let first = format!(
+        "count = 1\ncommand = [\"{server}\"]\nenv = {{ ECHO_ENV = \"GREETING,MARK\", GREETING = \"one\" }}\n"
+    );
+    let file = write(&dir, "panzer.toml", &first);
+    let panzer = Panzer::with_args(&["--config", &file, "--bind", "127.0.0.1:0"]).start();
+    let port = panzer.port(0);
+    assert_eq!(workers(&panzer, 1), 1);
+    assert_eq!(get(port, "/").unwrap().field("GREETING"), "one");
+
+    let second = format!(
+        "count = 2\ncommand = [\"/bin/sh\", \"-c\", \"MARK=b exec {server}\"]\n\
+         env = {{ ECHO_ENV = \"GREETING,MARK\", GREETING = \"two\" }}\n"
+    );
+    write(&dir, "panzer.toml", &second);
+    let out = panzer.ctl(&["reload"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(workers(&panzer, 2), 2);
+    let answer = get(port, "/").unwrap();
+    assert_eq!(answer.field("generation"), "2");
+    assert_eq!((answer.field("GREETING"), answer.field("MARK")), ("two".into(), "b".into()));
+    panzer.wait_for_line("command, count, env changed: the new generation starts with it");
+}
+
+#[test]
+fn a_changed_setting_that_needs_a_restart_is_logged_as_ignored_and_not_applied() {
+    let dir = TestDir::new("config-restart");
+    let (a, b) = (dir.join("a.pid"), dir.join("b.pid"));
+    let text = |pid: &Path, count: u32| {
+        format!("count = {count}\npid-file = \"{}\"\n{}", pid.display(), server_command("PANZER_WORKER"))
+    };
+    let file = write(&dir, "panzer.toml", &text(&a, 1));
+    let panzer = Panzer::with_args(&["--config", &file, "--bind", "127.0.0.1:0"]).start();
+    assert_eq!(workers(&panzer, 1), 1);
+    assert!(a.exists());
+
+    write(&dir, "panzer.toml", &text(&b, 2));
+    panzer.signal(nix::sys::signal::Signal::SIGHUP);
+    // The count is applied; the pid file stays where it was.
+    assert_eq!(workers(&panzer, 2), 2);
+    panzer.wait_for_line("pid-file changed: ignored until restart");
+    assert!(a.exists() && !b.exists(), "the pid file moved before a restart");
+}
+
+#[test]
+fn a_file_that_no_longer_reads_fails_the_reload_with_the_reason_and_the_old_generation_serves_on() {
+    let dir = TestDir::new("config-broken");
+    let file = write(&dir, "panzer.toml", &format!("count = 1\n{}", server_command("-")));
+    let panzer = Panzer::with_args(&["--config", &file, "--bind", "127.0.0.1:0"]).start();
+    let port = panzer.port(0);
+    assert_eq!(workers(&panzer, 1), 1);
+
+    write(&dir, "panzer.toml", &format!("{}count = \"many\"\n", server_command("-")));
+    let out = panzer.ctl(&["reload"]);
+    assert_ne!(out.code, 0);
+    let reason = format!("{file}:3: count: invalid value 'many'");
+    assert!(out.stderr.contains(&reason), "{}", out.stderr);
+    panzer.wait_for_line(&format!("reload failed: {reason}"));
+
+    write(&dir, "panzer.toml", "count = \n");
+    let out = panzer.ctl(&["reload"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains(&format!("{file}:1: ")), "{}", out.stderr);
+
+    assert_eq!(get(port, "/").unwrap().field("generation"), "1");
+    assert_eq!(panzer.status()["reloads"]["failed"], 2);
+}
+
+/// Runs panzer to completion; returns (exit code, log).
+fn fails(command: PanzerCommand) -> (i32, String) {
+    let mut panzer = command.start();
+    let status = panzer.wait_exit(PATIENCE);
+    assert!(panzer.monitors().is_empty());
+    (status.code().expect("killed by a signal"), panzer.log())
+}
+
+#[test]
+fn an_unknown_key_a_wrong_type_or_a_bad_value_names_the_file_line_and_key_and_exits_2() {
+    let dir = TestDir::new("config-refused");
+    for (text, expected) in [
+        (
+            "count = 2\ngraceful_timeout = \"1s\"\n",
+            "2: graceful_timeout: unknown key (keys are spelled as the options are: graceful-timeout)",
+        ),
+        ("\n\nfrobnicate = 1\n", "3: frobnicate: unknown key"),
+        ("tag-output = \"yes\"\n", "1: tag-output: expected true or false"),
+        ("bind = [\"nonsense\"]\n", "1: bind: invalid value 'nonsense'"),
+        ("count = 0\n", "1: count: invalid value '0'"),
+        ("command = []\n", "1: command: expected a non-empty array of strings"),
+        ("env = { LISTEN_FDS = \"9\" }\n", "1: env: LISTEN_FDS: panzer sets LISTEN_* for its workers itself"),
+    ] {
+        let file = write(&dir, "panzer.toml", text);
+        let (code, log) = fails(Panzer::with_args(&["--config", &file, "sleep", "1"]));
+        assert_eq!(code, 2, "{text}: {log}");
+        let line = format!("panzer: {file}:{expected}");
+        assert!(log.lines().any(|l| l.starts_with(&line)), "{text}: wanted {line:?} in {log}");
+        assert_eq!(log.trim().lines().count(), 1, "{log}");
+    }
+    let (code, log) =
+        fails(Panzer::with_args(&["--config", &dir.join("missing.toml").display().to_string(), "sleep"]));
+    assert_eq!(code, 2);
+    assert!(log.contains("missing.toml: no such file or directory"), "{log}");
+}
+
+#[test]
+fn env_and_chdir_on_the_command_line_reach_the_worker() {
+    let dir = TestDir::new("config-env-chdir");
+    let work = dir.join("work");
+    std::fs::create_dir(&work).unwrap();
+    let work = work.to_str().unwrap().to_string();
+    let panzer = Panzer::new(example("server"))
+        .args(&["--env", "ECHO_ENV=GREETING", "--env", "GREETING=hello=world", "--env", "ECHO_CWD=1"])
+        .args(&["--chdir", &work])
+        .start();
+    panzer.wait_ready(1);
+    let answer = get(panzer.port(0), "/").unwrap();
+    assert_eq!(answer.field("GREETING"), "hello=world");
+    assert_eq!(answer.field("cwd"), work);
+    drop(panzer);
+
+    let (code, log) = fails(Panzer::new("sleep").args(&["--chdir", "/no/such/dir"]));
+    assert_eq!(code, 2);
+    assert_eq!(log.trim(), "panzer: --chdir /no/such/dir: no such file or directory");
+    for (word, why) in
+        [("=1", "the variable's name is empty"), ("NOTIFY_SOCKET=x", "panzer sets NOTIFY_SOCKET")]
+    {
+        let (code, log) = fails(Panzer::new("sleep").args(&["--env", word]));
+        assert_eq!(code, 2);
+        assert!(log.contains(why), "{log}");
+    }
+}
