@@ -194,3 +194,70 @@ fn env_and_chdir_on_the_command_line_reach_the_worker() {
         assert!(log.contains(why), "{log}");
     }
 }
+
+#[test]
+fn an_upgrade_keeps_the_file_as_last_applied_not_as_it_is_now() {
+    let dir = TestDir::new("config-upgrade");
+    let (a, b) = (dir.join("a.pid"), dir.join("b.pid"));
+    let text = |pid: &Path, greeting: &str| {
+        let env = format!("GREETING = \"{greeting}\", ECHO_ENV");
+        format!(
+            "count = 1\npid-file = \"{}\"\n{}",
+            pid.display(),
+            server_command("GREETING").replace("ECHO_ENV", &env)
+        )
+    };
+    let file = write(&dir, "panzer.toml", &text(&a, "one"));
+    let panzer = Panzer::with_args(&["--config", &file, "--bind", "127.0.0.1:0"]).start();
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    write(&dir, "panzer.toml", &text(&b, "two"));
+    assert_eq!(panzer.ctl(&["reload"]).code, 0);
+    assert_eq!(get(port, "/").unwrap().field("GREETING"), "two");
+
+    // Edited again, not reloaded: the upgraded main must not pick it up.
+    write(&dir, "panzer.toml", &text(&b, "three"));
+    let out = panzer.ctl(&["upgrade"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    panzer.wait_for_line("resumed as panzer");
+    // A replacement generation starts from main's configuration.
+    for monitor in panzer.monitors() {
+        nix::sys::signal::kill(monitor, nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+    panzer.wait_ready(3);
+    assert_eq!(get(port, "/").unwrap().field("GREETING"), "two");
+    assert!(a.exists() && !b.exists(), "the pid file moved without a restart");
+}
+
+#[test]
+fn a_reread_follows_no_swapped_link_to_another_owners_file_nor_blocks_on_a_fifo() {
+    let dir = TestDir::new("config-swap");
+    let file = write(&dir, "panzer.toml", &format!("count = 1\n{}", server_command("-")));
+    let panzer = Panzer::with_args(&["--config", &file, "--bind", "127.0.0.1:0"]).start();
+    panzer.wait_ready(1);
+    let owner = nix::unistd::geteuid().as_raw();
+    let refuse = |why: &str| {
+        let out = panzer.ctl(&["reload"]);
+        assert_ne!(out.code, 0);
+        assert!(out.stderr.contains(&format!("--config {file}: {why}")), "{}", out.stderr);
+    };
+
+    // Someone else's file, linked in its place (only root can make one).
+    if nix::unistd::geteuid().is_root() {
+        let theirs = dir.join("theirs.toml");
+        std::fs::write(&theirs, "count = 2\n").unwrap();
+        std::os::unix::fs::lchown(&theirs, Some(owner + 1), None).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(&theirs, &file).unwrap();
+        refuse(&format!("now owned by uid {}, not uid {owner} as at start", owner + 1));
+    }
+
+    std::fs::remove_file(&file).unwrap();
+    nix::unistd::mkfifo(Path::new(&file), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    refuse("not a regular file");
+
+    std::fs::remove_file(&file).unwrap();
+    write(&dir, "panzer.toml", &"#".repeat(2 << 20));
+    refuse("larger than 1024 KiB");
+    assert_eq!(get(panzer.port(0), "/").unwrap().field("generation"), "1");
+}

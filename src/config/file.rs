@@ -227,3 +227,85 @@ impl Settings {
         command
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn file(text: &str) -> ConfigFile {
+        ConfigFile { path: "panzer.toml".into(), owner: 0, text: text.to_string() }
+    }
+
+    fn refused(text: &str) -> String {
+        match parse(&file(text)) {
+            Err(Error::Usage(message)) => message,
+            other => panic!("{text:?} accepted: {other:?}"),
+        }
+    }
+
+    fn config(argv: &[&str], text: &str) -> Config {
+        let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+        Config::with_file(&argv, Some(file(text))).unwrap()
+    }
+
+    #[test]
+    fn every_long_option_is_a_key_with_its_own_parser() {
+        let text = "count = 2\nbind = [\"127.0.0.1:0\"]\nready = \"notify\"\ngraceful-timeout = \"10s\"\n\
+                    tag-output = true\nmax-rss = \"512M\"\ncommand = [\"./srv\", \"--port\", \"80\"]\n\
+                    env = { A = \"1\" }\nchdir = \"/\"\n";
+        let config = config(&["panzer"], text);
+        assert_eq!(config.count, 2);
+        assert_eq!(config.ready, crate::units::ReadyMode::Notify);
+        assert_eq!(config.graceful_timeout, std::time::Duration::from_secs(10));
+        assert!(config.tag_output);
+        assert_eq!(config.max_rss, Some(512 << 20));
+        assert_eq!((config.command.to_str(), config.args.len()), (Some("./srv"), 2));
+        assert_eq!(config.env, [("A".to_string(), "1".to_string())]);
+        assert_eq!(config.chdir.as_deref(), Some(Path::new("/")));
+        assert_eq!(config.binds.len(), 1);
+    }
+
+    #[test]
+    fn the_command_line_wins_and_its_command_replaces_the_files_whole() {
+        let text = "count = 2\ncommand = [\"./srv\", \"--port\", \"80\"]\nenv = { A = \"1\", B = \"2\" }\n";
+        let config = config(&["panzer", "--count", "3", "--env", "A=9", "./other"], text);
+        assert_eq!(config.count, 3);
+        assert_eq!((config.command.to_str(), config.args.len()), (Some("./other"), 0));
+        assert_eq!(config.env, [("B".to_string(), "2".to_string()), ("A".to_string(), "9".to_string())]);
+    }
+
+    #[test]
+    fn a_bad_key_type_or_value_names_the_line_and_the_key() {
+        assert_eq!(refused("\nfoo = 1\n"), "panzer.toml:2: foo: unknown key");
+        assert!(refused("max_age = \"1h\"")
+            .ends_with("unknown key (keys are spelled as the options are: max-age)"));
+        assert_eq!(refused("config = \"x\""), "panzer.toml:1: config: unknown key");
+        assert_eq!(refused("preload = 1"), "panzer.toml:1: preload: expected true or false");
+        assert_eq!(refused("count = [1]"), "panzer.toml:1: count: expected a string or a number");
+        assert!(refused("count = 0").starts_with("panzer.toml:1: count: invalid value '0'"));
+        assert!(refused("env = { \"\" = \"x\" }").contains("env: =x: the variable's name is empty"));
+        assert!(refused("count = ").starts_with("panzer.toml:1: "));
+    }
+
+    #[test]
+    fn a_reload_applies_what_a_generation_can_change_and_names_the_rest() {
+        let before = config(&["panzer"], "count = 1\nbacklog = 10\ncommand = [\"./a\"]\n");
+        let after = config(&["panzer"], "count = 2\nbacklog = 20\ncommand = [\"./b\"]\nmax-age = \"1h\"\n");
+        let (applied, changes) = before.apply(after);
+        assert_eq!(changes.applied, ["command", "count", "max-age"]);
+        assert_eq!(changes.ignored, ["backlog"]);
+        assert_eq!((applied.count, applied.backlog, applied.command.to_str()), (2, 10, Some("./b")));
+        // Still ignored on the next reload, while it still differs.
+        let again = config(&["panzer"], "count = 2\nbacklog = 20\ncommand = [\"./b\"]\nmax-age = \"1h\"\n");
+        let (_, changes) = applied.apply(again);
+        assert_eq!((changes.applied.len(), changes.ignored), (0, vec!["backlog".to_string()]));
+    }
+
+    #[test]
+    fn a_key_the_command_line_overrides_is_no_change_of_the_file() {
+        let before = config(&["panzer", "--backlog", "5"], "backlog = 10\ncommand = [\"./a\"]\n");
+        let after = config(&["panzer", "--backlog", "5"], "backlog = 20\ncommand = [\"./a\"]\n");
+        assert_eq!(before.apply(after).1, crate::config::Changes::default());
+    }
+}
