@@ -173,7 +173,9 @@ fn env_and_chdir_on_the_command_line_reach_the_worker() {
     let work = dir.join("work");
     std::fs::create_dir(&work).unwrap();
     let work = work.to_str().unwrap().to_string();
-    let panzer = Panzer::new(example("server"))
+    // A relative COMMAND is found from DIR.
+    std::os::unix::fs::symlink(example("server"), dir.join("work/srv")).unwrap();
+    let panzer = Panzer::new("./srv")
         .args(&["--env", "ECHO_ENV=GREETING", "--env", "GREETING=hello=world", "--env", "ECHO_CWD=1"])
         .args(&["--chdir", &work])
         .start();
@@ -260,4 +262,21 @@ fn a_reread_follows_no_swapped_link_to_another_owners_file_nor_blocks_on_a_fifo(
     write(&dir, "panzer.toml", &"#".repeat(2 << 20));
     refuse("larger than 1024 KiB");
     assert_eq!(get(panzer.port(0), "/").unwrap().field("generation"), "1");
+}
+
+#[test]
+fn env_and_chdir_reach_the_forked_workers_of_library_mode() {
+    let dir = TestDir::new("config-preload");
+    let work = dir.join("work");
+    std::fs::create_dir(&work).unwrap();
+    let panzer = Panzer::new(example("preload"))
+        .arg("--preload")
+        .count(1)
+        .env("PRELOAD_MB", "1")
+        .args(&["--env", "GREETING=lib", "--chdir", work.to_str().unwrap()])
+        .start();
+    panzer.wait_ready(1);
+    let worker = get(panzer.port(0), "/").unwrap().pid();
+    assert_eq!(environ(worker).get("GREETING").map(String::as_str), Some("lib"));
+    assert_eq!(std::fs::read_link(format!("/proc/{worker}/cwd")).unwrap(), work);
 }
