@@ -192,7 +192,7 @@ pub struct Cli {
     /// Set KEY=VALUE in every worker's environment; repeatable. Variables
     /// panzer sets itself (LISTEN_*, NOTIFY_SOCKET, PANZER_*, WATCHDOG_*,
     /// EINHORN_FD_*, SERVER_STARTER_*) are refused.
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = crate::config::env_var)]
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = crate::worker::env_var)]
     pub env: Vec<(String, String)>,
 
     /// Workers start in DIR (a relative COMMAND is found from there).

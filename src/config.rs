@@ -90,27 +90,6 @@ impl From<Error> for LoadError {
     }
 }
 
-/// `--env KEY=VALUE`, and each entry of the file's `env`: KEY must be
-/// non-empty, without `=` or NUL, and not a variable panzer sets for its
-/// workers itself (`LISTEN_*`, `NOTIFY_SOCKET`, `PANZER_*`, `WATCHDOG_*`,
-/// `EINHORN_FD_*`, `SERVER_STARTER_*`): those stay panzer's.
-pub fn env_var(word: &str) -> Result<(String, String), String> {
-    let (key, value) = word.split_once('=').ok_or_else(|| format!("{word}: expected KEY=VALUE"))?;
-    if key.is_empty() {
-        return Err(format!("{word}: the variable's name is empty"));
-    }
-    if key.contains('\0') || value.contains('\0') {
-        return Err(format!("{key}: contains a NUL byte"));
-    }
-    const OWN: &[&str] =
-        &["LISTEN_", "PANZER_", "WATCHDOG_", "EINHORN_FD_", "SERVER_STARTER_", crate::worker::NOTIFY_SOCKET];
-    if let Some(own) = OWN.iter().find(|p| key.starts_with(*p)) {
-        let what = if own.ends_with('_') { format!("{own}*") } else { own.to_string() };
-        return Err(format!("{key}: panzer sets {what} for its workers itself"));
-    }
-    Ok((key.to_string(), value.to_string()))
-}
-
 /// The `--config` path the command line or `PANZER_CONFIG` names, if any,
 /// read before everything else is parsed (the file fills in defaults).
 pub fn config_path(argv: &[OsString]) -> Option<PathBuf> {

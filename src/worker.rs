@@ -69,6 +69,27 @@ fn inherited(key: &OsStr) -> bool {
         && !NOT_INHERITED_PREFIXES.iter().any(|p| key.as_bytes().starts_with(p.as_bytes()))
 }
 
+/// `--env KEY=VALUE`, and each entry of the file's `env`: KEY must be
+/// non-empty, without `=` or NUL, and not a variable panzer sets for its
+/// workers itself (`LISTEN_*`, `NOTIFY_SOCKET`, `PANZER_*`, `WATCHDOG_*`,
+/// `EINHORN_FD_*`, `SERVER_STARTER_*`): those stay panzer's.
+pub fn env_var(word: &str) -> Result<(String, String), String> {
+    let (key, value) = word.split_once('=').ok_or_else(|| format!("{word}: expected KEY=VALUE"))?;
+    if key.is_empty() {
+        return Err(format!("{word}: the variable's name is empty"));
+    }
+    if key.contains('\0') || value.contains('\0') {
+        return Err(format!("{key}: contains a NUL byte"));
+    }
+    const OWN: &[&str] =
+        &["LISTEN_", "PANZER_", "WATCHDOG_", "EINHORN_FD_", "SERVER_STARTER_", NOTIFY_SOCKET];
+    if let Some(own) = OWN.iter().find(|p| key.starts_with(*p)) {
+        let what = if own.ends_with('_') { format!("{own}*") } else { own.to_string() };
+        return Err(format!("{key}: panzer sets {what} for its workers itself"));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
 /// This process's environment without the variables above, as `KEY=VALUE`.
 pub fn inherited_env() -> Vec<OsString> {
     std::env::vars_os().filter(|(key, _)| inherited(key)).map(|(key, value)| join(&key, &value)).collect()

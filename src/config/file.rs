@@ -124,8 +124,8 @@ pub fn parse(file: &ConfigFile) -> Result<Settings, Error> {
                     value.get_ref().as_table().ok_or_else(|| wrong("a table: { KEY = \"value\" }"))?;
                 for (k, v) in table {
                     let v = v.as_str().ok_or_else(|| wrong("string values: { KEY = \"value\" }"))?;
-                    let pair =
-                        super::env_var(&format!("{k}={v}")).map_err(|e| at(file, span.clone(), name, e))?;
+                    let pair = crate::worker::env_var(&format!("{k}={v}"))
+                        .map_err(|e| at(file, span.clone(), name, e))?;
                     settings.env.push(pair);
                 }
             }
