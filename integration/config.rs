@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::bad_input::fails;
 use crate::harness::*;
 
 /// Writes `text` as `name` in `dir`, replacing it at once (as an editor's save does).
@@ -17,6 +18,18 @@ fn write(dir: &TestDir, name: &str, text: &str) -> String {
 /// `command = [the server fixture]`, answering with `ECHO_ENV`'s variables.
 fn server_command(echo: &str) -> String {
     format!("command = [\"{}\"]\nenv = {{ ECHO_ENV = \"{echo}\" }}\n", example("server"))
+}
+
+/// `panzer --config FILE` on the loopback, port 0.
+fn with_file(file: &str) -> Panzer {
+    Panzer::with_args(&["--config", file, "--bind", "127.0.0.1:0"]).start()
+}
+
+/// A file for one worker of the server fixture, and panzer running it.
+fn one_worker(dir: &TestDir) -> (String, Panzer) {
+    let file = write(dir, "panzer.toml", &format!("count = 1\n{}", server_command("-")));
+    let panzer = with_file(&file);
+    (file, panzer)
 }
 
 /// The workers' count in the serving generation, once `generation` is ready.
@@ -38,7 +51,7 @@ fn the_command_line_beats_the_environment_which_beats_the_file_which_beats_the_d
     let file = write(&dir, "panzer.toml", &text);
 
     // The file over the default (one worker per CPU is not 3 here).
-    let panzer = Panzer::with_args(&["--config", &file, "--bind", "127.0.0.1:0"]).start();
+    let panzer = with_file(&file);
     assert_eq!(workers(&panzer, 1), 3);
     let answer = get(panzer.port(0), "/").unwrap();
     assert_eq!((answer.field("GREETING"), answer.field("OTHER")), ("file".into(), "file".into()));
@@ -68,7 +81,7 @@ fn a_reload_rereads_the_file_and_starts_the_new_generation_with_its_count_env_an
         "count = 1\ncommand = [\"{server}\"]\nenv = {{ ECHO_ENV = \"GREETING,MARK\", GREETING = \"one\" }}\n"
     );
     let file = write(&dir, "panzer.toml", &first);
-    let panzer = Panzer::with_args(&["--config", &file, "--bind", "127.0.0.1:0"]).start();
+    let panzer = with_file(&file);
     let port = panzer.port(0);
     assert_eq!(workers(&panzer, 1), 1);
     assert_eq!(get(port, "/").unwrap().field("GREETING"), "one");
@@ -95,7 +108,7 @@ fn a_changed_setting_that_needs_a_restart_is_logged_as_ignored_and_not_applied()
         format!("count = {count}\npid-file = \"{}\"\n{}", pid.display(), server_command("PANZER_WORKER"))
     };
     let file = write(&dir, "panzer.toml", &text(&a, 1));
-    let panzer = Panzer::with_args(&["--config", &file, "--bind", "127.0.0.1:0"]).start();
+    let panzer = with_file(&file);
     assert_eq!(workers(&panzer, 1), 1);
     assert!(a.exists());
 
@@ -110,8 +123,7 @@ fn a_changed_setting_that_needs_a_restart_is_logged_as_ignored_and_not_applied()
 #[test]
 fn a_file_that_no_longer_reads_fails_the_reload_with_the_reason_and_the_old_generation_serves_on() {
     let dir = TestDir::new("config-broken");
-    let file = write(&dir, "panzer.toml", &format!("count = 1\n{}", server_command("-")));
-    let panzer = Panzer::with_args(&["--config", &file, "--bind", "127.0.0.1:0"]).start();
+    let (file, panzer) = one_worker(&dir);
     let port = panzer.port(0);
     assert_eq!(workers(&panzer, 1), 1);
 
@@ -129,14 +141,6 @@ fn a_file_that_no_longer_reads_fails_the_reload_with_the_reason_and_the_old_gene
 
     assert_eq!(get(port, "/").unwrap().field("generation"), "1");
     assert_eq!(panzer.status()["reloads"]["failed"], 2);
-}
-
-/// Runs panzer to completion; returns (exit code, log).
-fn fails(command: PanzerCommand) -> (i32, String) {
-    let mut panzer = command.start();
-    let status = panzer.wait_exit(PATIENCE);
-    assert!(panzer.monitors().is_empty());
-    (status.code().expect("killed by a signal"), panzer.log())
 }
 
 #[test]
@@ -210,7 +214,7 @@ fn an_upgrade_keeps_the_file_as_last_applied_not_as_it_is_now() {
         )
     };
     let file = write(&dir, "panzer.toml", &text(&a, "one"));
-    let panzer = Panzer::with_args(&["--config", &file, "--bind", "127.0.0.1:0"]).start();
+    let panzer = with_file(&file);
     let port = panzer.port(0);
     panzer.wait_ready(1);
     write(&dir, "panzer.toml", &text(&b, "two"));
@@ -234,8 +238,7 @@ fn an_upgrade_keeps_the_file_as_last_applied_not_as_it_is_now() {
 #[test]
 fn a_reread_follows_no_swapped_link_to_another_owners_file_nor_blocks_on_a_fifo() {
     let dir = TestDir::new("config-swap");
-    let file = write(&dir, "panzer.toml", &format!("count = 1\n{}", server_command("-")));
-    let panzer = Panzer::with_args(&["--config", &file, "--bind", "127.0.0.1:0"]).start();
+    let (file, panzer) = one_worker(&dir);
     panzer.wait_ready(1);
     let owner = nix::unistd::geteuid().as_raw();
     let refuse = |why: &str| {
