@@ -139,8 +139,14 @@ fn a_file_that_no_longer_reads_fails_the_reload_with_the_reason_and_the_old_gene
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains(&format!("{file}:1: ")), "{}", out.stderr);
 
+    // A command that cannot run is refused before a generation tries it.
+    write(&dir, "panzer.toml", "command = [\"./no/such/server\"]\n");
+    let out = panzer.ctl(&["reload"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("cannot run ./no/such/server: no such file or directory"), "{}", out.stderr);
+
     assert_eq!(get(port, "/").unwrap().field("generation"), "1");
-    assert_eq!(panzer.status()["reloads"]["failed"], 2);
+    assert_eq!(panzer.status()["reloads"]["failed"], 3);
 }
 
 #[test]

@@ -495,6 +495,8 @@ impl Main {
                     .check(&format!("count {}", config.count), config.count.into())
                     .map_err(Error::Usage)?;
             }
+            // As at start: a COMMAND that cannot run is refused before a generation tries it.
+            worker::resolve_command_in(&config.command, config.chdir.as_deref())?;
             Ok((config, changes))
         });
         let path =
