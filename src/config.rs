@@ -403,6 +403,26 @@ mod tests {
         assert!(Cli::try_parse_from(["panzer", "--count", "2", "--"]).is_err());
     }
 
+    use clap::Parser;
+
+    #[test]
+    fn every_key_a_reload_applies_is_an_option_or_command_or_env() {
+        let command = Cli::command();
+        for key in RELOADABLE.iter().filter(|k| !["command", "env"].contains(k)) {
+            assert!(command.get_arguments().any(|a| a.get_long() == Some(key)), "{key}");
+        }
+    }
+
+    #[test]
+    fn env_and_chdir_are_checked() {
+        assert!(crate::worker::env_var("A").unwrap_err().contains("expected KEY=VALUE"));
+        assert!(crate::worker::env_var("PANZER_WORKER=1").unwrap_err().contains("panzer sets PANZER_*"));
+        assert_eq!(crate::worker::env_var("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        let cli = Cli::try_parse_from(["panzer", "--chdir", "/no/such", "./srv"]).unwrap();
+        let Err(Error::Usage(message)) = Config::from_cli(cli) else { panic!("accepted a missing --chdir") };
+        assert_eq!(message, "--chdir /no/such: no such file or directory");
+    }
+
     #[test]
     fn quiet_and_verbose_move_around_info() {
         assert_eq!(log_level(0, 0), log::LevelFilter::Info);
