@@ -94,6 +94,7 @@ fn a_reload_rereads_the_file_and_starts_the_new_generation_with_its_count_env_an
     let out = panzer.ctl(&["reload"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert_eq!(workers(&panzer, 2), 2);
+    panzer.wait_for_line("generation 1 stopped");
     let answer = get(port, "/").unwrap();
     assert_eq!(answer.field("generation"), "2");
     assert_eq!((answer.field("GREETING"), answer.field("MARK")), ("two".into(), "b".into()));
@@ -225,6 +226,7 @@ fn an_upgrade_keeps_the_file_as_last_applied_not_as_it_is_now() {
     panzer.wait_ready(1);
     write(&dir, "panzer.toml", &text(&b, "two"));
     assert_eq!(panzer.ctl(&["reload"]).code, 0);
+    panzer.wait_for_line("generation 1 stopped");
     assert_eq!(get(port, "/").unwrap().field("GREETING"), "two");
 
     // Edited again, not reloaded: the upgraded main must not pick it up.
@@ -237,7 +239,10 @@ fn an_upgrade_keeps_the_file_as_last_applied_not_as_it_is_now() {
         nix::sys::signal::kill(monitor, nix::sys::signal::Signal::SIGKILL).unwrap();
     }
     panzer.wait_ready(3);
-    assert_eq!(get(port, "/").unwrap().field("GREETING"), "two");
+    let answer = eventually(PATIENCE, "generation 3 to answer", || {
+        get(port, "/").ok().filter(|r| r.field("generation") == "3")
+    });
+    assert_eq!(answer.field("GREETING"), "two");
     assert!(a.exists() && !b.exists(), "the pid file moved without a restart");
 }
 
