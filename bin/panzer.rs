@@ -7,8 +7,7 @@
 
 use clap::Parser;
 
-use panzer::cli::Cli;
-use panzer::config::Config;
+use panzer::config::{Config, LoadError};
 use panzer::protocol::MonitorArgs;
 use panzer::{main_process, monitor};
 
@@ -30,13 +29,25 @@ fn main() {
     if hidden(main_process::RESUME_COMMAND) {
         exit(main_process::resume(&fd()));
     }
-    let cli = Cli::parse();
-    if cli.check {
-        std::process::exit(panzer::check::run(Config::parse(cli)));
-    }
-    let config = match Config::from_cli(cli) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let config = match Config::load_unresolved(&argv) {
+        Ok(config) if config.check => std::process::exit(panzer::check::run(Ok(config))),
+        Ok(mut config) => match config.resolve_credentials() {
+            Ok(credentials) => {
+                config.credentials = credentials;
+                Ok(config)
+            }
+            Err(e) => Err(LoadError::Config(e)),
+        },
+        Err(LoadError::Config(e)) if panzer::config::check_requested(&argv) => {
+            std::process::exit(panzer::check::run(Err(e)))
+        }
+        Err(e) => Err(e),
+    };
+    let config = match config {
         Ok(config) => config,
-        Err(e) => fail(e),
+        Err(LoadError::Clap(e)) => e.exit(),
+        Err(LoadError::Config(e)) => fail(e),
     };
     panzer::logging::init(config.log_level, None);
     exit(panzer::main_process::run(config));

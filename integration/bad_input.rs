@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use crate::harness::*;
 
 /// Runs panzer to completion; returns (exit code, log).
-fn fails(command: PanzerCommand) -> (i32, String) {
+pub(crate) fn fails(command: PanzerCommand) -> (i32, String) {
     let mut panzer = command.start();
     let status = panzer.wait_exit(PATIENCE);
     assert!(panzer.monitors().is_empty());

@@ -9,6 +9,7 @@ mod activation;
 mod admin;
 mod bad_input;
 mod check;
+mod config;
 mod container;
 mod control;
 mod deploy;

@@ -223,6 +223,31 @@ pub struct Cli {
     /// exits 0. Binds nothing, starts nothing, writes nothing.
     #[arg(long)]
     pub check: bool,
+
+    /// Read settings from this TOML file.
+    ///
+    /// Every long option is a key, spelled as on the command line without
+    /// the dashes in front (`count = 8`, `bind = ["0.0.0.0:80"]`,
+    /// `graceful-timeout = "10s"`), plus `command = ["./my_server", "--port",
+    /// "80"]` and `env = { KEY = "value" }`. The command line wins, then the
+    /// environment, then the file, then the defaults. A reload re-reads it
+    /// and applies what a generation can change.
+    #[arg(long, env = "PANZER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Set KEY=VALUE in every worker's environment; repeatable.
+    ///
+    /// Variables panzer sets itself (LISTEN_*, NOTIFY_SOCKET, PANZER_*,
+    /// WATCHDOG_*, EINHORN_FD_*, SERVER_STARTER_*) are refused.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = crate::worker::env_var)]
+    pub env: Vec<(String, String)>,
+
+    /// Workers start in DIR.
+    ///
+    /// A relative COMMAND is found from there. Default: panzer's own working
+    /// directory.
+    #[arg(long, env = "PANZER_CHDIR", value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
 }
 
 /// A value parsed by `T`'s `FromStr`, exactly as clap would parse it, whose

@@ -10,13 +10,15 @@
 //!
 //! Main replacing its own binary in place (an upgrade: the check of the new
 //! binary, the state handed over, the resumed image) has its room in
-//! `upgrade/`; this loop only dispatches to it.
+//! `upgrade/`; this loop only dispatches to it. A reload first re-reads the
+//! configuration file (`reconfigure`).
 
 mod connections;
 mod leftovers;
 mod orphans;
 pub(crate) mod pid_file;
 pub(crate) mod policy;
+mod reconfigure;
 mod systemd;
 mod upgrade;
 
@@ -155,7 +157,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let adopted = sockets::adopt_from_env()?;
     // Then signals, so none is lost while sockets are bound.
     let signals = signal_fd()?;
-    worker::resolve_command(&config.command)?;
+    worker::resolve_command_in(&config.command, config.chdir.as_deref())?;
     sys::become_subreaper().map_err(|e| Error::os("cannot become child subreaper", e))?;
     let pid_file = config.pid_file.as_deref().map(PidFile::check).transpose()?;
     let control_path = match config.control.clone() {
@@ -436,6 +438,9 @@ impl Main {
             self.interrupts += 1;
         }
         log::info!("received {}", signal.as_str());
+        if command == Command::Reload && !self.reread_config(None) {
+            return;
+        }
         self.dispatch(Event::Command { command, from: None });
     }
 
@@ -465,6 +470,9 @@ impl Main {
             return self.control.reply(client, &Reply { status: Some(status), ..Reply::ok() });
         }
         log::info!("control request: {request:?}");
+        if command == Command::Reload && !self.reread_config(Some(client)) {
+            return;
+        }
         if matches!(command, Command::Reload | Command::Upgrade) {
             // Answered when it has an outcome.
             self.control.hold(client);
@@ -601,24 +609,25 @@ impl Main {
         let (program, argv, env) = if self.config.preload {
             // Library mode: the app itself is the monitor. Resolved again for
             // every generation, so a reload runs the binary now at that path.
-            let program = worker::resolve_command(&self.config.command).map_err(|e| {
-                // Said after "cannot start its monitor": why, without the command again.
-                let reason = match e {
-                    Error::Command { reason, .. } => reason,
-                    other => other.report(),
-                };
-                sys::spawn::SpawnError::Exec(std::io::Error::other(reason))
-            })?;
+            let program = worker::resolve_command_in(&self.config.command, self.config.chdir.as_deref())
+                .map_err(|e| {
+                    // Said after "cannot start its monitor": why, without the command again.
+                    let reason = match e {
+                        Error::Command { reason, .. } => reason,
+                        other => other.report(),
+                    };
+                    sys::spawn::SpawnError::Exec(std::io::Error::other(reason))
+                })?;
             let words = args.to_env().ok_or_else(|| {
                 sys::spawn::SpawnError::Exec(std::io::Error::other("an argument is not UTF-8"))
             })?;
-            let mut env = leftovers::with_marker(worker::inherited_env());
+            let mut env = self.monitor_env();
             env.push(format!("{}={words}", crate::protocol::MONITOR_ARGS_ENV).into());
             (program, args.argv.clone(), env)
         } else {
             let mut argv: Vec<OsString> = vec!["panzer".into()];
             argv.extend(args.to_args());
-            (PathBuf::from("/proc/self/exe"), argv, leftovers::with_marker(worker::inherited_env()))
+            (PathBuf::from("/proc/self/exe"), argv, self.monitor_env())
         };
         let mut plan = ExecPlan::new(program.as_os_str(), &argv, env)
             .map_err(sys::spawn::SpawnError::Exec)?
@@ -628,8 +637,20 @@ impl Main {
         if let Some((uid, gid)) = self.config.credentials {
             plan = plan.with_credentials(uid, gid);
         }
+        if let Some(dir) = &self.config.chdir {
+            plan = plan.with_chdir(dir.as_os_str()).map_err(sys::spawn::SpawnError::Exec)?;
+        }
         let pid = plan.spawn()?;
         Ok((pid, ours))
+    }
+
+    /// A monitor's environment: main's own as workers may inherit it, the
+    /// instance marker, and `--env`. A monitor's workers inherit it (in
+    /// library mode, by the fork), and it starts in `--chdir`, where they
+    /// start too: so both reach every worker in both modes, and panzer's
+    /// own variables, set for each worker afterwards, stay panzer's.
+    fn monitor_env(&self) -> Vec<OsString> {
+        worker::with_vars(leftovers::with_marker(worker::inherited_env()), &self.config.env)
     }
 
     fn status(&self) -> Status {

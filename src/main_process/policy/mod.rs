@@ -254,6 +254,23 @@ impl Policy {
         Policy { settings, state: saved, upgrade: None }
     }
 
+    /// Settings from a re-read configuration file, for what starts from
+    /// now on; `count`, when the file changed it, becomes the count the next
+    /// generation starts with (the live ones keep theirs until replaced).
+    pub fn reconfigure(&mut self, settings: Settings, count: Option<u32>) {
+        if let Some(count) = count {
+            self.state.count = count;
+        }
+        self.settings = settings;
+    }
+
+    /// A reload refused before it started (its configuration file does not
+    /// read): counted as a failed reload.
+    pub fn reload_refused(&mut self, reason: &str) {
+        self.state.reloads.failed += 1;
+        self.state.reloads.last_error = Some(reason.to_string());
+    }
+
     /// Workers per generation now.
     pub fn count(&self) -> u32 {
         self.state.count
