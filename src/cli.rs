@@ -178,4 +178,12 @@ pub struct Cli {
     /// once, and forks its workers, which share its memory copy-on-write.
     #[arg(long, env = "PANZER_PRELOAD", value_parser = clap::builder::BoolishValueParser::new())]
     pub preload: bool,
+
+    /// How panzer writes its log lines, main's and the monitors': `text`
+    /// (`<time> <LEVEL> panzer[<pid>]: <message>`) or `json`, one object per
+    /// line with `ts`, `level`, `pid`, `generation` (a monitor's), `msg` and
+    /// the event's fields (`worker`, `worker_pid`, `status`, …), for a log
+    /// shipper. With --tag-output, the workers' lines become objects too.
+    #[arg(long, env = "PANZER_LOG_FORMAT", value_enum, default_value_t, value_name = "FORMAT")]
+    pub log_format: crate::logging::LogFormat,
 }

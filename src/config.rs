@@ -29,6 +29,8 @@ pub struct Config {
     /// `(uid, gid)` for monitors and workers (`--user`, `--group`).
     pub credentials: Option<(u32, u32)>,
     pub log_level: log::LevelFilter,
+    /// `--log-format`: text or JSON lines, main's and the monitors'.
+    pub log_format: crate::logging::LogFormat,
     pub command: OsString,
     pub args: Vec<OsString>,
     /// Whether TCP sockets panzer binds get `TCP_NODELAY` (`--no-nodelay`).
@@ -92,6 +94,7 @@ impl Config {
             pid_file: cli.pid_file,
             credentials: credentials(cli.user.as_deref(), cli.group.as_deref())?,
             log_level: log_level(cli.quiet, cli.verbose),
+            log_format: cli.log_format,
             command,
             args,
             nodelay: !cli.no_nodelay,

@@ -564,6 +564,7 @@ impl Main {
             fd_names: sockets::fd_names(self.sockets.iter().map(|l| &l.spec)),
             notify_socket: notify_socket.clone(),
             log_level: log::max_level(),
+            log_format: self.config.log_format,
             argv: std::iter::once(self.config.command.clone())
                 .chain(self.config.args.iter().cloned())
                 .collect(),

@@ -122,7 +122,7 @@ struct Monitor {
 /// Runs the monitor role; returns the process exit status.
 pub fn run(args: MonitorArgs) -> i32 {
     sys::set_process_name(c"panzer");
-    crate::logging::init(args.log_level, Some(args.generation));
+    crate::logging::init(args.log_level, args.log_format, Some(args.generation));
     let status = match sys::adopt_inherited_fd(STATUS_FD).and_then(Channel::from_fd) {
         Ok(status) => status,
         Err(e) => {
@@ -198,7 +198,7 @@ impl Monitor {
                     shed: sys::resident::Shedder::default(),
                     base_env: worker::inherited_env(),
                     parent: nix::unistd::getppid(),
-                    output: args.tag_output.then(|| output::TaggedOutput::new(args.generation)),
+                    output: args.tag_output.then(|| output::TaggedOutput::new(args.generation, args.log_format)),
                     args,
                     status: Some(status),
                     sockets,
