@@ -185,10 +185,11 @@ pub fn run(config: Config) -> Result<i32, Error> {
     ceiling.check(&format!("--count {}", config.count), config.count.into()).map_err(Error::Usage)?;
     let admin = admin::Server::bind(&config.admin_binds)?;
     for listener in &sockets {
-        log::info!("listening on {}", listener.local);
+        // Past -q: the real port of `:0` is only ever said here.
+        crate::logging::always(&[("addr", listener.local.as_str())], format_args!("listening on {}", listener.local));
     }
     for addr in admin.addresses() {
-        log::info!("admin endpoint on {addr}");
+        crate::logging::always(&[("addr", addr)], format_args!("admin endpoint on {addr}"));
     }
     log::info!("control socket at {}", control.path().display());
     let runtime_dir = RuntimeDir::create(config.credentials)?;
@@ -464,7 +465,15 @@ impl Main {
             let status = self.status();
             return self.control.reply(client, &Reply { status: Some(status), ..Reply::ok() });
         }
-        log::info!("control request: {request:?}");
+        // As `panzerctl` spells it.
+        let said = match request {
+            Request::Status => "status".to_string(),
+            Request::Reload => "reload".to_string(),
+            Request::Stop => "stop".to_string(),
+            Request::Scale { count } => format!("scale {count}"),
+            Request::Upgrade => "upgrade".to_string(),
+        };
+        log::info!("control request: {said}");
         if matches!(command, Command::Reload | Command::Upgrade) {
             // Answered when it has an outcome.
             self.control.hold(client);

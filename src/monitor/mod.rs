@@ -262,13 +262,16 @@ impl Monitor {
                 }
             };
             self.shed.on_wake(Instant::now());
+            // Notify messages before the exits: what a worker said just
+            // before it exited (STOPPING=1 as it drains) is read while it
+            // is still known as one of this generation's.
+            if ready.contains(&Token::Notify) {
+                self.on_notify();
+            }
             if ready.contains(&Token::Signals) {
                 for signal in sys::pending_signals(&self.signals) {
                     self.on_signal(signal);
                 }
-            }
-            if ready.contains(&Token::Notify) {
-                self.on_notify();
             }
             if ready.contains(&Token::Status) {
                 self.on_status();
@@ -330,11 +333,17 @@ impl Monitor {
         }
         for replacement in self.pool.check(now) {
             let pool::Replacement { ordinal, pid, reason } = replacement;
-            log::warn!("worker {ordinal} (pid {pid}) {reason}: replacing it");
+            // A recycle after --max-age is planned, not a fault.
+            let level = match reason {
+                Reason::Age { .. } => log::Level::Info,
+                _ => log::Level::Warn,
+            };
+            log::log!(level, worker = ordinal, worker_pid = pid, reason = reason.kind(); "worker {ordinal} (pid {pid}) {reason}: replacing it");
         }
         for (ordinal, pid) in self.pool.stalled(now) {
             let timeout = self.args.startup_timeout.map_or(Duration::ZERO, |d| d.0);
             log::warn!(
+                worker = ordinal, worker_pid = pid;
                 "worker {ordinal} (pid {pid}) not ready {} after it started (--startup-timeout): \
                  stopping it with {}",
                 format_duration(timeout),
@@ -343,7 +352,7 @@ impl Monitor {
             sys::signal_process(Pid::from_raw(pid), self.drain_signal());
         }
         for pid in self.pool.due_kills(now) {
-            log::warn!("pid {pid} still running after the graceful timeout: SIGKILL");
+            log::warn!(worker_pid = pid; "pid {pid} still running after the graceful timeout: SIGKILL");
             sys::signal_process(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
@@ -369,7 +378,7 @@ impl Monitor {
             let ordinal = self.pool.ordinal_of(pid).unwrap_or_default();
             let line = format!("worker {ordinal} (pid {pid}) {reason}: replacing it");
             if self.pool.replace(pid, reason, now) {
-                log::warn!("{line}");
+                log::warn!(worker = ordinal, worker_pid = pid, reason = "rss"; "{line}");
             }
         }
     }
@@ -394,9 +403,9 @@ impl Monitor {
                     self.pool.started(ordinal, pid, now);
                     if self.pool.is_successor(pid) {
                         // main hears of it once it is ready and takes over.
-                        log::info!("worker {ordinal} replacement started: pid {pid}");
+                        log::info!(worker = ordinal, worker_pid = pid; "worker {ordinal} replacement started: pid {pid}");
                     } else {
-                        log::info!("worker {ordinal} started: pid {pid}");
+                        log::info!(worker = ordinal, worker_pid = pid; "worker {ordinal} started: pid {pid}");
                         self.report(Report::WorkerStarted { ordinal, pid });
                     }
                 }
@@ -465,14 +474,18 @@ impl Monitor {
         match self.pool.ready(pid, Instant::now()) {
             None => {}
             Some((ordinal, None)) => {
-                log::debug!("worker {ordinal} (pid {pid}) ready ({reason})");
+                log::debug!(worker = ordinal, worker_pid = pid; "worker {ordinal} (pid {pid}) ready ({reason})");
                 self.readiness.ready(ordinal, reason);
                 self.report(Report::WorkerReady { ordinal, pid });
             }
             Some((ordinal, Some(replaced))) => {
                 let old = replaced.old_pid;
                 let signal = self.drain_signal();
-                log::info!("worker {ordinal}: pid {pid} ready, replacing pid {old} ({})", signal.as_str());
+                log::info!(
+                    worker = ordinal, worker_pid = pid, replaced_pid = old;
+                    "worker {ordinal}: pid {pid} ready, replacing pid {old} ({})",
+                    signal.as_str()
+                );
                 sys::signal_process(Pid::from_raw(old), signal);
                 // One message, so that main never sees the slot without a
                 // ready worker: it stands for `WorkerStarted` and
@@ -583,7 +596,10 @@ impl Monitor {
                 Err(_) => {
                     if let Some(n) = self.notify_warnings.check(&ordinal, Instant::now()) {
                         let more = crate::log_limit::suppressed(n);
-                        log::warn!("worker {ordinal} (pid {pid}) sent a notify message that is not text; dropped{more}");
+                        log::warn!(
+                            worker = ordinal, worker_pid = pid;
+                            "worker {ordinal} (pid {pid}) sent a notify message that is not text; dropped{more}"
+                        );
                     }
                     continue;
                 }
@@ -596,8 +612,12 @@ impl Monitor {
                     }
                     Notify::Ready => {}
                     // Worker text stays here: it never travels to main.
-                    Notify::Status(text) => log::debug!("worker {ordinal} (pid {pid}) status: {text}"),
-                    Notify::Stopping => log::debug!("worker {ordinal} (pid {pid}) is stopping"),
+                    Notify::Status(text) => {
+                        log::debug!(worker = ordinal, worker_pid = pid; "worker {ordinal} (pid {pid}) status: {text}")
+                    }
+                    Notify::Stopping => {
+                        log::debug!(worker = ordinal, worker_pid = pid; "worker {ordinal} (pid {pid}) is stopping")
+                    }
                     Notify::Watchdog => self.pool.watchdog(pid, Instant::now()),
                     Notify::MainPid(_) | Notify::Reloading { .. } => {}
                 }
@@ -655,11 +675,14 @@ impl Monitor {
         let ordinal = exit.ordinal;
         match exit.role {
             Role::Retired { replaced_by: None } => {
-                log::info!("worker {ordinal} (pid {pid}) {how}; its slot was removed");
+                log::info!(worker = ordinal, worker_pid = pid, status = how; "worker {ordinal} (pid {pid}) {how}; its slot was removed");
                 return self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
             }
             Role::Retired { replaced_by: Some(successor) } => {
-                log::info!("worker {ordinal} (pid {pid}) {how}; replaced by pid {successor}");
+                log::info!(
+                    worker = ordinal, worker_pid = pid, status = how, successor_pid = successor;
+                    "worker {ordinal} (pid {pid}) {how}; replaced by pid {successor}"
+                );
                 // main already knows the slot as the successor's: it ignores this.
                 return self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
             }
@@ -670,11 +693,13 @@ impl Monitor {
                 };
                 // main never heard of it: nothing to report.
                 return log::warn!(
+                    worker = ordinal, worker_pid = pid, status = how;
                     "worker {ordinal} replacement (pid {pid}) {how} before it was ready{again}"
                 );
             }
             Role::Serving { successor: Some(successor) } => {
                 log::warn!(
+                    worker = ordinal, worker_pid = pid, status = how, successor_pid = successor;
                     "worker {ordinal} (pid {pid}) {how}; its replacement, pid {successor}, takes over"
                 );
                 self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
@@ -688,9 +713,13 @@ impl Monitor {
             _ => format!("worker {ordinal} (pid {pid}) {how} after {}", format_duration(exit.uptime)),
         };
         match exit.restart_in {
-            Some(delay) => log::warn!("{what}; restarting in {}", format_duration(delay)),
-            None if self.pool.is_draining() => log::info!("worker {ordinal} (pid {pid}) {how}"),
-            None => log::warn!("{what}"),
+            Some(delay) => {
+                log::warn!(worker = ordinal, worker_pid = pid, status = how; "{what}; restarting in {}", format_duration(delay))
+            }
+            None if self.pool.is_draining() => {
+                log::info!(worker = ordinal, worker_pid = pid, status = how; "worker {ordinal} (pid {pid}) {how}")
+            }
+            None => log::warn!(worker = ordinal, worker_pid = pid, status = how; "{what}"),
         }
         self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
         if exit.generation_failed {
@@ -721,10 +750,16 @@ impl Monitor {
             }
         } else {
             let workers = self.pool.workers().count();
-            log::info!("draining {workers} worker(s); SIGKILL in {}", format_duration(grace));
             self.pool.drain();
-            sys::signal_group(nix::unistd::getpgrp(), self.drain_signal());
-            self.kill_at = Some(Instant::now() + grace);
+            if grace.is_zero() {
+                // A stop now (SIGQUIT): no drain to promise.
+                log::info!("killing {workers} worker(s) now");
+                self.kill_all();
+            } else {
+                log::info!("draining {workers} worker(s); SIGKILL in {}", format_duration(grace));
+                sys::signal_group(nix::unistd::getpgrp(), self.drain_signal());
+                self.kill_at = Some(Instant::now() + grace);
+            }
             if let Some(keeper) = &self.keeper {
                 keeper.draining(grace);
             }
@@ -749,7 +784,7 @@ impl Monitor {
         if self.kill_at.is_some_and(|at| at <= now) {
             self.kill_at = None;
             for w in self.pool.workers() {
-                log::warn!("worker (pid {}) still running after the graceful timeout: SIGKILL", w.pid);
+                log::warn!(worker_pid = w.pid; "worker (pid {}) still running after the graceful timeout: SIGKILL", w.pid);
             }
             self.kill_all();
         }
