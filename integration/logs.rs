@@ -64,6 +64,9 @@ fn every_line_of_a_json_run_is_an_object_with_its_fields() {
     let main_pid = panzer.pid.as_raw() as u64;
     let listening = own.iter().find(|l| l["msg"].as_str().unwrap().starts_with("listening on ")).unwrap();
     assert_eq!((listening["pid"].as_u64(), listening.get("generation")), (Some(main_pid), None), "{listening}");
+    // main's lines about a generation name it.
+    let ready = own.iter().find(|l| l["msg"].as_str().unwrap().starts_with("generation 2 ready")).unwrap();
+    assert_eq!((ready["pid"].as_u64(), ready["generation"].as_u64()), (Some(main_pid), Some(2)), "{ready}");
     // The workers' own lines, as objects naming where they come from.
     assert!(workers.len() >= 4, "hello says `serving` and more:\n{log}");
     for line in &workers {

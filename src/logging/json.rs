@@ -40,8 +40,9 @@ impl Origin {
 }
 
 /// The keys panzer sets itself: a record's field of the same name is left
-/// out rather than written twice.
-const RESERVED: [&str; 6] = ["ts", "level", "pid", "generation", "role", "msg"];
+/// out rather than written twice. (main has no generation of its own: a
+/// line of main's about one names it in the field.)
+const RESERVED: [&str; 5] = ["ts", "level", "pid", "role", "msg"];
 
 /// One of panzer's own log lines, as a JSON object.
 pub(super) struct Line<'a> {
@@ -55,20 +56,27 @@ pub(super) struct Line<'a> {
 impl Serialize for Line<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut fields = Fields(Vec::new());
+        if let Some(generation) = self.origin.generation {
+            fields.0.push(("generation".to_string(), generation.into()));
+        }
         // A field that cannot be read is left out; the message still goes.
         let _ = self.fields.visit(&mut fields);
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("ts", &Text(self.ts))?;
         map.serialize_entry("level", &self.level.as_str().to_ascii_lowercase())?;
         map.serialize_entry("pid", &self.origin.pid)?;
-        if let Some(generation) = self.origin.generation {
-            map.serialize_entry("generation", &generation)?;
+        let mut fields = fields.0.iter();
+        if self.origin.generation.is_some() {
+            // The process's own, first of the fields.
+            if let Some((key, value)) = fields.next() {
+                map.serialize_entry(key, value)?;
+            }
         }
         if self.origin.keeper {
             map.serialize_entry("role", "keeper")?;
         }
         map.serialize_entry("msg", &Text(self.msg))?;
-        for (key, value) in &fields.0 {
+        for (key, value) in fields {
             map.serialize_entry(key, value)?;
         }
         map.end()
@@ -158,6 +166,16 @@ mod tests {
         assert_eq!(value["level"], "warn");
         assert!(value.get("generation").is_none(), "main has no generation: {line}");
         assert_eq!(line.matches("\"msg\"").count(), 1, "{line}");
+    }
+
+    #[test]
+    fn a_line_of_mains_about_a_generation_names_it_and_a_monitors_own_generation_wins() {
+        let main = Origin { pid: 7, generation: None, keeper: false };
+        let line = render(log::Level::Info, &main, format_args!("generation 4 stopped"), &[("generation", Value::from(4u32))]);
+        assert!(line.ends_with(r#""msg":"generation 4 stopped","generation":4}"#), "{line}");
+        let monitor = Origin { pid: 8, generation: Some(2), keeper: false };
+        let line = render(log::Level::Info, &monitor, format_args!("x"), &[("generation", Value::from(4u32))]);
+        assert!(line.contains(r#""pid":8,"generation":2,"msg":"x"}"#), "{line}");
     }
 
     #[test]

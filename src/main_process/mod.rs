@@ -372,7 +372,10 @@ impl Main {
 
     fn perform(&mut self, effect: Effect) -> Option<Event> {
         match effect {
-            Effect::Log { level, line } => log::log!(target: policy::LOG_TARGET, level, "{line}"),
+            Effect::Log { level, line, generation: Some(generation) } => {
+                log::log!(target: policy::LOG_TARGET, level, generation = generation; "{line}")
+            }
+            Effect::Log { level, line, generation: None } => log::log!(target: policy::LOG_TARGET, level, "{line}"),
             Effect::Spawn { generation, count } => return self.spawn_generation(generation, count),
             Effect::Order { generation, order } => self.order(generation, &order),
             Effect::KillGroup(generation) => {
@@ -588,7 +591,10 @@ impl Main {
         };
         match self.spawn_monitor(&args) {
             Ok((pid, channel)) => {
-                log::info!("starting generation {generation}: {count} worker(s), monitor pid {pid}");
+                log::info!(
+                    generation = generation, monitor_pid = pid.as_raw();
+                    "starting generation {generation}: {count} worker(s), monitor pid {pid}"
+                );
                 let monitor = Monitor { pid, channel, closed: false, notify_socket, protocol: args.protocol };
                 self.monitors.insert(generation, monitor);
                 None
