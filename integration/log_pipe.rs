@@ -224,7 +224,11 @@ fn log_lines_dropped_are_counted(json: bool) {
     let marker_line = marker_lines[0];
     let count: usize = if json {
         let object: serde_json::Value = serde_json::from_str(marker_line).unwrap();
-        assert_eq!((&object["level"], &object["pid"]), (&"warn".into(), &panzer.pid.as_raw().into()), "{object}");
+        assert_eq!(
+            (&object["level"], &object["pid"]),
+            (&"warn".into(), &panzer.pid.as_raw().into()),
+            "{object}"
+        );
         let count = object["dropped"].as_u64().unwrap_or_else(|| panic!("{object}"));
         assert_eq!(object["msg"], format!("{count}{marker}"), "{object}");
         count as usize

@@ -48,7 +48,10 @@ fn every_line_of_a_json_run_is_an_object_with_its_fields() {
     let (own, workers): (Vec<&Value>, Vec<&Value>) = lines.iter().partition(|l| l.get("msg").is_some());
     for line in &own {
         assert!(line["ts"].is_string() && line["level"].is_string() && line["pid"].is_u64(), "{line}");
-        assert!(["info", "warn", "error", "debug", "trace"].contains(&line["level"].as_str().unwrap()), "{line}");
+        assert!(
+            ["info", "warn", "error", "debug", "trace"].contains(&line["level"].as_str().unwrap()),
+            "{line}"
+        );
     }
     // A worker's start names its slot and pid, and comes from a monitor.
     let started: Vec<&&Value> =
@@ -63,7 +66,11 @@ fn every_line_of_a_json_run_is_an_object_with_its_fields() {
     // Main's lines have no generation field of their own process.
     let main_pid = panzer.pid.as_raw() as u64;
     let listening = own.iter().find(|l| l["msg"].as_str().unwrap().starts_with("listening on ")).unwrap();
-    assert_eq!((listening["pid"].as_u64(), listening.get("generation")), (Some(main_pid), None), "{listening}");
+    assert_eq!(
+        (listening["pid"].as_u64(), listening.get("generation")),
+        (Some(main_pid), None),
+        "{listening}"
+    );
     // main's lines about a generation name it.
     let ready = own.iter().find(|l| l["msg"].as_str().unwrap().starts_with("generation 2 ready")).unwrap();
     assert_eq!((ready["pid"].as_u64(), ready["generation"].as_u64()), (Some(main_pid), Some(2)), "{ready}");
@@ -95,7 +102,8 @@ fn the_environment_sets_the_format_and_an_upgrade_keeps_it() {
     let log = panzer.log();
     assert!(log.contains(r#""msg":"control request: upgrade""#), "as panzerctl says it: {log}");
     let lines = objects(&log);
-    let resumed = lines.iter().position(|l| l["msg"].as_str().is_some_and(|m| m.starts_with("resumed as"))).unwrap();
+    let resumed =
+        lines.iter().position(|l| l["msg"].as_str().is_some_and(|m| m.starts_with("resumed as"))).unwrap();
     assert!(lines[resumed..].iter().any(|l| l["generation"] == 2 && l["msg"].is_string()), "{lines:?}");
 }
 
@@ -173,4 +181,16 @@ fn a_rolling_reload_says_nothing_of_its_own_retired_workers_notify_messages() {
     }
     let log = panzer.log();
     assert!(!log.contains("ignoring notify message"), "{log}");
+}
+
+#[test]
+fn with_json_logs_the_error_that_ends_panzer_is_an_object_too() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut panzer = Panzer::new(example("hello")).bind(&addr).args(&["--log-format", "json"]).start();
+    assert_ne!(panzer.wait_exit(PATIENCE).code(), Some(0));
+    let lines = objects(&panzer.log());
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "error", "{last}");
+    assert!(last["msg"].as_str().unwrap().starts_with(&format!("cannot bind {addr}: ")), "{last}");
 }

@@ -138,7 +138,12 @@ pub(crate) struct WorkerLine<'a> {
 mod tests {
     use super::*;
 
-    fn render(level: log::Level, origin: &Origin, msg: fmt::Arguments<'_>, fields: &[(&str, Value)]) -> String {
+    fn render(
+        level: log::Level,
+        origin: &Origin,
+        msg: fmt::Arguments<'_>,
+        fields: &[(&str, Value)],
+    ) -> String {
         let ts = "2026-01-02T03:04:05.678Z";
         serde_json::to_string(&Line { ts: &ts, level, origin, msg: &msg, fields: &fields }).unwrap()
     }
@@ -171,10 +176,16 @@ mod tests {
     #[test]
     fn a_line_of_mains_about_a_generation_names_it_and_a_monitors_own_generation_wins() {
         let main = Origin { pid: 7, generation: None, keeper: false };
-        let line = render(log::Level::Info, &main, format_args!("generation 4 stopped"), &[("generation", Value::from(4u32))]);
+        let line = render(
+            log::Level::Info,
+            &main,
+            format_args!("generation 4 stopped"),
+            &[("generation", Value::from(4u32))],
+        );
         assert!(line.ends_with(r#""msg":"generation 4 stopped","generation":4}"#), "{line}");
         let monitor = Origin { pid: 8, generation: Some(2), keeper: false };
-        let line = render(log::Level::Info, &monitor, format_args!("x"), &[("generation", Value::from(4u32))]);
+        let line =
+            render(log::Level::Info, &monitor, format_args!("x"), &[("generation", Value::from(4u32))]);
         assert!(line.contains(r#""pid":8,"generation":2,"msg":"x"}"#), "{line}");
     }
 

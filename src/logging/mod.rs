@@ -55,9 +55,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use json::Origin;
 pub(crate) use json::WorkerLine;
 pub(crate) use sink::PIPE_BUF;
-use json::Origin;
 use sink::{Queue, Sink, Stdio, Target};
 
 /// Before the process exits, how long what waits may take to be written.
@@ -168,8 +168,12 @@ pub(crate) fn always(fields: &[(&str, &str)], args: std::fmt::Arguments<'_>) {
     if log::max_level() == log::LevelFilter::Off {
         return;
     }
-    let record =
-        log::Record::builder().level(log::Level::Info).target(module_path!()).args(args).key_values(&fields).build();
+    let record = log::Record::builder()
+        .level(log::Level::Info)
+        .target(module_path!())
+        .args(args)
+        .key_values(&fields)
+        .build();
     match NOTICE.get() {
         Some(notice) => log::Log::log(notice, &record),
         // The app's own logger (library mode): through it, as every line.

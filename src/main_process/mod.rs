@@ -186,7 +186,10 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let admin = admin::Server::bind(&config.admin_binds)?;
     for listener in &sockets {
         // Past -q: the real port of `:0` is only ever said here.
-        crate::logging::always(&[("addr", listener.local.as_str())], format_args!("listening on {}", listener.local));
+        crate::logging::always(
+            &[("addr", listener.local.as_str())],
+            format_args!("listening on {}", listener.local),
+        );
     }
     for addr in admin.addresses() {
         crate::logging::always(&[("addr", addr)], format_args!("admin endpoint on {addr}"));
@@ -375,7 +378,9 @@ impl Main {
             Effect::Log { level, line, generation: Some(generation) } => {
                 log::log!(target: policy::LOG_TARGET, level, generation = generation; "{line}")
             }
-            Effect::Log { level, line, generation: None } => log::log!(target: policy::LOG_TARGET, level, "{line}"),
+            Effect::Log { level, line, generation: None } => {
+                log::log!(target: policy::LOG_TARGET, level, "{line}")
+            }
             Effect::Spawn { generation, count } => return self.spawn_generation(generation, count),
             Effect::Order { generation, order } => self.order(generation, &order),
             Effect::KillGroup(generation) => {

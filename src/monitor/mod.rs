@@ -198,7 +198,9 @@ impl Monitor {
                     shed: sys::resident::Shedder::default(),
                     base_env: worker::inherited_env(),
                     parent: nix::unistd::getppid(),
-                    output: args.tag_output.then(|| output::TaggedOutput::new(args.generation, args.log_format)),
+                    output: args
+                        .tag_output
+                        .then(|| output::TaggedOutput::new(args.generation, args.log_format)),
                     args,
                     status: Some(status),
                     sockets,

@@ -79,7 +79,8 @@ impl Tag {
                     Stream::Stderr => "stderr",
                 };
                 let content = String::from_utf8_lossy(content);
-                let object = logging::WorkerLine { stream, generation: *generation, worker: *worker, line: &content };
+                let object =
+                    logging::WorkerLine { stream, generation: *generation, worker: *worker, line: &content };
                 serde_json::to_vec(&object).unwrap_or_default()
             }
         };
@@ -389,7 +390,10 @@ mod tests {
         let mut lines = Lines::new(tag());
         let out = run(&mut lines, &[b"say \"hi\"\tthere\n", b"\x01\x02"], true);
         let objects: Vec<serde_json::Value> = out.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(objects[0], serde_json::json!({"stream": "stderr", "generation": 3, "worker": 1, "line": "say \"hi\"\tthere"}));
+        assert_eq!(
+            objects[0],
+            serde_json::json!({"stream": "stderr", "generation": 3, "worker": 1, "line": "say \"hi\"\tthere"})
+        );
         assert_eq!(objects[1]["line"], "\u{1}\u{2}");
         // Quotes double in JSON, control bytes take six: still one write each.
         for filler in [&b"\""[..], b"\x01", "é".as_bytes(), b"x"] {

@@ -336,7 +336,8 @@ impl Policy {
                 g.number,
                 format_duration(DRAIN_ACT_TIMEOUT),
                 format_duration(ends.saturating_duration_since(now))
-            )).about(g.number);
+            ))
+            .about(g.number);
             out.push(Effect::DrainGroup(g.number));
         }
     }
@@ -399,7 +400,8 @@ impl Policy {
                 } else {
                     out.info(format!(
                         "generation {number} ready: {workers}/{workers} workers in {elapsed_ms} ms{how}"
-                    )).about(number);
+                    ))
+                    .about(number);
                     self.ready(now, number, workers, out);
                 }
             }
@@ -575,7 +577,8 @@ impl Policy {
         out.push(Effect::Orphans { generation: number, terminate: !drained, kill_at });
         match state {
             State::Starting => {
-                out.error(format!("the monitor of generation {number} {ended} before it was ready")).about(number);
+                out.error(format!("the monitor of generation {number} {ended} before it was ready"))
+                    .about(number);
                 self.restore_old(number, out);
                 let started = self.find(number).map(|g| g.started);
                 let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
@@ -589,7 +592,8 @@ impl Policy {
             State::Ready => {
                 self.remove(number);
                 if self.state.stopping.is_some() {
-                    out.warn(format!("the monitor of generation {number} {ended} while stopping")).about(number);
+                    out.warn(format!("the monitor of generation {number} {ended} while stopping"))
+                        .about(number);
                 } else {
                     out.error(format!("the monitor of generation {number} {ended}; its workers drain while a new generation starts")).about(number);
                     if !self.any(|s| matches!(s, State::Starting | State::Ready | State::Delayed(_))) {
@@ -601,7 +605,8 @@ impl Policy {
                 if drained {
                     out.info(format!("generation {number} stopped")).about(number);
                 } else {
-                    out.warn(format!("the monitor of generation {number} {ended} while stopping")).about(number);
+                    out.warn(format!("the monitor of generation {number} {ended} while stopping"))
+                        .about(number);
                 }
                 self.remove(number);
             }
@@ -635,7 +640,8 @@ impl Policy {
                     let reason = format!(
                         "its monitor {ended} before it was ready, {MAX_LOST_MONITORS} times in a row"
                     );
-                    out.error(format!("generation {} never became ready: {reason}", self.state.last)).about(self.state.last);
+                    out.error(format!("generation {} never became ready: {reason}", self.state.last))
+                        .about(self.state.last);
                     self.state.last_failure = Some(reason);
                     self.state.exit_code = crate::error::EXIT_NOT_READY;
                     return self.stop(now, Stop::Graceful, out);

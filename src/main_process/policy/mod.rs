@@ -444,7 +444,8 @@ impl Policy {
                 if let Some(g) = self.find(number) {
                     g.kill_deadline = None;
                 }
-                out.warn(format!("generation {number} did not stop in time: killing its process group")).about(number);
+                out.warn(format!("generation {number} did not stop in time: killing its process group"))
+                    .about(number);
                 out.push(Effect::KillGroup(number));
             }
             if startup {
