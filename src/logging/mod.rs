@@ -181,6 +181,19 @@ pub(crate) fn always(fields: &[(&str, &str)], args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Logs at `$level` a line about worker `$ordinal` (pid `$pid`), which a
+/// JSON line carries as the fields `worker` and `worker_pid` (and `status`,
+/// how it exited, where given).
+macro_rules! of_worker {
+    ($level:ident, $ordinal:expr, $pid:expr, $how:expr; $($line:tt)+) => {
+        log::$level!(worker = $ordinal, worker_pid = $pid, status = $how; $($line)+)
+    };
+    ($level:ident, $ordinal:expr, $pid:expr; $($line:tt)+) => {
+        log::$level!(worker = $ordinal, worker_pid = $pid; $($line)+)
+    };
+}
+pub(crate) use of_worker;
+
 /// The fds to poll for room (writable), while lines wait for them.
 pub(crate) fn waiting_fds() -> Vec<BorrowedFd<'static>> {
     match sinks().as_ref() {

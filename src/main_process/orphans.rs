@@ -74,7 +74,8 @@ impl Orphans {
         }
         let members = without_keepers(members(pgid, exclude));
         if !members.is_empty() {
-            log::info!(group = pgid.as_raw(); "main takes over pids {} of group {pgid} until they exit", plain(&members));
+            let pids = plain(&members);
+            log::info!(group = pgid.as_raw(); "main takes over pids {pids} of group {pgid} until they exit");
         }
         self.groups.push(Group { pgid, kill_at });
     }

@@ -35,6 +35,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::error::Error;
+use crate::logging::of_worker;
 use crate::notify::Notify;
 use crate::protocol::{
     Channel, MonitorArgs, Order, Received, Report, FAILED_GRACE, FIRST_SOCKET_FD, MAX_UNREADY_EXITS,
@@ -336,16 +337,15 @@ impl Monitor {
         for replacement in self.pool.check(now) {
             let pool::Replacement { ordinal, pid, reason } = replacement;
             // A recycle after --max-age is planned, not a fault.
-            let level = match reason {
-                Reason::Age { .. } => log::Level::Info,
-                _ => log::Level::Warn,
-            };
-            log::log!(level, worker = ordinal, worker_pid = pid, reason = reason.kind(); "worker {ordinal} (pid {pid}) {reason}: replacing it");
+            let level =
+                if matches!(reason, Reason::Age { .. }) { log::Level::Info } else { log::Level::Warn };
+            let line = format!("worker {ordinal} (pid {pid}) {reason}: replacing it");
+            log::log!(level, worker = ordinal, worker_pid = pid, reason = reason.kind(); "{line}");
         }
         for (ordinal, pid) in self.pool.stalled(now) {
             let timeout = self.args.startup_timeout.map_or(Duration::ZERO, |d| d.0);
-            log::warn!(
-                worker = ordinal, worker_pid = pid;
+            of_worker!(
+                warn, ordinal, pid;
                 "worker {ordinal} (pid {pid}) not ready {} after it started (--startup-timeout): \
                  stopping it with {}",
                 format_duration(timeout),
@@ -380,7 +380,7 @@ impl Monitor {
             let ordinal = self.pool.ordinal_of(pid).unwrap_or_default();
             let line = format!("worker {ordinal} (pid {pid}) {reason}: replacing it");
             if self.pool.replace(pid, reason, now) {
-                log::warn!(worker = ordinal, worker_pid = pid, reason = "rss"; "{line}");
+                of_worker!(warn, ordinal, pid; "{line}");
             }
         }
     }
@@ -405,9 +405,9 @@ impl Monitor {
                     self.pool.started(ordinal, pid, now);
                     if self.pool.is_successor(pid) {
                         // main hears of it once it is ready and takes over.
-                        log::info!(worker = ordinal, worker_pid = pid; "worker {ordinal} replacement started: pid {pid}");
+                        of_worker!(info, ordinal, pid; "worker {ordinal} replacement started: pid {pid}");
                     } else {
-                        log::info!(worker = ordinal, worker_pid = pid; "worker {ordinal} started: pid {pid}");
+                        of_worker!(info, ordinal, pid; "worker {ordinal} started: pid {pid}");
                         self.report(Report::WorkerStarted { ordinal, pid });
                     }
                 }
@@ -476,7 +476,7 @@ impl Monitor {
         match self.pool.ready(pid, Instant::now()) {
             None => {}
             Some((ordinal, None)) => {
-                log::debug!(worker = ordinal, worker_pid = pid; "worker {ordinal} (pid {pid}) ready ({reason})");
+                of_worker!(debug, ordinal, pid; "worker {ordinal} (pid {pid}) ready ({reason})");
                 self.readiness.ready(ordinal, reason);
                 self.report(Report::WorkerReady { ordinal, pid });
             }
@@ -598,10 +598,8 @@ impl Monitor {
                 Err(_) => {
                     if let Some(n) = self.notify_warnings.check(&ordinal, Instant::now()) {
                         let more = crate::log_limit::suppressed(n);
-                        log::warn!(
-                            worker = ordinal, worker_pid = pid;
-                            "worker {ordinal} (pid {pid}) sent a notify message that is not text; dropped{more}"
-                        );
+                        let line = "sent a notify message that is not text; dropped";
+                        of_worker!(warn, ordinal, pid; "worker {ordinal} (pid {pid}) {line}{more}");
                     }
                     continue;
                 }
@@ -615,10 +613,10 @@ impl Monitor {
                     Notify::Ready => {}
                     // Worker text stays here: it never travels to main.
                     Notify::Status(text) => {
-                        log::debug!(worker = ordinal, worker_pid = pid; "worker {ordinal} (pid {pid}) status: {text}")
+                        of_worker!(debug, ordinal, pid; "worker {ordinal} (pid {pid}) status: {text}")
                     }
                     Notify::Stopping => {
-                        log::debug!(worker = ordinal, worker_pid = pid; "worker {ordinal} (pid {pid}) is stopping")
+                        of_worker!(debug, ordinal, pid; "worker {ordinal} (pid {pid}) is stopping")
                     }
                     Notify::Watchdog => self.pool.watchdog(pid, Instant::now()),
                     Notify::MainPid(_) | Notify::Reloading { .. } => {}
@@ -677,14 +675,13 @@ impl Monitor {
         let ordinal = exit.ordinal;
         match exit.role {
             Role::Retired { replaced_by: None } => {
-                log::info!(worker = ordinal, worker_pid = pid, status = how; "worker {ordinal} (pid {pid}) {how}; its slot was removed");
+                let line = format!("worker {ordinal} (pid {pid}) {how}; its slot was removed");
+                of_worker!(info, ordinal, pid, how; "{line}");
                 return self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
             }
             Role::Retired { replaced_by: Some(successor) } => {
-                log::info!(
-                    worker = ordinal, worker_pid = pid, status = how, successor_pid = successor;
-                    "worker {ordinal} (pid {pid}) {how}; replaced by pid {successor}"
-                );
+                let line = format!("worker {ordinal} (pid {pid}) {how}; replaced by pid {successor}");
+                of_worker!(info, ordinal, pid, how; "{line}");
                 // main already knows the slot as the successor's: it ignores this.
                 return self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
             }
@@ -694,14 +691,14 @@ impl Monitor {
                     None => String::new(),
                 };
                 // main never heard of it: nothing to report.
-                return log::warn!(
-                    worker = ordinal, worker_pid = pid, status = how;
+                return of_worker!(
+                    warn, ordinal, pid, how;
                     "worker {ordinal} replacement (pid {pid}) {how} before it was ready{again}"
                 );
             }
             Role::Serving { successor: Some(successor) } => {
-                log::warn!(
-                    worker = ordinal, worker_pid = pid, status = how, successor_pid = successor;
+                of_worker!(
+                    warn, ordinal, pid, how;
                     "worker {ordinal} (pid {pid}) {how}; its replacement, pid {successor}, takes over"
                 );
                 self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
@@ -716,12 +713,12 @@ impl Monitor {
         };
         match exit.restart_in {
             Some(delay) => {
-                log::warn!(worker = ordinal, worker_pid = pid, status = how; "{what}; restarting in {}", format_duration(delay))
+                of_worker!(warn, ordinal, pid, how; "{what}; restarting in {}", format_duration(delay))
             }
             None if self.pool.is_draining() => {
-                log::info!(worker = ordinal, worker_pid = pid, status = how; "worker {ordinal} (pid {pid}) {how}")
+                of_worker!(info, ordinal, pid, how; "worker {ordinal} (pid {pid}) {how}")
             }
-            None => log::warn!(worker = ordinal, worker_pid = pid, status = how; "{what}"),
+            None => of_worker!(warn, ordinal, pid, how; "{what}"),
         }
         self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
         if exit.generation_failed {
@@ -786,7 +783,9 @@ impl Monitor {
         if self.kill_at.is_some_and(|at| at <= now) {
             self.kill_at = None;
             for w in self.pool.workers() {
-                log::warn!(worker_pid = w.pid; "worker (pid {}) still running after the graceful timeout: SIGKILL", w.pid);
+                let line =
+                    format!("worker (pid {}) still running after the graceful timeout: SIGKILL", w.pid);
+                log::warn!(worker_pid = w.pid; "{line}");
             }
             self.kill_all();
         }
