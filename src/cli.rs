@@ -97,7 +97,9 @@ pub struct Cli {
     #[arg(long, env = "PANZER_GROUP", value_name = "GROUP")]
     pub group: Option<String>,
 
-    /// Log less (repeat for even less). RUST_LOG overrides -q and -v.
+    /// Log less (repeat for even less). RUST_LOG overrides -q and -v. The
+    /// `listening on` and `admin endpoint on` lines stay (they carry the
+    /// real port of :0) unless logging is off altogether (-qqq).
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
 
@@ -179,11 +181,9 @@ pub struct Cli {
     #[arg(long, env = "PANZER_PRELOAD", value_parser = clap::builder::BoolishValueParser::new())]
     pub preload: bool,
 
-    /// How panzer writes its log lines, main's and the monitors': `text`
-    /// (`<time> <LEVEL> panzer[<pid>]: <message>`) or `json`, one object per
-    /// line with `ts`, `level`, `pid`, `generation` (a monitor's), `msg` and
-    /// the event's fields (`worker`, `worker_pid`, `status`, …), for a log
-    /// shipper. With --tag-output, the workers' lines become objects too.
+    /// How panzer writes its log lines, main's and the monitors'. With
+    /// --tag-output and json, the workers' lines become objects too, with
+    /// `stream`, `generation`, `worker` and `line`.
     #[arg(long, env = "PANZER_LOG_FORMAT", value_enum, default_value_t, value_name = "FORMAT")]
     pub log_format: crate::logging::LogFormat,
 }

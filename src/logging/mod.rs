@@ -87,10 +87,13 @@ static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 /// `--log-format`: how each log line is written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    /// `<time> <LEVEL> panzer[<pid>]: <message>`.
+    /// `<time> <LEVEL> panzer[<pid>]: <message>`, a monitor's tagged
+    /// `panzer[<pid> gen <k>]`.
     #[default]
     Text,
-    /// One JSON object per line: `ts`, `level`, `pid`, `generation`, `msg`, fields.
+    /// One JSON object per line, for a log shipper: `ts`, `level`, `pid`,
+    /// `generation` (where there is one), `msg`, and the event's fields
+    /// (`worker`, `worker_pid`, `status`, …).
     Json,
 }
 
