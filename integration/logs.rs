@@ -194,3 +194,27 @@ fn with_json_logs_the_error_that_ends_panzer_is_an_object_too() {
     assert_eq!(last["level"], "error", "{last}");
     assert!(last["msg"].as_str().unwrap().starts_with(&format!("cannot bind {addr}: ")), "{last}");
 }
+
+#[test]
+fn library_mode_logs_json_too() {
+    let mut panzer = Panzer::new(example("preload"))
+        .arg("--preload")
+        .count(2)
+        .notify()
+        .args(&["--log-format", "json", "--tag-output"])
+        .env("PRELOAD_MB", "1")
+        .start();
+    let port = json_port(&panzer);
+    panzer.wait_ready(1);
+    assert!(get(port, "/").is_ok());
+    panzer.signal(Signal::SIGTERM);
+    assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0));
+    // The app is the monitor: what it writes itself is its own (untagged).
+    let log: String =
+        panzer.log().lines().filter(|l| !l.starts_with("preload: ")).map(|l| l.to_string() + "\n").collect();
+    let lines = objects(&log);
+    let started =
+        lines.iter().filter(|l| l["msg"].as_str().is_some_and(|m| m.contains(" started: pid "))).count();
+    assert!(started >= 2, "{log}");
+    assert!(lines.iter().any(|l| l["generation"] == 1 && l["worker_pid"].is_u64()), "{lines:?}");
+}
