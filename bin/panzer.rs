@@ -1,4 +1,5 @@
-//! `panzer`: parse the command line, then run main — or, as the hidden
+//! `panzer`: parse the command line, then run main (or only check what it
+//! would need: `--check`) — or, as the hidden
 //! `panzer __monitor …` that main starts, a monitor; as `panzer __keeper …`
 //! that a monitor starts, the keeper of its generation's process group; or,
 //! during an upgrade, the check of a new binary (`__upgrade-check FD`) and
@@ -29,7 +30,11 @@ fn main() {
     if hidden(main_process::RESUME_COMMAND) {
         exit(main_process::resume(&fd()));
     }
-    let config = match Config::from_cli(Cli::parse()) {
+    let cli = Cli::parse();
+    if cli.check {
+        std::process::exit(panzer::check::run(Config::parse(cli)));
+    }
+    let config = match Config::from_cli(cli) {
         Ok(config) => config,
         Err(e) => fail(e),
     };

@@ -186,4 +186,13 @@ pub struct Cli {
     /// `stream`, `generation`, `worker` and `line`.
     #[arg(long, env = "PANZER_LOG_FORMAT", value_enum, default_value_t, value_name = "FORMAT")]
     pub log_format: crate::logging::LogFormat,
+
+    /// Check the configuration and exit, as `nginx -t` does: parse every
+    /// option, resolve COMMAND (and a script's #! interpreter), look up
+    /// --user and --group, and check the runtime directory, the pid file's
+    /// directory and each unix: socket's directory. Prints every problem,
+    /// one line each, and exits 2; or prints "configuration OK" and exits
+    /// 0. Binds nothing, starts nothing, writes nothing.
+    #[arg(long)]
+    pub check: bool,
 }

@@ -26,7 +26,11 @@ pub struct Config {
     pub stop_delay: Duration,
     pub control: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
-    /// `(uid, gid)` for monitors and workers (`--user`, `--group`).
+    /// `--user` and `--group` as given (a name or a number).
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// `(uid, gid)` for monitors and workers: `user` and `group` looked up
+    /// (see [`Config::from_cli`]).
     pub credentials: Option<(u32, u32)>,
     pub log_level: log::LevelFilter,
     /// `--log-format`: text or JSON lines, main's and the monitors'.
@@ -54,7 +58,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// What main runs with: [`Config::parse`], then `--user` and `--group`
+    /// looked up.
     pub fn from_cli(cli: Cli) -> Result<Config, Error> {
+        let mut config = Config::parse(cli)?;
+        config.credentials = config.resolve_credentials()?;
+        Ok(config)
+    }
+
+    /// The command line read and validated, without looking anything up
+    /// on this system: `credentials` stays `None`. `panzer --check` starts
+    /// here, so that a wrong user is one problem among the others.
+    pub fn parse(cli: Cli) -> Result<Config, Error> {
         let ceiling = count_ceiling(cli.bind.len(), cli.tag_output, cli.preload);
         let count = match cli.count {
             Some(n) => ceiling.check(&format!("--count {n}"), n.into()).map_err(Error::Usage)?,
@@ -92,7 +107,9 @@ impl Config {
             stop_delay: cli.stop_delay.0,
             control: cli.control,
             pid_file: cli.pid_file,
-            credentials: credentials(cli.user.as_deref(), cli.group.as_deref())?,
+            user: cli.user,
+            group: cli.group,
+            credentials: None,
             log_level: log_level(cli.quiet, cli.verbose),
             log_format: cli.log_format,
             command,
@@ -107,6 +124,12 @@ impl Config {
             max_age: positive("--max-age", cli.max_age)?,
             preload: cli.preload,
         })
+    }
+
+    /// `(uid, gid)` for `--user` and `--group`; `None` when neither is
+    /// given. An unknown name, or either without root, is an error.
+    pub fn resolve_credentials(&self) -> Result<Option<(u32, u32)>, Error> {
+        credentials(self.user.as_deref(), self.group.as_deref())
     }
 }
 

@@ -44,6 +44,7 @@
 //! ```text
 //! bin/panzer.rs            dispatch: main, or a hidden role (__monitor, __keeper, upgrade)
 //! bin/panzerctl/           the control client: status, top, metrics, discovery, man pages
+//! check                    `panzer --check`: what a start would refuse, found without starting
 //! main_process/            main's loop: polls and carries out what the policy decides
 //!   policy/                the pure machine: generations, the staged roll, the upgrade, the stop
 //!   upgrade/               main replacing its own binary: check, state hand-over, resume
@@ -178,6 +179,8 @@
 // The roles and what they share. `bin/panzer.rs` and `bin/panzerctl/` are
 // crates of their own and reach these, so they are public, but hidden: a
 // library-mode user's documentation shows the library's API alone.
+#[doc(hidden)]
+pub mod check;
 #[doc(hidden)]
 pub mod cli;
 #[doc(hidden)]

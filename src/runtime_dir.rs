@@ -131,7 +131,6 @@ impl Drop for RuntimeDir {
 /// Creates `dir` (mode 0700) if it is missing, then refuses it unless it is
 /// a real directory owned by this user with no access for anyone else.
 fn ensure_private(dir: &Path) -> Result<(), Error> {
-    let euid = nix::unistd::geteuid().as_raw();
     if let Some(parent) = dir.parent() {
         check_parent(parent, dir)?;
     }
@@ -142,6 +141,49 @@ fn ensure_private(dir: &Path) -> Result<(), Error> {
     }
     let meta = std::fs::symlink_metadata(dir)
         .map_err(|e| Error::os(format!("cannot use runtime directory {}", dir.display()), e))?;
+    check_private(dir, &meta)
+}
+
+/// What a start requires of the private runtime directory (see
+/// [`ensure_private`]), checked without creating or removing anything, for
+/// `panzer --check`: the directory is safe, or its parent is and lets this
+/// user create it. Returns its path.
+pub fn check_private_dir() -> Result<PathBuf, Error> {
+    let dir = private_dir();
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    check_parent(parent, &dir)?;
+    match std::fs::symlink_metadata(&dir) {
+        Ok(meta) => check_private(&dir, &meta)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            may_create_in(parent)
+                .map_err(|e| Error::os(format!("cannot create runtime directory {}", dir.display()), e))?;
+        }
+        Err(e) => return Err(Error::os(format!("cannot use runtime directory {}", dir.display()), e)),
+    }
+    Ok(dir)
+}
+
+/// What a start with `--user` requires of the temp dir the monitors'
+/// directory is made in (see [`RuntimeDir::create`]), checked without
+/// creating anything, for `panzer --check`. Returns its path.
+pub fn check_shared_dir() -> Result<PathBuf, Error> {
+    let tmp = shared_temp_dir();
+    check_parent(&tmp, &tmp)?;
+    may_create_in(&tmp)
+        .map_err(|e| Error::os(format!("cannot create a directory in {}", tmp.display()), e))?;
+    Ok(tmp)
+}
+
+/// Whether this process may create an entry in `dir` (write and search).
+fn may_create_in(dir: &Path) -> io::Result<()> {
+    use nix::unistd::AccessFlags;
+    nix::unistd::access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(io::Error::from)
+}
+
+/// Refuses `dir` (whose own metadata, not followed, is `meta`) unless it is
+/// a real directory owned by this user with no access for anyone else.
+fn check_private(dir: &Path, meta: &std::fs::Metadata) -> Result<(), Error> {
+    let euid = nix::unistd::geteuid().as_raw();
     let problem = if meta.file_type().is_symlink() {
         "it is a symbolic link".to_string()
     } else if !meta.is_dir() {
@@ -301,6 +343,29 @@ mod tests {
     fn this_process_runs_and_a_pid_above_the_maximum_does_not() {
         assert!(pid_is_running(std::process::id() as i32));
         assert!(!pid_is_running(i32::MAX));
+    }
+
+    #[test]
+    fn checking_the_private_dir_creates_nothing_and_refuses_what_a_start_refuses() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("panzer-unit-rt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = base.join("panzer");
+        let meta = |mode| {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::fs::symlink_metadata(&dir).unwrap()
+        };
+        std::fs::create_dir(&dir).unwrap();
+        assert!(check_private(&dir, &meta(0o700)).is_ok());
+        let e = check_private(&dir, &meta(0o750)).unwrap_err();
+        assert!(e.report().contains("other users may access it (mode 0750)"), "{}", e.report());
+        std::fs::remove_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(&base, &dir).unwrap();
+        let e = check_private(&dir, &std::fs::symlink_metadata(&dir).unwrap()).unwrap_err();
+        assert!(e.report().contains("it is a symbolic link"), "{}", e.report());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

@@ -129,11 +129,106 @@ fn join(key: &OsStr, value: &OsStr) -> OsString {
     OsString::from_vec(bytes)
 }
 
+/// A command resolved as the kernel will run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    /// The file `execve` is given.
+    pub path: PathBuf,
+    /// For a script, the interpreter its `#!` line names (and, for an
+    /// interpreter that is itself a script, the one that names), in order.
+    pub interpreters: Vec<PathBuf>,
+}
+
 /// Finds `command` as `execvp` would: a name with a `/` is a path, anything
 /// else is looked up in `PATH`. The result must be an executable file; the
 /// error is [`Error::Command`], naming the command and why it cannot run.
 pub fn resolve_command(command: &OsStr) -> Result<PathBuf, Error> {
-    find(command).map_err(|reason| Error::Command { command: command.to_string_lossy().into_owned(), reason })
+    resolve_program(command).map(|program| program.path)
+}
+
+/// [`resolve_command`], with the interpreters a script's `#!` line names:
+/// each must be an executable file too, or the command cannot run (the
+/// kernel says "no such file or directory" of the script itself).
+pub fn resolve_program(command: &OsStr) -> Result<Program, Error> {
+    let fail = |reason| Error::Command { command: command.to_string_lossy().into_owned(), reason };
+    let path = find(command).map_err(fail)?;
+    let interpreters = interpreters(&path).map_err(fail)?;
+    Ok(Program { path, interpreters })
+}
+
+/// What `execve` reads of a file to find its `#!` line (`BINPRM_BUF_SIZE`).
+const SHEBANG_BUFFER: usize = 256;
+/// How many scripts deep the kernel follows interpreters that are scripts.
+const MAX_SCRIPT_DEPTH: usize = 4;
+
+/// The chain of interpreters below the executable file `path`: empty for a
+/// file that is not a script. The error says which interpreter cannot run.
+fn interpreters(path: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut chain: Vec<PathBuf> = Vec::new();
+    let mut current = path.to_path_buf();
+    loop {
+        let Some(next) = shebang(&current)? else { return Ok(chain) };
+        if chain.len() == MAX_SCRIPT_DEPTH {
+            return Err(format!("its #! interpreters are nested more than {MAX_SCRIPT_DEPTH} deep"));
+        }
+        // A script saved with Windows line endings names `/bin/sh\r`.
+        let (shown, crlf) = match next.as_os_str().as_bytes().strip_suffix(b"\r") {
+            Some(bare) => (
+                format!("{}\\r", Path::new(OsStr::from_bytes(bare)).display()),
+                ", which ends in \\r: Windows line endings",
+            ),
+            None => (next.display().to_string(), ""),
+        };
+        check_executable(&next).map_err(|why| match chain.last() {
+            None => format!("its interpreter {shown} (from its #! line{crlf}): {why}"),
+            Some(script) => format!(
+                "the interpreter {shown} (from the #! line of its interpreter {}{crlf}): {why}",
+                script.display()
+            ),
+        })?;
+        chain.push(next.clone());
+        current = next;
+    }
+}
+
+/// The interpreter the `#!` line of the file at `path` names, read as the
+/// kernel reads it; `None` for a file that is not a script, or that panzer
+/// cannot read (the kernel may still run it).
+fn shebang(path: &Path) -> Result<Option<PathBuf>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never blocking: a FIFO would wait for a writer (execve refuses it anyway).
+    let opened =
+        std::fs::File::options().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path);
+    let Some(file) = opened.ok().filter(|f| f.metadata().is_ok_and(|m| m.is_file())) else { return Ok(None) };
+    let mut head = Vec::with_capacity(SHEBANG_BUFFER);
+    if file.take(SHEBANG_BUFFER as u64).read_to_end(&mut head).is_err() {
+        return Ok(None);
+    }
+    interpreter_in(&head).map(|name| name.map(|n| PathBuf::from(OsStr::from_bytes(n))))
+}
+
+/// The interpreter named by the first bytes of a file, as Linux's
+/// `binfmt_script` finds it: after `#!` and blanks, up to a blank or the
+/// line's end; what follows is its one optional argument.
+fn interpreter_in(head: &[u8]) -> Result<Option<&[u8]>, String> {
+    let Some(rest) = head.strip_prefix(b"#!") else { return Ok(None) };
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let line = match rest.iter().position(|&b| b == b'\n') {
+        Some(end) => &rest[..end],
+        None => rest,
+    };
+    let start = line.iter().position(|b| !blank(b)).unwrap_or(line.len());
+    let name = &line[start..];
+    let end = name.iter().position(|b| blank(b) || *b == 0);
+    if end.is_none() && line.len() == rest.len() && head.len() == SHEBANG_BUFFER {
+        return Err(format!("its #! line is longer than the {} bytes the kernel reads", SHEBANG_BUFFER - 1));
+    }
+    let name = &name[..end.unwrap_or(name.len())];
+    if name.is_empty() {
+        return Err("its #! line names no interpreter".into());
+    }
+    Ok(Some(name))
 }
 
 /// [`resolve_command`]'s search; the error is why the command cannot run.
@@ -217,6 +312,57 @@ mod tests {
         }
         assert!(inherited(OsStr::new("EINHORN_MASTER_PID")));
         assert!(inherited(OsStr::new("HOME")));
+    }
+
+    #[test]
+    fn the_interpreter_is_read_from_the_hash_bang_line_as_the_kernel_reads_it() {
+        let name =
+            |head: &[u8]| interpreter_in(head).map(|n| n.map(|n| String::from_utf8_lossy(n).into_owned()));
+        assert_eq!(name(b"\x7fELF\x02\x01"), Ok(None));
+        assert_eq!(name(b"#!/bin/sh\necho"), Ok(Some("/bin/sh".into())));
+        assert_eq!(name(b"#! \t/usr/bin/env python3 -u\n"), Ok(Some("/usr/bin/env".into())));
+        assert_eq!(name(b"#!/bin/sh"), Ok(Some("/bin/sh".into())));
+        assert_eq!(name(b"#!/bin/sh\r\n"), Ok(Some("/bin/sh\r".into())));
+        assert_eq!(name(b"#!\n/bin/sh"), Err("its #! line names no interpreter".into()));
+        let mut long = b"#!/".to_vec();
+        long.resize(SHEBANG_BUFFER, b'x');
+        assert!(name(&long).unwrap_err().contains("longer than the 255 bytes"));
+        long[100] = b' ';
+        assert_eq!(name(&long).unwrap().unwrap().len(), 100 - 2);
+    }
+
+    #[test]
+    fn a_script_resolves_with_its_interpreters_and_a_missing_one_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("panzer-unit-shebang-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            path
+        };
+        let inner = write("inner", "#!/bin/sh\n");
+        let outer = write("outer", &format!("#!{} -x\n", inner.display()));
+        let program = resolve_program(outer.as_os_str()).unwrap();
+        assert_eq!(program.interpreters, [inner.clone(), PathBuf::from("/bin/sh")]);
+        let broken = write("broken", "#!/no/such/sh\r\n");
+        let e = resolve_command(broken.as_os_str()).unwrap_err();
+        assert_eq!(
+            e.report(),
+            format!(
+                "cannot run {}: its interpreter /no/such/sh\\r (from its #! line, which ends in \\r: \
+                 Windows line endings): no such file or directory",
+                broken.display()
+            )
+        );
+        assert_eq!(e.exit_code(), crate::error::EXIT_USAGE);
+        let looping = dir.join("looping");
+        write("looping", &format!("#!{}\n", looping.display()));
+        let e = resolve_command(looping.as_os_str()).unwrap_err();
+        assert!(e.report().ends_with("its #! interpreters are nested more than 4 deep"), "{}", e.report());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

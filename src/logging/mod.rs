@@ -231,6 +231,15 @@ pub fn finish() {
     }
 }
 
+/// Writes `text` (a last word before exit, as is: a check's report) to
+/// stderr as a whole line, after what waits, then [`finish`]es.
+pub fn exit_message(text: &str) {
+    let mut line = text.as_bytes().to_vec();
+    line.push(b'\n');
+    write_line(Stream::Stderr, line, true);
+    finish();
+}
+
 /// Writes `report` (the error that ends panzer) to stderr as a whole line,
 /// after what waits, then [`finish`]es: `panzer: <report>`, or with
 /// `--log-format json` an object at level `error`.
@@ -244,7 +253,7 @@ pub fn exit_error(report: &str) {
                 .args(format_args!("{report}"))
                 .build(),
         ),
-        _ => write_line(Stream::Stderr, format!("panzer: {report}\n").into_bytes(), true),
+        _ => return exit_message(&format!("panzer: {report}")),
     }
     finish();
 }

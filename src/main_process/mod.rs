@@ -15,7 +15,7 @@
 mod connections;
 mod leftovers;
 mod orphans;
-mod pid_file;
+pub(crate) mod pid_file;
 pub(crate) mod policy;
 mod systemd;
 mod upgrade;

@@ -29,10 +29,7 @@ pub struct WrittenPidFile {
 
 impl PidFile {
     pub fn check(path: &Path) -> Result<PidFile, Error> {
-        check_directory(path)?;
-        let existing = read_existing(path)
-            .map_err(|why| Error::Usage(format!("--pid-file {}: {why}", path.display())))?;
-        if let Some((pid, owner)) = existing {
+        if let Some((pid, owner)) = check_place(path)? {
             let me = std::process::id() as i32;
             let trusted = owner == 0 || owner == nix::unistd::geteuid().as_raw();
             let running = pid > 0 && pid != me && nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok();
@@ -85,8 +82,18 @@ impl Drop for WrittenPidFile {
     }
 }
 
-/// The directory of `path` must not let another user replace the file:
-/// not writable by group or others, unless it has the sticky bit.
+/// Whether a pid file can be written at `path`: its directory (see
+/// [`check_directory`]), and what is there now: nothing, or a file whose
+/// pid and owner are returned. Nothing is written; [`PidFile::check`] and
+/// `panzer --check` both ask.
+pub(crate) fn check_place(path: &Path) -> Result<Option<(i32, u32)>, Error> {
+    check_directory(path)?;
+    read_existing(path).map_err(|why| Error::Usage(format!("--pid-file {}: {why}", path.display())))
+}
+
+/// The directory of `path` must let panzer create the file, and must not
+/// let another user replace it: not writable by group or others, unless it
+/// has the sticky bit.
 fn check_directory(path: &Path) -> Result<(), Error> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -110,7 +117,15 @@ fn check_directory(path: &Path) -> Result<(), Error> {
             mode & 0o7777
         )));
     }
-    Ok(())
+    use nix::unistd::AccessFlags;
+    nix::unistd::access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
+        Error::Usage(format!(
+            "--pid-file {}: cannot create a file in its directory {}: {}",
+            path.display(),
+            dir.display(),
+            crate::error::describe(&e.into())
+        ))
+    })
 }
 
 /// The pid in the file at `path`, read without following a symlink.

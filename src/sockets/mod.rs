@@ -167,18 +167,54 @@ pub(crate) fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Liste
 /// A socket file nobody listens on is left over from a crash: remove it. A
 /// live one, or a file that is not a socket, is an error.
 fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(io::Error::from_raw_os_error(libc::EEXIST));
+    if !socket_in_place(path)? {
+        return Ok(());
     }
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => Err(io::Error::from_raw_os_error(libc::EADDRINUSE)),
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => std::fs::remove_file(path),
         Err(e) => Err(e),
+    }
+}
+
+/// Whether a socket file is at `path` (`false`: nothing is); anything
+/// else there is in the way (`EEXIST`).
+fn socket_in_place(path: &Path) -> io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => Ok(true),
+        Ok(_) => Err(io::Error::from_raw_os_error(libc::EEXIST)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a unix socket can be bound at `path`, as far as can be told
+/// without binding it: the path fits a socket address, its directory
+/// exists and lets panzer create the socket, and nothing but a socket (a
+/// stale one is removed at bind) is in the way. `panzer --check` asks; a
+/// start learns the same from the bind. The error says what is wrong.
+pub(crate) fn check_unix_path(path: &Path) -> Result<(), String> {
+    use crate::error::describe;
+    if SockAddr::unix(path).is_err() {
+        return Err("the path is too long for a unix socket (at most 107 bytes)".into());
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let in_dir = |e: io::Error| format!("its directory {}: {}", dir.display(), describe(&e));
+    let meta = std::fs::metadata(dir).map_err(in_dir)?;
+    if !meta.is_dir() {
+        return Err(in_dir(io::Error::from_raw_os_error(libc::ENOTDIR)));
+    }
+    let flags = nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK;
+    nix::unistd::access(dir, flags).map_err(|e| in_dir(e.into()))?;
+    match socket_in_place(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            Err("a file that is not a socket is in the way".into())
+        }
+        Err(e) => Err(describe(&e)),
+        Ok(_) => Ok(()),
     }
 }
 
