@@ -49,7 +49,7 @@ fn main() {
         Err(LoadError::Clap(e)) => e.exit(),
         Err(LoadError::Config(e)) => fail(e),
     };
-    panzer::logging::init(config.log_level, None);
+    panzer::logging::init(config.log_level, config.log_format, None);
     exit(panzer::main_process::run(config));
 }
 
@@ -66,6 +66,6 @@ fn exit(main: Result<i32, panzer::error::Error>) -> ! {
 
 fn fail(e: panzer::error::Error) -> ! {
     // Never waiting long on a stderr nobody reads.
-    panzer::logging::exit_message(&format!("panzer: {}", e.report()));
+    panzer::logging::exit_error(&e.report());
     std::process::exit(e.exit_code())
 }

@@ -20,6 +20,7 @@ mod example;
 mod faults;
 mod lifecycle;
 mod log_pipe;
+mod logs;
 mod metrics;
 mod orphans;
 mod preload;

@@ -120,7 +120,9 @@ pub struct Cli {
     #[arg(long, env = "PANZER_GROUP", value_name = "GROUP")]
     pub group: Option<String>,
 
-    /// Log less (repeat for even less). RUST_LOG overrides -q and -v.
+    /// Log less (repeat for even less). RUST_LOG overrides -q and -v. The
+    /// `listening on` and `admin endpoint on` lines stay (they carry the
+    /// real port of :0) unless logging is off altogether (-qqq).
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
 
@@ -213,6 +215,14 @@ pub struct Cli {
     /// which share its memory copy-on-write.
     #[arg(long, env = "PANZER_PRELOAD", value_parser = clap::builder::BoolishValueParser::new())]
     pub preload: bool,
+
+    /// How panzer writes its log lines: text or json.
+    ///
+    /// Main's, the monitors' and the keepers' lines. With --tag-output and
+    /// json, the workers' lines become objects too, with `stream`,
+    /// `generation`, `worker` and `line`.
+    #[arg(long, env = "PANZER_LOG_FORMAT", value_enum, default_value_t, value_name = "FORMAT")]
+    pub log_format: crate::logging::LogFormat,
 
     /// Check the configuration and exit, as `nginx -t` does.
     ///

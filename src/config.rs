@@ -42,6 +42,8 @@ pub struct Config {
     /// (see [`Config::from_cli`]).
     pub credentials: Option<(u32, u32)>,
     pub log_level: log::LevelFilter,
+    /// `--log-format`: text or JSON lines, main's and the monitors'.
+    pub log_format: crate::logging::LogFormat,
     pub command: OsString,
     pub args: Vec<OsString>,
     /// Whether TCP sockets panzer binds get `TCP_NODELAY` (`--no-nodelay`).
@@ -317,6 +319,7 @@ impl Config {
             group: cli.group,
             credentials: None,
             log_level: log_level(cli.quiet, cli.verbose),
+            log_format: cli.log_format,
             command,
             args,
             nodelay: !cli.no_nodelay,

@@ -115,6 +115,11 @@ pub struct MonitorArgs {
     pub notify_socket: PathBuf,
     #[arg(long)]
     pub log_level: log::LevelFilter,
+    /// `--log-format`: the monitor's log lines (and `--tag-output`'s) as
+    /// text or JSON. Passed only when not `text`, so that a library-mode app
+    /// built on an older panzer still reads the arguments of a text run.
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: crate::logging::LogFormat,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub argv: Vec<OsString>,
@@ -175,6 +180,9 @@ impl MonitorArgs {
         notify.push(&self.notify_socket);
         args.push(notify);
         args.push(format!("--log-level={}", self.log_level).into());
+        if self.log_format != crate::logging::LogFormat::Text {
+            args.push(format!("--log-format={}", self.log_format).into());
+        }
         for address in &self.addresses {
             let mut arg = OsString::from("--address=");
             arg.push(address);

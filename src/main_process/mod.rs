@@ -187,10 +187,14 @@ pub fn run(config: Config) -> Result<i32, Error> {
     ceiling.check(&format!("--count {}", config.count), config.count.into()).map_err(Error::Usage)?;
     let admin = admin::Server::bind(&config.admin_binds)?;
     for listener in &sockets {
-        log::info!("listening on {}", listener.local);
+        // Past -q: the real port of `:0` is only ever said here.
+        crate::logging::always(
+            &[("addr", listener.local.as_str())],
+            format_args!("listening on {}", listener.local),
+        );
     }
     for addr in admin.addresses() {
-        log::info!("admin endpoint on {addr}");
+        crate::logging::always(&[("addr", addr)], format_args!("admin endpoint on {addr}"));
     }
     log::info!("control socket at {}", control.path().display());
     let runtime_dir = RuntimeDir::create(config.credentials)?;
@@ -373,7 +377,12 @@ impl Main {
 
     fn perform(&mut self, effect: Effect) -> Option<Event> {
         match effect {
-            Effect::Log { level, line } => log::log!(target: policy::LOG_TARGET, level, "{line}"),
+            Effect::Log { level, line, generation: Some(generation) } => {
+                log::log!(target: policy::LOG_TARGET, level, generation = generation; "{line}")
+            }
+            Effect::Log { level, line, generation: None } => {
+                log::log!(target: policy::LOG_TARGET, level, "{line}")
+            }
             Effect::Spawn { generation, count } => return self.spawn_generation(generation, count),
             Effect::Order { generation, order } => self.order(generation, &order),
             Effect::KillGroup(generation) => {
@@ -469,7 +478,15 @@ impl Main {
             let status = self.status();
             return self.control.reply(client, &Reply { status: Some(status), ..Reply::ok() });
         }
-        log::info!("control request: {request:?}");
+        // As `panzerctl` spells it.
+        let said = match request {
+            Request::Status => "status".to_string(),
+            Request::Reload => "reload".to_string(),
+            Request::Stop => "stop".to_string(),
+            Request::Scale { count } => format!("scale {count}"),
+            Request::Upgrade => "upgrade".to_string(),
+        };
+        log::info!("control request: {said}");
         if command == Command::Reload && !self.reread_config(Some(client)) {
             return;
         }
@@ -572,6 +589,7 @@ impl Main {
             fd_names: sockets::fd_names(self.sockets.iter().map(|l| &l.spec)),
             notify_socket: notify_socket.clone(),
             log_level: log::max_level(),
+            log_format: self.config.log_format,
             argv: std::iter::once(self.config.command.clone())
                 .chain(self.config.args.iter().cloned())
                 .collect(),
@@ -586,7 +604,10 @@ impl Main {
         };
         match self.spawn_monitor(&args) {
             Ok((pid, channel)) => {
-                log::info!("starting generation {generation}: {count} worker(s), monitor pid {pid}");
+                log::info!(
+                    generation = generation, monitor_pid = pid.as_raw();
+                    "starting generation {generation}: {count} worker(s), monitor pid {pid}"
+                );
                 let monitor = Monitor { pid, channel, closed: false, notify_socket, protocol: args.protocol };
                 self.monitors.insert(generation, monitor);
                 None

@@ -35,6 +35,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::error::Error;
+use crate::logging::of_worker;
 use crate::notify::Notify;
 use crate::protocol::{
     Channel, MonitorArgs, Order, Received, Report, FAILED_GRACE, FIRST_SOCKET_FD, MAX_UNREADY_EXITS,
@@ -122,7 +123,7 @@ struct Monitor {
 /// Runs the monitor role; returns the process exit status.
 pub fn run(args: MonitorArgs) -> i32 {
     sys::set_process_name(c"panzer");
-    crate::logging::init(args.log_level, Some(args.generation));
+    crate::logging::init(args.log_level, args.log_format, Some(args.generation));
     let status = match sys::adopt_inherited_fd(STATUS_FD).and_then(Channel::from_fd) {
         Ok(status) => status,
         Err(e) => {
@@ -198,7 +199,9 @@ impl Monitor {
                     shed: sys::resident::Shedder::default(),
                     base_env: worker::inherited_env(),
                     parent: nix::unistd::getppid(),
-                    output: args.tag_output.then(|| output::TaggedOutput::new(args.generation)),
+                    output: args
+                        .tag_output
+                        .then(|| output::TaggedOutput::new(args.generation, args.log_format)),
                     args,
                     status: Some(status),
                     sockets,
@@ -262,13 +265,16 @@ impl Monitor {
                 }
             };
             self.shed.on_wake(Instant::now());
+            // Notify messages before the exits: what a worker said just
+            // before it exited (STOPPING=1 as it drains) is read while it
+            // is still known as one of this generation's.
+            if ready.contains(&Token::Notify) {
+                self.on_notify();
+            }
             if ready.contains(&Token::Signals) {
                 for signal in sys::pending_signals(&self.signals) {
                     self.on_signal(signal);
                 }
-            }
-            if ready.contains(&Token::Notify) {
-                self.on_notify();
             }
             if ready.contains(&Token::Status) {
                 self.on_status();
@@ -330,11 +336,16 @@ impl Monitor {
         }
         for replacement in self.pool.check(now) {
             let pool::Replacement { ordinal, pid, reason } = replacement;
-            log::warn!("worker {ordinal} (pid {pid}) {reason}: replacing it");
+            // A recycle after --max-age is planned, not a fault.
+            let level =
+                if matches!(reason, Reason::Age { .. }) { log::Level::Info } else { log::Level::Warn };
+            let line = format!("worker {ordinal} (pid {pid}) {reason}: replacing it");
+            log::log!(level, worker = ordinal, worker_pid = pid, reason = reason.kind(); "{line}");
         }
         for (ordinal, pid) in self.pool.stalled(now) {
             let timeout = self.args.startup_timeout.map_or(Duration::ZERO, |d| d.0);
-            log::warn!(
+            of_worker!(
+                warn, ordinal, pid;
                 "worker {ordinal} (pid {pid}) not ready {} after it started (--startup-timeout): \
                  stopping it with {}",
                 format_duration(timeout),
@@ -343,7 +354,7 @@ impl Monitor {
             sys::signal_process(Pid::from_raw(pid), self.drain_signal());
         }
         for pid in self.pool.due_kills(now) {
-            log::warn!("pid {pid} still running after the graceful timeout: SIGKILL");
+            log::warn!(worker_pid = pid; "pid {pid} still running after the graceful timeout: SIGKILL");
             sys::signal_process(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
@@ -369,7 +380,7 @@ impl Monitor {
             let ordinal = self.pool.ordinal_of(pid).unwrap_or_default();
             let line = format!("worker {ordinal} (pid {pid}) {reason}: replacing it");
             if self.pool.replace(pid, reason, now) {
-                log::warn!("{line}");
+                of_worker!(warn, ordinal, pid; "{line}");
             }
         }
     }
@@ -394,9 +405,9 @@ impl Monitor {
                     self.pool.started(ordinal, pid, now);
                     if self.pool.is_successor(pid) {
                         // main hears of it once it is ready and takes over.
-                        log::info!("worker {ordinal} replacement started: pid {pid}");
+                        of_worker!(info, ordinal, pid; "worker {ordinal} replacement started: pid {pid}");
                     } else {
-                        log::info!("worker {ordinal} started: pid {pid}");
+                        of_worker!(info, ordinal, pid; "worker {ordinal} started: pid {pid}");
                         self.report(Report::WorkerStarted { ordinal, pid });
                     }
                 }
@@ -465,14 +476,18 @@ impl Monitor {
         match self.pool.ready(pid, Instant::now()) {
             None => {}
             Some((ordinal, None)) => {
-                log::debug!("worker {ordinal} (pid {pid}) ready ({reason})");
+                of_worker!(debug, ordinal, pid; "worker {ordinal} (pid {pid}) ready ({reason})");
                 self.readiness.ready(ordinal, reason);
                 self.report(Report::WorkerReady { ordinal, pid });
             }
             Some((ordinal, Some(replaced))) => {
                 let old = replaced.old_pid;
                 let signal = self.drain_signal();
-                log::info!("worker {ordinal}: pid {pid} ready, replacing pid {old} ({})", signal.as_str());
+                log::info!(
+                    worker = ordinal, worker_pid = pid, replaced_pid = old;
+                    "worker {ordinal}: pid {pid} ready, replacing pid {old} ({})",
+                    signal.as_str()
+                );
                 sys::signal_process(Pid::from_raw(old), signal);
                 // One message, so that main never sees the slot without a
                 // ready worker: it stands for `WorkerStarted` and
@@ -583,7 +598,8 @@ impl Monitor {
                 Err(_) => {
                     if let Some(n) = self.notify_warnings.check(&ordinal, Instant::now()) {
                         let more = crate::log_limit::suppressed(n);
-                        log::warn!("worker {ordinal} (pid {pid}) sent a notify message that is not text; dropped{more}");
+                        let line = "sent a notify message that is not text; dropped";
+                        of_worker!(warn, ordinal, pid; "worker {ordinal} (pid {pid}) {line}{more}");
                     }
                     continue;
                 }
@@ -596,8 +612,12 @@ impl Monitor {
                     }
                     Notify::Ready => {}
                     // Worker text stays here: it never travels to main.
-                    Notify::Status(text) => log::debug!("worker {ordinal} (pid {pid}) status: {text}"),
-                    Notify::Stopping => log::debug!("worker {ordinal} (pid {pid}) is stopping"),
+                    Notify::Status(text) => {
+                        of_worker!(debug, ordinal, pid; "worker {ordinal} (pid {pid}) status: {text}")
+                    }
+                    Notify::Stopping => {
+                        of_worker!(debug, ordinal, pid; "worker {ordinal} (pid {pid}) is stopping")
+                    }
                     Notify::Watchdog => self.pool.watchdog(pid, Instant::now()),
                     Notify::MainPid(_) | Notify::Reloading { .. } => {}
                 }
@@ -655,11 +675,13 @@ impl Monitor {
         let ordinal = exit.ordinal;
         match exit.role {
             Role::Retired { replaced_by: None } => {
-                log::info!("worker {ordinal} (pid {pid}) {how}; its slot was removed");
+                let line = format!("worker {ordinal} (pid {pid}) {how}; its slot was removed");
+                of_worker!(info, ordinal, pid, how; "{line}");
                 return self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
             }
             Role::Retired { replaced_by: Some(successor) } => {
-                log::info!("worker {ordinal} (pid {pid}) {how}; replaced by pid {successor}");
+                let line = format!("worker {ordinal} (pid {pid}) {how}; replaced by pid {successor}");
+                of_worker!(info, ordinal, pid, how; "{line}");
                 // main already knows the slot as the successor's: it ignores this.
                 return self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
             }
@@ -669,12 +691,14 @@ impl Monitor {
                     None => String::new(),
                 };
                 // main never heard of it: nothing to report.
-                return log::warn!(
+                return of_worker!(
+                    warn, ordinal, pid, how;
                     "worker {ordinal} replacement (pid {pid}) {how} before it was ready{again}"
                 );
             }
             Role::Serving { successor: Some(successor) } => {
-                log::warn!(
+                of_worker!(
+                    warn, ordinal, pid, how;
                     "worker {ordinal} (pid {pid}) {how}; its replacement, pid {successor}, takes over"
                 );
                 self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
@@ -688,9 +712,13 @@ impl Monitor {
             _ => format!("worker {ordinal} (pid {pid}) {how} after {}", format_duration(exit.uptime)),
         };
         match exit.restart_in {
-            Some(delay) => log::warn!("{what}; restarting in {}", format_duration(delay)),
-            None if self.pool.is_draining() => log::info!("worker {ordinal} (pid {pid}) {how}"),
-            None => log::warn!("{what}"),
+            Some(delay) => {
+                of_worker!(warn, ordinal, pid, how; "{what}; restarting in {}", format_duration(delay))
+            }
+            None if self.pool.is_draining() => {
+                of_worker!(info, ordinal, pid, how; "worker {ordinal} (pid {pid}) {how}")
+            }
+            None => of_worker!(warn, ordinal, pid, how; "{what}"),
         }
         self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
         if exit.generation_failed {
@@ -721,10 +749,16 @@ impl Monitor {
             }
         } else {
             let workers = self.pool.workers().count();
-            log::info!("draining {workers} worker(s); SIGKILL in {}", format_duration(grace));
             self.pool.drain();
-            sys::signal_group(nix::unistd::getpgrp(), self.drain_signal());
-            self.kill_at = Some(Instant::now() + grace);
+            if grace.is_zero() {
+                // A stop now (SIGQUIT): no drain to promise.
+                log::info!("killing {workers} worker(s) now");
+                self.kill_all();
+            } else {
+                log::info!("draining {workers} worker(s); SIGKILL in {}", format_duration(grace));
+                sys::signal_group(nix::unistd::getpgrp(), self.drain_signal());
+                self.kill_at = Some(Instant::now() + grace);
+            }
             if let Some(keeper) = &self.keeper {
                 keeper.draining(grace);
             }
@@ -749,7 +783,9 @@ impl Monitor {
         if self.kill_at.is_some_and(|at| at <= now) {
             self.kill_at = None;
             for w in self.pool.workers() {
-                log::warn!("worker (pid {}) still running after the graceful timeout: SIGKILL", w.pid);
+                let line =
+                    format!("worker (pid {}) still running after the graceful timeout: SIGKILL", w.pid);
+                log::warn!(worker_pid = w.pid; "{line}");
             }
             self.kill_all();
         }

@@ -88,7 +88,7 @@ impl Main {
 pub fn resume(fd: &OsStr) -> Result<i32, Error> {
     let handover = read_state(fd)?;
     let config = handover.config()?;
-    crate::logging::init(config.log_level, None);
+    crate::logging::init(config.log_level, config.log_format, None);
     let signals = main_process::signal_fd()?;
     sys::become_subreaper().map_err(|e| Error::os("cannot become child subreaper", e))?;
     let adopt = |fd: RawFd| {
