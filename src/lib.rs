@@ -51,7 +51,7 @@
 //!   connections, leftovers, orphans, pid_file, reconfigure, systemd
 //! control/                 the control socket, the admin endpoint, the signal table, metrics
 //! library/                 library mode: Worker, run, Listener, drain, threads, standalone
-//! monitor/                 a generation: the pool of workers, output, keeper, library forks
+//! monitor/                 a generation: the pool of workers, notify messages, output, keeper, library forks
 //! cli, config/             the command line, the --config file, and what they become
 //! logging, sockets, worker, notify, limits
 //! protocol                 what main and a monitor say to each other, and the limits both keep

@@ -22,6 +22,7 @@
 mod accepting;
 mod fork;
 pub mod keeper;
+mod notifications;
 mod notify_socket;
 mod output;
 pub(crate) mod pool;
@@ -36,7 +37,6 @@ use nix::unistd::Pid;
 
 use crate::error::Error;
 use crate::logging::of_worker;
-use crate::notify::Notify;
 use crate::protocol::{
     Channel, MonitorArgs, Order, Received, Report, FAILED_GRACE, FIRST_SOCKET_FD, MAX_UNREADY_EXITS,
     STATUS_FD,
@@ -58,9 +58,6 @@ const SIGNALS: &[Signal] =
 
 /// How often workers' memory is measured with `--max-rss`.
 const RSS_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Most parent links followed to attribute a notify message to a worker.
-const MAX_ANCESTRY: usize = 64;
 
 /// How often a message from one pid that no worker owns is logged.
 const STRANGER_INTERVAL: Duration = Duration::from_secs(60);
@@ -574,75 +571,6 @@ impl Monitor {
         if closed {
             self.main_gone();
         }
-    }
-
-    fn on_notify(&mut self) {
-        for (sender, result) in self.notify.receive() {
-            let Some((ordinal, pid)) = self.attribute(sender) else {
-                // While draining, a worker that just exited may still be
-                // heard from (STOPPING=1): not worth an info line.
-                let level = if self.pool.is_draining() { log::Level::Debug } else { log::Level::Info };
-                if let Some(n) = self.strangers.check(&sender, Instant::now()) {
-                    let more = crate::log_limit::suppressed(n);
-                    log::log!(
-                        level,
-                        "ignoring notify message from pid {sender}: neither a worker of generation {} \
-                         nor a descendant of one{more}",
-                        self.args.generation
-                    );
-                }
-                continue;
-            };
-            let messages = match result {
-                Ok(messages) => messages,
-                Err(_) => {
-                    if let Some(n) = self.notify_warnings.check(&ordinal, Instant::now()) {
-                        let more = crate::log_limit::suppressed(n);
-                        let line = "sent a notify message that is not text; dropped";
-                        of_worker!(warn, ordinal, pid; "worker {ordinal} (pid {pid}) {line}{more}");
-                    }
-                    continue;
-                }
-            };
-            for message in messages {
-                match message {
-                    // With --ready DURATION or accepting, READY=1 does not count.
-                    Notify::Ready if self.readiness.counts_notify() => {
-                        self.worker_ready(pid, accepting::Reason::Notify)
-                    }
-                    Notify::Ready => {}
-                    // Worker text stays here: it never travels to main.
-                    Notify::Status(text) => {
-                        of_worker!(debug, ordinal, pid; "worker {ordinal} (pid {pid}) status: {text}")
-                    }
-                    Notify::Stopping => {
-                        of_worker!(debug, ordinal, pid; "worker {ordinal} (pid {pid}) is stopping")
-                    }
-                    Notify::Watchdog => self.pool.watchdog(pid, Instant::now()),
-                    Notify::MainPid(_) | Notify::Reloading { .. } => {}
-                }
-            }
-        }
-    }
-
-    /// The worker a notify message from `sender` counts for: `sender`
-    /// itself, or the nearest worker above it (its parent chain in
-    /// `/proc`, at most [`MAX_ANCESTRY`] links), as systemd's
-    /// `NotifyAccess=all` within the worker's subtree. `(ordinal, worker pid)`.
-    fn attribute(&self, sender: i32) -> Option<(u32, i32)> {
-        let me = nix::unistd::getpid();
-        let mut pid = Pid::from_raw(sender);
-        for _ in 0..MAX_ANCESTRY {
-            if let Some(ordinal) = self.pool.ordinal_of(pid.as_raw()) {
-                return Some((ordinal, pid.as_raw()));
-            }
-            let (parent, _) = sys::parent_and_group(pid)?;
-            if parent == me || parent.as_raw() <= 1 {
-                return None;
-            }
-            pid = parent;
-        }
-        None
     }
 
     /// Reaps every exited child; one `SIGCHLD` may stand for many.
