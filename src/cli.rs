@@ -27,7 +27,7 @@ pub struct Cli {
     /// Workers per generation (at least 1, at most 4096, what RLIMIT_NPROC
     /// allows, and what RLIMIT_NOFILE leaves a monitor room for). Default:
     /// the number of CPUs (fewer if the limits allow fewer).
-    #[arg(short, long, env = "PANZER_COUNT", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short, long, env = "PANZER_COUNT", value_parser = crate::limits::parse_count)]
     pub count: Option<u32>,
 
     /// Address to listen on, repeatable; workers get the sockets at fd 3, 4, … in
@@ -119,7 +119,7 @@ pub struct Cli {
     /// from them inherits it, so a response written in pieces is not held back
     /// for the client's delayed ACK (about 40 ms). Sockets passed in by
     /// systemd are left as they are (see NoDelay= in systemd.socket).
-    #[arg(long, env = "PANZER_NO_NODELAY", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "PANZER_NO_NODELAY", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_nodelay: bool,
 
     /// Prefix every line a worker writes to stdout or stderr with
