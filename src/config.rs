@@ -52,7 +52,8 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_cli(cli: Cli) -> Result<Config, Error> {
+    pub fn from_cli(mut cli: Cli) -> Result<Config, Error> {
+        cli.bind = crate::sockets::join_pieces(std::mem::take(&mut cli.bind)).map_err(Error::Usage)?;
         let ceiling = count_ceiling(cli.bind.len(), cli.tag_output, cli.preload);
         let count = match cli.count {
             Some(n) => ceiling.check(&format!("--count {n}"), n.into()).map_err(Error::Usage)?,
