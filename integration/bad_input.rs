@@ -134,3 +134,17 @@ fn no_nodelay_accepts_exactly_the_words_tag_output_accepts() {
         assert!(log.contains("invalid value 'maybe'"), "{var}: {log}");
     }
 }
+
+#[test]
+fn without_any_socket_panzer_says_once_that_workers_get_none() {
+    let panzer = Panzer::new("sleep").no_bind().ready("100ms").command_args(&["--", "100"]).start();
+    panzer.wait_ready(1);
+    let log = panzer.log();
+    let says = "no --bind and no socket from systemd: workers get no listening socket";
+    assert_eq!(log.matches(says).count(), 1, "{log}");
+    assert!(log.lines().any(|l| l.contains(" WARN ") && l.contains(says)), "{log}");
+
+    let with_socket = Panzer::new("sleep").ready("100ms").command_args(&["--", "100"]).start();
+    with_socket.wait_ready(1);
+    assert!(!with_socket.log().contains("no listening socket"), "{}", with_socket.log());
+}

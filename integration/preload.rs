@@ -298,3 +298,15 @@ fn a_file_the_app_opened_before_run_is_still_that_file_in_its_workers() {
         assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0), "{}", panzer.log());
     }
 }
+
+#[test]
+fn preload_without_any_socket_is_a_usage_error() {
+    let dir = TestDir::new("preload-nosock");
+    let app = App::new(&dir, "");
+    let mut panzer = Panzer::new(app.path()).no_bind().arg("--preload").start();
+    assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(2), "{}", panzer.log());
+    let log = panzer.log();
+    assert_eq!(log.trim().lines().count(), 1, "{log}");
+    assert!(log.contains("--preload needs a listening socket"), "{log}");
+    assert!(panzer.monitors().is_empty());
+}

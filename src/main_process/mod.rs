@@ -153,6 +153,13 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let exe = upgrade::start_path()?;
     // Inherited sockets first: any fd panzer opens could land on their numbers.
     let adopted = sockets::adopt_from_env()?;
+    if adopted.is_none() && config.binds.is_empty() && config.preload {
+        return Err(Error::Usage(
+            "--preload needs a listening socket: every library-mode worker serves on one; give --bind ADDR \
+             (or sockets from systemd)"
+                .into(),
+        ));
+    }
     // Then signals, so none is lost while sockets are bound.
     let signals = signal_fd()?;
     worker::resolve_command(&config.command)?;
@@ -186,6 +193,9 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let admin = admin::Server::bind(&config.admin_binds)?;
     for listener in &sockets {
         log::info!("listening on {}", listener.local);
+    }
+    if sockets.is_empty() {
+        log::warn!("no --bind and no socket from systemd: workers get no listening socket");
     }
     for addr in admin.addresses() {
         log::info!("admin endpoint on {addr}");
