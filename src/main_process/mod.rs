@@ -20,7 +20,7 @@ pub(crate) mod policy;
 mod systemd;
 mod upgrade;
 
-pub use upgrade::{check as check_upgrade, resume, CHECK_COMMAND, RESUME_COMMAND};
+pub use upgrade::{check as check_upgrade, resume, CHECK_COMMAND, RESUME_COMMAND, RESUME_ENV};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
