@@ -13,6 +13,7 @@
 //! `upgrade/`; this loop only dispatches to it.
 
 mod connections;
+mod hello;
 mod leftovers;
 mod orphans;
 mod pid_file;
@@ -94,6 +95,9 @@ struct Monitor {
     notify_socket: PathBuf,
     /// The main↔monitor protocol version it was started with.
     protocol: u32,
+    /// Library mode: main has heard nothing from it yet, and gives up on
+    /// it then ([`hello`]).
+    hello_by: Option<Instant>,
 }
 
 struct Main {
@@ -318,6 +322,7 @@ impl Main {
             self.admin.next_deadline(),
             self.systemd.as_ref().and_then(Systemd::next_deadline),
             self.shed.deadline(),
+            self.hello_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -356,6 +361,9 @@ impl Main {
         }
         if self.policy.next_deadline().is_some_and(|at| at <= now) {
             self.dispatch(Event::Tick);
+        }
+        if self.hello_deadline().is_some_and(|at| at <= now) {
+            self.on_hello_deadline(now);
         }
     }
 
@@ -513,6 +521,9 @@ impl Main {
                 reports
             }
         };
+        if !reports.is_empty() {
+            monitor.hello_by = None;
+        }
         for report in reports {
             self.dispatch(Event::Report { generation, report });
         }
@@ -540,6 +551,7 @@ impl Main {
                     // it failed), even when SIGCHLD is read before the
                     // channel in this turn of the loop.
                     self.on_channel(generation);
+                    self.on_exit_unheard(generation, &exit);
                     let ended = match exit {
                         sys::ChildExit::Killed { signal, .. } => Ended::Killed(sys::signal_name(signal)),
                         sys::ChildExit::Exited(code) => Ended::Exited(code),
@@ -589,7 +601,10 @@ impl Main {
         match self.spawn_monitor(&args) {
             Ok((pid, channel)) => {
                 log::info!("starting generation {generation}: {count} worker(s), monitor pid {pid}");
-                let monitor = Monitor { pid, channel, closed: false, notify_socket, protocol: args.protocol };
+                let hello = self.config.preload && crate::protocol::says_hello(args.protocol);
+                let hello_by = hello.then(|| Instant::now() + hello::HELLO_WITHIN);
+                let monitor =
+                    Monitor { pid, channel, closed: false, notify_socket, protocol: args.protocol, hello_by };
                 self.monitors.insert(generation, monitor);
                 None
             }

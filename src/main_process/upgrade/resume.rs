@@ -113,6 +113,8 @@ pub fn resume(fd: &OsStr) -> Result<i32, Error> {
             closed: m.closed,
             notify_socket: PathBuf::from(os(&m.notify_socket)),
             protocol: m.protocol,
+            // Heard from, or judged, by the previous image.
+            hello_by: None,
         };
         monitors.insert(m.generation, monitor);
     }
