@@ -85,7 +85,8 @@ impl Main {
 }
 
 /// The new image of main (`RESUME_ENV=FD`, or `panzer __resume FD` from an
-/// older image), taking over the state the previous one wrote at `fd`. Returns main's exit status, as [`crate::main_process::run`].
+/// older image), taking over the state the previous one wrote at `fd`.
+/// Returns main's exit status, as [`crate::main_process::run`].
 pub fn resume(fd: &OsStr) -> Result<i32, Error> {
     let handover = read_state(fd)?;
     let config = handover.config()?;
