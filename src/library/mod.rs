@@ -123,22 +123,6 @@ pub use drain::{draining, finished, wait_draining};
 pub use listener::{Connection, FromListener, Listener, Socket};
 pub use threads::{MAX_PANICS, MAX_THREADS, PANIC_EXIT, PANIC_WINDOW};
 
-/// Says [`Report::Hello`](crate::protocol::Report::Hello) on the status
-/// channel, if main exec'd this process as a library-mode monitor that
-/// should (its [`MONITOR_ARGS_ENV`] asks for protocol 3 on). Runs before
-/// the app's `main` ([`crate::sys::hello`]): no logging, no panic, and
-/// nothing is taken (the variable and the fd stay for [`run`]).
-pub(crate) fn say_hello() {
-    let Some(words) = std::env::var(MONITOR_ARGS_ENV).ok() else { return };
-    let Ok(args) = MonitorArgs::from_env(&words) else { return };
-    if !crate::protocol::says_hello(args.protocol) {
-        return;
-    }
-    if let Ok(bytes) = serde_json::to_vec(&crate::protocol::Report::Hello) {
-        let _ = crate::sys::hello::send_on_inherited_seqpacket(crate::protocol::STATUS_FD, &bytes);
-    }
-}
-
 /// The server a worker runs: implemented by the value the app preloads.
 /// In a worker process that value is the monitor's memory, shared
 /// copy-on-write with every sibling.

@@ -7,11 +7,12 @@
 //! it calls `panzer::run`, so the word cannot wait for that: the loader
 //! runs [`AT_LOAD`] (an `.init_array` entry, as C constructors are) in
 //! every program linked with panzer's library, before `main`, and
-//! [`crate::library::say_hello`] decides there whether this process is such
-//! a monitor.
+//! [`say_hello`] decides there whether this process is such a monitor.
 
 use std::io;
 use std::os::fd::RawFd;
+
+use crate::protocol::{says_hello, MonitorArgs, Report, MONITOR_ARGS_ENV, STATUS_FD};
 
 /// Run by the loader before `main`.
 // SAFETY: an entry of `.init_array` is a plain `extern "C" fn()` the
@@ -23,13 +24,28 @@ static AT_LOAD: extern "C" fn() = at_load;
 
 extern "C" fn at_load() {
     // A panic must not cross into the loader: whatever goes wrong, no word.
-    let _ = std::panic::catch_unwind(crate::library::say_hello);
+    let _ = std::panic::catch_unwind(say_hello);
+}
+
+/// Says [`Report::Hello`] on the status channel, if main exec'd this
+/// process as a library-mode monitor that should (its [`MONITOR_ARGS_ENV`]
+/// asks for protocol 3 on). Runs before the app's `main`: no logging, and
+/// nothing is taken (the variable and the fd stay for `panzer::run`).
+fn say_hello() {
+    let Ok(words) = std::env::var(MONITOR_ARGS_ENV) else { return };
+    let Ok(args) = MonitorArgs::from_env(&words) else { return };
+    if !says_hello(args.protocol) {
+        return;
+    }
+    if let Ok(bytes) = serde_json::to_vec(&Report::Hello) {
+        let _ = send_on_inherited_seqpacket(STATUS_FD, &bytes);
+    }
 }
 
 /// Sends `bytes` as one message on the inherited fd `fd`, if it is a
 /// `SOCK_SEQPACKET` socket (the status channel); never blocks, never
 /// raises `SIGPIPE`. Anything else at `fd` is left alone.
-pub fn send_on_inherited_seqpacket(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
+fn send_on_inherited_seqpacket(fd: RawFd, bytes: &[u8]) -> io::Result<()> {
     let mut kind: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `kind` and `len` are valid for writes of the sizes given; a
