@@ -32,8 +32,10 @@ pub struct Cli {
 
     /// Address to listen on, repeatable; workers get the sockets at fd 3, 4, … in
     /// this order. Forms: 127.0.0.1:8080, [::1]:8080, 0.0.0.0:0 (any free port),
-    /// unix:/path/to.sock; prefix NAME= to name it in LISTEN_FDNAMES.
-    /// In the environment variable, separate addresses with commas.
+    /// unix:/path/to.sock, optionally with the socket file's mode, owner and
+    /// group (unix:/run/app.sock,mode=0660,owner=U,group=G); prefix NAME= to
+    /// name it in LISTEN_FDNAMES. In the environment variable, separate
+    /// addresses with commas.
     #[arg(short, long, env = "PANZER_BIND", value_name = "ADDR", value_delimiter = ',')]
     pub bind: Vec<BindSpec>,
 
