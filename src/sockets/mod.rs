@@ -7,7 +7,7 @@ pub use spec::{join_pieces, BindAddr, BindSpec};
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -156,22 +156,9 @@ pub(crate) fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Liste
             remove_stale_unix_socket(path).map_err(fail)?;
             let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(fail)?;
             socket.bind(&SockAddr::unix(path).map_err(fail)?).map_err(fail)?;
-            // Until `listen`, a connect is refused: the file gets its owner
-            // and mode before anyone can reach the socket through it.
-            let settled = settle_socket_file(path, spec.unix.mode, ids);
-            let (dev, ino) = match settled {
-                Ok(file) => file,
-                Err(e) => {
-                    // Remove it only if it still is a socket of ours.
-                    let ours = std::fs::symlink_metadata(path).is_ok_and(|meta| {
-                        meta.file_type().is_socket() && meta.uid() == nix::unistd::geteuid().as_raw()
-                    });
-                    if ours {
-                        let _ = std::fs::remove_file(path);
-                    }
-                    return Err(fail(e));
-                }
-            };
+            // The file bind made, opened without following a symlink: what
+            // is changed below is that file, and it is removed on drop.
+            let (file, dev, ino) = socket_file(path).map_err(fail)?;
             let listener = Listener {
                 spec: spec.clone(),
                 local: spec.addr.to_string(),
@@ -179,6 +166,9 @@ pub(crate) fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Liste
                 created: Some((path.clone(), dev, ino)),
                 activated: false,
             };
+            // Until `listen`, a connect is refused: the file gets its owner
+            // and mode before anyone can reach the socket through it.
+            settle(&file, spec.unix.mode, ids).map_err(fail)?;
             listener.socket.listen(backlog).map_err(fail)?;
             Ok(listener)
         }
@@ -207,17 +197,12 @@ fn owner_ids(spec: &BindSpec) -> Result<(Option<Uid>, Option<Gid>), Error> {
     Ok((owner, group))
 }
 
-/// Gives the socket file `bind` just made at `path` its owner, group and
-/// mode, and returns its `(dev, inode)`. The file is opened without
-/// following a symlink (`O_PATH|O_NOFOLLOW`) and must be a socket this
-/// process owns; the changes go through that descriptor, never the path
-/// again, so a file swapped in meanwhile is refused, not changed.
-fn settle_socket_file(
-    path: &Path,
-    mode: Option<u32>,
-    (owner, group): (Option<Uid>, Option<Gid>),
-) -> io::Result<(u64, u64)> {
-    use nix::fcntl::{open, AtFlags, OFlag};
+/// The socket file `bind` just made at `path`, opened without following a
+/// symlink (`O_PATH|O_NOFOLLOW`), with its `(dev, inode)`: it must be a
+/// socket this process owns, so a file swapped in meanwhile is refused,
+/// never changed or removed.
+fn socket_file(path: &Path) -> io::Result<(OwnedFd, u64, u64)> {
+    use nix::fcntl::{open, OFlag};
     use nix::sys::stat::{fstat, Mode, SFlag};
     let file = open(path, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
     let stat = fstat(&file)?;
@@ -225,8 +210,14 @@ fn settle_socket_file(
     if !is_socket || stat.st_uid != nix::unistd::geteuid().as_raw() {
         return Err(io::Error::other("the socket file was replaced as it was made"));
     }
+    Ok((file, stat.st_dev, stat.st_ino))
+}
+
+/// Gives the socket file open at `file` ([`socket_file`]) its owner, group
+/// and mode, through that descriptor, never the path again.
+fn settle(file: &OwnedFd, mode: Option<u32>, (owner, group): (Option<Uid>, Option<Gid>)) -> io::Result<()> {
     if owner.is_some() || group.is_some() {
-        nix::unistd::fchownat(&file, "", owner, group, AtFlags::AT_EMPTY_PATH)?;
+        nix::unistd::fchownat(file, "", owner, group, nix::fcntl::AtFlags::AT_EMPTY_PATH)?;
     }
     if let Some(mode) = mode {
         // An O_PATH descriptor takes no fchmod: chmod its /proc link,
@@ -234,7 +225,7 @@ fn settle_socket_file(
         let link = format!("/proc/self/fd/{}", file.as_raw_fd());
         std::fs::set_permissions(link, std::fs::Permissions::from_mode(mode))?;
     }
-    Ok((stat.st_dev, stat.st_ino))
+    Ok(())
 }
 
 /// A socket file nobody listens on is left over from a crash: remove it. A
