@@ -712,6 +712,17 @@ fn a_unix_socket_gets_the_mode_owner_and_group_asked_for() {
     panzer2.wait_ready(1);
     let meta = std::fs::symlink_metadata(&other).unwrap();
     assert_eq!((meta.mode() & 0o7777, meta.uid(), meta.gid()), (0o600, 0, SYS));
+
+    // In PANZER_BIND, where commas also separate addresses.
+    let third = dir.join("third.sock");
+    let env = format!("unix:{},mode=0640,group=sys,127.0.0.1:0", third.display());
+    let panzer3 =
+        Panzer::new("sleep").no_bind().env("PANZER_BIND", &env).ready("100ms").command_args(&["--", "1000"]);
+    let panzer3 = panzer3.start();
+    panzer3.wait_ready(1);
+    let meta = std::fs::symlink_metadata(&third).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o640, SYS));
+    assert_eq!(panzer3.log().matches("listening on ").count(), 2, "{}", panzer3.log());
 }
 
 #[test]
