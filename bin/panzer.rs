@@ -3,7 +3,8 @@
 //! `panzer __monitor …` that main starts, a monitor; as `panzer __keeper …`
 //! that a monitor starts, the keeper of its generation's process group; or,
 //! during an upgrade, the check of a new binary (`__upgrade-check FD`) and
-//! main resumed in place (`__resume FD`).
+//! main resumed in place (with `PANZER_RESUME_FD` set, or `__resume FD`
+//! from an older image).
 
 use clap::Parser;
 
@@ -12,6 +13,12 @@ use panzer::protocol::MonitorArgs;
 use panzer::{main_process, monitor};
 
 fn main() {
+    // An upgrade: main re-executed in place with its own command line. The
+    // variable goes before anything could pass it on.
+    if let Some(fd) = std::env::var_os(main_process::RESUME_ENV) {
+        std::env::remove_var(main_process::RESUME_ENV);
+        exit(main_process::resume(&fd));
+    }
     if std::env::args_os().nth(1).is_some_and(|a| a == "__monitor") {
         let args = MonitorArgs::parse_from(std::env::args_os().skip(1));
         std::process::exit(monitor::run(args));

@@ -40,14 +40,16 @@ pub struct Cli {
     ///
     /// At least 1, at most 4096, what RLIMIT_NPROC allows, and what RLIMIT_NOFILE leaves
     /// a monitor room for; the default is fewer if the limits allow fewer.
-    #[arg(short, long, env = "PANZER_COUNT", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short, long, env = "PANZER_COUNT", value_parser = crate::limits::parse_count)]
     pub count: Option<u32>,
 
     /// Address to listen on, repeatable.
     ///
     /// Workers get the sockets at fd 3, 4, … in this order. Forms: 127.0.0.1:8080,
-    /// [::1]:8080, 0.0.0.0:0 (any free port), unix:/path/to.sock; prefix NAME= to name it
-    /// in LISTEN_FDNAMES. In the environment variable, separate addresses with commas.
+    /// [::1]:8080, 0.0.0.0:0 (any free port), unix:/path/to.sock, optionally with the
+    /// socket file's mode, owner and group (unix:/run/app.sock,mode=0660,owner=U,group=G);
+    /// prefix NAME= to name it in LISTEN_FDNAMES. In the environment variable, separate
+    /// addresses with commas.
     #[arg(short, long, env = "PANZER_BIND", value_name = "ADDR", value_delimiter = ',')]
     pub bind: Vec<BindSpec>,
 
@@ -146,7 +148,7 @@ pub struct Cli {
     /// connection accepted from them inherits it, so a response written in pieces is not
     /// held back for the client's delayed ACK (about 40 ms). Sockets passed in by systemd
     /// are left as they are (see NoDelay= in systemd.socket).
-    #[arg(long, env = "PANZER_NO_NODELAY", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "PANZER_NO_NODELAY", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_nodelay: bool,
 
     /// Prefix every line a worker writes to stdout or stderr with

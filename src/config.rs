@@ -264,7 +264,8 @@ impl Config {
 
     /// From the command line, with what the file says where clap has no
     /// place for it: `command` and `env`.
-    fn from_layers(cli: Cli, file: &file::Settings) -> Result<Config, Error> {
+    fn from_layers(mut cli: Cli, file: &file::Settings) -> Result<Config, Error> {
+        cli.bind = crate::sockets::join_pieces(std::mem::take(&mut cli.bind)).map_err(Error::Usage)?;
         let ceiling = count_ceiling(cli.bind.len(), cli.tag_output, cli.preload);
         let count = match cli.count {
             Some(n) => ceiling.check(&format!("--count {n}"), n.into()).map_err(Error::Usage)?,

@@ -14,6 +14,7 @@
 //! configuration file (`reconfigure`).
 
 mod connections;
+mod hello;
 mod leftovers;
 mod orphans;
 pub(crate) mod pid_file;
@@ -22,7 +23,7 @@ mod reconfigure;
 mod systemd;
 mod upgrade;
 
-pub use upgrade::{check as check_upgrade, resume, CHECK_COMMAND, RESUME_COMMAND};
+pub use upgrade::{check as check_upgrade, resume, CHECK_COMMAND, RESUME_COMMAND, RESUME_ENV};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
@@ -96,6 +97,9 @@ struct Monitor {
     notify_socket: PathBuf,
     /// The main↔monitor protocol version it was started with.
     protocol: u32,
+    /// Library mode: main has heard nothing from it yet, and gives up on
+    /// it then ([`hello`]).
+    hello_by: Option<Instant>,
 }
 
 struct Main {
@@ -155,6 +159,13 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let exe = upgrade::start_path()?;
     // Inherited sockets first: any fd panzer opens could land on their numbers.
     let adopted = sockets::adopt_from_env()?;
+    if adopted.is_none() && config.binds.is_empty() && config.preload {
+        return Err(Error::Usage(
+            "--preload needs a listening socket: every library-mode worker serves on one; give --bind ADDR \
+             (or sockets from systemd)"
+                .into(),
+        ));
+    }
     // Then signals, so none is lost while sockets are bound.
     let signals = signal_fd()?;
     worker::resolve_command_in(&config.command, config.chdir.as_deref())?;
@@ -192,6 +203,9 @@ pub fn run(config: Config) -> Result<i32, Error> {
             &[("addr", listener.local.as_str())],
             format_args!("listening on {}", listener.local),
         );
+    }
+    if sockets.is_empty() {
+        log::warn!("no --bind and no socket from systemd: workers get no listening socket");
     }
     for addr in admin.addresses() {
         crate::logging::always(&[("addr", addr)], format_args!("admin endpoint on {addr}"));
@@ -314,6 +328,7 @@ impl Main {
             self.admin.next_deadline(),
             self.systemd.as_ref().and_then(Systemd::next_deadline),
             self.shed.deadline(),
+            self.hello_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -352,6 +367,9 @@ impl Main {
         }
         if self.policy.next_deadline().is_some_and(|at| at <= now) {
             self.dispatch(Event::Tick);
+        }
+        if self.hello_deadline().is_some_and(|at| at <= now) {
+            self.on_hello_deadline(now);
         }
     }
 
@@ -528,6 +546,9 @@ impl Main {
                 reports
             }
         };
+        if !reports.is_empty() {
+            monitor.hello_by = None;
+        }
         for report in reports {
             self.dispatch(Event::Report { generation, report });
         }
@@ -555,6 +576,7 @@ impl Main {
                     // it failed), even when SIGCHLD is read before the
                     // channel in this turn of the loop.
                     self.on_channel(generation);
+                    self.on_exit_unheard(generation, &exit);
                     let ended = match exit {
                         sys::ChildExit::Killed { signal, .. } => Ended::Killed(sys::signal_name(signal)),
                         sys::ChildExit::Exited(code) => Ended::Exited(code),
@@ -608,7 +630,10 @@ impl Main {
                     generation = generation, monitor_pid = pid.as_raw();
                     "starting generation {generation}: {count} worker(s), monitor pid {pid}"
                 );
-                let monitor = Monitor { pid, channel, closed: false, notify_socket, protocol: args.protocol };
+                let hello = self.config.preload && crate::protocol::says_hello(args.protocol);
+                let hello_by = hello.then(|| Instant::now() + hello::HELLO_WITHIN);
+                let monitor =
+                    Monitor { pid, channel, closed: false, notify_socket, protocol: args.protocol, hello_by };
                 self.monitors.insert(generation, monitor);
                 None
             }

@@ -406,6 +406,8 @@ impl Policy {
                 }
             }
             Report::GenerationFailed { reason } => self.failed(now, number, &reason, out),
+            // main itself listens for it (library mode): nothing to decide.
+            Report::Hello => {}
             Report::WorkerReplaced { ordinal, old_pid, reason, .. }
                 if matches!(g.roll, Some(Roll { phase: Phase::Canary(Some(_)), .. })) =>
             {

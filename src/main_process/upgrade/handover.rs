@@ -27,7 +27,11 @@ use crate::sys;
 
 /// The version of the state format below. A change an older image could
 /// misread takes the next number; an image reads every format up to its own.
-pub(super) const FORMAT: u32 = 1;
+/// Format 2: the next image is started with main's own command line and
+/// finds the state through `RESUME_ENV`, which an image of format 1 does
+/// not read (it would start afresh): its check refuses format 2, so the
+/// upgrade fails before anything is handed over.
+pub(super) const FORMAT: u32 = 2;
 /// The most bytes of state an image reads.
 const MAX_STATE: u64 = 64 << 20;
 
