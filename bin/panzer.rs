@@ -3,16 +3,22 @@
 //! `panzer __monitor …` that main starts, a monitor; as `panzer __keeper …`
 //! that a monitor starts, the keeper of its generation's process group; or,
 //! during an upgrade, the check of a new binary (`__upgrade-check FD`) and
-//! main resumed in place (`__resume FD`).
+//! main resumed in place (with `PANZER_RESUME_FD` set, or `__resume FD`
+//! from an older image).
 
 use clap::Parser;
 
-use panzer::cli::Cli;
-use panzer::config::Config;
+use panzer::config::{Config, LoadError};
 use panzer::protocol::MonitorArgs;
 use panzer::{main_process, monitor};
 
 fn main() {
+    // An upgrade: main re-executed in place with its own command line. The
+    // variable goes before anything could pass it on.
+    if let Some(fd) = std::env::var_os(main_process::RESUME_ENV) {
+        std::env::remove_var(main_process::RESUME_ENV);
+        exit(main_process::resume(&fd));
+    }
     if std::env::args_os().nth(1).is_some_and(|a| a == "__monitor") {
         let args = MonitorArgs::parse_from(std::env::args_os().skip(1));
         std::process::exit(monitor::run(args));
@@ -30,15 +36,27 @@ fn main() {
     if hidden(main_process::RESUME_COMMAND) {
         exit(main_process::resume(&fd()));
     }
-    let cli = Cli::parse();
-    if cli.check {
-        std::process::exit(panzer::check::run(Config::parse(cli)));
-    }
-    let config = match Config::from_cli(cli) {
-        Ok(config) => config,
-        Err(e) => fail(e),
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let config = match Config::load_unresolved(&argv) {
+        Ok(config) if config.check => std::process::exit(panzer::check::run(Ok(config))),
+        Ok(mut config) => match config.resolve_credentials() {
+            Ok(credentials) => {
+                config.credentials = credentials;
+                Ok(config)
+            }
+            Err(e) => Err(LoadError::Config(e)),
+        },
+        Err(LoadError::Config(e)) if panzer::config::check_requested(&argv) => {
+            std::process::exit(panzer::check::run(Err(e)))
+        }
+        Err(e) => Err(e),
     };
-    panzer::logging::init(config.log_level, None);
+    let config = match config {
+        Ok(config) => config,
+        Err(LoadError::Clap(e)) => e.exit(),
+        Err(LoadError::Config(e)) => fail(e),
+    };
+    panzer::logging::init(config.log_level, config.log_format, None);
     exit(panzer::main_process::run(config));
 }
 
@@ -55,6 +73,6 @@ fn exit(main: Result<i32, panzer::error::Error>) -> ! {
 
 fn fail(e: panzer::error::Error) -> ! {
     // Never waiting long on a stderr nobody reads.
-    panzer::logging::exit_message(&format!("panzer: {}", e.report()));
+    panzer::logging::exit_error(&e.report());
     std::process::exit(e.exit_code())
 }

@@ -16,7 +16,8 @@
 //!   is restarted in its thread, else its process exits and is replaced);
 //!   `GET /slow?ms=N` answers after N ms.
 //! - For panzer's tests: `PRELOAD_FAIL=1` panics while loading (a bad build),
-//!   `PRELOAD_SPAWN_THREAD=1` starts a thread before `panzer::run` (refused).
+//!   `PRELOAD_SPAWN_THREAD=1` starts a thread before `panzer::run` (refused),
+//!   `PRELOAD_LOAD_MS=N` takes N ms more to load (a slow load).
 //!
 //! Run on its own it serves on `LISTEN_FDS` sockets, or says how to start it.
 
@@ -34,6 +35,9 @@ impl Routes {
     fn load(megabytes: usize) -> Routes {
         if std::env::var_os("PRELOAD_FAIL").is_some() {
             panic!("Routes::load: the routing table is corrupt (PRELOAD_FAIL is set)");
+        }
+        if let Some(ms) = std::env::var("PRELOAD_LOAD_MS").ok().and_then(|ms| ms.parse().ok()) {
+            std::thread::sleep(Duration::from_millis(ms));
         }
         let words = megabytes * 1024 * 1024 / 8;
         // Written word by word (not zeroed memory, which the kernel maps lazily).

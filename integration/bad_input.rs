@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use crate::harness::*;
 
 /// Runs panzer to completion; returns (exit code, log).
-fn fails(command: PanzerCommand) -> (i32, String) {
+pub(crate) fn fails(command: PanzerCommand) -> (i32, String) {
     let mut panzer = command.start();
     let status = panzer.wait_exit(PATIENCE);
     assert!(panzer.monitors().is_empty());
@@ -94,4 +94,57 @@ fn a_double_dash_with_nothing_after_it_is_a_usage_error() {
     let (code, log) = fails(Panzer::with_args(&["--count", "1", "--"]));
     assert_eq!(code, 2);
     assert!(log.contains("<COMMAND>"), "{log}");
+}
+
+#[test]
+fn durations_read_compound_forms_and_days_and_an_out_of_range_one_names_the_range() {
+    // Accepted: a generation starts (it would not with a bad duration).
+    for good in ["1m30s", "1h", "1d", "1h30m", "2m 5s"] {
+        let panzer =
+            Panzer::new("sleep").args(&["--graceful-timeout", good]).command_args(&["--", "100"]).start();
+        panzer.wait_for_line("listening on");
+    }
+    let (code, log) = fails(Panzer::with_args(&["--graceful-timeout", "99999999999s", "sleep"]));
+    assert_eq!(code, 2);
+    assert!(log.contains("invalid duration '99999999999s': out of range, at most 1000000000s"), "{log}");
+}
+
+#[test]
+fn a_count_of_0_names_the_real_range() {
+    let (code, log) = fails(Panzer::with_args(&["--count", "0", "sleep"]));
+    assert_eq!(code, 2);
+    assert!(log.contains("invalid count '0': workers per generation are 1..=4096"), "{log}");
+    assert!(!log.contains("4294967295"), "{log}");
+
+    // Under a lower RLIMIT_NPROC, that is the range (prlimit sets it, then
+    // execs panzer in the same process).
+    let (code, log) = fails(
+        Panzer::with_args(&["--count", "0", "sleep"])
+            .via("prlimit", &["--nproc=50:50", "--", env!("CARGO_BIN_EXE_panzer")]),
+    );
+    assert_eq!(code, 2);
+    assert!(log.contains("workers per generation are 1..=50 (RLIMIT_NPROC is 50)"), "{log}");
+}
+
+#[test]
+fn no_nodelay_accepts_exactly_the_words_tag_output_accepts() {
+    for var in ["PANZER_NO_NODELAY", "PANZER_TAG_OUTPUT"] {
+        let (code, log) = fails(Panzer::new("sleep").env(var, "maybe").command_args(&["--", "100"]));
+        assert_eq!(code, 2, "{var}");
+        assert!(log.contains("invalid value 'maybe'"), "{var}: {log}");
+    }
+}
+
+#[test]
+fn without_any_socket_panzer_says_once_that_workers_get_none() {
+    let panzer = Panzer::new("sleep").no_bind().ready("100ms").command_args(&["--", "100"]).start();
+    panzer.wait_ready(1);
+    let log = panzer.log();
+    let says = "no --bind and no socket from systemd: workers get no listening socket";
+    assert_eq!(log.matches(says).count(), 1, "{log}");
+    assert!(log.lines().any(|l| l.contains(" WARN ") && l.contains(says)), "{log}");
+
+    let with_socket = Panzer::new("sleep").ready("100ms").command_args(&["--", "100"]).start();
+    with_socket.wait_ready(1);
+    assert!(!with_socket.log().contains("no listening socket"), "{}", with_socket.log());
 }

@@ -177,14 +177,27 @@ fn signals_pending(pid: Pid) -> bool {
 
 #[test]
 fn log_lines_dropped_while_stderr_is_stuck_are_counted_once_it_drains() {
+    log_lines_dropped_are_counted(false);
+}
+
+#[test]
+fn with_json_logs_the_count_of_dropped_lines_is_an_object_too() {
+    log_lines_dropped_are_counted(true);
+}
+
+/// The count of what main could not write, once the pipe drains: in the
+/// text format, or (`json`) as `--log-format json` objects.
+fn log_lines_dropped_are_counted(json: bool) {
     // Each stray real-time signal is one warning line of main's, and each
     // is queued on its own (real-time signals are not merged).
     const SIGNALS: usize = 3000;
     let (mut pipe, out) = StuckPipe::new();
+    let format = if json { "json" } else { "text" };
     let panzer = Panzer::new("sh")
         .no_bind()
         .count(1)
         .ready("100ms")
+        .args(&["--log-format", format])
         .command_args(&["--", "-c", "exec sleep 1000"])
         .writing_to(out)
         .start();
@@ -206,24 +219,37 @@ fn log_lines_dropped_while_stderr_is_stuck_are_counted_once_it_drains() {
         let text = pipe.drain();
         text.lines().any(|l| l.contains(marker)).then(|| text.to_string())
     });
-    let counts: Vec<usize> = text
-        .lines()
-        .filter_map(|l| l.strip_suffix(marker))
-        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert_eq!(counts.len(), 1, "one count for one stall: {counts:?}");
-    let marker_line = text.lines().find(|l| l.contains(marker)).unwrap();
-    assert!(marker_line.contains(&format!(" WARN  panzer[{}]: ", panzer.pid)), "{marker_line}");
+    let marker_lines: Vec<&str> = text.lines().filter(|l| l.contains(marker)).collect();
+    assert_eq!(marker_lines.len(), 1, "one count for one stall: {marker_lines:?}");
+    let marker_line = marker_lines[0];
+    let count: usize = if json {
+        let object: serde_json::Value = serde_json::from_str(marker_line).unwrap();
+        assert_eq!(
+            (&object["level"], &object["pid"]),
+            (&"warn".into(), &panzer.pid.as_raw().into()),
+            "{object}"
+        );
+        let count = object["dropped"].as_u64().unwrap_or_else(|| panic!("{object}"));
+        assert_eq!(object["msg"], format!("{count}{marker}"), "{object}");
+        count as usize
+    } else {
+        assert!(marker_line.contains(&format!(" WARN  panzer[{}]: ", panzer.pid)), "{marker_line}");
+        marker_line.strip_suffix(marker).unwrap().rsplit(' ').next().unwrap().parse().unwrap()
+    };
     // Every line is either written or counted.
+    let ignoring = if json { "\"ignoring SIGRTMIN+1 " } else { ": ignoring SIGRTMIN+1 " };
     let written = eventually(PATIENCE, "every queued line to be written", || {
-        let written = pipe.drain().lines().filter(|l| l.contains(": ignoring SIGRTMIN+1 ")).count();
-        (written + counts[0] == SIGNALS).then_some(written)
+        let written = pipe.drain().lines().filter(|l| l.contains(ignoring)).count();
+        (written + count == SIGNALS).then_some(written)
     });
-    assert!(written > 0 && counts[0] > 0, "written {written}, dropped {}", counts[0]);
+    assert!(written > 0 && count > 0, "written {written}, dropped {count}");
     // Whole lines only: nothing cut or merged.
     for line in pipe.drain().lines() {
         let whole = line == "filler line written by the test"
-            || line.split_whitespace().nth(2).is_some_and(|tag| tag.starts_with("panzer["));
+            || match json {
+                true => serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v.is_object()),
+                false => line.split_whitespace().nth(2).is_some_and(|tag| tag.starts_with("panzer[")),
+            };
         assert!(whole, "{line:?}");
     }
 }

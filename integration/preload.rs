@@ -298,3 +298,50 @@ fn a_file_the_app_opened_before_run_is_still_that_file_in_its_workers() {
         assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(0), "{}", panzer.log());
     }
 }
+
+#[test]
+fn preload_without_any_socket_is_a_usage_error() {
+    let dir = TestDir::new("preload-nosock");
+    let app = App::new(&dir, "");
+    let mut panzer = Panzer::new(app.path()).no_bind().arg("--preload").start();
+    assert_eq!(panzer.wait_exit(PATIENCE).code(), Some(2), "{}", panzer.log());
+    let log = panzer.log();
+    assert_eq!(log.trim().lines().count(), 1, "{log}");
+    assert!(log.contains("--preload needs a listening socket"), "{log}");
+    assert!(panzer.monitors().is_empty());
+}
+
+#[test]
+fn preload_of_a_program_not_built_on_panzer_run_fails_within_seconds_saying_so() {
+    // One that runs on (and would be waited on for the whole startup
+    // timeout), and one that exits at once.
+    for (command, args) in [("sleep", &["--", "100"][..]), ("true", &[][..])] {
+        let started = std::time::Instant::now();
+        let mut panzer = Panzer::new(command).arg("--preload").command_args(args).start();
+        let status = panzer.wait_exit(PATIENCE);
+        let log = panzer.log();
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(6), "took {:?}: {log}", started.elapsed());
+        assert!(log.contains(&format!("{command} is not built on panzer::run (library mode)")), "{log}");
+        assert!(!log.contains("not ready within"), "{log}");
+        assert!(panzer.monitors().is_empty());
+    }
+    let log = {
+        let mut panzer = Panzer::new("sleep").arg("--preload").command_args(&["--", "100"]).start();
+        panzer.wait_exit(PATIENCE);
+        panzer.log()
+    };
+    assert!(log.contains("it did not speak the monitor protocol within 2s"), "{log}");
+}
+
+#[test]
+fn an_app_that_loads_for_longer_than_the_hello_wait_still_starts() {
+    // It says its first word before its own main, not after loading.
+    let dir = TestDir::new("preload-slow");
+    let app = App::new(&dir, "PRELOAD_LOAD_MS=3000");
+    let panzer = start(&app, "1", &[]);
+    panzer.wait_ready(1);
+    let log = panzer.log();
+    assert!(!log.contains("not built on panzer::run"), "{log}");
+    assert_eq!(get(panzer.port(0), "/").unwrap().field("generation"), "1");
+}

@@ -681,3 +681,92 @@ fn panzerctl_never_trusts_a_runtime_directory_another_user_planted() {
     assert!(!out.stdout.contains("generation 999"), "{}", out.stdout);
     assert!(out.stderr.contains(planted.to_str().unwrap()), "the error names the directory: {}", out.stderr);
 }
+
+/// Connects to the unix socket `path` as `uid`:`gid` (no other group):
+/// `Ok` or the error the client saw.
+fn connect_as(uid: u32, gid: u32, path: &Path) -> Result<(), String> {
+    let script = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\n    print('connected')\nexcept OSError as e:\n    print(e.strerror)";
+    let out = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .args([script, path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "connected" => Ok(()),
+        other => Err(format!("{other}{}", String::from_utf8_lossy(&out.stderr))),
+    }
+}
+
+#[test]
+fn a_unix_socket_gets_the_mode_owner_and_group_asked_for() {
+    if !is_root() {
+        eprintln!("skipped: chown needs root");
+        return;
+    }
+    const SYS: u32 = 3; // group `sys`
+    const DAEMON: u32 = 1; // user and group `daemon`
+    let dir = TestDir::new("sockmode");
+    let path = dir.join("app.sock");
+    let bind = format!("unix:{},mode=0660,owner=nobody,group=sys", path.display());
+    let panzer = Panzer::new("sleep").bind(&bind).ready("100ms").command_args(&["--", "1000"]).start();
+    panzer.wait_ready(1);
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o660, "mode {:o}", meta.mode());
+    assert_eq!((meta.uid(), meta.gid()), (NOBODY, SYS));
+    assert_eq!(connect_as(DAEMON, SYS, &path), Ok(()), "a client in the group connects");
+    assert_eq!(connect_as(NOBODY, NOBODY, &path), Ok(()), "the owner connects");
+    assert_eq!(connect_as(DAEMON, DAEMON, &path), Err("Permission denied".into()), "anyone else is refused");
+
+    // Numbers do as well as names, and `mode` alone leaves the owner root.
+    let other = dir.join("other.sock");
+    let bind = format!("unix:{},mode=600,group=3", other.display());
+    let panzer2 = Panzer::new("sleep").bind(&bind).ready("100ms").command_args(&["--", "1000"]).start();
+    panzer2.wait_ready(1);
+    let meta = std::fs::symlink_metadata(&other).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.uid(), meta.gid()), (0o600, 0, SYS));
+
+    // In PANZER_BIND, where commas also separate addresses.
+    let third = dir.join("third.sock");
+    let env = format!("unix:{},mode=0640,group=sys,127.0.0.1:0", third.display());
+    let panzer3 =
+        Panzer::new("sleep").no_bind().env("PANZER_BIND", &env).ready("100ms").command_args(&["--", "1000"]);
+    let panzer3 = panzer3.start();
+    panzer3.wait_ready(1);
+    let meta = std::fs::symlink_metadata(&third).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o640, SYS));
+    assert_eq!(panzer3.log().matches("listening on ").count(), 2, "{}", panzer3.log());
+}
+
+#[test]
+fn unix_socket_options_are_parsed_strictly_and_unknown_owners_named() {
+    let dir = TestDir::new("sockopts");
+    let sock = dir.join("app.sock");
+    let s = sock.display();
+    for (options, says) in [
+        ("mode=0660,colour=blue", "unknown option 'colour'"),
+        ("mode=01777", "invalid mode '01777'"),
+        ("mode=rw", "expected an octal mode from 0 to 0777"),
+        ("mode=0660,mode=0600", "'mode' given twice"),
+        ("owner=no-such-user-here", "owner=no-such-user-here: no such user"),
+        ("group=no-such-group-here", "group=no-such-group-here: no such group"),
+    ] {
+        let mut panzer =
+            Panzer::new("sleep").bind(format!("unix:{s},{options}")).command_args(&["--", "100"]).start();
+        let (code, log) = fails(&mut panzer);
+        assert_eq!(code, 2, "{options}: {log}");
+        assert_eq!(log.trim().lines().count(), 1, "{options}: {log}");
+        assert!(log.contains(says), "{options}: {log}");
+        assert!(!sock.exists(), "{options}: left {s}");
+    }
+    // Options belong to unix sockets only.
+    let mut panzer = Panzer::new("sleep").bind("127.0.0.1:0,mode=0660").command_args(&["--", "100"]).start();
+    let (code, log) = fails(&mut panzer);
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("only a unix: socket takes mode"), "{log}");
+}

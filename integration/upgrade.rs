@@ -433,3 +433,26 @@ fn the_check_child_is_reaped_before_main_becomes_the_new_binary() {
         zombie_children(panzer.pid).is_empty().then_some(())
     });
 }
+
+#[test]
+fn after_an_upgrade_ps_shows_main_with_the_command_line_it_was_started_with() {
+    let install = Install::new();
+    let (panzer, _deploy) = install.start("1", "");
+    let cmdline = |pid: i32| {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).replace('\0', " ")
+    };
+    let before = cmdline(panzer.pid.as_raw());
+    assert!(before.contains(" --count 1 "), "{before}");
+    install.put(Path::new(env!("CARGO_BIN_EXE_panzer")));
+    let out = panzer.ctl(&["upgrade"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(cmdline(panzer.pid.as_raw()), before, "ps shows what the operator started");
+
+    // Where the new image found the state is not passed on: a worker of
+    // the next generation does not see it.
+    let out = panzer.ctl(&["reload"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let (_, pids) = workers(&panzer.status()).into_iter().find(|(g, _)| *g == 2).unwrap();
+    let environ = std::fs::read(format!("/proc/{}/environ", pids[0])).unwrap();
+    assert!(!String::from_utf8_lossy(&environ).contains("PANZER_RESUME"), "a worker inherited it");
+}

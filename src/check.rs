@@ -60,7 +60,8 @@ fn report(problems: &[Error]) -> Vec<String> {
 /// in the order a start meets them; or the line that confirms there is none.
 pub fn check(config: &Config) -> Result<String, Vec<Error>> {
     let mut problems = Vec::new();
-    let program = worker::resolve_program(&config.command).map_err(|e| problems.push(e)).ok();
+    let program =
+        worker::resolve_program(&config.command, config.chdir.as_deref()).map_err(|e| problems.push(e)).ok();
     if let Err(e) = config.resolve_credentials() {
         problems.push(e);
     }

@@ -40,14 +40,16 @@ pub struct Cli {
     ///
     /// At least 1, at most 4096, what RLIMIT_NPROC allows, and what RLIMIT_NOFILE leaves
     /// a monitor room for; the default is fewer if the limits allow fewer.
-    #[arg(short, long, env = "PANZER_COUNT", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short, long, env = "PANZER_COUNT", value_parser = crate::limits::parse_count)]
     pub count: Option<u32>,
 
     /// Address to listen on, repeatable.
     ///
     /// Workers get the sockets at fd 3, 4, … in this order. Forms: 127.0.0.1:8080,
-    /// [::1]:8080, 0.0.0.0:0 (any free port), unix:/path/to.sock; prefix NAME= to name it
-    /// in LISTEN_FDNAMES. In the environment variable, separate addresses with commas.
+    /// [::1]:8080, 0.0.0.0:0 (any free port), unix:/path/to.sock, optionally with the
+    /// socket file's mode, owner and group (unix:/run/app.sock,mode=0660,owner=U,group=G);
+    /// prefix NAME= to name it in LISTEN_FDNAMES. In the environment variable, separate
+    /// addresses with commas.
     #[arg(short, long, env = "PANZER_BIND", value_name = "ADDR", value_delimiter = ',')]
     pub bind: Vec<BindSpec>,
 
@@ -120,7 +122,9 @@ pub struct Cli {
     #[arg(long, env = "PANZER_GROUP", value_name = "GROUP")]
     pub group: Option<String>,
 
-    /// Log less (repeat for even less). RUST_LOG overrides -q and -v.
+    /// Log less (repeat for even less). RUST_LOG overrides -q and -v. The
+    /// `listening on` and `admin endpoint on` lines stay (they carry the
+    /// real port of :0) unless logging is off altogether (-qqq).
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
 
@@ -144,7 +148,7 @@ pub struct Cli {
     /// connection accepted from them inherits it, so a response written in pieces is not
     /// held back for the client's delayed ACK (about 40 ms). Sockets passed in by systemd
     /// are left as they are (see NoDelay= in systemd.socket).
-    #[arg(long, env = "PANZER_NO_NODELAY", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "PANZER_NO_NODELAY", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_nodelay: bool,
 
     /// Prefix every line a worker writes to stdout or stderr with
@@ -214,6 +218,14 @@ pub struct Cli {
     #[arg(long, env = "PANZER_PRELOAD", value_parser = clap::builder::BoolishValueParser::new())]
     pub preload: bool,
 
+    /// How panzer writes its log lines: text or json.
+    ///
+    /// Main's, the monitors' and the keepers' lines. With --tag-output and
+    /// json, the workers' lines become objects too, with `stream`,
+    /// `generation`, `worker` and `line`.
+    #[arg(long, env = "PANZER_LOG_FORMAT", value_enum, default_value_t, value_name = "FORMAT")]
+    pub log_format: crate::logging::LogFormat,
+
     /// Check the configuration and exit, as `nginx -t` does.
     ///
     /// Parses every option, resolves COMMAND (and a script's #! interpreter),
@@ -223,6 +235,31 @@ pub struct Cli {
     /// exits 0. Binds nothing, starts nothing, writes nothing.
     #[arg(long)]
     pub check: bool,
+
+    /// Read settings from this TOML file.
+    ///
+    /// Every long option is a key, spelled as on the command line without
+    /// the dashes in front (`count = 8`, `bind = ["0.0.0.0:80"]`,
+    /// `graceful-timeout = "10s"`), plus `command = ["./my_server", "--port",
+    /// "80"]` and `env = { KEY = "value" }`. The command line wins, then the
+    /// environment, then the file, then the defaults. A reload re-reads it
+    /// and applies what a generation can change.
+    #[arg(long, env = "PANZER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Set KEY=VALUE in every worker's environment; repeatable.
+    ///
+    /// Variables panzer sets itself (LISTEN_*, NOTIFY_SOCKET, PANZER_*,
+    /// WATCHDOG_*, EINHORN_FD_*, SERVER_STARTER_*) are refused.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = crate::worker::env_var)]
+    pub env: Vec<(String, String)>,
+
+    /// Workers start in DIR.
+    ///
+    /// A relative COMMAND is found from there. Default: panzer's own working
+    /// directory.
+    #[arg(long, env = "PANZER_CHDIR", value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
 }
 
 /// A value parsed by `T`'s `FromStr`, exactly as clap would parse it, whose

@@ -1,15 +1,24 @@
 //! The validated configuration main runs with: defaults filled in, values
-//! parsed, nothing left for the event loop to check.
+//! parsed, nothing left for the event loop to check. The layers it is made
+//! of, highest first: the command line, the environment (`PANZER_*`), the
+//! configuration file (`--config`, [`file`]), the built-in defaults. A
+//! reload re-reads the file and applies what a generation can change
+//! ([`Config::reloaded`]).
+
+pub mod file;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::cli::Cli;
 use crate::error::Error;
 use crate::limits::{CountCeiling, MonitorFds};
 use crate::sockets::{BindAddr, BindSpec};
 use crate::units::{ReadyMode, ReloadStrategy};
+use file::ConfigFile;
 
 /// Everything main needs, validated.
 #[derive(Debug, Clone)]
@@ -33,6 +42,8 @@ pub struct Config {
     /// (see [`Config::from_cli`]).
     pub credentials: Option<(u32, u32)>,
     pub log_level: log::LevelFilter,
+    /// `--log-format`: text or JSON lines, main's and the monitors'.
+    pub log_format: crate::logging::LogFormat,
     pub command: OsString,
     pub args: Vec<OsString>,
     /// Whether TCP sockets panzer binds get `TCP_NODELAY` (`--no-nodelay`).
@@ -53,21 +64,208 @@ pub struct Config {
     pub max_age: Option<Duration>,
     /// `--preload`: COMMAND is the monitor and forks its workers (library mode).
     pub preload: bool,
+    /// `--check`: validate everything, start nothing.
+    pub check: bool,
+    /// `--env` and the file's `env`: set in every worker's environment.
+    pub env: Vec<(String, String)>,
+    /// `--chdir`, made absolute: where workers start.
+    pub chdir: Option<PathBuf>,
+    /// `--config`: the file as read at start, and as last applied.
+    pub file: Option<Files>,
+}
+
+/// The configuration file at start (which the settings that need a restart
+/// keep following) and as last applied by a reload.
+#[derive(Debug, Clone)]
+pub struct Files {
+    pub at_start: ConfigFile,
+    pub applied: ConfigFile,
+    /// What the applied file says, for the next reload to compare with.
+    settings: file::Settings,
+}
+
+/// Why the command line cannot be turned into a [`Config`].
+#[derive(Debug)]
+pub enum LoadError {
+    /// The command line itself (clap prints its own usage, `--help` included).
+    Clap(clap::Error),
+    Config(Error),
+}
+
+impl From<Error> for LoadError {
+    fn from(e: Error) -> LoadError {
+        LoadError::Config(e)
+    }
+}
+
+/// The `--config` path the command line or `PANZER_CONFIG` names, if any,
+/// read before everything else is parsed (the file fills in defaults).
+pub fn config_path(argv: &[OsString]) -> Option<PathBuf> {
+    let matches = Cli::command().ignore_errors(true).try_get_matches_from(argv).ok()?;
+    matches.get_one::<PathBuf>("config").cloned()
+}
+
+/// Whether `argv` asks for `--check` (or `PANZER_CHECK`), read before the
+/// rest is validated: with it, a configuration that does not parse is one
+/// problem reported among the others.
+pub fn check_requested(argv: &[OsString]) -> bool {
+    let matches = Cli::command().ignore_errors(true).try_get_matches_from(argv);
+    matches.is_ok_and(|m| m.get_flag("check"))
+}
+
+/// The option keys a generation can change on a reload; every other key
+/// that changed waits for a restart.
+const RELOADABLE: &[&str] = &[
+    "command",
+    "env",
+    "chdir",
+    "count",
+    "ready",
+    "startup-timeout",
+    "graceful-timeout",
+    "stop-delay",
+    "drain-signal",
+    "health-timeout",
+    "max-rss",
+    "max-age",
+    "reload-strategy",
+    "canary",
+    "tag-output",
+];
+
+/// What a reload did with a re-read file: the keys it applies, and those
+/// that changed but wait for a restart.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub applied: Vec<String>,
+    pub ignored: Vec<String>,
 }
 
 impl Config {
-    /// What main runs with: [`Config::parse`], then `--user` and `--group`
-    /// looked up.
+    /// What main runs with: [`Config::load_unresolved`], then `--user` and
+    /// `--group` looked up.
+    pub fn load(argv: &[OsString]) -> Result<Config, LoadError> {
+        let mut config = Config::load_unresolved(argv)?;
+        config.credentials = config.resolve_credentials()?;
+        Ok(config)
+    }
+
+    /// The configuration from `argv` (`argv[0]` first) and the environment,
+    /// with `--config`'s file read now, without looking anything up on this
+    /// system: `credentials` stays `None`. `panzer --check` starts here, so
+    /// that a wrong user is one problem among the others.
+    pub fn load_unresolved(argv: &[OsString]) -> Result<Config, LoadError> {
+        let file = config_path(argv).map(|path| ConfigFile::read(&path, None)).transpose()?;
+        Config::with_file(argv, file)
+    }
+
+    /// The configuration from `argv`, the environment and `file` as given
+    /// (a re-read, or the text an upgrade handed over); `credentials` stays
+    /// `None`.
+    pub fn with_file(argv: &[OsString], file: Option<ConfigFile>) -> Result<Config, LoadError> {
+        let settings = file.as_ref().map(file::parse).transpose()?.unwrap_or_default();
+        let matches = settings.apply(Cli::command()).try_get_matches_from(argv).map_err(LoadError::Clap)?;
+        let cli = Cli::from_arg_matches(&matches).map_err(LoadError::Clap)?;
+        // Only what the file says and nothing above it overrides counts as the file's.
+        let mut effective = settings.clone();
+        effective
+            .options
+            .retain(|_, (id, _)| matches.value_source(id) == Some(clap::parser::ValueSource::DefaultValue));
+        let mut config = Config::from_layers(cli, &settings)?;
+        config.file = file.map(|f| Files { at_start: f.clone(), applied: f, settings: effective });
+        Ok(config)
+    }
+
+    /// main's configuration after a reload re-read the file: the keys a
+    /// generation can change are taken from the file as it is now; every
+    /// other key keeps its value until a restart. `argv` is main's command
+    /// line. Without `--config`, nothing changes.
+    pub fn reloaded(&self, argv: &[OsString]) -> Result<(Config, Changes), Error> {
+        let Some(files) = &self.file else { return Ok((self.clone(), Changes::default())) };
+        let reread = ConfigFile::read(&files.at_start.path, Some(files.at_start.owner))?;
+        let new = match Config::with_file(argv, Some(reread)) {
+            Ok(new) => new,
+            Err(LoadError::Config(e)) => return Err(e),
+            Err(LoadError::Clap(e)) => return Err(Error::Usage(file::reason(&e))),
+        };
+        Ok(self.apply(new))
+    }
+
+    /// This configuration with what a generation can change taken from
+    /// `new` (built from the same command line and a newer file).
+    pub fn apply(&self, new: Config) -> (Config, Changes) {
+        let (Some(old_files), Some(new_files)) = (&self.file, new.file.clone()) else {
+            return (self.clone(), Changes::default());
+        };
+        let (old, now) = (&old_files.settings, &new_files.settings);
+        let mut keys: Vec<&String> = old.options.keys().chain(now.options.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        let mut changes = Changes::default();
+        let mut settings = old.clone();
+        for key in keys {
+            if old.options.get(key).map(|o| &o.1) == now.options.get(key).map(|o| &o.1) {
+                continue;
+            }
+            if RELOADABLE.contains(&key.as_str()) {
+                changes.applied.push(key.clone());
+                match now.options.get(key) {
+                    Some(value) => settings.options.insert(key.clone(), value.clone()),
+                    None => settings.options.remove(key),
+                };
+            } else {
+                changes.ignored.push(key.clone());
+            }
+        }
+        if old.command != now.command {
+            changes.applied.push("command".into());
+        }
+        if old.env != now.env {
+            changes.applied.push("env".into());
+        }
+        settings.command = now.command.clone();
+        settings.env = now.env.clone();
+        changes.applied.sort();
+        let mut config = self.clone();
+        config.count = new.count;
+        config.command = new.command;
+        config.args = new.args;
+        config.env = new.env;
+        config.chdir = new.chdir;
+        config.ready = new.ready;
+        config.startup_timeout = new.startup_timeout;
+        config.graceful_timeout = new.graceful_timeout;
+        config.stop_delay = new.stop_delay;
+        config.drain_signal = new.drain_signal;
+        config.health_timeout = new.health_timeout;
+        config.max_rss = new.max_rss;
+        config.max_age = new.max_age;
+        config.reload_strategy = new.reload_strategy;
+        config.canary = new.canary;
+        config.tag_output = new.tag_output;
+        config.file =
+            Some(Files { at_start: old_files.at_start.clone(), applied: new_files.applied, settings });
+        (config, changes)
+    }
+}
+
+impl Config {
+    /// From the command line alone (no file), nothing looked up.
+    pub fn parse(cli: Cli) -> Result<Config, Error> {
+        Config::from_layers(cli, &file::Settings::default())
+    }
+
+    /// [`Config::parse`], then `--user` and `--group` looked up.
     pub fn from_cli(cli: Cli) -> Result<Config, Error> {
         let mut config = Config::parse(cli)?;
         config.credentials = config.resolve_credentials()?;
         Ok(config)
     }
 
-    /// The command line read and validated, without looking anything up
-    /// on this system: `credentials` stays `None`. `panzer --check` starts
-    /// here, so that a wrong user is one problem among the others.
-    pub fn parse(cli: Cli) -> Result<Config, Error> {
+    /// From the command line, with what the file says where clap has no
+    /// place for it: `command` and `env`.
+    fn from_layers(mut cli: Cli, file: &file::Settings) -> Result<Config, Error> {
+        cli.bind = crate::sockets::join_pieces(std::mem::take(&mut cli.bind)).map_err(Error::Usage)?;
         let ceiling = count_ceiling(cli.bind.len(), cli.tag_output, cli.preload);
         let count = match cli.count {
             Some(n) => ceiling.check(&format!("--count {n}"), n.into()).map_err(Error::Usage)?,
@@ -78,9 +276,12 @@ impl Config {
             }
         };
         // `panzer [OPTIONS] -- COMMAND [ARGS]`: the command is the first word after `--`.
-        let (command, args) = match cli.command {
-            Some(command) => (command, cli.args),
-            None => {
+        // A COMMAND on the command line replaces the file's whole.
+        let from_file = file.command.as_ref().filter(|_| cli.command.is_none() && cli.args.is_empty());
+        let (command, args) = match (cli.command, from_file) {
+            (Some(command), _) => (command, cli.args),
+            (None, Some(words)) => (words[0].clone(), words[1..].to_vec()),
+            (None, None) => {
                 let mut args = cli.args.into_iter();
                 let command = args.next().ok_or_else(|| Error::Usage("no <COMMAND> to run".into()))?;
                 (command, args.collect())
@@ -94,7 +295,17 @@ impl Config {
                 "--startup-timeout must be longer than 0: no generation could ever be ready".into(),
             ));
         }
+        // The file's `env`, then `--env` (which wins for the same KEY).
+        let mut env: Vec<(String, String)> = Vec::new();
+        for (key, value) in file.env.iter().chain(&cli.env) {
+            env.retain(|(k, _)| k != key);
+            env.push((key.clone(), value.clone()));
+        }
+        let chdir = cli.chdir.as_deref().map(work_dir).transpose()?;
         Ok(Config {
+            env,
+            chdir,
+            file: None,
             count,
             binds: cli.bind,
             admin_binds: cli.admin_bind,
@@ -109,6 +320,7 @@ impl Config {
             group: cli.group,
             credentials: None,
             log_level: log_level(cli.quiet, cli.verbose),
+            log_format: cli.log_format,
             command,
             args,
             nodelay: !cli.no_nodelay,
@@ -120,6 +332,7 @@ impl Config {
             max_rss: cli.max_rss.map(|size| size.0),
             max_age: positive("--max-age", cli.max_age)?,
             preload: cli.preload,
+            check: cli.check,
         })
     }
 
@@ -127,6 +340,18 @@ impl Config {
     /// given. An unknown name, or either without root, is an error.
     pub fn resolve_credentials(&self) -> Result<Option<(u32, u32)>, Error> {
         credentials(self.user.as_deref(), self.group.as_deref())
+    }
+}
+
+/// `--chdir DIR`, checked and made absolute (main's own working directory
+/// never changes, so a relative DIR means the same place for every start).
+fn work_dir(dir: &std::path::Path) -> Result<PathBuf, Error> {
+    let absolute = std::path::absolute(dir)
+        .map_err(|e| Error::Usage(format!("--chdir {}: {}", dir.display(), crate::error::describe(&e))))?;
+    match std::fs::metadata(&absolute) {
+        Ok(meta) if meta.is_dir() => Ok(absolute),
+        Ok(_) => Err(Error::Usage(format!("--chdir {}: not a directory", dir.display()))),
+        Err(e) => Err(Error::Usage(format!("--chdir {}: {}", dir.display(), crate::error::describe(&e)))),
     }
 }
 
@@ -221,6 +446,26 @@ mod tests {
         use clap::Parser;
         assert!(Cli::try_parse_from(["panzer", "--count", "2"]).is_err());
         assert!(Cli::try_parse_from(["panzer", "--count", "2", "--"]).is_err());
+    }
+
+    use clap::Parser;
+
+    #[test]
+    fn every_key_a_reload_applies_is_an_option_or_command_or_env() {
+        let command = Cli::command();
+        for key in RELOADABLE.iter().filter(|k| !["command", "env"].contains(k)) {
+            assert!(command.get_arguments().any(|a| a.get_long() == Some(key)), "{key}");
+        }
+    }
+
+    #[test]
+    fn env_and_chdir_are_checked() {
+        assert!(crate::worker::env_var("A").unwrap_err().contains("expected KEY=VALUE"));
+        assert!(crate::worker::env_var("PANZER_WORKER=1").unwrap_err().contains("panzer sets PANZER_*"));
+        assert_eq!(crate::worker::env_var("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        let cli = Cli::try_parse_from(["panzer", "--chdir", "/no/such", "./srv"]).unwrap();
+        let Err(Error::Usage(message)) = Config::from_cli(cli) else { panic!("accepted a missing --chdir") };
+        assert_eq!(message, "--chdir /no/such: no such file or directory");
     }
 
     #[test]

@@ -48,11 +48,11 @@
 //! main_process/            main's loop: polls and carries out what the policy decides
 //!   policy/                the pure machine: generations, the staged roll, the upgrade, the stop
 //!   upgrade/               main replacing its own binary: check, state hand-over, resume
-//!   connections, leftovers, orphans, pid_file, systemd
+//!   connections, leftovers, orphans, pid_file, reconfigure, systemd
 //! control/                 the control socket, the admin endpoint, the signal table, metrics
 //! library/                 library mode: Worker, run, Listener, drain, threads, standalone
-//! monitor/                 a generation: the pool of workers, output, keeper, library forks
-//! cli, config              the command line and what it becomes
+//! monitor/                 a generation: the pool of workers, notify messages, output, keeper, library forks
+//! cli, config/             the command line, the --config file, and what they become
 //! logging, sockets, worker, notify, limits
 //! protocol                 what main and a monitor say to each other, and the limits both keep
 //! sys/                     every unsafe call, each with its SAFETY comment

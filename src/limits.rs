@@ -200,6 +200,26 @@ pub fn check_count(what: &str, count: u64) -> Result<u32, String> {
     CountCeiling::now(None).check(what, count)
 }
 
+/// A count of workers as the command line gives it (`--count`,
+/// `PANZER_COUNT`): a whole number from 1; one that is not names the range
+/// this process can run, `1..=4096` or lower under `RLIMIT_NPROC`. Above
+/// the ceiling, [`CountCeiling::check`] says why.
+pub fn parse_count(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n >= 1 && n <= u64::from(u32::MAX) => Ok(n as u32),
+        _ => Err(count_range(s, CountCeiling::now(None))),
+    }
+}
+
+/// `invalid count 'S': workers per generation are 1..=MAX (why)`.
+fn count_range(s: &str, ceiling: CountCeiling) -> String {
+    let why = match ceiling.bound {
+        Bound::Nproc(limit) => format!(" (RLIMIT_NPROC is {limit})"),
+        _ => String::new(),
+    };
+    format!("invalid count '{s}': workers per generation are 1..={}{why}", ceiling.max)
+}
+
 /// Whether `error` means this process (`EMFILE`) or the system (`ENFILE`)
 /// has no descriptor left.
 pub fn out_of_fds(error: &io::Error) -> bool {
@@ -233,6 +253,24 @@ pub fn explain(error: &io::Error, forking: bool, needs: Option<u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_count_that_is_no_whole_number_from_1_names_the_range() {
+        assert_eq!(parse_count("3"), Ok(3));
+        for bad in ["0", "-1", "x", "", "99999999999"] {
+            assert!(parse_count(bad)
+                .unwrap_err()
+                .starts_with(&format!("invalid count '{bad}': workers per generation are 1..=")));
+        }
+        assert_eq!(
+            count_range("0", CountCeiling::of(None, None)),
+            "invalid count '0': workers per generation are 1..=4096"
+        );
+        assert_eq!(
+            count_range("0", CountCeiling::of(Some(50), None)),
+            "invalid count '0': workers per generation are 1..=50 (RLIMIT_NPROC is 50)"
+        );
+    }
 
     #[test]
     fn counts_above_the_ceiling_are_refused_naming_both() {

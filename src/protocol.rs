@@ -49,13 +49,21 @@ use crate::units::{CliDuration, CliSignal, CliSize, ReadyMode};
 /// - 2: [`Report::Draining`], so that main can tell a monitor that does
 ///   not act on a drain order (stopped, stuck in the kernel) and signal the
 ///   generation itself.
-pub const VERSION: u32 = 2;
+/// - 3: [`Report::Hello`], which a library-mode app sends as it starts, so
+///   that main can tell a program not built on `panzer::run` at once.
+pub const VERSION: u32 = 3;
 /// The oldest monitor version this main still speaks to.
 pub const OLDEST_SPOKEN: u32 = 1;
 
 /// Whether this main can keep a monitor started with protocol `version`.
 pub fn speaks(version: u32) -> bool {
     (OLDEST_SPOKEN..=VERSION).contains(&version)
+}
+
+/// Whether a library-mode app started with protocol `version` says
+/// [`Report::Hello`] as it starts; main waits for that only from those.
+pub fn says_hello(version: u32) -> bool {
+    version >= 3
 }
 
 /// Whether a monitor of protocol `version` says when it has acted on a
@@ -115,6 +123,11 @@ pub struct MonitorArgs {
     pub notify_socket: PathBuf,
     #[arg(long)]
     pub log_level: log::LevelFilter,
+    /// `--log-format`: the monitor's log lines (and `--tag-output`'s) as
+    /// text or JSON. Passed only when not `text`, so that a library-mode app
+    /// built on an older panzer still reads the arguments of a text run.
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: crate::logging::LogFormat,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub argv: Vec<OsString>,
@@ -175,6 +188,9 @@ impl MonitorArgs {
         notify.push(&self.notify_socket);
         args.push(notify);
         args.push(format!("--log-level={}", self.log_level).into());
+        if self.log_format != crate::logging::LogFormat::Text {
+            args.push(format!("--log-format={}", self.log_format).into());
+        }
         for address in &self.addresses {
             let mut arg = OsString::from("--address=");
             arg.push(address);
@@ -254,6 +270,10 @@ pub enum Report {
     /// grace ends. Sent again for every later drain order. Protocol 2 on
     /// ([`reports_draining`]).
     Draining,
+    /// A library-mode app's first word, sent before its `main` runs (so
+    /// before it loads anything): it is built on `panzer::run`. Protocol 3
+    /// on ([`says_hello`]).
+    Hello,
 }
 
 /// What main tells a monitor.
@@ -522,6 +542,7 @@ mod tests {
         let text = serde_json::to_string(&Order::Scale { count: 3 }).unwrap();
         assert_eq!(text, r#"{"msg":"scale","count":3}"#);
         assert_eq!(serde_json::to_string(&Report::Draining).unwrap(), r#"{"msg":"draining"}"#);
+        assert_eq!(serde_json::to_string(&Report::Hello).unwrap(), r#"{"msg":"hello"}"#);
     }
 
     #[test]

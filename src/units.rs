@@ -1,4 +1,4 @@
-//! The value grammar of the command line: durations (`250ms`, `10s`, `2m`),
+//! The value grammar of the command line: durations (`250ms`, `10s`, `1m30s`, `1d`),
 //! the `--ready` mode, sizes (`512M`, `2G`) and signal names (`TERM`, `USR2`). Pure parsing and printing, shared by the flags
 //! ([`crate::cli`]), the validated config, the monitor's argv and the logs.
 
@@ -88,8 +88,8 @@ impl std::fmt::Display for ReloadStrategy {
     }
 }
 
-/// A duration as the command line spells it: `250ms`, `10s`, `2m`, `1h`;
-/// a bare number is seconds.
+/// A duration as the command line spells it: `250ms`, `10s`, `2m`, `1h`,
+/// `1d`, `1m30s`; a bare number is seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CliDuration(pub Duration);
 
@@ -112,21 +112,44 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// The longest duration accepted, in seconds (about 31 years).
+const DURATION_CEILING_SECS: f64 = 1e9;
+
+/// `250ms`, `10s`, `2m`, `1h`, `1d`, or several of them from the largest
+/// unit down (`1m30s`, `1h 30m`); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    const UNITS: [(&str, f64); 5] = [("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 0.001)];
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let bad = || format!("invalid duration '{s}': expected a number with a unit, such as 250ms, 10s or 2m");
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(bad()),
-    };
-    if !seconds.is_finite() || seconds > 1e9 {
+    let bad =
+        || format!("invalid duration '{s}': expected a number with a unit, such as 250ms, 10s, 1m30s or 1d");
+    let mut rest = s;
+    let mut seconds = 0.0;
+    // Units must come from the largest down: the index of the next allowed.
+    let mut next_unit = 0;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let (number, after) = rest.split_at(split);
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        let after = after.trim_start();
+        let unit_len = after.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let scale = match unit {
+            // A bare number is seconds, alone only.
+            "" if seconds == 0.0 && next_unit == 0 && after.is_empty() => 1.0,
+            _ => {
+                let found = UNITS[next_unit..].iter().position(|(name, _)| *name == unit).ok_or_else(bad)?;
+                next_unit += found + 1;
+                UNITS[next_unit - 1].1
+            }
+        };
+        seconds += value * scale;
+        rest = after.trim_start();
+    }
+    if rest.len() == s.len() {
         return Err(bad());
+    }
+    if !seconds.is_finite() || seconds > DURATION_CEILING_SECS {
+        return Err(format!("invalid duration '{s}': out of range, at most {DURATION_CEILING_SECS}s"));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -329,6 +352,32 @@ mod tests {
     }
 
     #[test]
+    fn durations_read_compound_forms_and_days() {
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2s500ms"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("10 s"), Ok(Duration::from_secs(10)));
+        for bad in ["30s1m", "1m1m", "1m30", "1x", "1 2s", "s"] {
+            assert!(
+                parse_duration(bad).unwrap_err().starts_with(&format!("invalid duration '{bad}'")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_out_of_range_duration_says_the_range() {
+        assert_eq!(
+            parse_duration("99999999999s").unwrap_err(),
+            "invalid duration '99999999999s': out of range, at most 1000000000s"
+        );
+        assert!(parse_duration("11575d").unwrap_err().contains("out of range"));
+        assert!(parse_duration("11574d").is_ok());
+    }
+
+    #[test]
     fn ready_mode_is_auto_notify_accepting_or_a_duration() {
         assert_eq!("notify".parse(), Ok(ReadyMode::Notify));
         assert_eq!("accepting".parse(), Ok(ReadyMode::Accepting));
@@ -349,7 +398,7 @@ mod tests {
         }
 
         #[test]
-        fn duration_like_text_never_panics(s in " ?[0-9.]{0,30}(ms|s|m|h|x|µs|)? ?") {
+        fn duration_like_text_never_panics(s in " ?([0-9.]{0,12}(ms|s|m|h|d|x|µs|)? ?){0,3}") {
             match parse_duration(&s) {
                 Ok(d) => proptest::prop_assert!(d <= Duration::from_secs(1_000_000_000)),
                 Err(e) => proptest::prop_assert!(e.starts_with("invalid duration"), "{e}"),

@@ -69,9 +69,40 @@ fn inherited(key: &OsStr) -> bool {
         && !NOT_INHERITED_PREFIXES.iter().any(|p| key.as_bytes().starts_with(p.as_bytes()))
 }
 
+/// `--env KEY=VALUE`, and each entry of the file's `env`: KEY must be
+/// non-empty, without `=` or NUL, and not a variable panzer sets for its
+/// workers itself (`LISTEN_*`, `NOTIFY_SOCKET`, `PANZER_*`, `WATCHDOG_*`,
+/// `EINHORN_FD_*`, `SERVER_STARTER_*`): those stay panzer's.
+pub fn env_var(word: &str) -> Result<(String, String), String> {
+    let (key, value) = word.split_once('=').ok_or_else(|| format!("{word}: expected KEY=VALUE"))?;
+    if key.is_empty() {
+        return Err(format!("{word}: the variable's name is empty"));
+    }
+    if key.contains('\0') || value.contains('\0') {
+        return Err(format!("{key}: contains a NUL byte"));
+    }
+    const OWN: &[&str] =
+        &["LISTEN_", "PANZER_", "WATCHDOG_", "EINHORN_FD_", "SERVER_STARTER_", NOTIFY_SOCKET];
+    if let Some(own) = OWN.iter().find(|p| key.starts_with(*p)) {
+        let what = if own.ends_with('_') { format!("{own}*") } else { own.to_string() };
+        return Err(format!("{key}: panzer sets {what} for its workers itself"));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
 /// This process's environment without the variables above, as `KEY=VALUE`.
 pub fn inherited_env() -> Vec<OsString> {
     std::env::vars_os().filter(|(key, _)| inherited(key)).map(|(key, value)| join(&key, &value)).collect()
+}
+
+/// `env` with `vars` (`--env`, the file's `env`) set, replacing what `env`
+/// had under the same names.
+pub fn with_vars(mut env: Vec<OsString>, vars: &[(String, String)]) -> Vec<OsString> {
+    for (key, value) in vars {
+        env.retain(|entry| entry.as_bytes().split(|&b| b == b'=').next() != Some(key.as_bytes()));
+        env.push(join(OsStr::new(key), OsStr::new(value)));
+    }
+    env
 }
 
 /// The environment of worker `ordinal` of `generation` (without
@@ -143,15 +174,26 @@ pub struct Program {
 /// else is looked up in `PATH`. The result must be an executable file; the
 /// error is [`Error::Command`], naming the command and why it cannot run.
 pub fn resolve_command(command: &OsStr) -> Result<PathBuf, Error> {
-    resolve_program(command).map(|program| program.path)
+    resolve_command_in(command, None)
 }
 
-/// [`resolve_command`], with the interpreters a script's `#!` line names:
-/// each must be an executable file too, or the command cannot run (the
-/// kernel says "no such file or directory" of the script itself).
-pub fn resolve_program(command: &OsStr) -> Result<Program, Error> {
+/// [`resolve_command`] for a worker that starts in `dir` (`--chdir`): a
+/// relative path with a `/` is found from there.
+pub fn resolve_command_in(command: &OsStr, dir: Option<&Path>) -> Result<PathBuf, Error> {
+    resolve_program(command, dir).map(|program| program.path)
+}
+
+/// [`resolve_command_in`], with the interpreters a script's `#!` line
+/// names: each must be an executable file too, or the command cannot run
+/// (the kernel says "no such file or directory" of the script itself).
+pub fn resolve_program(command: &OsStr, dir: Option<&Path>) -> Result<Program, Error> {
     let fail = |reason| Error::Command { command: command.to_string_lossy().into_owned(), reason };
-    let path = find(command).map_err(fail)?;
+    let in_dir = dir.filter(|_| command.as_bytes().contains(&b'/') && Path::new(command).is_relative());
+    let command_path = match in_dir {
+        Some(dir) => dir.join(command).into_os_string(),
+        None => command.to_os_string(),
+    };
+    let path = find(&command_path).map_err(fail)?;
     let interpreters = interpreters(&path).map_err(fail)?;
     Ok(Program { path, interpreters })
 }
@@ -345,7 +387,7 @@ mod tests {
         };
         let inner = write("inner", "#!/bin/sh\n");
         let outer = write("outer", &format!("#!{} -x\n", inner.display()));
-        let program = resolve_program(outer.as_os_str()).unwrap();
+        let program = resolve_program(outer.as_os_str(), None).unwrap();
         assert_eq!(program.interpreters, [inner.clone(), PathBuf::from("/bin/sh")]);
         let broken = write("broken", "#!/no/such/sh\r\n");
         let e = resolve_command(broken.as_os_str()).unwrap_err();
@@ -363,6 +405,12 @@ mod tests {
         let e = resolve_command(looping.as_os_str()).unwrap_err();
         assert!(e.report().ends_with("its #! interpreters are nested more than 4 deep"), "{}", e.report());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn vars_replace_what_the_environment_had_under_their_name() {
+        let env = with_vars(vec!["A=1".into(), "AB=2".into()], &[("A".into(), "3".into())]);
+        assert_eq!(env, [OsString::from("AB=2"), OsString::from("A=3")]);
     }
 
     #[test]

@@ -455,7 +455,7 @@ impl Server {
         let mut server = Server::default();
         for addr in addrs {
             let fail = |source| Error::AdminBind { addr: addr.to_string(), source };
-            let spec = BindSpec { name: None, addr: addr.clone() };
+            let spec = BindSpec::new(None, addr.clone());
             let listener = sockets::bind(&spec, BACKLOG, true).map_err(|e| match e {
                 Error::Bind { source, .. } => fail(source),
                 other => other,
@@ -640,13 +640,8 @@ impl Server {
             let created = l.created.as_ref().map(|(path, dev, ino)| {
                 (PathBuf::from(std::ffi::OsString::from_vec(path.clone())), *dev, *ino)
             });
-            let listener = Listener::resume(
-                adopt(l.fd)?,
-                BindSpec { name: None, addr },
-                l.local.clone(),
-                created,
-                false,
-            );
+            let listener =
+                Listener::resume(adopt(l.fd)?, BindSpec::new(None, addr), l.local.clone(), created, false);
             // O_NONBLOCK lives on the open file, which the exec kept; set anyway.
             let _ = listener.socket().set_nonblocking(true);
             server.listeners.push(listener);

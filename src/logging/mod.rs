@@ -1,5 +1,6 @@
 //! Log lines on stderr: `<time> <LEVEL> panzer[<pid>]: <message>` for main,
-//! `panzer[<pid> gen <k>]` for a monitor. `RUST_LOG` overrides `-q`/`-v`.
+//! `panzer[<pid> gen <k>]` for a monitor; with `--log-format json`, one JSON
+//! object per line instead ([`json`]). `RUST_LOG` overrides `-q`/`-v`.
 //! With `--tag-output`, the workers' lines a monitor forwards go through
 //! here too: this module owns what main and a monitor write to their own
 //! stdout and stderr.
@@ -45,6 +46,7 @@
 //! lines go to it (and wait if it does). A worker forked in library mode
 //! writes its log lines directly, as any worker does.
 
+mod json;
 mod sink;
 
 use std::io::Write;
@@ -53,6 +55,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use json::Origin;
+pub(crate) use json::WorkerLine;
 pub(crate) use sink::PIPE_BUF;
 use sink::{Queue, Sink, Stdio, Target};
 
@@ -74,29 +78,54 @@ static SINKS: Mutex<Option<[Sink; 2]>> = Mutex::new(None);
 /// The process the sinks are for: a process forked from it (a worker in
 /// library mode) writes directly instead.
 static OWNER: AtomicU32 = AtomicU32::new(0);
-/// Logs the count of dropped lines, past the level filter.
+/// Logs the count of dropped lines (and what else goes past the level
+/// filter), in the process's format.
 static NOTICE: OnceLock<env_logger::Logger> = OnceLock::new();
+/// The format [`init`] was given (text until then).
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// `--log-format`: how each log line is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `<time> <LEVEL> panzer[<pid>]: <message>`, a monitor's tagged
+    /// `panzer[<pid> gen <k>]`.
+    #[default]
+    Text,
+    /// One JSON object per line, for a log shipper: `ts`, `level`, `pid`,
+    /// `generation` (where there is one), `msg`, and the event's fields
+    /// (`worker`, `worker_pid`, `status`, …).
+    Json,
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
 
 /// Installs the logger for this process; `generation` is `None` for main
 /// and `Some(k)` for the monitor of generation k. In library mode the app may
 /// have installed a logger of its own already: panzer's lines then go to it.
-pub fn init(level: log::LevelFilter, generation: Option<u32>) {
-    let pid = std::process::id();
-    let tag = match generation {
-        None => format!("panzer[{pid}]"),
-        Some(k) => format!("panzer[{pid} gen {k}]"),
-    };
-    init_tagged(level, tag);
+pub fn init(level: log::LevelFilter, format: LogFormat, generation: Option<u32>) {
+    install(level, format, Origin { pid: std::process::id(), generation, keeper: false });
 }
 
-/// Installs the logger with `tag` before each message (`panzer[4242 gen 3
-/// keeper]` for a generation's keeper).
-pub fn init_tagged(level: log::LevelFilter, tag: String) {
+/// Installs the logger of generation `generation`'s keeper (`panzer[4242 gen
+/// 3 keeper]`, or `"role": "keeper"`).
+pub fn init_keeper(level: log::LevelFilter, format: LogFormat, generation: u32) {
+    install(level, format, Origin { pid: std::process::id(), generation: Some(generation), keeper: true });
+}
+
+fn install(level: log::LevelFilter, format: LogFormat, origin: Origin) {
     // Before a monitor forks any worker (library mode), so that a worker
     // knows the sinks are its monitor's. (No fd is opened yet: main must
     // first take the sockets passed in at fds 3… by socket activation.)
     drop(sinks());
-    let mut logger = builder(tag.clone(), false);
+    let _ = FORMAT.set(format);
+    let mut logger = builder(format, origin, false);
     logger.filter_level(level);
     if let Ok(spec) = std::env::var("RUST_LOG") {
         logger.parse_filters(&spec);
@@ -105,20 +134,68 @@ pub fn init_tagged(level: log::LevelFilter, tag: String) {
         log::set_max_level(log::max_level().max(level));
         return;
     }
-    let mut notice = builder(tag, true);
+    let mut notice = builder(format, origin, true);
     notice.filter_level(log::LevelFilter::Trace);
     let _ = NOTICE.set(notice.build());
 }
 
-fn builder(tag: String, notice: bool) -> env_logger::Builder {
+fn builder(format: LogFormat, origin: Origin, notice: bool) -> env_logger::Builder {
     let mut builder = env_logger::Builder::new();
-    builder
-        .format(move |buf, record| {
-            writeln!(buf, "{} {:<5} {tag}: {}", buf.timestamp_millis(), record.level(), record.args())
-        })
-        .target(env_logger::Target::Pipe(Box::new(LogWriter { line: Vec::new(), notice })));
+    match format {
+        LogFormat::Text => {
+            let tag = origin.tag();
+            builder.format(move |buf, record| {
+                writeln!(buf, "{} {:<5} {tag}: {}", buf.timestamp_millis(), record.level(), record.args())
+            })
+        }
+        LogFormat::Json => builder.format(move |buf, record| {
+            let line = json::Line {
+                ts: &buf.timestamp_millis(),
+                level: record.level(),
+                origin: &origin,
+                msg: record.args(),
+                fields: record.key_values(),
+            };
+            let text = serde_json::to_string(&line).map_err(std::io::Error::other)?;
+            writeln!(buf, "{text}")
+        }),
+    };
+    builder.target(env_logger::Target::Pipe(Box::new(LogWriter { line: Vec::new(), notice })));
     builder
 }
+
+/// Logs `args` at INFO past the level filter, as long as logging is not off
+/// altogether: what an operator needs even with `-q` (the addresses
+/// listened on, which carry the port the kernel picked for `:0`).
+pub(crate) fn always(fields: &[(&str, &str)], args: std::fmt::Arguments<'_>) {
+    if log::max_level() == log::LevelFilter::Off {
+        return;
+    }
+    let record = log::Record::builder()
+        .level(log::Level::Info)
+        .target(module_path!())
+        .args(args)
+        .key_values(&fields)
+        .build();
+    match NOTICE.get() {
+        Some(notice) => log::Log::log(notice, &record),
+        // The app's own logger (library mode): through it, as every line.
+        None => log::logger().log(&record),
+    }
+}
+
+/// Logs at `$level` a line about worker `$ordinal` (pid `$pid`), which a
+/// JSON line carries as the fields `worker` and `worker_pid` (and `status`,
+/// how it exited, where given).
+macro_rules! of_worker {
+    ($level:ident, $ordinal:expr, $pid:expr, $how:expr; $($line:tt)+) => {
+        log::$level!(worker = $ordinal, worker_pid = $pid, status = $how; $($line)+)
+    };
+    ($level:ident, $ordinal:expr, $pid:expr; $($line:tt)+) => {
+        log::$level!(worker = $ordinal, worker_pid = $pid; $($line)+)
+    };
+}
+pub(crate) use of_worker;
 
 /// The fds to poll for room (writable), while lines wait for them.
 pub(crate) fn waiting_fds() -> Vec<BorrowedFd<'static>> {
@@ -154,12 +231,30 @@ pub fn finish() {
     }
 }
 
-/// Writes `text` (a last error, before exit) to stderr as a whole line,
-/// after what waits, then [`finish`]es.
+/// Writes `text` (a last word before exit, as is: a check's report) to
+/// stderr as a whole line, after what waits, then [`finish`]es.
 pub fn exit_message(text: &str) {
     let mut line = text.as_bytes().to_vec();
     line.push(b'\n');
     write_line(Stream::Stderr, line, true);
+    finish();
+}
+
+/// Writes `report` (the error that ends panzer) to stderr as a whole line,
+/// after what waits, then [`finish`]es: `panzer: <report>`, or with
+/// `--log-format json` an object at level `error`.
+pub fn exit_error(report: &str) {
+    match (FORMAT.get(), NOTICE.get()) {
+        (Some(LogFormat::Json), Some(notice)) => log::Log::log(
+            notice,
+            &log::Record::builder()
+                .level(log::Level::Error)
+                .target(module_path!())
+                .args(format_args!("{report}"))
+                .build(),
+        ),
+        _ => return exit_message(&format!("panzer: {report}")),
+    }
     finish();
 }
 
@@ -223,6 +318,7 @@ fn log_dropped() {
                 .level(log::Level::Warn)
                 .target(module_path!())
                 .args(format_args!("{message}"))
+                .key_values(&[("dropped", dropped)])
                 .build(),
         ),
         None => write_line(Stream::Stderr, format!("panzer: {message}\n").into_bytes(), true),

@@ -10,17 +10,20 @@
 //!
 //! Main replacing its own binary in place (an upgrade: the check of the new
 //! binary, the state handed over, the resumed image) has its room in
-//! `upgrade/`; this loop only dispatches to it.
+//! `upgrade/`; this loop only dispatches to it. A reload first re-reads the
+//! configuration file (`reconfigure`).
 
 mod connections;
+mod hello;
 mod leftovers;
 mod orphans;
 pub(crate) mod pid_file;
 pub(crate) mod policy;
+mod reconfigure;
 mod systemd;
 mod upgrade;
 
-pub use upgrade::{check as check_upgrade, resume, CHECK_COMMAND, RESUME_COMMAND};
+pub use upgrade::{check as check_upgrade, resume, CHECK_COMMAND, RESUME_COMMAND, RESUME_ENV};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
@@ -94,6 +97,9 @@ struct Monitor {
     notify_socket: PathBuf,
     /// The main↔monitor protocol version it was started with.
     protocol: u32,
+    /// Library mode: main has heard nothing from it yet, and gives up on
+    /// it then ([`hello`]).
+    hello_by: Option<Instant>,
 }
 
 struct Main {
@@ -153,9 +159,16 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let exe = upgrade::start_path()?;
     // Inherited sockets first: any fd panzer opens could land on their numbers.
     let adopted = sockets::adopt_from_env()?;
+    if adopted.is_none() && config.binds.is_empty() && config.preload {
+        return Err(Error::Usage(
+            "--preload needs a listening socket: every library-mode worker serves on one; give --bind ADDR \
+             (or sockets from systemd)"
+                .into(),
+        ));
+    }
     // Then signals, so none is lost while sockets are bound.
     let signals = signal_fd()?;
-    worker::resolve_command(&config.command)?;
+    worker::resolve_command_in(&config.command, config.chdir.as_deref())?;
     sys::become_subreaper().map_err(|e| Error::os("cannot become child subreaper", e))?;
     let pid_file = config.pid_file.as_deref().map(PidFile::check).transpose()?;
     let control_path = match config.control.clone() {
@@ -185,10 +198,17 @@ pub fn run(config: Config) -> Result<i32, Error> {
     ceiling.check(&format!("--count {}", config.count), config.count.into()).map_err(Error::Usage)?;
     let admin = admin::Server::bind(&config.admin_binds)?;
     for listener in &sockets {
-        log::info!("listening on {}", listener.local);
+        // Past -q: the real port of `:0` is only ever said here.
+        crate::logging::always(
+            &[("addr", listener.local.as_str())],
+            format_args!("listening on {}", listener.local),
+        );
+    }
+    if sockets.is_empty() {
+        log::warn!("no --bind and no socket from systemd: workers get no listening socket");
     }
     for addr in admin.addresses() {
-        log::info!("admin endpoint on {addr}");
+        crate::logging::always(&[("addr", addr)], format_args!("admin endpoint on {addr}"));
     }
     log::info!("control socket at {}", control.path().display());
     let runtime_dir = RuntimeDir::create(config.credentials)?;
@@ -308,6 +328,7 @@ impl Main {
             self.admin.next_deadline(),
             self.systemd.as_ref().and_then(Systemd::next_deadline),
             self.shed.deadline(),
+            self.hello_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -347,6 +368,9 @@ impl Main {
         if self.policy.next_deadline().is_some_and(|at| at <= now) {
             self.dispatch(Event::Tick);
         }
+        if self.hello_deadline().is_some_and(|at| at <= now) {
+            self.on_hello_deadline(now);
+        }
     }
 
     /// Feeds `event` to the policy and performs what it says, including
@@ -371,7 +395,12 @@ impl Main {
 
     fn perform(&mut self, effect: Effect) -> Option<Event> {
         match effect {
-            Effect::Log { level, line } => log::log!(target: policy::LOG_TARGET, level, "{line}"),
+            Effect::Log { level, line, generation: Some(generation) } => {
+                log::log!(target: policy::LOG_TARGET, level, generation = generation; "{line}")
+            }
+            Effect::Log { level, line, generation: None } => {
+                log::log!(target: policy::LOG_TARGET, level, "{line}")
+            }
             Effect::Spawn { generation, count } => return self.spawn_generation(generation, count),
             Effect::Order { generation, order } => self.order(generation, &order),
             Effect::KillGroup(generation) => {
@@ -436,6 +465,9 @@ impl Main {
             self.interrupts += 1;
         }
         log::info!("received {}", signal.as_str());
+        if command == Command::Reload && !self.reread_config(None) {
+            return;
+        }
         self.dispatch(Event::Command { command, from: None });
     }
 
@@ -464,7 +496,18 @@ impl Main {
             let status = self.status();
             return self.control.reply(client, &Reply { status: Some(status), ..Reply::ok() });
         }
-        log::info!("control request: {request:?}");
+        // As `panzerctl` spells it.
+        let said = match request {
+            Request::Status => "status".to_string(),
+            Request::Reload => "reload".to_string(),
+            Request::Stop => "stop".to_string(),
+            Request::Scale { count } => format!("scale {count}"),
+            Request::Upgrade => "upgrade".to_string(),
+        };
+        log::info!("control request: {said}");
+        if command == Command::Reload && !self.reread_config(Some(client)) {
+            return;
+        }
         if matches!(command, Command::Reload | Command::Upgrade) {
             // Answered when it has an outcome.
             self.control.hold(client);
@@ -503,6 +546,9 @@ impl Main {
                 reports
             }
         };
+        if !reports.is_empty() {
+            monitor.hello_by = None;
+        }
         for report in reports {
             self.dispatch(Event::Report { generation, report });
         }
@@ -530,6 +576,7 @@ impl Main {
                     // it failed), even when SIGCHLD is read before the
                     // channel in this turn of the loop.
                     self.on_channel(generation);
+                    self.on_exit_unheard(generation, &exit);
                     let ended = match exit {
                         sys::ChildExit::Killed { signal, .. } => Ended::Killed(sys::signal_name(signal)),
                         sys::ChildExit::Exited(code) => Ended::Exited(code),
@@ -564,6 +611,7 @@ impl Main {
             fd_names: sockets::fd_names(self.sockets.iter().map(|l| &l.spec)),
             notify_socket: notify_socket.clone(),
             log_level: log::max_level(),
+            log_format: self.config.log_format,
             argv: std::iter::once(self.config.command.clone())
                 .chain(self.config.args.iter().cloned())
                 .collect(),
@@ -578,8 +626,14 @@ impl Main {
         };
         match self.spawn_monitor(&args) {
             Ok((pid, channel)) => {
-                log::info!("starting generation {generation}: {count} worker(s), monitor pid {pid}");
-                let monitor = Monitor { pid, channel, closed: false, notify_socket, protocol: args.protocol };
+                log::info!(
+                    generation = generation, monitor_pid = pid.as_raw();
+                    "starting generation {generation}: {count} worker(s), monitor pid {pid}"
+                );
+                let hello = self.config.preload && crate::protocol::says_hello(args.protocol);
+                let hello_by = hello.then(|| Instant::now() + hello::HELLO_WITHIN);
+                let monitor =
+                    Monitor { pid, channel, closed: false, notify_socket, protocol: args.protocol, hello_by };
                 self.monitors.insert(generation, monitor);
                 None
             }
@@ -601,24 +655,25 @@ impl Main {
         let (program, argv, env) = if self.config.preload {
             // Library mode: the app itself is the monitor. Resolved again for
             // every generation, so a reload runs the binary now at that path.
-            let program = worker::resolve_command(&self.config.command).map_err(|e| {
-                // Said after "cannot start its monitor": why, without the command again.
-                let reason = match e {
-                    Error::Command { reason, .. } => reason,
-                    other => other.report(),
-                };
-                sys::spawn::SpawnError::Exec(std::io::Error::other(reason))
-            })?;
+            let program = worker::resolve_command_in(&self.config.command, self.config.chdir.as_deref())
+                .map_err(|e| {
+                    // Said after "cannot start its monitor": why, without the command again.
+                    let reason = match e {
+                        Error::Command { reason, .. } => reason,
+                        other => other.report(),
+                    };
+                    sys::spawn::SpawnError::Exec(std::io::Error::other(reason))
+                })?;
             let words = args.to_env().ok_or_else(|| {
                 sys::spawn::SpawnError::Exec(std::io::Error::other("an argument is not UTF-8"))
             })?;
-            let mut env = leftovers::with_marker(worker::inherited_env());
+            let mut env = self.monitor_env();
             env.push(format!("{}={words}", crate::protocol::MONITOR_ARGS_ENV).into());
             (program, args.argv.clone(), env)
         } else {
             let mut argv: Vec<OsString> = vec!["panzer".into()];
             argv.extend(args.to_args());
-            (PathBuf::from("/proc/self/exe"), argv, leftovers::with_marker(worker::inherited_env()))
+            (PathBuf::from("/proc/self/exe"), argv, self.monitor_env())
         };
         let mut plan = ExecPlan::new(program.as_os_str(), &argv, env)
             .map_err(sys::spawn::SpawnError::Exec)?
@@ -628,8 +683,20 @@ impl Main {
         if let Some((uid, gid)) = self.config.credentials {
             plan = plan.with_credentials(uid, gid);
         }
+        if let Some(dir) = &self.config.chdir {
+            plan = plan.with_chdir(dir.as_os_str()).map_err(sys::spawn::SpawnError::Exec)?;
+        }
         let pid = plan.spawn()?;
         Ok((pid, ours))
+    }
+
+    /// A monitor's environment: main's own as workers may inherit it, the
+    /// instance marker, and `--env`. A monitor's workers inherit it (in
+    /// library mode, by the fork), and it starts in `--chdir`, where they
+    /// start too: so both reach every worker in both modes, and panzer's
+    /// own variables, set for each worker afterwards, stay panzer's.
+    fn monitor_env(&self) -> Vec<OsString> {
+        worker::with_vars(leftovers::with_marker(worker::inherited_env()), &self.config.env)
     }
 
     fn status(&self) -> Status {

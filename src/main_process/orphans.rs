@@ -29,6 +29,11 @@ use nix::unistd::Pid;
 
 use crate::sys;
 
+/// `9958, 9960`: pids as a log line names them.
+fn plain(pids: &[Pid]) -> String {
+    pids.iter().map(Pid::to_string).collect::<Vec<_>>().join(", ")
+}
+
 /// What is left of one generation, as an upgrade hands it over.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,7 +74,8 @@ impl Orphans {
         }
         let members = without_keepers(members(pgid, exclude));
         if !members.is_empty() {
-            log::info!("main takes over pids {members:?} of group {pgid} until they exit");
+            let pids = plain(&members);
+            log::info!(group = pgid.as_raw(); "main takes over pids {pids} of group {pgid} until they exit");
         }
         self.groups.push(Group { pgid, kill_at });
     }
@@ -98,8 +104,10 @@ impl Orphans {
                 let left = without_keepers(members);
                 if !left.is_empty() {
                     log::warn!(
-                        "group {} (pids {left:?}) still running after the graceful timeout: SIGKILL",
-                        group.pgid
+                        group = group.pgid.as_raw();
+                        "group {} (pids {}) still running after the graceful timeout: SIGKILL",
+                        group.pgid,
+                        plain(&left)
                     );
                 }
                 sys::signal_group(group.pgid, Signal::SIGKILL);

@@ -48,7 +48,7 @@ pub(crate) fn run_library(
             return 1;
         }
     };
-    crate::logging::init(args.log_level, Some(args.generation));
+    crate::logging::init(args.log_level, args.log_format, Some(args.generation));
     let status = match sys::adopt_inherited_fd(STATUS_FD).and_then(Channel::from_fd) {
         Ok(status) => status,
         Err(e) => {

@@ -74,6 +74,8 @@ pub struct KeeperArgs {
     pub graceful_timeout: CliDuration,
     #[arg(long)]
     pub log_level: log::LevelFilter,
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// Runs the keeper role; returns the process exit status (once the rest
@@ -95,7 +97,7 @@ fn keep(args: KeeperArgs) -> i32 {
     sys::set_process_name(c"panzer");
     sys::ignore_signals();
     let me = nix::unistd::getpid();
-    crate::logging::init_tagged(args.log_level, format!("panzer[{me} gen {} keeper]", args.generation));
+    crate::logging::init_keeper(args.log_level, args.log_format, args.generation);
     let monitor = match sys::adopt_inherited_fd(MONITOR_FD) {
         Ok(fd) => fd,
         Err(e) => {
@@ -214,6 +216,7 @@ impl Keeper {
             format!("--drain-signal={}", args.drain_signal),
             format!("--graceful-timeout={}ms", args.graceful_timeout.0.as_millis()),
             format!("--log-level={}", args.log_level),
+            format!("--log-format={}", args.log_format),
         ];
         let env = std::env::vars_os().filter(|(k, _)| k == "RUST_LOG").map(|(k, v)| {
             let mut entry = k;

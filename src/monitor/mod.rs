@@ -22,6 +22,7 @@
 mod accepting;
 mod fork;
 pub mod keeper;
+mod notifications;
 mod notify_socket;
 mod output;
 pub(crate) mod pool;
@@ -35,7 +36,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::error::Error;
-use crate::notify::Notify;
+use crate::logging::of_worker;
 use crate::protocol::{
     Channel, MonitorArgs, Order, Received, Report, FAILED_GRACE, FIRST_SOCKET_FD, MAX_UNREADY_EXITS,
     STATUS_FD,
@@ -57,9 +58,6 @@ const SIGNALS: &[Signal] =
 
 /// How often workers' memory is measured with `--max-rss`.
 const RSS_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Most parent links followed to attribute a notify message to a worker.
-const MAX_ANCESTRY: usize = 64;
 
 /// How often a message from one pid that no worker owns is logged.
 const STRANGER_INTERVAL: Duration = Duration::from_secs(60);
@@ -122,7 +120,7 @@ struct Monitor {
 /// Runs the monitor role; returns the process exit status.
 pub fn run(args: MonitorArgs) -> i32 {
     sys::set_process_name(c"panzer");
-    crate::logging::init(args.log_level, Some(args.generation));
+    crate::logging::init(args.log_level, args.log_format, Some(args.generation));
     let status = match sys::adopt_inherited_fd(STATUS_FD).and_then(Channel::from_fd) {
         Ok(status) => status,
         Err(e) => {
@@ -198,7 +196,9 @@ impl Monitor {
                     shed: sys::resident::Shedder::default(),
                     base_env: worker::inherited_env(),
                     parent: nix::unistd::getppid(),
-                    output: args.tag_output.then(|| output::TaggedOutput::new(args.generation)),
+                    output: args
+                        .tag_output
+                        .then(|| output::TaggedOutput::new(args.generation, args.log_format)),
                     args,
                     status: Some(status),
                     sockets,
@@ -262,13 +262,16 @@ impl Monitor {
                 }
             };
             self.shed.on_wake(Instant::now());
+            // Notify messages before the exits: what a worker said just
+            // before it exited (STOPPING=1 as it drains) is read while it
+            // is still known as one of this generation's.
+            if ready.contains(&Token::Notify) {
+                self.on_notify();
+            }
             if ready.contains(&Token::Signals) {
                 for signal in sys::pending_signals(&self.signals) {
                     self.on_signal(signal);
                 }
-            }
-            if ready.contains(&Token::Notify) {
-                self.on_notify();
             }
             if ready.contains(&Token::Status) {
                 self.on_status();
@@ -330,11 +333,16 @@ impl Monitor {
         }
         for replacement in self.pool.check(now) {
             let pool::Replacement { ordinal, pid, reason } = replacement;
-            log::warn!("worker {ordinal} (pid {pid}) {reason}: replacing it");
+            // A recycle after --max-age is planned, not a fault.
+            let level =
+                if matches!(reason, Reason::Age { .. }) { log::Level::Info } else { log::Level::Warn };
+            let line = format!("worker {ordinal} (pid {pid}) {reason}: replacing it");
+            log::log!(level, worker = ordinal, worker_pid = pid, reason = reason.kind(); "{line}");
         }
         for (ordinal, pid) in self.pool.stalled(now) {
             let timeout = self.args.startup_timeout.map_or(Duration::ZERO, |d| d.0);
-            log::warn!(
+            of_worker!(
+                warn, ordinal, pid;
                 "worker {ordinal} (pid {pid}) not ready {} after it started (--startup-timeout): \
                  stopping it with {}",
                 format_duration(timeout),
@@ -343,7 +351,7 @@ impl Monitor {
             sys::signal_process(Pid::from_raw(pid), self.drain_signal());
         }
         for pid in self.pool.due_kills(now) {
-            log::warn!("pid {pid} still running after the graceful timeout: SIGKILL");
+            log::warn!(worker_pid = pid; "pid {pid} still running after the graceful timeout: SIGKILL");
             sys::signal_process(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
@@ -369,7 +377,7 @@ impl Monitor {
             let ordinal = self.pool.ordinal_of(pid).unwrap_or_default();
             let line = format!("worker {ordinal} (pid {pid}) {reason}: replacing it");
             if self.pool.replace(pid, reason, now) {
-                log::warn!("{line}");
+                of_worker!(warn, ordinal, pid; "{line}");
             }
         }
     }
@@ -394,9 +402,9 @@ impl Monitor {
                     self.pool.started(ordinal, pid, now);
                     if self.pool.is_successor(pid) {
                         // main hears of it once it is ready and takes over.
-                        log::info!("worker {ordinal} replacement started: pid {pid}");
+                        of_worker!(info, ordinal, pid; "worker {ordinal} replacement started: pid {pid}");
                     } else {
-                        log::info!("worker {ordinal} started: pid {pid}");
+                        of_worker!(info, ordinal, pid; "worker {ordinal} started: pid {pid}");
                         self.report(Report::WorkerStarted { ordinal, pid });
                     }
                 }
@@ -465,14 +473,18 @@ impl Monitor {
         match self.pool.ready(pid, Instant::now()) {
             None => {}
             Some((ordinal, None)) => {
-                log::debug!("worker {ordinal} (pid {pid}) ready ({reason})");
+                of_worker!(debug, ordinal, pid; "worker {ordinal} (pid {pid}) ready ({reason})");
                 self.readiness.ready(ordinal, reason);
                 self.report(Report::WorkerReady { ordinal, pid });
             }
             Some((ordinal, Some(replaced))) => {
                 let old = replaced.old_pid;
                 let signal = self.drain_signal();
-                log::info!("worker {ordinal}: pid {pid} ready, replacing pid {old} ({})", signal.as_str());
+                log::info!(
+                    worker = ordinal, worker_pid = pid, replaced_pid = old;
+                    "worker {ordinal}: pid {pid} ready, replacing pid {old} ({})",
+                    signal.as_str()
+                );
                 sys::signal_process(Pid::from_raw(old), signal);
                 // One message, so that main never sees the slot without a
                 // ready worker: it stands for `WorkerStarted` and
@@ -561,70 +573,6 @@ impl Monitor {
         }
     }
 
-    fn on_notify(&mut self) {
-        for (sender, result) in self.notify.receive() {
-            let Some((ordinal, pid)) = self.attribute(sender) else {
-                // While draining, a worker that just exited may still be
-                // heard from (STOPPING=1): not worth an info line.
-                let level = if self.pool.is_draining() { log::Level::Debug } else { log::Level::Info };
-                if let Some(n) = self.strangers.check(&sender, Instant::now()) {
-                    let more = crate::log_limit::suppressed(n);
-                    log::log!(
-                        level,
-                        "ignoring notify message from pid {sender}: neither a worker of generation {} \
-                         nor a descendant of one{more}",
-                        self.args.generation
-                    );
-                }
-                continue;
-            };
-            let messages = match result {
-                Ok(messages) => messages,
-                Err(_) => {
-                    if let Some(n) = self.notify_warnings.check(&ordinal, Instant::now()) {
-                        let more = crate::log_limit::suppressed(n);
-                        log::warn!("worker {ordinal} (pid {pid}) sent a notify message that is not text; dropped{more}");
-                    }
-                    continue;
-                }
-            };
-            for message in messages {
-                match message {
-                    // With --ready DURATION or accepting, READY=1 does not count.
-                    Notify::Ready if self.readiness.counts_notify() => {
-                        self.worker_ready(pid, accepting::Reason::Notify)
-                    }
-                    Notify::Ready => {}
-                    // Worker text stays here: it never travels to main.
-                    Notify::Status(text) => log::debug!("worker {ordinal} (pid {pid}) status: {text}"),
-                    Notify::Stopping => log::debug!("worker {ordinal} (pid {pid}) is stopping"),
-                    Notify::Watchdog => self.pool.watchdog(pid, Instant::now()),
-                    Notify::MainPid(_) | Notify::Reloading { .. } => {}
-                }
-            }
-        }
-    }
-
-    /// The worker a notify message from `sender` counts for: `sender`
-    /// itself, or the nearest worker above it (its parent chain in
-    /// `/proc`, at most [`MAX_ANCESTRY`] links), as systemd's
-    /// `NotifyAccess=all` within the worker's subtree. `(ordinal, worker pid)`.
-    fn attribute(&self, sender: i32) -> Option<(u32, i32)> {
-        let me = nix::unistd::getpid();
-        let mut pid = Pid::from_raw(sender);
-        for _ in 0..MAX_ANCESTRY {
-            if let Some(ordinal) = self.pool.ordinal_of(pid.as_raw()) {
-                return Some((ordinal, pid.as_raw()));
-            }
-            let (parent, _) = sys::parent_and_group(pid)?;
-            if parent == me || parent.as_raw() <= 1 {
-                return None;
-            }
-            pid = parent;
-        }
-        None
-    }
-
     /// Reaps every exited child; one `SIGCHLD` may stand for many.
     fn reap(&mut self) {
         while let Some((pid, exit)) = sys::reap_next_child() {
@@ -655,11 +603,13 @@ impl Monitor {
         let ordinal = exit.ordinal;
         match exit.role {
             Role::Retired { replaced_by: None } => {
-                log::info!("worker {ordinal} (pid {pid}) {how}; its slot was removed");
+                let line = format!("worker {ordinal} (pid {pid}) {how}; its slot was removed");
+                of_worker!(info, ordinal, pid, how; "{line}");
                 return self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
             }
             Role::Retired { replaced_by: Some(successor) } => {
-                log::info!("worker {ordinal} (pid {pid}) {how}; replaced by pid {successor}");
+                let line = format!("worker {ordinal} (pid {pid}) {how}; replaced by pid {successor}");
+                of_worker!(info, ordinal, pid, how; "{line}");
                 // main already knows the slot as the successor's: it ignores this.
                 return self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
             }
@@ -669,12 +619,14 @@ impl Monitor {
                     None => String::new(),
                 };
                 // main never heard of it: nothing to report.
-                return log::warn!(
+                return of_worker!(
+                    warn, ordinal, pid, how;
                     "worker {ordinal} replacement (pid {pid}) {how} before it was ready{again}"
                 );
             }
             Role::Serving { successor: Some(successor) } => {
-                log::warn!(
+                of_worker!(
+                    warn, ordinal, pid, how;
                     "worker {ordinal} (pid {pid}) {how}; its replacement, pid {successor}, takes over"
                 );
                 self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
@@ -688,9 +640,13 @@ impl Monitor {
             _ => format!("worker {ordinal} (pid {pid}) {how} after {}", format_duration(exit.uptime)),
         };
         match exit.restart_in {
-            Some(delay) => log::warn!("{what}; restarting in {}", format_duration(delay)),
-            None if self.pool.is_draining() => log::info!("worker {ordinal} (pid {pid}) {how}"),
-            None => log::warn!("{what}"),
+            Some(delay) => {
+                of_worker!(warn, ordinal, pid, how; "{what}; restarting in {}", format_duration(delay))
+            }
+            None if self.pool.is_draining() => {
+                of_worker!(info, ordinal, pid, how; "worker {ordinal} (pid {pid}) {how}")
+            }
+            None => of_worker!(warn, ordinal, pid, how; "{what}"),
         }
         self.report(Report::WorkerExited { ordinal, pid, how: how.to_string() });
         if exit.generation_failed {
@@ -721,10 +677,16 @@ impl Monitor {
             }
         } else {
             let workers = self.pool.workers().count();
-            log::info!("draining {workers} worker(s); SIGKILL in {}", format_duration(grace));
             self.pool.drain();
-            sys::signal_group(nix::unistd::getpgrp(), self.drain_signal());
-            self.kill_at = Some(Instant::now() + grace);
+            if grace.is_zero() {
+                // A stop now (SIGQUIT): no drain to promise.
+                log::info!("killing {workers} worker(s) now");
+                self.kill_all();
+            } else {
+                log::info!("draining {workers} worker(s); SIGKILL in {}", format_duration(grace));
+                sys::signal_group(nix::unistd::getpgrp(), self.drain_signal());
+                self.kill_at = Some(Instant::now() + grace);
+            }
             if let Some(keeper) = &self.keeper {
                 keeper.draining(grace);
             }
@@ -749,7 +711,9 @@ impl Monitor {
         if self.kill_at.is_some_and(|at| at <= now) {
             self.kill_at = None;
             for w in self.pool.workers() {
-                log::warn!("worker (pid {}) still running after the graceful timeout: SIGKILL", w.pid);
+                let line =
+                    format!("worker (pid {}) still running after the graceful timeout: SIGKILL", w.pid);
+                log::warn!(worker_pid = w.pid; "{line}");
             }
             self.kill_all();
         }

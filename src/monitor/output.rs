@@ -23,7 +23,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag};
 
-use crate::logging::{self, Stream, PIPE_BUF};
+use crate::logging::{self, LogFormat, Stream, PIPE_BUF};
 
 /// Marks where a line too long for one write was cut.
 const CUT: &str = "…";
@@ -34,45 +34,109 @@ const READ_PER_TURN: usize = 64 * 1024;
 /// is read from one pipe (a process the worker started may still write).
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
-/// A worker's byte stream cut into prefixed lines. Pure.
+/// How a worker's line is marked as its own.
+#[derive(Debug, Clone)]
+pub enum Tag {
+    /// `g<generation> w<ordinal> ` before the line's bytes, as they are.
+    Prefix(Vec<u8>),
+    /// `--log-format json`: the line is the `line` field of an object that
+    /// names its stream, generation and worker.
+    Json { stream: Stream, generation: u32, worker: u32 },
+}
+
+impl Tag {
+    /// Bytes of a line besides its content: the prefix, or the object
+    /// around an empty `line`.
+    fn overhead(&self) -> usize {
+        match self {
+            Tag::Prefix(prefix) => prefix.len(),
+            Tag::Json { .. } => self.render(b"").len(),
+        }
+    }
+
+    /// Bytes one byte of content takes in the line: JSON escapes quotes,
+    /// backslashes and control bytes (a byte that is not UTF-8 becomes
+    /// U+FFFD, so a line that is not text may come out longer).
+    fn cost(&self, byte: u8) -> usize {
+        match self {
+            Tag::Prefix(_) => 1,
+            Tag::Json { .. } => match byte {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+                0..=0x1f => 6,
+                _ => 1,
+            },
+        }
+    }
+
+    /// The whole line, newline included. A prefixed line keeps the bytes
+    /// as they are (a worker's output need not be text).
+    fn render(&self, content: &[u8]) -> Vec<u8> {
+        let mut line = match self {
+            Tag::Prefix(prefix) => [prefix.as_slice(), content].concat(),
+            Tag::Json { stream, generation, worker } => {
+                let stream = match stream {
+                    Stream::Stdout => "stdout",
+                    Stream::Stderr => "stderr",
+                };
+                let content = String::from_utf8_lossy(content);
+                let object =
+                    logging::WorkerLine { stream, generation: *generation, worker: *worker, line: &content };
+                serde_json::to_vec(&object).unwrap_or_default()
+            }
+        };
+        line.push(b'\n');
+        line
+    }
+}
+
+/// A worker's byte stream cut into tagged lines. Pure.
 #[derive(Debug)]
 pub struct Lines {
-    prefix: Vec<u8>,
+    tag: Tag,
     partial: Vec<u8>,
+    /// What the partial line takes in the line ([`Tag::cost`]).
+    used: usize,
     /// The partial line continues a line that was cut.
     continued: bool,
 }
 
 impl Lines {
-    pub fn new(prefix: String) -> Lines {
-        Lines { prefix: prefix.into_bytes(), partial: Vec::new(), continued: false }
+    pub fn new(tag: Tag) -> Lines {
+        Lines { tag, partial: Vec::new(), used: 0, continued: false }
     }
 
-    /// Takes `bytes`; hands every complete line (prefixed, ending in a
+    /// Takes `bytes`; hands every complete line (tagged, ending in a
     /// newline, at most [`PIPE_BUF`] bytes) to `out`.
     pub fn push(&mut self, mut bytes: &[u8], out: &mut impl FnMut(Vec<u8>)) {
+        let room = self.room();
         while !bytes.is_empty() {
-            let room = self.room().saturating_sub(self.partial.len());
-            let take = bytes.len().min(room + 1);
-            match bytes[..take].iter().position(|&b| b == b'\n') {
-                Some(end) => {
-                    self.partial.extend_from_slice(&bytes[..end]);
-                    bytes = &bytes[end + 1..];
-                    out(self.line(false));
+            // How much of `bytes` fits, up to a newline.
+            let mut taken = 0;
+            let mut newline = false;
+            for &b in bytes {
+                if b == b'\n' {
+                    newline = true;
+                    break;
                 }
-                None if take > room => {
-                    // Too long for one write: cut at a character boundary.
-                    self.partial.extend_from_slice(&bytes[..room]);
-                    bytes = &bytes[room..];
-                    let keep = char_boundary(&self.partial);
-                    let rest = self.partial.split_off(keep);
-                    out(self.line(true));
-                    self.partial = rest;
+                let cost = self.tag.cost(b);
+                if self.used + cost > room {
+                    break;
                 }
-                None => {
-                    self.partial.extend_from_slice(bytes);
-                    bytes = &[];
-                }
+                self.used += cost;
+                taken += 1;
+            }
+            self.partial.extend_from_slice(&bytes[..taken]);
+            bytes = &bytes[taken..];
+            if newline {
+                bytes = &bytes[1..];
+                out(self.line(false));
+            } else if !bytes.is_empty() {
+                // Too long for one write: cut at a character boundary.
+                let keep = char_boundary(&self.partial);
+                let rest = self.partial.split_off(keep);
+                out(self.line(true));
+                self.used = rest.iter().map(|&b| self.tag.cost(b)).sum();
+                self.partial = rest;
             }
         }
     }
@@ -84,24 +148,23 @@ impl Lines {
         }
     }
 
-    /// Content bytes that fit in one line besides prefix, markers and newline.
+    /// Content bytes that fit in one line besides tag, markers and newline.
     fn room(&self) -> usize {
-        PIPE_BUF - self.prefix.len() - 2 * CUT.len() - 1
+        PIPE_BUF - self.tag.overhead() - 2 * CUT.len() - 1
     }
 
     fn line(&mut self, cut: bool) -> Vec<u8> {
-        let mut line = Vec::with_capacity(self.prefix.len() + self.partial.len() + 2 * CUT.len() + 1);
-        line.extend_from_slice(&self.prefix);
+        let mut content = Vec::with_capacity(self.partial.len() + 2 * CUT.len());
         if self.continued {
-            line.extend_from_slice(CUT.as_bytes());
+            content.extend_from_slice(CUT.as_bytes());
         }
-        line.append(&mut self.partial);
+        content.append(&mut self.partial);
         if cut {
-            line.extend_from_slice(CUT.as_bytes());
+            content.extend_from_slice(CUT.as_bytes());
         }
-        line.push(b'\n');
+        self.used = 0;
         self.continued = cut;
-        line
+        self.tag.render(&content)
     }
 }
 
@@ -148,6 +211,7 @@ struct Pipe {
 #[derive(Debug)]
 pub struct TaggedOutput {
     generation: u32,
+    format: LogFormat,
     pipes: Vec<Pipe>,
     next_token: u64,
 }
@@ -160,8 +224,8 @@ pub struct WorkerEnds {
 }
 
 impl TaggedOutput {
-    pub fn new(generation: u32) -> TaggedOutput {
-        TaggedOutput { generation, pipes: Vec::new(), next_token: 0 }
+    pub fn new(generation: u32, format: LogFormat) -> TaggedOutput {
+        TaggedOutput { generation, format, pipes: Vec::new(), next_token: 0 }
     }
 
     /// Two pipes for a worker about to start; every end `CLOEXEC`, the
@@ -180,7 +244,12 @@ impl TaggedOutput {
         let WorkerEnds { read: [out, err], .. } = ends;
         for (stream, fd) in [(Stream::Stdout, out), (Stream::Stderr, err)] {
             self.next_token += 1;
-            let lines = Lines::new(format!("g{} w{ordinal} ", self.generation));
+            let generation = self.generation;
+            let tag = match self.format {
+                LogFormat::Text => Tag::Prefix(format!("g{generation} w{ordinal} ").into_bytes()),
+                LogFormat::Json => Tag::Json { stream, generation, worker: ordinal },
+            };
+            let lines = Lines::new(tag);
             self.pipes.push(Pipe { token: self.next_token, pid, stream, fd, lines });
         }
     }
@@ -273,6 +342,10 @@ impl TaggedOutput {
 mod tests {
     use super::*;
 
+    fn prefix(text: &str) -> Tag {
+        Tag::Prefix(text.as_bytes().to_vec())
+    }
+
     fn run(lines: &mut Lines, chunks: &[&[u8]], finish: bool) -> Vec<String> {
         let mut out = Vec::new();
         for chunk in chunks {
@@ -286,7 +359,7 @@ mod tests {
 
     #[test]
     fn lines_are_prefixed_and_whole_however_the_bytes_arrive() {
-        let mut lines = Lines::new("g2 w1 ".into());
+        let mut lines = Lines::new(prefix("g2 w1 "));
         let out = run(&mut lines, &[b"hel", b"lo\nwor", b"ld\n\nlast"], false);
         assert_eq!(out, ["g2 w1 hello\n", "g2 w1 world\n", "g2 w1 \n"]);
         assert_eq!(run(&mut lines, &[], true), ["g2 w1 last\n"], "the partial line, at exit");
@@ -295,7 +368,7 @@ mod tests {
 
     #[test]
     fn a_line_too_long_for_one_write_is_cut_with_a_marker_at_a_character_boundary() {
-        let mut lines = Lines::new("g1 w0 ".into());
+        let mut lines = Lines::new(prefix("g1 w0 "));
         let long = "é".repeat(5000); // 10 000 bytes
         let out = run(&mut lines, &[long.as_bytes(), b"\n"], false);
         assert_eq!(out.len(), 3, "{:?}", out.iter().map(String::len).collect::<Vec<_>>());
@@ -305,10 +378,37 @@ mod tests {
         let text: String = out.iter().map(|l| l["g1 w0 ".len()..l.len() - 1].replace(CUT, "")).collect();
         assert_eq!(text, long, "nothing lost but the markers");
         // A line of exactly the room left fits in one write.
-        let mut lines = Lines::new("p ".into());
+        let mut lines = Lines::new(prefix("p "));
         let room = lines.room();
         let out = run(&mut lines, &[&vec![b'x'; room], b"\n"], false);
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn json_lines_are_objects_that_fit_one_write_however_much_escaping_they_need() {
+        let tag = || Tag::Json { stream: Stream::Stderr, generation: 3, worker: 1 };
+        let mut lines = Lines::new(tag());
+        let out = run(&mut lines, &[b"say \"hi\"\tthere\n", b"\x01\x02"], true);
+        let objects: Vec<serde_json::Value> = out.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(
+            objects[0],
+            serde_json::json!({"stream": "stderr", "generation": 3, "worker": 1, "line": "say \"hi\"\tthere"})
+        );
+        assert_eq!(objects[1]["line"], "\u{1}\u{2}");
+        // Quotes double in JSON, control bytes take six: still one write each.
+        for filler in [&b"\""[..], b"\x01", "é".as_bytes(), b"x"] {
+            let mut lines = Lines::new(tag());
+            let long: Vec<u8> = filler.iter().copied().cycle().take(3 * PIPE_BUF).collect();
+            let out = run(&mut lines, &[&long, b"\n"], false);
+            let mut text = String::new();
+            for line in &out {
+                assert!(line.len() <= PIPE_BUF && line.ends_with('\n') && line.matches('\n').count() == 1);
+                let object: serde_json::Value = serde_json::from_str(line).unwrap();
+                text.push_str(&object["line"].as_str().unwrap().replace(CUT, ""));
+            }
+            assert_eq!(text.as_bytes(), long, "nothing lost but the markers");
+            assert!(out[0].len() > PIPE_BUF - 16, "a cut line is as long as it can be: {}", out[0].len());
+        }
     }
 
     #[test]

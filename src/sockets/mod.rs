@@ -3,14 +3,15 @@
 
 mod spec;
 
-pub use spec::{BindAddr, BindSpec};
+pub use spec::{join_pieces, BindAddr, BindSpec};
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::unistd::{Gid, Group, Uid, User};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::error::Error;
@@ -106,6 +107,10 @@ pub fn bind_all(
     mut when_in_use: impl FnMut(&BindSpec) -> bool,
 ) -> Result<Vec<Listener>, Error> {
     const TRIES: usize = 3;
+    // Every owner and group is looked up before anything is bound.
+    for spec in specs {
+        owner_ids(spec)?;
+    }
     let in_use = |e: &Error| matches!(e, Error::Bind { source, .. } if source.raw_os_error() == Some(libc::EADDRINUSE));
     specs
         .iter()
@@ -147,21 +152,80 @@ pub(crate) fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Liste
             Ok(Listener { spec: spec.clone(), local, socket, created: None, activated: false })
         }
         BindAddr::Unix(path) => {
+            let ids = owner_ids(spec)?;
             remove_stale_unix_socket(path).map_err(fail)?;
             let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(fail)?;
             socket.bind(&SockAddr::unix(path).map_err(fail)?).map_err(fail)?;
-            let meta = std::fs::symlink_metadata(path).map_err(fail)?;
+            // The file bind made, opened without following a symlink: what
+            // is changed below is that file, and it is removed on drop.
+            let (file, dev, ino) = socket_file(path).map_err(fail)?;
             let listener = Listener {
                 spec: spec.clone(),
                 local: spec.addr.to_string(),
                 socket,
-                created: Some((path.clone(), meta.dev(), meta.ino())),
+                created: Some((path.clone(), dev, ino)),
                 activated: false,
             };
+            // Until `listen`, a connect is refused: the file gets its owner
+            // and mode before anyone can reach the socket through it.
+            settle(&file, spec.unix.mode, ids).map_err(fail)?;
             listener.socket.listen(backlog).map_err(fail)?;
             Ok(listener)
         }
     }
+}
+
+/// The uid and gid a unix socket's `owner=` and `group=` name (a name or a
+/// number), looked up now; an error names the `--bind` value and the one
+/// not found.
+fn owner_ids(spec: &BindSpec) -> Result<(Option<Uid>, Option<Gid>), Error> {
+    let missing = |what: &str| Error::Usage(format!("--bind {spec}: no such {what}"));
+    let owner = match spec.unix.owner.as_deref() {
+        None => None,
+        Some(name) => Some(match name.parse::<u32>() {
+            Ok(uid) => Uid::from_raw(uid),
+            Err(_) => User::from_name(name).ok().flatten().ok_or_else(|| missing("user"))?.uid,
+        }),
+    };
+    let group = match spec.unix.group.as_deref() {
+        None => None,
+        Some(name) => Some(match name.parse::<u32>() {
+            Ok(gid) => Gid::from_raw(gid),
+            Err(_) => Group::from_name(name).ok().flatten().ok_or_else(|| missing("group"))?.gid,
+        }),
+    };
+    Ok((owner, group))
+}
+
+/// The socket file `bind` just made at `path`, opened without following a
+/// symlink (`O_PATH|O_NOFOLLOW`), with its `(dev, inode)`: it must be a
+/// socket this process owns, so a file swapped in meanwhile is refused,
+/// never changed or removed.
+fn socket_file(path: &Path) -> io::Result<(OwnedFd, u64, u64)> {
+    use nix::fcntl::{open, OFlag};
+    use nix::sys::stat::{fstat, Mode, SFlag};
+    let file = open(path, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
+    let stat = fstat(&file)?;
+    let is_socket = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK;
+    if !is_socket || stat.st_uid != nix::unistd::geteuid().as_raw() {
+        return Err(io::Error::other("the socket file was replaced as it was made"));
+    }
+    Ok((file, stat.st_dev, stat.st_ino))
+}
+
+/// Gives the socket file open at `file` ([`socket_file`]) its owner, group
+/// and mode, through that descriptor, never the path again.
+fn settle(file: &OwnedFd, mode: Option<u32>, (owner, group): (Option<Uid>, Option<Gid>)) -> io::Result<()> {
+    if owner.is_some() || group.is_some() {
+        nix::unistd::fchownat(file, "", owner, group, nix::fcntl::AtFlags::AT_EMPTY_PATH)?;
+    }
+    if let Some(mode) = mode {
+        // An O_PATH descriptor takes no fchmod: chmod its /proc link,
+        // which names this very file.
+        let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+        std::fs::set_permissions(link, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 /// A socket file nobody listens on is left over from a crash: remove it. A
@@ -284,7 +348,7 @@ pub fn adopt_from_env() -> Result<Option<Vec<Listener>>, Error> {
         };
         let name = names.next().filter(|n| !n.is_empty() && *n != "unknown").map(String::from);
         listeners.push(Listener {
-            spec: BindSpec { name, addr: addr.clone() },
+            spec: BindSpec::new(name, addr.clone()),
             local: addr.to_string(),
             socket,
             created: None,

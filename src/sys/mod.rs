@@ -9,6 +9,7 @@
 
 pub mod fork;
 pub mod handover;
+pub mod hello;
 pub mod resident;
 pub mod sock_diag;
 pub mod spawn;

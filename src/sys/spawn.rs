@@ -56,6 +56,8 @@ pub struct ExecPlan {
     parent_death_signal: Option<Signal>,
     /// `(uid, gid)` to switch to (supplementary groups: just `gid`).
     credentials: Option<(libc::uid_t, libc::gid_t)>,
+    /// The working directory to change to (`--chdir`), as the user switched to sees it.
+    chdir: Option<CString>,
 }
 
 /// Why a child could not be started.
@@ -122,6 +124,7 @@ impl ExecPlan {
             new_process_group: false,
             parent_death_signal: None,
             credentials: None,
+            chdir: None,
         })
     }
 
@@ -165,6 +168,15 @@ impl ExecPlan {
     pub fn with_credentials(mut self, uid: libc::uid_t, gid: libc::gid_t) -> Self {
         self.credentials = Some((uid, gid));
         self
+    }
+
+    /// Starts the child in `dir` (after it took its credentials, so `dir`
+    /// must be reachable by them).
+    pub fn with_chdir(mut self, dir: &OsStr) -> io::Result<Self> {
+        let dir = CString::new(dir.as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "directory contains a NUL byte"))?;
+        self.chdir = Some(dir);
+        Ok(self)
     }
 
     /// Has the kernel send `signal` to the child when this process dies.
@@ -260,7 +272,7 @@ fn read_child_errno(pipe: &OwnedFd) -> Option<i32> {
 /// Must be called only in the child of a `fork` from a single-threaded
 /// process. It allocates nothing, takes no lock, logs nothing, and calls only
 /// async-signal-safe functions (`getpid`, `getppid`, `setpgid`, `setgroups`,
-/// `setgid`, `setuid`, `prctl`,
+/// `setgid`, `setuid`, `chdir`, `prctl`,
 /// `sigaction`, `sigprocmask`, `fcntl`, `dup2`, `close`, `close_range`,
 /// `execve`, `write`, `_exit`).
 unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
@@ -282,6 +294,12 @@ unsafe fn child(plan: &mut ExecPlan, err_fd: RawFd, parent: libc::pid_t) -> ! {
     // Credentials before the parent-death signal: changing them clears it.
     if let Some((uid, gid)) = plan.credentials {
         if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            fail!();
+        }
+    }
+    // Allocated before the fork; `chdir` is async-signal-safe.
+    if let Some(dir) = &plan.chdir {
+        if libc::chdir(dir.as_ptr()) != 0 {
             fail!();
         }
     }

@@ -196,7 +196,7 @@ impl Policy {
         });
         let state = if cause == Cause::Replacement && self.state.replacement_failures > 0 {
             let delay = protocol::backoff(self.state.replacement_failures);
-            out.warn(format!("starting generation {number} in {}", format_duration(delay)));
+            out.warn(format!("starting generation {number} in {}", format_duration(delay))).about(number);
             State::Delayed(now + delay)
         } else {
             State::Starting
@@ -336,7 +336,8 @@ impl Policy {
                 g.number,
                 format_duration(DRAIN_ACT_TIMEOUT),
                 format_duration(ends.saturating_duration_since(now))
-            ));
+            ))
+            .about(g.number);
             out.push(Effect::DrainGroup(g.number));
         }
     }
@@ -395,15 +396,18 @@ impl Policy {
                 let how = if how.is_empty() { String::new() } else { format!(" ({how})") };
                 // A staged reload goes on from its worker counts (below).
                 if g.roll.is_some() {
-                    out.info(format!("generation {number}: {workers}/{workers} workers of this step ready in {elapsed_ms} ms{how}"));
+                    out.info(format!("generation {number}: {workers}/{workers} workers of this step ready in {elapsed_ms} ms{how}")).about(number);
                 } else {
                     out.info(format!(
                         "generation {number} ready: {workers}/{workers} workers in {elapsed_ms} ms{how}"
-                    ));
+                    ))
+                    .about(number);
                     self.ready(now, number, workers, out);
                 }
             }
             Report::GenerationFailed { reason } => self.failed(now, number, &reason, out),
+            // main itself listens for it (library mode): nothing to decide.
+            Report::Hello => {}
             Report::WorkerReplaced { ordinal, old_pid, reason, .. }
                 if matches!(g.roll, Some(Roll { phase: Phase::Canary(Some(_)), .. })) =>
             {
@@ -480,7 +484,7 @@ impl Policy {
         let started = self.find(number).map(|g| g.started);
         let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
         if let Some(Cause::Reload(clients)) = cause {
-            out.info(format!("reload done: generation {number} serves"));
+            out.info(format!("reload done: generation {number} serves")).about(number);
             self.state.reloads.ok += 1;
             self.state.reloads.last_duration_ms = started.map(|at| millis(now.saturating_duration_since(at)));
             for to in clients {
@@ -505,7 +509,7 @@ impl Policy {
         if self.state_of(number) != Some(State::Starting) {
             return;
         }
-        out.error(format!("generation {number} failed: {reason}"));
+        out.error(format!("generation {number} failed: {reason}")).about(number);
         self.state.last_failure = Some(reason.to_string());
         self.restore_old(number, out);
         let grace = self.settings.graceful_timeout.min(FAILED_GRACE);
@@ -575,7 +579,8 @@ impl Policy {
         out.push(Effect::Orphans { generation: number, terminate: !drained, kill_at });
         match state {
             State::Starting => {
-                out.error(format!("the monitor of generation {number} {ended} before it was ready"));
+                out.error(format!("the monitor of generation {number} {ended} before it was ready"))
+                    .about(number);
                 self.restore_old(number, out);
                 let started = self.find(number).map(|g| g.started);
                 let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
@@ -589,9 +594,10 @@ impl Policy {
             State::Ready => {
                 self.remove(number);
                 if self.state.stopping.is_some() {
-                    out.warn(format!("the monitor of generation {number} {ended} while stopping"));
+                    out.warn(format!("the monitor of generation {number} {ended} while stopping"))
+                        .about(number);
                 } else {
-                    out.error(format!("the monitor of generation {number} {ended}; its workers drain while a new generation starts"));
+                    out.error(format!("the monitor of generation {number} {ended}; its workers drain while a new generation starts")).about(number);
                     if !self.any(|s| matches!(s, State::Starting | State::Ready | State::Delayed(_))) {
                         self.start(now, Cause::Replacement, out);
                     }
@@ -599,9 +605,10 @@ impl Policy {
             }
             State::Draining | State::Failed => {
                 if drained {
-                    out.info(format!("generation {number} stopped"));
+                    out.info(format!("generation {number} stopped")).about(number);
                 } else {
-                    out.warn(format!("the monitor of generation {number} {ended} while stopping"));
+                    out.warn(format!("the monitor of generation {number} {ended} while stopping"))
+                        .about(number);
                 }
                 self.remove(number);
             }
@@ -635,7 +642,8 @@ impl Policy {
                     let reason = format!(
                         "its monitor {ended} before it was ready, {MAX_LOST_MONITORS} times in a row"
                     );
-                    out.error(format!("generation {} never became ready: {reason}", self.state.last));
+                    out.error(format!("generation {} never became ready: {reason}", self.state.last))
+                        .about(self.state.last);
                     self.state.last_failure = Some(reason);
                     self.state.exit_code = crate::error::EXIT_NOT_READY;
                     return self.stop(now, Stop::Graceful, out);

@@ -50,23 +50,41 @@ pub const LOG_TARGET: &str = module_path!();
 
 /// How the policy says what main logs: a line at a level, queued as an
 /// [`Effect::Log`] with the rest of its effects (the loop writes it).
+/// `.about(number)` names the generation the line is about (a field of its
+/// own in JSON logs).
 trait Say {
-    fn info(&mut self, line: impl Into<String>);
-    fn warn(&mut self, line: impl Into<String>);
-    fn error(&mut self, line: impl Into<String>);
+    fn info(&mut self, line: impl Into<String>) -> About<'_>;
+    fn warn(&mut self, line: impl Into<String>) -> About<'_>;
+    fn error(&mut self, line: impl Into<String>) -> About<'_>;
+}
+
+/// The line just said, to name its generation.
+struct About<'a>(&'a mut Effect);
+
+impl About<'_> {
+    fn about(self, number: u32) {
+        if let Effect::Log { generation, .. } = self.0 {
+            *generation = Some(number);
+        }
+    }
+}
+
+fn say(out: &mut Vec<Effect>, level: log::Level, line: String) -> About<'_> {
+    out.push(Effect::Log { level, line, generation: None });
+    About(out.last_mut().expect("just pushed"))
 }
 
 impl Say for Vec<Effect> {
-    fn info(&mut self, line: impl Into<String>) {
-        self.push(Effect::Log { level: log::Level::Info, line: line.into() });
+    fn info(&mut self, line: impl Into<String>) -> About<'_> {
+        say(self, log::Level::Info, line.into())
     }
 
-    fn warn(&mut self, line: impl Into<String>) {
-        self.push(Effect::Log { level: log::Level::Warn, line: line.into() });
+    fn warn(&mut self, line: impl Into<String>) -> About<'_> {
+        say(self, log::Level::Warn, line.into())
     }
 
-    fn error(&mut self, line: impl Into<String>) {
-        self.push(Effect::Log { level: log::Level::Error, line: line.into() });
+    fn error(&mut self, line: impl Into<String>) -> About<'_> {
+        say(self, log::Level::Error, line.into())
     }
 }
 
@@ -121,8 +139,8 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Write `line` to main's log at `level` (as the policy's own, target
-    /// [`LOG_TARGET`]).
-    Log { level: log::Level, line: String },
+    /// [`LOG_TARGET`]); `generation`: the one it is about, if one.
+    Log { level: log::Level, line: String, generation: Option<u32> },
     /// Spawn the monitor of `generation` with `count` workers.
     Spawn { generation: u32, count: u32 },
     /// Send `order` to the monitor of `generation`.
@@ -252,6 +270,23 @@ impl Policy {
     /// count is the saved one).
     pub fn restore(settings: Settings, saved: Saved) -> Policy {
         Policy { settings, state: saved, upgrade: None }
+    }
+
+    /// Settings from a re-read configuration file, for what starts from
+    /// now on; `count`, when the file changed it, becomes the count the next
+    /// generation starts with (the live ones keep theirs until replaced).
+    pub fn reconfigure(&mut self, settings: Settings, count: Option<u32>) {
+        if let Some(count) = count {
+            self.state.count = count;
+        }
+        self.settings = settings;
+    }
+
+    /// A reload refused before it started (its configuration file does not
+    /// read): counted as a failed reload.
+    pub fn reload_refused(&mut self, reason: &str) {
+        self.state.reloads.failed += 1;
+        self.state.reloads.last_error = Some(reason.to_string());
     }
 
     /// Workers per generation now.
@@ -426,7 +461,8 @@ impl Policy {
                 if let Some(g) = self.find(number) {
                     g.kill_deadline = None;
                 }
-                out.warn(format!("generation {number} did not stop in time: killing its process group"));
+                out.warn(format!("generation {number} did not stop in time: killing its process group"))
+                    .about(number);
                 out.push(Effect::KillGroup(number));
             }
             if startup {

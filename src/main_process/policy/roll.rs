@@ -53,16 +53,18 @@ impl Policy {
                 Phase::Canary(None) if ready >= 1 => {
                     let soak = self.settings.canary.unwrap_or_default();
                     out.info(format!("generation {number}: the canary is ready; it serves beside the old generation for {}",
-                        format_duration(soak)));
+                        format_duration(soak))).about(number);
                     (Phase::Canary(Some(now + soak)), None)
                 }
                 Phase::Canary(Some(until)) if until <= now && ready >= 1 => {
-                    out.info(format!("generation {number}: the canary stayed ready; the reload goes on"));
+                    out.info(format!("generation {number}: the canary stayed ready; the reload goes on"))
+                        .about(number);
                     self.after_batch(number, count, old.map(|o| o.0), out)
                 }
                 Phase::Surge if ready >= count && count >= n => {
                     let took = now.saturating_duration_since(g.started);
-                    out.info(format!("generation {number} ready: {n}/{n} workers in {} ms", millis(took)));
+                    out.info(format!("generation {number} ready: {n}/{n} workers in {} ms", millis(took)))
+                        .about(number);
                     return self.ready(now, number, n, out);
                 }
                 Phase::Surge if ready >= count => self.after_batch(number, count, old.map(|o| o.0), out),
@@ -79,7 +81,8 @@ impl Policy {
             let Some(g) = self.find(number) else { return };
             g.roll = Some(Roll { phase, ..roll });
             if let Some(target) = grow_to.filter(|&t| t > g.count) {
-                out.info(format!("generation {number}: starting {} more worker(s)", target - g.count));
+                out.info(format!("generation {number}: starting {} more worker(s)", target - g.count))
+                    .about(number);
                 g.count = target;
                 // Each step gets the whole startup timeout.
                 g.startup_deadline = Some(now + timeout);
@@ -108,7 +111,8 @@ impl Policy {
                     out.info(format!(
                         "generation {old}: retiring {} worker(s) for the new ones",
                         g.count.saturating_sub(target)
-                    ));
+                    ))
+                    .about(old);
                     g.count = target;
                     out.push(Effect::Order { generation: old, order: Order::Scale { count: target } });
                 }
@@ -131,7 +135,7 @@ impl Policy {
         {
             old.count = count;
             let order = Order::Scale { count };
-            out.info(format!("generation {} goes back to {count} worker(s)", old.number));
+            out.info(format!("generation {} goes back to {count} worker(s)", old.number)).about(old.number);
             out.push(Effect::Order { generation: old.number, order });
         }
     }

@@ -111,7 +111,11 @@ impl Policy {
     /// graceful timeout, and what is left then is killed.
     pub(super) fn begin_drain(&mut self, now: Instant, out: &mut Vec<Effect>) {
         self.state.stop_delay_until = None;
-        let grace = self.settings.graceful_timeout;
+        // A stop now kills at once: the monitors hear of no grace.
+        let grace = match self.state.stopping {
+            Some(Stop::Now) => std::time::Duration::ZERO,
+            _ => self.settings.graceful_timeout,
+        };
         if self.state.stopping == Some(Stop::Graceful) && self.state.exit_code == 0 {
             out.info(format!("stopping gracefully (workers have {} to finish)", format_duration(grace)));
         }

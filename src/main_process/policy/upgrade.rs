@@ -110,8 +110,10 @@ impl Policy {
             out.push(Effect::Systemd(Note::Ready(format!("upgraded to panzer {version}"))));
         }
         if !stale.is_empty() {
+            let stale: Vec<String> = stale.iter().map(u32::to_string).collect();
             out.warn(format!(
-                "generation(s) {stale:?} speak a protocol this panzer cannot: a hot restart replaces them"
+                "generation(s) {} speak a protocol this panzer cannot: a hot restart replaces them",
+                stale.join(", ")
             ));
             self.reload(now, None, out);
         }

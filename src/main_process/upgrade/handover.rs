@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::Cli;
-use crate::config::Config;
+use crate::config::file::ConfigFile;
+use crate::config::{Config, LoadError};
 use crate::control::admin;
 use crate::control::server::{self, ClientId};
 use crate::error::Error;
@@ -27,7 +27,11 @@ use crate::sys;
 
 /// The version of the state format below. A change an older image could
 /// misread takes the next number; an image reads every format up to its own.
-pub(super) const FORMAT: u32 = 1;
+/// Format 2: the next image is started with main's own command line and
+/// finds the state through `RESUME_ENV`, which an image of format 1 does
+/// not read (it would start afresh): its check refuses format 2, so the
+/// upgrade fails before anything is handed over.
+pub(super) const FORMAT: u32 = 2;
 /// The most bytes of state an image reads.
 const MAX_STATE: u64 = 64 << 20;
 
@@ -60,6 +64,22 @@ pub(super) struct Handover {
     pub(super) policy: Saved,
     /// Who asked for this upgrade: the new image answers them.
     pub(super) answer: Vec<ClientId>,
+    /// `--config`: the file as read at start and as last applied, so that
+    /// the next image runs with the settings in force, not with the file as
+    /// it is now (absent without `--config`; an image that does not know it
+    /// fails the check rather than lose it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) config_file: Option<SavedFile>,
+}
+
+/// The configuration file main runs with.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SavedFile {
+    pub(super) path: Vec<u8>,
+    pub(super) owner: u32,
+    pub(super) at_start: String,
+    pub(super) applied: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -124,13 +144,31 @@ impl Handover {
         clock::with_anchor(anchor, || serde_json::from_slice(bytes)).map_err(unreadable)
     }
 
-    /// The configuration from the command line main was started with.
+    /// The configuration from the command line main was started with, and
+    /// its configuration file as last applied.
     pub(super) fn config(&self) -> Result<Config, Error> {
         let argv: Vec<OsString> = self.argv.iter().map(|a| os(a)).collect();
-        let cli = <Cli as clap::Parser>::try_parse_from(argv).map_err(|e| {
-            Error::Usage(format!("the command line handed over does not parse: {}", e.to_string().trim()))
-        })?;
-        Config::from_cli(cli)
+        let load = |text: Option<&String>| {
+            let file = self.config_file.as_ref().zip(text).map(|(saved, text)| ConfigFile {
+                path: os(&saved.path).into(),
+                owner: saved.owner,
+                text: text.clone(),
+            });
+            Config::with_file(&argv, file).map_err(|e| match e {
+                LoadError::Clap(e) => Error::Usage(format!(
+                    "the command line handed over does not parse: {}",
+                    e.to_string().trim()
+                )),
+                LoadError::Config(e) => e,
+            })
+        };
+        let at_start = load(self.config_file.as_ref().map(|f| &f.at_start))?;
+        let mut config = match &self.config_file {
+            Some(saved) => at_start.apply(load(Some(&saved.applied))?).0,
+            None => at_start,
+        };
+        config.credentials = config.resolve_credentials()?;
+        Ok(config)
     }
 }
 
@@ -183,6 +221,12 @@ impl Main {
             systemd_ready_sent: self.systemd.as_ref().is_some_and(Systemd::ready_sent),
             policy: self.policy.save(),
             answer: answer.to_vec(),
+            config_file: self.config.file.as_ref().map(|files| SavedFile {
+                path: bytes(files.at_start.path.as_os_str()),
+                owner: files.at_start.owner,
+                at_start: files.at_start.text.clone(),
+                applied: files.applied.text.clone(),
+            }),
         });
         clock::with_anchor(now, || serde_json::to_vec(&handover))
             .map_err(|e| Error::handover("cannot write the state", e))

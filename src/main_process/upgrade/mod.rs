@@ -18,8 +18,10 @@
 //! - `resume.rs`: main writes its state again, as it is now, clears `CLOEXEC`
 //!   on exactly the fds that must survive (the sockets, the control listener
 //!   and its clients, the admin endpoint's listeners and clients, each
-//!   monitor's status channel, the memfd) and `execve`s
-//!   `panzer __resume <memfd>`; the new image rebuilds main from the memfd.
+//!   monitor's status channel, the memfd) and `execve`s the new binary with
+//!   the command line the operator started main with (what `ps` shows), the
+//!   memfd's number in [`RESUME_ENV`]; the new image takes that variable out
+//!   of its environment and rebuilds main from the memfd.
 //!
 //! Any step that fails before the `execve`, and the `execve` itself, leaves
 //! the old image running and answers the requesters with the reason
@@ -48,7 +50,12 @@ use crate::error::Error;
 
 /// The hidden commands of `panzer` (see `bin/panzer.rs`).
 pub const CHECK_COMMAND: &str = "__upgrade-check";
+/// `panzer __resume FD`: how an image before state format 2 hands over.
 pub const RESUME_COMMAND: &str = "__resume";
+/// The variable that tells the next image, started with main's own command
+/// line, at which fd the state waits. Read, and removed from the
+/// environment, before anything else (see `bin/panzer.rs`).
+pub const RESUME_ENV: &str = "PANZER_RESUME_FD";
 
 /// The path panzer was started from, as the user gave it: `argv[0]` made
 /// absolute (or found in `PATH`), symlinks and all, when it names the file

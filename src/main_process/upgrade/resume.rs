@@ -1,7 +1,9 @@
 //! Main becomes the new binary, both sides of the `execve`. The old image
 //! ([`Main::exec`]) writes its state as it is now into a sealed memfd,
 //! clears `CLOEXEC` on exactly the fds the next image takes over, and
-//! `execve`s `panzer __resume <memfd>` from main's path; if anything fails
+//! `execve`s main's path with main's own command line, the memfd's number
+//! in [`RESUME_ENV`] (an image before state format 2 used `panzer __resume
+//! <memfd>`, which this one still takes); if anything fails
 //! before, or the `execve` itself, the flags are set again and the old
 //! image goes on. The new image ([`resume`]) reads the state, takes every
 //! fd over, and rebuilds main from it: same pid, same sockets, the same
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 
 use super::handover::{os, read_state};
-use super::RESUME_COMMAND;
+use super::RESUME_ENV;
 use crate::control::admin;
 use crate::control::server::{ClientId, Server};
 use crate::error::Error;
@@ -57,12 +59,10 @@ impl Main {
             Some(error) => error,
             None => {
                 log::info!("upgrade: re-executing {exe} (pid {} stays)", std::process::id());
-                let argv = [
-                    OsString::from("panzer"),
-                    OsString::from(RESUME_COMMAND),
-                    memfd.as_raw_fd().to_string().into(),
-                ];
-                let env: Vec<OsString> = std::env::vars_os()
+                // The operator's command line, so that `ps` shows it still.
+                let argv = &self.argv;
+                let mut env: Vec<OsString> = std::env::vars_os()
+                    .filter(|(key, _)| key != RESUME_ENV)
                     .map(|(key, value)| {
                         let mut entry = key;
                         entry.push("=");
@@ -70,9 +70,10 @@ impl Main {
                         entry
                     })
                     .collect();
+                env.push(format!("{RESUME_ENV}={}", memfd.as_raw_fd()).into());
                 // What still waits for room on stderr is lost with this image.
                 crate::logging::flush();
-                let e = sys::handover::exec(&self.exe, &argv, &env);
+                let e = sys::handover::exec(&self.exe, argv, &env);
                 Error::os(format!("cannot execute {exe}"), e)
             }
         };
@@ -83,12 +84,13 @@ impl Main {
     }
 }
 
-/// `panzer __resume FD`: the new image of main, taking over the state the
-/// previous one wrote at `fd`. Returns main's exit status, as [`crate::main_process::run`].
+/// The new image of main (`RESUME_ENV=FD`, or `panzer __resume FD` from an
+/// older image), taking over the state the previous one wrote at `fd`.
+/// Returns main's exit status, as [`crate::main_process::run`].
 pub fn resume(fd: &OsStr) -> Result<i32, Error> {
     let handover = read_state(fd)?;
     let config = handover.config()?;
-    crate::logging::init(config.log_level, None);
+    crate::logging::init(config.log_level, config.log_format, None);
     let signals = main_process::signal_fd()?;
     sys::become_subreaper().map_err(|e| Error::os("cannot become child subreaper", e))?;
     let adopt = |fd: RawFd| {
@@ -112,6 +114,8 @@ pub fn resume(fd: &OsStr) -> Result<i32, Error> {
             closed: m.closed,
             notify_socket: PathBuf::from(os(&m.notify_socket)),
             protocol: m.protocol,
+            // Heard from, or judged, by the previous image.
+            hello_by: None,
         };
         monitors.insert(m.generation, monitor);
     }

@@ -38,6 +38,16 @@ fn stop_now_kills_every_group_at_once() {
 }
 
 #[test]
+fn stop_now_promises_the_monitors_no_grace() {
+    // A monitor that runs before main's SIGKILL reaches it logs the drain
+    // it was ordered: that is "now", not the graceful timeout.
+    let mut w = World::serving();
+    let effects = w.on(Event::Command { command: Command::StopNow, from: None });
+    assert!(effects.contains(&drain(1, Duration::ZERO)), "{effects:?}");
+    assert!(!effects.contains(&drain(1, GRACE)), "{effects:?}");
+}
+
+#[test]
 fn a_stop_during_backoff_exits_without_starting_anything() {
     let mut w = World::serving();
     w.exited(1, killed());

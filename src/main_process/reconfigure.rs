@@ -1,0 +1,65 @@
+//! A reload re-reads the configuration file (`--config`): before the
+//! policy hears of the reload, main reads the file again and takes from it
+//! what a generation can change ([`crate::config::Config::reloaded`]), so
+//! that the generation the reload starts runs with it. A file that does
+//! not read fails the reload here, before anything started: the requester
+//! is told why, and the serving generation goes on as it was.
+
+use crate::control::server::ClientId;
+use crate::control::Reply;
+use crate::error::Error;
+use crate::main_process::{settings, Main};
+use crate::worker;
+
+impl Main {
+    /// Before a reload: the configuration file (`--config`) read again, and
+    /// what a generation can change taken from it; a changed setting that
+    /// needs a restart is said to wait for one. false when the file does
+    /// not read: the reload fails (`from` is told why) and the serving
+    /// generation goes on as it was.
+    pub(super) fn reread_config(&mut self, from: Option<ClientId>) -> bool {
+        if self.config.file.is_none() || self.policy.stopping() {
+            return true;
+        }
+        let reread = self.config.reloaded(&self.argv).and_then(|(config, changes)| {
+            let ceiling = crate::config::count_ceiling(self.sockets.len(), config.tag_output, config.preload);
+            let changed = changes.applied.iter().any(|k| k == "count" || k == "tag-output");
+            if changed {
+                ceiling
+                    .check(&format!("count {}", config.count), config.count.into())
+                    .map_err(Error::Usage)?;
+            }
+            // As at start: a COMMAND that cannot run is refused before a generation tries it.
+            worker::resolve_command_in(&config.command, config.chdir.as_deref())?;
+            Ok((config, changes))
+        });
+        let path =
+            self.config.file.as_ref().map(|f| f.at_start.path.display().to_string()).unwrap_or_default();
+        match reread {
+            Err(e) => {
+                let reason = e.report();
+                log::error!("reload failed: {reason}; the serving generation goes on");
+                self.policy.reload_refused(&reason);
+                if let Some(client) = from {
+                    self.control.reply(client, &Reply::error(reason));
+                }
+                false
+            }
+            Ok((config, changes)) => {
+                if !changes.ignored.is_empty() {
+                    log::warn!("{path}: {} changed: ignored until restart", changes.ignored.join(", "));
+                }
+                if !changes.applied.is_empty() {
+                    log::info!(
+                        "{path}: {} changed: the new generation starts with it",
+                        changes.applied.join(", ")
+                    );
+                }
+                let count = (config.count != self.config.count).then_some(config.count);
+                self.config = config;
+                self.policy.reconfigure(settings(&self.config, self.sockets.len()), count);
+                true
+            }
+        }
+    }
+}
