@@ -151,6 +151,38 @@ fn a_file_that_no_longer_reads_fails_the_reload_with_the_reason_and_the_old_gene
 }
 
 #[test]
+fn a_reload_whose_generation_fails_leaves_the_last_good_settings_in_force() {
+    for strategy in ["all", "rolling"] {
+        let dir = TestDir::new("config-rollback");
+        let good = format!("count = 1\nreload-strategy = \"{strategy}\"\nstartup-timeout = \"2s\"\n");
+        let file = write(&dir, "panzer.toml", &format!("{good}{}", server_command("-")));
+        let panzer = with_file(&file);
+        let port = panzer.port(0);
+        assert_eq!(workers(&panzer, 1), 1);
+
+        // Two workers of a server that exits at once: the file reads, the
+        // generation it starts fails.
+        let bad = format!(
+            "count = 2\nreload-strategy = \"{strategy}\"\nstartup-timeout = \"2s\"\ncommand = [\"false\"]\n"
+        );
+        write(&dir, "panzer.toml", &bad);
+        let out = panzer.ctl(&["reload"]);
+        assert_ne!(out.code, 0, "{strategy}: {}", out.stdout);
+        panzer.wait_for_line("reload failed");
+        let status = panzer.status();
+        assert_eq!(status["count"], 1, "{strategy}: the failed file's count stays out:\n{}", panzer.log());
+        assert_eq!(get(port, "/").unwrap().field("generation"), "1");
+
+        // What generation 1's monitor is replaced with, if it dies, is the
+        // last good configuration, not the failed one.
+        let monitor = crate::reload::monitor_of(&panzer, 1);
+        nix::sys::signal::kill(monitor, nix::sys::signal::Signal::SIGKILL).unwrap();
+        assert_eq!(workers(&panzer, 3), 1, "{strategy}:\n{}", panzer.log());
+        assert_eq!(get(port, "/").unwrap().field("generation"), "3");
+    }
+}
+
+#[test]
 fn an_unknown_key_a_wrong_type_or_a_bad_value_names_the_file_line_and_key_and_exits_2() {
     let dir = TestDir::new("config-refused");
     for (text, expected) in [

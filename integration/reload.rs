@@ -200,7 +200,7 @@ fn killing_either_monitor_during_a_reload_leaves_a_serving_generation() {
     assert_eq!(panzer.monitors().len(), 1);
 }
 
-fn monitor_of(panzer: &Panzer, generation: u32) -> nix::unistd::Pid {
+pub(crate) fn monitor_of(panzer: &Panzer, generation: u32) -> nix::unistd::Pid {
     let line = panzer.wait_for_line(&format!("starting generation {generation}:"));
     nix::unistd::Pid::from_raw(line.rsplit("monitor pid ").next().unwrap().trim().parse().unwrap())
 }

@@ -104,6 +104,9 @@ struct Monitor {
 
 struct Main {
     config: Config,
+    /// The configuration before a re-read file was applied, until the
+    /// reload it led to has an outcome ([`Effect::Reconfigured`]).
+    config_before: Option<Config>,
     policy: Policy,
     /// By generation.
     monitors: BTreeMap<u32, Monitor>,
@@ -217,6 +220,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let main = Main {
         policy: Policy::new(settings(&config, sockets.len())),
         config,
+        config_before: None,
         monitors: BTreeMap::new(),
         sockets,
         signals,
@@ -428,6 +432,11 @@ impl Main {
             }
             Effect::Reply { to, reply } => self.control.reply(to, &reply),
             Effect::Unlisten => self.unlisten(),
+            Effect::Reconfigured { kept } => {
+                if let Some(before) = self.config_before.take().filter(|_| !kept) {
+                    self.config = before;
+                }
+            }
             Effect::Systemd(note) => {
                 if let Some(systemd) = &mut self.systemd {
                     match note {

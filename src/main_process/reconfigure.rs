@@ -56,7 +56,9 @@ impl Main {
                     );
                 }
                 let count = (config.count != self.config.count).then_some(config.count);
-                self.config = config;
+                let before = std::mem::replace(&mut self.config, config);
+                // The last good one, when a reload before this one has no outcome yet.
+                self.config_before.get_or_insert(before);
                 self.policy.reconfigure(settings(&self.config, self.sockets.len()), count);
                 true
             }

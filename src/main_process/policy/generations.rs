@@ -202,6 +202,7 @@ impl Policy {
             State::Starting
         };
         if matches!(cause, Cause::Reload(_)) {
+            self.reload_started(number);
             out.push(Effect::Systemd(Note::Reloading));
         }
         self.state.generations.push(Generation {
@@ -484,6 +485,7 @@ impl Policy {
         let started = self.find(number).map(|g| g.started);
         let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));
         if let Some(Cause::Reload(clients)) = cause {
+            self.reload_outcome(number, true, out);
             out.info(format!("reload done: generation {number} serves")).about(number);
             self.state.reloads.ok += 1;
             self.state.reloads.last_duration_ms = started.map(|at| millis(now.saturating_duration_since(at)));
@@ -511,6 +513,7 @@ impl Policy {
         }
         out.error(format!("generation {number} failed: {reason}")).about(number);
         self.state.last_failure = Some(reason.to_string());
+        self.reload_outcome(number, false, out);
         self.restore_old(number, out);
         let grace = self.settings.graceful_timeout.min(FAILED_GRACE);
         self.drain(now, number, State::Failed, grace, out);
@@ -581,6 +584,7 @@ impl Policy {
             State::Starting => {
                 out.error(format!("the monitor of generation {number} {ended} before it was ready"))
                     .about(number);
+                self.reload_outcome(number, false, out);
                 self.restore_old(number, out);
                 let started = self.find(number).map(|g| g.started);
                 let cause = self.find(number).map(|g| std::mem::replace(&mut g.cause, Cause::Replacement));

@@ -160,6 +160,11 @@ pub enum Effect {
     Reply { to: ClientId, reply: Reply },
     /// Tell systemd (when main runs under it).
     Systemd(Note),
+    /// The reload that followed a re-read configuration file has its
+    /// outcome: its settings stay (`kept`), or, as its generation failed,
+    /// the ones before it are in force again and main's configuration goes
+    /// back to what it was too.
+    Reconfigured { kept: bool },
     /// Stop listening on the sockets main bound itself (not those systemd
     /// passed in): from now on a new connection is refused at once instead
     /// of waiting in a backlog nobody accepts from. The drain of a stop
@@ -202,6 +207,19 @@ pub struct Policy {
     /// An upgrade asked for and not done yet. Never handed over: the
     /// upgrade is over by the time the next image reads the state.
     upgrade: Option<Upgrade>,
+    /// What was in force before a re-read configuration file, until the
+    /// reload it led to has an outcome. Not handed over: an upgrade waits
+    /// for a reload in progress.
+    rollback: Option<Rollback>,
+}
+
+/// The settings and count a failed reload puts back.
+#[derive(Debug, Clone, Copy)]
+struct Rollback {
+    settings: Settings,
+    count: u32,
+    /// The generation the reload started, once it started.
+    generation: Option<u32>,
 }
 
 /// The policy's state: all of it but the settings, which come from the
@@ -258,7 +276,7 @@ impl Policy {
             last_failure: None,
             reloads: ReloadStats::default(),
         };
-        Policy { settings, state, upgrade: None }
+        Policy { settings, state, upgrade: None, rollback: None }
     }
 
     /// The state the next image of main carries on with.
@@ -269,17 +287,49 @@ impl Policy {
     /// The policy a previous image saved, with this image's settings (its
     /// count is the saved one).
     pub fn restore(settings: Settings, saved: Saved) -> Policy {
-        Policy { settings, state: saved, upgrade: None }
+        Policy { settings, state: saved, upgrade: None, rollback: None }
     }
 
     /// Settings from a re-read configuration file, for what starts from
     /// now on; `count`, when the file changed it, becomes the count the next
     /// generation starts with (the live ones keep theirs until replaced).
+    /// Until that reload has an outcome, what was in force before is kept:
+    /// a generation that fails puts it back ([`Effect::Reconfigured`]).
     pub fn reconfigure(&mut self, settings: Settings, count: Option<u32>) {
+        // A second re-read before the first reload's outcome: the settings
+        // to go back to are still the last good ones.
+        if self.rollback.is_none() {
+            self.rollback =
+                Some(Rollback { settings: self.settings, count: self.state.count, generation: None });
+        }
         if let Some(count) = count {
             self.state.count = count;
         }
         self.settings = settings;
+    }
+
+    /// The reload generation `number` starts: the one a pending rollback
+    /// waits on, if it waits on none yet.
+    pub(super) fn reload_started(&mut self, number: u32) {
+        if let Some(rollback) = self.rollback.as_mut().filter(|r| r.generation.is_none()) {
+            rollback.generation = Some(number);
+        }
+    }
+
+    /// Generation `number` is ready, or failed: the outcome of the reload
+    /// a rollback waits on, if it is that generation's.
+    pub(super) fn reload_outcome(&mut self, number: u32, ready: bool, out: &mut Vec<Effect>) {
+        let Some(rollback) = self.rollback.filter(|r| r.generation == Some(number)) else { return };
+        self.rollback = None;
+        if !ready {
+            self.settings = rollback.settings;
+            self.state.count = rollback.count;
+            out.warn(
+                "the configuration file's changes are undone: the settings before them are in force again",
+            )
+            .about(number);
+        }
+        out.push(Effect::Reconfigured { kept: ready });
     }
 
     /// A reload refused before it started (its configuration file does not

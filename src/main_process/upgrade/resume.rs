@@ -140,6 +140,7 @@ pub fn resume(fd: &OsStr) -> Result<i32, Error> {
     let main = Main {
         policy: Policy::restore(settings, handover.policy),
         config,
+        config_before: None,
         monitors,
         sockets,
         signals,
