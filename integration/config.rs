@@ -128,10 +128,10 @@ fn a_file_that_no_longer_reads_fails_the_reload_with_the_reason_and_the_old_gene
     let port = panzer.port(0);
     assert_eq!(workers(&panzer, 1), 1);
 
-    write(&dir, "panzer.toml", &format!("{}count = \"many\"\n", server_command("-")));
+    write(&dir, "panzer.toml", &format!("{}count = 0\n", server_command("-")));
     let out = panzer.ctl(&["reload"]);
     assert_ne!(out.code, 0);
-    let reason = format!("{file}:3: count: invalid value 'many'");
+    let reason = format!("{file}:3: count: invalid value '0'");
     assert!(out.stderr.contains(&reason), "{}", out.stderr);
     panzer.wait_for_line(&format!("reload failed: {reason}"));
 
@@ -191,6 +191,11 @@ fn an_unknown_key_a_wrong_type_or_a_bad_value_names_the_file_line_and_key_and_ex
             "2: graceful_timeout: unknown key (keys are spelled as the options are: graceful-timeout)",
         ),
         ("\n\nfrobnicate = 1\n", "3: frobnicate: unknown key"),
+        // A file that says `check` would only ever check, never serve.
+        ("check = true\n", "1: check: unknown key"),
+        ("count = \"3\"\n", "1: count: expected an integer"),
+        ("count = 3.0\n", "1: count: expected an integer"),
+        ("chdir = 5\n", "1: chdir: expected a string"),
         ("tag-output = \"yes\"\n", "1: tag-output: expected true or false"),
         ("bind = [\"nonsense\"]\n", "1: bind: invalid value 'nonsense'"),
         ("count = 0\n", "1: count: invalid value '0'"),

@@ -29,8 +29,9 @@ use crate::error::Error;
 /// The most bytes of configuration panzer reads.
 pub const MAX_FILE: u64 = 1 << 20;
 
-/// Options that make no sense in the file: the file itself, and clap's own.
-const NOT_KEYS: &[&str] = &["config", "help", "version"];
+/// Options that make no sense in the file: the file itself, `--check`
+/// (a file that says it would only ever check), and clap's own.
+const NOT_KEYS: &[&str] = &["config", "check", "help", "version"];
 
 /// A configuration file as read: its path, its owner, and its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,13 +174,30 @@ fn check(arg: &clap::Arg, long: &str, words: &[String]) -> Result<(), clap::Erro
 /// The value as the words the option would get on the command line; the
 /// error says what the option expects instead.
 fn words(arg: &clap::Arg, value: &toml::Value) -> Result<Vec<String>, &'static str> {
+    use std::any::TypeId;
     use toml::Value;
+    // An option whose values are whole numbers takes TOML integers
+    // (`count = 8`); every other one takes strings (`graceful-timeout =
+    // "10s"`): `count = "8"` or `count = 8.0` is a wrong type, not a guess.
+    let kind = arg.get_value_parser().type_id();
+    let numeric = [
+        TypeId::of::<u8>(),
+        TypeId::of::<u16>(),
+        TypeId::of::<u32>(),
+        TypeId::of::<u64>(),
+        TypeId::of::<usize>(),
+        TypeId::of::<i32>(),
+        TypeId::of::<i64>(),
+    ]
+    .iter()
+    .any(|id| kind == *id);
     let scalar = |value: &Value| match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Integer(n) => Some(n.to_string()),
-        Value::Float(f) => Some(f.to_string()),
+        Value::String(s) if !numeric => Some(s.clone()),
+        Value::Integer(n) if numeric => Some(n.to_string()),
         _ => None,
     };
+    let (one, many) =
+        if numeric { ("an integer", "an array of integers") } else { ("a string", "an array of strings") };
     match arg.get_action() {
         ArgAction::SetTrue | ArgAction::SetFalse => match value {
             Value::Boolean(b) => Ok(vec![b.to_string()]),
@@ -190,12 +208,10 @@ fn words(arg: &clap::Arg, value: &toml::Value) -> Result<Vec<String>, &'static s
             _ => Err("a number from 0 to 255"),
         },
         ArgAction::Append => match value {
-            Value::Array(items) => {
-                items.iter().map(scalar).collect::<Option<_>>().ok_or("an array of strings")
-            }
-            other => scalar(other).map(|s| vec![s]).ok_or("an array of strings"),
+            Value::Array(items) => items.iter().map(scalar).collect::<Option<_>>().ok_or(many),
+            other => scalar(other).map(|s| vec![s]).ok_or(many),
         },
-        _ => scalar(value).map(|s| vec![s]).ok_or("a string or a number"),
+        _ => scalar(value).map(|s| vec![s]).ok_or(one),
     }
 }
 
@@ -282,7 +298,9 @@ mod tests {
             .ends_with("unknown key (keys are spelled as the options are: max-age)"));
         assert_eq!(refused("config = \"x\""), "panzer.toml:1: config: unknown key");
         assert_eq!(refused("preload = 1"), "panzer.toml:1: preload: expected true or false");
-        assert_eq!(refused("count = [1]"), "panzer.toml:1: count: expected a string or a number");
+        assert_eq!(refused("count = [1]"), "panzer.toml:1: count: expected an integer");
+        assert_eq!(refused("count = \"3\""), "panzer.toml:1: count: expected an integer");
+        assert_eq!(refused("max-age = 3600"), "panzer.toml:1: max-age: expected a string");
         assert!(refused("count = 0").starts_with("panzer.toml:1: count: invalid value '0'"));
         assert!(refused("env = { \"\" = \"x\" }").contains("env: =x: the variable's name is empty"));
         assert!(refused("count = ").starts_with("panzer.toml:1: "));
