@@ -131,6 +131,7 @@ fn scaling_by_control_and_by_signal_changes_the_workers_that_serve() {
 
     let out = panzerctl(&["--control", &control, "scale", "0"]);
     assert_eq!(out.code, 2, "scale 0 is a usage error");
+    assert!(out.stderr.contains("at least 1") && !out.stderr.contains("4294967295"), "{}", out.stderr);
     // A reload keeps the new count.
     assert_eq!(panzerctl(&["--control", &control, "reload"]).code, 0);
     assert_eq!(worker_pids(&status(&control)).len(), 4);

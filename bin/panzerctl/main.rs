@@ -78,7 +78,7 @@ enum Cmd {
     /// Run N workers per generation from now on.
     Scale {
         /// Workers per generation (at least 1, as panzer --count).
-        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(value_parser = worker_count)]
         count: u32,
     },
     /// Upgrade panzer itself: main re-executes the binary now at its path.
@@ -311,3 +311,14 @@ fn status_table(s: &Status) -> String {
 }
 
 use top::age;
+
+/// `scale`'s COUNT: a whole number, at least 1. Its ceiling (4096, or what
+/// the limits of panzer's user allow) is panzer's to check: it answers with
+/// the limit that applies.
+fn worker_count(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(0) => Err("workers per generation are at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{text}` is not a whole number of workers")),
+    }
+}
