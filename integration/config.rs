@@ -146,8 +146,14 @@ fn a_file_that_no_longer_reads_fails_the_reload_with_the_reason_and_the_old_gene
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("cannot run ./no/such/server: no such file or directory"), "{}", out.stderr);
 
+    // A file that no longer names a command says which file and what is missing.
+    write(&dir, "panzer.toml", "count = 1\n");
+    let out = panzer.ctl(&["reload"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains(&format!("{file}: ")) && out.stderr.contains("<COMMAND>"), "{}", out.stderr);
+
     assert_eq!(get(port, "/").unwrap().field("generation"), "1");
-    assert_eq!(panzer.status()["reloads"]["failed"], 3);
+    assert_eq!(panzer.status()["reloads"]["failed"], 4);
 }
 
 #[test]

@@ -186,7 +186,10 @@ impl Config {
         let new = match Config::with_file(argv, Some(reread)) {
             Ok(new) => new,
             Err(LoadError::Config(e)) => return Err(e),
-            Err(LoadError::Clap(e)) => return Err(Error::Usage(file::reason(&e))),
+            Err(LoadError::Clap(e)) => {
+                let path = files.at_start.path.display();
+                return Err(Error::Usage(format!("{path}: {}", file::reason(&e))));
+            }
         };
         Ok(self.apply(new))
     }

@@ -223,8 +223,16 @@ fn strings(value: &toml::Value) -> Option<Vec<String>> {
 /// What clap says is wrong with a value, on one line, without its "error: ".
 pub(super) fn reason(e: &clap::Error) -> String {
     let text = e.to_string();
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid value");
-    first.trim().trim_start_matches("error: ").to_string()
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid value").trim_start_matches("error: ");
+    // "…were not provided:" goes on with what was not, one per line.
+    match first.strip_suffix(':') {
+        Some(head) => {
+            let named: Vec<&str> = lines.take_while(|l| !l.starts_with("Usage:")).collect();
+            format!("{head}: {}", named.join(", "))
+        }
+        None => first.to_string(),
+    }
 }
 
 impl Settings {
