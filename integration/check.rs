@@ -146,3 +146,18 @@ fn a_reload_to_a_script_whose_interpreter_is_missing_fails_naming_it() {
     assert!(!out.stderr.contains("exited 5 times"), "{}", out.stderr);
     panzer.wait_for_line("generation 1 keeps serving");
 }
+
+#[test]
+fn what_a_start_refuses_before_binding_the_check_refuses_too() {
+    let dir = TestDir::new("check-start");
+    let server = script(&dir.join("server.sh"), "/bin/sh");
+    // Library mode with no socket, and a socket owner nobody is.
+    let (code, log) = run(Panzer::new(&server).no_bind().args(&["--preload", "--check"]));
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("panzer: --preload needs a listening socket"), "{log}");
+    let sock = format!("unix:{}/app.sock,owner=no-such-user-here", dir.0.display());
+    let (code, log) = run(Panzer::new(&server).bind(&sock).args(&["--check"]));
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains(&format!("panzer: --bind {sock}: no such user")), "{log}");
+    assert!(log.contains("configuration check failed: 1 problem"), "{log}");
+}

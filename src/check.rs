@@ -65,6 +65,16 @@ pub fn check(config: &Config) -> Result<String, Vec<Error>> {
     if let Err(e) = config.resolve_credentials() {
         problems.push(e);
     }
+    // Sockets from systemd count as given: they are what `LISTEN_FDS` says.
+    let adopted = std::env::var_os("LISTEN_FDS").is_some();
+    if let Err(e) = config.check_preload_sockets(adopted) {
+        problems.push(e);
+    }
+    for spec in &config.binds {
+        if let Err(e) = sockets::owner_ids(spec) {
+            problems.push(e);
+        }
+    }
     if let Some(path) = &config.pid_file {
         if let Err(e) = pid_file::check_place(path) {
             problems.push(e);

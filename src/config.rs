@@ -339,6 +339,19 @@ impl Config {
         })
     }
 
+    /// `--preload` needs a socket: every library-mode worker serves on one.
+    /// `adopted`: whether systemd passed sockets in.
+    pub fn check_preload_sockets(&self, adopted: bool) -> Result<(), Error> {
+        if self.preload && self.binds.is_empty() && !adopted {
+            return Err(Error::Usage(
+                "--preload needs a listening socket: every library-mode worker serves on one; give --bind ADDR \
+                 (or sockets from systemd)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// `(uid, gid)` for `--user` and `--group`; `None` when neither is
     /// given. An unknown name, or either without root, is an error.
     pub fn resolve_credentials(&self) -> Result<Option<(u32, u32)>, Error> {

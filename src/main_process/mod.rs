@@ -162,13 +162,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let exe = upgrade::start_path()?;
     // Inherited sockets first: any fd panzer opens could land on their numbers.
     let adopted = sockets::adopt_from_env()?;
-    if adopted.is_none() && config.binds.is_empty() && config.preload {
-        return Err(Error::Usage(
-            "--preload needs a listening socket: every library-mode worker serves on one; give --bind ADDR \
-             (or sockets from systemd)"
-                .into(),
-        ));
-    }
+    config.check_preload_sockets(adopted.is_some())?;
     // Then signals, so none is lost while sockets are bound.
     let signals = signal_fd()?;
     worker::resolve_command_in(&config.command, config.chdir.as_deref())?;

@@ -178,7 +178,7 @@ pub(crate) fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Liste
 /// The uid and gid a unix socket's `owner=` and `group=` name (a name or a
 /// number), looked up now; an error names the `--bind` value and the one
 /// not found.
-fn owner_ids(spec: &BindSpec) -> Result<(Option<Uid>, Option<Gid>), Error> {
+pub(crate) fn owner_ids(spec: &BindSpec) -> Result<(Option<Uid>, Option<Gid>), Error> {
     let missing = |what: &str| Error::Usage(format!("--bind {spec}: no such {what}"));
     let owner = match spec.unix.owner.as_deref() {
         None => None,
