@@ -337,3 +337,19 @@ fn env_and_chdir_reach_the_forked_workers_of_library_mode() {
     assert_eq!(environ(worker).get("GREETING").map(String::as_str), Some("lib"));
     assert_eq!(std::fs::read_link(format!("/proc/{worker}/cwd")).unwrap(), work);
 }
+
+#[test]
+fn as_root_a_file_other_users_may_write_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: only root's panzer refuses it (it runs the file's command as root)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("config-open");
+    let file = write(&dir, "panzer.toml", &format!("count = 1\n{}", server_command("-")));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, log) = fails(Panzer::with_args(&["--config", &file, "--bind", "127.0.0.1:0"]));
+    assert_eq!(code, 2, "{log}");
+    assert_eq!(log.trim().lines().count(), 1, "{log}");
+    assert!(log.contains(&format!("--config {file}: writable by other users (mode 0666)")), "{log}");
+}

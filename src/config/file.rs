@@ -61,6 +61,24 @@ impl ConfigFile {
         if let Some(owner) = owner.filter(|&o| o != meta.uid()) {
             return Err(fail(format!("now owned by uid {}, not uid {owner} as at start", meta.uid())));
         }
+        // root's panzer runs the file's command, and its `user`, as it says:
+        // a file another user may change is theirs to run anything as root.
+        let me = nix::unistd::geteuid();
+        if me.is_root() {
+            if meta.uid() != 0 {
+                return Err(fail(format!(
+                    "owned by uid {}, not root, whose panzer runs what it says; make root its owner",
+                    meta.uid()
+                )));
+            }
+            if meta.mode() & 0o022 != 0 {
+                return Err(fail(format!(
+                    "writable by other users (mode {:04o}), and root's panzer runs what it says; \
+                     chmod go-w it",
+                    meta.mode() & 0o7777
+                )));
+            }
+        }
         if meta.len() > MAX_FILE {
             return Err(fail(format!("larger than {} KiB", MAX_FILE >> 10)));
         }
