@@ -44,7 +44,15 @@ struct Drain {
     grace: Duration,
 }
 
-fn main() -> io::Result<()> {
+fn main() {
+    // One line that says what went wrong, as a server's log should.
+    if let Err(e) = run() {
+        log(format!("{e}"));
+        std::process::exit(1);
+    }
+}
+
+fn run() -> io::Result<()> {
     // Block the drain signals before any thread exists; read them from a fd.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
