@@ -48,8 +48,9 @@ pub struct Cli {
     /// Workers get the sockets at fd 3, 4, … in this order. Forms: 127.0.0.1:8080,
     /// [::1]:8080, 0.0.0.0:0 (any free port), unix:/path/to.sock, optionally with the
     /// socket file's mode, owner and group (unix:/run/app.sock,mode=0660,owner=U,group=G);
-    /// prefix NAME= to name it in LISTEN_FDNAMES. In the environment variable, separate
-    /// addresses with commas.
+    /// prefix NAME= to name it in LISTEN_FDNAMES. One value may hold several addresses
+    /// separated by commas, here as in the environment variable (so a path cannot
+    /// hold a comma).
     #[arg(short, long, env = "PANZER_BIND", value_name = "ADDR", value_delimiter = ',')]
     pub bind: Vec<BindSpec>,
 
@@ -59,8 +60,9 @@ pub struct Cli {
     /// Repeatable: 127.0.0.1:9090, [::1]:9090, unix:/path. GET /readyz answers 200 while
     /// a generation is ready and panzer is not stopping, else 503 (the body says why);
     /// /livez answers 200 while main runs; /metrics is the text of `panzerctl metrics`.
-    /// Nothing on it can change panzer, and it never reaches a worker. In the environment
-    /// variable, separate addresses with commas. Default: off.
+    /// Nothing on it can change panzer, and it never reaches a worker. One value may hold
+    /// several addresses separated by commas, here as in the environment variable.
+    /// Default: off.
     #[arg(long, env = "PANZER_ADMIN_BIND", value_name = "ADDR", value_delimiter = ',')]
     pub admin_bind: Vec<BindAddr>,
 
