@@ -161,3 +161,25 @@ fn what_a_start_refuses_before_binding_the_check_refuses_too() {
     assert!(log.contains(&format!("panzer: --bind {sock}: no such user")), "{log}");
     assert!(log.contains("configuration check failed: 1 problem"), "{log}");
 }
+
+#[test]
+fn a_bad_directory_user_and_group_are_each_one_problem_among_the_rest() {
+    let (code, log) = run(Panzer::new("./no-such-server").args(&[
+        "--check",
+        "--chdir",
+        "/etc/passwd",
+        "--user",
+        "no-such-user-here",
+        "--group",
+        "no-such-group-here",
+    ]));
+    assert_eq!(code, 2, "{log}");
+    for line in [
+        "panzer: --chdir /etc/passwd: not a directory",
+        "panzer: --user no-such-user-here: no such user",
+        "panzer: --group no-such-group-here: no such group",
+        "panzer: cannot run ./no-such-server: no such file or directory",
+    ] {
+        assert!(log.lines().any(|l| l == line), "no {line:?} in\n{log}");
+    }
+}

@@ -59,12 +59,10 @@ fn report(problems: &[Error]) -> Vec<String> {
 /// Every problem a start with `config` would meet before its first worker,
 /// in the order a start meets them; or the line that confirms there is none.
 pub fn check(config: &Config) -> Result<String, Vec<Error>> {
-    let mut problems = Vec::new();
+    let mut problems: Vec<Error> = config.deferred.iter().map(|line| Error::Usage(line.clone())).collect();
     let program =
         worker::resolve_program(&config.command, config.chdir.as_deref()).map_err(|e| problems.push(e)).ok();
-    if let Err(e) = config.resolve_credentials() {
-        problems.push(e);
-    }
+    problems.extend(config.credential_problems());
     // Sockets from systemd count as given: they are what `LISTEN_FDS` says.
     let adopted = std::env::var_os("LISTEN_FDS").is_some();
     if let Err(e) = config.check_preload_sockets(adopted) {

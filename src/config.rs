@@ -66,6 +66,9 @@ pub struct Config {
     pub preload: bool,
     /// `--check`: validate everything, start nothing.
     pub check: bool,
+    /// Under `--check`, what was wrong but did not stop the parse (one
+    /// line each): the check reports it among the rest.
+    pub deferred: Vec<String>,
     /// `--env` and the file's `env`: set in every worker's environment.
     pub env: Vec<(String, String)>,
     /// `--chdir`, made absolute: where workers start.
@@ -304,10 +307,20 @@ impl Config {
             env.retain(|(k, _)| k != key);
             env.push((key.clone(), value.clone()));
         }
-        let chdir = cli.chdir.as_deref().map(work_dir).transpose()?;
+        // `--check` goes on past a bad DIR, to report the rest too.
+        let mut deferred = Vec::new();
+        let chdir = match cli.chdir.as_deref().map(work_dir).transpose() {
+            Ok(dir) => dir,
+            Err(e) if cli.check => {
+                deferred.push(e.report());
+                None
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Config {
             env,
             chdir,
+            deferred,
             file: None,
             count,
             binds: cli.bind,
@@ -350,6 +363,24 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// What is wrong with `--user` and `--group`, each on its own (a wrong
+    /// user does not hide a wrong group): what `panzer --check` reports.
+    pub fn credential_problems(&self) -> Vec<Error> {
+        match (self.user.as_deref(), self.group.as_deref()) {
+            (Some(user), Some(group)) => {
+                let mut problems: Vec<Error> =
+                    [credentials(Some(user), None), credentials(None, Some(group))]
+                        .into_iter()
+                        .filter_map(Result::err)
+                        .collect();
+                // "need panzer to run as root" is said once.
+                problems.dedup_by(|a, b| a.report() == b.report());
+                problems
+            }
+            (user, group) => credentials(user, group).err().into_iter().collect(),
+        }
     }
 
     /// `(uid, gid)` for `--user` and `--group`; `None` when neither is
