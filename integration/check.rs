@@ -183,3 +183,23 @@ fn a_bad_directory_user_and_group_are_each_one_problem_among_the_rest() {
         assert!(log.lines().any(|l| l == line), "no {line:?} in\n{log}");
     }
 }
+
+#[test]
+fn an_interpreter_found_through_env_is_looked_up_in_the_workers_path() {
+    let dir = TestDir::new("check-env");
+    let missing = script(&dir.join("missing.sh"), "/usr/bin/env no-such-interpreter-here");
+    let (code, log) = run(Panzer::new(&missing).args(&["--check"]));
+    assert_eq!(code, 2, "{log}");
+    let line = format!(
+        "panzer: cannot run {missing}: its interpreter no-such-interpreter-here (through /usr/bin/env, \
+         from its #! line): command not found in PATH"
+    );
+    assert!(log.lines().any(|l| l == line), "no {line:?} in\n{log}");
+    // Found in the PATH the workers get (--env), it is fine.
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    script(&bin.join("no-such-interpreter-here"), "/bin/sh");
+    let path = format!("PATH={}:/usr/bin:/bin", bin.display());
+    let (code, log) = run(Panzer::new(&missing).args(&["--check", "--env", &path]));
+    assert_eq!(code, 0, "{log}");
+}

@@ -63,6 +63,24 @@ pub fn check(config: &Config) -> Result<String, Vec<Error>> {
     let program =
         worker::resolve_program(&config.command, config.chdir.as_deref()).map_err(|e| problems.push(e)).ok();
     problems.extend(config.credential_problems());
+    // `#!/usr/bin/env python3`: env finds python3 in the worker's PATH.
+    if let Some(name) = program.as_ref().and_then(worker::env_program) {
+        let path = match config.env.iter().rev().find(|(key, _)| key == "PATH") {
+            Some((_, value)) => std::ffi::OsString::from(value),
+            None => std::env::var_os("PATH").unwrap_or_default(),
+        };
+        if let Err(why) = worker::find_in(&name, &path) {
+            let env = program.as_ref().and_then(|p| p.interpreters.last()).map(|p| p.display().to_string());
+            problems.push(Error::Command {
+                command: config.command.to_string_lossy().into_owned(),
+                reason: format!(
+                    "its interpreter {} (through {}, from its #! line): {why}",
+                    name.to_string_lossy(),
+                    env.unwrap_or_default()
+                ),
+            });
+        }
+    }
     // Sockets from systemd count as given: they are what `LISTEN_FDS` says.
     let adopted = std::env::var_os("LISTEN_FDS").is_some();
     if let Err(e) = config.check_preload_sockets(adopted) {

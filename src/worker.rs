@@ -198,6 +198,32 @@ pub fn resolve_program(command: &OsStr, dir: Option<&Path>) -> Result<Program, E
     Ok(Program { path, interpreters })
 }
 
+/// The program a script's `#!/usr/bin/env NAME` line names, for a script
+/// whose last interpreter is `env`: NAME, which `env` looks up in the
+/// worker's `PATH` only when it runs. `None` when there is no such word
+/// (an option such as `-S`, an assignment, nothing).
+pub fn env_program(program: &Program) -> Option<OsString> {
+    let (last, named_by) = match program.interpreters.as_slice() {
+        [] => return None,
+        [only] => (only, &program.path),
+        [.., before, last] => (last, before),
+    };
+    if last.file_name() != Some(OsStr::new("env")) {
+        return None;
+    }
+    use std::io::Read;
+    let mut head = Vec::with_capacity(SHEBANG_BUFFER);
+    let file = std::fs::File::open(named_by).ok()?;
+    file.take(SHEBANG_BUFFER as u64).read_to_end(&mut head).ok()?;
+    let line = head.strip_prefix(b"#!")?.split(|&b| b == b'\n').next()?;
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let mut words = line.split(blank).filter(|w| !w.is_empty());
+    words.next()?; // env itself
+    let word = words.next()?;
+    let word = word.strip_suffix(b"\r").unwrap_or(word);
+    (!word.starts_with(b"-") && !word.contains(&b'=')).then(|| OsStr::from_bytes(word).to_os_string())
+}
+
 /// What `execve` reads of a file to find its `#!` line (`BINPRM_BUF_SIZE`).
 const SHEBANG_BUFFER: usize = 256;
 /// How many scripts deep the kernel follows interpreters that are scripts.
@@ -275,11 +301,16 @@ fn interpreter_in(head: &[u8]) -> Result<Option<&[u8]>, String> {
 
 /// [`resolve_command`]'s search; the error is why the command cannot run.
 fn find(command: &OsStr) -> Result<PathBuf, String> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    find_in(command, &path)
+}
+
+/// [`find`] with `path` as `PATH`.
+pub fn find_in(command: &OsStr, path: &OsStr) -> Result<PathBuf, String> {
     let as_path = Path::new(command);
     if command.as_bytes().contains(&b'/') {
         return check_executable(as_path).map(|()| as_path.to_path_buf());
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     let mut first_error = None;
     for dir in std::env::split_paths(&path) {
         let candidate = dir.join(command);
