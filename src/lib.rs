@@ -48,7 +48,7 @@
 //! main_process/            main's loop: polls and carries out what the policy decides
 //!   policy/                the pure machine: generations, the staged roll, the upgrade, the stop
 //!   upgrade/               main replacing its own binary: check, state hand-over, resume
-//!   connections, leftovers, orphans, pid_file, reconfigure, systemd
+//!   connections, hello, leftovers, orphans, pid_file, reconfigure, systemd
 //! control/                 the control socket, the admin endpoint, the signal table, metrics
 //! library/                 library mode: Worker, run, Listener, drain, threads, standalone
 //! monitor/                 a generation: the pool of workers, notify messages, output, keeper, library forks
