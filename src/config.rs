@@ -52,6 +52,8 @@ pub struct Config {
     pub tag_output: bool,
     /// `--reload-strategy`.
     pub reload_strategy: ReloadStrategy,
+    /// `--balance`.
+    pub balance: crate::units::Balance,
     /// `--canary`.
     pub canary: Option<Duration>,
     /// `--drain-signal`: what a worker gets to drain.
@@ -326,6 +328,7 @@ impl Config {
             nodelay: !cli.no_nodelay,
             tag_output: cli.tag_output,
             reload_strategy: cli.reload_strategy,
+            balance: cli.balance,
             canary: cli.canary.map(|c| c.0),
             drain_signal: cli.drain_signal.0,
             health_timeout: positive("--health-timeout", cli.health_timeout)?,

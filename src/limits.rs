@@ -118,6 +118,8 @@ pub enum Bound {
     Nproc(u64),
     /// The soft `RLIMIT_NOFILE`, with what a monitor needs.
     Nofile(u64, MonitorFds),
+    /// `--balance round-robin`: the slots bound at start.
+    Slots(u32),
 }
 
 /// The most workers per generation panzer runs, and why no more.
@@ -158,6 +160,10 @@ impl CountCeiling {
         }
         let why = match self.bound {
             Bound::Ceiling => String::new(),
+            Bound::Slots(slots) => format!(
+                " (--balance round-robin bound a socket per worker for {slots} at start; restart panzer to \
+                 run more)"
+            ),
             Bound::Nproc(limit) => {
                 format!(" (RLIMIT_NPROC allows {limit} processes; raise it with ulimit -u)")
             }

@@ -13,6 +13,7 @@
 //! `upgrade/`; this loop only dispatches to it. A reload first re-reads the
 //! configuration file (`reconfigure`).
 
+mod balance;
 mod connections;
 mod hello;
 mod leftovers;
@@ -129,6 +130,8 @@ struct Main {
     argv: Vec<OsString>,
     /// The new binary's check, while it runs.
     check: Option<upgrade::Check>,
+    /// `--balance round-robin`: the slot sockets and their rotation.
+    balance: Option<balance::Balance>,
     _pid_file: Option<pid_file::WrittenPidFile>,
 }
 
@@ -143,11 +146,18 @@ fn signal_fd() -> Result<sys::SignalFd, Error> {
     sys::signal_fd(&signals).map_err(|e| Error::os("cannot set up signal handling", e))
 }
 
-/// The policy's settings from the configuration, for `sockets` listening sockets.
-fn settings(config: &Config, sockets: usize) -> Settings {
+/// The policy's settings from the configuration, for `sockets` listening
+/// sockets (with `--balance round-robin`, of `slots` slots each: a scale
+/// goes no further).
+fn settings(config: &Config, sockets: usize, slots: Option<u32>) -> Settings {
+    let held = sockets * slots.map_or(1, |s| s as usize);
+    let mut ceiling = crate::config::count_ceiling(held, config.tag_output, config.preload);
+    if let Some(slots) = slots.filter(|&s| s < ceiling.max) {
+        ceiling = crate::limits::CountCeiling { max: slots, bound: crate::limits::Bound::Slots(slots) };
+    }
     Settings {
         count: config.count,
-        ceiling: crate::config::count_ceiling(sockets, config.tag_output, config.preload),
+        ceiling,
         startup_timeout: config.startup_timeout,
         graceful_timeout: config.graceful_timeout,
         strategy: config.reload_strategy,
@@ -178,6 +188,10 @@ pub fn run(config: Config) -> Result<i32, Error> {
         Some(path) => path,
         None => runtime_dir::control_socket_path(std::process::id())?,
     };
+    let round_robin = config.balance == crate::units::Balance::RoundRobin;
+    if round_robin {
+        balance::Balance::refuse(&config.binds, adopted.is_some())?;
+    }
     let control = Server::bind(&control_path)?;
     let sockets = match adopted {
         Some(adopted) => {
@@ -190,14 +204,22 @@ pub fn run(config: Config) -> Result<i32, Error> {
             // What a dead panzer left on these addresses, run as the user
             // the workers will run as, may be ended to free them.
             let uid = config.credentials.map_or_else(|| nix::unistd::geteuid().as_raw(), |(uid, _)| uid);
-            sockets::bind_all(&config.binds, config.backlog, config.nodelay, |spec| {
+            sockets::bind_all(&config.binds, config.backlog, config.nodelay, round_robin, |spec| {
                 leftovers::end(spec, uid)
             })?
         }
     };
+    let slots = round_robin.then_some(config.count);
+    let balance = match slots {
+        Some(slots) if !sockets.is_empty() => {
+            Some(balance::Balance::start(&sockets, slots, config.backlog, config.nodelay)?)
+        }
+        _ => None,
+    };
     // Passed-in sockets may be more than `--bind` said: what a monitor
     // holds follows them.
-    let ceiling = crate::config::count_ceiling(sockets.len(), config.tag_output, config.preload);
+    let held = sockets.len() * slots.map_or(1, |s| s as usize);
+    let ceiling = crate::config::count_ceiling(held, config.tag_output, config.preload);
     ceiling.check(&format!("--count {}", config.count), config.count.into()).map_err(Error::Usage)?;
     let admin = admin::Server::bind(&config.admin_binds)?;
     for listener in &sockets {
@@ -218,7 +240,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let pid_file = pid_file.map(PidFile::write).transpose()?;
     let orphans = Orphans::new(config.drain_signal);
     let main = Main {
-        policy: Policy::new(settings(&config, sockets.len())),
+        policy: Policy::new(settings(&config, sockets.len(), balance.as_ref().map(balance::Balance::slots))),
         config,
         config_before: None,
         monitors: BTreeMap::new(),
@@ -236,6 +258,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
         exe,
         argv: std::env::args_os().collect(),
         check: None,
+        balance,
         _pid_file: pid_file,
     };
     serve(main, Event::Boot)
@@ -265,10 +288,11 @@ impl Main {
         // 0, 1 and 2, and what else below the limit is open but the clients.
         let held = 3 + open.iter().filter(|&&fd| (fd as u64) < limit).count() as u64;
         let held = held.saturating_sub((self.control.clients() + self.admin.clients()) as u64);
-        let room = server::client_room(limit, held, self.sockets.len());
+        let passed = self.monitor_sockets().len();
+        let room = server::client_room(limit, held, passed);
         // The admin endpoint, when there is one, takes at most half.
         let admin = if self.admin.is_empty() { 0 } else { (room / 2).clamp(1, admin::MAX_CLIENTS as u64) };
-        let cap = server::client_cap(limit, held + admin, self.sockets.len());
+        let cap = server::client_cap(limit, held + admin, passed);
         self.control.set_max_clients(cap, limit);
         if cap < server::MAX_CLIENTS {
             let clients = if cap == 1 { "client" } else { "clients" };
@@ -389,6 +413,11 @@ impl Main {
                 .handle(Instant::now(), event)
                 .into_iter()
                 .partition(|effect| matches!(effect, Effect::Log { .. }));
+            // Before any order goes out: a slot leaves the rotation before
+            // its worker is told to drain.
+            if let Some(balance) = &mut self.balance {
+                balance.sync(self.policy.generations(), self.policy.count());
+            }
             for effect in lines.into_iter().chain(effects) {
                 if let Some(next) = self.perform(effect) {
                     events.push_back(next);
@@ -605,6 +634,19 @@ impl Main {
         self.orphans.forget_empty(&monitors);
     }
 
+    /// With `--balance round-robin`, the slots bound at start.
+    fn slots(&self) -> Option<u32> {
+        self.balance.as_ref().map(balance::Balance::slots)
+    }
+
+    /// The listening sockets a monitor gets, in order.
+    fn monitor_sockets(&self) -> Vec<RawFd> {
+        match &self.balance {
+            Some(balance) => balance.fds(&self.sockets),
+            None => self.sockets.iter().map(|l| l.fd().as_raw_fd()).collect(),
+        }
+    }
+
     fn monitor_pids(&self) -> Vec<Pid> {
         self.monitors.values().map(|m| m.pid).collect()
     }
@@ -616,7 +658,8 @@ impl Main {
             count,
             ready: self.config.ready,
             graceful_timeout: CliDuration(self.config.graceful_timeout),
-            sockets: self.sockets.len(),
+            sockets: self.monitor_sockets().len(),
+            slots: self.balance.as_ref().map_or(0, balance::Balance::slots),
             fd_names: sockets::fd_names(self.sockets.iter().map(|l| &l.spec)),
             notify_socket: notify_socket.clone(),
             log_level: log::max_level(),
@@ -660,7 +703,7 @@ impl Main {
     fn spawn_monitor(&self, args: &MonitorArgs) -> Result<(Pid, Channel), sys::spawn::SpawnError> {
         let (ours, theirs) = Channel::pair().map_err(sys::spawn::SpawnError::Fork)?;
         let mut fds: Vec<RawFd> = vec![theirs.fd().as_raw_fd()];
-        fds.extend(self.sockets.iter().map(|l| l.fd().as_raw_fd()));
+        fds.extend(self.monitor_sockets());
         let (program, argv, env) = if self.config.preload {
             // Library mode: the app itself is the monitor. Resolved again for
             // every generation, so a reload runs the binary now at that path.

@@ -431,16 +431,37 @@ impl Monitor {
         }
     }
 
+    /// The listening sockets worker `ordinal` gets, in `--bind` order: all
+    /// of them, or with `--balance round-robin` its slot's of each address.
+    fn worker_sockets(&self, ordinal: u32) -> std::io::Result<Vec<&OwnedFd>> {
+        let slots = self.args.slots as usize;
+        if slots == 0 {
+            return Ok(self.sockets.iter().collect());
+        }
+        if ordinal as usize >= slots {
+            return Err(std::io::Error::other(format!(
+                "--balance round-robin has sockets for {slots} workers, not for worker {ordinal}"
+            )));
+        }
+        Ok(self.sockets.chunks(slots).filter_map(|slot| slot.get(ordinal as usize)).collect())
+    }
+
     fn spawn_worker(&mut self, ordinal: u32) -> Result<Pid, sys::spawn::SpawnError> {
         let program = match &self.launch {
             Launch::Exec { program } => program.clone(),
             Launch::Fork { .. } => return self.fork_worker(ordinal).map_err(sys::spawn::SpawnError::Fork),
         };
+        let fds: Vec<RawFd> = self
+            .worker_sockets(ordinal)
+            .map_err(sys::spawn::SpawnError::Fork)?
+            .into_iter()
+            .map(std::os::fd::AsRawFd::as_raw_fd)
+            .collect();
         let mut env = worker::env(
             &self.base_env,
             self.args.generation,
             ordinal,
-            self.sockets.len(),
+            fds.len(),
             &self.args.fd_names,
             self.args.notify_socket.to_str(),
             &self.args.addresses,
@@ -448,7 +469,6 @@ impl Monitor {
         if let Some(timeout) = self.args.health_timeout {
             env.push(format!("{}={}", worker::WATCHDOG_USEC, timeout.0.as_micros()).into());
         }
-        let fds: Vec<RawFd> = self.sockets.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         // The parent-death signal: if this monitor dies, its workers drain
         // while main starts a replacement, instead of serving unsupervised.
         let mut plan = ExecPlan::new(program.as_os_str(), &self.args.argv, env)

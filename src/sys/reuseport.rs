@@ -220,7 +220,8 @@ impl Rotation {
     /// until [`Rotation::set`] says so.
     pub fn attach(sockets: &[BorrowedFd<'_>]) -> Result<Rotation, Refused> {
         let slots = sockets.len() as u32;
-        let state = create_map(BPF_MAP_TYPE_ARRAY, 4, slots + 2).map_err(refused("cannot create a BPF map"))?;
+        let state =
+            create_map(BPF_MAP_TYPE_ARRAY, 4, slots + 2).map_err(refused("cannot create a BPF map"))?;
         let socks = create_map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 4, slots.max(1))
             .map_err(refused("cannot create a BPF reuseport socket array"))?;
         for (k, socket) in sockets.iter().enumerate() {
@@ -300,7 +301,8 @@ fn load(state: RawFd, socks: RawFd) -> Result<OwnedFd, Refused> {
         Err(error) => {
             // Again with the verifier's log, to say why.
             let _ = attempt(Some(&mut log));
-            let text = String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned();
+            let text =
+                String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned();
             let verifier = text.lines().rfind(|l| !l.trim().is_empty()).map(str::to_owned);
             Err(Refused { step: "the kernel refused the BPF program (bpf BPF_PROG_LOAD)", error, verifier })
         }
@@ -338,7 +340,8 @@ mod tests {
         for l in &listeners {
             l.set_nonblocking(true).unwrap();
         }
-        let _clients: Vec<TcpStream> = (0..6).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+        let _clients: Vec<TcpStream> =
+            (0..6).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let mut counts = [0; 4];
         while counts.iter().sum::<i32>() < 6 && std::time::Instant::now() < deadline {

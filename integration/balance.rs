@@ -1,0 +1,292 @@
+//! `--balance round-robin`: a socket per worker slot, and new connections
+//! handed to the ready slots in turn; kept-alive connections spread evenly,
+//! reloads, scaling and a killed worker lose nothing, and where the kernel
+//! or the setup does not allow it panzer says why and does not start.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::harness::*;
+
+fn round_robin(count: u32) -> Panzer {
+    Panzer::new(example("server")).count(count).notify().args(&["--balance", "round-robin"]).start()
+}
+
+/// `GET /` on a kept-alive connection; the pid that answered.
+fn ask(stream: &mut TcpStream) -> std::io::Result<Response> {
+    write!(stream, "GET / HTTP/1.1\r\nHost: t\r\n\r\n")?;
+    read_response(stream)
+}
+
+/// Opens `connections` kept-alive connections one after the other, asks
+/// once on each, and counts the connections each worker pid holds.
+fn spread(port: u16, connections: usize) -> BTreeMap<Pid, usize> {
+    let mut streams: Vec<TcpStream> = (0..connections).map(|_| connect(port).unwrap()).collect();
+    let mut held = BTreeMap::new();
+    for stream in &mut streams {
+        *held.entry(ask(stream).unwrap().pid()).or_insert(0) += 1;
+    }
+    held
+}
+
+/// Every worker of the current generation, once each has answered.
+fn workers(port: u16, n: usize) -> Vec<Pid> {
+    distinct_pids(port, n).into_iter().collect()
+}
+
+#[test]
+fn kept_alive_connections_are_spread_evenly_over_the_workers() {
+    let panzer = round_robin(4);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let all = workers(port, 4);
+    for trial in 0..8 {
+        let held = spread(port, 4);
+        assert_eq!(held.len(), 4, "trial {trial}: {held:?} (workers {all:?})");
+        assert!(held.values().all(|&n| n == 1), "trial {trial}: {held:?}");
+    }
+    for trial in 0..4 {
+        let held = spread(port, 8);
+        assert_eq!(held.len(), 4, "trial {trial}: {held:?}");
+        assert!(held.values().all(|&n| n == 2), "trial {trial}: {held:?}");
+    }
+    // Each worker got its own socket at fd 3, and nothing changed for it.
+    let env = environ(all[0]);
+    assert_eq!(env["LISTEN_FDS"], "1");
+}
+
+#[test]
+fn two_workers_two_connections_never_share_a_worker() {
+    let panzer = round_robin(2);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    for trial in 0..8 {
+        let held = spread(port, 2);
+        assert_eq!(held.len(), 2, "trial {trial}: {held:?}");
+    }
+}
+
+/// Clients that each keep one connection alive and ask on it back to back,
+/// opening a new one when the server closes it; every error is a failure.
+struct KeptAlive {
+    stop: Arc<AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<(u32, Vec<String>)>>,
+}
+
+impl KeptAlive {
+    fn start(port: u16, clients: usize) -> KeptAlive {
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let (mut ok, mut failures) = (0, Vec::new());
+                    let mut stream = None;
+                    while !stop.load(Ordering::Relaxed) && ok < Load::MAX * 4 {
+                        let s = match stream.take() {
+                            Some(s) => s,
+                            None => match connect(port) {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    failures.push(format!("connect: {e}"));
+                                    continue;
+                                }
+                            },
+                        };
+                        let mut s = s;
+                        match ask(&mut s) {
+                            Ok(r) if r.status == 200 => {
+                                ok += 1;
+                                if !r.closes() {
+                                    stream = Some(s);
+                                }
+                            }
+                            Ok(r) => failures.push(format!("status {}", r.status)),
+                            Err(e) => failures.push(e.to_string()),
+                        }
+                    }
+                    (ok, failures)
+                })
+            })
+            .collect();
+        KeptAlive { stop, clients }
+    }
+
+    fn finish(self) -> (u32, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = (0, Vec::new());
+        for client in self.clients {
+            let (ok, failures) = client.join().unwrap();
+            total.0 += ok;
+            total.1.extend(failures);
+        }
+        total
+    }
+}
+
+fn assert_no_failure(what: &str, fresh: Load, kept: KeptAlive) {
+    let (failures, generations) = fresh.finish();
+    let (answered, kept_failures) = kept.finish();
+    assert!(failures.is_empty(), "{what}: fresh connections failed: {failures:?} ({generations:?})");
+    assert!(kept_failures.is_empty(), "{what}: kept-alive connections failed: {kept_failures:?}");
+    assert!(answered > 0, "{what}: no kept-alive answer");
+}
+
+#[test]
+fn reloads_under_load_lose_nothing() {
+    let panzer = round_robin(4);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let fresh = Load::start(port, 4, "/");
+    let kept = KeptAlive::start(port, 4);
+    for generation in 2..=11 {
+        fresh.wait_for(50);
+        panzer.signal(Signal::SIGUSR1);
+        panzer.wait_ready(generation);
+    }
+    fresh.wait_for(50);
+    assert_no_failure("10 reloads", fresh, kept);
+}
+
+#[test]
+fn a_rolling_reload_under_load_loses_nothing() {
+    let panzer = Panzer::new(example("server"))
+        .count(4)
+        .notify()
+        .args(&["--balance", "round-robin", "--reload-strategy", "rolling"])
+        .start();
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let fresh = Load::start(port, 4, "/");
+    let kept = KeptAlive::start(port, 4);
+    fresh.wait_for(50);
+    panzer.signal(Signal::SIGUSR1);
+    panzer.wait_ready(2);
+    panzer.wait_for_line("generation 1 stopped");
+    fresh.wait_for(50);
+    assert_no_failure("a rolling reload", fresh, kept);
+}
+
+#[test]
+fn scaling_down_and_up_and_a_killed_worker_lose_nothing() {
+    let panzer = round_robin(4);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let fresh = Load::start(port, 4, "/");
+    let kept = KeptAlive::start(port, 4);
+    fresh.wait_for(50);
+    let out = panzer.ctl(&["scale", "2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    panzer.wait_for_lines("exited with status 0", 2);
+    fresh.wait_for(100);
+    let out = panzer.ctl(&["scale", "4"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    ready_workers(&panzer, 4);
+    fresh.wait_for(100);
+    // Above the slots bound at start: refused, with why.
+    let out = panzer.ctl(&["scale", "5"]);
+    assert_ne!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("scale 5: at most 4 workers (--balance round-robin"), "{}", out.stderr);
+    assert_no_failure("scale 4 to 2 to 4", fresh, kept);
+    // A killed worker's own connections die with it; new ones wait on its
+    // socket for its replacement.
+    let fresh = Load::start(port, 4, "/");
+    fresh.wait_for(50);
+    let victim = get(port, "/").unwrap().pid();
+    kill(victim, Signal::SIGKILL).unwrap();
+    panzer.wait_for_line("killed by SIGKILL");
+    ready_workers(&panzer, 4);
+    fresh.wait_for(100);
+    let (failures, _) = fresh.finish();
+    assert!(failures.is_empty(), "a killed worker: {failures:?}");
+}
+
+/// Waits until the serving generation has `n` ready workers.
+fn ready_workers(panzer: &Panzer, n: usize) {
+    eventually(PATIENCE, &format!("{n} ready workers"), || {
+        let status = panzer.status();
+        let workers = status["generations"][0]["workers"].as_array()?.clone();
+        let ready = workers.iter().filter(|w| w["ready"] == true && w["pid"].as_i64() != Some(0)).count();
+        (ready == n).then_some(())
+    });
+}
+
+/// Execs panzer with a listening socket at fd 3, as systemd would.
+const SYSTEMD: &str = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+t = os.dup(s.fileno())
+s.close()
+os.dup2(t, 3)
+os.close(t)
+os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+
+#[test]
+fn sockets_from_systemd_cannot_be_balanced_and_panzer_says_so() {
+    let mut panzer = Panzer::new(example("server"))
+        .no_bind()
+        .args(&["--balance", "round-robin"])
+        .via("python3", &["-c", SYSTEMD, env!("CARGO_BIN_EXE_panzer")])
+        .start();
+    let status = panzer.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(2), "{}", panzer.log());
+    let log = panzer.log();
+    assert!(log.contains("--balance round-robin: the sockets systemd passed in"), "{log}");
+    assert_eq!(log.lines().filter(|l| l.contains("round-robin")).count(), 1, "{log}");
+}
+
+#[test]
+fn a_unix_socket_cannot_be_balanced_and_panzer_says_so() {
+    let dir = TestDir::new("balance-unix");
+    let path = dir.0.join("s.sock");
+    let mut panzer = Panzer::new(example("server"))
+        .bind(format!("unix:{}", path.display()))
+        .args(&["--balance", "round-robin"])
+        .start();
+    let status = panzer.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(2), "{}", panzer.log());
+    assert!(panzer.log().contains("a unix socket cannot be balanced"), "{}", panzer.log());
+    assert!(!path.exists(), "the socket file was left behind");
+}
+
+#[test]
+fn without_the_capabilities_for_bpf_round_robin_fails_at_start() {
+    if !std::path::Path::new("/usr/bin/setpriv").exists() || !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let mut panzer = Panzer::new(example("server"))
+        .args(&["--balance", "round-robin"])
+        .via(
+            "/usr/bin/setpriv",
+            &[
+                "--inh-caps=-bpf,-sys_admin,-net_admin",
+                "--bounding-set=-bpf,-sys_admin,-net_admin",
+                env!("CARGO_BIN_EXE_panzer"),
+            ],
+        )
+        .start();
+    let status = panzer.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(71), "{}", panzer.log());
+    let log = panzer.log();
+    assert!(log.contains("--balance round-robin on 127.0.0.1:"), "{log}");
+    assert!(log.contains("CAP_BPF"), "{log}");
+}
+
+#[test]
+fn the_default_is_shared_and_an_unknown_mode_is_refused() {
+    let mut panzer = Panzer::new(example("server")).args(&["--balance", "random"]).start();
+    let status = panzer.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(2), "{}", panzer.log());
+    assert!(panzer.log().contains("invalid balance mode 'random'"), "{}", panzer.log());
+}

@@ -1,0 +1,137 @@
+//! `--balance round-robin` in main: one listening socket per worker slot
+//! and address, and the rotation the kernel hands new connections along.
+//!
+//! With `--balance shared` (the default) every worker accepts from the one
+//! socket of each `--bind`, and the kernel gives a connection to whichever
+//! worker it wakes: a few long-lived connections can all land on one. In
+//! round-robin, main binds, for each address, one `SO_REUSEPORT` socket per
+//! slot (slot 0's is the one `sockets` holds, the others are here), once,
+//! for its whole life. Every monitor gets them all; worker k gets slot k's
+//! at fd 3 (and `LISTEN_FDS` counts the addresses, as before). A replacement
+//! of worker k, or the next generation's worker k, accepts from the same
+//! socket, so what waits in its queue is served by whoever comes next.
+//!
+//! Which slots are in rotation follows the policy: after every event, a
+//! slot is in it when a generation that is starting or ready (not draining)
+//! has a ready worker on it, and the slot is below the count. So a slot
+//! leaves the rotation before its last worker is told to drain (a scale
+//! down, the drain of a generation nothing replaces), and joins it once a
+//! worker on it is ready. The kernel program itself is `sys::reuseport`.
+//!
+//! The slots are bound at start for `--count` workers; a scale above that
+//! is refused (the policy's `Settings::slots`), since a running monitor
+//! cannot be handed sockets bound after it started.
+
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+use super::policy::{Generation, State};
+use crate::error::Error;
+use crate::sockets::{self, BindAddr, Listener};
+use crate::sys::reuseport::Rotation;
+
+/// The slot sockets and their rotations, one per address.
+pub(super) struct Balance {
+    slots: u32,
+    /// Per address, the sockets of slots 1… (slot 0's is main's own).
+    more: Vec<Vec<Listener>>,
+    rotations: Vec<Rotation>,
+    /// What is in rotation now.
+    active: Vec<u32>,
+}
+
+impl Balance {
+    /// Why round-robin cannot run on `sockets` (`adopted`: systemd passed
+    /// them in), before anything is bound: one line, a usage error.
+    pub(super) fn refuse(binds: &[sockets::BindSpec], adopted: bool) -> Result<(), Error> {
+        if adopted {
+            return Err(Error::Usage(
+                "--balance round-robin: the sockets systemd passed in (LISTEN_FDS) are one per address; \
+                 round-robin needs a socket per worker, which panzer binds itself: use --bind, or \
+                 --balance shared"
+                    .into(),
+            ));
+        }
+        if let Some(unix) = binds.iter().find(|b| matches!(b.addr, BindAddr::Unix(_))) {
+            return Err(Error::Usage(format!(
+                "--balance round-robin: --bind {unix}: a unix socket cannot be balanced (SO_REUSEPORT \
+                 groups are TCP only); use --balance shared"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Binds slots 1…`slots`-1 beside each of `sockets` (bound with
+    /// `SO_REUSEPORT`) and attaches the rotation program to each group.
+    pub(super) fn start(
+        sockets: &[Listener],
+        slots: u32,
+        backlog: i32,
+        nodelay: bool,
+    ) -> Result<Balance, Error> {
+        let mut more = Vec::new();
+        let mut rotations = Vec::new();
+        for first in sockets {
+            let others: Vec<Listener> =
+                (1..slots).map(|_| sockets::bind_slot(first, backlog, nodelay)).collect::<Result<_, _>>()?;
+            let fds: Vec<BorrowedFd<'_>> = std::iter::once(first).chain(&others).map(Listener::fd).collect();
+            let rotation = Rotation::attach(&fds).map_err(|refused| {
+                let hint = match refused.error.raw_os_error() {
+                    Some(libc::EPERM | libc::EACCES) => {
+                        " (needs root, or CAP_BPF and CAP_NET_ADMIN; or use --balance shared)"
+                    }
+                    _ => " (a Linux kernel 5.12 or later with BPF; or use --balance shared)",
+                };
+                Error::os(
+                    format!("--balance round-robin on {}: {}{hint}", first.local, refused.step),
+                    refused.error,
+                )
+            })?;
+            more.push(others);
+            rotations.push(rotation);
+        }
+        Ok(Balance { slots, more, rotations, active: Vec::new() })
+    }
+
+    pub(super) fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// Every socket a monitor gets, address-major: address b's slot k at
+    /// `b * slots + k` (`sockets` are main's, slot 0 of each).
+    pub(super) fn fds(&self, sockets: &[Listener]) -> Vec<RawFd> {
+        sockets
+            .iter()
+            .zip(&self.more)
+            .flat_map(|(first, more)| std::iter::once(first).chain(more))
+            .map(|l| l.fd().as_raw_fd())
+            .collect()
+    }
+
+    /// Puts exactly the slots [`in_rotation`] names in rotation.
+    pub(super) fn sync(&mut self, generations: &[Generation], count: u32) {
+        let active = in_rotation(generations, count.min(self.slots));
+        if active == self.active {
+            return;
+        }
+        log::debug!("round-robin: slots in rotation: {active:?}");
+        for rotation in &mut self.rotations {
+            if let Err(e) = rotation.set(&active) {
+                log::warn!("round-robin: cannot update the rotation: {e}");
+            }
+        }
+        self.active = active;
+    }
+}
+
+/// The slots below `count` on which a generation that is starting or ready
+/// has a ready worker, in order.
+pub(super) fn in_rotation(generations: &[Generation], count: u32) -> Vec<u32> {
+    (0..count)
+        .filter(|slot| {
+            generations.iter().any(|g| {
+                matches!(g.state, State::Starting | State::Ready)
+                    && g.workers.get(slot).is_some_and(|w| w.ready && w.pid != 0)
+            })
+        })
+        .collect()
+}
