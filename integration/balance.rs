@@ -207,6 +207,63 @@ fn scaling_down_and_up_and_a_killed_worker_lose_nothing() {
     assert!(failures.is_empty(), "a killed worker: {failures:?}");
 }
 
+/// The pid of worker `ordinal` of the serving generation.
+fn worker_pid(panzer: &Panzer, ordinal: u64) -> Pid {
+    let status = panzer.status();
+    let workers = status["generations"][0]["workers"].as_array().unwrap().clone();
+    let w = workers.iter().find(|w| w["ordinal"].as_u64() == Some(ordinal)).unwrap();
+    Pid::from_raw(w["pid"].as_i64().unwrap() as i32)
+}
+
+/// A worker that stops accepting at once on SIGTERM, whatever waits in
+/// its queue (as a server that closes its listener first does), and
+/// answers each connection with its pid.
+const ABRUPT: &str = r#"
+import os, signal, socket
+class Drain(Exception): pass
+def drain(*_): raise Drain()
+signal.signal(signal.SIGTERM, drain)
+listener = socket.socket(fileno=3)
+try:
+    while True:
+        c, _ = listener.accept()
+        c.recv(4096)
+        body = ("pid=%d worker=%s" % (os.getpid(), os.environ["PANZER_WORKER"])).encode()
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        c.close()
+except Drain:
+    listener.close()
+"#;
+
+#[test]
+fn a_connection_queued_on_a_slot_that_is_scaled_away_is_served_before_its_worker_drains() {
+    let panzer = Panzer::new("python3")
+        .command_args(&["--", "-c", ABRUPT])
+        .count(4)
+        .ready("accepting")
+        .args(&["--balance", "round-robin"])
+        .start();
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    ready_workers(&panzer, 4);
+    // Worker 3 stalls: the connection the rotation gives its slot waits in
+    // the slot's queue.
+    let stalled = worker_pid(&panzer, 3);
+    kill(stalled, Signal::SIGSTOP).unwrap();
+    let mut streams: Vec<TcpStream> = (0..4).map(|_| connect(port).unwrap()).collect();
+    for stream in &mut streams {
+        write!(stream, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    }
+    let out = panzer.ctl(&["scale", "2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    panzer.wait_for_line("now running 2 worker(s)");
+    kill(stalled, Signal::SIGCONT).unwrap();
+    let answered: Vec<String> =
+        streams.iter_mut().map(|s| read_response(s).map(|r| r.body)).collect::<Result<_, _>>().unwrap();
+    assert!(answered.iter().any(|a| a.contains(&format!("pid={stalled} "))), "{answered:?}");
+    panzer.wait_for_line(&format!("(pid {stalled}) exited"));
+}
+
 /// Waits until the serving generation has `n` ready workers.
 fn ready_workers(panzer: &Panzer, n: usize) {
     eventually(PATIENCE, &format!("{n} ready workers"), || {

@@ -22,6 +22,7 @@
 //! is refused (the policy's `Settings::slots`), since a running monitor
 //! cannot be handed sockets bound after it started.
 
+use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use super::policy::{Generation, State};
@@ -37,6 +38,7 @@ pub(super) struct Balance {
     rotations: Vec<Rotation>,
     /// What is in rotation now.
     active: Vec<u32>,
+    rotation: InRotation,
 }
 
 impl Balance {
@@ -89,7 +91,7 @@ impl Balance {
             more.push(others);
             rotations.push(rotation);
         }
-        Ok(Balance { slots, more, rotations, active: Vec::new() })
+        Ok(Balance { slots, more, rotations, active: Vec::new(), rotation: InRotation::default() })
     }
 
     pub(super) fn slots(&self) -> u32 {
@@ -107,9 +109,9 @@ impl Balance {
             .collect()
     }
 
-    /// Puts exactly the slots [`in_rotation`] names in rotation.
+    /// Puts exactly the slots [`InRotation`] names in rotation.
     pub(super) fn sync(&mut self, generations: &[Generation], count: u32) {
-        let active = in_rotation(generations, count.min(self.slots));
+        let active = self.rotation.update(generations, count.min(self.slots));
         if active == self.active {
             return;
         }
@@ -123,15 +125,30 @@ impl Balance {
     }
 }
 
-/// The slots below `count` on which a generation that is starting or ready
-/// has a ready worker, in order.
-pub(super) fn in_rotation(generations: &[Generation], count: u32) -> Vec<u32> {
-    (0..count)
-        .filter(|slot| {
-            generations.iter().any(|g| {
-                matches!(g.state, State::Starting | State::Ready)
-                    && g.workers.get(slot).is_some_and(|w| w.ready && w.pid != 0)
-            })
-        })
-        .collect()
+/// Which slots are in rotation, from the policy's generations. A staged
+/// reload runs the new generation on slots 0… and scales the old one down
+/// from the top, so for a while a low slot has two workers and a high one
+/// none.
+#[derive(Debug, Default)]
+pub(super) struct InRotation {
+    /// Workers seen on a slot at or above the count (a scale down told
+    /// them to drain): they count for nothing, even if a scale up brings
+    /// their slot back before they are gone.
+    retired: BTreeSet<i32>,
+}
+
+impl InRotation {
+    /// The slots below `count` on which a generation that is starting or
+    /// ready has a ready worker that was never retired, in order.
+    pub(super) fn update(&mut self, generations: &[Generation], count: u32) -> Vec<u32> {
+        let live = || generations.iter().filter(|g| matches!(g.state, State::Starting | State::Ready));
+        let on = |slot: u32| live().filter_map(move |g| g.workers.get(&slot)).filter(|w| w.pid != 0);
+        let present: BTreeSet<i32> = live().flat_map(|g| g.workers.values().map(|w| w.pid)).collect();
+        self.retired.retain(|pid| present.contains(pid));
+        for g in live() {
+            let drained = g.count().min(count);
+            self.retired.extend(g.workers.range(drained..).map(|(_, w)| w.pid).filter(|&pid| pid != 0));
+        }
+        (0..count).filter(|&slot| on(slot).any(|w| w.ready && !self.retired.contains(&w.pid))).collect()
+    }
 }

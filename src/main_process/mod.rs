@@ -150,8 +150,8 @@ fn signal_fd() -> Result<sys::SignalFd, Error> {
 /// sockets (with `--balance round-robin`, of `slots` slots each: a scale
 /// goes no further).
 fn settings(config: &Config, sockets: usize, slots: Option<u32>) -> Settings {
-    let held = sockets * slots.map_or(1, |s| s as usize);
-    let mut ceiling = crate::config::count_ceiling(held, config.tag_output, config.preload);
+    let mut ceiling =
+        crate::config::count_ceiling(sockets, config.tag_output, config.preload, slots.is_some());
     if let Some(slots) = slots.filter(|&s| s < ceiling.max) {
         ceiling = crate::limits::CountCeiling { max: slots, bound: crate::limits::Bound::Slots(slots) };
     }
@@ -218,8 +218,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
     };
     // Passed-in sockets may be more than `--bind` said: what a monitor
     // holds follows them.
-    let held = sockets.len() * slots.map_or(1, |s| s as usize);
-    let ceiling = crate::config::count_ceiling(held, config.tag_output, config.preload);
+    let ceiling = crate::config::count_ceiling(sockets.len(), config.tag_output, config.preload, round_robin);
     ceiling.check(&format!("--count {}", config.count), config.count.into()).map_err(Error::Usage)?;
     let admin = admin::Server::bind(&config.admin_binds)?;
     for listener in &sockets {

@@ -21,6 +21,7 @@
 
 mod accepting;
 mod fork;
+mod held_drains;
 pub mod keeper;
 mod notifications;
 mod notify_socket;
@@ -115,6 +116,8 @@ struct Monitor {
     strangers: crate::log_limit::LogLimit<i32>,
     /// The generation's keeper (none in library mode).
     keeper: Option<keeper::Keeper>,
+    /// `--balance round-robin`: removed slots' workers, drained once their queue is empty.
+    held_drains: held_drains::HeldDrains,
 }
 
 /// Runs the monitor role; returns the process exit status.
@@ -211,6 +214,7 @@ impl Monitor {
                     notify_warnings: crate::log_limit::LogLimit::new(Duration::from_secs(1)),
                     strangers: crate::log_limit::LogLimit::new(STRANGER_INTERVAL),
                     keeper,
+                    held_drains: held_drains::HeldDrains::default(),
                 })
             }
             Err(error) => Err((error, status)),
@@ -243,6 +247,7 @@ impl Monitor {
                 self.worker_ready(pid, accepting::Reason::Alive(self.args.ready_after()));
             }
             self.look_at_starting(now);
+            self.release_held_drains(now);
             self.check_generation_ready();
             if let Some(code) = self.exit_code {
                 if self.pool.is_empty() {
@@ -301,6 +306,7 @@ impl Monitor {
             self.rss_at,
             self.readiness.next_deadline(),
             self.shed.deadline(),
+            self.held_drains.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -424,10 +430,13 @@ impl Monitor {
 
     /// What this monitor holds in descriptors and needs to start a worker.
     fn fds(&self) -> crate::limits::MonitorFds {
+        // With --balance round-robin it holds a set of sockets per slot.
+        let sets = self.args.slots.max(1);
         crate::limits::MonitorFds {
-            sockets: self.sockets.len() as u32,
+            sockets: self.sockets.len() as u32 / sets,
             tag_output: self.output.is_some(),
             library: matches!(self.launch, Launch::Fork { .. }),
+            round_robin: self.args.slots > 0,
         }
     }
 
@@ -613,6 +622,7 @@ impl Monitor {
             if let Some(output) = &mut self.output {
                 output.worker_exited(pid);
             }
+            self.held_drains.forget(pid);
             if let Some(exit) = self.pool.exited(pid, Instant::now()) {
                 self.after_exit(exit, pid, &how);
             }
@@ -698,6 +708,8 @@ impl Monitor {
         } else {
             let workers = self.pool.workers().count();
             self.pool.drain();
+            // The whole group gets the drain signal now: a held one is sent.
+            self.held_drains = held_drains::HeldDrains::default();
             if grace.is_zero() {
                 // A stop now (SIGQUIT): no drain to promise.
                 log::info!("killing {workers} worker(s) now");
@@ -721,10 +733,31 @@ impl Monitor {
         if self.pool.is_draining() || count == 0 {
             return;
         }
-        for (_, pid) in self.pool.scale(count, Instant::now()) {
-            sys::signal_process(Pid::from_raw(pid), self.drain_signal());
+        let now = Instant::now();
+        for (ordinal, pid) in self.pool.scale(count, now) {
+            if self.args.slots > 0 {
+                self.held_drains.hold(ordinal, pid, now, self.args.graceful_timeout.0);
+            } else {
+                sys::signal_process(Pid::from_raw(pid), self.drain_signal());
+            }
         }
         log::info!("now running {count} worker(s)");
+    }
+
+    /// Drain signals held back until a removed slot's queue is empty.
+    fn release_held_drains(&mut self, now: Instant) {
+        let slots = self.args.slots as usize;
+        if slots == 0 {
+            return;
+        }
+        let sockets = &self.sockets;
+        let queued = |ordinal: u32| {
+            let mine = sockets.chunks(slots).filter_map(|set| set.get(ordinal as usize));
+            mine.map(|fd| sys::reuseport::accept_queue(fd.as_fd()).unwrap_or(0)).sum()
+        };
+        for pid in self.held_drains.due(now, queued) {
+            sys::signal_process(Pid::from_raw(pid), self.drain_signal());
+        }
     }
 
     fn kill_overdue(&mut self, now: Instant) {

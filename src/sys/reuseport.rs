@@ -309,6 +309,29 @@ fn load(state: RawFd, socks: RawFd) -> Result<OwnedFd, Refused> {
     }
 }
 
+/// How many connections wait in the accept queue of the listening TCP
+/// socket `fd` (what the kernel reports as `tcpi_unacked` for a listener).
+pub fn accept_queue(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: `tcp_info` is plain old data: all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes, and `len` is passed by
+    // pointer for the kernel to say how much it wrote.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_unacked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,5 +375,21 @@ mod tests {
             }
         }
         assert_eq!(counts, [0, 3, 0, 3]);
+    }
+
+    #[test]
+    fn the_accept_queue_counts_connections_not_yet_accepted() {
+        let listener = reuseport_listener(0);
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(accept_queue(listener.as_fd()).unwrap(), 0);
+        let _clients: Vec<TcpStream> =
+            (0..2).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while accept_queue(listener.as_fd()).unwrap() < 2 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(accept_queue(listener.as_fd()).unwrap(), 2);
+        listener.accept().unwrap();
+        assert_eq!(accept_queue(listener.as_fd()).unwrap(), 1);
     }
 }

@@ -1,0 +1,58 @@
+//! `--balance round-robin`: which slots main puts in rotation as the
+//! policy's generations change (`main_process::balance::in_rotation`).
+
+use super::*;
+use crate::main_process::balance::InRotation;
+
+/// A world and main's view of the rotation, brought up to date after each
+/// event as main does.
+struct Balanced(World, InRotation);
+
+fn rotation(w: &mut Balanced) -> Vec<u32> {
+    w.1.update(w.0.policy.generations(), w.0.policy.count())
+}
+
+fn four() -> Balanced {
+    Balanced(World::serving_with(Settings { count: 4, ..settings() }), InRotation::default())
+}
+
+#[test]
+fn every_ready_slot_is_in_rotation_and_a_dead_worker_leaves_it_until_replaced() {
+    let mut w = four();
+    assert_eq!(rotation(&mut w), [0, 1, 2, 3]);
+    w.0.worker_exited(1, 2, 102);
+    assert_eq!(rotation(&mut w), [0, 1, 3]);
+    w.0.on(Event::Report { generation: 1, report: Report::WorkerStarted { ordinal: 2, pid: 202 } });
+    assert_eq!(rotation(&mut w), [0, 1, 3], "started is not ready");
+    w.0.on(Event::Report { generation: 1, report: Report::WorkerReady { ordinal: 2, pid: 202 } });
+    assert_eq!(rotation(&mut w), [0, 1, 2, 3]);
+}
+
+#[test]
+fn a_scale_down_takes_the_slots_out_before_the_order_goes_out() {
+    let mut w = four();
+    let effects = w.0.on(Event::Command { command: Command::Scale(2), from: None });
+    assert!(effects.contains(&scale(1, 2)), "{effects:?}");
+    // main syncs the rotation right after `handle`, before the order is sent.
+    assert_eq!(rotation(&mut w), [0, 1]);
+    w.0.on(Event::Command { command: Command::Scale(4), from: None });
+    assert_eq!(rotation(&mut w), [0, 1], "the new workers are not ready yet");
+    w.0.worker_ready(1, 2, 302);
+    w.0.worker_ready(1, 3, 303);
+    assert_eq!(rotation(&mut w), [0, 1, 2, 3]);
+}
+
+#[test]
+fn a_reload_keeps_every_slot_in_rotation_and_a_draining_generation_counts_for_nothing() {
+    let mut w = four();
+    w.0.reload(1);
+    for ordinal in 0..4 {
+        w.0.worker_ready(2, ordinal, 200 + ordinal as i32);
+        assert_eq!(rotation(&mut w), [0, 1, 2, 3]);
+    }
+    w.0.ready(2);
+    assert_eq!(w.0.states(), vec![(1, State::Draining), (2, State::Ready)]);
+    assert_eq!(rotation(&mut w), [0, 1, 2, 3]);
+    w.0.worker_exited(2, 1, 201);
+    assert_eq!(rotation(&mut w), [0, 2, 3], "generation 1's worker 1 drains: it takes nothing new");
+}

@@ -1,0 +1,99 @@
+//! `--balance round-robin`: a worker whose slot a scale down removed is
+//! told to drain only once its slot's queue is empty.
+//!
+//! With one socket per slot, what waits in a slot's accept queue can only
+//! be accepted by that slot's worker. main takes the slot out of the
+//! rotation before it sends the scale order, so nothing new is queued
+//! there; the worker keeps accepting what is, and the monitor sends the
+//! drain signal once the queue has stayed empty for [`SETTLE`] (a
+//! handshake the kernel began before the slot left the rotation completes
+//! within that on any sane network), or at the latest after [`HOLD_MAX`]
+//! (a worker that does not accept is not waited for longer).
+
+use std::time::{Duration, Instant};
+
+/// How long the queue must stay empty.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// The longest a drain is held back (never more than half the graceful
+/// timeout, which runs from the scale order).
+const HOLD_MAX: Duration = Duration::from_secs(2);
+
+/// How often the queues are looked at while a drain is held back.
+const LOOK_EVERY: Duration = Duration::from_millis(10);
+
+struct Held {
+    ordinal: u32,
+    pid: i32,
+    until: Instant,
+    empty_since: Option<Instant>,
+}
+
+/// The drains held back, and when to look at their queues next.
+#[derive(Default)]
+pub(super) struct HeldDrains {
+    held: Vec<Held>,
+}
+
+impl HeldDrains {
+    /// Holds back the drain of `pid`, the worker of removed slot `ordinal`.
+    pub(super) fn hold(&mut self, ordinal: u32, pid: i32, now: Instant, graceful: Duration) {
+        let until = now + HOLD_MAX.min(graceful / 2);
+        self.held.push(Held { ordinal, pid, until, empty_since: None });
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.held.iter().map(|h| h.until).min().map(|until| until.min(Instant::now() + LOOK_EVERY))
+    }
+
+    /// Forgets `pid` (it exited before its drain was due).
+    pub(super) fn forget(&mut self, pid: i32) {
+        self.held.retain(|h| h.pid != pid);
+    }
+
+    /// The pids whose drain is due now: their slot's queue (`queued`) has
+    /// stayed empty for [`SETTLE`], or they were held long enough.
+    pub(super) fn due(&mut self, now: Instant, mut queued: impl FnMut(u32) -> u32) -> Vec<i32> {
+        let mut due = Vec::new();
+        self.held.retain_mut(|h| {
+            if queued(h.ordinal) > 0 {
+                h.empty_since = None;
+            } else {
+                h.empty_since.get_or_insert(now);
+            }
+            let settled = h.empty_since.is_some_and(|since| now.duration_since(since) >= SETTLE);
+            if settled || h.until <= now {
+                due.push(h.pid);
+                false
+            } else {
+                true
+            }
+        });
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_waits_until_the_queue_has_stayed_empty_or_the_hold_ends() {
+        let graceful = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut held = HeldDrains::default();
+        held.hold(3, 103, t0, graceful);
+        held.hold(2, 102, t0, graceful);
+        // Slot 3 has a connection waiting; slot 2's queue is empty.
+        let queue = |slot: u32| if slot == 3 { 1 } else { 0 };
+        assert!(held.due(t0, queue).is_empty());
+        assert_eq!(held.due(t0 + SETTLE, queue), [102]);
+        assert!(held.due(t0 + SETTLE * 3, queue).is_empty());
+        assert_eq!(held.due(t0 + SETTLE * 4, |_| 0), Vec::<i32>::new());
+        assert_eq!(held.due(t0 + SETTLE * 5, |_| 0), [103]);
+        held.hold(1, 101, t0, graceful);
+        assert_eq!(held.due(t0 + HOLD_MAX, |_| 5), [101], "not held past HOLD_MAX");
+        held.hold(1, 111, t0, Duration::from_secs(1));
+        assert_eq!(held.due(t0 + Duration::from_millis(500), |_| 5), [111], "nor past half the grace");
+    }
+}
