@@ -17,10 +17,13 @@ use crate::stats::median;
 const TRIALS: usize = 4;
 const TRIAL: Duration = Duration::from_millis(300);
 
+/// What one trial saw: the connections each worker pid got, the requests
+/// each answered, and the req/s.
+type Trial = (BTreeMap<i32, usize>, BTreeMap<i32, u64>, f64);
+
 /// One trial: `connections` kept-alive connections opened one after the
-/// other, each asking back to back for [`TRIAL`]. Returns the connections
-/// each worker pid got, the requests each answered, and the req/s.
-fn trial(port: u16, connections: usize) -> Result<(BTreeMap<i32, usize>, BTreeMap<i32, u64>, f64), String> {
+/// other, each asking back to back for [`TRIAL`].
+fn trial(port: u16, connections: usize) -> Result<Trial, String> {
     let mut streams = Vec::new();
     let mut held = BTreeMap::new();
     for _ in 0..connections {
