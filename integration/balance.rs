@@ -316,28 +316,45 @@ fn a_unix_socket_cannot_be_balanced_and_panzer_says_so() {
     assert!(!path.exists(), "the socket file was left behind");
 }
 
-#[test]
-fn without_the_capabilities_for_bpf_round_robin_fails_at_start() {
+/// `--inh-caps` and `--bounding-set` for `setpriv`: root without what BPF needs.
+const NO_BPF: &str = "-bpf,-sys_admin,-net_admin";
+
+/// Runs `panzer ARGS…` under `setpriv` without the capabilities BPF needs;
+/// `None` where that cannot be arranged (not root, no `setpriv`).
+fn without_bpf(args: &[&str]) -> Option<(i32, String)> {
     if !std::path::Path::new("/usr/bin/setpriv").exists() || !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root and setpriv");
-        return;
+        return None;
     }
+    let (inh, bounding) = (format!("--inh-caps={NO_BPF}"), format!("--bounding-set={NO_BPF}"));
     let mut panzer = Panzer::new(example("server"))
-        .args(&["--balance", "round-robin"])
-        .via(
-            "/usr/bin/setpriv",
-            &[
-                "--inh-caps=-bpf,-sys_admin,-net_admin",
-                "--bounding-set=-bpf,-sys_admin,-net_admin",
-                env!("CARGO_BIN_EXE_panzer"),
-            ],
-        )
+        .args(args)
+        .via("/usr/bin/setpriv", &[&inh, &bounding, env!("CARGO_BIN_EXE_panzer")])
         .start();
     let status = panzer.wait_exit(PATIENCE);
-    assert_eq!(status.code(), Some(71), "{}", panzer.log());
-    let log = panzer.log();
+    Some((status.code().unwrap(), panzer.log()))
+}
+
+#[test]
+fn without_the_capabilities_for_bpf_round_robin_fails_at_start() {
+    let Some((code, log)) = without_bpf(&["--balance", "round-robin"]) else { return };
+    assert_eq!(code, 71, "{log}");
     assert!(log.contains("--balance round-robin on 127.0.0.1:"), "{log}");
     assert!(log.contains("CAP_BPF"), "{log}");
+    assert!(!log.contains("starting generation"), "{log}");
+}
+
+#[test]
+fn check_says_what_round_robin_would_refuse() {
+    let Some((code, log)) = without_bpf(&["--check", "--balance", "round-robin"]) else { return };
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("--balance round-robin: cannot create a BPF map"), "{log}");
+    let mut panzer =
+        Panzer::with_args(&["--check", "--balance", "round-robin", "--bind", "unix:/nowhere/s.sock", "true"])
+            .start();
+    let status = panzer.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(2), "{}", panzer.log());
+    assert!(panzer.log().contains("a unix socket cannot be balanced"), "{}", panzer.log());
 }
 
 #[test]

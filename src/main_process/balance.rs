@@ -41,27 +41,44 @@ pub(super) struct Balance {
     rotation: InRotation,
 }
 
-impl Balance {
-    /// Why round-robin cannot run on `sockets` (`adopted`: systemd passed
-    /// them in), before anything is bound: one line, a usage error.
-    pub(super) fn refuse(binds: &[sockets::BindSpec], adopted: bool) -> Result<(), Error> {
-        if adopted {
-            return Err(Error::Usage(
-                "--balance round-robin: the sockets systemd passed in (LISTEN_FDS) are one per address; \
+/// Why round-robin cannot run on `binds` (`adopted`: systemd passed the
+/// sockets in), before anything is bound: one line, a usage error.
+pub(crate) fn refuse(binds: &[sockets::BindSpec], adopted: bool) -> Result<(), Error> {
+    if adopted {
+        return Err(Error::Usage(
+            "--balance round-robin: the sockets systemd passed in (LISTEN_FDS) are one per address; \
                  round-robin needs a socket per worker, which panzer binds itself: use --bind, or \
                  --balance shared"
-                    .into(),
-            ));
-        }
-        if let Some(unix) = binds.iter().find(|b| matches!(b.addr, BindAddr::Unix(_))) {
-            return Err(Error::Usage(format!(
-                "--balance round-robin: --bind {unix}: a unix socket cannot be balanced (SO_REUSEPORT \
-                 groups are TCP only); use --balance shared"
-            )));
-        }
-        Ok(())
+                .into(),
+        ));
     }
+    if let Some(unix) = binds.iter().find(|b| matches!(b.addr, BindAddr::Unix(_))) {
+        return Err(Error::Usage(format!(
+            "--balance round-robin: --bind {unix}: a unix socket cannot be balanced (SO_REUSEPORT \
+                 groups are TCP only); use --balance shared"
+        )));
+    }
+    Ok(())
+}
 
+/// Whether the kernel and this process's privileges let main set up the
+/// rotation (`--check`): the program loaded once, on maps of its own.
+pub(crate) fn probe() -> Result<(), Error> {
+    Rotation::attach(&[]).map(drop).map_err(|refused| failed("", refused))
+}
+
+/// The error for a rotation the kernel refused, with what would help.
+fn failed(on: &str, refused: crate::sys::reuseport::Refused) -> Error {
+    let hint = match refused.error.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => {
+            " (needs root, or CAP_BPF and CAP_NET_ADMIN; or use --balance shared)"
+        }
+        _ => " (needs a Linux kernel 5.12 or later with BPF; or use --balance shared)",
+    };
+    Error::os(format!("--balance round-robin{on}: {}{hint}", refused.step), refused.error)
+}
+
+impl Balance {
     /// Binds slots 1…`slots`-1 beside each of `sockets` (bound with
     /// `SO_REUSEPORT`) and attaches the rotation program to each group.
     pub(super) fn start(
@@ -76,18 +93,8 @@ impl Balance {
             let others: Vec<Listener> =
                 (1..slots).map(|_| sockets::bind_slot(first, backlog, nodelay)).collect::<Result<_, _>>()?;
             let fds: Vec<BorrowedFd<'_>> = std::iter::once(first).chain(&others).map(Listener::fd).collect();
-            let rotation = Rotation::attach(&fds).map_err(|refused| {
-                let hint = match refused.error.raw_os_error() {
-                    Some(libc::EPERM | libc::EACCES) => {
-                        " (needs root, or CAP_BPF and CAP_NET_ADMIN; or use --balance shared)"
-                    }
-                    _ => " (a Linux kernel 5.12 or later with BPF; or use --balance shared)",
-                };
-                Error::os(
-                    format!("--balance round-robin on {}: {}{hint}", first.local, refused.step),
-                    refused.error,
-                )
-            })?;
+            let on = format!(" on {}", first.local);
+            let rotation = Rotation::attach(&fds).map_err(|refused| failed(&on, refused))?;
             more.push(others);
             rotations.push(rotation);
         }

@@ -13,7 +13,7 @@
 //! `upgrade/`; this loop only dispatches to it. A reload first re-reads the
 //! configuration file (`reconfigure`).
 
-mod balance;
+pub(crate) mod balance;
 mod connections;
 mod hello;
 mod leftovers;
@@ -190,7 +190,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
     };
     let round_robin = config.balance == crate::units::Balance::RoundRobin;
     if round_robin {
-        balance::Balance::refuse(&config.binds, adopted.is_some())?;
+        balance::refuse(&config.binds, adopted.is_some())?;
     }
     let control = Server::bind(&control_path)?;
     let sockets = match adopted {
