@@ -364,3 +364,22 @@ fn the_default_is_shared_and_an_unknown_mode_is_refused() {
     assert_eq!(status.code(), Some(2), "{}", panzer.log());
     assert!(panzer.log().contains("invalid balance mode 'random'"), "{}", panzer.log());
 }
+
+#[test]
+fn library_mode_workers_take_turns_too() {
+    let panzer = Panzer::new(example("preload"))
+        .arg("--preload")
+        .count(2)
+        .env("PRELOAD_MB", "1")
+        .args(&["--balance", "round-robin"])
+        .start();
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    ready_workers(&panzer, 2);
+    // Fresh connections one after the other: the slots in turn.
+    let mut answered: BTreeMap<Pid, usize> = BTreeMap::new();
+    for _ in 0..8 {
+        *answered.entry(get(port, "/").unwrap().pid()).or_insert(0) += 1;
+    }
+    assert_eq!(answered.values().copied().collect::<Vec<_>>(), [4, 4], "{answered:?}");
+}
