@@ -26,7 +26,10 @@ use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use super::policy::{Generation, State};
+use super::Main;
+use crate::config::Config;
 use crate::error::Error;
+use crate::limits::{Bound, CountCeiling};
 use crate::sockets::{self, BindAddr, Listener};
 use crate::sys::reuseport::Rotation;
 
@@ -39,6 +42,27 @@ pub(super) struct Balance {
     /// What is in rotation now.
     active: Vec<u32>,
     rotation: InRotation,
+}
+
+/// Whether `config` asks for round-robin, or why it cannot have it
+/// (`adopted`: systemd passed the sockets in), before anything is bound.
+pub(super) fn wanted(config: &Config, adopted: bool) -> Result<bool, Error> {
+    let wanted = config.balance == crate::units::Balance::RoundRobin;
+    if wanted {
+        refuse(&config.binds, adopted)?;
+    }
+    Ok(wanted)
+}
+
+/// The most workers a generation may run: as the limits allow for
+/// `sockets` (of `slots` each with round-robin), and no more than `slots`,
+/// which were bound at start.
+pub(super) fn ceiling(config: &Config, sockets: usize, slots: Option<u32>) -> CountCeiling {
+    let ceiling = crate::config::count_ceiling(sockets, config.tag_output, config.preload, slots.is_some());
+    match slots {
+        Some(slots) if slots < ceiling.max => CountCeiling { max: slots, bound: Bound::Slots(slots) },
+        _ => ceiling,
+    }
 }
 
 /// Why round-robin cannot run on `binds` (`adopted`: systemd passed the
@@ -78,7 +102,40 @@ fn failed(on: &str, refused: crate::sys::reuseport::Refused) -> Error {
     Error::os(format!("--balance round-robin{on}: {}{hint}", refused.step), refused.error)
 }
 
+impl Main {
+    /// With `--balance round-robin`, the slots bound at start.
+    pub(super) fn slots(&self) -> Option<u32> {
+        self.balance.as_ref().map(Balance::slots)
+    }
+
+    /// The listening sockets a monitor gets, in order.
+    pub(super) fn monitor_sockets(&self) -> Vec<RawFd> {
+        match &self.balance {
+            Some(balance) => balance.fds(&self.sockets),
+            None => self.sockets.iter().map(|l| l.fd().as_raw_fd()).collect(),
+        }
+    }
+
+    /// Puts in rotation the slots the policy's generations have ready now;
+    /// called after each event, before its effects are carried out, so a
+    /// slot leaves the rotation before its worker is told to drain.
+    pub(super) fn sync_rotation(&mut self) {
+        if let Some(balance) = &mut self.balance {
+            balance.sync(self.policy.generations(), self.policy.count());
+        }
+    }
+}
+
 impl Balance {
+    /// With `--balance round-robin` and sockets to balance (main's own,
+    /// bound with `SO_REUSEPORT`), one per slot for `--count` workers.
+    pub(super) fn for_config(config: &Config, sockets: &[Listener]) -> Result<Option<Balance>, Error> {
+        if config.balance != crate::units::Balance::RoundRobin || sockets.is_empty() {
+            return Ok(None);
+        }
+        Balance::start(sockets, config.count, config.backlog, config.nodelay).map(Some)
+    }
+
     /// Binds slots 1…`slots`-1 beside each of `sockets` (bound with
     /// `SO_REUSEPORT`) and attaches the rotation program to each group.
     pub(super) fn start(

@@ -147,17 +147,11 @@ fn signal_fd() -> Result<sys::SignalFd, Error> {
 }
 
 /// The policy's settings from the configuration, for `sockets` listening
-/// sockets (with `--balance round-robin`, of `slots` slots each: a scale
-/// goes no further).
+/// sockets (and `--balance round-robin`'s `slots`).
 fn settings(config: &Config, sockets: usize, slots: Option<u32>) -> Settings {
-    let mut ceiling =
-        crate::config::count_ceiling(sockets, config.tag_output, config.preload, slots.is_some());
-    if let Some(slots) = slots.filter(|&s| s < ceiling.max) {
-        ceiling = crate::limits::CountCeiling { max: slots, bound: crate::limits::Bound::Slots(slots) };
-    }
     Settings {
         count: config.count,
-        ceiling,
+        ceiling: balance::ceiling(config, sockets, slots),
         startup_timeout: config.startup_timeout,
         graceful_timeout: config.graceful_timeout,
         strategy: config.reload_strategy,
@@ -188,10 +182,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
         Some(path) => path,
         None => runtime_dir::control_socket_path(std::process::id())?,
     };
-    let round_robin = config.balance == crate::units::Balance::RoundRobin;
-    if round_robin {
-        balance::refuse(&config.binds, adopted.is_some())?;
-    }
+    let round_robin = balance::wanted(&config, adopted.is_some())?;
     let control = Server::bind(&control_path)?;
     let sockets = match adopted {
         Some(adopted) => {
@@ -209,13 +200,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
             })?
         }
     };
-    let slots = round_robin.then_some(config.count);
-    let balance = match slots {
-        Some(slots) if !sockets.is_empty() => {
-            Some(balance::Balance::start(&sockets, slots, config.backlog, config.nodelay)?)
-        }
-        _ => None,
-    };
+    let balance = balance::Balance::for_config(&config, &sockets)?;
     // Passed-in sockets may be more than `--bind` said: what a monitor
     // holds follows them.
     let ceiling = crate::config::count_ceiling(sockets.len(), config.tag_output, config.preload, round_robin);
@@ -412,11 +397,7 @@ impl Main {
                 .handle(Instant::now(), event)
                 .into_iter()
                 .partition(|effect| matches!(effect, Effect::Log { .. }));
-            // Before any order goes out: a slot leaves the rotation before
-            // its worker is told to drain.
-            if let Some(balance) = &mut self.balance {
-                balance.sync(self.policy.generations(), self.policy.count());
-            }
+            self.sync_rotation();
             for effect in lines.into_iter().chain(effects) {
                 if let Some(next) = self.perform(effect) {
                     events.push_back(next);
@@ -633,19 +614,6 @@ impl Main {
         self.orphans.forget_empty(&monitors);
     }
 
-    /// With `--balance round-robin`, the slots bound at start.
-    fn slots(&self) -> Option<u32> {
-        self.balance.as_ref().map(balance::Balance::slots)
-    }
-
-    /// The listening sockets a monitor gets, in order.
-    fn monitor_sockets(&self) -> Vec<RawFd> {
-        match &self.balance {
-            Some(balance) => balance.fds(&self.sockets),
-            None => self.sockets.iter().map(|l| l.fd().as_raw_fd()).collect(),
-        }
-    }
-
     fn monitor_pids(&self) -> Vec<Pid> {
         self.monitors.values().map(|m| m.pid).collect()
     }
@@ -658,7 +626,7 @@ impl Main {
             ready: self.config.ready,
             graceful_timeout: CliDuration(self.config.graceful_timeout),
             sockets: self.monitor_sockets().len(),
-            slots: self.balance.as_ref().map_or(0, balance::Balance::slots),
+            slots: self.slots().unwrap_or(0),
             fd_names: sockets::fd_names(self.sockets.iter().map(|l| &l.spec)),
             notify_socket: notify_socket.clone(),
             log_level: log::max_level(),

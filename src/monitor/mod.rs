@@ -21,12 +21,12 @@
 
 mod accepting;
 mod fork;
-mod held_drains;
 pub mod keeper;
 mod notifications;
 mod notify_socket;
 mod output;
 pub(crate) mod pool;
+mod slots;
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -117,7 +117,7 @@ struct Monitor {
     /// The generation's keeper (none in library mode).
     keeper: Option<keeper::Keeper>,
     /// `--balance round-robin`: removed slots' workers, drained once their queue is empty.
-    held_drains: held_drains::HeldDrains,
+    held_drains: slots::HeldDrains,
 }
 
 /// Runs the monitor role; returns the process exit status.
@@ -214,7 +214,7 @@ impl Monitor {
                     notify_warnings: crate::log_limit::LogLimit::new(Duration::from_secs(1)),
                     strangers: crate::log_limit::LogLimit::new(STRANGER_INTERVAL),
                     keeper,
-                    held_drains: held_drains::HeldDrains::default(),
+                    held_drains: slots::HeldDrains::default(),
                 })
             }
             Err(error) => Err((error, status)),
@@ -438,21 +438,6 @@ impl Monitor {
             library: matches!(self.launch, Launch::Fork { .. }),
             round_robin: self.args.slots > 0,
         }
-    }
-
-    /// The listening sockets worker `ordinal` gets, in `--bind` order: all
-    /// of them, or with `--balance round-robin` its slot's of each address.
-    fn worker_sockets(&self, ordinal: u32) -> std::io::Result<Vec<&OwnedFd>> {
-        let slots = self.args.slots as usize;
-        if slots == 0 {
-            return Ok(self.sockets.iter().collect());
-        }
-        if ordinal as usize >= slots {
-            return Err(std::io::Error::other(format!(
-                "--balance round-robin has sockets for {slots} workers, not for worker {ordinal}"
-            )));
-        }
-        Ok(self.sockets.chunks(slots).filter_map(|slot| slot.get(ordinal as usize)).collect())
     }
 
     fn spawn_worker(&mut self, ordinal: u32) -> Result<Pid, sys::spawn::SpawnError> {
@@ -709,7 +694,7 @@ impl Monitor {
             let workers = self.pool.workers().count();
             self.pool.drain();
             // The whole group gets the drain signal now: a held one is sent.
-            self.held_drains = held_drains::HeldDrains::default();
+            self.held_drains = slots::HeldDrains::default();
             if grace.is_zero() {
                 // A stop now (SIGQUIT): no drain to promise.
                 log::info!("killing {workers} worker(s) now");
@@ -726,37 +711,6 @@ impl Monitor {
         }
         if crate::protocol::reports_draining(self.args.protocol) {
             self.report(Report::Draining);
-        }
-    }
-
-    fn scale(&mut self, count: u32) {
-        if self.pool.is_draining() || count == 0 {
-            return;
-        }
-        let now = Instant::now();
-        for (ordinal, pid) in self.pool.scale(count, now) {
-            if self.args.slots > 0 {
-                self.held_drains.hold(ordinal, pid, now, self.args.graceful_timeout.0);
-            } else {
-                sys::signal_process(Pid::from_raw(pid), self.drain_signal());
-            }
-        }
-        log::info!("now running {count} worker(s)");
-    }
-
-    /// Drain signals held back until a removed slot's queue is empty.
-    fn release_held_drains(&mut self, now: Instant) {
-        let slots = self.args.slots as usize;
-        if slots == 0 {
-            return;
-        }
-        let sockets = &self.sockets;
-        let queued = |ordinal: u32| {
-            let mine = sockets.chunks(slots).filter_map(|set| set.get(ordinal as usize));
-            mine.map(|fd| sys::reuseport::accept_queue(fd.as_fd()).unwrap_or(0)).sum()
-        };
-        for pid in self.held_drains.due(now, queued) {
-            sys::signal_process(Pid::from_raw(pid), self.drain_signal());
         }
     }
 

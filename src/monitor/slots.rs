@@ -1,16 +1,24 @@
-//! `--balance round-robin`: a worker whose slot a scale down removed is
-//! told to drain only once its slot's queue is empty.
+//! A monitor's side of `--balance round-robin`: which sockets a worker
+//! gets, and the scale down that waits for a removed slot's queue.
 //!
-//! With one socket per slot, what waits in a slot's accept queue can only
-//! be accepted by that slot's worker. main takes the slot out of the
-//! rotation before it sends the scale order, so nothing new is queued
-//! there; the worker keeps accepting what is, and the monitor sends the
-//! drain signal once the queue has stayed empty for [`SETTLE`] (a
-//! handshake the kernel began before the slot left the rotation completes
-//! within that on any sane network), or at the latest after [`HOLD_MAX`]
-//! (a worker that does not accept is not waited for longer).
+//! main passes every slot's sockets, address-major (address b's slot k at
+//! `b * slots + k`); worker k gets its slot's of each address, at fd 3…
+//! like any worker. What waits in a slot's accept queue can only be
+//! accepted by that slot's worker. main takes the slot out of the rotation
+//! before it sends the scale order, so nothing new is queued there; the
+//! worker keeps accepting what is, and the monitor sends the drain signal
+//! once the queue has stayed empty for [`SETTLE`] (a handshake the kernel
+//! began before the slot left the rotation completes within that on any
+//! sane network), or at the latest after [`HOLD_MAX`] (a worker that does
+//! not accept is not waited for longer).
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+
+use super::Monitor;
+use crate::sys;
 
 /// How long the queue must stay empty.
 const SETTLE: Duration = Duration::from_millis(50);
@@ -70,6 +78,54 @@ impl HeldDrains {
             }
         });
         due
+    }
+}
+
+impl Monitor {
+    /// The listening sockets worker `ordinal` gets, in `--bind` order: all
+    /// of them, or with `--balance round-robin` its slot's of each address.
+    pub(super) fn worker_sockets(&self, ordinal: u32) -> std::io::Result<Vec<&OwnedFd>> {
+        let slots = self.args.slots as usize;
+        if slots == 0 {
+            return Ok(self.sockets.iter().collect());
+        }
+        if ordinal as usize >= slots {
+            return Err(std::io::Error::other(format!(
+                "--balance round-robin has sockets for {slots} workers, not for worker {ordinal}"
+            )));
+        }
+        Ok(self.sockets.chunks(slots).filter_map(|slot| slot.get(ordinal as usize)).collect())
+    }
+
+    pub(super) fn scale(&mut self, count: u32) {
+        if self.pool.is_draining() || count == 0 {
+            return;
+        }
+        let now = Instant::now();
+        for (ordinal, pid) in self.pool.scale(count, now) {
+            if self.args.slots > 0 {
+                self.held_drains.hold(ordinal, pid, now, self.args.graceful_timeout.0);
+            } else {
+                sys::signal_process(Pid::from_raw(pid), self.drain_signal());
+            }
+        }
+        log::info!("now running {count} worker(s)");
+    }
+
+    /// Drain signals held back until a removed slot's queue is empty.
+    pub(super) fn release_held_drains(&mut self, now: Instant) {
+        let slots = self.args.slots as usize;
+        if slots == 0 {
+            return;
+        }
+        let sockets = &self.sockets;
+        let queued = |ordinal: u32| {
+            let mine = sockets.chunks(slots).filter_map(|set| set.get(ordinal as usize));
+            mine.map(|fd| sys::reuseport::accept_queue(fd.as_fd()).unwrap_or(0)).sum()
+        };
+        for pid in self.held_drains.due(now, queued) {
+            sys::signal_process(Pid::from_raw(pid), self.drain_signal());
+        }
     }
 }
 
