@@ -6,8 +6,6 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -72,65 +70,15 @@ fn two_workers_two_connections_never_share_a_worker() {
     }
 }
 
-/// Clients that each keep one connection alive and ask on it back to back,
-/// opening a new one when the server closes it; every error is a failure.
-struct KeptAlive {
-    stop: Arc<AtomicBool>,
-    clients: Vec<std::thread::JoinHandle<(u32, Vec<String>)>>,
+/// Once generation 1 is ready: its port, and 4 clients on fresh connections
+/// and 4 on kept-alive ones.
+fn under_load(panzer: &Panzer) -> (u16, Load, KeepAlive) {
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    (port, Load::start(port, 4, "/"), KeepAlive::start(port, 4))
 }
 
-impl KeptAlive {
-    fn start(port: u16, clients: usize) -> KeptAlive {
-        let stop = Arc::new(AtomicBool::new(false));
-        let clients = (0..clients)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let (mut ok, mut failures) = (0, Vec::new());
-                    let mut stream = None;
-                    while !stop.load(Ordering::Relaxed) && ok < Load::MAX * 4 {
-                        let s = match stream.take() {
-                            Some(s) => s,
-                            None => match connect(port) {
-                                Ok(s) => s,
-                                Err(e) => {
-                                    failures.push(format!("connect: {e}"));
-                                    continue;
-                                }
-                            },
-                        };
-                        let mut s = s;
-                        match ask(&mut s) {
-                            Ok(r) if r.status == 200 => {
-                                ok += 1;
-                                if !r.closes() {
-                                    stream = Some(s);
-                                }
-                            }
-                            Ok(r) => failures.push(format!("status {}", r.status)),
-                            Err(e) => failures.push(e.to_string()),
-                        }
-                    }
-                    (ok, failures)
-                })
-            })
-            .collect();
-        KeptAlive { stop, clients }
-    }
-
-    fn finish(self) -> (u32, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut total = (0, Vec::new());
-        for client in self.clients {
-            let (ok, failures) = client.join().unwrap();
-            total.0 += ok;
-            total.1.extend(failures);
-        }
-        total
-    }
-}
-
-fn assert_no_failure(what: &str, fresh: Load, kept: KeptAlive) {
+fn assert_no_failure(what: &str, fresh: Load, kept: KeepAlive) {
     let (failures, generations) = fresh.finish();
     let (answered, kept_failures) = kept.finish();
     assert!(failures.is_empty(), "{what}: fresh connections failed: {failures:?} ({generations:?})");
@@ -141,10 +89,7 @@ fn assert_no_failure(what: &str, fresh: Load, kept: KeptAlive) {
 #[test]
 fn reloads_under_load_lose_nothing() {
     let panzer = round_robin(4);
-    let port = panzer.port(0);
-    panzer.wait_ready(1);
-    let fresh = Load::start(port, 4, "/");
-    let kept = KeptAlive::start(port, 4);
+    let (_, fresh, kept) = under_load(&panzer);
     for generation in 2..=11 {
         fresh.wait_for(50);
         panzer.signal(Signal::SIGUSR1);
@@ -161,10 +106,7 @@ fn a_rolling_reload_under_load_loses_nothing() {
         .notify()
         .args(&["--balance", "round-robin", "--reload-strategy", "rolling"])
         .start();
-    let port = panzer.port(0);
-    panzer.wait_ready(1);
-    let fresh = Load::start(port, 4, "/");
-    let kept = KeptAlive::start(port, 4);
+    let (_, fresh, kept) = under_load(&panzer);
     fresh.wait_for(50);
     panzer.signal(Signal::SIGUSR1);
     panzer.wait_ready(2);
@@ -176,10 +118,7 @@ fn a_rolling_reload_under_load_loses_nothing() {
 #[test]
 fn scaling_down_and_up_and_a_killed_worker_lose_nothing() {
     let panzer = round_robin(4);
-    let port = panzer.port(0);
-    panzer.wait_ready(1);
-    let fresh = Load::start(port, 4, "/");
-    let kept = KeptAlive::start(port, 4);
+    let (port, fresh, kept) = under_load(&panzer);
     fresh.wait_for(50);
     let out = panzer.ctl(&["scale", "2"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
