@@ -203,6 +203,39 @@ fn a_connection_queued_on_a_slot_that_is_scaled_away_is_served_before_its_worker
     panzer.wait_for_line(&format!("(pid {stalled}) exited"));
 }
 
+#[test]
+fn a_stopped_worker_leaves_the_rotation_until_it_accepts_again() {
+    let panzer = round_robin(2);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    ready_workers(&panzer, 2);
+    let (serving, stopped) = (worker_pid(&panzer, 0), worker_pid(&panzer, 1));
+    kill(stopped, Signal::SIGSTOP).unwrap();
+    // New connections keep coming; half of them wait for the stopped one.
+    let mut waiting: Vec<TcpStream> = Vec::new();
+    eventually(PATIENCE, "slot 1 to leave the rotation", || {
+        let mut stream = connect(port).unwrap();
+        write!(stream, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+        waiting.push(stream);
+        panzer.log().contains("slot 1: ").then_some(())
+    });
+    let line = panzer.wait_for_line("out of the rotation until its worker accepts again");
+    assert!(line.contains("round-robin: slot 1: "), "{line}");
+    // Now every new connection goes to the worker that accepts.
+    for _ in 0..10 {
+        assert_eq!(get(port, "/").unwrap().pid(), serving);
+    }
+    kill(stopped, Signal::SIGCONT).unwrap();
+    panzer.wait_for_line("round-robin: slot 1: its worker accepts again: back in the rotation");
+    // What waited was served, by one worker or the other.
+    for stream in &mut waiting {
+        let pid = read_response(stream).unwrap().pid();
+        assert!(pid == serving || pid == stopped, "{pid}");
+    }
+    assert!(waiting.len() >= 2, "{}", waiting.len());
+    workers(port, 2);
+}
+
 /// Waits until the serving generation has `n` ready workers.
 fn ready_workers(panzer: &Panzer, n: usize) {
     eventually(PATIENCE, &format!("{n} ready workers"), || {

@@ -18,20 +18,35 @@
 //! down, the drain of a generation nothing replaces), and joins it once a
 //! worker on it is ready. The kernel program itself is `sys::reuseport`.
 //!
+//! A slot whose worker stops accepting (stopped, stuck in a loop) would
+//! still get its share of new connections, which would wait in its queue.
+//! So main polls the sockets of the slots in rotation (a listening socket
+//! is readable while its accept queue holds a connection: idle, this never
+//! wakes main), and when one wakes it, looks at the queues again every
+//! [`STUCK_AFTER`] until that slot's is empty: a slot whose queue has grown
+//! (to 2 or more) since main first saw it, while another slot's is empty,
+//! leaves the rotation until its queue is empty again ([`Watch`]). Under
+//! load main looks at most once per slot per [`STUCK_AFTER`].
+//!
 //! The slots are bound at start for `--count` workers; a scale above that
 //! is refused (the policy's `Settings::slots`), since a running monitor
 //! cannot be handed sockets bound after it started.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use super::policy::{Generation, State};
-use super::Main;
+use super::{Main, Token};
 use crate::config::Config;
 use crate::error::Error;
 use crate::limits::{Bound, CountCeiling};
 use crate::sockets::{self, BindAddr, Listener};
-use crate::sys::reuseport::Rotation;
+use crate::sys::reuseport::{accept_queue, Rotation};
+use crate::sys::Interest;
+
+/// How often main looks at a queue that holds connections.
+pub(super) const STUCK_AFTER: Duration = Duration::from_millis(500);
 
 /// The slot sockets and their rotations, one per address.
 pub(super) struct Balance {
@@ -39,9 +54,12 @@ pub(super) struct Balance {
     /// Per address, the sockets of slots 1… (slot 0's is main's own).
     more: Vec<Vec<Listener>>,
     rotations: Vec<Rotation>,
-    /// What is in rotation now.
+    /// The slots the policy's generations have ready, and of those, what
+    /// is in rotation now (the stuck ones left out).
+    ready: Vec<u32>,
     active: Vec<u32>,
     rotation: InRotation,
+    watch: Watch,
 }
 
 /// Whether `config` asks for round-robin, or why it cannot have it
@@ -124,6 +142,142 @@ impl Main {
             balance.sync(self.policy.generations(), self.policy.count());
         }
     }
+
+    /// Slot `slot`'s socket of each address (slot 0's are main's own).
+    fn slot_sockets(&self, slot: u32) -> impl Iterator<Item = BorrowedFd<'_>> {
+        let more = self.balance.iter().flat_map(|b| &b.more);
+        self.sockets.iter().zip(more).filter_map(move |(first, more)| match slot {
+            0 => Some(first.fd()),
+            k => more.get(k as usize - 1).map(Listener::fd),
+        })
+    }
+
+    /// The connections waiting in slot `slot`'s queues.
+    fn queued(&self, slot: u32) -> u32 {
+        self.slot_sockets(slot).map(|fd| accept_queue(fd).unwrap_or(0)).sum()
+    }
+
+    /// What main polls for the rotation: the sockets of the slots watched
+    /// for a queue that does not empty.
+    pub(super) fn rotation_fds<'a>(
+        &'a self,
+        tokens: &mut Vec<Token>,
+        fds: &mut Vec<(BorrowedFd<'a>, Interest)>,
+    ) {
+        let Some(balance) = &self.balance else { return };
+        for slot in balance.watch.armed(&balance.ready) {
+            for fd in self.slot_sockets(slot) {
+                tokens.push(Token::Slot(slot));
+                fds.push((fd, Interest::Read));
+            }
+        }
+    }
+
+    /// A slot's queue holds a connection: look again in a while.
+    pub(super) fn on_slot_readable(&mut self, slot: u32, now: Instant) {
+        let queued = self.queued(slot);
+        if let Some(balance) = &mut self.balance {
+            balance.watch.woke(slot, queued, now);
+        }
+    }
+
+    /// When main looks at a queue next.
+    pub(super) fn rotation_deadline(&self) -> Option<Instant> {
+        self.balance.as_ref().and_then(|b| b.watch.next_look())
+    }
+
+    /// Looks at the queues that are due: a stuck slot leaves the
+    /// rotation, and comes back once its queue is empty.
+    pub(super) fn on_rotation_timer(&mut self, now: Instant) {
+        if !self.rotation_deadline().is_some_and(|at| at <= now) {
+            return;
+        }
+        let queues: BTreeMap<u32, u32> =
+            (0..self.slots().unwrap_or(0)).map(|k| (k, self.queued(k))).collect();
+        let Some(balance) = &mut self.balance else { return };
+        for (slot, stuck) in balance.watch.look(now, &balance.ready, &queues) {
+            let waiting = queues.get(&slot).copied().unwrap_or(0);
+            if stuck {
+                log::warn!(
+                    "round-robin: slot {slot}: {waiting} connection(s) waiting for {} ms while another \
+                     slot's queue is empty: out of the rotation until its worker accepts again",
+                    STUCK_AFTER.as_millis()
+                );
+            } else {
+                log::info!("round-robin: slot {slot}: its worker accepts again: back in the rotation");
+            }
+        }
+        balance.apply();
+    }
+}
+
+/// The slots whose queue keeps its connections: those main polls, those it
+/// looks at again later, and those out of the rotation for it.
+#[derive(Debug, Default)]
+pub(super) struct Watch {
+    /// Per slot: when to look at its queue again, and what it held then.
+    looking: BTreeMap<u32, (Instant, u32)>,
+    /// Out of the rotation until their queue is empty.
+    stuck: BTreeSet<u32>,
+}
+
+impl Watch {
+    /// Forgets slots that are no longer ready (a new worker starts afresh).
+    pub(super) fn keep(&mut self, ready: &[u32]) {
+        self.looking.retain(|k, _| ready.contains(k));
+        self.stuck.retain(|k| ready.contains(k));
+    }
+
+    /// The slots main polls: ready, and not looked at later.
+    pub(super) fn armed(&self, ready: &[u32]) -> Vec<u32> {
+        ready.iter().copied().filter(|k| !self.looking.contains_key(k)).collect()
+    }
+
+    /// `slot`'s queue holds `queued` connections now.
+    pub(super) fn woke(&mut self, slot: u32, queued: u32, now: Instant) {
+        self.looking.insert(slot, (now + STUCK_AFTER, queued));
+    }
+
+    pub(super) fn next_look(&self) -> Option<Instant> {
+        self.looking.values().map(|&(at, _)| at).min()
+    }
+
+    /// Looks at the slots due with their `queues` now; returns the slots
+    /// that became stuck (`true`) or accept again (`false`).
+    pub(super) fn look(
+        &mut self,
+        now: Instant,
+        ready: &[u32],
+        queues: &BTreeMap<u32, u32>,
+    ) -> Vec<(u32, bool)> {
+        let due: Vec<(u32, u32)> =
+            self.looking.iter().filter(|(_, &(at, _))| at <= now).map(|(&k, &(_, then))| (k, then)).collect();
+        let mut changes = Vec::new();
+        for (slot, then) in due {
+            let queued = queues.get(&slot).copied().unwrap_or(0);
+            let serving: Vec<u32> = ready.iter().copied().filter(|k| !self.stuck.contains(k)).collect();
+            let another_empty =
+                serving.iter().any(|&k| k != slot && queues.get(&k).copied().unwrap_or(0) == 0);
+            if self.stuck.contains(&slot) {
+                if queued == 0 {
+                    self.stuck.remove(&slot);
+                    changes.push((slot, false));
+                }
+            } else if queued > then && queued >= 2 && another_empty && serving.len() > 1 {
+                self.stuck.insert(slot);
+                changes.push((slot, true));
+            }
+            if queued > 0 {
+                // Looked at again, from the least it held: a queue that
+                // only grows is a worker that does not accept.
+                self.looking.insert(slot, (now + STUCK_AFTER, queued.min(then)));
+            } else {
+                // Polled again.
+                self.looking.remove(&slot);
+            }
+        }
+        changes
+    }
 }
 
 impl Balance {
@@ -155,7 +309,15 @@ impl Balance {
             more.push(others);
             rotations.push(rotation);
         }
-        Ok(Balance { slots, more, rotations, active: Vec::new(), rotation: InRotation::default() })
+        Ok(Balance {
+            slots,
+            more,
+            rotations,
+            ready: Vec::new(),
+            active: Vec::new(),
+            rotation: InRotation::default(),
+            watch: Watch::default(),
+        })
     }
 
     pub(super) fn slots(&self) -> u32 {
@@ -173,9 +335,16 @@ impl Balance {
             .collect()
     }
 
-    /// Puts exactly the slots [`InRotation`] names in rotation.
+    /// Puts exactly the slots [`InRotation`] names in rotation, but for
+    /// those found stuck.
     pub(super) fn sync(&mut self, generations: &[Generation], count: u32) {
-        let active = self.rotation.update(generations, count.min(self.slots));
+        self.ready = self.rotation.update(generations, count.min(self.slots));
+        self.watch.keep(&self.ready);
+        self.apply();
+    }
+
+    fn apply(&mut self) {
+        let active: Vec<u32> = self.ready.iter().copied().filter(|k| !self.watch.stuck.contains(k)).collect();
         if active == self.active {
             return;
         }

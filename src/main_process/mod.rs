@@ -86,6 +86,8 @@ enum Token {
     /// main's own stdout or stderr has room for the lines that wait.
     Log,
     Admin(admin::Token),
+    /// `--balance round-robin`: a slot's queue holds a connection.
+    Slot(u32),
 }
 
 /// One running (or exited, not yet reaped) monitor.
@@ -130,7 +132,6 @@ struct Main {
     argv: Vec<OsString>,
     /// The new binary's check, while it runs.
     check: Option<upgrade::Check>,
-    /// `--balance round-robin`: the slot sockets and their rotation.
     balance: Option<balance::Balance>,
     _pid_file: Option<pid_file::WrittenPidFile>,
 }
@@ -146,8 +147,7 @@ fn signal_fd() -> Result<sys::SignalFd, Error> {
     sys::signal_fd(&signals).map_err(|e| Error::os("cannot set up signal handling", e))
 }
 
-/// The policy's settings from the configuration, for `sockets` listening
-/// sockets (and `--balance round-robin`'s `slots`).
+/// The policy's settings from the configuration, for `sockets` listening sockets (`slots` each).
 fn settings(config: &Config, sockets: usize, slots: Option<u32>) -> Settings {
     Settings {
         count: config.count,
@@ -272,11 +272,10 @@ impl Main {
         // 0, 1 and 2, and what else below the limit is open but the clients.
         let held = 3 + open.iter().filter(|&&fd| (fd as u64) < limit).count() as u64;
         let held = held.saturating_sub((self.control.clients() + self.admin.clients()) as u64);
-        let passed = self.monitor_sockets().len();
-        let room = server::client_room(limit, held, passed);
+        let room = server::client_room(limit, held, self.monitor_sockets().len());
         // The admin endpoint, when there is one, takes at most half.
         let admin = if self.admin.is_empty() { 0 } else { (room / 2).clamp(1, admin::MAX_CLIENTS as u64) };
-        let cap = server::client_cap(limit, held + admin, passed);
+        let cap = server::client_cap(limit, held + admin, self.monitor_sockets().len());
         self.control.set_max_clients(cap, limit);
         if cap < server::MAX_CLIENTS {
             let clients = if cap == 1 { "client" } else { "clients" };
@@ -317,6 +316,7 @@ impl Main {
                     Token::Admin(token) => admin.push(token),
                     Token::Signals => {}
                     Token::Log => crate::logging::flush(),
+                    Token::Slot(slot) => self.on_slot_readable(slot, Instant::now()),
                 }
             }
             for (client, request) in self.control.on_ready(&control) {
@@ -341,6 +341,7 @@ impl Main {
             self.systemd.as_ref().and_then(Systemd::next_deadline),
             self.shed.deadline(),
             self.hello_deadline(),
+            self.rotation_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -363,6 +364,7 @@ impl Main {
             tokens.push(Token::Log);
             fds.push((fd, Interest::Write));
         }
+        self.rotation_fds(&mut tokens, &mut fds);
         let ready = sys::poll(&fds, deadline)?;
         Ok(tokens.into_iter().zip(ready).filter(|(_, r)| *r).map(|(t, _)| t).collect())
     }
@@ -383,6 +385,7 @@ impl Main {
         if self.hello_deadline().is_some_and(|at| at <= now) {
             self.on_hello_deadline(now);
         }
+        self.on_rotation_timer(now);
     }
 
     /// Feeds `event` to the policy and performs what it says, including

@@ -56,3 +56,56 @@ fn a_reload_keeps_every_slot_in_rotation_and_a_draining_generation_counts_for_no
     w.0.worker_exited(2, 1, 201);
     assert_eq!(rotation(&mut w), [0, 2, 3], "generation 1's worker 1 drains: it takes nothing new");
 }
+
+mod stuck {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::main_process::balance::{Watch, STUCK_AFTER};
+
+    fn queues(q: &[(u32, u32)]) -> BTreeMap<u32, u32> {
+        q.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_slot_whose_queue_grows_while_another_is_empty_leaves_until_it_is_empty() {
+        let (mut watch, ready, t0) = (Watch::default(), [0, 1], Instant::now());
+        assert_eq!(watch.armed(&ready), [0, 1]);
+        watch.woke(1, 1, t0);
+        assert_eq!(watch.armed(&ready), [0], "looked at later, not polled");
+        assert_eq!(watch.next_look(), Some(t0 + STUCK_AFTER));
+        assert!(watch.look(t0 + STUCK_AFTER, &ready, &queues(&[(0, 0), (1, 1)])).is_empty(), "not grown");
+        let at = t0 + STUCK_AFTER * 2;
+        assert_eq!(watch.look(at, &ready, &queues(&[(0, 0), (1, 3)])), [(1, true)]);
+        assert!(watch.look(at + STUCK_AFTER, &ready, &queues(&[(0, 0), (1, 3)])).is_empty());
+        assert_eq!(watch.look(at + STUCK_AFTER * 2, &ready, &queues(&[(0, 0), (1, 0)])), [(1, false)]);
+        assert_eq!(watch.armed(&ready), [0, 1]);
+        assert_eq!(watch.next_look(), None);
+    }
+
+    #[test]
+    fn a_busy_slot_whose_queue_shrinks_or_a_busy_host_is_not_stuck() {
+        let (mut watch, ready, t0) = (Watch::default(), [0, 1], Instant::now());
+        watch.woke(0, 2, t0);
+        assert!(watch.look(t0 + STUCK_AFTER, &ready, &queues(&[(0, 1), (1, 0)])).is_empty());
+        assert!(watch.look(t0 + STUCK_AFTER * 2, &ready, &queues(&[(0, 0), (1, 0)])).is_empty());
+        assert_eq!(watch.armed(&ready), [0, 1]);
+        // Every queue holds connections: the host is busy, no worker is stuck.
+        watch.woke(0, 1, t0);
+        assert!(watch.look(t0 + STUCK_AFTER, &ready, &queues(&[(0, 5), (1, 4)])).is_empty());
+        // The last slot serving never leaves.
+        let mut watch = Watch::default();
+        watch.woke(0, 1, t0);
+        assert!(watch.look(t0 + STUCK_AFTER, &[0], &queues(&[(0, 9)])).is_empty());
+    }
+
+    #[test]
+    fn a_slot_that_is_no_longer_ready_is_forgotten() {
+        let (mut watch, t0) = (Watch::default(), Instant::now());
+        watch.woke(1, 1, t0);
+        assert_eq!(watch.look(t0 + STUCK_AFTER, &[0, 1], &queues(&[(0, 0), (1, 4)])), [(1, true)]);
+        watch.keep(&[0]);
+        assert_eq!(watch.next_look(), None);
+        assert_eq!(watch.armed(&[0, 1]), [0, 1], "a new worker on slot 1 starts afresh");
+    }
+}
