@@ -219,8 +219,8 @@ fn a_stopped_worker_leaves_the_rotation_until_it_accepts_again() {
         waiting.push(stream);
         panzer.log().contains("slot 1: ").then_some(())
     });
-    let line = panzer.wait_for_line("out of the rotation until its worker accepts again");
-    assert!(line.contains("round-robin: slot 1: "), "{line}");
+    let line = panzer.wait_for_line("out of the rotation until it accepts again");
+    assert!(line.contains("round-robin: slot 1: its worker accepts nothing"), "{line}");
     // Now every new connection goes to the worker that accepts.
     for _ in 0..10 {
         assert_eq!(get(port, "/").unwrap().pid(), serving);

@@ -152,9 +152,12 @@ impl Main {
         })
     }
 
-    /// The connections waiting in slot `slot`'s queues.
-    fn queued(&self, slot: u32) -> u32 {
-        self.slot_sockets(slot).map(|fd| accept_queue(fd).unwrap_or(0)).sum()
+    /// What slot `slot`'s sockets show now.
+    fn seen(&self, slot: u32) -> Seen {
+        let queued = self.slot_sockets(slot).map(|fd| accept_queue(fd).unwrap_or(0)).sum();
+        let rotations = self.balance.iter().flat_map(|b| &b.rotations);
+        let handed = rotations.map(|r| r.handed(slot).unwrap_or(0)).fold(0u32, u32::wrapping_add);
+        Seen { queued, handed }
     }
 
     /// What main polls for the rotation: the sockets of the slots watched
@@ -175,9 +178,9 @@ impl Main {
 
     /// A slot's queue holds a connection: look again in a while.
     pub(super) fn on_slot_readable(&mut self, slot: u32, now: Instant) {
-        let queued = self.queued(slot);
+        let seen = self.seen(slot);
         if let Some(balance) = &mut self.balance {
-            balance.watch.woke(slot, queued, now);
+            balance.watch.woke(slot, seen, now);
         }
     }
 
@@ -192,16 +195,14 @@ impl Main {
         if !self.rotation_deadline().is_some_and(|at| at <= now) {
             return;
         }
-        let queues: BTreeMap<u32, u32> =
-            (0..self.slots().unwrap_or(0)).map(|k| (k, self.queued(k))).collect();
+        let seen: BTreeMap<u32, Seen> = (0..self.slots().unwrap_or(0)).map(|k| (k, self.seen(k))).collect();
         let Some(balance) = &mut self.balance else { return };
-        for (slot, stuck) in balance.watch.look(now, &balance.ready, &queues) {
-            let waiting = queues.get(&slot).copied().unwrap_or(0);
+        for (slot, stuck) in balance.watch.look(now, &balance.ready, &seen) {
+            let waiting = seen.get(&slot).map_or(0, |s| s.queued);
             if stuck {
                 log::warn!(
-                    "round-robin: slot {slot}: {waiting} connection(s) waiting for {} ms while another \
-                     slot's queue is empty: out of the rotation until its worker accepts again",
-                    STUCK_AFTER.as_millis()
+                    "round-robin: slot {slot}: its worker accepts nothing, {waiting} connection(s) wait: out \
+                     of the rotation until it accepts again"
                 );
             } else {
                 log::info!("round-robin: slot {slot}: its worker accepts again: back in the rotation");
@@ -211,12 +212,21 @@ impl Main {
     }
 }
 
+/// What a slot's sockets showed: connections waiting in their queues, and
+/// handed to the slot by the program so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Seen {
+    pub(super) queued: u32,
+    pub(super) handed: u32,
+}
+
 /// The slots whose queue keeps its connections: those main polls, those it
 /// looks at again later, and those out of the rotation for it.
 #[derive(Debug, Default)]
 pub(super) struct Watch {
-    /// Per slot: when to look at its queue again, and what it held then.
-    looking: BTreeMap<u32, (Instant, u32)>,
+    /// Per slot: when to look at its queue again, and what it showed when
+    /// main first saw it hold connections.
+    looking: BTreeMap<u32, (Instant, Seen)>,
     /// Out of the rotation until their queue is empty.
     stuck: BTreeSet<u32>,
 }
@@ -233,44 +243,51 @@ impl Watch {
         ready.iter().copied().filter(|k| !self.looking.contains_key(k)).collect()
     }
 
-    /// `slot`'s queue holds `queued` connections now.
-    pub(super) fn woke(&mut self, slot: u32, queued: u32, now: Instant) {
-        self.looking.insert(slot, (now + STUCK_AFTER, queued));
+    /// `slot`'s queue holds connections now.
+    pub(super) fn woke(&mut self, slot: u32, seen: Seen, now: Instant) {
+        self.looking.insert(slot, (now + STUCK_AFTER, seen));
     }
 
     pub(super) fn next_look(&self) -> Option<Instant> {
         self.looking.values().map(|&(at, _)| at).min()
     }
 
-    /// Looks at the slots due with their `queues` now; returns the slots
-    /// that became stuck (`true`) or accept again (`false`).
+    /// Looks at the slots due with what their sockets show `now`; returns
+    /// the slots that became stuck (`true`) or accept again (`false`). A
+    /// slot is stuck when, since main first saw its queue hold connections,
+    /// at least 2 more were handed to it and its worker accepted at most a
+    /// quarter of them (what was handed and is not in the queue was
+    /// accepted, or is still in its handshake).
     pub(super) fn look(
         &mut self,
         now: Instant,
         ready: &[u32],
-        queues: &BTreeMap<u32, u32>,
+        seen: &BTreeMap<u32, Seen>,
     ) -> Vec<(u32, bool)> {
-        let due: Vec<(u32, u32)> =
-            self.looking.iter().filter(|(_, &(at, _))| at <= now).map(|(&k, &(_, then))| (k, then)).collect();
+        let due: Vec<(u32, Seen)> = self
+            .looking
+            .iter()
+            .filter(|(_, &(at, _))| at <= now)
+            .map(|(&k, &(_, first))| (k, first))
+            .collect();
         let mut changes = Vec::new();
-        for (slot, then) in due {
-            let queued = queues.get(&slot).copied().unwrap_or(0);
-            let serving: Vec<u32> = ready.iter().copied().filter(|k| !self.stuck.contains(k)).collect();
-            let another_empty =
-                serving.iter().any(|&k| k != slot && queues.get(&k).copied().unwrap_or(0) == 0);
+        for (slot, first) in due {
+            let now_seen = seen.get(&slot).copied().unwrap_or_default();
+            let serving = ready.iter().filter(|k| !self.stuck.contains(k)).count();
+            let handed = i64::from(now_seen.handed.wrapping_sub(first.handed));
+            let accepted = handed - (i64::from(now_seen.queued) - i64::from(first.queued));
             if self.stuck.contains(&slot) {
-                if queued == 0 {
+                if now_seen.queued == 0 {
                     self.stuck.remove(&slot);
                     changes.push((slot, false));
                 }
-            } else if queued > then && queued >= 2 && another_empty && serving.len() > 1 {
+            } else if now_seen.queued > 0 && handed >= 2 && accepted * 4 <= handed && serving > 1 {
                 self.stuck.insert(slot);
                 changes.push((slot, true));
             }
-            if queued > 0 {
-                // Looked at again, from the least it held: a queue that
-                // only grows is a worker that does not accept.
-                self.looking.insert(slot, (now + STUCK_AFTER, queued.min(then)));
+            if now_seen.queued > 0 {
+                // Looked at again, still against what it showed first.
+                self.looking.insert(slot, (now + STUCK_AFTER, first));
             } else {
                 // Polled again.
                 self.looking.remove(&slot);

@@ -16,12 +16,16 @@
 //! state[0]      the counter (the program adds 1 atomically)
 //! state[1]      K, how many slots are in rotation
 //! state[2 + i]  the i-th slot in rotation, i < K
+//! state[2 + S + k]  connections handed to slot k so far (S slots)
 //! ```
+//!
+//! The last count lets main tell a worker that accepts nothing (what was
+//! handed to its slot is all still in its queue) from a busy one.
 //!
 //! When the program cannot pick (K is 0, an entry is missing) it lets the
 //! kernel choose by hash among the group's sockets, as without it.
 //!
-//! The program is eleven lines of eBPF assembled here by hand and loaded
+//! The program is a few dozen eBPF instructions assembled here by hand and loaded
 //! with the `bpf(2)` system call: no compiler toolchain at build time and
 //! no crate (the ones that load programs, `aya` and `libbpf-rs`, either
 //! expect an object file built by clang or bring a C library along).
@@ -31,6 +35,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// `enum bpf_cmd`.
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 /// `enum bpf_map_type`.
@@ -76,14 +81,16 @@ const ATOMIC_FETCH_ADD: i32 = 0x01; // BPF_ADD | BPF_FETCH
 const LD_IMM64: u8 = 0x18; // BPF_LD | BPF_IMM | BPF_DW
 const PSEUDO_MAP_FD: u8 = 1;
 const JEQ_IMM: u8 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+const JNE_IMM: u8 = 0x55; // BPF_JMP | BPF_JNE | BPF_K
+const ATOMIC_ADD: i32 = 0x00; // BPF_ADD
 const CALL: u8 = 0x85;
 const EXIT: u8 = 0x95;
 const SK_PASS: i32 = 1;
 
-/// The program, for a group whose sockets are in `socks` and whose
-/// rotation is in `state` (see the module's documentation). Registers: r6
-/// the context, r7 the counter's number, then the slot's position.
-fn program(state: RawFd, socks: RawFd) -> Vec<Insn> {
+/// The program, for a group of `slots` sockets in `socks` whose rotation is
+/// in `state` (see the module's documentation). Registers: r6 the context,
+/// r7 the counter's number, then the slot's position.
+fn program(state: RawFd, socks: RawFd, slots: u32) -> Vec<Insn> {
     // A lookup of `state[key in the stack slot at r10-4]` into r0; `pass`
     // is patched below: every `if r0 == 0` jumps to the end.
     let lookup = |v: &mut Vec<Insn>| {
@@ -119,8 +126,8 @@ fn program(state: RawFd, socks: RawFd) -> Vec<Insn> {
     v.push(insn(JEQ_IMM, 0, 0, 0, 0));
     v.push(insn(LDX_W, 1, 0, 0, 0));
     v.push(insn(STX_W, 10, 1, -8, 0));
-    // bpf_sk_select_reuseport(ctx, socks, &slot, 0); its result does not
-    // matter: a failed pick leaves the choice to the kernel.
+    // bpf_sk_select_reuseport(ctx, socks, &slot, 0): a failed pick leaves
+    // the choice to the kernel.
     v.push(insn(MOV64_REG, 1, 6, 0, 0));
     v.push(insn(LD_IMM64, 2, PSEUDO_MAP_FD, 0, socks));
     v.push(insn(0, 0, 0, 0, 0));
@@ -128,6 +135,17 @@ fn program(state: RawFd, socks: RawFd) -> Vec<Insn> {
     v.push(insn(ADD64_IMM, 3, 0, 0, -8));
     v.push(insn(MOV64_IMM, 4, 0, 0, 0));
     v.push(insn(CALL, 0, 0, 0, HELPER_SK_SELECT_REUSEPORT));
+    exits.push(v.len());
+    v.push(insn(JNE_IMM, 0, 0, 0, 0));
+    // state[2 + S + slot] += 1
+    v.push(insn(LDX_W, 1, 10, -8, 0));
+    v.push(insn(ADD32_IMM, 1, 0, 0, 2 + slots as i32));
+    v.push(insn(STX_W, 10, 1, -4, 0));
+    lookup(&mut v);
+    exits.push(v.len());
+    v.push(insn(JEQ_IMM, 0, 0, 0, 0));
+    v.push(insn(MOV64_IMM, 1, 0, 0, 1));
+    v.push(insn(ATOMIC_W, 0, 1, 0, ATOMIC_ADD));
     let pass = v.len();
     v.push(insn(MOV64_IMM, 0, 0, 0, SK_PASS));
     v.push(insn(EXIT, 0, 0, 0, 0));
@@ -221,7 +239,7 @@ impl Rotation {
     pub fn attach(sockets: &[BorrowedFd<'_>]) -> Result<Rotation, Refused> {
         let slots = sockets.len() as u32;
         let state =
-            create_map(BPF_MAP_TYPE_ARRAY, 4, slots + 2).map_err(refused("cannot create a BPF map"))?;
+            create_map(BPF_MAP_TYPE_ARRAY, 4, 2 + 2 * slots).map_err(refused("cannot create a BPF map"))?;
         let socks = create_map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 4, slots.max(1))
             .map_err(refused("cannot create a BPF reuseport socket array"))?;
         for (k, socket) in sockets.iter().enumerate() {
@@ -229,7 +247,7 @@ impl Rotation {
             update(socks.as_fd(), k as u32, &fd.to_ne_bytes())
                 .map_err(refused("cannot put a listening socket into the BPF socket array"))?;
         }
-        let program = load(state.as_raw_fd(), socks.as_raw_fd())?;
+        let program = load(state.as_raw_fd(), socks.as_raw_fd(), slots)?;
         if let Some(first) = sockets.first() {
             let fd = program.as_raw_fd();
             // SAFETY: `first` is an open socket; the option's value is an
@@ -250,6 +268,19 @@ impl Rotation {
             }
         }
         Ok(Rotation { state, _socks: socks, _program: program, slots, active: Vec::new() })
+    }
+
+    /// How many connections the program has handed to `slot` so far
+    /// (wrapping at `u32::MAX`).
+    pub fn handed(&self, slot: u32) -> io::Result<u32> {
+        let key = 2 + self.slots + slot;
+        let mut value = 0u32;
+        let mut attr = [0u64; 16];
+        attr[0] = u64::from(self.state.as_raw_fd() as u32);
+        attr[1] = &key as *const u32 as u64;
+        attr[2] = &mut value as *mut u32 as u64;
+        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+        Ok(value)
     }
 
     /// Puts exactly `active` (slot numbers below the group's size, in the
@@ -276,8 +307,8 @@ impl Rotation {
     }
 }
 
-fn load(state: RawFd, socks: RawFd) -> Result<OwnedFd, Refused> {
-    let insns = program(state, socks);
+fn load(state: RawFd, socks: RawFd, slots: u32) -> Result<OwnedFd, Refused> {
+    let insns = program(state, socks, slots);
     let license = c"Dual MIT/GPL";
     let mut log = vec![0u8; LOG_SIZE];
     let attempt = |log: Option<&mut Vec<u8>>| {
@@ -375,6 +406,8 @@ mod tests {
             }
         }
         assert_eq!(counts, [0, 3, 0, 3]);
+        let handed: Vec<u32> = (0..4).map(|k| rotation.handed(k).unwrap()).collect();
+        assert_eq!(handed, [0, 3, 0, 3]);
     }
 
     #[test]

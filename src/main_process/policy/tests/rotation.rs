@@ -61,49 +61,52 @@ mod stuck {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::main_process::balance::{Watch, STUCK_AFTER};
+    use crate::main_process::balance::{Seen, Watch, STUCK_AFTER};
 
-    fn queues(q: &[(u32, u32)]) -> BTreeMap<u32, u32> {
-        q.iter().copied().collect()
+    /// Per slot: (queued, handed so far).
+    fn seen(q: &[(u32, u32, u32)]) -> BTreeMap<u32, Seen> {
+        q.iter().map(|&(k, queued, handed)| (k, Seen { queued, handed })).collect()
     }
 
     #[test]
-    fn a_slot_whose_queue_grows_while_another_is_empty_leaves_until_it_is_empty() {
+    fn a_slot_whose_worker_accepts_nothing_of_what_it_is_handed_leaves_until_its_queue_is_empty() {
         let (mut watch, ready, t0) = (Watch::default(), [0, 1], Instant::now());
         assert_eq!(watch.armed(&ready), [0, 1]);
-        watch.woke(1, 1, t0);
+        watch.woke(1, Seen { queued: 1, handed: 10 }, t0);
         assert_eq!(watch.armed(&ready), [0], "looked at later, not polled");
         assert_eq!(watch.next_look(), Some(t0 + STUCK_AFTER));
-        assert!(watch.look(t0 + STUCK_AFTER, &ready, &queues(&[(0, 0), (1, 1)])).is_empty(), "not grown");
+        let one_more = seen(&[(0, 0, 11), (1, 2, 11)]);
+        assert!(watch.look(t0 + STUCK_AFTER, &ready, &one_more).is_empty(), "one more is not enough");
         let at = t0 + STUCK_AFTER * 2;
-        assert_eq!(watch.look(at, &ready, &queues(&[(0, 0), (1, 3)])), [(1, true)]);
-        assert!(watch.look(at + STUCK_AFTER, &ready, &queues(&[(0, 0), (1, 3)])).is_empty());
-        assert_eq!(watch.look(at + STUCK_AFTER * 2, &ready, &queues(&[(0, 0), (1, 0)])), [(1, false)]);
+        assert_eq!(watch.look(at, &ready, &seen(&[(0, 0, 12), (1, 3, 12)])), [(1, true)]);
+        let later = at + STUCK_AFTER;
+        assert!(watch.look(later, &ready, &seen(&[(0, 0, 20), (1, 3, 12)])).is_empty());
+        let accepts = later + STUCK_AFTER;
+        assert_eq!(watch.look(accepts, &ready, &seen(&[(0, 0, 20), (1, 0, 12)])), [(1, false)]);
         assert_eq!(watch.armed(&ready), [0, 1]);
         assert_eq!(watch.next_look(), None);
     }
 
     #[test]
-    fn a_busy_slot_whose_queue_shrinks_or_a_busy_host_is_not_stuck() {
+    fn a_busy_worker_that_accepts_is_never_stuck_nor_is_the_last_one() {
         let (mut watch, ready, t0) = (Watch::default(), [0, 1], Instant::now());
-        watch.woke(0, 2, t0);
-        assert!(watch.look(t0 + STUCK_AFTER, &ready, &queues(&[(0, 1), (1, 0)])).is_empty());
-        assert!(watch.look(t0 + STUCK_AFTER * 2, &ready, &queues(&[(0, 0), (1, 0)])).is_empty());
+        // Its queue is never empty, but it accepts most of what it gets.
+        watch.woke(0, Seen { queued: 3, handed: 100 }, t0);
+        assert!(watch.look(t0 + STUCK_AFTER, &ready, &seen(&[(0, 5, 400), (1, 0, 400)])).is_empty());
+        assert!(watch.look(t0 + STUCK_AFTER * 2, &ready, &seen(&[(0, 4, 700), (1, 0, 700)])).is_empty());
+        assert!(watch.look(t0 + STUCK_AFTER * 3, &ready, &seen(&[(0, 0, 900), (1, 0, 900)])).is_empty());
         assert_eq!(watch.armed(&ready), [0, 1]);
-        // Every queue holds connections: the host is busy, no worker is stuck.
-        watch.woke(0, 1, t0);
-        assert!(watch.look(t0 + STUCK_AFTER, &ready, &queues(&[(0, 5), (1, 4)])).is_empty());
         // The last slot serving never leaves.
         let mut watch = Watch::default();
-        watch.woke(0, 1, t0);
-        assert!(watch.look(t0 + STUCK_AFTER, &[0], &queues(&[(0, 9)])).is_empty());
+        watch.woke(0, Seen { queued: 1, handed: 0 }, t0);
+        assert!(watch.look(t0 + STUCK_AFTER, &[0], &seen(&[(0, 9, 8)])).is_empty());
     }
 
     #[test]
     fn a_slot_that_is_no_longer_ready_is_forgotten() {
         let (mut watch, t0) = (Watch::default(), Instant::now());
-        watch.woke(1, 1, t0);
-        assert_eq!(watch.look(t0 + STUCK_AFTER, &[0, 1], &queues(&[(0, 0), (1, 4)])), [(1, true)]);
+        watch.woke(1, Seen { queued: 1, handed: 1 }, t0);
+        assert_eq!(watch.look(t0 + STUCK_AFTER, &[0, 1], &seen(&[(0, 0, 4), (1, 4, 4)])), [(1, true)]);
         watch.keep(&[0]);
         assert_eq!(watch.next_look(), None);
         assert_eq!(watch.armed(&[0, 1]), [0, 1], "a new worker on slot 1 starts afresh");
