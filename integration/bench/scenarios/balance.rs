@@ -1,7 +1,9 @@
 //! `balance`: how kept-alive connections spread over the workers with
 //! `--balance shared` and `--balance round-robin`, and what it does to
 //! throughput: for N = 2, 4 workers and C = N, 2N connections, over a few
-//! short trials, each worker's share of the requests and the req/s.
+//! short trials, each worker's share of the requests and the req/s; and
+//! the slowest request on fresh connections while one of 4 workers is
+//! stopped (`SIGSTOP`) for [`STALL`]: the trade-off a queue per slot brings.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +18,50 @@ use crate::stats::median;
 /// Trials per (mode, N, C), and how long each one sends requests.
 const TRIALS: usize = 4;
 const TRIAL: Duration = Duration::from_millis(300);
+
+/// How long one worker stays stopped, and the fresh-connection clients meanwhile.
+const STALL: Duration = Duration::from_millis(1500);
+const STALL_CLIENTS: usize = 8;
+
+/// Fresh connections from [`STALL_CLIENTS`] clients while the worker that
+/// answers first is stopped for [`STALL`]: the slowest request, how many
+/// failed, and how many were answered.
+fn stalled(port: u16) -> Result<(Duration, u64, u64), String> {
+    let mut first = connect(port).map_err(|e| format!("connect: {e}"))?;
+    let victim = nix::unistd::Pid::from_raw(ask(&mut first)?);
+    let stop = AtomicBool::new(false);
+    nix::sys::signal::kill(victim, nix::sys::signal::Signal::SIGSTOP).map_err(|e| format!("SIGSTOP: {e}"))?;
+    let results: Vec<(Duration, u64, u64)> = thread::scope(|s| {
+        let clients: Vec<_> = (0..STALL_CLIENTS)
+            .map(|_| {
+                s.spawn(|| {
+                    let (mut slowest, mut failed, mut ok) = (Duration::ZERO, 0, 0);
+                    while !stop.load(Ordering::Relaxed) {
+                        let started = Instant::now();
+                        match connect(port).map_err(|e| e.to_string()).and_then(|mut c| {
+                            use std::io::Write;
+                            c.write_all(crate::load::REQUEST_CLOSE).map_err(|e| e.to_string())?;
+                            crate::harness::read_response(&mut c).map_err(|e| e.to_string())
+                        }) {
+                            Ok(_) => ok += 1,
+                            Err(_) => failed += 1,
+                        }
+                        slowest = slowest.max(started.elapsed());
+                    }
+                    (slowest, failed, ok)
+                })
+            })
+            .collect();
+        thread::sleep(STALL);
+        let _ = nix::sys::signal::kill(victim, nix::sys::signal::Signal::SIGCONT);
+        thread::sleep(STALL / 3);
+        stop.store(true, Ordering::Relaxed);
+        clients.into_iter().map(|c| c.join().expect("a client thread panicked")).collect()
+    });
+    Ok(results
+        .iter()
+        .fold((Duration::ZERO, 0, 0), |(slowest, failed, ok), r| (slowest.max(r.0), failed + r.1, ok + r.2)))
+}
 
 /// What one trial saw: the connections each worker pid got, the requests
 /// each answered, and the req/s.
@@ -115,6 +161,23 @@ pub(crate) fn balance(bench: &Bench) -> Outcome {
                     &format!("{connections} kept-alive connections"),
                 );
                 lines.push(line(&name, &figures, target, pass, &repro));
+            }
+            if workers == 4 {
+                let (slowest, failed, ok) = stalled(port)?;
+                let name = format!("balance {mode} stalled");
+                let figures = format!(
+                    "one of 4 workers stopped for {} ms under {STALL_CLIENTS} fresh-connection clients: \
+                     slowest request {:.0} ms, {failed} failed of {}",
+                    STALL.as_millis(),
+                    slowest.as_secs_f64() * 1000.0,
+                    ok + failed
+                );
+                let repro = bench.repro(
+                    "balance",
+                    &format!("--count 4 --ready notify --balance {mode}"),
+                    "kill -STOP <worker>",
+                );
+                lines.push(line(&name, &figures, "(measured: the trade-off)", failed == 0, &repro));
             }
         }
     }
