@@ -87,72 +87,87 @@ const CALL: u8 = 0x85;
 const EXIT: u8 = 0x95;
 const SK_PASS: i32 = 1;
 
+/// The program being assembled, and the jumps to its end (`return
+/// SK_PASS`) to patch once the end's place is known.
+struct Asm {
+    v: Vec<Insn>,
+    exits: Vec<usize>,
+    state: RawFd,
+}
+
+impl Asm {
+    fn op(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
+        self.v.push(insn(code, dst, src, off, imm));
+    }
+
+    /// `if reg <jump> imm: return SK_PASS` (the offset patched in `finish`).
+    fn pass_if(&mut self, jump: u8, reg: u8, imm: i32) {
+        self.exits.push(self.v.len());
+        self.op(jump, reg, 0, 0, imm);
+    }
+
+    /// r0 = &state[the u32 key at r10-4]; none: return SK_PASS.
+    fn lookup_or_pass(&mut self) {
+        self.op(MOV64_REG, 2, 10, 0, 0);
+        self.op(ADD64_IMM, 2, 0, 0, -4);
+        self.op(LD_IMM64, 1, PSEUDO_MAP_FD, 0, self.state);
+        self.op(0, 0, 0, 0, 0);
+        self.op(CALL, 0, 0, 0, HELPER_MAP_LOOKUP);
+        self.pass_if(JEQ_IMM, 0, 0);
+    }
+
+    fn finish(mut self) -> Vec<Insn> {
+        let pass = self.v.len();
+        self.op(MOV64_IMM, 0, 0, 0, SK_PASS);
+        self.op(EXIT, 0, 0, 0, 0);
+        for at in self.exits {
+            self.v[at].off = (pass - at - 1) as i16;
+        }
+        self.v
+    }
+}
+
 /// The program, for a group of `slots` sockets in `socks` whose rotation is
 /// in `state` (see the module's documentation). Registers: r6 the context,
 /// r7 the counter's number, then the slot's position.
 fn program(state: RawFd, socks: RawFd, slots: u32) -> Vec<Insn> {
-    // A lookup of `state[key in the stack slot at r10-4]` into r0; `pass`
-    // is patched below: every `if r0 == 0` jumps to the end.
-    let lookup = |v: &mut Vec<Insn>| {
-        v.push(insn(MOV64_REG, 2, 10, 0, 0));
-        v.push(insn(ADD64_IMM, 2, 0, 0, -4));
-        v.push(insn(LD_IMM64, 1, PSEUDO_MAP_FD, 0, state));
-        v.push(insn(0, 0, 0, 0, 0));
-        v.push(insn(CALL, 0, 0, 0, HELPER_MAP_LOOKUP));
-    };
-    let mut v = vec![insn(MOV64_REG, 6, 1, 0, 0)];
-    let mut exits = Vec::new();
+    let mut a = Asm { v: Vec::new(), exits: Vec::new(), state };
+    a.op(MOV64_REG, 6, 1, 0, 0);
     // r7 = fetch_add(&state[0], 1)
-    v.push(insn(ST_W_IMM, 10, 0, -4, 0));
-    lookup(&mut v);
-    exits.push(v.len());
-    v.push(insn(JEQ_IMM, 0, 0, 0, 0));
-    v.push(insn(MOV64_IMM, 7, 0, 0, 1));
-    v.push(insn(ATOMIC_W, 0, 7, 0, ATOMIC_FETCH_ADD));
+    a.op(ST_W_IMM, 10, 0, -4, 0);
+    a.lookup_or_pass();
+    a.op(MOV64_IMM, 7, 0, 0, 1);
+    a.op(ATOMIC_W, 0, 7, 0, ATOMIC_FETCH_ADD);
     // r1 = state[1] (K); nothing in rotation: let the kernel choose.
-    v.push(insn(ST_W_IMM, 10, 0, -4, 1));
-    lookup(&mut v);
-    exits.push(v.len());
-    v.push(insn(JEQ_IMM, 0, 0, 0, 0));
-    v.push(insn(LDX_W, 1, 0, 0, 0));
-    exits.push(v.len());
-    v.push(insn(JEQ_IMM, 1, 0, 0, 0));
-    // slot = state[2 + r7 % K]
-    v.push(insn(MOD32_REG, 7, 1, 0, 0));
-    v.push(insn(ADD32_IMM, 7, 0, 0, 2));
-    v.push(insn(STX_W, 10, 7, -4, 0));
-    lookup(&mut v);
-    exits.push(v.len());
-    v.push(insn(JEQ_IMM, 0, 0, 0, 0));
-    v.push(insn(LDX_W, 1, 0, 0, 0));
-    v.push(insn(STX_W, 10, 1, -8, 0));
+    a.op(ST_W_IMM, 10, 0, -4, 1);
+    a.lookup_or_pass();
+    a.op(LDX_W, 1, 0, 0, 0);
+    a.pass_if(JEQ_IMM, 1, 0);
+    // slot = state[2 + r7 % K], kept at r10-8
+    a.op(MOD32_REG, 7, 1, 0, 0);
+    a.op(ADD32_IMM, 7, 0, 0, 2);
+    a.op(STX_W, 10, 7, -4, 0);
+    a.lookup_or_pass();
+    a.op(LDX_W, 1, 0, 0, 0);
+    a.op(STX_W, 10, 1, -8, 0);
     // bpf_sk_select_reuseport(ctx, socks, &slot, 0): a failed pick leaves
     // the choice to the kernel.
-    v.push(insn(MOV64_REG, 1, 6, 0, 0));
-    v.push(insn(LD_IMM64, 2, PSEUDO_MAP_FD, 0, socks));
-    v.push(insn(0, 0, 0, 0, 0));
-    v.push(insn(MOV64_REG, 3, 10, 0, 0));
-    v.push(insn(ADD64_IMM, 3, 0, 0, -8));
-    v.push(insn(MOV64_IMM, 4, 0, 0, 0));
-    v.push(insn(CALL, 0, 0, 0, HELPER_SK_SELECT_REUSEPORT));
-    exits.push(v.len());
-    v.push(insn(JNE_IMM, 0, 0, 0, 0));
+    a.op(MOV64_REG, 1, 6, 0, 0);
+    a.op(LD_IMM64, 2, PSEUDO_MAP_FD, 0, socks);
+    a.op(0, 0, 0, 0, 0);
+    a.op(MOV64_REG, 3, 10, 0, 0);
+    a.op(ADD64_IMM, 3, 0, 0, -8);
+    a.op(MOV64_IMM, 4, 0, 0, 0);
+    a.op(CALL, 0, 0, 0, HELPER_SK_SELECT_REUSEPORT);
+    a.pass_if(JNE_IMM, 0, 0);
     // state[2 + S + slot] += 1
-    v.push(insn(LDX_W, 1, 10, -8, 0));
-    v.push(insn(ADD32_IMM, 1, 0, 0, 2 + slots as i32));
-    v.push(insn(STX_W, 10, 1, -4, 0));
-    lookup(&mut v);
-    exits.push(v.len());
-    v.push(insn(JEQ_IMM, 0, 0, 0, 0));
-    v.push(insn(MOV64_IMM, 1, 0, 0, 1));
-    v.push(insn(ATOMIC_W, 0, 1, 0, ATOMIC_ADD));
-    let pass = v.len();
-    v.push(insn(MOV64_IMM, 0, 0, 0, SK_PASS));
-    v.push(insn(EXIT, 0, 0, 0, 0));
-    for at in exits {
-        v[at].off = (pass - at - 1) as i16;
-    }
-    v
+    a.op(LDX_W, 1, 10, -8, 0);
+    a.op(ADD32_IMM, 1, 0, 0, 2 + slots as i32);
+    a.op(STX_W, 10, 1, -4, 0);
+    a.lookup_or_pass();
+    a.op(MOV64_IMM, 1, 0, 0, 1);
+    a.op(ATOMIC_W, 0, 1, 0, ATOMIC_ADD);
+    a.finish()
 }
 
 /// `bpf(cmd, attr, size)`, the attribute block as the kernel's union.
