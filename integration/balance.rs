@@ -355,3 +355,19 @@ fn library_mode_workers_take_turns_too() {
     }
     assert_eq!(answered.values().copied().collect::<Vec<_>>(), [4, 4], "{answered:?}");
 }
+
+#[test]
+fn an_upgrade_is_refused_with_why_and_the_workers_go_on() {
+    let panzer = round_robin(2);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let before = workers(port, 2);
+    let out = panzer.ctl(&["upgrade"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains("not available with --balance round-robin"), "{}", out.stderr);
+    let mut after = workers(port, 2);
+    after.sort();
+    let mut before = before;
+    before.sort();
+    assert_eq!(before, after);
+}
