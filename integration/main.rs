@@ -8,6 +8,7 @@ mod harness;
 mod activation;
 mod admin;
 mod bad_input;
+mod balance;
 mod check;
 mod config;
 mod container;

@@ -4,12 +4,9 @@
 //! a copy of the binary in its own directory, so that it can swap that copy
 //! as a deploy would (a new file renamed over the old one).
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -111,62 +108,6 @@ fn control_socket(panzer: &Panzer) -> (PathBuf, u64) {
     let path = panzer.dir.join("panzer").join(format!("{}.sock", panzer.pid));
     let inode = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).ino();
     (path, inode)
-}
-
-/// Clients on kept-alive connections, each sending requests back to back
-/// until stopped; a connection the server closes (`Connection: close`) is
-/// replaced. Returns every failure.
-struct KeepAlive {
-    stop: Arc<AtomicBool>,
-    clients: Vec<std::thread::JoinHandle<(u32, Vec<String>)>>,
-}
-
-impl KeepAlive {
-    fn start(port: u16, clients: usize) -> KeepAlive {
-        let stop = Arc::new(AtomicBool::new(false));
-        let clients = (0..clients)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let (mut ok, mut failures) = (0, Vec::new());
-                    let mut stream: Option<TcpStream> = None;
-                    while !stop.load(Ordering::Relaxed) && ok < 20_000 {
-                        let mut s = match stream.take().map_or_else(|| connect(port), Ok) {
-                            Ok(s) => s,
-                            Err(e) => {
-                                failures.push(format!("connect: {e}"));
-                                continue;
-                            }
-                        };
-                        let sent = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-                        match sent.and_then(|()| read_response(&mut s)) {
-                            Ok(r) if r.status == 200 => {
-                                ok += 1;
-                                if !r.closes() {
-                                    stream = Some(s);
-                                }
-                            }
-                            Ok(r) => failures.push(format!("status {}", r.status)),
-                            Err(e) => failures.push(e.to_string()),
-                        }
-                    }
-                    (ok, failures)
-                })
-            })
-            .collect();
-        KeepAlive { stop, clients }
-    }
-
-    fn finish(self) -> (u32, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut total = (0, Vec::new());
-        for client in self.clients {
-            let (ok, failures) = client.join().unwrap();
-            total.0 += ok;
-            total.1.extend(failures);
-        }
-        total
-    }
 }
 
 #[test]

@@ -124,6 +124,13 @@ pub fn check(config: &Config) -> Result<String, Vec<Error>> {
             problems.push(Error::Usage(format!("{flag} {shown}: {why}")));
         }
     }
+    if config.balance == crate::units::Balance::RoundRobin {
+        // Whether systemd passes sockets in is the start's to see.
+        let refused = crate::main_process::balance::refuse(&config.binds, false);
+        if let Err(e) = refused.and_then(|()| crate::main_process::balance::probe()) {
+            problems.push(e);
+        }
+    }
     match program {
         Some(program) if problems.is_empty() => Ok(confirmation(config, &program)),
         _ => Err(problems),

@@ -10,7 +10,7 @@ use clap::builder::{PossibleValue, TypedValueParser};
 use clap::Parser;
 
 use crate::sockets::{BindAddr, BindSpec};
-use crate::units::{CliDuration, CliSignal, CliSize, ReadyMode, ReloadStrategy};
+use crate::units::{Balance, CliDuration, CliSignal, CliSize, ReadyMode, ReloadStrategy};
 
 /// Zero-downtime launcher: binds the listening sockets once, runs COUNT
 /// copies of COMMAND on them, restarts copies that die, swaps in a new
@@ -152,6 +152,18 @@ pub struct Cli {
     /// are left as they are (see NoDelay= in systemd.socket).
     #[arg(long, env = "PANZER_NO_NODELAY", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_nodelay: bool,
+
+    /// How new connections reach the workers: shared (the default) or round-robin.
+    ///
+    /// `shared`: one listening socket per --bind, shared by every worker; the kernel
+    /// hands a connection to whichever worker waits, so a few long-lived connections
+    /// may all land on one. `round-robin`: one SO_REUSEPORT socket per worker slot
+    /// (worker k always gets slot k's socket at fd 3), and a BPF program hands new
+    /// connections to the ready slots in turn. It needs root (CAP_BPF and
+    /// CAP_NET_ADMIN), TCP binds panzer binds itself, and fails at start otherwise.
+    #[arg(long, env = "PANZER_BALANCE", default_value = "shared", value_name = "MODE",
+          value_parser = offering::<Balance>(["shared", "round-robin"]), hide_possible_values = true)]
+    pub balance: Balance,
 
     /// Prefix every line a worker writes to stdout or stderr with
     /// `g<generation> w<ordinal> `.

@@ -52,6 +52,8 @@ pub struct Config {
     pub tag_output: bool,
     /// `--reload-strategy`.
     pub reload_strategy: ReloadStrategy,
+    /// `--balance`.
+    pub balance: crate::units::Balance,
     /// `--canary`.
     pub canary: Option<Duration>,
     /// `--drain-signal`: what a worker gets to drain.
@@ -272,7 +274,8 @@ impl Config {
     /// place for it: `command` and `env`.
     fn from_layers(mut cli: Cli, file: &file::Settings) -> Result<Config, Error> {
         cli.bind = crate::sockets::join_pieces(std::mem::take(&mut cli.bind)).map_err(Error::Usage)?;
-        let ceiling = count_ceiling(cli.bind.len(), cli.tag_output, cli.preload);
+        let round_robin = cli.balance == crate::units::Balance::RoundRobin;
+        let ceiling = count_ceiling(cli.bind.len(), cli.tag_output, cli.preload, round_robin);
         let count = match cli.count {
             Some(n) => ceiling.check(&format!("--count {n}"), n.into()).map_err(Error::Usage)?,
             None => {
@@ -342,6 +345,7 @@ impl Config {
             nodelay: !cli.no_nodelay,
             tag_output: cli.tag_output,
             reload_strategy: cli.reload_strategy,
+            balance: cli.balance,
             canary: cli.canary.map(|c| c.0),
             drain_signal: cli.drain_signal.0,
             health_timeout: positive("--health-timeout", cli.health_timeout)?,
@@ -414,11 +418,12 @@ fn positive(flag: &str, value: Option<crate::units::CliDuration>) -> Result<Opti
 }
 
 /// The most workers a generation can run with `sockets` listening sockets
-/// under this process's limits: `limits::max_count`, or lower where
-/// `RLIMIT_NOFILE` leaves a monitor room for fewer (see [`MonitorFds`]).
-pub fn count_ceiling(sockets: usize, tag_output: bool, preload: bool) -> CountCeiling {
+/// (with `round_robin`, that many per worker) under this process's limits:
+/// `limits::max_count`, or lower where `RLIMIT_NOFILE` leaves a monitor
+/// room for fewer (see [`MonitorFds`]).
+pub fn count_ceiling(sockets: usize, tag_output: bool, preload: bool, round_robin: bool) -> CountCeiling {
     let sockets = sockets.min(u32::MAX as usize) as u32;
-    CountCeiling::now(Some(MonitorFds { sockets, tag_output, library: preload }))
+    CountCeiling::now(Some(MonitorFds { sockets, tag_output, library: preload, round_robin }))
 }
 
 /// Resolves `--user` and `--group` to `(uid, gid)`; `None` when neither is given.

@@ -47,6 +47,9 @@ pub struct MonitorFds {
     /// `--preload`: workers are forked, not exec'd (the app's own
     /// descriptors come on top, which main cannot count).
     pub library: bool,
+    /// `--balance round-robin`: it holds `sockets` more for each worker
+    /// slot (every slot has its own), and passes a worker its slot's.
+    pub round_robin: bool,
 }
 
 /// What a monitor's loop may open for a moment between starts (a directory
@@ -66,13 +69,12 @@ impl MonitorFds {
     }
 
     /// Held for each worker it runs: with `--tag-output`, the read ends of
-    /// the worker's two pipes.
+    /// the worker's two pipes; with `--balance round-robin`, its slot's
+    /// sockets (the first slot's are in [`MonitorFds::held`]).
     pub fn per_worker(&self) -> u64 {
-        if self.tag_output {
-            2
-        } else {
-            0
-        }
+        let pipes = if self.tag_output { 2 } else { 0 };
+        let slot = if self.round_robin { u64::from(self.sockets) } else { 0 };
+        pipes + slot
     }
 
     /// Free descriptors one worker start needs at its peak, the worker's
@@ -118,6 +120,8 @@ pub enum Bound {
     Nproc(u64),
     /// The soft `RLIMIT_NOFILE`, with what a monitor needs.
     Nofile(u64, MonitorFds),
+    /// `--balance round-robin`: the slots bound at start.
+    Slots(u32),
 }
 
 /// The most workers per generation panzer runs, and why no more.
@@ -158,6 +162,10 @@ impl CountCeiling {
         }
         let why = match self.bound {
             Bound::Ceiling => String::new(),
+            Bound::Slots(slots) => format!(
+                " (--balance round-robin bound a socket per worker for {slots} at start; restart panzer to \
+                 run more)"
+            ),
             Bound::Nproc(limit) => {
                 format!(" (RLIMIT_NPROC allows {limit} processes; raise it with ulimit -u)")
             }
@@ -281,8 +289,20 @@ mod tests {
         assert!(err.starts_with(&format!("--count 4294967295: at most {} workers", max_count())), "{err}");
     }
 
-    const TAGGED: MonitorFds = MonitorFds { sockets: 1, tag_output: true, library: false };
-    const PLAIN: MonitorFds = MonitorFds { sockets: 1, tag_output: false, library: false };
+    const TAGGED: MonitorFds =
+        MonitorFds { sockets: 1, tag_output: true, library: false, round_robin: false };
+    const PLAIN: MonitorFds =
+        MonitorFds { sockets: 1, tag_output: false, library: false, round_robin: false };
+
+    #[test]
+    fn a_round_robin_monitor_holds_a_set_of_sockets_per_worker_and_passes_one() {
+        // Two addresses, so 2 sockets per slot.
+        let fds = MonitorFds { sockets: 2, round_robin: true, ..PLAIN };
+        assert_eq!((fds.held(), fds.per_worker(), fds.worker_start()), (11, 2, 5));
+        // 4 workers: 11 held, 3 more slots of 2, and room to start the last.
+        assert_eq!(fds.needed(4), 11 + 6 + 5);
+        assert_eq!(fds.max_workers(22), 4);
+    }
 
     #[test]
     fn a_tagged_monitor_holds_two_per_worker_and_needs_ten_to_start_one_with_one_socket() {

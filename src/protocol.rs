@@ -119,6 +119,11 @@ pub struct MonitorArgs {
     pub sockets: usize,
     #[arg(long, default_value = "")]
     pub fd_names: String,
+    /// `--balance round-robin`: the sockets are one per slot and address,
+    /// address-major (address b's slot k at `b * slots + k`), and worker k
+    /// gets its slot's; 0: every worker gets them all.
+    #[arg(long, default_value_t = 0)]
+    pub slots: u32,
     #[arg(long)]
     pub notify_socket: PathBuf,
     #[arg(long)]
@@ -184,6 +189,9 @@ impl MonitorArgs {
             format!("--sockets={}", self.sockets).into(),
             format!("--fd-names={}", self.fd_names).into(),
         ];
+        if self.slots > 0 {
+            args.push(format!("--slots={}", self.slots).into());
+        }
         let mut notify = OsString::from("--notify-socket=");
         notify.push(&self.notify_socket);
         args.push(notify);

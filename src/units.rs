@@ -47,6 +47,39 @@ impl std::fmt::Display for ReadyMode {
     }
 }
 
+/// How new connections of a `--bind` reach the workers (`--balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// One socket per address, shared by every worker: the kernel wakes
+    /// whichever worker waits.
+    #[default]
+    Shared,
+    /// One `SO_REUSEPORT` socket per worker slot, and new connections
+    /// handed to the slots in rotation in turn.
+    RoundRobin,
+}
+
+impl std::str::FromStr for Balance {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "shared" => Ok(Balance::Shared),
+            "round-robin" => Ok(Balance::RoundRobin),
+            _ => Err(format!("invalid balance mode '{s}': expected 'shared' or 'round-robin'")),
+        }
+    }
+}
+
+impl std::fmt::Display for Balance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Balance::Shared => write!(f, "shared"),
+            Balance::RoundRobin => write!(f, "round-robin"),
+        }
+    }
+}
+
 /// How a reload replaces the serving generation (`--reload-strategy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadStrategy {

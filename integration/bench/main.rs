@@ -42,6 +42,14 @@
 //!   monitor and its workers (target: library mode ≤ 1.2 × one table), panzer
 //!   start → generation 1 ready, and 5 idle reloads (signal → ready, ready →
 //!   old generation stopped) in each mode.
+//! * `balance`: `--balance shared` against `round-robin` (needs root), N = 2
+//!   and 4 workers, C = N and 2N kept-alive connections opened one after the
+//!   other, 4 trials of 300 ms each: in how many trials the connections did
+//!   not spread C/N per worker, or a worker stayed idle, each worker's share
+//!   of the requests, and the median req/s. Target (round-robin): C/N
+//!   connections per worker in every trial. Then, with N = 4, one worker
+//!   stopped (`SIGSTOP`) for 1.5 s under 8 fresh-connection clients: the
+//!   slowest request and the failed ones in each mode.
 //!
 //! Timing method: the bench never parses timestamps for wall times. It takes
 //! an `Instant` right before `kill(2)` (or before spawning panzer) and polls

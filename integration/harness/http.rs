@@ -191,3 +191,59 @@ impl Load {
         (failures, generations)
     }
 }
+
+/// Clients on kept-alive connections, each sending requests back to back
+/// until stopped; a connection the server closes (`Connection: close`) is
+/// replaced. `finish` returns how many were answered, and every failure.
+pub struct KeepAlive {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<(u32, Vec<String>)>>,
+}
+
+impl KeepAlive {
+    pub fn start(port: u16, clients: usize) -> KeepAlive {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let (mut ok, mut failures) = (0, Vec::new());
+                    let mut stream: Option<std::net::TcpStream> = None;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && ok < 20_000 {
+                        let mut s = match stream.take().map_or_else(|| connect(port), Ok) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                failures.push(format!("connect: {e}"));
+                                continue;
+                            }
+                        };
+                        let sent = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+                        match sent.and_then(|()| read_response(&mut s)) {
+                            Ok(r) if r.status == 200 => {
+                                ok += 1;
+                                if !r.closes() {
+                                    stream = Some(s);
+                                }
+                            }
+                            Ok(r) => failures.push(format!("status {}", r.status)),
+                            Err(e) => failures.push(e.to_string()),
+                        }
+                    }
+                    (ok, failures)
+                })
+            })
+            .collect();
+        KeepAlive { stop, clients }
+    }
+
+    pub fn finish(self) -> (u32, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = (0, Vec::new());
+        for client in self.clients {
+            let (ok, failures) = client.join().unwrap();
+            total.0 += ok;
+            total.1.extend(failures);
+        }
+        total
+    }
+}

@@ -13,6 +13,7 @@
 //! `upgrade/`; this loop only dispatches to it. A reload first re-reads the
 //! configuration file (`reconfigure`).
 
+pub(crate) mod balance;
 mod connections;
 mod hello;
 mod leftovers;
@@ -85,6 +86,8 @@ enum Token {
     /// main's own stdout or stderr has room for the lines that wait.
     Log,
     Admin(admin::Token),
+    /// `--balance round-robin`: a slot's queue holds a connection.
+    Slot(u32),
 }
 
 /// One running (or exited, not yet reaped) monitor.
@@ -129,6 +132,7 @@ struct Main {
     argv: Vec<OsString>,
     /// The new binary's check, while it runs.
     check: Option<upgrade::Check>,
+    balance: Option<balance::Balance>,
     _pid_file: Option<pid_file::WrittenPidFile>,
 }
 
@@ -143,11 +147,11 @@ fn signal_fd() -> Result<sys::SignalFd, Error> {
     sys::signal_fd(&signals).map_err(|e| Error::os("cannot set up signal handling", e))
 }
 
-/// The policy's settings from the configuration, for `sockets` listening sockets.
-fn settings(config: &Config, sockets: usize) -> Settings {
+/// The policy's settings from the configuration, for `sockets` listening sockets (`slots` each).
+fn settings(config: &Config, sockets: usize, slots: Option<u32>) -> Settings {
     Settings {
         count: config.count,
-        ceiling: crate::config::count_ceiling(sockets, config.tag_output, config.preload),
+        ceiling: balance::ceiling(config, sockets, slots),
         startup_timeout: config.startup_timeout,
         graceful_timeout: config.graceful_timeout,
         strategy: config.reload_strategy,
@@ -172,6 +176,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
         Some(path) => path,
         None => runtime_dir::control_socket_path(std::process::id())?,
     };
+    let round_robin = balance::wanted(&config, adopted.is_some())?;
     let control = Server::bind(&control_path)?;
     let sockets = match adopted {
         Some(adopted) => {
@@ -184,14 +189,15 @@ pub fn run(config: Config) -> Result<i32, Error> {
             // What a dead panzer left on these addresses, run as the user
             // the workers will run as, may be ended to free them.
             let uid = config.credentials.map_or_else(|| nix::unistd::geteuid().as_raw(), |(uid, _)| uid);
-            sockets::bind_all(&config.binds, config.backlog, config.nodelay, |spec| {
+            sockets::bind_all(&config.binds, config.backlog, config.nodelay, round_robin, |spec| {
                 leftovers::end(spec, uid)
             })?
         }
     };
+    let balance = balance::Balance::for_config(&config, &sockets)?;
     // Passed-in sockets may be more than `--bind` said: what a monitor
     // holds follows them.
-    let ceiling = crate::config::count_ceiling(sockets.len(), config.tag_output, config.preload);
+    let ceiling = crate::config::count_ceiling(sockets.len(), config.tag_output, config.preload, round_robin);
     ceiling.check(&format!("--count {}", config.count), config.count.into()).map_err(Error::Usage)?;
     let admin = admin::Server::bind(&config.admin_binds)?;
     for listener in &sockets {
@@ -212,7 +218,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let pid_file = pid_file.map(PidFile::write).transpose()?;
     let orphans = Orphans::new(config.drain_signal);
     let main = Main {
-        policy: Policy::new(settings(&config, sockets.len())),
+        policy: Policy::new(settings(&config, sockets.len(), balance.as_ref().map(balance::Balance::slots))),
         config,
         config_before: None,
         monitors: BTreeMap::new(),
@@ -230,6 +236,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
         exe,
         argv: std::env::args_os().collect(),
         check: None,
+        balance,
         _pid_file: pid_file,
     };
     serve(main, Event::Boot)
@@ -259,10 +266,10 @@ impl Main {
         // 0, 1 and 2, and what else below the limit is open but the clients.
         let held = 3 + open.iter().filter(|&&fd| (fd as u64) < limit).count() as u64;
         let held = held.saturating_sub((self.control.clients() + self.admin.clients()) as u64);
-        let room = server::client_room(limit, held, self.sockets.len());
+        let room = server::client_room(limit, held, self.monitor_sockets().len());
         // The admin endpoint, when there is one, takes at most half.
         let admin = if self.admin.is_empty() { 0 } else { (room / 2).clamp(1, admin::MAX_CLIENTS as u64) };
-        let cap = server::client_cap(limit, held + admin, self.sockets.len());
+        let cap = server::client_cap(limit, held + admin, self.monitor_sockets().len());
         self.control.set_max_clients(cap, limit);
         if cap < server::MAX_CLIENTS {
             let clients = if cap == 1 { "client" } else { "clients" };
@@ -303,6 +310,7 @@ impl Main {
                     Token::Admin(token) => admin.push(token),
                     Token::Signals => {}
                     Token::Log => crate::logging::flush(),
+                    Token::Slot(slot) => self.on_slot_readable(slot, Instant::now()),
                 }
             }
             for (client, request) in self.control.on_ready(&control) {
@@ -327,6 +335,7 @@ impl Main {
             self.systemd.as_ref().and_then(Systemd::next_deadline),
             self.shed.deadline(),
             self.hello_deadline(),
+            self.rotation_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -349,6 +358,7 @@ impl Main {
             tokens.push(Token::Log);
             fds.push((fd, Interest::Write));
         }
+        self.rotation_fds(&mut tokens, &mut fds);
         let ready = sys::poll(&fds, deadline)?;
         Ok(tokens.into_iter().zip(ready).filter(|(_, r)| *r).map(|(t, _)| t).collect())
     }
@@ -369,6 +379,7 @@ impl Main {
         if self.hello_deadline().is_some_and(|at| at <= now) {
             self.on_hello_deadline(now);
         }
+        self.on_rotation_timer(now);
     }
 
     /// Feeds `event` to the policy and performs what it says, including
@@ -383,6 +394,7 @@ impl Main {
                 .handle(Instant::now(), event)
                 .into_iter()
                 .partition(|effect| matches!(effect, Effect::Log { .. }));
+            self.sync_rotation();
             for effect in lines.into_iter().chain(effects) {
                 if let Some(next) = self.perform(effect) {
                     events.push_back(next);
@@ -610,7 +622,8 @@ impl Main {
             count,
             ready: self.config.ready,
             graceful_timeout: CliDuration(self.config.graceful_timeout),
-            sockets: self.sockets.len(),
+            sockets: self.monitor_sockets().len(),
+            slots: self.slots().unwrap_or(0),
             fd_names: sockets::fd_names(self.sockets.iter().map(|l| &l.spec)),
             notify_socket: notify_socket.clone(),
             log_level: log::max_level(),
@@ -654,7 +667,7 @@ impl Main {
     fn spawn_monitor(&self, args: &MonitorArgs) -> Result<(Pid, Channel), sys::spawn::SpawnError> {
         let (ours, theirs) = Channel::pair().map_err(sys::spawn::SpawnError::Fork)?;
         let mut fds: Vec<RawFd> = vec![theirs.fd().as_raw_fd()];
-        fds.extend(self.sockets.iter().map(|l| l.fd().as_raw_fd()));
+        fds.extend(self.monitor_sockets());
         let (program, argv, env) = if self.config.preload {
             // Library mode: the app itself is the monitor. Resolved again for
             // every generation, so a reload runs the binary now at that path.

@@ -22,7 +22,7 @@ impl Main {
             return true;
         }
         let reread = self.config.reloaded(&self.argv).and_then(|(config, changes)| {
-            let ceiling = crate::config::count_ceiling(self.sockets.len(), config.tag_output, config.preload);
+            let ceiling = settings(&config, self.sockets.len(), self.slots()).ceiling;
             let changed = changes.applied.iter().any(|k| k == "count" || k == "tag-output");
             if changed {
                 ceiling
@@ -59,7 +59,7 @@ impl Main {
                 let before = std::mem::replace(&mut self.config, config);
                 // The last good one, when a reload before this one has no outcome yet.
                 self.config_before.get_or_insert(before);
-                self.policy.reconfigure(settings(&self.config, self.sockets.len()), count);
+                self.policy.reconfigure(settings(&self.config, self.sockets.len(), self.slots()), count);
                 true
             }
         }

@@ -82,7 +82,8 @@ impl Monitor {
             Some(_) => Some(output::TaggedOutput::pipes()?),
             None => None,
         };
-        let mut keep: Vec<RawFd> = self.sockets.iter().map(AsRawFd::as_raw_fd).collect();
+        let mut keep: Vec<RawFd> =
+            self.worker_sockets(ordinal)?.into_iter().map(AsRawFd::as_raw_fd).collect();
         if let Launch::Fork { app_fds, .. } = &self.launch {
             keep.extend(app_fds);
         }
@@ -101,7 +102,8 @@ impl Monitor {
                 Ok(pid)
             }
             sys::fork::Forked::Child => {
-                let sockets = match self.sockets.iter().map(OwnedFd::try_clone).collect() {
+                let mine = self.worker_sockets(ordinal).unwrap_or_default();
+                let sockets = match mine.into_iter().map(OwnedFd::try_clone).collect() {
                     Ok(sockets) => sockets,
                     Err(e) => {
                         eprintln!("panzer: worker {ordinal}: cannot copy the listening sockets: {e}");

@@ -26,6 +26,7 @@ mod notifications;
 mod notify_socket;
 mod output;
 pub(crate) mod pool;
+mod slots;
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -115,6 +116,8 @@ struct Monitor {
     strangers: crate::log_limit::LogLimit<i32>,
     /// The generation's keeper (none in library mode).
     keeper: Option<keeper::Keeper>,
+    /// `--balance round-robin`: removed slots' workers, drained once their queue is empty.
+    held_drains: slots::HeldDrains,
 }
 
 /// Runs the monitor role; returns the process exit status.
@@ -211,6 +214,7 @@ impl Monitor {
                     notify_warnings: crate::log_limit::LogLimit::new(Duration::from_secs(1)),
                     strangers: crate::log_limit::LogLimit::new(STRANGER_INTERVAL),
                     keeper,
+                    held_drains: slots::HeldDrains::default(),
                 })
             }
             Err(error) => Err((error, status)),
@@ -243,6 +247,7 @@ impl Monitor {
                 self.worker_ready(pid, accepting::Reason::Alive(self.args.ready_after()));
             }
             self.look_at_starting(now);
+            self.release_held_drains(now);
             self.check_generation_ready();
             if let Some(code) = self.exit_code {
                 if self.pool.is_empty() {
@@ -301,6 +306,7 @@ impl Monitor {
             self.rss_at,
             self.readiness.next_deadline(),
             self.shed.deadline(),
+            self.held_drains.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -424,10 +430,13 @@ impl Monitor {
 
     /// What this monitor holds in descriptors and needs to start a worker.
     fn fds(&self) -> crate::limits::MonitorFds {
+        // With --balance round-robin it holds a set of sockets per slot.
+        let sets = self.args.slots.max(1);
         crate::limits::MonitorFds {
-            sockets: self.sockets.len() as u32,
+            sockets: self.sockets.len() as u32 / sets,
             tag_output: self.output.is_some(),
             library: matches!(self.launch, Launch::Fork { .. }),
+            round_robin: self.args.slots > 0,
         }
     }
 
@@ -436,11 +445,17 @@ impl Monitor {
             Launch::Exec { program } => program.clone(),
             Launch::Fork { .. } => return self.fork_worker(ordinal).map_err(sys::spawn::SpawnError::Fork),
         };
+        let fds: Vec<RawFd> = self
+            .worker_sockets(ordinal)
+            .map_err(sys::spawn::SpawnError::Fork)?
+            .into_iter()
+            .map(std::os::fd::AsRawFd::as_raw_fd)
+            .collect();
         let mut env = worker::env(
             &self.base_env,
             self.args.generation,
             ordinal,
-            self.sockets.len(),
+            fds.len(),
             &self.args.fd_names,
             self.args.notify_socket.to_str(),
             &self.args.addresses,
@@ -448,7 +463,6 @@ impl Monitor {
         if let Some(timeout) = self.args.health_timeout {
             env.push(format!("{}={}", worker::WATCHDOG_USEC, timeout.0.as_micros()).into());
         }
-        let fds: Vec<RawFd> = self.sockets.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         // The parent-death signal: if this monitor dies, its workers drain
         // while main starts a replacement, instead of serving unsupervised.
         let mut plan = ExecPlan::new(program.as_os_str(), &self.args.argv, env)
@@ -593,6 +607,7 @@ impl Monitor {
             if let Some(output) = &mut self.output {
                 output.worker_exited(pid);
             }
+            self.held_drains.forget(pid);
             if let Some(exit) = self.pool.exited(pid, Instant::now()) {
                 self.after_exit(exit, pid, &how);
             }
@@ -678,6 +693,8 @@ impl Monitor {
         } else {
             let workers = self.pool.workers().count();
             self.pool.drain();
+            // The whole group gets the drain signal now: a held one is sent.
+            self.held_drains = slots::HeldDrains::default();
             if grace.is_zero() {
                 // A stop now (SIGQUIT): no drain to promise.
                 log::info!("killing {workers} worker(s) now");
@@ -695,16 +712,6 @@ impl Monitor {
         if crate::protocol::reports_draining(self.args.protocol) {
             self.report(Report::Draining);
         }
-    }
-
-    fn scale(&mut self, count: u32) {
-        if self.pool.is_draining() || count == 0 {
-            return;
-        }
-        for (_, pid) in self.pool.scale(count, Instant::now()) {
-            sys::signal_process(Pid::from_raw(pid), self.drain_signal());
-        }
-        log::info!("now running {count} worker(s)");
     }
 
     fn kill_overdue(&mut self, now: Instant) {

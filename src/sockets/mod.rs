@@ -99,11 +99,14 @@ impl Drop for Listener {
 /// accepted from them: a server that writes a response in two pieces is
 /// then not held back by Nagle's algorithm until the client's delayed ACK.
 /// When an address is in use, `when_in_use` may free it (it says whether
-/// it ended anything): the bind is tried again, a few times at most.
+/// it ended anything): the bind is tried again, a few times at most. With
+/// `reuse_port`, TCP sockets get `SO_REUSEPORT`, so more can be bound
+/// beside them ([`bind_slot`]).
 pub fn bind_all(
     specs: &[BindSpec],
     backlog: i32,
     nodelay: bool,
+    reuse_port: bool,
     mut when_in_use: impl FnMut(&BindSpec) -> bool,
 ) -> Result<Vec<Listener>, Error> {
     const TRIES: usize = 3;
@@ -117,7 +120,7 @@ pub fn bind_all(
         .map(|spec| {
             let mut tries = 1;
             loop {
-                match bind(spec, backlog, nodelay) {
+                match bind_with(spec, backlog, nodelay, reuse_port) {
                     Err(e) if tries < TRIES && in_use(&e) && when_in_use(spec) => tries += 1,
                     done => return done,
                 }
@@ -128,12 +131,34 @@ pub fn bind_all(
 
 /// Binds one spec (see [`bind_all`]).
 pub(crate) fn bind(spec: &BindSpec, backlog: i32, nodelay: bool) -> Result<Listener, Error> {
+    bind_with(spec, backlog, nodelay, false)
+}
+
+/// One more `SO_REUSEPORT` socket beside `first` (bound by [`bind_all`]
+/// with `reuse_port`), on the very address it has (its real port for
+/// `:0`), in the same reuseport group: `--balance round-robin`'s slots.
+pub(crate) fn bind_slot(first: &Listener, backlog: i32, nodelay: bool) -> Result<Listener, Error> {
+    let fail = |source: io::Error| Error::Bind { addr: first.spec.addr.to_string(), source };
+    let at = first.socket.local_addr().map_err(fail)?.as_socket().ok_or_else(|| {
+        Error::Usage(format!("--bind {}: only a TCP address has a socket per slot", first.spec))
+    })?;
+    let mut spec = first.spec.clone();
+    spec.addr = BindAddr::Inet(at);
+    let mut listener = bind_with(&spec, backlog, nodelay, true)?;
+    listener.spec = first.spec.clone();
+    Ok(listener)
+}
+
+fn bind_with(spec: &BindSpec, backlog: i32, nodelay: bool, reuse_port: bool) -> Result<Listener, Error> {
     let fail = |source: io::Error| Error::Bind { addr: spec.addr.to_string(), source };
     match &spec.addr {
         BindAddr::Inet(addr) => {
             // socket2 creates sockets with SOCK_CLOEXEC.
             let socket = Socket::new(Domain::for_address(*addr), Type::STREAM, None).map_err(fail)?;
             socket.set_reuse_address(true).map_err(fail)?;
+            if reuse_port {
+                socket.set_reuse_port(true).map_err(fail)?;
+            }
             if nodelay {
                 socket.set_nodelay(true).map_err(fail)?;
             }

@@ -11,6 +11,7 @@ pub mod fork;
 pub mod handover;
 pub mod hello;
 pub mod resident;
+pub mod reuseport;
 pub mod sock_diag;
 pub mod spawn;
 

@@ -2,6 +2,7 @@
 //! what `cargo bench --bench reload -- NAME…` runs, in this order (each
 //! is described in `main.rs`'s docs).
 
+mod balance;
 mod bare;
 mod failures;
 mod idle;
@@ -14,6 +15,7 @@ mod upgrade;
 
 use crate::bench::{Bench, Outcome, WORKERS};
 
+use balance::balance;
 use failures::failures;
 use idle::{idle_cpu, memory};
 use latency::{reload_auto, reload_latency};
@@ -52,4 +54,5 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
     Scenario { name: "staged-canary", run: |b| staged(b, "canary", &["--canary", "200ms"], WORKERS) },
     Scenario { name: "upgrade", run: upgrade },
     Scenario { name: "preload", run: preload },
+    Scenario { name: "balance", run: balance },
 ];

@@ -149,6 +149,12 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// The slots it runs now (0…count-1); a worker on a slot above has been
+    /// told to drain.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
     pub(super) fn ready_workers(&self) -> u32 {
         self.workers.values().filter(|w| w.ready && w.pid != 0).count() as u32
     }

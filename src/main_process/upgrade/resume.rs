@@ -124,7 +124,8 @@ pub fn resume(fd: &OsStr) -> Result<i32, Error> {
     let mut orphans = Orphans::new(config.drain_signal);
     orphans.restore(&handover.orphans);
     let pid_file = config.pid_file.as_deref().map(WrittenPidFile::adopt);
-    let settings = main_process::settings(&config, sockets.len());
+    // An upgrade is refused with --balance round-robin: no slots here.
+    let settings = main_process::settings(&config, sockets.len(), None);
     let started =
         Instant::now().checked_sub(Duration::from_millis(handover.uptime_ms)).unwrap_or_else(Instant::now);
     let systemd = Systemd::from_env().map(|s| s.resumed(handover.systemd_ready_sent));
@@ -156,6 +157,7 @@ pub fn resume(fd: &OsStr) -> Result<i32, Error> {
         exe: PathBuf::from(os(&handover.exe)),
         argv: handover.argv.iter().map(|a| os(a)).collect(),
         check: None,
+        balance: None,
         _pid_file: pid_file,
     };
     let resumed = Event::Resumed {

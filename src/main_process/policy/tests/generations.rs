@@ -278,7 +278,7 @@ fn scale_has_a_ceiling_and_reaches_every_live_generation() {
 #[test]
 fn a_scale_or_sigttin_past_what_the_descriptor_limit_allows_is_refused_with_the_reason() {
     use crate::limits::{CountCeiling, MonitorFds};
-    let fds = MonitorFds { sockets: 1, tag_output: true, library: false };
+    let fds = MonitorFds { sockets: 1, tag_output: true, library: false, round_robin: false };
     let ceiling = CountCeiling::of(None, Some((26, fds)));
     let mut w = World::serving_with(Settings { ceiling, ..settings() });
     let effects = w.on(Event::Command { command: Command::Scale(4), from: Some(ClientId(1)) });

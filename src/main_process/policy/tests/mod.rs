@@ -11,6 +11,7 @@ use Effect::{Exit, KillGroup, KillOrphans, Orphans, Spawn, Systemd};
 mod drain;
 mod generations;
 mod roll;
+mod rotation;
 mod stop;
 mod upgrade;
 

@@ -1,0 +1,373 @@
+//! `--balance round-robin`: a socket per worker slot, and new connections
+//! handed to the ready slots in turn; kept-alive connections spread evenly,
+//! reloads, scaling and a killed worker lose nothing, and where the kernel
+//! or the setup does not allow it panzer says why and does not start.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpStream;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::harness::*;
+
+fn round_robin(count: u32) -> Panzer {
+    Panzer::new(example("server")).count(count).notify().args(&["--balance", "round-robin"]).start()
+}
+
+/// `GET /` on a kept-alive connection; the pid that answered.
+fn ask(stream: &mut TcpStream) -> std::io::Result<Response> {
+    write!(stream, "GET / HTTP/1.1\r\nHost: t\r\n\r\n")?;
+    read_response(stream)
+}
+
+/// Opens `connections` kept-alive connections one after the other, asks
+/// once on each, and counts the connections each worker pid holds.
+fn spread(port: u16, connections: usize) -> BTreeMap<Pid, usize> {
+    let mut streams: Vec<TcpStream> = (0..connections).map(|_| connect(port).unwrap()).collect();
+    let mut held = BTreeMap::new();
+    for stream in &mut streams {
+        *held.entry(ask(stream).unwrap().pid()).or_insert(0) += 1;
+    }
+    held
+}
+
+/// Every worker of the current generation, once each has answered.
+fn workers(port: u16, n: usize) -> Vec<Pid> {
+    distinct_pids(port, n).into_iter().collect()
+}
+
+#[test]
+fn kept_alive_connections_are_spread_evenly_over_the_workers() {
+    let panzer = round_robin(4);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let all = workers(port, 4);
+    for trial in 0..8 {
+        let held = spread(port, 4);
+        assert_eq!(held.len(), 4, "trial {trial}: {held:?} (workers {all:?})");
+        assert!(held.values().all(|&n| n == 1), "trial {trial}: {held:?}");
+    }
+    for trial in 0..4 {
+        let held = spread(port, 8);
+        assert_eq!(held.len(), 4, "trial {trial}: {held:?}");
+        assert!(held.values().all(|&n| n == 2), "trial {trial}: {held:?}");
+    }
+    // Each worker got its own socket at fd 3, and nothing changed for it.
+    let env = environ(all[0]);
+    assert_eq!(env["LISTEN_FDS"], "1");
+}
+
+#[test]
+fn two_workers_two_connections_never_share_a_worker() {
+    let panzer = round_robin(2);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    for trial in 0..8 {
+        let held = spread(port, 2);
+        assert_eq!(held.len(), 2, "trial {trial}: {held:?}");
+    }
+}
+
+/// Once generation 1 is ready: its port, and 4 clients on fresh connections
+/// and 4 on kept-alive ones.
+fn under_load(panzer: &Panzer) -> (u16, Load, KeepAlive) {
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    (port, Load::start(port, 4, "/"), KeepAlive::start(port, 4))
+}
+
+fn assert_no_failure(what: &str, fresh: Load, kept: KeepAlive) {
+    let (failures, generations) = fresh.finish();
+    let (answered, kept_failures) = kept.finish();
+    assert!(failures.is_empty(), "{what}: fresh connections failed: {failures:?} ({generations:?})");
+    assert!(kept_failures.is_empty(), "{what}: kept-alive connections failed: {kept_failures:?}");
+    assert!(answered > 0, "{what}: no kept-alive answer");
+}
+
+#[test]
+fn reloads_under_load_lose_nothing() {
+    let panzer = round_robin(4);
+    let (_, fresh, kept) = under_load(&panzer);
+    for generation in 2..=11 {
+        fresh.wait_for(50);
+        panzer.signal(Signal::SIGUSR1);
+        panzer.wait_ready(generation);
+    }
+    fresh.wait_for(50);
+    assert_no_failure("10 reloads", fresh, kept);
+}
+
+#[test]
+fn a_rolling_reload_under_load_loses_nothing() {
+    let panzer = Panzer::new(example("server"))
+        .count(4)
+        .notify()
+        .args(&["--balance", "round-robin", "--reload-strategy", "rolling"])
+        .start();
+    let (_, fresh, kept) = under_load(&panzer);
+    fresh.wait_for(50);
+    panzer.signal(Signal::SIGUSR1);
+    panzer.wait_ready(2);
+    panzer.wait_for_line("generation 1 stopped");
+    fresh.wait_for(50);
+    assert_no_failure("a rolling reload", fresh, kept);
+}
+
+#[test]
+fn scaling_down_and_up_and_a_killed_worker_lose_nothing() {
+    let panzer = round_robin(4);
+    let (port, fresh, kept) = under_load(&panzer);
+    fresh.wait_for(50);
+    let out = panzer.ctl(&["scale", "2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    panzer.wait_for_lines("exited with status 0", 2);
+    fresh.wait_for(100);
+    let out = panzer.ctl(&["scale", "4"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    ready_workers(&panzer, 4);
+    fresh.wait_for(100);
+    // Above the slots bound at start: refused, with why.
+    let out = panzer.ctl(&["scale", "5"]);
+    assert_ne!(out.code, 0, "{} {}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("scale 5: at most 4 workers (--balance round-robin"), "{}", out.stderr);
+    assert_no_failure("scale 4 to 2 to 4", fresh, kept);
+    // A killed worker's own connections die with it; new ones wait on its
+    // socket for its replacement.
+    let fresh = Load::start(port, 4, "/");
+    fresh.wait_for(50);
+    let victim = get(port, "/").unwrap().pid();
+    kill(victim, Signal::SIGKILL).unwrap();
+    panzer.wait_for_line("killed by SIGKILL");
+    ready_workers(&panzer, 4);
+    fresh.wait_for(100);
+    let (failures, _) = fresh.finish();
+    assert!(failures.is_empty(), "a killed worker: {failures:?}");
+}
+
+/// The pid of worker `ordinal` of the serving generation.
+fn worker_pid(panzer: &Panzer, ordinal: u64) -> Pid {
+    let status = panzer.status();
+    let workers = status["generations"][0]["workers"].as_array().unwrap().clone();
+    let w = workers.iter().find(|w| w["ordinal"].as_u64() == Some(ordinal)).unwrap();
+    Pid::from_raw(w["pid"].as_i64().unwrap() as i32)
+}
+
+/// A worker that stops accepting at once on SIGTERM, whatever waits in
+/// its queue (as a server that closes its listener first does), and
+/// answers each connection with its pid.
+const ABRUPT: &str = r#"
+import os, signal, socket
+class Drain(Exception): pass
+def drain(*_): raise Drain()
+signal.signal(signal.SIGTERM, drain)
+listener = socket.socket(fileno=3)
+try:
+    while True:
+        c, _ = listener.accept()
+        c.recv(4096)
+        body = ("pid=%d worker=%s" % (os.getpid(), os.environ["PANZER_WORKER"])).encode()
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        c.close()
+except Drain:
+    listener.close()
+"#;
+
+#[test]
+fn a_connection_queued_on_a_slot_that_is_scaled_away_is_served_before_its_worker_drains() {
+    let panzer = Panzer::new("python3")
+        .command_args(&["--", "-c", ABRUPT])
+        .count(4)
+        .ready("accepting")
+        .args(&["--balance", "round-robin"])
+        .start();
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    ready_workers(&panzer, 4);
+    // Worker 3 stalls: the connection the rotation gives its slot waits in
+    // the slot's queue.
+    let stalled = worker_pid(&panzer, 3);
+    kill(stalled, Signal::SIGSTOP).unwrap();
+    let mut streams: Vec<TcpStream> = (0..4).map(|_| connect(port).unwrap()).collect();
+    for stream in &mut streams {
+        write!(stream, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    }
+    let out = panzer.ctl(&["scale", "2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    panzer.wait_for_line("now running 2 worker(s)");
+    kill(stalled, Signal::SIGCONT).unwrap();
+    let answered: Vec<String> =
+        streams.iter_mut().map(|s| read_response(s).map(|r| r.body)).collect::<Result<_, _>>().unwrap();
+    assert!(answered.iter().any(|a| a.contains(&format!("pid={stalled} "))), "{answered:?}");
+    panzer.wait_for_line(&format!("(pid {stalled}) exited"));
+}
+
+#[test]
+fn a_stopped_worker_leaves_the_rotation_until_it_accepts_again() {
+    let panzer = round_robin(2);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    ready_workers(&panzer, 2);
+    let (serving, stopped) = (worker_pid(&panzer, 0), worker_pid(&panzer, 1));
+    kill(stopped, Signal::SIGSTOP).unwrap();
+    // New connections keep coming; half of them wait for the stopped one.
+    let mut waiting: Vec<TcpStream> = Vec::new();
+    eventually(PATIENCE, "slot 1 to leave the rotation", || {
+        let mut stream = connect(port).unwrap();
+        write!(stream, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+        waiting.push(stream);
+        panzer.log().contains("slot 1: ").then_some(())
+    });
+    let line = panzer.wait_for_line("out of the rotation until it accepts again");
+    assert!(line.contains("round-robin: slot 1: its worker accepts nothing"), "{line}");
+    // Now every new connection goes to the worker that accepts.
+    for _ in 0..10 {
+        assert_eq!(get(port, "/").unwrap().pid(), serving);
+    }
+    kill(stopped, Signal::SIGCONT).unwrap();
+    panzer.wait_for_line("round-robin: slot 1: its worker accepts again: back in the rotation");
+    // What waited was served, by one worker or the other.
+    for stream in &mut waiting {
+        let pid = read_response(stream).unwrap().pid();
+        assert!(pid == serving || pid == stopped, "{pid}");
+    }
+    assert!(waiting.len() >= 2, "{}", waiting.len());
+    workers(port, 2);
+}
+
+/// Waits until the serving generation has `n` ready workers.
+fn ready_workers(panzer: &Panzer, n: usize) {
+    eventually(PATIENCE, &format!("{n} ready workers"), || {
+        let status = panzer.status();
+        let workers = status["generations"][0]["workers"].as_array()?.clone();
+        let ready = workers.iter().filter(|w| w["ready"] == true && w["pid"].as_i64() != Some(0)).count();
+        (ready == n).then_some(())
+    });
+}
+
+/// Execs panzer with a listening socket at fd 3, as systemd would.
+const SYSTEMD: &str = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+t = os.dup(s.fileno())
+s.close()
+os.dup2(t, 3)
+os.close(t)
+os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+
+#[test]
+fn sockets_from_systemd_cannot_be_balanced_and_panzer_says_so() {
+    let mut panzer = Panzer::new(example("server"))
+        .no_bind()
+        .args(&["--balance", "round-robin"])
+        .via("python3", &["-c", SYSTEMD, env!("CARGO_BIN_EXE_panzer")])
+        .start();
+    let status = panzer.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(2), "{}", panzer.log());
+    let log = panzer.log();
+    assert!(log.contains("--balance round-robin: the sockets systemd passed in"), "{log}");
+    assert_eq!(log.lines().filter(|l| l.contains("round-robin")).count(), 1, "{log}");
+}
+
+#[test]
+fn a_unix_socket_cannot_be_balanced_and_panzer_says_so() {
+    let dir = TestDir::new("balance-unix");
+    let path = dir.0.join("s.sock");
+    let mut panzer = Panzer::new(example("server"))
+        .bind(format!("unix:{}", path.display()))
+        .args(&["--balance", "round-robin"])
+        .start();
+    let status = panzer.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(2), "{}", panzer.log());
+    assert!(panzer.log().contains("a unix socket cannot be balanced"), "{}", panzer.log());
+    assert!(!path.exists(), "the socket file was left behind");
+}
+
+/// `--inh-caps` and `--bounding-set` for `setpriv`: root without what BPF needs.
+const NO_BPF: &str = "-bpf,-sys_admin,-net_admin";
+
+/// Runs `panzer ARGS…` under `setpriv` without the capabilities BPF needs;
+/// `None` where that cannot be arranged (not root, no `setpriv`).
+fn without_bpf(args: &[&str]) -> Option<(i32, String)> {
+    if !std::path::Path::new("/usr/bin/setpriv").exists() || !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root and setpriv");
+        return None;
+    }
+    let (inh, bounding) = (format!("--inh-caps={NO_BPF}"), format!("--bounding-set={NO_BPF}"));
+    let mut panzer = Panzer::new(example("server"))
+        .args(args)
+        .via("/usr/bin/setpriv", &[&inh, &bounding, env!("CARGO_BIN_EXE_panzer")])
+        .start();
+    let status = panzer.wait_exit(PATIENCE);
+    Some((status.code().unwrap(), panzer.log()))
+}
+
+#[test]
+fn without_the_capabilities_for_bpf_round_robin_fails_at_start() {
+    let Some((code, log)) = without_bpf(&["--balance", "round-robin"]) else { return };
+    assert_eq!(code, 71, "{log}");
+    assert!(log.contains("--balance round-robin on 127.0.0.1:"), "{log}");
+    assert!(log.contains("CAP_BPF"), "{log}");
+    assert!(!log.contains("starting generation"), "{log}");
+}
+
+#[test]
+fn check_says_what_round_robin_would_refuse() {
+    let Some((code, log)) = without_bpf(&["--check", "--balance", "round-robin"]) else { return };
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("--balance round-robin: cannot create a BPF map"), "{log}");
+    let mut panzer =
+        Panzer::with_args(&["--check", "--balance", "round-robin", "--bind", "unix:/nowhere/s.sock", "true"])
+            .start();
+    let status = panzer.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(2), "{}", panzer.log());
+    assert!(panzer.log().contains("a unix socket cannot be balanced"), "{}", panzer.log());
+}
+
+#[test]
+fn the_default_is_shared_and_an_unknown_mode_is_refused() {
+    let mut panzer = Panzer::new(example("server")).args(&["--balance", "random"]).start();
+    let status = panzer.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(2), "{}", panzer.log());
+    assert!(panzer.log().contains("invalid balance mode 'random'"), "{}", panzer.log());
+}
+
+#[test]
+fn library_mode_workers_take_turns_too() {
+    let panzer = Panzer::new(example("preload"))
+        .arg("--preload")
+        .count(2)
+        .env("PRELOAD_MB", "1")
+        .args(&["--balance", "round-robin"])
+        .start();
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    ready_workers(&panzer, 2);
+    // Fresh connections one after the other: the slots in turn.
+    let mut answered: BTreeMap<Pid, usize> = BTreeMap::new();
+    for _ in 0..8 {
+        *answered.entry(get(port, "/").unwrap().pid()).or_insert(0) += 1;
+    }
+    assert_eq!(answered.values().copied().collect::<Vec<_>>(), [4, 4], "{answered:?}");
+}
+
+#[test]
+fn an_upgrade_is_refused_with_why_and_the_workers_go_on() {
+    let panzer = round_robin(2);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let before = workers(port, 2);
+    let out = panzer.ctl(&["upgrade"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains("not available with --balance round-robin"), "{}", out.stderr);
+    let mut after = workers(port, 2);
+    after.sort();
+    let mut before = before;
+    before.sort();
+    assert_eq!(before, after);
+}

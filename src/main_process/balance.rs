@@ -1,0 +1,404 @@
+//! `--balance round-robin` in main: one listening socket per worker slot
+//! and address, and the rotation the kernel hands new connections along.
+//!
+//! With `--balance shared` (the default) every worker accepts from the one
+//! socket of each `--bind`, and the kernel gives a connection to whichever
+//! worker it wakes: a few long-lived connections can all land on one. In
+//! round-robin, main binds, for each address, one `SO_REUSEPORT` socket per
+//! slot (slot 0's is the one `sockets` holds, the others are here), once,
+//! for its whole life. Every monitor gets them all; worker k gets slot k's
+//! at fd 3 (and `LISTEN_FDS` counts the addresses, as before). A replacement
+//! of worker k, or the next generation's worker k, accepts from the same
+//! socket, so what waits in its queue is served by whoever comes next.
+//!
+//! Which slots are in rotation follows the policy: after every event, a
+//! slot is in it when a generation that is starting or ready (not draining)
+//! has a ready worker on it, and the slot is below the count. So a slot
+//! leaves the rotation before its last worker is told to drain (a scale
+//! down, the drain of a generation nothing replaces), and joins it once a
+//! worker on it is ready. The kernel program itself is `sys::reuseport`.
+//!
+//! A slot whose worker stops accepting (stopped, stuck in a loop) would
+//! still get its share of new connections, which would wait in its queue.
+//! So main polls the sockets of the slots in rotation (a listening socket
+//! is readable while its accept queue holds a connection: idle, this never
+//! wakes main), and when one wakes it, looks at the queues again every
+//! [`STUCK_AFTER`] until that slot's is empty: a slot whose queue has grown
+//! (to 2 or more) since main first saw it, while another slot's is empty,
+//! leaves the rotation until its queue is empty again ([`Watch`]). Under
+//! load main looks at most once per slot per [`STUCK_AFTER`].
+//!
+//! The slots are bound at start for `--count` workers; a scale above that
+//! is refused (the policy's `Settings::slots`), since a running monitor
+//! cannot be handed sockets bound after it started.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use super::policy::{Generation, State};
+use super::{Main, Token};
+use crate::config::Config;
+use crate::error::Error;
+use crate::limits::{Bound, CountCeiling};
+use crate::sockets::{self, BindAddr, Listener};
+use crate::sys::reuseport::{accept_queue, Rotation};
+use crate::sys::Interest;
+
+/// How often main looks at a queue that holds connections.
+pub(super) const STUCK_AFTER: Duration = Duration::from_millis(500);
+
+/// The slot sockets and their rotations, one per address.
+pub(super) struct Balance {
+    slots: u32,
+    /// Per address, the sockets of slots 1… (slot 0's is main's own).
+    more: Vec<Vec<Listener>>,
+    rotations: Vec<Rotation>,
+    /// The slots the policy's generations have ready, and of those, what
+    /// is in rotation now (the stuck ones left out).
+    ready: Vec<u32>,
+    active: Vec<u32>,
+    rotation: InRotation,
+    watch: Watch,
+}
+
+/// Whether `config` asks for round-robin, or why it cannot have it
+/// (`adopted`: systemd passed the sockets in), before anything is bound.
+pub(super) fn wanted(config: &Config, adopted: bool) -> Result<bool, Error> {
+    let wanted = config.balance == crate::units::Balance::RoundRobin;
+    if wanted {
+        refuse(&config.binds, adopted)?;
+    }
+    Ok(wanted)
+}
+
+/// The most workers a generation may run: as the limits allow for
+/// `sockets` (of `slots` each with round-robin), and no more than `slots`,
+/// which were bound at start.
+pub(super) fn ceiling(config: &Config, sockets: usize, slots: Option<u32>) -> CountCeiling {
+    let ceiling = crate::config::count_ceiling(sockets, config.tag_output, config.preload, slots.is_some());
+    match slots {
+        Some(slots) if slots < ceiling.max => CountCeiling { max: slots, bound: Bound::Slots(slots) },
+        _ => ceiling,
+    }
+}
+
+/// Why round-robin cannot run on `binds` (`adopted`: systemd passed the
+/// sockets in), before anything is bound: one line, a usage error.
+pub(crate) fn refuse(binds: &[sockets::BindSpec], adopted: bool) -> Result<(), Error> {
+    if adopted {
+        return Err(Error::Usage(
+            "--balance round-robin: the sockets systemd passed in (LISTEN_FDS) are one per address; \
+                 round-robin needs a socket per worker, which panzer binds itself: use --bind, or \
+                 --balance shared"
+                .into(),
+        ));
+    }
+    if let Some(unix) = binds.iter().find(|b| matches!(b.addr, BindAddr::Unix(_))) {
+        return Err(Error::Usage(format!(
+            "--balance round-robin: --bind {unix}: a unix socket cannot be balanced (SO_REUSEPORT \
+                 groups are TCP only); use --balance shared"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the kernel and this process's privileges let main set up the
+/// rotation (`--check`): the program loaded once, on maps of its own.
+pub(crate) fn probe() -> Result<(), Error> {
+    Rotation::attach(&[]).map(drop).map_err(|refused| failed("", refused))
+}
+
+/// The error for a rotation the kernel refused, with what would help.
+fn failed(on: &str, refused: crate::sys::reuseport::Refused) -> Error {
+    let hint = match refused.error.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => {
+            " (needs root, or CAP_BPF and CAP_NET_ADMIN; or use --balance shared)"
+        }
+        _ => " (needs a Linux kernel 5.12 or later with BPF; or use --balance shared)",
+    };
+    Error::os(format!("--balance round-robin{on}: {}{hint}", refused.step), refused.error)
+}
+
+impl Main {
+    /// With `--balance round-robin`, the slots bound at start.
+    pub(super) fn slots(&self) -> Option<u32> {
+        self.balance.as_ref().map(Balance::slots)
+    }
+
+    /// The listening sockets a monitor gets, in order.
+    pub(super) fn monitor_sockets(&self) -> Vec<RawFd> {
+        match &self.balance {
+            Some(balance) => balance.fds(&self.sockets),
+            None => self.sockets.iter().map(|l| l.fd().as_raw_fd()).collect(),
+        }
+    }
+
+    /// Puts in rotation the slots the policy's generations have ready now;
+    /// called after each event, before its effects are carried out, so a
+    /// slot leaves the rotation before its worker is told to drain.
+    pub(super) fn sync_rotation(&mut self) {
+        if let Some(balance) = &mut self.balance {
+            balance.sync(self.policy.generations(), self.policy.count());
+        }
+    }
+
+    /// Slot `slot`'s socket of each address (slot 0's are main's own).
+    fn slot_sockets(&self, slot: u32) -> impl Iterator<Item = BorrowedFd<'_>> {
+        let more = self.balance.iter().flat_map(|b| &b.more);
+        self.sockets.iter().zip(more).filter_map(move |(first, more)| match slot {
+            0 => Some(first.fd()),
+            k => more.get(k as usize - 1).map(Listener::fd),
+        })
+    }
+
+    /// What slot `slot`'s sockets show now.
+    fn seen(&self, slot: u32) -> Seen {
+        let queued = self.slot_sockets(slot).map(|fd| accept_queue(fd).unwrap_or(0)).sum();
+        let rotations = self.balance.iter().flat_map(|b| &b.rotations);
+        let handed = rotations.map(|r| r.handed(slot).unwrap_or(0)).fold(0u32, u32::wrapping_add);
+        Seen { queued, handed }
+    }
+
+    /// What main polls for the rotation: the sockets of the slots watched
+    /// for a queue that does not empty.
+    pub(super) fn rotation_fds<'a>(
+        &'a self,
+        tokens: &mut Vec<Token>,
+        fds: &mut Vec<(BorrowedFd<'a>, Interest)>,
+    ) {
+        let Some(balance) = &self.balance else { return };
+        for slot in balance.watch.armed(&balance.ready) {
+            for fd in self.slot_sockets(slot) {
+                tokens.push(Token::Slot(slot));
+                fds.push((fd, Interest::Read));
+            }
+        }
+    }
+
+    /// A slot's queue holds a connection: look again in a while.
+    pub(super) fn on_slot_readable(&mut self, slot: u32, now: Instant) {
+        let seen = self.seen(slot);
+        if let Some(balance) = &mut self.balance {
+            balance.watch.woke(slot, seen, now);
+        }
+    }
+
+    /// When main looks at a queue next.
+    pub(super) fn rotation_deadline(&self) -> Option<Instant> {
+        self.balance.as_ref().and_then(|b| b.watch.next_look())
+    }
+
+    /// Looks at the queues that are due: a stuck slot leaves the
+    /// rotation, and comes back once its queue is empty.
+    pub(super) fn on_rotation_timer(&mut self, now: Instant) {
+        if !self.rotation_deadline().is_some_and(|at| at <= now) {
+            return;
+        }
+        let seen: BTreeMap<u32, Seen> = (0..self.slots().unwrap_or(0)).map(|k| (k, self.seen(k))).collect();
+        let Some(balance) = &mut self.balance else { return };
+        for (slot, stuck) in balance.watch.look(now, &balance.ready, &seen) {
+            let waiting = seen.get(&slot).map_or(0, |s| s.queued);
+            if stuck {
+                log::warn!(
+                    "round-robin: slot {slot}: its worker accepts nothing, {waiting} connection(s) wait: out \
+                     of the rotation until it accepts again"
+                );
+            } else {
+                log::info!("round-robin: slot {slot}: its worker accepts again: back in the rotation");
+            }
+        }
+        balance.apply();
+    }
+}
+
+/// What a slot's sockets showed: connections waiting in their queues, and
+/// handed to the slot by the program so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Seen {
+    pub(super) queued: u32,
+    pub(super) handed: u32,
+}
+
+/// The slots whose queue keeps its connections: those main polls, those it
+/// looks at again later, and those out of the rotation for it.
+#[derive(Debug, Default)]
+pub(super) struct Watch {
+    /// Per slot: when to look at its queue again, and what it showed when
+    /// main first saw it hold connections.
+    looking: BTreeMap<u32, (Instant, Seen)>,
+    /// Out of the rotation until their queue is empty.
+    stuck: BTreeSet<u32>,
+}
+
+impl Watch {
+    /// Forgets slots that are no longer ready (a new worker starts afresh).
+    pub(super) fn keep(&mut self, ready: &[u32]) {
+        self.looking.retain(|k, _| ready.contains(k));
+        self.stuck.retain(|k| ready.contains(k));
+    }
+
+    /// The slots main polls: ready, and not looked at later.
+    pub(super) fn armed(&self, ready: &[u32]) -> Vec<u32> {
+        ready.iter().copied().filter(|k| !self.looking.contains_key(k)).collect()
+    }
+
+    /// `slot`'s queue holds connections now.
+    pub(super) fn woke(&mut self, slot: u32, seen: Seen, now: Instant) {
+        self.looking.insert(slot, (now + STUCK_AFTER, seen));
+    }
+
+    pub(super) fn next_look(&self) -> Option<Instant> {
+        self.looking.values().map(|&(at, _)| at).min()
+    }
+
+    /// Looks at the slots due with what their sockets show `now`; returns
+    /// the slots that became stuck (`true`) or accept again (`false`). A
+    /// slot is stuck when, since main first saw its queue hold connections,
+    /// at least 2 more were handed to it and its worker accepted at most a
+    /// quarter of them (what was handed and is not in the queue was
+    /// accepted, or is still in its handshake).
+    pub(super) fn look(
+        &mut self,
+        now: Instant,
+        ready: &[u32],
+        seen: &BTreeMap<u32, Seen>,
+    ) -> Vec<(u32, bool)> {
+        let due: Vec<(u32, Seen)> = self
+            .looking
+            .iter()
+            .filter(|(_, &(at, _))| at <= now)
+            .map(|(&k, &(_, first))| (k, first))
+            .collect();
+        let mut changes = Vec::new();
+        for (slot, first) in due {
+            let now_seen = seen.get(&slot).copied().unwrap_or_default();
+            let serving = ready.iter().filter(|k| !self.stuck.contains(k)).count();
+            let handed = i64::from(now_seen.handed.wrapping_sub(first.handed));
+            let accepted = handed - (i64::from(now_seen.queued) - i64::from(first.queued));
+            if self.stuck.contains(&slot) {
+                if now_seen.queued == 0 {
+                    self.stuck.remove(&slot);
+                    changes.push((slot, false));
+                }
+            } else if now_seen.queued > 0 && handed >= 2 && accepted * 4 <= handed && serving > 1 {
+                self.stuck.insert(slot);
+                changes.push((slot, true));
+            }
+            if now_seen.queued > 0 {
+                // Looked at again, still against what it showed first.
+                self.looking.insert(slot, (now + STUCK_AFTER, first));
+            } else {
+                // Polled again.
+                self.looking.remove(&slot);
+            }
+        }
+        changes
+    }
+}
+
+impl Balance {
+    /// With `--balance round-robin` and sockets to balance (main's own,
+    /// bound with `SO_REUSEPORT`), one per slot for `--count` workers.
+    pub(super) fn for_config(config: &Config, sockets: &[Listener]) -> Result<Option<Balance>, Error> {
+        if config.balance != crate::units::Balance::RoundRobin || sockets.is_empty() {
+            return Ok(None);
+        }
+        Balance::start(sockets, config.count, config.backlog, config.nodelay).map(Some)
+    }
+
+    /// Binds slots 1…`slots`-1 beside each of `sockets` (bound with
+    /// `SO_REUSEPORT`) and attaches the rotation program to each group.
+    pub(super) fn start(
+        sockets: &[Listener],
+        slots: u32,
+        backlog: i32,
+        nodelay: bool,
+    ) -> Result<Balance, Error> {
+        let mut more = Vec::new();
+        let mut rotations = Vec::new();
+        for first in sockets {
+            let others: Vec<Listener> =
+                (1..slots).map(|_| sockets::bind_slot(first, backlog, nodelay)).collect::<Result<_, _>>()?;
+            let fds: Vec<BorrowedFd<'_>> = std::iter::once(first).chain(&others).map(Listener::fd).collect();
+            let on = format!(" on {}", first.local);
+            let rotation = Rotation::attach(&fds).map_err(|refused| failed(&on, refused))?;
+            more.push(others);
+            rotations.push(rotation);
+        }
+        Ok(Balance {
+            slots,
+            more,
+            rotations,
+            ready: Vec::new(),
+            active: Vec::new(),
+            rotation: InRotation::default(),
+            watch: Watch::default(),
+        })
+    }
+
+    pub(super) fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// Every socket a monitor gets, address-major: address b's slot k at
+    /// `b * slots + k` (`sockets` are main's, slot 0 of each).
+    pub(super) fn fds(&self, sockets: &[Listener]) -> Vec<RawFd> {
+        sockets
+            .iter()
+            .zip(&self.more)
+            .flat_map(|(first, more)| std::iter::once(first).chain(more))
+            .map(|l| l.fd().as_raw_fd())
+            .collect()
+    }
+
+    /// Puts exactly the slots [`InRotation`] names in rotation, but for
+    /// those found stuck.
+    pub(super) fn sync(&mut self, generations: &[Generation], count: u32) {
+        self.ready = self.rotation.update(generations, count.min(self.slots));
+        self.watch.keep(&self.ready);
+        self.apply();
+    }
+
+    fn apply(&mut self) {
+        let active: Vec<u32> = self.ready.iter().copied().filter(|k| !self.watch.stuck.contains(k)).collect();
+        if active == self.active {
+            return;
+        }
+        log::debug!("round-robin: slots in rotation: {active:?}");
+        for rotation in &mut self.rotations {
+            if let Err(e) = rotation.set(&active) {
+                log::warn!("round-robin: cannot update the rotation: {e}");
+            }
+        }
+        self.active = active;
+    }
+}
+
+/// Which slots are in rotation, from the policy's generations. A staged
+/// reload runs the new generation on slots 0… and scales the old one down
+/// from the top, so for a while a low slot has two workers and a high one
+/// none.
+#[derive(Debug, Default)]
+pub(super) struct InRotation {
+    /// Workers seen on a slot at or above the count (a scale down told
+    /// them to drain): they count for nothing, even if a scale up brings
+    /// their slot back before they are gone.
+    retired: BTreeSet<i32>,
+}
+
+impl InRotation {
+    /// The slots below `count` on which a generation that is starting or
+    /// ready has a ready worker that was never retired, in order.
+    pub(super) fn update(&mut self, generations: &[Generation], count: u32) -> Vec<u32> {
+        let live = || generations.iter().filter(|g| matches!(g.state, State::Starting | State::Ready));
+        let on = |slot: u32| live().filter_map(move |g| g.workers.get(&slot)).filter(|w| w.pid != 0);
+        let present: BTreeSet<i32> = live().flat_map(|g| g.workers.values().map(|w| w.pid)).collect();
+        self.retired.retain(|pid| present.contains(pid));
+        for g in live() {
+            let drained = g.count().min(count);
+            self.retired.extend(g.workers.range(drained..).map(|(_, w)| w.pid).filter(|&pid| pid != 0));
+        }
+        (0..count).filter(|&slot| on(slot).any(|w| w.ready && !self.retired.contains(&w.pid))).collect()
+    }
+}
