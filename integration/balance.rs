@@ -133,12 +133,12 @@ fn scaling_down_and_up_and_a_killed_worker_lose_nothing() {
     assert_ne!(out.code, 0, "{} {}", out.stdout, out.stderr);
     assert!(out.stderr.contains("scale 5: at most 4 workers (--balance round-robin"), "{}", out.stderr);
     assert_no_failure("scale 4 to 2 to 4", fresh, kept);
-    // A killed worker's own connections die with it; new ones wait on its
-    // socket for its replacement.
-    let fresh = Load::start(port, 4, "/");
-    fresh.wait_for(50);
+    // A killed worker's own connections die with it (a request it had
+    // accepted, under load, fails: so the load starts once it is killed);
+    // new ones wait on its socket for its replacement, or go to the others.
     let victim = get(port, "/").unwrap().pid();
     kill(victim, Signal::SIGKILL).unwrap();
+    let fresh = Load::start(port, 4, "/");
     panzer.wait_for_line("killed by SIGKILL");
     ready_workers(&panzer, 4);
     fresh.wait_for(100);
