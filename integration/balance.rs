@@ -133,12 +133,12 @@ fn scaling_down_and_up_and_a_killed_worker_lose_nothing() {
     assert_ne!(out.code, 0, "{} {}", out.stdout, out.stderr);
     assert!(out.stderr.contains("scale 5: at most 4 workers (--balance round-robin"), "{}", out.stderr);
     assert_no_failure("scale 4 to 2 to 4", fresh, kept);
-    // A killed worker's own connections die with it; new ones wait on its
-    // socket for its replacement.
-    let fresh = Load::start(port, 4, "/");
-    fresh.wait_for(50);
+    // A killed worker's own connections die with it (a request it had
+    // accepted, under load, fails: so the load starts once it is killed);
+    // new ones wait on its socket for its replacement, or go to the others.
     let victim = get(port, "/").unwrap().pid();
     kill(victim, Signal::SIGKILL).unwrap();
+    let fresh = Load::start(port, 4, "/");
     panzer.wait_for_line("killed by SIGKILL");
     ready_workers(&panzer, 4);
     fresh.wait_for(100);
@@ -357,17 +357,49 @@ fn library_mode_workers_take_turns_too() {
 }
 
 #[test]
-fn an_upgrade_is_refused_with_why_and_the_workers_go_on() {
-    let panzer = round_robin(2);
-    let port = panzer.port(0);
-    panzer.wait_ready(1);
-    let before = workers(port, 2);
-    let out = panzer.ctl(&["upgrade"]);
-    assert_ne!(out.code, 0, "{}", out.stdout);
-    assert!(out.stderr.contains("not available with --balance round-robin"), "{}", out.stderr);
-    let mut after = workers(port, 2);
-    after.sort();
-    let mut before = before;
+fn an_upgrade_under_load_loses_nothing_and_the_rotation_goes_on() {
+    let panzer = round_robin(4);
+    let (port, fresh, kept) = under_load(&panzer);
+    let mut before = workers(port, 4);
     before.sort();
+    for n in 1..=3 {
+        fresh.wait_for(50);
+        if n == 2 {
+            panzer.signal(Signal::SIGUSR2);
+        } else {
+            let out = panzer.ctl(&["upgrade"]);
+            assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        }
+        panzer.wait_for_lines("resumed as panzer", n);
+    }
+    fresh.wait_for(50);
+    assert_no_failure("3 upgrades", fresh, kept);
+    // The same workers, each still on its own slot, and new kept-alive
+    // connections still go one to each.
+    let mut after = workers(port, 4);
+    after.sort();
     assert_eq!(before, after);
+    for trial in 0..4 {
+        let held = spread(port, 4);
+        assert_eq!(held.len(), 4, "after the upgrades, trial {trial}: {held:?}");
+        assert!(held.values().all(|&n| n == 1), "after the upgrades, trial {trial}: {held:?}");
+    }
+    // A reload after the upgrades: the new generation takes the slots over.
+    let (_, fresh, kept) = (port, Load::start(port, 4, "/"), KeepAlive::start(port, 4));
+    fresh.wait_for(50);
+    panzer.signal(Signal::SIGUSR1);
+    panzer.wait_ready(2);
+    panzer.wait_for_line("generation 1 stopped");
+    fresh.wait_for(50);
+    assert_no_failure("a reload after the upgrades", fresh, kept);
+    let held = spread(port, 8);
+    assert_eq!(held.len(), 4, "after the reload: {held:?}");
+    assert!(held.values().all(|&n| n == 2), "after the reload: {held:?}");
+    assert!(held.keys().all(|pid| !before.contains(pid)), "after the reload: {held:?} (before {before:?})");
+    // The new image updates the rotation: scaled down to 2, new
+    // connections go to the 2 slots left, two each.
+    let out = panzer.ctl(&["scale", "2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let held = spread(port, 4);
+    assert_eq!(held.values().copied().collect::<Vec<_>>(), [2, 2], "after scale 2: {held:?}");
 }

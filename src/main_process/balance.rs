@@ -31,9 +31,15 @@
 //! The slots are bound at start for `--count` workers; a scale above that
 //! is refused (the policy's `Settings::slots`), since a running monitor
 //! cannot be handed sockets bound after it started.
+//!
+//! Across a self-upgrade the slot sockets and each rotation's program and
+//! maps are handed over like main's own sockets ([`Balance::save`],
+//! [`Balance::resume`]): the program stays attached, so connections keep
+//! being handed in turn while main execs, and the next image reads back
+//! which slots are in rotation.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::policy::{Generation, State};
@@ -341,6 +347,92 @@ impl Balance {
         self.slots
     }
 
+    /// What the next image of main needs to take the slots over (an
+    /// upgrade): the fds of every address's slot sockets and rotation, and
+    /// the workers that count for nothing. The slots in rotation are read
+    /// back from the state map; which queues are watched starts afresh.
+    pub(super) fn save(&self) -> SavedBalance {
+        let groups = self
+            .more
+            .iter()
+            .zip(&self.rotations)
+            .map(|(more, rotation)| {
+                let [state, socks, program] = rotation.fds().map(|fd| fd.as_raw_fd());
+                SavedGroup {
+                    sockets: more.iter().map(|l| l.fd().as_raw_fd()).collect(),
+                    state,
+                    socks,
+                    program,
+                }
+            })
+            .collect();
+        SavedBalance { slots: self.slots, groups, retired: self.rotation.retired.iter().copied().collect() }
+    }
+
+    /// Every fd [`Balance::save`] names, to keep across the `execve`.
+    pub(super) fn handover_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        let sockets = self.more.iter().flatten().map(Listener::fd);
+        sockets.chain(self.rotations.iter().flat_map(Rotation::fds))
+    }
+
+    /// The slots a previous image of main saved, beside `sockets` (slot 0
+    /// of each address, taken over already), with `adopt` taking each fd.
+    pub(super) fn resume(
+        saved: &SavedBalance,
+        sockets: &[Listener],
+        mut adopt: impl FnMut(RawFd) -> Result<OwnedFd, Error>,
+    ) -> Result<Balance, Error> {
+        if saved.groups.len() != sockets.len()
+            || saved.slots == 0
+            || saved.slots > crate::limits::COUNT_CEILING
+        {
+            return Err(Error::Usage(format!(
+                "the state handed over has {} round-robin group(s) of {} slot(s) for {} socket(s)",
+                saved.groups.len(),
+                saved.slots,
+                sockets.len()
+            )));
+        }
+        let mut more = Vec::new();
+        let mut rotations = Vec::new();
+        for (first, group) in sockets.iter().zip(&saved.groups) {
+            if group.sockets.len() + 1 != saved.slots as usize {
+                return Err(Error::Usage(format!(
+                    "the state handed over has {} slot socket(s) on {} for {} slot(s)",
+                    group.sockets.len() + 1,
+                    first.local,
+                    saved.slots
+                )));
+            }
+            let mut others = Vec::new();
+            for &fd in &group.sockets {
+                others.push(Listener::resume(
+                    adopt(fd)?,
+                    first.spec.clone(),
+                    first.local.clone(),
+                    None,
+                    false,
+                ));
+            }
+            let (state, socks, program) = (adopt(group.state)?, adopt(group.socks)?, adopt(group.program)?);
+            let rotation = Rotation::resume(state, socks, program, saved.slots).map_err(|e| {
+                Error::os(format!("cannot take over the round-robin rotation on {}", first.local), e)
+            })?;
+            more.push(others);
+            rotations.push(rotation);
+        }
+        let active = rotations.first().map(|r| r.active().to_vec()).unwrap_or_default();
+        Ok(Balance {
+            slots: saved.slots,
+            more,
+            rotations,
+            ready: Vec::new(),
+            active,
+            rotation: InRotation { retired: saved.retired.iter().copied().collect() },
+            watch: Watch::default(),
+        })
+    }
+
     /// Every socket a monitor gets, address-major: address b's slot k at
     /// `b * slots + k` (`sockets` are main's, slot 0 of each).
     pub(super) fn fds(&self, sockets: &[Listener]) -> Vec<RawFd> {
@@ -373,6 +465,29 @@ impl Balance {
         }
         self.active = active;
     }
+}
+
+/// Round-robin in the state handed over across an upgrade.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SavedBalance {
+    pub(super) slots: u32,
+    /// One per address, in the order of main's sockets.
+    pub(super) groups: Vec<SavedGroup>,
+    /// The workers that count for nothing ([`InRotation`]).
+    pub(super) retired: Vec<i32>,
+}
+
+/// One address's slot sockets and rotation, as fd numbers.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SavedGroup {
+    /// Slots 1…, in order (slot 0's is main's socket of the address).
+    pub(super) sockets: Vec<RawFd>,
+    /// The rotation's state map, socket array and program.
+    pub(super) state: RawFd,
+    pub(super) socks: RawFd,
+    pub(super) program: RawFd,
 }
 
 /// Which slots are in rotation, from the policy's generations. A staged

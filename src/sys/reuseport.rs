@@ -212,6 +212,17 @@ fn update(map: BorrowedFd<'_>, key: u32, value: &[u8]) -> io::Result<()> {
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
 }
 
+/// The `u32` at `key` of the array `map`.
+fn lookup(map: BorrowedFd<'_>, key: u32) -> io::Result<u32> {
+    let mut value = 0u32;
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(map.as_raw_fd() as u32);
+    attr[1] = &key as *const u32 as u64;
+    attr[2] = &mut value as *mut u32 as u64;
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+    Ok(value)
+}
+
 /// Why the program could not be set up: the step, the system error, and
 /// the verifier's last line when it refused the program.
 #[derive(Debug)]
@@ -240,8 +251,8 @@ fn refused(step: &'static str) -> impl FnOnce(io::Error) -> Refused {
 #[derive(Debug)]
 pub struct Rotation {
     state: OwnedFd,
-    _socks: OwnedFd,
-    _program: OwnedFd,
+    socks: OwnedFd,
+    program: OwnedFd,
     slots: u32,
     /// What the state map holds now (K and the list), to write only changes.
     active: Vec<u32>,
@@ -282,20 +293,40 @@ impl Rotation {
                 ));
             }
         }
-        Ok(Rotation { state, _socks: socks, _program: program, slots, active: Vec::new() })
+        Ok(Rotation { state, socks, program, slots, active: Vec::new() })
+    }
+
+    /// The rotation a previous image of main set up for a group of
+    /// `slots` sockets, from its fds (as [`Rotation::fds`] gave them): the
+    /// program stays attached, and the slots in rotation are read back
+    /// from the state map.
+    pub fn resume(state: OwnedFd, socks: OwnedFd, program: OwnedFd, slots: u32) -> io::Result<Rotation> {
+        let k = lookup(state.as_fd(), 1)?;
+        if k > slots {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more slots in rotation than in the group",
+            ));
+        }
+        let active = (0..k).map(|i| lookup(state.as_fd(), 2 + i)).collect::<io::Result<_>>()?;
+        Ok(Rotation { state, socks, program, slots, active })
+    }
+
+    /// The state map, the socket array and the program, in that order:
+    /// what the next image of main takes over.
+    pub fn fds(&self) -> [BorrowedFd<'_>; 3] {
+        [self.state.as_fd(), self.socks.as_fd(), self.program.as_fd()]
+    }
+
+    /// The slots in rotation now, in order.
+    pub fn active(&self) -> &[u32] {
+        &self.active
     }
 
     /// How many connections the program has handed to `slot` so far
     /// (wrapping at `u32::MAX`).
     pub fn handed(&self, slot: u32) -> io::Result<u32> {
-        let key = 2 + self.slots + slot;
-        let mut value = 0u32;
-        let mut attr = [0u64; 16];
-        attr[0] = u64::from(self.state.as_raw_fd() as u32);
-        attr[1] = &key as *const u32 as u64;
-        attr[2] = &mut value as *mut u32 as u64;
-        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)?;
-        Ok(value)
+        lookup(self.state.as_fd(), 2 + self.slots + slot)
     }
 
     /// Puts exactly `active` (slot numbers below the group's size, in the

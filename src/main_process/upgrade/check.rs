@@ -36,12 +36,6 @@ impl Main {
     /// `Effect::CheckUpgrade`: starts `panzer __upgrade-check` from the
     /// binary now at main's path, with the state at fd 3.
     pub(in crate::main_process) fn start_check(&mut self) -> Option<Event> {
-        if self.balance.is_some() {
-            // The slot sockets and the rotation's BPF maps are not handed over (yet).
-            return Some(Event::UpgradeChecked(Err(
-                "upgrade is not available with --balance round-robin: restart panzer instead".into(),
-            )));
-        }
         let exe = self.exe.display().to_string();
         log::info!("upgrade: checking the binary at {exe}");
         match self.spawn_check(&exe) {

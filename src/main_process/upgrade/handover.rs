@@ -18,6 +18,7 @@ use crate::config::{Config, LoadError};
 use crate::control::admin;
 use crate::control::server::{self, ClientId};
 use crate::error::Error;
+use crate::main_process::balance::{Balance, SavedBalance};
 use crate::main_process::orphans::SavedGroup;
 use crate::main_process::policy::{clock, Saved};
 use crate::main_process::systemd::Systemd;
@@ -30,7 +31,11 @@ use crate::sys;
 /// Format 2: the next image is started with main's own command line and
 /// finds the state through `RESUME_ENV`, which an image of format 1 does
 /// not read (it would start afresh): its check refuses format 2, so the
-/// upgrade fails before anything is handed over.
+/// upgrade fails before anything is handed over. A field that only some
+/// setups have (`admin`, `config_file`, `balance`) is left out when absent
+/// and takes no new number: a state without it reads in every image, and
+/// an image that does not know it fails its check on it (rather than lose
+/// what it holds), while the other setups can still go back to that image.
 pub(super) const FORMAT: u32 = 2;
 /// The most bytes of state an image reads.
 const MAX_STATE: u64 = 64 << 20;
@@ -70,6 +75,10 @@ pub(super) struct Handover {
     /// fails the check rather than lose it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) config_file: Option<SavedFile>,
+    /// `--balance round-robin`: the slot sockets and the rotations (absent
+    /// in `shared`; see [`FORMAT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) balance: Option<SavedBalance>,
 }
 
 /// The configuration file main runs with.
@@ -227,6 +236,7 @@ impl Main {
                 at_start: files.at_start.text.clone(),
                 applied: files.applied.text.clone(),
             }),
+            balance: self.balance.as_ref().map(Balance::save),
         });
         clock::with_anchor(now, || serde_json::to_vec(&handover))
             .map_err(|e| Error::handover("cannot write the state", e))
@@ -246,6 +256,7 @@ impl Main {
         fds.extend(self.control.handover_fds());
         fds.extend(self.admin.handover_fds());
         fds.extend(self.monitors.values().map(|m| m.channel.fd()));
+        fds.extend(self.balance.iter().flat_map(Balance::handover_fds));
         fds
     }
 }

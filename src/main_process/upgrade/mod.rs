@@ -14,14 +14,18 @@
 //!   (generations, counts, reload counters, reload tickets), each monitor's
 //!   pid, channel and unsent messages, the control clients with the same ids
 //!   (so held reload tickets and the upgrade's requesters get their answers),
-//!   orphans, the runtime directory, the pid file and the systemd link.
+//!   orphans, the runtime directory, the pid file and the systemd link;
+//!   with `--balance round-robin`, each address's slot sockets and its
+//!   rotation's BPF program and maps (the program stays attached across
+//!   the `execve`; the next image reads the slots in rotation back).
 //! - `resume.rs`: main writes its state again, as it is now, clears `CLOEXEC`
-//!   on exactly the fds that must survive (the sockets, the control listener
-//!   and its clients, the admin endpoint's listeners and clients, each
-//!   monitor's status channel, the memfd) and `execve`s the new binary with
-//!   the command line the operator started main with (what `ps` shows), the
-//!   memfd's number in [`RESUME_ENV`]; the new image takes that variable out
-//!   of its environment and rebuilds main from the memfd.
+//!   on exactly the fds that must survive (the sockets and slot sockets, the
+//!   rotations' BPF fds, the control listener and its clients, the admin
+//!   endpoint's listeners and clients, each monitor's status channel, the
+//!   memfd) and `execve`s the new binary with the command line the operator
+//!   started main with (what `ps` shows), the memfd's number in
+//!   [`RESUME_ENV`]; the new image takes that variable out of its
+//!   environment and rebuilds main from the memfd.
 //!
 //! Any step that fails before the `execve`, and the `execve` itself, leaves
 //! the old image running and answers the requesters with the reason

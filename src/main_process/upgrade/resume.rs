@@ -23,6 +23,7 @@ use super::RESUME_ENV;
 use crate::control::admin;
 use crate::control::server::{ClientId, Server};
 use crate::error::Error;
+use crate::main_process::balance::Balance;
 use crate::main_process::orphans::Orphans;
 use crate::main_process::pid_file::WrittenPidFile;
 use crate::main_process::policy::{Event, Policy};
@@ -124,8 +125,11 @@ pub fn resume(fd: &OsStr) -> Result<i32, Error> {
     let mut orphans = Orphans::new(config.drain_signal);
     orphans.restore(&handover.orphans);
     let pid_file = config.pid_file.as_deref().map(WrittenPidFile::adopt);
-    // An upgrade is refused with --balance round-robin: no slots here.
-    let settings = main_process::settings(&config, sockets.len(), None);
+    let balance = match &handover.balance {
+        Some(saved) => Some(Balance::resume(saved, &sockets, adopt)?),
+        None => None,
+    };
+    let settings = main_process::settings(&config, sockets.len(), balance.as_ref().map(Balance::slots));
     let started =
         Instant::now().checked_sub(Duration::from_millis(handover.uptime_ms)).unwrap_or_else(Instant::now);
     let systemd = Systemd::from_env().map(|s| s.resumed(handover.systemd_ready_sent));
@@ -157,7 +161,7 @@ pub fn resume(fd: &OsStr) -> Result<i32, Error> {
         exe: PathBuf::from(os(&handover.exe)),
         argv: handover.argv.iter().map(|a| os(a)).collect(),
         check: None,
-        balance: None,
+        balance,
         _pid_file: pid_file,
     };
     let resumed = Event::Resumed {
