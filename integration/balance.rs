@@ -133,10 +133,6 @@ fn scaling_down_and_up_and_a_killed_worker_lose_nothing() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     ready_workers(&panzer, 4);
     fresh.wait_for(100);
-    // Above the slots bound at start: refused, with why.
-    let out = panzer.ctl(&["scale", "5"]);
-    assert_ne!(out.code, 0, "{} {}", out.stdout, out.stderr);
-    assert!(out.stderr.contains("scale 5: at most 4 workers (--balance round-robin"), "{}", out.stderr);
     assert_no_failure("scale 4 to 2 to 4", fresh, kept);
     // A killed worker's own connections die with it (a request it had
     // accepted, under load, fails: so the load starts once it is killed);
@@ -149,6 +145,80 @@ fn scaling_down_and_up_and_a_killed_worker_lose_nothing() {
     fresh.wait_for(100);
     let (failures, _) = fresh.finish();
     assert!(failures.is_empty(), "a killed worker: {failures:?}");
+}
+
+/// `n` kept-alive connections land one on each of the `n` workers.
+fn one_each(port: u16, n: usize, what: &str) {
+    let held = spread(port, n);
+    assert_eq!(held.len(), n, "{what}: {held:?}");
+    assert!(held.values().all(|&c| c == 1), "{what}: {held:?}");
+}
+
+#[test]
+fn scaling_up_above_the_start_count_loses_nothing_and_the_new_workers_take_turns() {
+    let panzer = round_robin(4);
+    let (port, fresh, kept) = under_load(&panzer);
+    fresh.wait_for(50);
+    let out = panzer.ctl(&["scale", "6"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    ready_workers(&panzer, 6);
+    fresh.wait_for(100);
+    assert_no_failure("scale 4 to 6", fresh, kept);
+    one_each(port, 6, "after scale 6");
+    // SIGTTIN: one more, above what was bound so far.
+    let (fresh, kept) = (Load::start(port, 4, "/"), KeepAlive::start(port, 4));
+    fresh.wait_for(50);
+    panzer.signal(Signal::SIGTTIN);
+    ready_workers(&panzer, 7);
+    fresh.wait_for(100);
+    assert_no_failure("SIGTTIN to 7", fresh, kept);
+    one_each(port, 7, "after SIGTTIN");
+    // A reload: the new generation runs on all 7 slots.
+    let (fresh, kept) = (Load::start(port, 4, "/"), KeepAlive::start(port, 4));
+    fresh.wait_for(50);
+    panzer.signal(Signal::SIGUSR1);
+    panzer.wait_ready(2);
+    panzer.wait_for_line("generation 1 stopped");
+    ready_workers(&panzer, 7);
+    fresh.wait_for(50);
+    assert_no_failure("a reload after scaling up", fresh, kept);
+    one_each(port, 7, "after the reload");
+    // Back down: the slots stay bound, the rotation leaves them out.
+    let (fresh, kept) = (Load::start(port, 4, "/"), KeepAlive::start(port, 4));
+    fresh.wait_for(50);
+    let out = panzer.ctl(&["scale", "4"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    ready_workers(&panzer, 4);
+    fresh.wait_for(100);
+    assert_no_failure("scale 7 to 4", fresh, kept);
+    one_each(port, 4, "after scale 4");
+}
+
+#[test]
+fn slots_added_by_a_scale_cross_an_upgrade() {
+    let panzer = round_robin(2);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let out = panzer.ctl(&["scale", "3"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    ready_workers(&panzer, 3);
+    let (fresh, kept) = (Load::start(port, 4, "/"), KeepAlive::start(port, 4));
+    fresh.wait_for(50);
+    let out = panzer.ctl(&["upgrade"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    panzer.wait_for_line("resumed as panzer");
+    fresh.wait_for(50);
+    assert_no_failure("an upgrade after scaling up", fresh, kept);
+    one_each(port, 3, "after the upgrade");
+    // The new image adds a slot, and a reload runs on all of them.
+    let out = panzer.ctl(&["scale", "4"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    ready_workers(&panzer, 4);
+    one_each(port, 4, "scaled up after the upgrade");
+    panzer.signal(Signal::SIGUSR1);
+    panzer.wait_ready(2);
+    panzer.wait_for_line("generation 1 stopped");
+    one_each(port, 4, "after the reload");
 }
 
 /// The pid of worker `ordinal` of the serving generation.

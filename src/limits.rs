@@ -120,7 +120,8 @@ pub enum Bound {
     Nproc(u64),
     /// The soft `RLIMIT_NOFILE`, with what a monitor needs.
     Nofile(u64, MonitorFds),
-    /// `--balance round-robin`: the slots bound at start.
+    /// `--balance round-robin`: the slots the rotation has room for (the
+    /// count ceiling, but where an older panzer set it up).
     Slots(u32),
 }
 
@@ -163,8 +164,8 @@ impl CountCeiling {
         let why = match self.bound {
             Bound::Ceiling => String::new(),
             Bound::Slots(slots) => format!(
-                " (--balance round-robin bound a socket per worker for {slots} at start; restart panzer to \
-                 run more)"
+                " (the --balance round-robin rotation an older panzer set up has room for {slots}; restart \
+                 panzer to run more)"
             ),
             Bound::Nproc(limit) => {
                 format!(" (RLIMIT_NPROC allows {limit} processes; raise it with ulimit -u)")

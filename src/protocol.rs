@@ -51,13 +51,23 @@ use crate::units::{CliDuration, CliSignal, CliSize, ReadyMode};
 ///   generation itself.
 /// - 3: [`Report::Hello`], which a library-mode app sends as it starts, so
 ///   that main can tell a program not built on `panzer::run` at once.
-pub const VERSION: u32 = 3;
+/// - 4: [`Order::Slot`], which hands a running monitor a new round-robin
+///   slot's sockets, so that it can scale above the count it started with.
+pub const VERSION: u32 = 4;
 /// The oldest monitor version this main still speaks to.
 pub const OLDEST_SPOKEN: u32 = 1;
+/// The most descriptors one message carries (the kernel's `SCM_MAX_FD`).
+pub const MAX_FDS: usize = 253;
 
 /// Whether this main can keep a monitor started with protocol `version`.
 pub fn speaks(version: u32) -> bool {
     (OLDEST_SPOKEN..=VERSION).contains(&version)
+}
+
+/// Whether a monitor of protocol `version` takes new round-robin slots
+/// ([`Order::Slot`]) while it runs.
+pub fn takes_slots(version: u32) -> bool {
+    version >= 4
 }
 
 /// Whether a library-mode app started with protocol `version` says
@@ -293,6 +303,12 @@ pub enum Order {
     Drain { grace_ms: u64 },
     /// Run `count` workers from now on.
     Scale { count: u32 },
+    /// `--balance round-robin`: the sockets of slot `slot` (one per
+    /// address, in `--bind` order) come with this message (`SCM_RIGHTS`);
+    /// `slot` is the number of slots the monitor has, so slots are added
+    /// in turn. Sent before the scale that needs them. Protocol 4 on
+    /// ([`takes_slots`]).
+    Slot { slot: u32 },
 }
 
 impl Order {
@@ -349,6 +365,29 @@ impl Channel {
         self.flush()
     }
 
+    /// Sends `message` with `fds` attached (`SCM_RIGHTS`), now: what is
+    /// queued goes first, and a socket that cannot take it all now is an
+    /// error (`EAGAIN`), so that no descriptor waits in the queue (which
+    /// an upgrade hands over as bytes).
+    pub fn send_with_fds<T: Serialize>(&mut self, message: &T, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        self.flush()?;
+        if self.wants_write() {
+            return Err(Errno::EAGAIN.into());
+        }
+        let bytes = serde_json::to_vec(message).map_err(io::Error::other)?;
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let iov = [io::IoSlice::new(&bytes)];
+        let cmsg = [socket::ControlMessage::ScmRights(&raw)];
+        loop {
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            match socket::sendmsg::<()>(self.fd.as_raw_fd(), &iov, &cmsg, flags, None) {
+                Ok(_) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Queues an order, coalesced with those still waiting: a newer scale
     /// replaces a queued one; a drain already queued is not queued twice.
     pub fn send_order(&mut self, order: &Order) -> io::Result<()> {
@@ -384,15 +423,39 @@ impl Channel {
         !self.outbox.is_empty()
     }
 
-    /// Every message waiting now. Malformed packets are logged and skipped.
+    /// Every message waiting now. Malformed packets are logged and skipped;
+    /// descriptors sent along are closed.
     pub fn receive<T: DeserializeOwned>(&self) -> Received<T> {
+        match self.receive_with_fds() {
+            Received::Messages(m) => Received::Messages(m.into_iter().map(|(m, _)| m).collect()),
+            Received::Closed(m) => Received::Closed(m.into_iter().map(|(m, _)| m).collect()),
+        }
+    }
+
+    /// Every message waiting now, each with the descriptors sent along
+    /// with it ([`Channel::send_with_fds`]).
+    pub fn receive_with_fds<T: DeserializeOwned>(&self) -> Received<(T, Vec<OwnedFd>)> {
         let mut messages = Vec::new();
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
-            match socket::recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => return Received::Closed(messages),
-                Ok(n) => match serde_json::from_slice(&buf[..n]) {
-                    Ok(message) => messages.push(message),
+            let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+            let got = {
+                let mut iov = [io::IoSliceMut::new(&mut buf)];
+                let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+                socket::recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut cmsg), flags).map(|msg| {
+                    let mut fds = Vec::new();
+                    for c in msg.cmsgs().into_iter().flatten() {
+                        if let socket::ControlMessageOwned::ScmRights(raw) = c {
+                            fds.extend(raw.into_iter().map(crate::sys::own_received_fd));
+                        }
+                    }
+                    (msg.bytes, fds)
+                })
+            };
+            match got {
+                Ok((0, _)) => return Received::Closed(messages),
+                Ok((n, fds)) => match serde_json::from_slice(&buf[..n]) {
+                    Ok(message) => messages.push((message, fds)),
                     Err(e) => log::warn!("ignoring malformed status message: {e}"),
                 },
                 Err(Errno::EINTR) => continue,

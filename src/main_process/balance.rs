@@ -28,9 +28,17 @@
 //! leaves the rotation until its queue is empty again ([`Watch`]). Under
 //! load main looks at most once per slot per [`STUCK_AFTER`].
 //!
-//! The slots are bound at start for `--count` workers; a scale above that
-//! is refused (the policy's `Settings::slots`), since a running monitor
-//! cannot be handed sockets bound after it started.
+//! The slots are bound at start for `--count` workers. A scale above the
+//! slots bound so far (`scale N`, `SIGTTIN`, a re-read `count`) first binds
+//! the slots it needs, joining each address's reuseport group, and puts
+//! their sockets in the rotation's socket array, not yet in rotation
+//! ([`Main::make_room`]); then it hands them to every running monitor over
+//! its status channel (`Order::Slot`, the sockets attached), before the
+//! scale order that starts their workers. The program and its maps are
+//! sized at start for the count ceiling, so the rotation never has to be
+//! set up again (which would leave the choice to the kernel's hash for a
+//! moment). Once bound, slots stay for panzer's life, like the first ones:
+//! a later generation gets them all, and an upgrade hands them over.
 //!
 //! Across a self-upgrade the slot sockets and each rotation's program and
 //! maps are handed over like main's own sockets ([`Balance::save`],
@@ -39,7 +47,7 @@
 //! which slots are in rotation.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::policy::{Generation, State};
@@ -79,12 +87,12 @@ pub(super) fn wanted(config: &Config, adopted: bool) -> Result<bool, Error> {
 }
 
 /// The most workers a generation may run: as the limits allow for
-/// `sockets` (of `slots` each with round-robin), and no more than `slots`,
-/// which were bound at start.
-pub(super) fn ceiling(config: &Config, sockets: usize, slots: Option<u32>) -> CountCeiling {
-    let ceiling = crate::config::count_ceiling(sockets, config.tag_output, config.preload, slots.is_some());
-    match slots {
-        Some(slots) if slots < ceiling.max => CountCeiling { max: slots, bound: Bound::Slots(slots) },
+/// `sockets` (a set per worker with round-robin), and with round-robin no
+/// more than `room`, the slots its rotation has room for.
+pub(super) fn ceiling(config: &Config, sockets: usize, room: Option<u32>) -> CountCeiling {
+    let ceiling = crate::config::count_ceiling(sockets, config.tag_output, config.preload, room.is_some());
+    match room {
+        Some(room) if room < ceiling.max => CountCeiling { max: room, bound: Bound::Slots(room) },
         _ => ceiling,
     }
 }
@@ -112,7 +120,7 @@ pub(crate) fn refuse(binds: &[sockets::BindSpec], adopted: bool) -> Result<(), E
 /// Whether the kernel and this process's privileges let main set up the
 /// rotation (`--check`): the program loaded once, on maps of its own.
 pub(crate) fn probe() -> Result<(), Error> {
-    Rotation::attach(&[]).map(drop).map_err(|refused| failed("", refused))
+    Rotation::attach(&[], 1).map(drop).map_err(|refused| failed("", refused))
 }
 
 /// The error for a rotation the kernel refused, with what would help.
@@ -127,9 +135,77 @@ fn failed(on: &str, refused: crate::sys::reuseport::Refused) -> Error {
 }
 
 impl Main {
-    /// With `--balance round-robin`, the slots bound at start.
+    /// With `--balance round-robin`, the slots bound so far.
     pub(super) fn slots(&self) -> Option<u32> {
         self.balance.as_ref().map(Balance::slots)
+    }
+
+    /// With `--balance round-robin`, the most slots the rotation takes.
+    pub(super) fn room(&self) -> Option<u32> {
+        self.balance.as_ref().map(Balance::room)
+    }
+
+    /// Before a generation runs `count` workers: with round-robin, binds
+    /// the slots above those bound so far and hands them to every running
+    /// monitor. A count above the ceiling is left to the policy to refuse.
+    /// Refused (nothing bound) when a live generation's monitor cannot
+    /// take them (an older panzer's, until a reload replaces it), or
+    /// cannot be sent them now.
+    pub(super) fn make_room(&mut self, what: &str, count: u32) -> Result<(), Error> {
+        let Some(slots) = self.slots().filter(|&slots| count > slots) else { return Ok(()) };
+        let ceiling = super::settings(&self.config, self.sockets.len(), self.room()).ceiling;
+        if count > ceiling.max {
+            return Ok(());
+        }
+        let live = |number: u32| {
+            self.policy
+                .generations()
+                .iter()
+                .any(|g| g.number == number && !matches!(g.state, State::Draining | State::Failed))
+        };
+        let mut older = Vec::new();
+        for (&number, monitor) in self.monitors.iter_mut().filter(|(_, m)| !m.closed) {
+            if !crate::protocol::takes_slots(monitor.protocol) {
+                if live(number) {
+                    older.push(number.to_string());
+                }
+                continue;
+            }
+            if monitor.channel.flush().is_ok() && monitor.channel.wants_write() && live(number) {
+                return Err(Error::Usage(format!(
+                    "{what}: generation {number}'s monitor is not reading main's orders; try again"
+                )));
+            }
+        }
+        if !older.is_empty() {
+            return Err(Error::Usage(format!(
+                "{what}: generation(s) {} run a monitor of an older panzer, which cannot take new \
+                 round-robin sockets: reload first, then scale",
+                older.join(", ")
+            )));
+        }
+        let (backlog, nodelay) = (self.config.backlog, self.config.nodelay);
+        let Some(balance) = &mut self.balance else { return Ok(()) };
+        balance.grow(&self.sockets, count, backlog, nodelay).map_err(|e| match e {
+            Error::Usage(why) => Error::Usage(format!("{what}: {why}")),
+            e => e,
+        })?;
+        log::info!("round-robin: bound sockets for slots {slots}…{}", count - 1);
+        for slot in slots..count {
+            let fds: Vec<BorrowedFd<'_>> = self.slot_sockets(slot).collect();
+            let fds: Vec<OwnedFd> = fds.iter().filter_map(|fd| fd.try_clone_to_owned().ok()).collect();
+            let fds: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
+            let order = crate::protocol::Order::Slot { slot };
+            for (number, monitor) in self.monitors.iter_mut().filter(|(_, m)| !m.closed) {
+                if !crate::protocol::takes_slots(monitor.protocol) {
+                    continue;
+                }
+                if let Err(e) = monitor.channel.send_with_fds(&order, &fds) {
+                    log::warn!("cannot hand slot {slot}'s sockets to generation {number}'s monitor: {e}");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The listening sockets a monitor gets, in order.
@@ -328,7 +404,8 @@ impl Balance {
                 (1..slots).map(|_| sockets::bind_slot(first, backlog, nodelay)).collect::<Result<_, _>>()?;
             let fds: Vec<BorrowedFd<'_>> = std::iter::once(first).chain(&others).map(Listener::fd).collect();
             let on = format!(" on {}", first.local);
-            let rotation = Rotation::attach(&fds).map_err(|refused| failed(&on, refused))?;
+            let rotation = Rotation::attach(&fds, crate::limits::COUNT_CEILING)
+                .map_err(|refused| failed(&on, refused))?;
             more.push(others);
             rotations.push(rotation);
         }
@@ -345,6 +422,45 @@ impl Balance {
 
     pub(super) fn slots(&self) -> u32 {
         self.slots
+    }
+
+    /// The most slots every address's rotation takes.
+    pub(super) fn room(&self) -> u32 {
+        self.rotations.iter().map(Rotation::capacity).min().unwrap_or(self.slots)
+    }
+
+    /// Binds slots `self.slots`…`to`-1 beside each of `sockets` (main's,
+    /// slot 0 of each address) and puts them in the socket arrays, out of
+    /// rotation. All of a slot's sockets are bound before any goes in.
+    pub(super) fn grow(
+        &mut self,
+        sockets: &[Listener],
+        to: u32,
+        backlog: i32,
+        nodelay: bool,
+    ) -> Result<(), Error> {
+        if to > self.room() {
+            return Err(Error::Usage(format!(
+                "the round-robin rotation has room for {} workers (set up by an older panzer); restart \
+                 panzer to run more",
+                self.room()
+            )));
+        }
+        for slot in self.slots..to {
+            let bound: Vec<Listener> = sockets
+                .iter()
+                .map(|first| sockets::bind_slot(first, backlog, nodelay))
+                .collect::<Result<_, _>>()?;
+            for ((listener, rotation), more) in bound.into_iter().zip(&mut self.rotations).zip(&mut self.more)
+            {
+                rotation.add(slot, listener.fd()).map_err(|e| {
+                    Error::os(format!("round-robin: cannot add slot {slot} on {}", listener.local), e)
+                })?;
+                more.push(listener);
+            }
+            self.slots = slot + 1;
+        }
+        Ok(())
     }
 
     /// What the next image of main needs to take the slots over (an

@@ -218,7 +218,7 @@ pub fn run(config: Config) -> Result<i32, Error> {
     let pid_file = pid_file.map(PidFile::write).transpose()?;
     let orphans = Orphans::new(config.drain_signal);
     let main = Main {
-        policy: Policy::new(settings(&config, sockets.len(), balance.as_ref().map(balance::Balance::slots))),
+        policy: Policy::new(settings(&config, sockets.len(), balance.as_ref().map(balance::Balance::room))),
         config,
         config_before: None,
         monitors: BTreeMap::new(),
@@ -483,6 +483,12 @@ impl Main {
         if command == Command::Reload && !self.reread_config(None) {
             return;
         }
+        if let Command::ScaleBy(delta) = command {
+            let count = self.policy.count().saturating_add_signed(delta).max(1);
+            if let Err(e) = self.make_room(&format!("scale {count}"), count) {
+                return log::warn!("{}", e.report());
+            }
+        }
         self.dispatch(Event::Command { command, from: None });
     }
 
@@ -522,6 +528,12 @@ impl Main {
         log::info!("control request: {said}");
         if command == Command::Reload && !self.reread_config(Some(client)) {
             return;
+        }
+        if let Command::Scale(count) = command {
+            if let Err(e) = self.make_room(&said, count) {
+                log::warn!("{}", e.report());
+                return self.control.reply(client, &Reply::error(e.report()));
+            }
         }
         if matches!(command, Command::Reload | Command::Upgrade) {
             // Answered when it has an outcome.

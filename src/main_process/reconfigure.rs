@@ -22,7 +22,7 @@ impl Main {
             return true;
         }
         let reread = self.config.reloaded(&self.argv).and_then(|(config, changes)| {
-            let ceiling = settings(&config, self.sockets.len(), self.slots()).ceiling;
+            let ceiling = settings(&config, self.sockets.len(), self.room()).ceiling;
             let changed = changes.applied.iter().any(|k| k == "count" || k == "tag-output");
             if changed {
                 ceiling
@@ -31,6 +31,10 @@ impl Main {
             }
             // As at start: a COMMAND that cannot run is refused before a generation tries it.
             worker::resolve_command_in(&config.command, config.chdir.as_deref())?;
+            if changed {
+                // With round-robin, the new generation's slots.
+                self.make_room(&format!("count {}", config.count), config.count)?;
+            }
             Ok((config, changes))
         });
         let path =
@@ -59,7 +63,7 @@ impl Main {
                 let before = std::mem::replace(&mut self.config, config);
                 // The last good one, when a reload before this one has no outcome yet.
                 self.config_before.get_or_insert(before);
-                self.policy.reconfigure(settings(&self.config, self.sockets.len(), self.slots()), count);
+                self.policy.reconfigure(settings(&self.config, self.sockets.len(), self.room()), count);
                 true
             }
         }

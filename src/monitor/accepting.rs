@@ -107,6 +107,11 @@ impl Readiness {
         }
     }
 
+    /// The monitor holds more listening sockets (a round-robin slot added).
+    pub(crate) fn set_inodes(&mut self, inodes: Vec<u64>) {
+        self.inodes = inodes;
+    }
+
     /// The inodes of the listening sockets the monitor holds.
     pub(crate) fn socket_inodes(sockets: &[OwnedFd]) -> Vec<u64> {
         sockets.iter().filter_map(|fd| nix::sys::stat::fstat(fd).ok()).map(|st| st.st_ino).collect()

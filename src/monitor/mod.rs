@@ -572,14 +572,15 @@ impl Monitor {
         if let Err(e) = status.flush() {
             log::debug!("cannot reach main: {e}");
         }
-        let (orders, closed) = match status.receive::<Order>() {
+        let (orders, closed) = match status.receive_with_fds::<Order>() {
             Received::Messages(orders) => (orders, false),
             Received::Closed(orders) => (orders, true),
         };
-        for order in orders {
+        for (order, fds) in orders {
             match order {
                 Order::Drain { grace_ms } => self.drain(Duration::from_millis(grace_ms)),
                 Order::Scale { count } => self.scale(count),
+                Order::Slot { slot } => self.add_slot(slot, fds),
             }
         }
         if closed {

@@ -11,6 +11,11 @@
 //! began before the slot left the rotation completes within that on any
 //! sane network), or at the latest after [`HOLD_MAX`] (a worker that does
 //! not accept is not waited for longer).
+//!
+//! A scale above the slots a monitor started with: main binds the new
+//! slot's sockets and sends them over the status channel
+//! ([`Order::Slot`](crate::protocol::Order::Slot)) before the scale order;
+//! the monitor puts them in its table before it starts that slot's worker.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -95,6 +100,29 @@ impl Monitor {
             )));
         }
         Ok(self.sockets.chunks(slots).filter_map(|slot| slot.get(ordinal as usize)).collect())
+    }
+
+    /// Takes `fds` (one per address, in `--bind` order) as slot `slot`'s
+    /// sockets, the next slot after those it has.
+    pub(super) fn add_slot(&mut self, slot: u32, fds: Vec<OwnedFd>) {
+        let slots = self.args.slots as usize;
+        let addresses = self.sockets.len().checked_div(slots).unwrap_or(0);
+        if slots == 0 || slot as usize != slots || fds.len() != addresses {
+            log::error!(
+                "main sent {} socket(s) for round-robin slot {slot}; this monitor has {slots} slot(s) of \
+                 {addresses} address(es): ignored",
+                fds.len()
+            );
+            return;
+        }
+        let mut old = std::mem::take(&mut self.sockets).into_iter();
+        for added in fds {
+            self.sockets.extend(old.by_ref().take(slots));
+            self.sockets.push(added);
+        }
+        self.args.slots += 1;
+        self.readiness.set_inodes(super::accepting::Readiness::socket_inodes(&self.sockets));
+        log::debug!("round-robin: slot {slot}'s sockets taken");
     }
 
     pub(super) fn scale(&mut self, count: u32) {

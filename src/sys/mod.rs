@@ -272,6 +272,14 @@ pub fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Takes ownership of an fd that arrived in an `SCM_RIGHTS` message.
+pub fn own_received_fd(fd: RawFd) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the kernel installed `fd` in this process as it delivered the
+    // message (`MSG_CMSG_CLOEXEC`); its number reached only the caller.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
 /// The current value of `CLOCK_MONOTONIC` in microseconds, as systemd's
 /// `MONOTONIC_USEC=` wants it.
 pub fn monotonic_usec() -> u64 {

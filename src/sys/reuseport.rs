@@ -16,8 +16,15 @@
 //! state[0]      the counter (the program adds 1 atomically)
 //! state[1]      K, how many slots are in rotation
 //! state[2 + i]  the i-th slot in rotation, i < K
-//! state[2 + S + k]  connections handed to slot k so far (S slots)
+//! state[2 + C + k]  connections handed to slot k so far
 //! ```
+//!
+//! Both maps are sized for C slots, the most a group can grow to (a scale
+//! above the count panzer started with adds a slot: its socket goes into
+//! the array, [`Rotation::add`]); C entries of 4 and 8 bytes are a few
+//! pages even for the count ceiling. A socket can be in one socket array
+//! only, so growing in place is what keeps the program and its choice
+//! unbroken.
 //!
 //! The last count lets main tell a worker that accepts nothing (what was
 //! handed to its slot is all still in its queue) from a busy one.
@@ -38,6 +45,7 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// `enum bpf_map_type`.
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_REUSEPORT_SOCKARRAY: u32 = 20;
@@ -127,8 +135,8 @@ impl Asm {
     }
 }
 
-/// The program, for a group of `slots` sockets in `socks` whose rotation is
-/// in `state` (see the module's documentation). Registers: r6 the context,
+/// The program, for a group of up to `slots` sockets in `socks` whose
+/// rotation is in `state` (see the module's documentation). Registers: r6 the context,
 /// r7 the counter's number, then the slot's position.
 fn program(state: RawFd, socks: RawFd, slots: u32) -> Vec<Insn> {
     let mut a = Asm { v: Vec::new(), exits: Vec::new(), state };
@@ -223,6 +231,16 @@ fn lookup(map: BorrowedFd<'_>, key: u32) -> io::Result<u32> {
     Ok(value)
 }
 
+/// The `max_entries` of `map` (`struct bpf_map_info`'s fifth field).
+fn max_entries(map: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info = [0u32; 20];
+    let mut attr = [0u64; 16];
+    attr[0] = lo_hi(map.as_raw_fd() as u32, std::mem::size_of_val(&info) as u32); // bpf_fd, info_len
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[4])
+}
+
 /// Why the program could not be set up: the step, the system error, and
 /// the verifier's last line when it refused the program.
 #[derive(Debug)]
@@ -253,27 +271,31 @@ pub struct Rotation {
     state: OwnedFd,
     socks: OwnedFd,
     program: OwnedFd,
+    /// Sockets in the array (slots 0…slots-1), and room for how many.
     slots: u32,
+    capacity: u32,
     /// What the state map holds now (K and the list), to write only changes.
     active: Vec<u32>,
 }
 
 impl Rotation {
     /// Sets up round-robin for `sockets`, one per slot, bound with
-    /// `SO_REUSEPORT` to one address and listening. No slot is in rotation
-    /// until [`Rotation::set`] says so.
-    pub fn attach(sockets: &[BorrowedFd<'_>]) -> Result<Rotation, Refused> {
+    /// `SO_REUSEPORT` to one address and listening, with room for
+    /// `capacity` slots (at least as many as `sockets`). No slot is in
+    /// rotation until [`Rotation::set`] says so.
+    pub fn attach(sockets: &[BorrowedFd<'_>], capacity: u32) -> Result<Rotation, Refused> {
         let slots = sockets.len() as u32;
-        let state =
-            create_map(BPF_MAP_TYPE_ARRAY, 4, 2 + 2 * slots).map_err(refused("cannot create a BPF map"))?;
-        let socks = create_map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 4, slots.max(1))
+        let capacity = capacity.max(slots).max(1);
+        let state = create_map(BPF_MAP_TYPE_ARRAY, 4, 2 + 2 * capacity)
+            .map_err(refused("cannot create a BPF map"))?;
+        let socks = create_map(BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, 4, capacity)
             .map_err(refused("cannot create a BPF reuseport socket array"))?;
         for (k, socket) in sockets.iter().enumerate() {
             let fd = socket.as_raw_fd() as u32;
             update(socks.as_fd(), k as u32, &fd.to_ne_bytes())
                 .map_err(refused("cannot put a listening socket into the BPF socket array"))?;
         }
-        let program = load(state.as_raw_fd(), socks.as_raw_fd(), slots)?;
+        let program = load(state.as_raw_fd(), socks.as_raw_fd(), capacity)?;
         if let Some(first) = sockets.first() {
             let fd = program.as_raw_fd();
             // SAFETY: `first` is an open socket; the option's value is an
@@ -293,14 +315,35 @@ impl Rotation {
                 ));
             }
         }
-        Ok(Rotation { state, socks, program, slots, active: Vec::new() })
+        Ok(Rotation { state, socks, program, slots, capacity, active: Vec::new() })
+    }
+
+    /// Puts `socket` (of the group, listening) in the array as slot
+    /// `slot` (at most one past the last), not in rotation yet; refused
+    /// when the array is full.
+    pub fn add(&mut self, slot: u32, socket: BorrowedFd<'_>) -> io::Result<()> {
+        if slot >= self.capacity || slot > self.slots {
+            return Err(io::Error::other(format!("the rotation has room for {} slots", self.capacity)));
+        }
+        update(self.socks.as_fd(), slot, &(socket.as_raw_fd() as u32).to_ne_bytes())?;
+        self.slots = self.slots.max(slot + 1);
+        Ok(())
+    }
+
+    /// The most slots the group takes.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
     }
 
     /// The rotation a previous image of main set up for a group of
     /// `slots` sockets, from its fds (as [`Rotation::fds`] gave them): the
     /// program stays attached, and the slots in rotation are read back
-    /// from the state map.
+    /// from the state map, its room from the socket array's size.
     pub fn resume(state: OwnedFd, socks: OwnedFd, program: OwnedFd, slots: u32) -> io::Result<Rotation> {
+        let capacity = max_entries(socks.as_fd())?;
+        if slots > capacity {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "more slots than the socket array holds"));
+        }
         let k = lookup(state.as_fd(), 1)?;
         if k > slots {
             return Err(io::Error::new(
@@ -309,7 +352,7 @@ impl Rotation {
             ));
         }
         let active = (0..k).map(|i| lookup(state.as_fd(), 2 + i)).collect::<io::Result<_>>()?;
-        Ok(Rotation { state, socks, program, slots, active })
+        Ok(Rotation { state, socks, program, slots, capacity, active })
     }
 
     /// The state map, the socket array and the program, in that order:
@@ -326,7 +369,7 @@ impl Rotation {
     /// How many connections the program has handed to `slot` so far
     /// (wrapping at `u32::MAX`).
     pub fn handed(&self, slot: u32) -> io::Result<u32> {
-        lookup(self.state.as_fd(), 2 + self.slots + slot)
+        lookup(self.state.as_fd(), 2 + self.capacity + slot)
     }
 
     /// Puts exactly `active` (slot numbers below the group's size, in the
@@ -431,11 +474,13 @@ mod tests {
         let listeners: Vec<TcpListener> =
             std::iter::once(first).chain((1..4).map(|_| reuseport_listener(port))).collect();
         let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.as_fd()).collect();
-        let mut rotation = match Rotation::attach(&fds) {
+        let mut rotation = match Rotation::attach(&fds[..3], 8) {
             Ok(r) => r,
             Err(e) if e.error.raw_os_error() == Some(libc::EPERM) => return,
             Err(e) => panic!("{e}"),
         };
+        // The fourth slot joins later, as a scale up adds it.
+        rotation.add(3, fds[3]).unwrap();
         rotation.set(&[1, 3]).unwrap();
         for l in &listeners {
             l.set_nonblocking(true).unwrap();

@@ -129,7 +129,7 @@ pub fn resume(fd: &OsStr) -> Result<i32, Error> {
         Some(saved) => Some(Balance::resume(saved, &sockets, adopt)?),
         None => None,
     };
-    let settings = main_process::settings(&config, sockets.len(), balance.as_ref().map(Balance::slots));
+    let settings = main_process::settings(&config, sockets.len(), balance.as_ref().map(Balance::room));
     let started =
         Instant::now().checked_sub(Duration::from_millis(handover.uptime_ms)).unwrap_or_else(Instant::now);
     let systemd = Systemd::from_env().map(|s| s.resumed(handover.systemd_ready_sent));
