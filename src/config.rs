@@ -103,19 +103,22 @@ impl From<Error> for LoadError {
     }
 }
 
+/// `argv` read leniently, before anything is validated: for the few
+/// options that decide how the rest is read.
+fn lenient(argv: &[OsString]) -> Option<clap::ArgMatches> {
+    Cli::command().ignore_errors(true).try_get_matches_from(argv).ok()
+}
+
 /// The `--config` path the command line or `PANZER_CONFIG` names, if any,
 /// read before everything else is parsed (the file fills in defaults).
 pub fn config_path(argv: &[OsString]) -> Option<PathBuf> {
-    let matches = Cli::command().ignore_errors(true).try_get_matches_from(argv).ok()?;
-    matches.get_one::<PathBuf>("config").cloned()
+    lenient(argv)?.get_one::<PathBuf>("config").cloned()
 }
 
-/// Whether `argv` asks for `--check` (or `PANZER_CHECK`), read before the
-/// rest is validated: with it, a configuration that does not parse is one
-/// problem reported among the others.
+/// Whether `argv` asks for `--check`: with it, a configuration that does
+/// not parse is one problem reported among the others.
 pub fn check_requested(argv: &[OsString]) -> bool {
-    let matches = Cli::command().ignore_errors(true).try_get_matches_from(argv);
-    matches.is_ok_and(|m| m.get_flag("check"))
+    lenient(argv).is_some_and(|m| m.get_flag("check"))
 }
 
 /// The option keys a generation can change on a reload; every other key

@@ -211,10 +211,7 @@ pub fn env_program(program: &Program) -> Option<OsString> {
     if last.file_name() != Some(OsStr::new("env")) {
         return None;
     }
-    use std::io::Read;
-    let mut head = Vec::with_capacity(SHEBANG_BUFFER);
-    let file = std::fs::File::open(named_by).ok()?;
-    file.take(SHEBANG_BUFFER as u64).read_to_end(&mut head).ok()?;
+    let head = head_of(named_by)?;
     let line = head.strip_prefix(b"#!")?.split(|&b| b == b'\n').next()?;
     let blank = |b: &u8| *b == b' ' || *b == b'\t';
     let mut words = line.split(blank).filter(|w| !w.is_empty());
@@ -263,17 +260,23 @@ fn interpreters(path: &Path) -> Result<Vec<PathBuf>, String> {
 /// kernel reads it; `None` for a file that is not a script, or that panzer
 /// cannot read (the kernel may still run it).
 fn shebang(path: &Path) -> Result<Option<PathBuf>, String> {
+    let Some(head) = head_of(path) else { return Ok(None) };
+    interpreter_in(&head).map(|name| name.map(|n| PathBuf::from(OsStr::from_bytes(n))))
+}
+
+/// The first bytes of the regular file at `path`, as many as `execve`
+/// reads for its `#!` line; `None` for anything else, or a file panzer
+/// cannot read. Never blocking: a FIFO would wait for a writer (`execve`
+/// refuses it anyway).
+fn head_of(path: &Path) -> Option<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    // Never blocking: a FIFO would wait for a writer (execve refuses it anyway).
     let opened =
         std::fs::File::options().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path);
-    let Some(file) = opened.ok().filter(|f| f.metadata().is_ok_and(|m| m.is_file())) else { return Ok(None) };
+    let file = opened.ok().filter(|f| f.metadata().is_ok_and(|m| m.is_file()))?;
     let mut head = Vec::with_capacity(SHEBANG_BUFFER);
-    if file.take(SHEBANG_BUFFER as u64).read_to_end(&mut head).is_err() {
-        return Ok(None);
-    }
-    interpreter_in(&head).map(|name| name.map(|n| PathBuf::from(OsStr::from_bytes(n))))
+    file.take(SHEBANG_BUFFER as u64).read_to_end(&mut head).ok()?;
+    Some(head)
 }
 
 /// The interpreter named by the first bytes of a file, as Linux's
