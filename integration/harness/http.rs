@@ -2,9 +2,11 @@
 //! connection, or one on an open connection, a request kept in flight, and
 //! [`Load`], clients that send requests back to back while a test reloads.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
@@ -129,121 +131,185 @@ pub fn distinct_pids(port: u16, n: usize) -> HashSet<Pid> {
         (seen.len() >= n).then(|| seen.clone())
     })
 }
+/// What load clients share: the stop flag (set by `finish`, or on drop, so
+/// a test that panics does not leave them running), how many requests were
+/// answered, how many clients still run, and the failures seen (the first
+/// [`FAILURES_KEPT`], and a count of the rest).
+#[derive(Default)]
+struct Clients {
+    stop: AtomicBool,
+    ok: AtomicU32,
+    running: AtomicU32,
+    failures: Mutex<(Vec<String>, u32)>,
+}
+
+/// Failures kept word for word; past that, only counted.
+const FAILURES_KEPT: usize = 50;
+
+impl Clients {
+    fn new(clients: usize) -> Arc<Clients> {
+        Arc::new(Clients { running: AtomicU32::new(clients as u32), ..Clients::default() })
+    }
+
+    fn go_on(&self, until: Instant) -> bool {
+        !self.stop.load(Ordering::Relaxed) && Instant::now() < until
+    }
+
+    fn failed(&self, what: String) {
+        let mut failures = self.failures.lock().unwrap();
+        if failures.0.len() < FAILURES_KEPT {
+            failures.0.push(what);
+        } else {
+            failures.1 += 1;
+        }
+    }
+
+    /// Waits until `n` more requests were answered; says so at once when
+    /// every client has ended (stopped at `LOAD_LIMIT`).
+    fn wait_for(&self, n: u32) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        eventually(PATIENCE, &format!("{n} more answers"), || {
+            assert!(
+                self.running.load(Ordering::Relaxed) > 0,
+                "waiting for {n} more answers, but every load client has ended"
+            );
+            (self.ok.load(Ordering::Relaxed) >= target).then_some(())
+        });
+    }
+
+    /// Stops the clients and waits for them; every failure they saw.
+    fn finish(&self, threads: Vec<std::thread::JoinHandle<()>>) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let (mut failures, more) = std::mem::take(&mut *self.failures.lock().unwrap());
+        if more > 0 {
+            failures.push(format!("and {more} more failure(s)"));
+        }
+        failures
+    }
+}
+
+/// Load clients stop at the latest this long after they started.
+pub const LOAD_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `client` on `clients` threads, each until stopped; counts the
+/// running ones down as they end.
+fn spawn_clients(
+    shared: &Arc<Clients>,
+    clients: usize,
+    client: impl Fn(&Clients) + Clone + Send + 'static,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..clients)
+        .map(|_| {
+            let (shared, client) = (shared.clone(), client.clone());
+            std::thread::spawn(move || {
+                client(&shared);
+                shared.running.fetch_sub(1, Ordering::Relaxed);
+            })
+        })
+        .collect()
+}
+
 /// Clients that each send `GET path` on fresh connections, back to back,
-/// until stopped (at most `MAX` requests each, and never past `LIMIT`).
+/// until stopped (and never past [`LOAD_LIMIT`]).
 pub struct Load {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    ok: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    shared: Arc<Clients>,
     /// Answers by generation.
-    generations: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>>,
-    clients: Vec<std::thread::JoinHandle<Vec<String>>>,
+    generations: Arc<Mutex<BTreeMap<String, u32>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Load {
-    pub const MAX: u32 = 5_000;
-    pub const LIMIT: Duration = Duration::from_secs(120);
-
     pub fn start(port: u16, clients: usize, path: &'static str) -> Load {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let ok = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let generations = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
-        let clients = (0..clients)
-            .map(|_| {
-                let (stop, ok, generations) = (stop.clone(), ok.clone(), generations.clone());
-                std::thread::spawn(move || {
-                    let until = Instant::now() + Load::LIMIT;
-                    let mut failures = Vec::new();
-                    for _ in 0..Load::MAX {
-                        if stop.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() > until {
-                            break;
-                        }
-                        match get(port, path) {
-                            Ok(r) if r.status == 200 => {
-                                ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                let generation = r.find("generation").unwrap_or_default();
-                                *generations.lock().unwrap().entry(generation).or_insert(0) += 1;
-                            }
-                            Ok(r) => failures.push(format!("status {}", r.status)),
-                            Err(e) => failures.push(e.to_string()),
-                        }
+        let shared = Clients::new(clients);
+        let generations = Arc::new(Mutex::new(BTreeMap::new()));
+        let answers = generations.clone();
+        let threads = spawn_clients(&shared, clients, move |shared: &Clients| {
+            let until = Instant::now() + LOAD_LIMIT;
+            while shared.go_on(until) {
+                match get(port, path) {
+                    Ok(r) if r.status == 200 => {
+                        shared.ok.fetch_add(1, Ordering::Relaxed);
+                        let generation = r.find("generation").unwrap_or_default();
+                        *answers.lock().unwrap().entry(generation).or_insert(0) += 1;
                     }
-                    failures
-                })
-            })
-            .collect();
-        Load { stop, ok, generations, clients }
+                    Ok(r) => shared.failed(format!("status {}", r.status)),
+                    Err(e) => shared.failed(e.to_string()),
+                }
+            }
+        });
+        Load { shared, generations, threads }
     }
 
     /// Waits until `n` more requests were answered.
     pub fn wait_for(&self, n: u32) {
-        let target = self.ok.load(std::sync::atomic::Ordering::Relaxed) + n;
-        eventually(PATIENCE, &format!("{n} more answers"), || {
-            (self.ok.load(std::sync::atomic::Ordering::Relaxed) >= target).then_some(())
-        });
+        self.shared.wait_for(n);
     }
 
     /// Stops the clients; returns every failure they saw, and how many
     /// answers each generation gave.
-    pub fn finish(self) -> (Vec<String>, std::collections::BTreeMap<String, u32>) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let failures = self.clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    pub fn finish(mut self) -> (Vec<String>, BTreeMap<String, u32>) {
+        let failures = self.shared.finish(std::mem::take(&mut self.threads));
         let generations = self.generations.lock().unwrap().clone();
         (failures, generations)
     }
 }
 
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Clients on kept-alive connections, each sending requests back to back
-/// until stopped; a connection the server closes (`Connection: close`) is
-/// replaced. `finish` returns how many were answered, and every failure.
+/// until stopped (and never past [`LOAD_LIMIT`]); a connection the server
+/// closes (`Connection: close`) is replaced. `finish` returns how many
+/// were answered, and every failure.
 pub struct KeepAlive {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    clients: Vec<std::thread::JoinHandle<(u32, Vec<String>)>>,
+    shared: Arc<Clients>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl KeepAlive {
     pub fn start(port: u16, clients: usize) -> KeepAlive {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let clients = (0..clients)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let (mut ok, mut failures) = (0, Vec::new());
-                    let mut stream: Option<std::net::TcpStream> = None;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && ok < 20_000 {
-                        let mut s = match stream.take().map_or_else(|| connect(port), Ok) {
-                            Ok(s) => s,
-                            Err(e) => {
-                                failures.push(format!("connect: {e}"));
-                                continue;
-                            }
-                        };
-                        let sent = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-                        match sent.and_then(|()| read_response(&mut s)) {
-                            Ok(r) if r.status == 200 => {
-                                ok += 1;
-                                if !r.closes() {
-                                    stream = Some(s);
-                                }
-                            }
-                            Ok(r) => failures.push(format!("status {}", r.status)),
-                            Err(e) => failures.push(e.to_string()),
+        let shared = Clients::new(clients);
+        let threads = spawn_clients(&shared, clients, move |shared: &Clients| {
+            let until = Instant::now() + LOAD_LIMIT;
+            let mut stream: Option<std::net::TcpStream> = None;
+            while shared.go_on(until) {
+                let mut s = match stream.take().map_or_else(|| connect(port), Ok) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        shared.failed(format!("connect: {e}"));
+                        continue;
+                    }
+                };
+                let sent = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+                match sent.and_then(|()| read_response(&mut s)) {
+                    Ok(r) if r.status == 200 => {
+                        shared.ok.fetch_add(1, Ordering::Relaxed);
+                        if !r.closes() {
+                            stream = Some(s);
                         }
                     }
-                    (ok, failures)
-                })
-            })
-            .collect();
-        KeepAlive { stop, clients }
+                    Ok(r) => shared.failed(format!("status {}", r.status)),
+                    Err(e) => shared.failed(e.to_string()),
+                }
+            }
+        });
+        KeepAlive { shared, threads }
     }
 
-    pub fn finish(self) -> (u32, Vec<String>) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut total = (0, Vec::new());
-        for client in self.clients {
-            let (ok, failures) = client.join().unwrap();
-            total.0 += ok;
-            total.1.extend(failures);
-        }
-        total
+    pub fn finish(mut self) -> (u32, Vec<String>) {
+        let failures = self.shared.finish(std::mem::take(&mut self.threads));
+        (self.shared.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
     }
 }
