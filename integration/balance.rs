@@ -59,6 +59,42 @@ fn kept_alive_connections_are_spread_evenly_over_the_workers() {
     assert_eq!(env["LISTEN_FDS"], "1");
 }
 
+/// Opens `n` kept-alive connections and asks once on each, so every one is
+/// accepted; they stay open as long as the result lives.
+fn held_open(port: u16, n: usize) -> Vec<TcpStream> {
+    let mut streams: Vec<TcpStream> = (0..n).map(|_| connect(port).unwrap()).collect();
+    for stream in &mut streams {
+        ask(stream).unwrap();
+    }
+    streams
+}
+
+#[test]
+fn status_and_metrics_show_the_spread_each_worker_holds() {
+    let panzer = round_robin(4);
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    workers(port, 4);
+    let _open = held_open(port, 8);
+    // `panzerctl status --json`: each worker holds two.
+    let held = eventually(PATIENCE, "two connections on each worker in status", || {
+        let status = panzer.status();
+        let workers = status["generations"][0]["workers"].as_array().cloned().unwrap_or_default();
+        let held: Vec<Option<u64>> = workers.iter().map(|w| w["connections"].as_u64()).collect();
+        (held == [Some(2); 4]).then_some(held)
+    });
+    assert_eq!(held.len(), 4);
+    // The table has a CONNS column; the metrics have a sample per slot.
+    let table = panzer.ctl(&["status"]).stdout;
+    assert!(table.contains("CONNS"), "{table}");
+    let metrics = panzer.ctl(&["metrics"]).stdout;
+    assert!(metrics.contains("# TYPE panzer_worker_connections gauge"), "{metrics}");
+    for slot in 0..4 {
+        let line = format!("panzer_worker_connections{{generation=\"1\",slot=\"{slot}\"}} 2");
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    }
+}
+
 #[test]
 fn two_workers_two_connections_never_share_a_worker() {
     let panzer = round_robin(2);

@@ -120,6 +120,16 @@ pub fn render(status: &Status) -> String {
         out.sample("panzer_worker_ready", &[("generation", &generation), ("slot", &slot)], u8::from(w.ready));
     }
     out.family(
+        "panzer_worker_connections",
+        "gauge",
+        "Client connections the worker in this slot holds (no sample where they cannot be read).",
+    );
+    for (generation, w) in workers() {
+        let Some(connections) = w.connections else { continue };
+        let slot = w.ordinal.to_string();
+        out.sample("panzer_worker_connections", &[("generation", &generation), ("slot", &slot)], connections);
+    }
+    out.family(
         "panzer_worker_resident_memory_bytes",
         "gauge",
         "Resident set size of the worker in this slot.",
@@ -261,6 +271,7 @@ mod tests {
             "panzer_workers_ready{generation=\"3\"} 2",
             "panzer_worker_restarts_total{generation=\"4\",slot=\"0\"} 2",
             "panzer_worker_resident_memory_bytes{generation=\"4\",slot=\"1\"} 2097152",
+            "panzer_worker_connections{generation=\"4\",slot=\"1\"} 3",
             "panzer_generation_info{generation=\"3\",state=\"draining\"} 1",
             "panzer_reloads_total{outcome=\"ok\"} 3",
             "panzer_reloads_total{outcome=\"failed\"} 1",
