@@ -1,8 +1,8 @@
 //! `balance`: how kept-alive connections spread over the workers with
 //! `--balance shared` and `--balance round-robin`, and what it does to
 //! throughput: for N = 2, 4 workers and C = N, 2N connections, over a few
-//! short trials, each worker's share of the requests and the req/s; and
-//! the slowest request on fresh connections while one of 4 workers is
+//! short trials, each worker's share of the requests and the req/s; the
+//! same for N clients on fresh connections; and the slowest request on fresh connections while one of 4 workers is
 //! stopped (`SIGSTOP`) for [`STALL`]: the trade-off a queue per slot brings.
 
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ use crate::measured::PATIENCE;
 use crate::stats::median;
 
 /// Trials per (mode, N, C), and how long each one sends requests.
-const TRIALS: usize = 4;
+const TRIALS: usize = 8;
 const TRIAL: Duration = Duration::from_millis(300);
 
 /// How long one worker stays stopped, and the fresh-connection clients meanwhile.
@@ -109,6 +109,48 @@ fn trial(port: u16, connections: usize) -> Result<Trial, String> {
     Ok((held, answered, total as f64 / elapsed))
 }
 
+/// One trial on fresh connections: `clients` clients, each opening a
+/// connection per request for [`TRIAL`]; the requests each worker pid
+/// answered, and the req/s.
+fn fresh_trial(port: u16, clients: usize) -> Result<(BTreeMap<i32, u64>, f64), String> {
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let pids: Vec<Result<Vec<i32>, String>> = thread::scope(|s| {
+        let clients: Vec<_> = (0..clients)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut pids = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut stream = connect(port).map_err(|e| format!("connect: {e}"))?;
+                        pids.push(ask(&mut stream)?);
+                    }
+                    Ok(pids)
+                })
+            })
+            .collect();
+        thread::sleep(TRIAL);
+        stop.store(true, Ordering::Relaxed);
+        clients.into_iter().map(|c| c.join().expect("a client thread panicked")).collect()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut answered = BTreeMap::new();
+    for pid in pids.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten() {
+        *answered.entry(pid).or_insert(0) += 1;
+    }
+    let total: u64 = answered.values().sum();
+    Ok((answered, total as f64 / elapsed))
+}
+
+/// Each worker's share of `answered`, the largest first, as `50%/50%`
+/// (`workers` entries: a worker that answered nothing shows 0%).
+fn shares(answered: &BTreeMap<i32, u64>, workers: usize) -> String {
+    let total: u64 = answered.values().sum();
+    let mut share: Vec<u64> = answered.values().map(|&n| n * 100 / total.max(1)).collect();
+    share.resize(workers, 0);
+    share.sort_unstable_by(|a, b| b.cmp(a));
+    share.iter().map(|s| format!("{s}%")).collect::<Vec<_>>().join("/")
+}
+
 /// One kept-alive request; the pid that answered.
 fn ask(stream: &mut std::net::TcpStream) -> Result<i32, String> {
     use std::io::Write;
@@ -138,11 +180,7 @@ pub(crate) fn balance(bench: &Bench) -> Outcome {
                         uneven += 1;
                     }
                     idle += usize::from(answered.len() < workers);
-                    let total: u64 = answered.values().sum();
-                    let mut share: Vec<u64> = answered.values().map(|&n| n * 100 / total.max(1)).collect();
-                    share.resize(workers, 0);
-                    share.sort_unstable_by(|a, b| b.cmp(a));
-                    shares.push(share.iter().map(|s| format!("{s}%")).collect::<Vec<_>>().join("/"));
+                    shares.push(self::shares(&answered, workers));
                     rates.push(rate);
                 }
                 let name = format!("balance {mode} N={workers} C={connections}");
@@ -162,6 +200,28 @@ pub(crate) fn balance(bench: &Bench) -> Outcome {
                 );
                 lines.push(line(&name, &figures, target, pass, &repro));
             }
+            // Fresh connections: a connection per request, N clients.
+            let mut idle = 0;
+            let mut rates = Vec::new();
+            let mut all_shares = Vec::new();
+            for _ in 0..TRIALS {
+                let (answered, rate) = fresh_trial(port, workers)?;
+                idle += usize::from(answered.len() < workers);
+                all_shares.push(shares(&answered, workers));
+                rates.push(rate);
+            }
+            let name = format!("balance {mode} N={workers} fresh");
+            let figures = format!(
+                "{workers} clients, a connection per request: a worker idle in {idle}/{TRIALS}; shares {}; median {:.0} req/s",
+                all_shares.join(" "),
+                median(&rates)
+            );
+            let repro = bench.repro(
+                "balance",
+                &format!("--count {workers} --ready notify --balance {mode}"),
+                &format!("{workers} clients on fresh connections"),
+            );
+            lines.push(line(&name, &figures, "(measured)", idle == 0, &repro));
             if workers == 4 {
                 let (slowest, failed, ok) = stalled(port)?;
                 let name = format!("balance {mode} stalled");
