@@ -514,3 +514,22 @@ fn an_upgrade_under_load_loses_nothing_and_the_rotation_goes_on() {
     let held = spread(port, 4);
     assert_eq!(held.values().copied().collect::<Vec<_>>(), [2, 2], "after scale 2: {held:?}");
 }
+
+#[test]
+fn a_stop_refuses_new_connections_on_every_slot_at_once() {
+    let panzer = Panzer::new(example("slow_drain"))
+        .count(4)
+        .notify()
+        .env("DRAIN_MS", "3000")
+        .args(&["--balance", "round-robin"])
+        .start();
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    panzer.signal(Signal::SIGTERM);
+    panzer.wait_for_lines("draining for 3000 ms", 4);
+    // Connections go to the slots in turn: 8 tries reach every slot twice.
+    for round in 0..2 {
+        crate::stopping::assert_refused_at_once(|| connect(port).map(drop), &format!("round {round}"));
+        crate::stopping::assert_refused_at_once(|| connect(port).map(drop), &format!("round {round}"));
+    }
+}

@@ -115,7 +115,7 @@ fn a_reload_or_an_upgrade_during_the_stop_delay_is_refused_as_stopping() {
 /// Connections made once the drain began must be refused, never held: each
 /// of a few attempts is refused, and (a busy machine may pause this thread)
 /// at least one within [`REFUSED_WITHIN`].
-fn assert_refused_at_once(connect: impl Fn() -> std::io::Result<()>, what: &str) {
+pub(crate) fn assert_refused_at_once(connect: impl Fn() -> std::io::Result<()>, what: &str) {
     let mut fastest = Duration::MAX;
     for _ in 0..5 {
         let started = Instant::now();

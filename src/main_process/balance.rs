@@ -424,6 +424,17 @@ impl Balance {
         self.slots
     }
 
+    /// The drain of a stop begins: the sockets of slots 1… stop listening
+    /// too (main's own, slot 0's, are stopped with the others), so a new
+    /// connection is refused, not queued on a slot nobody accepts from.
+    pub(super) fn stop_listening(&self) {
+        for listener in self.more.iter().flatten() {
+            if let Err(e) = listener.stop_listening() {
+                log::warn!("cannot stop listening on {} (a round-robin slot): {e}", listener.local);
+            }
+        }
+    }
+
     /// The most slots every address's rotation takes.
     pub(super) fn room(&self) -> u32 {
         self.rotations.iter().map(Rotation::capacity).min().unwrap_or(self.slots)

@@ -509,6 +509,10 @@ impl Main {
                 Err(e) => log::warn!("cannot stop listening on {}: {}", listener.local, describe(&e)),
             }
         }
+        // With round-robin, every slot's socket of each address too.
+        if let Some(balance) = &self.balance {
+            balance.stop_listening();
+        }
     }
 
     fn on_request(&mut self, client: ClientId, request: Request) {
