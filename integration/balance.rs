@@ -533,3 +533,38 @@ fn a_stop_refuses_new_connections_on_every_slot_at_once() {
         crate::stopping::assert_refused_at_once(|| connect(port).map(drop), &format!("round {round}"));
     }
 }
+
+#[test]
+fn with_no_worker_ready_new_connections_wait_for_the_slots_that_will_have_one() {
+    // Workers get ready 1 s after they start: after a scale down to 2 and
+    // both workers killed, no slot is ready for a while. Connections made
+    // then must wait on slots 0 and 1, whose replacements will serve them,
+    // not on slots 2 and 3, which nothing serves any more.
+    let panzer = Panzer::new(example("server"))
+        .count(4)
+        .notify()
+        .env("READY_DELAY_MS", "1000")
+        .args(&["--balance", "round-robin"])
+        .start();
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    let out = panzer.ctl(&["scale", "2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    panzer.wait_for_lines("exited with status 0", 2);
+    let both = workers(port, 2);
+    for pid in &both {
+        kill(*pid, Signal::SIGKILL).unwrap();
+    }
+    panzer.wait_for_lines("killed by SIGKILL", 2);
+    let asked: Vec<_> = (0..8)
+        .map(|_| {
+            let mut stream = connect(port).unwrap();
+            std::thread::spawn(move || ask(&mut stream).map(|r| r.pid()).map_err(|e| e.to_string()))
+        })
+        .collect();
+    let answers: Vec<Result<Pid, String>> = asked.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let answered: std::collections::BTreeSet<Pid> = answers.into_iter().map(Result::unwrap).collect();
+    assert_eq!(answered.len(), 2, "the two replacements answered: {answered:?}");
+    assert!(answered.iter().all(|pid| !both.contains(pid)), "{answered:?} (killed {both:?})");
+}

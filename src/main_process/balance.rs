@@ -16,7 +16,10 @@
 //! has a ready worker on it, and the slot is below the count. So a slot
 //! leaves the rotation before its last worker is told to drain (a scale
 //! down, the drain of a generation nothing replaces), and joins it once a
-//! worker on it is ready. The kernel program itself is `sys::reuseport`.
+//! worker on it is ready. While no slot is ready (every worker crashed, or
+//! none is ready yet), the rotation holds every slot below the count, so
+//! new connections wait for the workers that will come, never on a slot a
+//! scale down left. The kernel program itself is `sys::reuseport`.
 //!
 //! A slot whose worker stops accepting (stopped, stuck in a loop) would
 //! still get its share of new connections, which would wait in its queue.
@@ -72,6 +75,8 @@ pub(super) struct Balance {
     /// is in rotation now (the stuck ones left out).
     ready: Vec<u32>,
     active: Vec<u32>,
+    /// The slots below the count: those that will have a worker.
+    count: u32,
     rotation: InRotation,
     watch: Watch,
 }
@@ -415,6 +420,7 @@ impl Balance {
             rotations,
             ready: Vec::new(),
             active: Vec::new(),
+            count: slots,
             rotation: InRotation::default(),
             watch: Watch::default(),
         })
@@ -554,6 +560,7 @@ impl Balance {
             more,
             rotations,
             ready: Vec::new(),
+            count: active.len() as u32,
             active,
             rotation: InRotation { retired: saved.retired.iter().copied().collect() },
             watch: Watch::default(),
@@ -574,13 +581,22 @@ impl Balance {
     /// Puts exactly the slots [`InRotation`] names in rotation, but for
     /// those found stuck.
     pub(super) fn sync(&mut self, generations: &[Generation], count: u32) {
-        self.ready = self.rotation.update(generations, count.min(self.slots));
+        self.count = count.min(self.slots);
+        self.ready = self.rotation.update(generations, self.count);
         self.watch.keep(&self.ready);
         self.apply();
     }
 
+    /// With no slot ready and accepting (every worker crashed, or stuck),
+    /// new connections wait on the slots below the count, whose workers
+    /// will serve them once ready: left to the kernel's hash, some would
+    /// wait on a slot a scale down left, which nothing serves any more.
     fn apply(&mut self) {
-        let active: Vec<u32> = self.ready.iter().copied().filter(|k| !self.watch.stuck.contains(k)).collect();
+        let mut active: Vec<u32> =
+            self.ready.iter().copied().filter(|k| !self.watch.stuck.contains(k)).collect();
+        if active.is_empty() {
+            active = (0..self.count).collect();
+        }
         if active == self.active {
             return;
         }
