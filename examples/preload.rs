@@ -25,6 +25,15 @@ use std::io::{BufRead, BufReader, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Prints a line to stderr in one write: the workers share it, and
+/// `eprintln!` writes a line in pieces that another worker's can split.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    }};
+}
+
 /// The preloaded state: a table every worker reads, never writes.
 struct Routes {
     table: Vec<u64>,
@@ -109,7 +118,7 @@ impl panzer::Worker<panzer::Listener> for App {
                 body.len()
             );
         }
-        eprintln!("preload: pid {} {copy} drained", std::process::id());
+        say!("preload: pid {} {copy} drained", std::process::id());
         panzer::finished()
     }
 }
@@ -118,7 +127,7 @@ fn main() {
     let megabytes = std::env::var("PRELOAD_MB").ok().and_then(|m| m.parse().ok()).unwrap_or(64);
     let threads: Option<usize> = std::env::var("PRELOAD_THREADS").ok().and_then(|t| t.parse().ok());
     let app = App { routes: Arc::new(Routes::load(megabytes)) };
-    eprintln!("preload: pid {} loaded {megabytes} MB (table {:x})", std::process::id(), app.routes.checksum);
+    say!("preload: pid {} loaded {megabytes} MB (table {:x})", std::process::id(), app.routes.checksum);
     if std::env::var_os("PRELOAD_SPAWN_THREAD").is_some() {
         // What panzer::run must refuse: a thread alive at fork time.
         std::thread::spawn(|| loop {

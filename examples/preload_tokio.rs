@@ -18,6 +18,15 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+/// Prints a line to stderr in one write: the workers share it, and
+/// `eprintln!` writes a line in pieces that another worker's can split.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    }};
+}
+
 /// The preloaded state (here, a small greeting table).
 struct App {
     greeting: String,
@@ -26,7 +35,7 @@ struct App {
 impl panzer::Worker for App {
     fn serve(self, listeners: Vec<std::net::TcpListener>) -> ! {
         let Some(listener) = listeners.into_iter().next() else {
-            eprintln!("preload_tokio: --bind one TCP address");
+            say!("preload_tokio: --bind one TCP address");
             std::process::exit(2);
         };
         // The runtime lives in the worker, built after the fork.
@@ -59,7 +68,7 @@ impl panzer::Worker for App {
             drop(listener);
             let in_flight = connections.len();
             while connections.join_next().await.is_some() {}
-            eprintln!("preload_tokio: pid {} drained ({in_flight} in flight)", std::process::id());
+            say!("preload_tokio: pid {} drained ({in_flight} in flight)", std::process::id());
         });
         panzer::finished()
     }
@@ -78,7 +87,7 @@ async fn answer(stream: TcpStream, body: String) {
     }
     let path = request.split_whitespace().nth(1).unwrap_or("/");
     if let Some(ms) = path.strip_prefix("/slow?ms=").and_then(|ms| ms.parse().ok()) {
-        eprintln!("preload_tokio: pid {} answers in {ms} ms", std::process::id());
+        say!("preload_tokio: pid {} answers in {ms} ms", std::process::id());
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let var = |name| std::env::var(name).unwrap_or_else(|_| "-".into());
