@@ -48,6 +48,7 @@
 //! main_process/            main's loop: polls and carries out what the policy decides
 //!   policy/                the pure machine: generations, the staged roll, the upgrade, the stop
 //!   upgrade/               main replacing its own binary: check, state hand-over, resume
+//!   balance                `--balance round-robin`: a socket per slot, which slots are in rotation
 //!   connections, hello, leftovers, orphans, pid_file, reconfigure, systemd
 //! control/                 the control socket, the admin endpoint, the signal table, metrics
 //! library/                 library mode: Worker, run, Listener, drain, threads, standalone
@@ -55,7 +56,7 @@
 //! cli, config/             the command line, the --config file, and what they become
 //! logging, sockets, worker, notify, limits
 //! protocol                 what main and a monitor say to each other, and the limits both keep
-//! sys/                     every unsafe call, each with its SAFETY comment
+//! sys/                     every unsafe call, each with its SAFETY comment (reuseport: the BPF program)
 //! error, units             one error type with its cause chain; durations and sizes
 //! ```
 //!

@@ -67,6 +67,21 @@ fn stalled(port: u16) -> Result<(Duration, u64, u64), String> {
 /// each answered, and the req/s.
 type Trial = (BTreeMap<i32, usize>, BTreeMap<i32, u64>, f64);
 
+/// Runs each of `clients` on a thread of its own for [`TRIAL`], then tells
+/// them to stop (the flag each is given) and waits for them: what each
+/// returned, and the seconds it took.
+fn for_a_trial<T: Send, F: FnOnce(&AtomicBool) -> T + Send>(clients: Vec<F>) -> (Vec<T>, f64) {
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let results = thread::scope(|s| {
+        let threads: Vec<_> = clients.into_iter().map(|client| s.spawn(|| client(&stop))).collect();
+        thread::sleep(TRIAL);
+        stop.store(true, Ordering::Relaxed);
+        threads.into_iter().map(|t| t.join().expect("a client thread panicked")).collect()
+    });
+    (results, started.elapsed().as_secs_f64())
+}
+
 /// One trial: `connections` kept-alive connections opened one after the
 /// other, each asking back to back for [`TRIAL`].
 fn trial(port: u16, connections: usize) -> Result<Trial, String> {
@@ -78,28 +93,17 @@ fn trial(port: u16, connections: usize) -> Result<Trial, String> {
         *held.entry(pid).or_insert(0) += 1;
         streams.push((stream, pid));
     }
-    let stop = AtomicBool::new(false);
-    let started = Instant::now();
-    let counts: Vec<Result<(i32, u64), String>> = thread::scope(|s| {
-        let clients: Vec<_> = streams
-            .into_iter()
-            .map(|(mut stream, pid)| {
-                let stop = &stop;
-                s.spawn(move || {
-                    let mut n = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        ask(&mut stream)?;
-                        n += 1;
-                    }
-                    Ok((pid, n))
-                })
-            })
-            .collect();
-        thread::sleep(TRIAL);
-        stop.store(true, Ordering::Relaxed);
-        clients.into_iter().map(|c| c.join().expect("a client thread panicked")).collect()
+    let clients = streams.into_iter().map(|(mut stream, pid)| {
+        move |stop: &AtomicBool| {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                ask(&mut stream)?;
+                n += 1;
+            }
+            Ok((pid, n))
+        }
     });
-    let elapsed = started.elapsed().as_secs_f64();
+    let (counts, elapsed): (Vec<Result<(i32, u64), String>>, f64) = for_a_trial(clients.collect());
     let mut answered = BTreeMap::new();
     for count in counts {
         let (pid, n) = count?;
@@ -113,26 +117,15 @@ fn trial(port: u16, connections: usize) -> Result<Trial, String> {
 /// connection per request for [`TRIAL`]; the requests each worker pid
 /// answered, and the req/s.
 fn fresh_trial(port: u16, clients: usize) -> Result<(BTreeMap<i32, u64>, f64), String> {
-    let stop = AtomicBool::new(false);
-    let started = Instant::now();
-    let pids: Vec<Result<Vec<i32>, String>> = thread::scope(|s| {
-        let clients: Vec<_> = (0..clients)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut pids = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let mut stream = connect(port).map_err(|e| format!("connect: {e}"))?;
-                        pids.push(ask(&mut stream)?);
-                    }
-                    Ok(pids)
-                })
-            })
-            .collect();
-        thread::sleep(TRIAL);
-        stop.store(true, Ordering::Relaxed);
-        clients.into_iter().map(|c| c.join().expect("a client thread panicked")).collect()
-    });
-    let elapsed = started.elapsed().as_secs_f64();
+    let client = |stop: &AtomicBool| {
+        let mut pids = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let mut stream = connect(port).map_err(|e| format!("connect: {e}"))?;
+            pids.push(ask(&mut stream)?);
+        }
+        Ok(pids)
+    };
+    let (pids, elapsed): (Vec<Result<Vec<i32>, String>>, f64) = for_a_trial(vec![client; clients]);
     let mut answered = BTreeMap::new();
     for pid in pids.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten() {
         *answered.entry(pid).or_insert(0) += 1;
