@@ -311,9 +311,9 @@ pub(super) struct Seen {
 /// looks at again later, and those out of the rotation for it.
 #[derive(Debug, Default)]
 pub(super) struct Watch {
-    /// Per slot: when to look at its queue again, and what it showed when
-    /// main first saw it hold connections.
-    looking: BTreeMap<u32, (Instant, Seen)>,
+    /// Per slot: when to look at its queue again, and when main first saw
+    /// it hold connections and what it showed then.
+    looking: BTreeMap<u32, (Instant, Instant, Seen)>,
     /// Out of the rotation until their queue is empty.
     stuck: BTreeSet<u32>,
 }
@@ -332,11 +332,11 @@ impl Watch {
 
     /// `slot`'s queue holds connections now.
     pub(super) fn woke(&mut self, slot: u32, seen: Seen, now: Instant) {
-        self.looking.insert(slot, (now + STUCK_AFTER, seen));
+        self.looking.insert(slot, (now + STUCK_AFTER, now, seen));
     }
 
     pub(super) fn next_look(&self) -> Option<Instant> {
-        self.looking.values().map(|&(at, _)| at).min()
+        self.looking.values().map(|&(at, _, _)| at).min()
     }
 
     /// Looks at the slots due with what their sockets show `now`; returns
@@ -344,37 +344,42 @@ impl Watch {
     /// slot is stuck when, since main first saw its queue hold connections,
     /// at least 2 more were handed to it and its worker accepted at most a
     /// quarter of them (what was handed and is not in the queue was
-    /// accepted, or is still in its handshake).
+    /// accepted, or is still in its handshake); or when its worker accepted
+    /// none for two looks though its queue held some all along (clients
+    /// that each wait for an answer all end up waiting on that slot, and
+    /// then nothing more is handed to it).
     pub(super) fn look(
         &mut self,
         now: Instant,
         ready: &[u32],
         seen: &BTreeMap<u32, Seen>,
     ) -> Vec<(u32, bool)> {
-        let due: Vec<(u32, Seen)> = self
+        let due: Vec<(u32, Instant, Seen)> = self
             .looking
             .iter()
-            .filter(|(_, &(at, _))| at <= now)
-            .map(|(&k, &(_, first))| (k, first))
+            .filter(|(_, &(at, _, _))| at <= now)
+            .map(|(&k, &(_, since, first))| (k, since, first))
             .collect();
         let mut changes = Vec::new();
-        for (slot, first) in due {
+        for (slot, since, first) in due {
             let now_seen = seen.get(&slot).copied().unwrap_or_default();
             let serving = ready.iter().filter(|k| !self.stuck.contains(k)).count();
             let handed = i64::from(now_seen.handed.wrapping_sub(first.handed));
             let accepted = handed - (i64::from(now_seen.queued) - i64::from(first.queued));
+            let starved = handed >= 2 && accepted * 4 <= handed;
+            let still = accepted <= 0 && now.duration_since(since) >= STUCK_AFTER * 2;
             if self.stuck.contains(&slot) {
                 if now_seen.queued == 0 {
                     self.stuck.remove(&slot);
                     changes.push((slot, false));
                 }
-            } else if now_seen.queued > 0 && handed >= 2 && accepted * 4 <= handed && serving > 1 {
+            } else if now_seen.queued > 0 && (starved || still) && serving > 1 {
                 self.stuck.insert(slot);
                 changes.push((slot, true));
             }
             if now_seen.queued > 0 {
                 // Looked at again, still against what it showed first.
-                self.looking.insert(slot, (now + STUCK_AFTER, first));
+                self.looking.insert(slot, (now + STUCK_AFTER, since, first));
             } else {
                 // Polled again.
                 self.looking.remove(&slot);

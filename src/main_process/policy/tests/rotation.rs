@@ -103,6 +103,23 @@ mod stuck {
     }
 
     #[test]
+    fn a_slot_that_accepts_nothing_for_two_looks_leaves_though_nothing_more_reaches_it() {
+        // Clients that each wait for their answer: once every one of them
+        // waits on the stopped worker's slot, nothing more is handed to it.
+        let (mut watch, ready, t0) = (Watch::default(), [0, 1, 2], Instant::now());
+        watch.woke(1, Seen { queued: 8, handed: 100 }, t0);
+        let still = seen(&[(0, 0, 100), (1, 8, 100), (2, 0, 100)]);
+        assert!(watch.look(t0 + STUCK_AFTER, &ready, &still).is_empty(), "one look is not enough");
+        assert_eq!(watch.look(t0 + STUCK_AFTER * 2, &ready, &still), [(1, true)]);
+        // One that accepted some in between is not stuck.
+        let mut watch = Watch::default();
+        watch.woke(1, Seen { queued: 8, handed: 100 }, t0);
+        let accepted = seen(&[(0, 0, 104), (1, 8, 104), (2, 0, 104)]);
+        assert!(watch.look(t0 + STUCK_AFTER, &ready, &accepted).is_empty());
+        assert!(watch.look(t0 + STUCK_AFTER * 2, &ready, &accepted).is_empty());
+    }
+
+    #[test]
     fn a_slot_that_is_no_longer_ready_is_forgotten() {
         let (mut watch, t0) = (Watch::default(), Instant::now());
         watch.woke(1, Seen { queued: 1, handed: 1 }, t0);
