@@ -299,7 +299,7 @@ fn a_connection_queued_on_a_slot_that_is_scaled_away_is_served_before_its_worker
     // Worker 3 stalls: the connection the rotation gives its slot waits in
     // the slot's queue.
     let stalled = worker_pid(&panzer, 3);
-    kill(stalled, Signal::SIGSTOP).unwrap();
+    stop_process(stalled);
     let mut streams: Vec<TcpStream> = (0..4).map(|_| connect(port).unwrap()).collect();
     for stream in &mut streams {
         write!(stream, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
@@ -321,7 +321,7 @@ fn a_stopped_worker_leaves_the_rotation_until_it_accepts_again() {
     panzer.wait_ready(1);
     ready_workers(&panzer, 2);
     let (serving, stopped) = (worker_pid(&panzer, 0), worker_pid(&panzer, 1));
-    kill(stopped, Signal::SIGSTOP).unwrap();
+    stop_process(stopped);
     // New connections keep coming; half of them wait for the stopped one.
     let mut waiting: Vec<TcpStream> = Vec::new();
     eventually(PATIENCE, "slot 1 to leave the rotation", || {
@@ -567,4 +567,44 @@ fn with_no_worker_ready_new_connections_wait_for_the_slots_that_will_have_one() 
     let answered: std::collections::BTreeSet<Pid> = answers.into_iter().map(Result::unwrap).collect();
     assert_eq!(answered.len(), 2, "the two replacements answered: {answered:?}");
     assert!(answered.iter().all(|pid| !both.contains(pid)), "{answered:?} (killed {both:?})");
+}
+
+#[test]
+fn a_connection_left_on_a_slot_scaled_away_is_moved_to_a_slot_in_rotation_once_its_worker_is_gone() {
+    let panzer = Panzer::new("python3")
+        .command_args(&["--", "-c", ABRUPT])
+        .count(4)
+        .ready("accepting")
+        .args(&["--balance", "round-robin", "--graceful-timeout", "2s"])
+        .start();
+    let port = panzer.port(0);
+    panzer.wait_ready(1);
+    ready_workers(&panzer, 4);
+    // Worker 3 stops for good: the connection the rotation gives its slot
+    // waits in the slot's queue, and the worker is killed at the graceful
+    // timeout without ever accepting it.
+    let stalled = worker_pid(&panzer, 3);
+    stop_process(stalled);
+    let mut streams: Vec<TcpStream> = (0..4).map(|_| connect(port).unwrap()).collect();
+    for stream in &mut streams {
+        write!(stream, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    }
+    let out = panzer.ctl(&["scale", "2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    panzer.wait_for_line(&format!("worker 3 (pid {stalled}) killed by SIGKILL"));
+    let answered: Vec<Result<String, String>> =
+        streams.iter_mut().map(|s| read_response(s).map(|r| r.body).map_err(|e| e.to_string())).collect();
+    assert!(answered.iter().all(Result::is_ok), "{answered:?}");
+    assert!(answered.iter().flatten().all(|a| !a.contains(&format!("pid={stalled} "))), "{answered:?}");
+    panzer.wait_for_line("round-robin: slot 3: 1 connection(s) left with no worker");
+    assert!(!panzer.log().contains("cannot move"), "{}", panzer.log());
+    // The slot still takes its turn when a scale brings it back.
+    let out = panzer.ctl(&["scale", "4"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    ready_workers(&panzer, 4);
+    let mut seen = BTreeMap::new();
+    eventually(PATIENCE, "all 4 slots in the rotation again", || {
+        seen = spread(port, 4);
+        (seen.len() == 4).then_some(())
+    });
 }

@@ -120,3 +120,18 @@ pub fn cpu_ticks(pid: Pid) -> u64 {
     let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
     fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0)
 }
+
+/// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `T`…).
+pub fn state(pid: Pid) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+/// Sends `SIGSTOP` to `pid` and waits until it is stopped: until then it
+/// may still return from a call it was in (take a connection, say).
+pub fn stop_process(pid: Pid) {
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    super::eventually(super::PATIENCE, &format!("pid {pid} to be stopped"), || {
+        (state(pid) == Some('T')).then_some(())
+    });
+}

@@ -77,6 +77,10 @@ pub(super) struct Balance {
     active: Vec<u32>,
     /// The slots below the count: those that will have a worker.
     count: u32,
+    /// Slots at or above the count whose queue was moved once their last
+    /// worker was gone ([`Balance::flush_left`]); forgotten when a worker
+    /// runs on one again.
+    flushed: BTreeSet<u32>,
     rotation: InRotation,
     watch: Watch,
 }
@@ -226,7 +230,7 @@ impl Main {
     /// slot leaves the rotation before its worker is told to drain.
     pub(super) fn sync_rotation(&mut self) {
         if let Some(balance) = &mut self.balance {
-            balance.sync(self.policy.generations(), self.policy.count());
+            balance.sync(self.policy.generations(), self.policy.count(), self.config.backlog);
         }
     }
 
@@ -426,6 +430,7 @@ impl Balance {
             ready: Vec::new(),
             active: Vec::new(),
             count: slots,
+            flushed: BTreeSet::new(),
             rotation: InRotation::default(),
             watch: Watch::default(),
         })
@@ -566,6 +571,7 @@ impl Balance {
             rotations,
             ready: Vec::new(),
             count: active.len() as u32,
+            flushed: BTreeSet::new(),
             active,
             rotation: InRotation { retired: saved.retired.iter().copied().collect() },
             watch: Watch::default(),
@@ -585,11 +591,47 @@ impl Balance {
 
     /// Puts exactly the slots [`InRotation`] names in rotation, but for
     /// those found stuck.
-    pub(super) fn sync(&mut self, generations: &[Generation], count: u32) {
+    pub(super) fn sync(&mut self, generations: &[Generation], count: u32, backlog: i32) {
         self.count = count.min(self.slots);
         self.ready = self.rotation.update(generations, self.count);
         self.watch.keep(&self.ready);
         self.apply();
+        self.flush_left(generations, backlog);
+    }
+
+    /// A slot a scale down left keeps its socket, and what waits in its
+    /// queue once its last worker is gone (one that stalled past the hold,
+    /// a handshake that completed late) would wait for ever: once no
+    /// process runs on it, its queue moves to the slots in rotation.
+    fn flush_left(&mut self, generations: &[Generation], backlog: i32) {
+        let running: BTreeSet<u32> = generations
+            .iter()
+            .flat_map(|g| g.workers.iter().filter(|(_, w)| w.pid != 0).map(|(&k, _)| k))
+            .collect();
+        for slot in self.count.max(1)..self.slots {
+            if running.contains(&slot) {
+                self.flushed.remove(&slot);
+                continue;
+            }
+            if !self.flushed.insert(slot) {
+                continue;
+            }
+            for (more, rotation) in self.more.iter().zip(&mut self.rotations) {
+                let Some(listener) = more.get(slot as usize - 1) else { continue };
+                match rotation.flush(slot, listener.fd(), backlog) {
+                    Ok(0) => {}
+                    Ok(waiting) => log::warn!(
+                        "round-robin: slot {slot}: {waiting} connection(s) left with no worker on {}: moved \
+                         to the slots in rotation (reset on a kernel before 5.14)",
+                        listener.local
+                    ),
+                    Err(e) => log::warn!(
+                        "round-robin: slot {slot}: cannot move what waits on {}: {e}",
+                        listener.local
+                    ),
+                }
+            }
+        }
     }
 
     /// With no slot ready and accepting (every worker crashed, or stuck),

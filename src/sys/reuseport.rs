@@ -32,6 +32,11 @@
 //! When the program cannot pick (K is 0, an entry is missing) it lets the
 //! kernel choose by hash among the group's sockets, as without it.
 //!
+//! Where the kernel has it (5.14 and later), the program is loaded to pick
+//! for migrations too (`BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`): when a slot's
+//! socket stops listening, the connections waiting in its queue move to the
+//! slots in rotation instead of being reset ([`Rotation::flush`]).
+//!
 //! The program is a few dozen eBPF instructions assembled here by hand and loaded
 //! with the `bpf(2)` system call: no compiler toolchain at build time and
 //! no crate (the ones that load programs, `aya` and `libbpf-rs`, either
@@ -52,6 +57,7 @@ const BPF_MAP_TYPE_REUSEPORT_SOCKARRAY: u32 = 20;
 /// `enum bpf_prog_type`, `enum bpf_attach_type`.
 const BPF_PROG_TYPE_SK_REUSEPORT: u32 = 21;
 const BPF_SK_REUSEPORT_SELECT: u32 = 39;
+const BPF_SK_REUSEPORT_SELECT_OR_MIGRATE: u32 = 40;
 /// `<asm-generic/socket.h>`.
 const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
 /// Helper functions: `bpf_map_lookup_elem`, `bpf_sk_select_reuseport`.
@@ -330,6 +336,25 @@ impl Rotation {
         Ok(())
     }
 
+    /// Moves what waits on `socket` (slot `slot`'s, of the group) to the
+    /// slots in rotation: it stops listening, which hands its queue (and
+    /// its handshakes under way) to the program's choice, or resets them on
+    /// a kernel before 5.14; then it listens again with `backlog` and takes
+    /// its place in the array back. How many connections were waiting.
+    pub fn flush(&mut self, slot: u32, socket: BorrowedFd<'_>, backlog: i32) -> io::Result<u32> {
+        let waiting = accept_queue(socket)?;
+        // SAFETY: plain calls on an open socket, with no pointers.
+        if unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_RD) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::listen(socket.as_raw_fd(), backlog) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        update(self.socks.as_fd(), slot, &(socket.as_raw_fd() as u32).to_ne_bytes())?;
+        Ok(waiting)
+    }
+
     /// The most slots the group takes.
     pub fn capacity(&self) -> u32 {
         self.capacity
@@ -396,7 +421,19 @@ impl Rotation {
     }
 }
 
+/// Loads the program as one that also picks where the connections of a
+/// socket that stops listening go (Linux 5.14 and later), else as one that
+/// picks for new connections only.
 fn load(state: RawFd, socks: RawFd, slots: u32) -> Result<OwnedFd, Refused> {
+    match load_as(state, socks, slots, BPF_SK_REUSEPORT_SELECT_OR_MIGRATE) {
+        Err(e) if e.error.raw_os_error() == Some(libc::EINVAL) => {
+            load_as(state, socks, slots, BPF_SK_REUSEPORT_SELECT)
+        }
+        loaded => loaded,
+    }
+}
+
+fn load_as(state: RawFd, socks: RawFd, slots: u32, attach: u32) -> Result<OwnedFd, Refused> {
     let insns = program(state, socks, slots);
     let license = c"Dual MIT/GPL";
     let mut log = vec![0u8; LOG_SIZE];
@@ -413,7 +450,7 @@ fn load(state: RawFd, socks: RawFd, slots: u32) -> Result<OwnedFd, Refused> {
         // "panzer_rr"; prog_ifindex, expected_attach_type (attr[8]).
         attr[6] = u64::from_ne_bytes(*b"panzer_r");
         attr[7] = u64::from(b'r');
-        attr[8] = lo_hi(0, BPF_SK_REUSEPORT_SELECT);
+        attr[8] = lo_hi(0, attach);
         bpf(BPF_PROG_LOAD, &mut attr).map(fd_of)
     };
     match attempt(None) {
