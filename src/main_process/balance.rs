@@ -195,12 +195,17 @@ impl Main {
         }
         let (backlog, nodelay) = (self.config.backlog, self.config.nodelay);
         let Some(balance) = &mut self.balance else { return Ok(()) };
-        balance.grow(&self.sockets, count, backlog, nodelay).map_err(|e| match e {
+        let grown = balance.grow(&self.sockets, count, backlog, nodelay).map_err(|e| match e {
             Error::Usage(why) => Error::Usage(format!("{what}: {why}")),
             e => e,
-        })?;
-        log::info!("round-robin: bound sockets for slots {slots}…{}", count - 1);
-        for slot in slots..count {
+        });
+        // The slots that made it into the array go to the monitors even when
+        // a later one failed, so none is left that no monitor has.
+        let bound = balance.slots();
+        if bound > slots {
+            log::info!("round-robin: bound sockets for slots {slots}…{}", bound - 1);
+        }
+        for slot in slots..bound {
             let fds: Vec<BorrowedFd<'_>> = self.slot_sockets(slot).collect();
             let fds: Vec<OwnedFd> = fds.iter().filter_map(|fd| fd.try_clone_to_owned().ok()).collect();
             let fds: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
@@ -214,7 +219,7 @@ impl Main {
                 }
             }
         }
-        Ok(())
+        grown
     }
 
     /// The listening sockets a monitor gets, in order.
@@ -458,7 +463,7 @@ impl Balance {
 
     /// Binds slots `self.slots`…`to`-1 beside each of `sockets` (main's,
     /// slot 0 of each address) and puts them in the socket arrays, out of
-    /// rotation. All of a slot's sockets are bound before any goes in.
+    /// rotation. All the sockets are bound before any goes in.
     pub(super) fn grow(
         &mut self,
         sockets: &[Listener],
@@ -473,11 +478,13 @@ impl Balance {
                 self.room()
             )));
         }
-        for slot in self.slots..to {
-            let bound: Vec<Listener> = sockets
-                .iter()
-                .map(|first| sockets::bind_slot(first, backlog, nodelay))
-                .collect::<Result<_, _>>()?;
+        // Every new socket is bound before any joins the rotation's array: a
+        // bind that fails (out of descriptors, say) leaves nothing half done,
+        // no slot in the array that no monitor was sent.
+        let bound: Vec<Vec<Listener>> = (self.slots..to)
+            .map(|_| sockets.iter().map(|first| sockets::bind_slot(first, backlog, nodelay)).collect())
+            .collect::<Result<_, _>>()?;
+        for (slot, bound) in (self.slots..to).zip(bound) {
             for ((listener, rotation), more) in bound.into_iter().zip(&mut self.rotations).zip(&mut self.more)
             {
                 rotation.add(slot, listener.fd()).map_err(|e| {
