@@ -100,10 +100,10 @@ fn trial(port: u16, connections: usize) -> Result<Trial, String> {
                 ask(&mut stream)?;
                 n += 1;
             }
-            Ok((pid, n))
+            Ok::<_, String>((pid, n))
         }
     });
-    let (counts, elapsed): (Vec<Result<(i32, u64), String>>, f64) = for_a_trial(clients.collect());
+    let (counts, elapsed) = for_a_trial(clients.collect());
     let mut answered = BTreeMap::new();
     for count in counts {
         let (pid, n) = count?;
@@ -123,9 +123,9 @@ fn fresh_trial(port: u16, clients: usize) -> Result<(BTreeMap<i32, u64>, f64), S
             let mut stream = connect(port).map_err(|e| format!("connect: {e}"))?;
             pids.push(ask(&mut stream)?);
         }
-        Ok(pids)
+        Ok::<_, String>(pids)
     };
-    let (pids, elapsed): (Vec<Result<Vec<i32>, String>>, f64) = for_a_trial(vec![client; clients]);
+    let (pids, elapsed) = for_a_trial(vec![client; clients]);
     let mut answered = BTreeMap::new();
     for pid in pids.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten() {
         *answered.entry(pid).or_insert(0) += 1;
