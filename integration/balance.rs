@@ -285,19 +285,21 @@ except Drain:
     listener.close()
 "#;
 
-#[test]
-fn a_connection_queued_on_a_slot_that_is_scaled_away_is_served_before_its_worker_drains() {
+/// 4 workers of [`ABRUPT`] in round-robin (with `args`); worker 3 is
+/// stopped, 4 connections each send a request (so one waits in slot 3's
+/// queue), and panzer is scaled down to 2. The stopped worker's pid, and
+/// the connections.
+fn one_waits_on_a_slot_scaled_away(args: &[&str]) -> (Panzer, Pid, Vec<TcpStream>) {
     let panzer = Panzer::new("python3")
         .command_args(&["--", "-c", ABRUPT])
         .count(4)
         .ready("accepting")
         .args(&["--balance", "round-robin"])
+        .args(args)
         .start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
     ready_workers(&panzer, 4);
-    // Worker 3 stalls: the connection the rotation gives its slot waits in
-    // the slot's queue.
     let stalled = worker_pid(&panzer, 3);
     stop_process(stalled);
     let mut streams: Vec<TcpStream> = (0..4).map(|_| connect(port).unwrap()).collect();
@@ -306,6 +308,13 @@ fn a_connection_queued_on_a_slot_that_is_scaled_away_is_served_before_its_worker
     }
     let out = panzer.ctl(&["scale", "2"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+    (panzer, stalled, streams)
+}
+
+#[test]
+fn a_connection_queued_on_a_slot_that_is_scaled_away_is_served_before_its_worker_drains() {
+    // Worker 3 stalls, then goes on before its drain is due.
+    let (panzer, stalled, mut streams) = one_waits_on_a_slot_scaled_away(&[]);
     panzer.wait_for_line("now running 2 worker(s)");
     kill(stalled, Signal::SIGCONT).unwrap();
     let answered: Vec<String> =
@@ -571,26 +580,10 @@ fn with_no_worker_ready_new_connections_wait_for_the_slots_that_will_have_one() 
 
 #[test]
 fn a_connection_left_on_a_slot_scaled_away_is_moved_to_a_slot_in_rotation_once_its_worker_is_gone() {
-    let panzer = Panzer::new("python3")
-        .command_args(&["--", "-c", ABRUPT])
-        .count(4)
-        .ready("accepting")
-        .args(&["--balance", "round-robin", "--graceful-timeout", "2s"])
-        .start();
+    // Worker 3 stops for good: it is killed at the graceful timeout
+    // without ever accepting what waits on its slot.
+    let (panzer, stalled, mut streams) = one_waits_on_a_slot_scaled_away(&["--graceful-timeout", "2s"]);
     let port = panzer.port(0);
-    panzer.wait_ready(1);
-    ready_workers(&panzer, 4);
-    // Worker 3 stops for good: the connection the rotation gives its slot
-    // waits in the slot's queue, and the worker is killed at the graceful
-    // timeout without ever accepting it.
-    let stalled = worker_pid(&panzer, 3);
-    stop_process(stalled);
-    let mut streams: Vec<TcpStream> = (0..4).map(|_| connect(port).unwrap()).collect();
-    for stream in &mut streams {
-        write!(stream, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    }
-    let out = panzer.ctl(&["scale", "2"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
     panzer.wait_for_line(&format!("worker 3 (pid {stalled}) killed by SIGKILL"));
     let answered: Vec<Result<String, String>> =
         streams.iter_mut().map(|s| read_response(s).map(|r| r.body).map_err(|e| e.to_string())).collect();
