@@ -124,7 +124,15 @@ fn assert_no_failure(what: &str, fresh: Load, kept: KeepAlive) {
 
 #[test]
 fn reloads_under_load_lose_nothing() {
-    let panzer = round_robin(4);
+    // Each new worker takes 150 ms to be ready, as a real server would:
+    // connections queue on the slots meanwhile, and the load runs for as
+    // long as the 50 reloads take (well past 20,000 requests).
+    let panzer = Panzer::new(example("server"))
+        .count(4)
+        .notify()
+        .env("READY_DELAY_MS", "150")
+        .args(&["--balance", "round-robin"])
+        .start();
     let (_, fresh, kept) = under_load(&panzer);
     for generation in 2..=51 {
         fresh.wait_for(50);

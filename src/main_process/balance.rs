@@ -71,10 +71,9 @@ pub(super) struct Balance {
     /// Per address, the sockets of slots 1… (slot 0's is main's own).
     more: Vec<Vec<Listener>>,
     rotations: Vec<Rotation>,
-    /// The slots the policy's generations have ready, and of those, what
-    /// is in rotation now (the stuck ones left out).
+    /// The slots the policy's generations have ready (what is in rotation
+    /// now, the stuck ones left out, each [`Rotation`] knows).
     ready: Vec<u32>,
-    active: Vec<u32>,
     /// The slots below the count: those that will have a worker.
     count: u32,
     /// Slots at or above the count whose queue was moved once their last
@@ -291,7 +290,8 @@ impl Main {
         if !self.rotation_deadline().is_some_and(|at| at <= now) {
             return;
         }
-        let seen: BTreeMap<u32, Seen> = (0..self.slots().unwrap_or(0)).map(|k| (k, self.seen(k))).collect();
+        let due = self.balance.as_ref().map(|b| b.watch.due(now)).unwrap_or_default();
+        let seen: BTreeMap<u32, Seen> = due.into_iter().map(|k| (k, self.seen(k))).collect();
         let Some(balance) = &mut self.balance else { return };
         for (slot, stuck) in balance.watch.look(now, &balance.ready, &seen) {
             let waiting = seen.get(&slot).map_or(0, |s| s.queued);
@@ -344,6 +344,11 @@ impl Watch {
         self.looking.insert(slot, (now + STUCK_AFTER, now, seen));
     }
 
+    /// The slots whose queue is due to be looked at `now`.
+    pub(super) fn due(&self, now: Instant) -> Vec<u32> {
+        self.looking.iter().filter(|(_, &(at, _, _))| at <= now).map(|(&k, _)| k).collect()
+    }
+
     pub(super) fn next_look(&self) -> Option<Instant> {
         self.looking.values().map(|&(at, _, _)| at).min()
     }
@@ -363,14 +368,9 @@ impl Watch {
         ready: &[u32],
         seen: &BTreeMap<u32, Seen>,
     ) -> Vec<(u32, bool)> {
-        let due: Vec<(u32, Instant, Seen)> = self
-            .looking
-            .iter()
-            .filter(|(_, &(at, _, _))| at <= now)
-            .map(|(&k, &(_, since, first))| (k, since, first))
-            .collect();
         let mut changes = Vec::new();
-        for (slot, since, first) in due {
+        for slot in self.due(now) {
+            let (_, since, first) = self.looking[&slot];
             let now_seen = seen.get(&slot).copied().unwrap_or_default();
             let serving = ready.iter().filter(|k| !self.stuck.contains(k)).count();
             let handed = i64::from(now_seen.handed.wrapping_sub(first.handed));
@@ -433,7 +433,6 @@ impl Balance {
             more,
             rotations,
             ready: Vec::new(),
-            active: Vec::new(),
             count: slots,
             flushed: BTreeSet::new(),
             rotation: InRotation::default(),
@@ -571,15 +570,14 @@ impl Balance {
             more.push(others);
             rotations.push(rotation);
         }
-        let active = rotations.first().map(|r| r.active().to_vec()).unwrap_or_default();
+        let count = rotations.first().map_or(0, |r| r.active().len() as u32);
         Ok(Balance {
             slots: saved.slots,
             more,
             rotations,
             ready: Vec::new(),
-            count: active.len() as u32,
+            count,
             flushed: BTreeSet::new(),
-            active,
             rotation: InRotation { retired: saved.retired.iter().copied().collect() },
             watch: Watch::default(),
         })
@@ -651,7 +649,7 @@ impl Balance {
         if active.is_empty() {
             active = (0..self.count).collect();
         }
-        if active == self.active {
+        if self.rotations.iter().all(|r| r.active() == active) {
             return;
         }
         log::debug!("round-robin: slots in rotation: {active:?}");
@@ -660,7 +658,6 @@ impl Balance {
                 log::warn!("round-robin: cannot update the rotation: {e}");
             }
         }
-        self.active = active;
     }
 }
 

@@ -99,7 +99,7 @@ impl Monitor {
                 "--balance round-robin has sockets for {slots} workers, not for worker {ordinal}"
             )));
         }
-        Ok(self.sockets.chunks(slots).filter_map(|slot| slot.get(ordinal as usize)).collect())
+        Ok(slot_sockets(&self.sockets, slots, ordinal).collect())
     }
 
     /// Takes `fds` (one per address, in `--bind` order) as slot `slot`'s
@@ -148,13 +148,19 @@ impl Monitor {
         }
         let sockets = &self.sockets;
         let queued = |ordinal: u32| {
-            let mine = sockets.chunks(slots).filter_map(|set| set.get(ordinal as usize));
+            let mine = slot_sockets(sockets, slots, ordinal);
             mine.map(|fd| sys::reuseport::accept_queue(fd.as_fd()).unwrap_or(0)).sum()
         };
         for pid in self.held_drains.due(now, queued) {
             sys::signal_process(Pid::from_raw(pid), self.drain_signal());
         }
     }
+}
+
+/// Slot `ordinal`'s socket of each address, from `sockets` held
+/// address-major for `slots` slots.
+fn slot_sockets(sockets: &[OwnedFd], slots: usize, ordinal: u32) -> impl Iterator<Item = &OwnedFd> {
+    sockets.chunks(slots).filter_map(move |set| set.get(ordinal as usize))
 }
 
 #[cfg(test)]
