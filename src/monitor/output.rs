@@ -56,7 +56,7 @@ impl Tag {
 
     /// Bytes one byte of content takes in the line: JSON escapes quotes,
     /// backslashes and control bytes (a byte that is not UTF-8 becomes
-    /// U+FFFD, so a line that is not text may come out longer).
+    /// U+FFFD, three bytes: [`Tag::render`] cuts such a line further).
     fn cost(&self, byte: u8) -> usize {
         match self {
             Tag::Prefix(_) => 1,
@@ -78,10 +78,28 @@ impl Tag {
                     Stream::Stdout => "stdout",
                     Stream::Stderr => "stderr",
                 };
-                let content = String::from_utf8_lossy(content);
-                let object =
-                    logging::WorkerLine { stream, generation: *generation, worker: *worker, line: &content };
-                serde_json::to_vec(&object).unwrap_or_default()
+                let mut content = String::from_utf8_lossy(content).into_owned();
+                loop {
+                    let object = logging::WorkerLine {
+                        stream,
+                        generation: *generation,
+                        worker: *worker,
+                        line: &content,
+                    };
+                    let line = serde_json::to_vec(&object).unwrap_or_default();
+                    // Bytes that are not UTF-8 grow into U+FFFD, which
+                    // [`Tag::cost`] cannot foresee: such a line is cut here.
+                    let excess = (line.len() + 1).saturating_sub(PIPE_BUF);
+                    if excess == 0 || content.is_empty() {
+                        break line;
+                    }
+                    let mut end = content.len().saturating_sub(excess + CUT.len());
+                    while !content.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    content.truncate(end);
+                    content.push_str(CUT);
+                }
             }
         };
         line.push(b'\n');
@@ -93,6 +111,9 @@ impl Tag {
 #[derive(Debug)]
 pub struct Lines {
     tag: Tag,
+    /// The most content bytes one line takes ([`Tag::cost`]), worked out
+    /// once: the tag's overhead takes a rendering.
+    room: usize,
     partial: Vec<u8>,
     /// What the partial line takes in the line ([`Tag::cost`]).
     used: usize,
@@ -102,13 +123,14 @@ pub struct Lines {
 
 impl Lines {
     pub fn new(tag: Tag) -> Lines {
-        Lines { tag, partial: Vec::new(), used: 0, continued: false }
+        let room = PIPE_BUF - tag.overhead() - 2 * CUT.len() - 1;
+        Lines { tag, room, partial: Vec::new(), used: 0, continued: false }
     }
 
     /// Takes `bytes`; hands every complete line (tagged, ending in a
     /// newline, at most [`PIPE_BUF`] bytes) to `out`.
     pub fn push(&mut self, mut bytes: &[u8], out: &mut impl FnMut(Vec<u8>)) {
-        let room = self.room();
+        let room = self.room;
         while !bytes.is_empty() {
             // How much of `bytes` fits, up to a newline.
             let mut taken = 0;
@@ -149,10 +171,6 @@ impl Lines {
     }
 
     /// Content bytes that fit in one line besides tag, markers and newline.
-    fn room(&self) -> usize {
-        PIPE_BUF - self.tag.overhead() - 2 * CUT.len() - 1
-    }
-
     fn line(&mut self, cut: bool) -> Vec<u8> {
         let mut content = Vec::with_capacity(self.partial.len() + 2 * CUT.len());
         if self.continued {
@@ -379,7 +397,7 @@ mod tests {
         assert_eq!(text, long, "nothing lost but the markers");
         // A line of exactly the room left fits in one write.
         let mut lines = Lines::new(prefix("p "));
-        let room = lines.room();
+        let room = lines.room;
         let out = run(&mut lines, &[&vec![b'x'; room], b"\n"], false);
         assert_eq!(out.len(), 1);
     }
@@ -408,6 +426,22 @@ mod tests {
             }
             assert_eq!(text.as_bytes(), long, "nothing lost but the markers");
             assert!(out[0].len() > PIPE_BUF - 16, "a cut line is as long as it can be: {}", out[0].len());
+        }
+    }
+
+    #[test]
+    fn a_json_line_of_bytes_that_are_not_text_still_fits_one_write() {
+        // Each such byte becomes U+FFFD, three bytes, in the object.
+        for filler in [&b"\xff"[..], b"\xe9x", b"\x80"] {
+            let mut lines = Lines::new(Tag::Json { stream: Stream::Stdout, generation: 1, worker: 0 });
+            let long: Vec<u8> = filler.iter().copied().cycle().take(3 * PIPE_BUF).collect();
+            let out = run(&mut lines, &[&long, b"\n"], false);
+            assert!(!out.is_empty());
+            for line in &out {
+                assert!(line.len() <= PIPE_BUF, "{} bytes", line.len());
+                let object: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert!(object["line"].as_str().unwrap().contains('\u{fffd}'));
+            }
         }
     }
 
