@@ -155,6 +155,12 @@ fn what_a_start_refuses_before_binding_the_check_refuses_too() {
     let (code, log) = run(Panzer::new(&server).no_bind().args(&["--preload", "--check"]));
     assert_eq!(code, 2, "{log}");
     assert!(log.contains("panzer: --preload needs a listening socket"), "{log}");
+    // `LISTEN_FDS` meant for another process (no `LISTEN_PID` of panzer's)
+    // passes no socket to a start, nor to the check.
+    let (code, log) =
+        run(Panzer::new(&server).no_bind().env("LISTEN_FDS", "1").args(&["--preload", "--check"]));
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("panzer: --preload needs a listening socket"), "{log}");
     let sock = format!("unix:{}/app.sock,owner=no-such-user-here", dir.0.display());
     let (code, log) = run(Panzer::new(&server).bind(&sock).args(&["--check"]));
     assert_eq!(code, 2, "{log}");

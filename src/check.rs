@@ -81,8 +81,12 @@ pub fn check(config: &Config) -> Result<String, Vec<Error>> {
             });
         }
     }
-    // Sockets from systemd count as given: they are what `LISTEN_FDS` says.
-    let adopted = std::env::var_os("LISTEN_FDS").is_some();
+    // Sockets from systemd count as given, read as a start reads them.
+    let adopted = sockets::Passed::from_env().unwrap_or_else(|e| {
+        problems.push(e);
+        None
+    });
+    let adopted = adopted.is_some();
     if let Err(e) = config.check_preload_sockets(adopted) {
         problems.push(e);
     }
@@ -125,8 +129,7 @@ pub fn check(config: &Config) -> Result<String, Vec<Error>> {
         }
     }
     if config.balance == crate::units::Balance::RoundRobin {
-        // Whether systemd passes sockets in is the start's to see.
-        let refused = crate::main_process::balance::refuse(&config.binds, false);
+        let refused = crate::main_process::balance::refuse(&config.binds, adopted);
         if let Err(e) = refused.and_then(|()| crate::main_process::balance::probe()) {
             problems.push(e);
         }
