@@ -150,14 +150,6 @@ pub struct Changes {
 }
 
 impl Config {
-    /// What main runs with: [`Config::load_unresolved`], then `--user` and
-    /// `--group` looked up.
-    pub fn load(argv: &[OsString]) -> Result<Config, LoadError> {
-        let mut config = Config::load_unresolved(argv)?;
-        config.credentials = config.resolve_credentials()?;
-        Ok(config)
-    }
-
     /// The configuration from `argv` (`argv[0]` first) and the environment,
     /// with `--config`'s file read now, without looking anything up on this
     /// system: `credentials` stays `None`. `panzer --check` starts here, so
@@ -267,6 +259,7 @@ impl Config {
     }
 
     /// [`Config::parse`], then `--user` and `--group` looked up.
+    #[cfg(test)]
     pub fn from_cli(cli: Cli) -> Result<Config, Error> {
         let mut config = Config::parse(cli)?;
         config.credentials = config.resolve_credentials()?;
