@@ -59,6 +59,17 @@ pub const OLDEST_SPOKEN: u32 = 1;
 /// The most descriptors one message carries (the kernel's `SCM_MAX_FD`).
 pub const MAX_FDS: usize = 253;
 
+/// The version main starts a monitor with: the lowest that has what the
+/// run uses ([`Order::Slot`] for round-robin), so that a library-mode app
+/// built on an older panzer runs as long as it can.
+pub fn needed(round_robin: bool) -> u32 {
+    if round_robin {
+        4
+    } else {
+        3
+    }
+}
+
 /// Whether this main can keep a monitor started with protocol `version`.
 pub fn speaks(version: u32) -> bool {
     (OLDEST_SPOKEN..=VERSION).contains(&version)
@@ -606,6 +617,16 @@ mod tests {
         assert!(speaks(VERSION));
         assert!(!speaks(VERSION + 1));
         assert!(!speaks(0));
+    }
+
+    #[test]
+    fn a_main_asks_of_its_monitors_only_the_version_the_run_needs() {
+        // An app built on the panzer before round-robin (protocol 3) still
+        // runs under this main, unless it balances.
+        assert_eq!(needed(false), 3);
+        assert_eq!(needed(true), VERSION);
+        assert!(takes_slots(needed(true)) && !takes_slots(needed(false)));
+        assert!(says_hello(needed(false)) && reports_draining(needed(false)));
     }
 
     #[test]

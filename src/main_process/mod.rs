@@ -654,7 +654,7 @@ impl Main {
             max_rss: self.config.max_rss.map(CliSize),
             max_age: self.config.max_age.map(CliDuration),
             startup_timeout: Some(CliDuration(self.config.startup_timeout)),
-            protocol: crate::protocol::VERSION,
+            protocol: crate::protocol::needed(self.balance.is_some()),
         };
         match self.spawn_monitor(&args) {
             Ok((pid, channel)) => {
