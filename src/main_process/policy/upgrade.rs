@@ -70,6 +70,16 @@ impl Policy {
             // Cancelled meanwhile (a stop): the answer no longer matters.
             return;
         }
+        if result.is_ok() && self.reload_under_way() {
+            // A reload asked for during the check: the next image could not
+            // take over its rollback or its deadlines, so the upgrade waits
+            // for its outcome and checks again then.
+            out.info("upgrade waits for the reload under way");
+            if let Some(upgrade) = &mut self.upgrade {
+                upgrade.checking_until = None;
+            }
+            return;
+        }
         let clients = self.upgrade.take().map(|u| u.clients).unwrap_or_default();
         match result {
             Ok(()) => out.push(Effect::Exec { answer: clients }),

@@ -31,6 +31,21 @@ fn an_upgrade_during_a_reload_waits_for_the_reload_s_outcome() {
 }
 
 #[test]
+fn a_reload_asked_for_during_the_check_is_waited_for_before_the_exec() {
+    // The next image would not know the starting generation's rollback nor
+    // its hello deadline: main execs only once the reload has an outcome.
+    let mut w = World::serving();
+    assert_eq!(upgrade(&mut w, 1), vec![Systemd(Note::Reloading), Effect::CheckUpgrade]);
+    w.reload(2);
+    let effects = w.on(Event::UpgradeChecked(Ok(())));
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Exec { .. })), "{effects:?}");
+    let effects = w.ready(2);
+    assert!(effects.ends_with(&[Systemd(Note::Reloading), Effect::CheckUpgrade]), "{effects:?}");
+    let effects = w.on(Event::UpgradeChecked(Ok(())));
+    assert_eq!(effects, vec![Effect::Exec { answer: vec![ClientId(1)] }]);
+}
+
+#[test]
 fn a_failed_check_answers_every_requester_with_the_reason_and_tells_systemd_ready_again() {
     let mut w = World::serving();
     upgrade(&mut w, 1);
