@@ -345,6 +345,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_fifo_in_place_of_a_script_never_blocks_the_env_lookup() {
+        let dir = std::env::temp_dir().join(format!("panzer-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("app");
+        let _ = std::fs::remove_file(&fifo);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let program = Program { path: fifo.clone(), interpreters: vec!["/usr/bin/env".into()] };
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(env_program(&program)).unwrap());
+        let found = finished.recv_timeout(std::time::Duration::from_secs(10));
+        // Unblock a reader left waiting (before the fix), then clean up.
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found, Ok(None), "reading a FIFO's head must not wait for a writer");
+    }
+
+    #[test]
     fn env_carries_the_socket_activation_block_and_identity() {
         let addresses = ["127.0.0.1:8080".into(), "/run/app.sock".into()];
         let env = env(&["HOME=/root".into()], 3, 1, 2, "web:unknown", Some("@n"), &addresses);
