@@ -316,3 +316,19 @@ fn status_ready_says_stopping_from_the_moment_a_graceful_stop_is_taken() {
     assert_eq!(panzer.status()["stopping"], true);
     assert!(panzer.exited().is_none(), "still draining");
 }
+
+#[test]
+fn a_zero_refresh_interval_or_reply_timeout_is_refused_with_the_option_named() {
+    // `top --interval 0` would ask main for a status back to back, each a
+    // read of /proc for every worker; a zero timeout cannot be waited for.
+    for (args, named) in [
+        (&["--control", "/nonexistent", "top", "--interval", "0s"][..], "--interval"),
+        (&["--control", "/nonexistent", "top", "--interval", "10ms"], "--interval"),
+        (&["--control", "/nonexistent", "--timeout", "0s", "status"], "--timeout"),
+    ] {
+        let out = panzerctl(args);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(named), "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.contains("/nonexistent"), "refused before connecting: {}", out.stderr);
+    }
+}

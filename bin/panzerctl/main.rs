@@ -52,7 +52,7 @@ struct Cli {
     json: bool,
 
     /// How long to wait for a reply (reload waits for its outcome, however long).
-    #[arg(long, global = true, default_value = "10s", value_name = "DURATION")]
+    #[arg(long, global = true, default_value = "10s", value_name = "DURATION", value_parser = reply_timeout)]
     timeout: CliDuration,
 
     #[command(subcommand)]
@@ -97,7 +97,7 @@ enum Cmd {
     /// generation gets SIGKILL, and the reloads seen while it runs.
     Top {
         /// How often to refresh.
-        #[arg(long, default_value = "1s", value_name = "DURATION")]
+        #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = refresh_interval)]
         interval: CliDuration,
     },
     /// Print a shell completion script for panzer or panzerctl to stdout.
@@ -311,6 +311,28 @@ fn status_table(s: &Status) -> String {
 }
 
 use top::age;
+
+/// `top --interval`: at least [`MIN_INTERVAL`], as each refresh costs main
+/// a read of /proc for every worker.
+fn refresh_interval(text: &str) -> Result<CliDuration, String> {
+    let interval: CliDuration = text.parse()?;
+    if interval.0 < MIN_INTERVAL {
+        return Err(format!("refreshes are at least {}ms apart", MIN_INTERVAL.as_millis()));
+    }
+    Ok(interval)
+}
+
+/// The shortest `top --interval`.
+const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `--timeout`: more than nothing.
+fn reply_timeout(text: &str) -> Result<CliDuration, String> {
+    let timeout: CliDuration = text.parse()?;
+    if timeout.0.is_zero() {
+        return Err("a reply cannot be waited for 0s".into());
+    }
+    Ok(timeout)
+}
 
 /// `scale`'s COUNT: a whole number, at least 1. Its ceiling (4096, or what
 /// the limits of panzer's user allow) is panzer's to check: it answers with
