@@ -123,7 +123,7 @@ pub fn check_requested(argv: &[OsString]) -> bool {
 
 /// The option keys a generation can change on a reload; every other key
 /// that changed waits for a restart.
-const RELOADABLE: &[&str] = &[
+pub(crate) const RELOADABLE: &[&str] = &[
     "command",
     "env",
     "chdir",

@@ -347,6 +347,45 @@ mod tests {
     }
 
     #[test]
+    fn every_key_a_reload_applies_reaches_the_configuration() {
+        // One change per key; a key added to the list needs one here.
+        let changes = [
+            ("command", "command = [\"./a\"]", "command = [\"./b\"]"),
+            ("env", "env = { A = \"1\" }", "env = { A = \"2\" }"),
+            ("chdir", "chdir = \"/\"", "chdir = \"/tmp\""),
+            ("count", "count = 1", "count = 2"),
+            ("ready", "ready = \"notify\"", "ready = \"accepting\""),
+            ("startup-timeout", "startup-timeout = \"10s\"", "startup-timeout = \"20s\""),
+            ("graceful-timeout", "graceful-timeout = \"10s\"", "graceful-timeout = \"20s\""),
+            ("stop-delay", "stop-delay = \"1s\"", "stop-delay = \"2s\""),
+            ("drain-signal", "drain-signal = \"TERM\"", "drain-signal = \"INT\""),
+            ("health-timeout", "health-timeout = \"10s\"", "health-timeout = \"20s\""),
+            ("max-rss", "max-rss = \"100M\"", "max-rss = \"200M\""),
+            ("max-age", "max-age = \"1h\"", "max-age = \"2h\""),
+            ("reload-strategy", "reload-strategy = \"all\"", "reload-strategy = \"rolling\""),
+            ("canary", "canary = \"1s\"", "canary = \"2s\""),
+            ("tag-output", "tag-output = false", "tag-output = true"),
+        ];
+        let keys: Vec<&str> = changes.iter().map(|(k, _, _)| *k).collect();
+        assert_eq!(keys, crate::config::RELOADABLE);
+        let shown = |mut c: Config| {
+            c.file = None;
+            format!("{c:?}")
+        };
+        for (key, from, to) in changes {
+            let with = |line: &str| {
+                let command = if key == "command" { String::new() } else { "command = [\"./a\"]\n".into() };
+                config(&["panzer"], &format!("{command}{line}\n"))
+            };
+            let (before, after) = (with(from), with(to));
+            let (applied, changes) = before.clone().apply(after.clone());
+            assert_eq!(changes.applied, [key], "{key}");
+            assert_ne!(shown(applied.clone()), shown(before), "{key}: the change was not applied");
+            assert_eq!(shown(applied), shown(after), "{key}");
+        }
+    }
+
+    #[test]
     fn a_key_the_command_line_overrides_is_no_change_of_the_file() {
         let before = config(&["panzer", "--backlog", "5"], "backlog = 10\ncommand = [\"./a\"]\n");
         let after = config(&["panzer", "--backlog", "5"], "backlog = 20\ncommand = [\"./a\"]\n");
