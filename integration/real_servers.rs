@@ -11,10 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -68,78 +65,6 @@ pub(crate) fn go_server() -> Result<String, String> {
         .clone()
 }
 
-/// Clients that each send `GET /` on fresh connections, back to back,
-/// until stopped (at most `MAX` each, never past `LIMIT`), counting the
-/// connections refused or otherwise not made, and the requests that failed
-/// once connected.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU32>,
-    connect_errors: Arc<Mutex<Vec<String>>>,
-    failed: Arc<Mutex<Vec<String>>>,
-    clients: Vec<thread::JoinHandle<()>>,
-}
-
-impl Load {
-    const MAX: u32 = 3_000;
-    const LIMIT: Duration = Duration::from_secs(60);
-
-    fn start(port: u16, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU32::new(0));
-        let connect_errors = Arc::new(Mutex::new(Vec::new()));
-        let failed = Arc::new(Mutex::new(Vec::new()));
-        let clients = (0..clients)
-            .map(|_| {
-                let (stop, ok) = (stop.clone(), ok.clone());
-                let (connect_errors, failed) = (connect_errors.clone(), failed.clone());
-                thread::spawn(move || {
-                    let until = Instant::now() + Load::LIMIT;
-                    for _ in 0..Load::MAX {
-                        if stop.load(Ordering::Relaxed) || Instant::now() > until {
-                            break;
-                        }
-                        let stream = match connect(port) {
-                            Ok(stream) => stream,
-                            Err(e) => {
-                                connect_errors.lock().unwrap().push(e.to_string());
-                                continue;
-                            }
-                        };
-                        match request(stream, "/") {
-                            Ok(r) if r.status == 200 && r.find("pid").is_some() => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(r) => failed.lock().unwrap().push(format!("status {}: {}", r.status, r.body)),
-                            Err(e) => failed.lock().unwrap().push(e.to_string()),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { stop, ok, connect_errors, failed, clients }
-    }
-
-    /// Waits until `n` more requests were answered.
-    fn wait_for(&self, n: u32) {
-        let target = self.ok.load(Ordering::Relaxed) + n;
-        eventually(PATIENCE, &format!("{n} more answers"), || {
-            (self.ok.load(Ordering::Relaxed) >= target).then_some(())
-        });
-    }
-
-    /// Stops the clients: (answered, connect errors, failed requests).
-    fn finish(self) -> (u32, Vec<String>, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for client in self.clients {
-            client.join().unwrap();
-        }
-        let connect_errors = self.connect_errors.lock().unwrap().clone();
-        let failed = self.failed.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), connect_errors, failed)
-    }
-}
-
 /// Runs `command` as panzer's workers (`--ready ready`, two workers) and
 /// checks the whole life: serve, reload under load, stop.
 fn serves_reloads_and_stops(ready: &str, command: &[&str], env: &[(&str, &str)]) {
@@ -154,14 +79,17 @@ fn serves_reloads_and_stops(ready: &str, command: &[&str], env: &[(&str, &str)])
     panzer.wait_ready(1);
     let first = distinct_pids(port, 2);
 
-    let load = Load::start(port, 4);
+    let load = Load::start(port, 4, "/");
     load.wait_for(20);
     panzer.signal(Signal::SIGUSR1);
     panzer.wait_ready(2);
     // The old generation is gone, and the new one has served the load.
     eventually(PATIENCE, "generation 1's workers to exit", || first.iter().all(|p| !alive(*p)).then_some(()));
     load.wait_for(20);
-    let (answered, connect_errors, failed) = load.finish();
+    let (failures, generations) = load.finish();
+    let answered: u32 = generations.values().sum();
+    let (connect_errors, failed): (Vec<String>, Vec<String>) =
+        failures.into_iter().partition(|f| f.starts_with("connect: "));
     assert!(
         connect_errors.is_empty(),
         "{} of {} connections were not made around the reload, e.g. {:?}",

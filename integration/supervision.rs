@@ -9,9 +9,6 @@
 //! loading the server throughout sees no failed request.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -19,53 +16,13 @@ use serde_json::Value;
 
 use crate::harness::*;
 
-/// Requests on fresh connections, back to back, until stopped: the count
-/// of answers and of failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    answered: Arc<AtomicU64>,
-    thread: Option<JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    fn start(port: u16) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicU64::new(0));
-        let (flag, count) = (stop.clone(), answered.clone());
-        let thread = thread::spawn(move || {
-            let mut failures = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                match get(port, "/") {
-                    Ok(r) if r.status == 200 => {
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => failures.push(format!("status {}", r.status)),
-                    Err(e) => failures.push(e.to_string()),
-                }
-            }
-            failures
-        });
-        Load { stop, answered, thread: Some(thread) }
-    }
-
-    /// Stops the load; returns how many requests were answered, after
-    /// asserting that none failed.
-    fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let failures = self.thread.take().unwrap().join().unwrap();
-        let answered = self.answered.load(Ordering::Relaxed);
-        assert!(failures.is_empty(), "{} of {} requests failed: {failures:?}", failures.len(), answered);
-        answered
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+/// Stops a load of one client; returns how many requests were answered,
+/// after asserting that none failed.
+fn finished(load: Load) -> u64 {
+    let (failures, generations) = load.finish();
+    let answered: u32 = generations.values().sum();
+    assert!(failures.is_empty(), "{} of {} requests failed: {failures:?}", failures.len(), answered);
+    answered.into()
 }
 
 /// Ready workers of generation 1, as status shows them.
@@ -171,7 +128,7 @@ fn a_worker_that_stops_sending_watchdog_is_replaced_and_status_never_shows_fewer
         .start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
-    let load = Load::start(port);
+    let load = Load::start(port, 1, "/");
 
     // Status, polled until the replacement is over, always shows two ready.
     let mut fewest = usize::MAX;
@@ -195,7 +152,7 @@ fn a_worker_that_stops_sending_watchdog_is_replaced_and_status_never_shows_fewer
     let slot = &status["generations"][0]["workers"][ordinal as usize];
     assert_eq!((slot["pid"].as_i64(), slot["ready"].as_bool()), (Some(new as i64), Some(true)), "{slot}");
     assert_eq!((slot["replaced"].as_u64(), slot["restarts"].as_u64()), (Some(1), Some(0)), "{slot}");
-    assert!(load.finish() > 0);
+    assert!(finished(load) > 0);
 }
 
 #[test]
@@ -224,13 +181,13 @@ fn a_worker_above_max_rss_is_replaced_under_load_without_a_failed_request() {
         .start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
-    let load = Load::start(port);
+    let load = Load::start(port, 1, "/");
     let (ordinal, old, new) = wait_replaced(&panzer);
     let line = panzer.wait_for_line("(--max-rss 64.0 MiB): replacing it");
     assert!(line.contains(&format!("worker {ordinal} (pid {old}) uses ")), "{line}");
     assert!(panzer.log().contains(&format!("server: pid {old} grew by 96 MiB")));
     assert_successor_served_first(&panzer, old, new, "SIGTERM");
-    assert!(load.finish() > 0);
+    assert!(finished(load) > 0);
     assert!(get(port, "/").is_ok());
 }
 
@@ -239,7 +196,7 @@ fn max_age_recycles_every_slot_one_at_a_time_without_a_failed_request() {
     let panzer = Panzer::new(example("server")).count(3).notify().args(&["--max-age", "2s"]).start();
     let port = panzer.port(0);
     panzer.wait_ready(1);
-    let load = Load::start(port);
+    let load = Load::start(port, 1, "/");
     // Every slot recycled at least once.
     eventually(PATIENCE, "every slot to be recycled", || {
         let log = panzer.log();
@@ -250,7 +207,7 @@ fn max_age_recycles_every_slot_one_at_a_time_without_a_failed_request() {
             .collect();
         (recycled.len() == 3).then_some(())
     });
-    assert!(load.finish() > 0);
+    assert!(finished(load) > 0);
 
     // One at a time: each replacement ends (the old worker exits) before
     // the next one is decided.

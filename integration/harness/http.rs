@@ -213,7 +213,8 @@ fn spawn_clients(
 }
 
 /// Clients that each send `GET path` on fresh connections, back to back,
-/// until stopped (and never past [`LOAD_LIMIT`]).
+/// until stopped (and never past [`LOAD_LIMIT`]). A connection not made is
+/// a failure that starts with `connect: `.
 pub struct Load {
     shared: Arc<Clients>,
     /// Answers by generation.
@@ -229,7 +230,14 @@ impl Load {
         let threads = spawn_clients(&shared, clients, move |shared: &Clients| {
             let until = Instant::now() + LOAD_LIMIT;
             while shared.go_on(until) {
-                match get(port, path) {
+                let stream = match connect(port) {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        shared.failed(format!("connect: {e}"));
+                        continue;
+                    }
+                };
+                match request(stream, path) {
                     Ok(r) if r.status == 200 => {
                         shared.ok.fetch_add(1, Ordering::Relaxed);
                         let generation = r.find("generation").unwrap_or_default();
