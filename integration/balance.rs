@@ -57,6 +57,8 @@ fn kept_alive_connections_are_spread_evenly_over_the_workers() {
     // Each worker got its own socket at fd 3, and nothing changed for it.
     let env = environ(all[0]);
     assert_eq!(env["LISTEN_FDS"], "1");
+    let sockets: std::collections::BTreeSet<String> = all.iter().map(|&pid| fd_target(pid, 3)).collect();
+    assert_eq!(sockets.len(), 4, "one socket per worker: {sockets:?}");
 }
 
 /// Opens `n` kept-alive connections and asks once on each, so every one is
@@ -459,6 +461,14 @@ fn check_says_what_round_robin_would_refuse() {
 
 #[test]
 fn the_default_is_shared_and_an_unknown_mode_is_refused() {
+    // Without --balance, every worker accepts from the one socket.
+    let shared = Panzer::new(example("server")).count(2).notify().start();
+    let port = shared.port(0);
+    shared.wait_ready(1);
+    let sockets: std::collections::BTreeSet<String> =
+        workers(port, 2).into_iter().map(|pid| fd_target(pid, 3)).collect();
+    assert_eq!(sockets.len(), 1, "one socket for all: {sockets:?}");
+    drop(shared);
     let mut panzer = Panzer::new(example("server")).args(&["--balance", "random"]).start();
     let status = panzer.wait_exit(PATIENCE);
     assert_eq!(status.code(), Some(2), "{}", panzer.log());
@@ -544,23 +554,22 @@ fn a_stop_refuses_new_connections_on_every_slot_at_once() {
     panzer.wait_ready(1);
     panzer.signal(Signal::SIGTERM);
     panzer.wait_for_lines("draining for 3000 ms", 4);
-    // Connections go to the slots in turn: 8 tries reach every slot twice.
-    for round in 0..2 {
-        crate::stopping::assert_refused_at_once(|| connect(port).map(drop), &format!("round {round}"));
+    // Connections would go to the slots in turn: 20 tries, 5 per slot.
+    for round in 0..4 {
         crate::stopping::assert_refused_at_once(|| connect(port).map(drop), &format!("round {round}"));
     }
 }
 
 #[test]
 fn with_no_worker_ready_new_connections_wait_for_the_slots_that_will_have_one() {
-    // Workers get ready 1 s after they start: after a scale down to 2 and
+    // Workers get ready 2 s after they start: after a scale down to 2 and
     // both workers killed, no slot is ready for a while. Connections made
     // then must wait on slots 0 and 1, whose replacements will serve them,
     // not on slots 2 and 3, which nothing serves any more.
     let panzer = Panzer::new(example("server"))
         .count(4)
         .notify()
-        .env("READY_DELAY_MS", "1000")
+        .env("READY_DELAY_MS", "2000")
         .args(&["--balance", "round-robin"])
         .start();
     let port = panzer.port(0);
@@ -579,6 +588,9 @@ fn with_no_worker_ready_new_connections_wait_for_the_slots_that_will_have_one() 
             std::thread::spawn(move || ask(&mut stream).map(|r| r.pid()).map_err(|e| e.to_string()))
         })
         .collect();
+    // They were made while no worker was ready (none can stop being ready).
+    let ready = panzer.status()["generations"][0]["workers"].as_array().cloned().unwrap_or_default();
+    assert!(ready.iter().all(|w| w["ready"] == false), "a worker was ready already: {ready:?}");
     let answers: Vec<Result<Pid, String>> = asked.into_iter().map(|t| t.join().unwrap()).collect();
     assert!(answers.iter().all(Result::is_ok), "{answers:?}");
     let answered: std::collections::BTreeSet<Pid> = answers.into_iter().map(Result::unwrap).collect();

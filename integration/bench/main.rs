@@ -44,7 +44,7 @@
 //!   old generation stopped) in each mode.
 //! * `balance`: `--balance shared` against `round-robin` (needs root), N = 2
 //!   and 4 workers, C = N and 2N kept-alive connections opened one after the
-//!   other, 4 trials of 300 ms each: in how many trials the connections did
+//!   other, and N clients on fresh connections, 8 trials of 300 ms each: in how many trials the connections did
 //!   not spread C/N per worker, or a worker stayed idle, each worker's share
 //!   of the requests, and the median req/s. Target (round-robin): C/N
 //!   connections per worker in every trial. Then, with N = 4, one worker

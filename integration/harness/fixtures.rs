@@ -4,7 +4,7 @@
 //! test opens it ([`Gate`]), and a way to put a program where it will be
 //! run ([`install_program`]).
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -50,7 +50,10 @@ impl TestDir {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
+        // Made here, not taken as found: a directory another user planted
+        // at this predictable name fails the test instead of holding its
+        // scripts. Others may read it, as workers run as other users do.
+        std::fs::DirBuilder::new().mode(0o755).create(&path).unwrap();
         TestDir(path)
     }
 
@@ -65,7 +68,6 @@ impl Drop for TestDir {
     }
 }
 
-/// A running `panzer` and everything it started.
 /// A server script whose content a test can swap, as a deploy would.
 pub struct Deploy(pub PathBuf);
 

@@ -75,10 +75,7 @@ pub fn children_of(parent: Pid) -> Vec<Pid> {
 
 /// Whether `pid` is alive and not a zombie.
 pub fn alive(pid: Pid) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rfind(')').is_some_and(|i| !stat[i + 2..].starts_with('Z')),
-        Err(_) => false,
-    }
+    state(pid).is_some_and(|s| s != 'Z')
 }
 
 /// The environment of `pid` as a map.

@@ -30,7 +30,7 @@ fn stalled(port: u16) -> Result<(Duration, u64, u64), String> {
     let mut first = connect(port).map_err(|e| format!("connect: {e}"))?;
     let victim = nix::unistd::Pid::from_raw(ask(&mut first)?);
     let stop = AtomicBool::new(false);
-    nix::sys::signal::kill(victim, nix::sys::signal::Signal::SIGSTOP).map_err(|e| format!("SIGSTOP: {e}"))?;
+    crate::harness::stop_process(victim);
     let results: Vec<(Duration, u64, u64)> = thread::scope(|s| {
         let clients: Vec<_> = (0..STALL_CLIENTS)
             .map(|_| {
