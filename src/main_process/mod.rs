@@ -484,7 +484,7 @@ impl Main {
             return;
         }
         if let Command::ScaleBy(delta) = command {
-            let count = self.policy.count().saturating_add_signed(delta).max(1);
+            let count = self.policy.count_by(delta);
             if let Err(e) = self.make_room(&format!("scale {count}"), count) {
                 return log::warn!("{}", e.report());
             }

@@ -344,6 +344,12 @@ impl Policy {
         self.state.count
     }
 
+    /// The count one `SIGTTIN` (`delta` 1) or `SIGTTOU` (-1) asks for: never
+    /// below 1 (the ceiling is [`Policy::scale`]'s to check).
+    pub fn count_by(&self, delta: i32) -> u32 {
+        self.state.count.saturating_add_signed(delta).max(1)
+    }
+
     /// Why the last generation failed (the exit message when it was the first).
     pub fn last_failure(&self) -> Option<&str> {
         self.state.last_failure.as_deref()
@@ -480,8 +486,7 @@ impl Policy {
             },
             Command::Upgrade => self.upgrade(from, out),
             Command::ScaleBy(delta) => {
-                let count = self.state.count.saturating_add_signed(delta).max(1);
-                if let Err(e) = self.scale(count, out) {
+                if let Err(e) = self.scale(self.count_by(delta), out) {
                     out.warn(e.to_string());
                 }
             }
