@@ -448,8 +448,9 @@ impl Channel {
     pub fn receive_with_fds<T: DeserializeOwned>(&self) -> Received<(T, Vec<OwnedFd>)> {
         let mut messages = Vec::new();
         let mut buf = vec![0u8; MAX_MESSAGE];
+        // Room for the most descriptors a message carries, reused for each.
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
         loop {
-            let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
             let got = {
                 let mut iov = [io::IoSliceMut::new(&mut buf)];
                 let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
