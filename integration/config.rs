@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use nix::sys::signal::Signal;
+
 use crate::bad_input::fails;
 use crate::harness::*;
 
@@ -352,4 +354,32 @@ fn as_root_a_file_other_users_may_write_is_refused() {
     assert_eq!(code, 2, "{log}");
     assert_eq!(log.trim().lines().count(), 1, "{log}");
     assert!(log.contains(&format!("--config {file}: writable by other users (mode 0666)")), "{log}");
+}
+
+#[test]
+fn a_reload_asked_for_while_one_starts_reads_the_file_only_when_it_starts() {
+    let dir = TestDir::new("config-queued");
+    // Workers take 500 ms to be ready: the second reload comes while the
+    // first one's generation starts.
+    let file_with = |count: u32| {
+        format!(
+            "count = {count}\ncommand = [\"{}\"]\nenv = {{ READY_DELAY_MS = \"500\" }}\n",
+            example("server")
+        )
+    };
+    let file = write(&dir, "panzer.toml", &file_with(1));
+    let panzer = with_file(&file);
+    panzer.wait_ready(1);
+    write(&dir, "panzer.toml", &file_with(2));
+    panzer.signal(Signal::SIGUSR1);
+    panzer.wait_for_line("starting generation 2: 2 worker(s)");
+    write(&dir, "panzer.toml", &file_with(3));
+    panzer.signal(Signal::SIGUSR1);
+    panzer.wait_for_line("reload queued behind the one under way");
+    assert_eq!(workers(&panzer, 3), 3, "{}", panzer.log());
+    // The second file's count went to the reload that read it, never to
+    // the generation the first one started.
+    let log = panzer.log();
+    assert!(!log.contains("gen 2]: now running 3 worker(s)"), "{log}");
+    assert!(log.contains("starting generation 3: 3 worker(s)"), "{log}");
 }

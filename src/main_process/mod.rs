@@ -438,6 +438,7 @@ impl Main {
             }
             Effect::Reply { to, reply } => self.control.reply(to, &reply),
             Effect::Unlisten => self.unlisten(),
+            Effect::Reread { clients } => return Some(self.reread_for_queued(clients)),
             Effect::Reconfigured { kept } => {
                 if let Some(before) = self.config_before.take().filter(|_| !kept) {
                     self.config = before;

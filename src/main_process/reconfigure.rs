@@ -3,11 +3,14 @@
 //! what a generation can change ([`crate::config::Config::reloaded`]), so
 //! that the generation the reload starts runs with it. A file that does
 //! not read fails the reload here, before anything started: the requester
-//! is told why, and the serving generation goes on as it was.
+//! is told why, and the serving generation goes on as it was. A reload
+//! asked for while one is under way is queued, and its file is read only
+//! when it starts ([`Effect::Reread`](super::policy::Effect::Reread)).
 
 use crate::control::server::ClientId;
 use crate::control::Reply;
 use crate::error::Error;
+use crate::main_process::policy::Event;
 use crate::main_process::{settings, Main};
 use crate::worker;
 
@@ -21,6 +24,31 @@ impl Main {
         if self.config.file.is_none() || self.policy.stopping() {
             return true;
         }
+        if self.policy.reload_under_way() {
+            // Queued behind it: read when it starts, not now.
+            self.policy.reread_when_queued_starts();
+            return true;
+        }
+        match self.reread() {
+            Ok(()) => true,
+            Err(reason) => {
+                self.policy.reload_refused(&reason);
+                if let Some(client) = from {
+                    self.control.reply(client, &Reply::error(reason));
+                }
+                false
+            }
+        }
+    }
+
+    /// The queued reload of `clients` starts: the file read for it now.
+    pub(super) fn reread_for_queued(&mut self, clients: Vec<ClientId>) -> Event {
+        Event::Reread { clients, refused: self.reread().err() }
+    }
+
+    /// Reads the file again and takes what a generation can change from
+    /// it, or says why not (logged as the reload's failure).
+    fn reread(&mut self) -> Result<(), String> {
         let reread = self.config.reloaded(&self.argv).and_then(|(config, changes)| {
             let ceiling = settings(&config, self.sockets.len(), self.room()).ceiling;
             let changed = changes.applied.iter().any(|k| k == "count" || k == "tag-output");
@@ -43,11 +71,7 @@ impl Main {
             Err(e) => {
                 let reason = e.report();
                 log::error!("reload failed: {reason}; the serving generation goes on");
-                self.policy.reload_refused(&reason);
-                if let Some(client) = from {
-                    self.control.reply(client, &Reply::error(reason));
-                }
-                false
+                Err(reason)
             }
             Ok((config, changes)) => {
                 if !changes.ignored.is_empty() {
@@ -64,7 +88,7 @@ impl Main {
                 // The last good one, when a reload before this one has no outcome yet.
                 self.config_before.get_or_insert(before);
                 self.policy.reconfigure(settings(&self.config, self.sockets.len(), self.room()), count);
-                true
+                Ok(())
             }
         }
     }

@@ -506,9 +506,47 @@ impl Policy {
         out.push(Effect::Systemd(Note::Ready(format!(
             "generation {number} serving with {workers} worker(s)"
         ))));
-        if let Some(clients) = self.state.queued_reload.take() {
+        self.start_queued(now, out);
+    }
+
+    /// Starts the reload queued behind the one that just had its outcome,
+    /// if any (after main re-reads the file for it, when it must); whether
+    /// there was one.
+    fn start_queued(&mut self, now: Instant, out: &mut Vec<Effect>) -> bool {
+        let Some(clients) = self.state.queued_reload.take() else { return false };
+        if std::mem::take(&mut self.reread_queued) {
+            out.push(Effect::Reread { clients });
+        } else {
             self.start(now, Cause::Reload(clients), out);
         }
+        true
+    }
+
+    /// main has re-read the file for the queued reload of `clients`.
+    pub(super) fn reread(
+        &mut self,
+        now: Instant,
+        clients: Vec<ClientId>,
+        refused: Option<String>,
+        out: &mut Vec<Effect>,
+    ) {
+        if let Some(reason) = refused {
+            self.reload_refused(&reason);
+            for to in clients {
+                out.push(Effect::Reply { to, reply: Reply::error(reason.clone()) });
+            }
+            if self.state.stopping.is_none() && !self.any(|s| s != State::Draining && s != State::Failed) {
+                self.start(now, Cause::Replacement, out);
+            }
+            return;
+        }
+        if self.state.stopping.is_some() {
+            for to in clients {
+                out.push(Effect::Reply { to, reply: Reply::error("panzer is stopping") });
+            }
+            return;
+        }
+        self.start(now, Cause::Reload(clients), out);
     }
 
     /// `number` cannot become ready (startup timeout, workers crashing, its
@@ -566,9 +604,10 @@ impl Policy {
         } else if cause == Some(Cause::Replacement) {
             self.state.replacement_failures += 1;
         }
-        if let Some(clients) = self.state.queued_reload.take() {
-            self.start(now, Cause::Reload(clients), out);
-        } else if serving.is_none() && !self.any(|s| matches!(s, State::Starting | State::Delayed(_))) {
+        if !self.start_queued(now, out)
+            && serving.is_none()
+            && !self.any(|s| matches!(s, State::Starting | State::Delayed(_)))
+        {
             self.start(now, Cause::Replacement, out);
         }
     }

@@ -131,6 +131,10 @@ pub enum Event {
     /// answer `clients`, who asked for it. `stale`: generations whose
     /// monitors speak a protocol this image cannot.
     Resumed { clients: Vec<ClientId>, pid: u32, version: String, stale: Vec<u32> },
+    /// main re-read the configuration file for the reload queued for
+    /// `clients` ([`Effect::Reread`]): start it, or, when the file did not
+    /// read (`refused`), answer them why.
+    Reread { clients: Vec<ClientId>, refused: Option<String> },
 }
 
 /// Something the loop must do.
@@ -143,6 +147,9 @@ pub enum Effect {
     Log { level: log::Level, line: String, generation: Option<u32> },
     /// Spawn the monitor of `generation` with `count` workers.
     Spawn { generation: u32, count: u32 },
+    /// The reload queued for `clients` may start: re-read the
+    /// configuration file first, then say [`Event::Reread`].
+    Reread { clients: Vec<ClientId> },
     /// Send `order` to the monitor of `generation`.
     Order { generation: u32, order: Order },
     /// `SIGKILL` the process group of `generation`.
@@ -211,6 +218,9 @@ pub struct Policy {
     /// reload it led to has an outcome. Not handed over: an upgrade waits
     /// for a reload in progress.
     rollback: Option<Rollback>,
+    /// The queued reload re-reads the configuration file when it starts
+    /// ([`Policy::reread_when_queued_starts`]). Not handed over either.
+    reread_queued: bool,
 }
 
 /// The settings and count a failed reload puts back.
@@ -276,7 +286,7 @@ impl Policy {
             last_failure: None,
             reloads: ReloadStats::default(),
         };
-        Policy { settings, state, upgrade: None, rollback: None }
+        Policy { settings, state, upgrade: None, rollback: None, reread_queued: false }
     }
 
     /// The state the next image of main carries on with.
@@ -287,7 +297,7 @@ impl Policy {
     /// The policy a previous image saved, with this image's settings (its
     /// count is the saved one).
     pub fn restore(settings: Settings, saved: Saved) -> Policy {
-        Policy { settings, state: saved, upgrade: None, rollback: None }
+        Policy { settings, state: saved, upgrade: None, rollback: None, reread_queued: false }
     }
 
     /// Settings from a re-read configuration file, for what starts from
@@ -306,6 +316,14 @@ impl Policy {
             self.state.count = count;
         }
         self.settings = settings;
+    }
+
+    /// A reload is asked for while one is under way: it is queued, and the
+    /// configuration file is read for it only when it starts
+    /// ([`Effect::Reread`]), so that nothing of it reaches the reload under
+    /// way, and a failure of either puts back what was in force before it.
+    pub fn reread_when_queued_starts(&mut self) {
+        self.reread_queued = true;
     }
 
     /// The reload generation `number` starts: the one a pending rollback
@@ -444,6 +462,7 @@ impl Policy {
             Event::Resumed { clients, pid, version, stale } => {
                 self.resumed(now, clients, pid, version, stale, &mut out)
             }
+            Event::Reread { clients, refused } => self.reread(now, clients, refused, &mut out),
         }
         let rolling: Vec<u32> =
             self.state.generations.iter().filter(|g| g.roll.is_some()).map(|g| g.number).collect();

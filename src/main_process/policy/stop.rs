@@ -47,6 +47,7 @@ impl Policy {
             // under way stops at once, the generation it would replace
             // serves through the delay.
             let mut cancelled: Vec<ClientId> = self.state.queued_reload.take().unwrap_or_default();
+            self.reread_queued = false;
             let numbers: Vec<(u32, State)> =
                 self.state.generations.iter().map(|g| (g.number, g.state)).collect();
             for (number, state) in numbers {

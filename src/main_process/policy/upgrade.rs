@@ -48,7 +48,7 @@ impl Policy {
     }
 
     /// A generation is starting (a reload, or a replacement): an upgrade waits.
-    fn reload_under_way(&self) -> bool {
+    pub fn reload_under_way(&self) -> bool {
         self.any(|s| matches!(s, State::Starting | State::Delayed(_)))
     }
 

@@ -338,3 +338,45 @@ fn a_graceful_or_immediate_stop_makes_panzer_not_ready_at_once() {
         assert_eq!(readiness(&w), (false, "stopping".into()), "{command:?}");
     }
 }
+
+/// The settings a re-read file with `count` gives.
+fn with_count(count: u32) -> Settings {
+    Settings { count, ..settings() }
+}
+
+#[test]
+fn a_reload_asked_for_while_one_starts_reads_its_file_when_it_starts() {
+    // File A (2 workers) serves; reload 1 reads file B (3 workers).
+    let mut w = World::serving();
+    w.policy.reconfigure(with_count(3), Some(3));
+    assert!(w.reload(1).contains(&Spawn { generation: 2, count: 3 }));
+    // Reload 2 comes while generation 2 starts: main leaves its file (C)
+    // unread until it starts, so nothing of C reaches reload 1.
+    w.policy.reread_when_queued_starts();
+    assert!(w.reload(2).is_empty());
+    let effects = w.ready(2);
+    let scaled = effects.iter().any(|e| matches!(e, Effect::Order { order: Order::Scale { .. }, .. }));
+    assert!(!scaled, "{effects:?}");
+    assert!(effects.ends_with(&[Effect::Reread { clients: vec![ClientId(2)] }]), "{effects:?}");
+    // main read C (5 workers): the queued reload starts with it.
+    w.policy.reconfigure(with_count(5), Some(5));
+    let effects = w.on(Event::Reread { clients: vec![ClientId(2)], refused: None });
+    assert!(effects.contains(&Spawn { generation: 3, count: 5 }), "{effects:?}");
+    // It fails: what was in force before it (B, 3 workers) comes back.
+    let effects = w.failed(3, "crash");
+    assert!(effects.contains(&Effect::Reconfigured { kept: false }), "{effects:?}");
+    assert_eq!(w.policy.count(), 3);
+}
+
+#[test]
+fn a_queued_reload_whose_file_does_not_read_fails_and_what_serves_goes_on() {
+    let mut w = World::serving();
+    w.reload(1);
+    w.policy.reread_when_queued_starts();
+    w.reload(2);
+    w.ready(2);
+    let effects = w.on(Event::Reread { clients: vec![ClientId(2)], refused: Some("app.toml:3: bad".into()) });
+    assert_eq!(replies(&effects), vec![(2, false, "app.toml:3: bad".to_string())]);
+    assert!(!effects.iter().any(|e| matches!(e, Spawn { .. })), "{effects:?}");
+    assert_eq!(w.states(), [(1, State::Draining), (2, State::Ready)]);
+}
