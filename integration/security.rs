@@ -549,16 +549,7 @@ fn mutated_command_lines_never_crash_panzer() {
         let mut args: Vec<&str> = vec!["-c", "cd \"$0\" && exec \"$@\"", "{dir}", panzer];
         args.extend(argv.iter().map(String::as_str));
         let panzer = Panzer::with_args(&args).via("sh", &[]).start();
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        let status = loop {
-            if let Some(status) = exit_of(&panzer) {
-                break Some(status);
-            }
-            if std::time::Instant::now() > deadline {
-                break None;
-            }
-            std::thread::park_timeout(Duration::from_millis(5));
-        };
+        let status = within(Duration::from_secs(3), || panzer.exited());
         let log = panzer.log();
         match status {
             // Still running (a mutation that starts): the guard kills it.
@@ -572,18 +563,6 @@ fn mutated_command_lines_never_crash_panzer() {
         assert!(!log.contains("panicked at"), "run {run}: panzer {argv:?} panicked\n{log}");
     }
     eprintln!("{started} of 300 mutated command lines kept running until killed");
-}
-
-/// panzer's exit status if it has exited, without blocking.
-fn exit_of(panzer: &Panzer) -> Option<std::process::ExitStatus> {
-    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
-    use std::os::unix::process::ExitStatusExt;
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-    match waitid(Id::Pid(panzer.pid), flags).ok()? {
-        WaitStatus::Exited(_, code) => Some(std::process::ExitStatus::from_raw((code & 0xff) << 8)),
-        WaitStatus::Signaled(_, signal, _) => Some(std::process::ExitStatus::from_raw(signal as i32)),
-        _ => None,
-    }
 }
 
 #[test]
